@@ -1,0 +1,2 @@
+//! nodecell's pack environments. (Being built: see issue 4.)
+#![deny(missing_docs)]

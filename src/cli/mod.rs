@@ -1,0 +1,5 @@
+//! One module per subcommand. Each exposes `Args` (clap) and `main(args) -> i32`.
+pub mod check;
+pub mod provision;
+pub mod run;
+pub mod venv;

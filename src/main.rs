@@ -1,0 +1,39 @@
+//! The `nodecell` command line: `check`, `run`, `provision`, `venv`.
+//!
+//! Each subcommand lives in its own module under `src/cli/` and returns the
+//! process exit status; this file only parses the command line and exits.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// Run untrusted Python node packs behind Linux kernel walls.
+#[derive(Parser)]
+#[command(name = "nodecell", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what this kernel and this user can enforce.
+    Check(cli::check::CheckArgs),
+    /// Run a command inside a sandbox.
+    Run(cli::run::RunArgs),
+    /// Build (or find) the venv of each pack.
+    Provision(cli::provision::ProvisionArgs),
+    /// List or garbage-collect cached venvs.
+    Venv(cli::venv::VenvArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check(args) => cli::check::main(args),
+        Command::Run(args) => cli::run::main(args),
+        Command::Provision(args) => cli::provision::main(args),
+        Command::Venv(args) => cli::venv::main(args),
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,1 @@
+//! Integration tests of `nodecell run` and `nodecell check` (issue 2).

@@ -1,0 +1,1 @@
+//! Integration tests of `nodecell provision`, `venv`, `run --pack` (issue 4).

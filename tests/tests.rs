@@ -1,0 +1,6 @@
+//! nodecell's integration tests: one binary, one module per area.
+//! `util.rs` holds shared helpers (paths to the built binary, temp dirs).
+
+mod cli_run;
+mod provision;
+mod util;

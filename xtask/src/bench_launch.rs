@@ -1,0 +1,10 @@
+//! Not built yet.
+
+/// Arguments.
+#[derive(clap::Args)]
+pub struct Args {}
+
+/// Entry point.
+pub fn main(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("bench_launch: not built yet")
+}

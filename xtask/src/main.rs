@@ -1,0 +1,60 @@
+//! `cargo xtask`: nodecell's developer tasks.
+//!
+//! * `cargo xtask sandbox-test` — the escape and containment suite (`sandbox_test.rs`).
+//! * `cargo xtask bench launch|ipc|provision|py` — benchmarks; each prints a table
+//!   and writes `target/bench/<name>.json` (`bench_*.rs`).
+//! * `cargo xtask fuzz ipc --runs N` — the ipc fuzz targets (`fuzz.rs`).
+use clap::{Parser, Subcommand};
+
+mod bench_ipc;
+mod bench_launch;
+mod bench_provision;
+mod bench_py;
+mod fuzz;
+mod sandbox_test;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "nodecell developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The sandbox escape and containment suite.
+    SandboxTest(sandbox_test::Args),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+    /// Fuzz targets.
+    Fuzz(fuzz::Args),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Launch cost: fork+exec vs `nodecell run` vs bwrap.
+    Launch(bench_launch::Args),
+    /// Ring, futex, socket and tensor hand-off round trips.
+    Ipc(bench_ipc::Args),
+    /// Venv provisioning vs uv by hand.
+    Provision(bench_provision::Args),
+    /// The Python API vs pyisolate.
+    Py(bench_py::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::SandboxTest(a) => sandbox_test::main(a),
+        Cmd::Bench { which } => match which {
+            Bench::Launch(a) => bench_launch::main(a),
+            Bench::Ipc(a) => bench_ipc::main(a),
+            Bench::Provision(a) => bench_provision::main(a),
+            Bench::Py(a) => bench_py::main(a),
+        },
+        Cmd::Fuzz(a) => fuzz::main(a),
+    }
+}
