@@ -1,0 +1,82 @@
+"""The host's one reactor and its bridge into asyncio.
+
+One ``_nodecell.Reactor`` per host process: a Rust thread on io_uring that
+waits on every worker's doorbell and pidfd and signals an eventfd. Each asyncio
+loop that uses nodecell adds a reader for that eventfd and routes the events
+(``readable`` / ``died``) to the worker they were registered for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from . import _nodecell
+
+_lock = threading.Lock()
+_reactor: Optional[Any] = None
+
+
+def reactor() -> Any:
+    """The process's reactor, started on first use."""
+    global _reactor
+    with _lock:
+        if _reactor is None:
+            _reactor = _nodecell.Reactor()
+        return _reactor
+
+
+class LoopBridge:
+    """Routes reactor events to callbacks on one asyncio loop."""
+
+    _bridges: Dict[int, "LoopBridge"] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.r = reactor()
+        self.handlers: Dict[int, Tuple[Callable[[], None], Callable[[], None]]] = {}
+        self._armed = False
+
+    @classmethod
+    def get(cls, loop: Optional[asyncio.AbstractEventLoop] = None) -> "LoopBridge":
+        loop = loop or asyncio.get_running_loop()
+        b = cls._bridges.get(id(loop))
+        if b is None or b.loop is not loop or loop.is_closed():
+            b = cls(loop)
+            cls._bridges[id(loop)] = b
+        return b
+
+    def register(self, channel: Any, pidfd: int, on_readable: Callable[[], None],
+                 on_died: Callable[[], None]) -> int:
+        token = self.r.register(channel, pidfd)
+        self.handlers[token] = (on_readable, on_died)
+        if not self._armed:
+            self.loop.add_reader(self.r.fileno(), self._drain)
+            self._armed = True
+        return token
+
+    def unregister(self, token: int) -> None:
+        self.handlers.pop(token, None)
+        try:
+            self.r.unregister(token)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        if not self.handlers and self._armed:
+            try:
+                self.loop.remove_reader(self.r.fileno())
+            except Exception:  # noqa: BLE001
+                pass
+            self._armed = False
+
+    def _drain(self) -> None:
+        for token, kind in self.r.drain():
+            h = self.handlers.get(token)
+            if h is None:
+                continue
+            try:
+                (h[0] if kind == "readable" else h[1])()
+            except Exception:  # noqa: BLE001 - one worker's failure must not stop the others
+                import logging
+
+                logging.getLogger("nodecell").exception("error handling %s event", kind)

@@ -1,0 +1,193 @@
+"""The processes inside a pack's sandbox: the zygote and its workers.
+
+Started by the host as ``<venv>/bin/python -s -E -c <bootstrap> --ctl-fd N ...``
+inside ``nodecell run``. The **zygote** imports the pack's heavy modules once
+(``--preload torch``), then forks a **worker** for each ``spawn`` request on the
+control socket (a SOCK_SEQPACKET unix socket; JSON messages, fds by
+SCM_RIGHTS). Each worker serves one channel (rings + socket) to the host.
+
+Control messages (host -> zygote): ``{"op": "spawn", "wid": n}`` + fds
+``[ring, sock]``; ``{"op": "kill", "wid": n}``; ``{"op": "exit"}``.
+(zygote -> host): ``{"op": "ready", ...}``; ``{"op": "spawned", "wid", "pid"}`` +
+fd ``[pidfd]``; ``{"op": "exited", "wid", "pid", "code" | "signal"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Tuple
+
+_CTL_MAX = 1 << 16
+
+
+# ----------------------------------------------------------------------------- zygote
+
+def _send_ctl(sock: socket.socket, msg: Dict[str, Any], fds: Tuple[int, ...] = ()) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def zygote_main(ctl_fd: int, preload: List[str]) -> None:
+    ctl = socket.socket(fileno=ctl_fd)
+    ctl.setblocking(True)
+    errors: Dict[str, str] = {}
+    loaded = []
+    for mod in preload:
+        try:
+            importlib.import_module(mod)
+            loaded.append(mod)
+        except BaseException as e:  # noqa: BLE001 - report, do not die
+            errors[mod] = f"{type(e).__name__}: {e}"
+    # Import our own machinery once, so forked workers start warm.
+    from . import _nodecell, _rpc, _worker_rt  # noqa: F401
+
+    versions = {"python": sys.version.split()[0]}
+    for m in ("numpy", "torch"):
+        mod = sys.modules.get(m)
+        if mod is not None:
+            versions[m] = getattr(mod, "__version__", "?")
+    _send_ctl(ctl, {"op": "ready", "pid": os.getpid(), "preloaded": loaded, "errors": errors,
+                    "versions": versions})
+
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wfd)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    children: Dict[int, int] = {}  # pid -> wid
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, "ctl")
+    sel.register(rfd, selectors.EVENT_READ, "sig")
+
+    def reap() -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            wid = children.pop(pid, None)
+            msg: Dict[str, Any] = {"op": "exited", "wid": wid, "pid": pid}
+            if os.WIFSIGNALED(status):
+                msg["signal"] = os.WTERMSIG(status)
+            else:
+                msg["code"] = os.WEXITSTATUS(status)
+            try:
+                _send_ctl(ctl, msg)
+            except OSError:
+                pass
+
+    while True:
+        for key, _ in sel.select():
+            if key.data == "sig":
+                try:
+                    os.read(rfd, 4096)
+                except BlockingIOError:
+                    pass
+                reap()
+                continue
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(ctl, _CTL_MAX, 4)
+            except OSError:
+                os._exit(0)
+            if not data:
+                os._exit(0)  # the host closed the control socket
+            try:
+                msg = json.loads(data)
+            except ValueError:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            op = msg.get("op")
+            if op == "exit":
+                for pid in list(children):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                os._exit(0)
+            if op == "kill":
+                for pid, wid in list(children.items()):
+                    if wid == msg.get("wid"):
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                continue
+            if op == "spawn" and len(fds) == 2:
+                wid = msg.get("wid")
+                pid = os.fork()
+                if pid == 0:
+                    # The worker: drop the zygote's fds and signal setup, then serve.
+                    try:
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                        sel.close()
+                        os.close(rfd)
+                        os.close(wfd)
+                        ctl.close()
+                        worker_main(fds[0], fds[1])
+                    except BaseException:  # noqa: BLE001
+                        traceback.print_exc()
+                        os._exit(70)
+                    os._exit(0)
+                for fd in fds:
+                    os.close(fd)
+                children[pid] = wid
+                try:
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    pidfd = -1
+                try:
+                    _send_ctl(ctl, {"op": "spawned", "wid": wid, "pid": pid},
+                              (pidfd,) if pidfd >= 0 else ())
+                finally:
+                    if pidfd >= 0:
+                        os.close(pidfd)
+                continue
+            for fd in fds:
+                os.close(fd)
+
+
+# ----------------------------------------------------------------------------- worker
+
+def worker_main(ring_fd: int, sock_fd: int) -> None:
+    from . import _nodecell
+    from ._worker_rt import WorkerEndpoint
+
+    ch = _nodecell.Channel.open(ring_fd, sock_fd)
+    ep = WorkerEndpoint(ch)
+    code = ep.serve()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="nodecell-worker")
+    p.add_argument("--ctl-fd", type=int, required=True)
+    p.add_argument("--preload", default="")
+    a = p.parse_args(argv)
+    preload = [m for m in a.preload.split(",") if m]
+    zygote_main(a.ctl_fd, preload)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,454 @@
+"""The worker's side of the RPC: serving the host's calls, calling the host back.
+
+Threads: a small pool of dispatcher threads takes turns receiving (whoever holds
+``_rx`` owns the ring's consumer side) and runs each sync call inline right
+after receiving it, handing the receiving role to an idle thread (leader /
+follower), so a call costs no thread hand-off and long calls do not block
+others. ``async def`` methods run on one asyncio loop thread. A thread waiting
+for the host's reply to its own call keeps receiving meanwhile, so host ->
+worker -> host -> worker re-entrancy works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from . import _nodecell
+from ._rpc import (CALLBACK, CONTROL_ID, ERROR, EXTENSION_ID, LOG, REPLY, Endpoint, error_value,
+                   is_async_callable, register_type)
+from .errors import ProtocolError, RemoteError
+from .shared import ProxiedSingleton, SingletonMetaclass
+
+_MAX_THREADS = 32
+
+
+class _Waiter:
+    __slots__ = ("event", "value", "error", "done", "future", "loop")
+
+    def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+        self.event = threading.Event()
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+        self.done = False
+        self.loop = loop
+        self.future: Optional[asyncio.Future] = loop.create_future() if loop is not None else None
+
+
+class _LogHandler(logging.Handler):
+    """Forwards the worker's log records to the host as LOG frames."""
+
+    def __init__(self, ep: "WorkerEndpoint") -> None:
+        super().__init__(logging.DEBUG)
+        self.ep = ep
+        self._busy = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._busy, "on", False) or self.ep.closed:
+            return
+        self._busy.on = True
+        try:
+            msg = self.format(record)
+            self.ep.channel.send(LOG, 0, (int(record.levelno), str(record.name), msg[:65536]))
+        except Exception:  # noqa: BLE001 - logging must never raise
+            pass
+        finally:
+            self._busy.on = False
+
+
+class WorkerEndpoint(Endpoint):
+    """The worker's endpoint: serves calls from the host, proxies calls to it."""
+
+    frozen_outputs = True
+
+    def __init__(self, channel: Any) -> None:
+        super().__init__(channel, "host")
+        self._rx = threading.Lock()
+        self._waiters: Dict[int, _Waiter] = {}
+        self._state = threading.Lock()
+        self._receivers = 0
+        self._threads = 0
+        self._exit_code: Optional[int] = None
+        self._stopped = threading.Event()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_lock = threading.Lock()
+        self._async_tasks: Dict[int, Any] = {}
+        self.extension: Any = None
+        self.name = "?"
+        self.pin(CONTROL_ID, _Control(self))
+
+    # -- serving --------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Serve until the host stops us or goes away; return the exit code."""
+        self._spawn_dispatcher()
+        self._dispatch_loop(main=True)
+        return self._exit_code or 0
+
+    def _spawn_dispatcher(self) -> None:
+        with self._state:
+            if self._threads >= _MAX_THREADS:
+                return
+            self._threads += 1
+        threading.Thread(target=self._dispatch_loop, name="nodecell-dispatch", daemon=True).start()
+
+    def _dispatch_loop(self, main: bool = False) -> None:
+        while not self._stopped.is_set():
+            frame = self._receive(timeout=0.5)
+            if frame is None:
+                continue
+            self.handle_frame(*frame)
+        if not main:
+            with self._state:
+                self._threads -= 1
+
+    def _receive(self, timeout: float) -> Any:
+        """Take the receiver role, receive one frame, give the role up (maybe spawning a follower)."""
+        with self._state:
+            self._receivers += 1
+        got = self._rx.acquire(timeout=timeout)
+        try:
+            if not got:
+                return None
+            try:
+                frame = self.channel.recv(timeout)
+            except Exception as e:  # noqa: BLE001 - peer gone or protocol violation
+                self._fatal(e)
+                return None
+        finally:
+            if got:
+                self._rx.release()
+            with self._state:
+                self._receivers -= 1
+                need = self._receivers == 0 and not self._stopped.is_set()
+        if frame is not None and need and frame[0] not in (REPLY, ERROR):
+            self._spawn_dispatcher()
+        return frame
+
+    def _fatal(self, e: BaseException) -> None:
+        if not self._stopped.is_set():
+            self._exit_code = 0 if isinstance(e, EOFError) else 3
+            self._stopped.set()
+            self.closed = True
+            for w in list(self._waiters.values()):
+                self._complete(w, None, ProtocolError(f"channel to host lost: {e}"))
+            os._exit(self._exit_code)
+
+    # -- incoming calls -------------------------------------------------------------------
+
+    def _run_incoming(self, call_id: int, payload: Any) -> None:
+        try:
+            target, method, args, kwargs = payload
+            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                raise TypeError("malformed call frame")
+            fn = self.resolve_target(target, method)
+        except BaseException as e:  # noqa: BLE001
+            self._reply_error(call_id, e)
+            return
+        if is_async_callable(fn):
+            loop = self._ensure_loop()
+            fut = asyncio.run_coroutine_threadsafe(self._run_async(call_id, fn, args, kwargs), loop)
+            self._async_tasks[call_id] = fut
+            return
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                loop = self._ensure_loop()
+                fut = asyncio.run_coroutine_threadsafe(self._await_then_reply(call_id, result), loop)
+                self._async_tasks[call_id] = fut
+                return
+        except BaseException as e:  # noqa: BLE001
+            self._reply_error(call_id, e)
+            return
+        self._reply(call_id, result)
+
+    async def _run_async(self, call_id: int, fn: Any, args: tuple, kwargs: dict) -> None:
+        await self._await_then_reply(call_id, fn(*args, **kwargs))
+
+    async def _await_then_reply(self, call_id: int, aw: Any) -> None:
+        try:
+            result = await aw
+        except asyncio.CancelledError:
+            self._reply_error(call_id, RemoteError("CancelledError", "cancelled by the host"))
+            return
+        except BaseException as e:  # noqa: BLE001
+            self._reply_error(call_id, e)
+            return
+        finally:
+            self._async_tasks.pop(call_id, None)
+        self._reply(call_id, result)
+
+    def _cancel_incoming(self, call_id: int) -> None:
+        fut = self._async_tasks.pop(call_id, None)
+        if fut is not None:
+            fut.cancel()
+
+    def _reply(self, call_id: int, value: Any) -> None:
+        try:
+            self.channel.send(REPLY, call_id, value)
+        except Exception as e:  # noqa: BLE001 - e.g. a value that cannot cross
+            self._reply_error(call_id, e)
+        self.flush_releases()
+
+    def _reply_error(self, call_id: int, e: BaseException) -> None:
+        try:
+            self.channel.send(ERROR, call_id, error_value(e))
+        except Exception as e2:  # noqa: BLE001
+            self.channel.send(ERROR, call_id, _nodecell.ErrorValue(type(e2).__name__, str(e2)[:4096], ""))
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                threading.Thread(target=run, name="nodecell-asyncio", daemon=True).start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    # -- calling the host -----------------------------------------------------------------
+
+    def call_remote(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        """Call the host synchronously (blocks this thread; keeps serving while waiting)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None and loop is self._loop:
+            # Inside an async method: hand back an awaitable instead of blocking the loop.
+            return self._call_async(target, method, args, kwargs)
+        w = _Waiter()
+        call_id = self._send_call(w, target, method, args, kwargs)
+        self._wait(call_id, w)
+        if w.error is not None:
+            raise w.error
+        return w.value
+
+    async def _call_async(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        w = _Waiter(asyncio.get_running_loop())
+        self._send_call(w, target, method, args, kwargs)
+        return await w.future  # type: ignore[misc]
+
+    def call_remote_async(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        """Call the host and return an awaitable (for async singleton methods)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # No loop in this thread: run the call synchronously and wrap it.
+            value = self.call_remote(target, method, args, kwargs)
+
+            async def done() -> Any:
+                return value
+
+            return done()
+        return self._call_async(target, method, args, kwargs)
+
+    def _send_call(self, w: _Waiter, target: int, method: str, args: tuple, kwargs: dict) -> int:
+        if self.closed:
+            raise ProtocolError("channel to host is closed")
+        call_id = next(self._call_ids)
+        self._waiters[call_id] = w
+        try:
+            self.channel.send(CALLBACK, call_id, (target, method, tuple(args), dict(kwargs)))
+        except BaseException:
+            self._waiters.pop(call_id, None)
+            raise
+        return call_id
+
+    def _wait(self, call_id: int, w: _Waiter) -> None:
+        """Wait for our reply, receiving (and serving nested calls) whenever nobody else is."""
+        while not w.done:
+            if not self._rx.acquire(timeout=0.005):
+                continue
+            frame = None
+            err: Optional[BaseException] = None
+            try:
+                if not w.done:
+                    frame = self.channel.recv(0.05)
+            except Exception as e:  # noqa: BLE001
+                err = e
+            finally:
+                self._rx.release()
+            if err is not None:
+                self._fatal(err)
+                raise err
+            if frame is not None:
+                self.handle_frame(*frame)
+
+    def _deliver(self, call_id: int, value: Any, error: Optional[BaseException]) -> None:
+        w = self._waiters.pop(call_id, None)
+        if w is not None:
+            self._complete(w, value, error)
+
+    def _complete(self, w: _Waiter, value: Any, error: Optional[BaseException]) -> None:
+        w.value, w.error = value, error
+        w.done = True
+        if w.future is not None and w.loop is not None:
+            def resolve() -> None:
+                if w.future.done():  # type: ignore[union-attr]
+                    return
+                if error is not None:
+                    w.future.set_exception(error)  # type: ignore[union-attr]
+                else:
+                    w.future.set_result(value)  # type: ignore[union-attr]
+            w.loop.call_soon_threadsafe(resolve)
+        w.event.set()
+
+    def _schedule_release_flush(self) -> None:
+        # Proxies die on arbitrary threads; sending from here is fine (the channel locks).
+        self.flush_releases()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def init(self, cfg: Dict[str, Any]) -> Dict[str, Any]:
+        """Set up the extension object, the singleton proxies and the pack module."""
+        self.name = cfg["name"]
+        for p in cfg.get("sys_path", []):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        for rec in cfg.get("records", []):
+            cls = _import_qualname(rec["module"], rec["qualname"])
+            register_type(cls, rec["name"])
+        handler = _LogHandler(self)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(cfg.get("log_level", logging.INFO))
+        for api in cfg.get("apis", []):
+            cls = _import_qualname(api["module"], api["qualname"])
+            if not (isinstance(cls, type) and issubclass(cls, ProxiedSingleton)):
+                raise TypeError(f"{api['module']}:{api['qualname']} is not a ProxiedSingleton")
+            cls.inject_instance(_singleton_proxy(self, api["id"], cls))
+        et = cfg["extension_type"]
+        ext_cls = _import_qualname(et["module"], et["qualname"])
+        ext = ext_cls()
+        self.extension = ext
+        self.pin(EXTENSION_ID, ext)
+        _run_hook(self, ext.before_module_loaded)
+        module = _import_pack(cfg["module_path"], cfg["name"])
+        try:
+            ext.module = module
+        except Exception:  # noqa: BLE001 - a read-only attribute on a user class
+            pass
+        _run_hook(self, ext.on_module_loaded, module)
+        versions = {"python": sys.version.split()[0]}
+        for m in ("numpy", "torch"):
+            mod = sys.modules.get(m)
+            if mod is not None:
+                versions[m] = getattr(mod, "__version__", "?")
+        return {"pid": os.getpid(), "versions": versions}
+
+    def stop(self) -> None:
+        ext = self.extension
+        if ext is not None and hasattr(ext, "stop"):
+            try:
+                _run_hook(self, ext.stop)
+            except Exception:  # noqa: BLE001
+                logging.getLogger(__name__).exception("extension stop() failed")
+        self._exit_code = 0
+
+        def later() -> None:
+            time.sleep(0.05)
+            self._stopped.set()
+            self.closed = True
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+        threading.Thread(target=later, daemon=True).start()
+
+
+class _Control:
+    """Handle #1 in every worker: the host's control calls."""
+
+    def __init__(self, ep: WorkerEndpoint) -> None:
+        self._ep = ep
+
+    def init(self, cfg: Dict[str, Any]) -> Dict[str, Any]:
+        return self._ep.init(cfg)
+
+    def stop(self) -> bool:
+        self._ep.stop()
+        return True
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def _run_hook(ep: WorkerEndpoint, fn: Any, *args: Any) -> Any:
+    r = fn(*args)
+    if inspect.isawaitable(r):
+        loop = ep._ensure_loop()
+        return asyncio.run_coroutine_threadsafe(_as_coro(r), loop).result()
+    return r
+
+
+async def _as_coro(aw: Any) -> Any:
+    return await aw
+
+
+def _import_qualname(module: str, qualname: str) -> Any:
+    mod = importlib.import_module(module)
+    obj: Any = mod
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import_pack(module_path: str, name: str) -> Any:
+    init = os.path.join(module_path, "__init__.py")
+    modname = os.path.basename(module_path.rstrip("/")).replace("-", "_").replace(".", "_") or name
+    if not os.path.isfile(init):
+        raise FileNotFoundError(f"pack {name!r}: {init} not found")
+    parent = os.path.dirname(module_path.rstrip("/"))
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
+    spec = importlib.util.spec_from_file_location(modname, init, submodule_search_locations=[module_path])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load pack {name!r} from {init}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _singleton_proxy(ep: WorkerEndpoint, hid: int, cls: type) -> Any:
+    """An instance of ``cls`` whose public methods call the host's instance."""
+    proxy = object.__new__(cls)
+    seen = set()
+    for klass in cls.__mro__:
+        if klass in (ProxiedSingleton, object):
+            continue
+        for name, attr in vars(klass).items():
+            if name.startswith("_") or name in seen:
+                continue
+            seen.add(name)
+            fn = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+            if not callable(fn) or getattr(fn, "_nodecell_local", False) or isinstance(attr, property):
+                continue
+            if inspect.iscoroutinefunction(fn):
+                def amethod(*a: Any, _n: str = name, **k: Any) -> Any:
+                    return ep.call_remote_async(hid, _n, a, k)
+                object.__setattr__(proxy, name, amethod)
+            else:
+                def method(*a: Any, _n: str = name, **k: Any) -> Any:
+                    return ep.call_remote(hid, _n, a, k)
+                object.__setattr__(proxy, name, method)
+    return proxy
+
+
+_ = SingletonMetaclass  # re-exported for type checkers

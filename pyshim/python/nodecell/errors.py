@@ -1,0 +1,108 @@
+"""Exceptions raised by nodecell.
+
+Every failure that crosses the process boundary becomes one of these, so a host
+can catch ``nodecell.NodecellError`` and know the worker, not the host, failed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "NodecellError",
+    "WorkerCrashed",
+    "CallTimeout",
+    "RemoteError",
+    "SandboxUnavailable",
+    "ProvisionError",
+    "ProtocolError",
+    "ExtensionStopped",
+    "ConfigError",
+]
+
+
+class NodecellError(Exception):
+    """Base class of every error nodecell raises."""
+
+
+class WorkerCrashed(NodecellError):
+    """The worker process died while a call was pending.
+
+    ``reason`` is one of ``"exited"``, ``"signal"``, ``"memory"``, ``"timeout"``,
+    ``"protocol"``, ``"setup"``; ``exit_code`` and ``signal`` give the details
+    where known. The next call restarts the worker.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "exited",
+        exit_code: Optional[int] = None,
+        signal: Optional[int] = None,
+        extension: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.exit_code = exit_code
+        self.signal = signal
+        self.extension = extension
+
+
+class CallTimeout(NodecellError):
+    """A call ran past its deadline; the worker was killed and will be restarted."""
+
+    def __init__(self, message: str, *, timeout: float, extension: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.extension = extension
+
+
+class RemoteError(NodecellError):
+    """The remote side raised an exception.
+
+    Nothing of the remote exception object crosses: only its type name, message
+    and formatted traceback text (``remote_type``, ``remote_message``,
+    ``remote_traceback``). The host never imports or constructs the remote type.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
+        text = f"{remote_type}: {remote_message}"
+        if remote_traceback:
+            text = f"{text}\n\n--- remote traceback ---\n{remote_traceback.rstrip()}"
+        super().__init__(text)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+class SandboxUnavailable(NodecellError):
+    """A wall the policy requires is not available on this kernel or for this user.
+
+    ``walls`` names the missing walls. Use ``SandboxMode.BEST_EFFORT`` to run
+    anyway (the missing walls are then reported, never silently skipped).
+    """
+
+    def __init__(self, message: str, walls: Optional[list] = None) -> None:
+        super().__init__(message)
+        self.walls = list(walls or [])
+
+
+class ProvisionError(NodecellError):
+    """Building the pack's environment failed; the message carries uv's own error text."""
+
+
+class ProtocolError(NodecellError):
+    """The worker sent something that breaks the protocol; it was dropped and will be restarted."""
+
+
+class ExtensionStopped(NodecellError):
+    """The extension was stopped; calls on it fail until it is loaded again."""
+
+
+class ConfigError(NodecellError, ValueError):
+    """A configuration value is wrong; ``field`` names it (e.g. ``sandbox.writable_paths[2]``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

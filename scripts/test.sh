@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test nodecell has, on a fresh machine too: set-up, Rust unit and
+# integration tests, the sandbox escape suite (root and rootless), the Python
+# wheel's tests. Exit status is nonzero if anything failed.
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$REPO"
+export UV_CACHE_DIR="${UV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nodecell-dev/uv}"
+export UV_PYTHON_DOWNLOADS=never
+export PATH="$REPO/.venv/bin:$PATH"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "set-up"
+scripts/setup.sh
+
+step "cargo test (unit + integration)"
+cargo test --workspace --no-fail-fast -q 2>&1 | tail -n 400
+
+step "cargo xtask sandbox-test (escape suite, root and rootless)"
+cargo xtask sandbox-test
+
+step "Python wheel"
+scripts/build-wheel.sh
+
+step "pytest"
+.venv/bin/python -m pytest -q tests/python -p no:cacheprovider
