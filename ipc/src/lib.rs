@@ -1,22 +1,275 @@
-//! nodecell's host/worker channel. (Being built: see issue 3.)
+//! nodecell's host/worker channel: frames over single-producer rings in a sealed
+//! memfd, futex doorbells with adaptive spinning, an io_uring host reactor, and
+//! tensor storage passed as sealed memfds.
+//!
+//! The host is trusted; the worker is not. Nothing a worker sends can make the host
+//! panic, hang or take a SIGBUS: every index is read once and checked, every length
+//! bounded, every received fd's seals and size verified before it is mapped, every
+//! byte copied (or sealed immutable) before it is decoded. A violation poisons that
+//! one channel with a typed [`Violation`]; other channels are untouched.
+//!
+//! # Main types
+//! * [`Channel`]: one end of a host↔worker channel ([`channel`]).
+//! * [`Frame`], [`Value`], [`TensorDesc`]: the wire format ([`frame`]); byte layout of
+//!   the memfd and socket messages in [`layout`]; futex protocol in [`doorbell`].
+//! * [`Arena`], [`TensorView`]: tensor storage and received tensors ([`arena`]).
+//! * [`Reactor`]: the host's event loop thread ([`reactor`]).
+//! * [`probe::probe`]: what this kernel supports (`nodecell check`).
+//!
+//! # API for the Python layer
+//!
+//! Host, per worker:
+//! ```no_run
+//! # use nodecell_ipc::*;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (ch, worker_fds) = Channel::create(ChannelConfig::default())?;
+//! let (ring_fd, sock_fd) = worker_fds.raw();      // -> subprocess(pass_fds=[ring_fd, sock_fd]),
+//! # let pid = 1;                                   //    numbers on the worker's command line
+//! drop(worker_fds);                               // after the spawn: close the host's copies
+//! ch.set_peer_pid(pid)?;                          // launcher/worker pid -> pidfd
+//! let reactor = Reactor::global()?;               // one io_uring thread per process
+//! let token = reactor.register(&ch);              // loop.add_reader(reactor.event_fd(), on_events)
+//! // on_events: for ev in reactor.drain(): Readable -> while let Some(f) = ch.try_recv()? {..}
+//! //            PeerExited/PeerClosed -> ch.close("worker died") gives the pending call ids to fail
+//! //            Deadline(id) -> fail call id (set with reactor.set_deadline(token, id, at))
+//! let id = ch.send_call(0, "run", vec![Value::Int(1)], vec![])?;
+//! if let Some(f) = ch.recv_spin(std::time::Duration::from_micros(20))? { /* fast path */ }
+//! # Ok(()) }
+//! ```
+//! Worker: `Channel::open(WorkerFds::from_raw(ring_fd, sock_fd)?, ChannelConfig::default())`,
+//! then `recv(None)` (spins, then sleeps on a futex: no busy loop when idle), `send`,
+//! `reply`, `reply_error`, and `call` for re-entrant callbacks into the host.
+//!
+//! Tensors: the host makes an [`Arena::create`]`(len)`, writes through
+//! [`Arena::as_ptr`] (numpy/torch wrap the address), seals it with
+//! [`Arena::seal_read_only`] (inputs) or [`Arena::seal_output`] (buffers the worker
+//! fills), then [`Channel::share_tensor`] gives a [`TensorDesc`] to put in a
+//! [`Value::Tensor`]. The receiver calls [`Channel::import`] (or `import_cow`) for a
+//! [`TensorView`] (`as_ptr()`, `len()`) and [`Channel::release`] once per descriptor
+//! received when done; the owner then retires the arena by itself (no timers). A
+//! worker returns results in its own arena, sealed with [`Arena::freeze`].
 #![deny(missing_docs)]
 
-pub mod probe {
-    //! What this kernel offers the channel (shown by `nodecell check`).
+pub mod arena;
+pub mod channel;
+pub mod doorbell;
+pub mod frame;
+pub mod layout;
+pub mod probe;
+pub mod reactor;
+pub mod ring;
+pub mod sys;
 
-    /// One kernel feature the channel may use.
-    #[derive(Debug, Clone)]
-    pub struct Feature {
-        /// Short name, e.g. `io_uring`, `io_uring futex ops`, `memfd seals`, `pidfd`.
-        pub name: String,
-        /// Whether it works here.
-        pub available: bool,
-        /// What was found (version, errno, fallback in use).
-        pub detail: String,
-    }
+pub use arena::{Arena, ArenaError, ArenaState, TensorView};
+pub use channel::{Channel, ChannelConfig, WorkerFds};
+pub use doorbell::SpinPolicy;
+pub use frame::{
+    Call, DType, DecodeError, EncodeError, ErrorValue, Frame, HandleKind, Limits, LogLevel, Origin, Record,
+    Release, RemoteHandle, Side, TensorDesc, TensorError, Value,
+};
+pub use reactor::{Backend, Event, EventKind, Reactor, Token};
 
-    /// Probes the running kernel. Never panics; each failure is a `Feature` with `available: false`.
-    pub fn probe() -> Vec<Feature> {
-        Vec::new()
-    }
+use std::sync::Arc;
+
+/// A peer broke the protocol. The channel is poisoned; the host drops the worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// `head - tail` is more than the ring holds (or tail passed head).
+    #[error("ring {ring} indices are corrupt: head {head}, tail {tail}, capacity {capacity}")]
+    RingIndex {
+        /// ring index (0 host→worker, 1 worker→host)
+        ring: usize,
+        /// head seen
+        head: u64,
+        /// tail seen
+        tail: u64,
+        /// slots
+        capacity: u64,
+    },
+    /// Unknown record kind or non-zero reserved bits.
+    #[error("bad record header: kind {kind}, reserved {reserved}")]
+    RecordHeader {
+        /// kind found
+        kind: u16,
+        /// reserved found
+        reserved: u16,
+    },
+    /// A record or spilled frame longer than allowed, or than what was published.
+    #[error("record length {len} exceeds {limit}")]
+    RecordLength {
+        /// length claimed
+        len: u64,
+        /// what is allowed
+        limit: u64,
+    },
+    /// The frame bytes do not decode.
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] DecodeError),
+    /// A slot id that no received descriptor has.
+    #[error("unknown arena slot {slot}")]
+    UnknownSlot {
+        /// slot id
+        slot: u64,
+    },
+    /// A slot of the wrong kind for its use (or an unknown kind).
+    #[error("slot {slot} has the wrong kind ({kind})")]
+    SlotKind {
+        /// slot id
+        slot: u64,
+        /// its kind
+        kind: u8,
+    },
+    /// A received memfd lacks required seals (or has forbidden ones).
+    #[error("slot {slot}: seals {have:#x}, need {need:#x}")]
+    Seals {
+        /// slot id
+        slot: u64,
+        /// F_GET_SEALS
+        have: u32,
+        /// required
+        need: u32,
+    },
+    /// A received descriptor is not a memfd.
+    #[error("slot {slot} is not a sealable memfd")]
+    NotMemfd {
+        /// slot id
+        slot: u64,
+    },
+    /// A received memfd is smaller than what names it.
+    #[error("slot {slot} has {size} bytes, {need} needed")]
+    ArenaSize {
+        /// slot id
+        slot: u64,
+        /// fstat size
+        size: u64,
+        /// bytes needed
+        need: u64,
+    },
+    /// A malformed fd message on the socket.
+    #[error("bad fd message: {reason}")]
+    FdMessage {
+        /// what is wrong
+        reason: &'static str,
+    },
+    /// More received descriptors open than allowed.
+    #[error("more than {limit} descriptors received")]
+    TooManyFds {
+        /// limit
+        limit: usize,
+    },
+    /// A slot id sent twice.
+    #[error("slot {slot} sent twice")]
+    DuplicateSlot {
+        /// slot id
+        slot: u64,
+    },
+    /// A tensor descriptor that does not fit its arena.
+    #[error("tensor: {0}")]
+    Tensor(TensorError),
+    /// A release of more references than were given.
+    #[error("release of {count} references on slot {slot}, {held} held")]
+    Release {
+        /// slot id
+        slot: u64,
+        /// released
+        count: u64,
+        /// outstanding
+        held: u64,
+    },
+    /// Too many frames buffered while a send waited.
+    #[error("peer flooded {bytes} bytes while we waited (limit {limit})")]
+    Flood {
+        /// bytes queued
+        bytes: u64,
+        /// limit
+        limit: u64,
+    },
+}
+
+/// Errors from [`Channel`] operations.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// The peer broke the protocol (the channel is poisoned).
+    #[error("protocol violation by the peer: {0}")]
+    Violation(Violation),
+    /// The peer process exited or closed its end.
+    #[error("peer gone: {reason}")]
+    PeerGone {
+        /// how it was noticed
+        reason: String,
+    },
+    /// This end was closed.
+    #[error("channel closed: {reason}")]
+    Closed {
+        /// why
+        reason: String,
+    },
+    /// A wait ran out.
+    #[error("timed out: {op}")]
+    Timeout {
+        /// what waited
+        op: &'static str,
+    },
+    /// A syscall failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// what was being done
+        op: &'static str,
+        /// the error
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A frame could not be encoded.
+    #[error("cannot encode frame: {0}")]
+    Encode(#[from] EncodeError),
+    /// A bad configuration value.
+    #[error("bad channel config {field}: {value}")]
+    Config {
+        /// field
+        field: &'static str,
+        /// value
+        value: u64,
+    },
+    /// The caller used the API wrongly (not a peer fault).
+    #[error("{what}")]
+    Misuse {
+        /// what
+        what: String,
+    },
+}
+
+/// Errors from opening a channel on the worker side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The ring fd is not a memfd (or not sealable).
+    #[error("the channel fd is not a sealable memfd")]
+    NotMemfd,
+    /// The memfd is not sealed as required.
+    #[error("channel memfd seals {have:#x}, need {need:#x} and no write seals")]
+    Seals {
+        /// F_GET_SEALS
+        have: u32,
+        /// required
+        need: u32,
+    },
+    /// A header field is wrong.
+    #[error("channel header {field} is invalid: {value}")]
+    Header {
+        /// field
+        field: &'static str,
+        /// value found
+        value: u64,
+    },
+    /// A syscall failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// what
+        op: &'static str,
+        /// error
+        #[source]
+        source: std::io::Error,
+    },
 }

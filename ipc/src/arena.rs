@@ -1,0 +1,316 @@
+//! Tensor storage: one memfd per storage ("arena").
+//!
+//! The owner creates an [`Arena`], which is mapped read-write in the owner, pre-faulted
+//! (`MADV_POPULATE_WRITE` where the kernel has it) with `MADV_HUGEPAGE`, filled,
+//! then sealed before its fd is shared:
+//!
+//! * [`Arena::seal_read_only`] (host inputs): `SHRINK|GROW|FUTURE_WRITE|SEAL`. The
+//!   owner's existing mapping stays writable; nobody can ever map it writable-shared
+//!   again, so receivers map it read-only or copy-on-write.
+//! * [`Arena::seal_output`] (host output buffers): `SHRINK|GROW|SEAL`, no write seal:
+//!   the worker may map it writable-shared and fill it.
+//! * [`Arena::freeze`] (worker outputs): unmaps the writable mapping, seals
+//!   `WRITE|SHRINK|GROW|SEAL` (immutable), and maps it read-only again.
+//!
+//! The receiver side is [`TensorView`]: a mapping of a received arena plus the
+//! validated descriptor, with its address and length for numpy/torch to wrap.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::frame::TensorDesc;
+use crate::sys::{self, Mapping, Prefault, Protection};
+
+static NEXT_ARENA_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How an arena is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArenaState {
+    /// Not shared yet: the owner is filling it.
+    Open,
+    /// `SHRINK|GROW|FUTURE_WRITE|SEAL`: receivers map it read-only.
+    ReadOnly,
+    /// `SHRINK|GROW|SEAL`: a writable output buffer for the peer.
+    Output,
+    /// `WRITE|SHRINK|GROW|SEAL`: immutable.
+    Frozen,
+}
+
+/// Errors from creating or sealing an arena.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArenaError {
+    /// A syscall failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// what was being done
+        op: &'static str,
+        /// the error
+        #[source]
+        source: std::io::Error,
+    },
+    /// Sealing an arena that is already sealed.
+    #[error("arena {id} is already sealed ({state:?})")]
+    AlreadySealed {
+        /// arena id
+        id: u64,
+        /// its state
+        state: ArenaState,
+    },
+    /// Length 0.
+    #[error("an arena cannot be empty")]
+    Empty,
+}
+
+fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> ArenaError {
+    move |source| ArenaError::Io { op, source }
+}
+
+/// One tensor storage in its own memfd, owned by this process.
+#[derive(Debug)]
+pub struct Arena {
+    id: u64,
+    fd: OwnedFd,
+    len: usize,
+    /// None only while [`Arena::freeze`] swaps the writable mapping for a read-only one.
+    map: Mutex<Option<Arc<Mapping>>>,
+    state: Mutex<ArenaState>,
+    prefault: Option<Prefault>,
+    hugepage: bool,
+}
+
+impl Arena {
+    /// Creates an arena of `len` bytes, mapped read-write here, pre-faulted, with
+    /// `MADV_HUGEPAGE` requested first.
+    pub fn create(len: usize) -> Result<Arc<Arena>, ArenaError> {
+        Arena::create_with(len, true)
+    }
+
+    /// Like [`Arena::create`]; `prefault: false` skips pre-faulting (pages then fault
+    /// on first touch).
+    pub fn create_with(len: usize, prefault: bool) -> Result<Arc<Arena>, ArenaError> {
+        if len == 0 {
+            return Err(ArenaError::Empty);
+        }
+        let fd = sys::memfd_create("nodecell-arena").map_err(io("memfd_create"))?;
+        sys::ftruncate(fd.as_fd(), len as u64).map_err(io("ftruncate arena"))?;
+        let map = Mapping::map(fd.as_fd(), len, Protection::WriteShared).map_err(io("mmap arena"))?;
+        let hugepage = map.advise_hugepage();
+        let prefault = if prefault { Some(map.prefault_write().map_err(io("prefault arena"))?) } else { None };
+        Ok(Arc::new(Arena {
+            id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
+            fd,
+            len,
+            map: Mutex::new(Some(Arc::new(map))),
+            state: Mutex::new(ArenaState::Open),
+            prefault,
+            hugepage,
+        }))
+    }
+
+    /// Process-unique id (not the wire slot id; see [`crate::Channel::share`]).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false (arenas are never empty); for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Address of this process's mapping (read-write unless frozen); null only if
+    /// the arena could not be mapped again after a failed [`Arena::freeze`].
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.mapping().map_or(std::ptr::null_mut(), |m| m.ptr())
+    }
+
+    /// This process's mapping (kept alive while the returned Arc lives).
+    pub fn mapping(&self) -> Option<Arc<Mapping>> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if m.is_none() {
+            *m = Mapping::map(self.fd.as_fd(), self.len, Protection::ReadShared).ok().map(Arc::new);
+        }
+        m.clone()
+    }
+
+    /// Copies `src` into the arena at `off` (only while the owner can still write:
+    /// not after [`Arena::freeze`]).
+    pub fn write(&self, off: usize, src: &[u8]) -> Result<(), ArenaError> {
+        let Some(m) = self.mapping() else {
+            return Err(ArenaError::AlreadySealed { id: self.id, state: self.state() });
+        };
+        if m.protection() == Protection::ReadShared {
+            return Err(ArenaError::AlreadySealed { id: self.id, state: self.state() });
+        }
+        if off.checked_add(src.len()).is_none_or(|e| e > self.len) {
+            return Err(io("write arena")(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+        }
+        m.write_from(off, src);
+        Ok(())
+    }
+
+    /// Copies `dst.len()` bytes at `off` out of the arena.
+    pub fn read(&self, off: usize, dst: &mut [u8]) -> Result<(), ArenaError> {
+        if off.checked_add(dst.len()).is_none_or(|e| e > self.len) {
+            return Err(io("read arena")(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+        }
+        match self.mapping() {
+            Some(m) => {
+                m.read_into(off, dst);
+                Ok(())
+            }
+            None => Err(io("read arena")(std::io::Error::from(std::io::ErrorKind::NotFound))),
+        }
+    }
+
+    /// The seal state.
+    pub fn state(&self) -> ArenaState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How the pages were pre-faulted (None: not pre-faulted).
+    pub fn prefault(&self) -> Option<Prefault> {
+        self.prefault
+    }
+
+    /// Whether `MADV_HUGEPAGE` was accepted.
+    pub fn hugepage_advised(&self) -> bool {
+        self.hugepage
+    }
+
+    /// The memfd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn seal(&self, seals: u32, to: ArenaState) -> Result<(), ArenaError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *st != ArenaState::Open {
+            return Err(ArenaError::AlreadySealed { id: self.id, state: *st });
+        }
+        sys::add_seals(self.fd.as_fd(), seals).map_err(io("seal arena"))?;
+        *st = to;
+        Ok(())
+    }
+
+    /// Seals `SHRINK|GROW|FUTURE_WRITE|SEAL`: an input the peer can only read.
+    /// On kernels without `F_SEAL_FUTURE_WRITE` (< 5.1) this falls back to
+    /// [`Arena::freeze`] (the owner can no longer write either).
+    pub fn seal_read_only(&self) -> Result<(), ArenaError> {
+        match self.seal(sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_FUTURE_WRITE | sys::SEAL_SEAL, ArenaState::ReadOnly) {
+            Err(ArenaError::Io { source, .. }) if source.raw_os_error() == Some(sys::errno::EINVAL) => self.freeze(),
+            r => r,
+        }
+    }
+
+    /// Seals `SHRINK|GROW|SEAL`: an output buffer the peer may write.
+    pub fn seal_output(&self) -> Result<(), ArenaError> {
+        self.seal(sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL, ArenaState::Output)
+    }
+
+    /// Makes the arena immutable: drops the writable mapping, seals
+    /// `WRITE|SHRINK|GROW|SEAL`, maps it read-only. Fails with EBUSY while another
+    /// writable shared mapping of it exists (e.g. a [`TensorView`] of an output buffer).
+    pub fn freeze(&self) -> Result<(), ArenaError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *st != ArenaState::Open {
+            return Err(ArenaError::AlreadySealed { id: self.id, state: *st });
+        }
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Unmap the writable mapping (unless someone still holds it: then EBUSY below).
+        // Even a read-only MAP_SHARED mapping made before the seal would count as
+        // writable (VM_MAYWRITE), so the read-only one is made after sealing.
+        let old = map.take();
+        drop(old);
+        let sealed = sys::add_seals(self.fd.as_fd(), sys::SEAL_WRITE | sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL);
+        let prot = if sealed.is_ok() { Protection::ReadShared } else { Protection::WriteShared };
+        *map = Some(Arc::new(Mapping::map(self.fd.as_fd(), self.len, prot).map_err(io("mmap arena"))?));
+        sealed.map_err(io("seal arena F_SEAL_WRITE"))?;
+        *st = ArenaState::Frozen;
+        Ok(())
+    }
+}
+
+/// A received tensor: a mapping of the peer's arena and the validated descriptor.
+///
+/// The mapping stays valid while the view lives, even after the arena is retired.
+/// Reading through [`TensorView::as_ptr`] is the zero-copy path for numpy/torch.
+#[derive(Debug, Clone)]
+pub struct TensorView {
+    map: Arc<Mapping>,
+    desc: TensorDesc,
+}
+
+impl TensorView {
+    pub(crate) fn new(map: Arc<Mapping>, desc: TensorDesc) -> TensorView {
+        TensorView { map, desc }
+    }
+
+    /// The descriptor (validated against the arena's sealed size).
+    pub fn desc(&self) -> &TensorDesc {
+        &self.desc
+    }
+
+    /// Address of element [0,..,0].
+    pub fn as_ptr(&self) -> *const u8 {
+        // validate_in proved offset + nbytes <= mapping length.
+        self.map.ptr().wrapping_add(self.desc.offset as usize)
+    }
+
+    /// Writable address of element [0,..,0] — only for copy-on-write views and
+    /// output buffers; None otherwise.
+    pub fn as_mut_ptr(&self) -> Option<*mut u8> {
+        match self.map.protection() {
+            Protection::ReadShared => None,
+            _ => Some(self.map.ptr().wrapping_add(self.desc.offset as usize)),
+        }
+    }
+
+    /// Bytes from [`TensorView::as_ptr`] that the view may touch.
+    pub fn len(&self) -> usize {
+        self.desc.nbytes as usize
+    }
+
+    /// Whether the view has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.desc.nbytes == 0
+    }
+
+    /// Whether writes through this view are allowed.
+    pub fn writable(&self) -> bool {
+        self.map.protection() != Protection::ReadShared
+    }
+
+    /// How it is mapped.
+    pub fn protection(&self) -> Protection {
+        self.map.protection()
+    }
+
+    /// Copies `dst.len()` bytes starting `off` bytes into the view.
+    pub fn read(&self, off: usize, dst: &mut [u8]) -> bool {
+        match off.checked_add(dst.len()) {
+            Some(e) if e <= self.len() => {
+                self.map.read_into(self.desc.offset as usize + off, dst);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Copies `src` into the view at `off` (writable views only).
+    pub fn write(&self, off: usize, src: &[u8]) -> bool {
+        match off.checked_add(src.len()) {
+            Some(e) if e <= self.len() && self.writable() => {
+                self.map.write_from(self.desc.offset as usize + off, src);
+                true
+            }
+            _ => false,
+        }
+    }
+}

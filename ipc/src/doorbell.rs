@@ -1,0 +1,259 @@
+//! Futex doorbells with adaptive spinning.
+//!
+//! Each doorbell is two 32-bit words in the channel memfd: `seq` (the futex word)
+//! and `sleeping`. The protocol, for a peer in any language:
+//!
+//! * **Waiter** (the consumer waiting for data, or the producer waiting for space):
+//!   spin for a while re-checking its condition; then load `s = seq` (acquire),
+//!   store `sleeping = 1`, issue a full fence, re-check the condition (if it holds,
+//!   store `sleeping = 0` and go on), else `futex(FUTEX_WAIT, &seq, s)` (shared, not
+//!   `FUTEX_PRIVATE_FLAG`: the word lives in another process's mapping too), then
+//!   store `sleeping = 0` and re-check.
+//! * **Notifier**: after publishing (`head` for data, `tail` for space) issue a full
+//!   fence and load `sleeping`; only if it is non-zero, store `sleeping = 0`, add 1 to
+//!   `seq` (release) and `futex(FUTEX_WAKE, &seq, INT_MAX)`.
+//!
+//! The two fences make it impossible for the waiter to sleep on a condition the
+//! notifier has already made true (Dekker). A notifier that never wakes only hurts
+//! its own calls; a notifier that wakes too often only costs the waiter CPU.
+//!
+//! The spin window adapts ([`Spinner`]): when data tends to arrive shortly after the
+//! waiter gave up spinning, the window doubles (up to `max`); when the waiter slept
+//! long (the peer was idle), it halves (down to `min`). Past the first microseconds
+//! the spin yields the CPU between checks, so a peer on the same core can run.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+/// The two shared words of one doorbell.
+#[derive(Debug, Clone, Copy)]
+pub struct Doorbell<'a> {
+    seq: &'a AtomicU32,
+    sleeping: &'a AtomicU32,
+}
+
+impl<'a> Doorbell<'a> {
+    /// A doorbell over two words in shared memory.
+    pub fn new(seq: &'a AtomicU32, sleeping: &'a AtomicU32) -> Doorbell<'a> {
+        Doorbell { seq, sleeping }
+    }
+
+    /// Notifier side: wakes the waiter if it sleeps. Call after publishing.
+    pub fn ring(&self) {
+        crate::ring::full_fence();
+        self.ring_fenced();
+    }
+
+    /// [`Doorbell::ring`] for a caller whose publishing store was itself a full
+    /// fence (a `SeqCst` read-modify-write such as `swap`).
+    pub fn ring_fenced(&self) {
+        if self.sleeping.load(Ordering::SeqCst) != 0 {
+            self.sleeping.store(0, Ordering::Relaxed);
+            self.seq.fetch_add(1, Ordering::Release);
+            // A failed wake (impossible for a mapped word) leaves the waiter to its timeout.
+            let _ = sys::futex_wake(self.seq, i32::MAX);
+        }
+    }
+
+    /// Waiter side, step 1: announces the sleep; returns the `seq` value to wait on.
+    /// The caller must re-check its condition before [`Doorbell::sleep`].
+    pub fn prepare(&self) -> u32 {
+        let s = self.seq.load(Ordering::Acquire);
+        self.sleeping.store(1, Ordering::Relaxed);
+        crate::ring::full_fence();
+        s
+    }
+
+    /// Waiter side: withdraws the announcement (condition turned true, or woke up).
+    pub fn cancel(&self) {
+        self.sleeping.store(0, Ordering::Relaxed);
+    }
+
+    /// Waiter side, step 2: sleeps while `seq == expected`, at most `timeout`.
+    pub fn sleep(&self, expected: u32, timeout: Option<Duration>) {
+        // EAGAIN (already rung), EINTR and ETIMEDOUT all mean "re-check".
+        let _ = sys::futex_wait(self.seq, expected, timeout);
+    }
+
+    /// The futex word (for the host reactor's FutexWaitV).
+    pub fn seq_word(&self) -> &'a AtomicU32 {
+        self.seq
+    }
+}
+
+/// How long to spin before sleeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpinPolicy {
+    /// Never spin: sleep at once (lowest CPU, highest latency).
+    Never,
+    /// Spin exactly this long.
+    Fixed(Duration),
+    /// Adapt between `min` and `max`, starting at `initial`.
+    Adaptive {
+        /// floor
+        min: Duration,
+        /// ceiling (should exceed the cost of a futex wake on this machine)
+        max: Duration,
+        /// start
+        initial: Duration,
+    },
+}
+
+impl Default for SpinPolicy {
+    fn default() -> SpinPolicy {
+        SpinPolicy::Adaptive {
+            min: Duration::from_micros(2),
+            max: Duration::from_micros(200),
+            initial: Duration::from_micros(50),
+        }
+    }
+}
+
+/// Spins the first this-many nanoseconds without yielding.
+const PURE_SPIN_NS: u64 = 4_000;
+
+/// The adaptive spin state of one waiter.
+#[derive(Debug, Clone)]
+pub struct Spinner {
+    policy: SpinPolicy,
+    window_ns: u64,
+    /// Busy-spin part of the window; shrinks when hits only come after yielding (the
+    /// peer shares our core), grows back when hits come while busy-spinning.
+    pure_ns: u64,
+}
+
+/// Why [`Spinner::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The condition holds.
+    Ready,
+    /// The deadline passed.
+    TimedOut,
+}
+
+impl Spinner {
+    /// A spinner following `policy`.
+    pub fn new(policy: SpinPolicy) -> Spinner {
+        let window_ns = match policy {
+            SpinPolicy::Never => 0,
+            SpinPolicy::Fixed(d) => d.as_nanos() as u64,
+            SpinPolicy::Adaptive { initial, .. } => initial.as_nanos() as u64,
+        };
+        Spinner { policy, window_ns, pure_ns: PURE_SPIN_NS }
+    }
+
+    /// The current spin window.
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.window_ns)
+    }
+
+    /// Spins up to `limit` checking `ready`; true when it became ready.
+    pub fn spin<E>(limit: Duration, ready: &mut impl FnMut() -> Result<bool, E>) -> Result<bool, E> {
+        Ok(Spinner::spin_with(limit, PURE_SPIN_NS, ready)?.is_some())
+    }
+
+    /// Spins up to `limit`, busy for the first `pure_ns` then yielding between checks.
+    /// Returns when it became ready: `Some(true)` if only after a yield.
+    fn spin_with<E>(limit: Duration, pure_ns: u64, ready: &mut impl FnMut() -> Result<bool, E>) -> Result<Option<bool>, E> {
+        if ready()? {
+            return Ok(Some(false));
+        }
+        let start = Instant::now();
+        let mut yielded = false;
+        let limit_ns = limit.as_nanos() as u64;
+        let mut i: u32 = 0;
+        loop {
+            if ready()? {
+                return Ok(Some(yielded));
+            }
+            i = i.wrapping_add(1);
+            if i.is_multiple_of(32) || yielded {
+                let el = start.elapsed().as_nanos() as u64;
+                if el >= limit_ns {
+                    return Ok(None);
+                }
+                if el >= pure_ns {
+                    std::thread::yield_now();
+                    yielded = true;
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Waits until `ready()` is true: spins for the window, then sleeps on `bell` in
+    /// slices of at most `slice` (calling `alive()` after each, which may fail the
+    /// wait), until `deadline`.
+    pub fn wait<E>(
+        &mut self,
+        bell: Doorbell<'_>,
+        deadline: Option<Instant>,
+        slice: Option<Duration>,
+        mut ready: impl FnMut() -> Result<bool, E>,
+        mut alive: impl FnMut() -> Result<(), E>,
+    ) -> Result<Wake, E> {
+        if ready()? {
+            return Ok(Wake::Ready);
+        }
+        let t0 = Instant::now();
+        let mut window = Duration::from_nanos(self.window_ns);
+        if let Some(d) = deadline {
+            window = window.min(d.saturating_duration_since(t0));
+        }
+        if !window.is_zero() {
+            if let Some(after_yield) = Spinner::spin_with(window, self.pure_ns, &mut ready)? {
+                self.pure_ns = if after_yield { self.pure_ns / 2 } else { (self.pure_ns * 2).clamp(64, PURE_SPIN_NS) };
+                self.on_spin_hit(t0.elapsed());
+                return Ok(Wake::Ready);
+            }
+        }
+        let sleep_start = Instant::now();
+        loop {
+            let seq = bell.prepare();
+            if ready()? {
+                bell.cancel();
+                break;
+            }
+            let mut t = slice;
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    bell.cancel();
+                    return Ok(Wake::TimedOut);
+                }
+                t = Some(t.map_or(left, |s| s.min(left)));
+            }
+            bell.sleep(seq, t);
+            bell.cancel();
+            if ready()? {
+                break;
+            }
+            alive()?;
+        }
+        self.on_slept(sleep_start.elapsed());
+        Ok(Wake::Ready)
+    }
+
+    fn on_spin_hit(&mut self, after: Duration) {
+        if let SpinPolicy::Adaptive { max, .. } = self.policy {
+            // Keep at least twice what this hit needed.
+            let want = (after.as_nanos() as u64).saturating_mul(2);
+            self.window_ns = self.window_ns.max(want).min(max.as_nanos() as u64);
+        }
+    }
+
+    fn on_slept(&mut self, slept: Duration) {
+        if let SpinPolicy::Adaptive { min, max, .. } = self.policy {
+            let (min, max) = (min.as_nanos() as u64, max.as_nanos() as u64);
+            if (slept.as_nanos() as u64) < max {
+                // The data came soon after we gave up: spinning longer would have won.
+                self.window_ns = self.window_ns.saturating_mul(2).clamp(min, max);
+            } else {
+                // The peer was idle: spinning was wasted.
+                self.window_ns = (self.window_ns / 2).clamp(min, max);
+            }
+        }
+    }
+}
