@@ -1,9 +1,57 @@
-//! The `nodecell._nodecell` extension module. (Being built: see issue 5.)
+//! `nodecell._nodecell`: the Rust half of the nodecell Python package.
+//!
+//! * [`channel::PyChannel`] (`Channel`): frames over the ipc crate's rings, with
+//!   Python values converted here and hooks for everything else.
+//! * [`arena::PyArena`] / [`arena::PyView`] (`Arena`, `View`): tensor storage
+//!   owned here / received from the peer.
+//! * [`reactor::PyReactor`] (`Reactor`): the host's io_uring event thread.
+//! * [`provision::read_manifest`], [`provision::provision`]: pack environments.
+//!
+//! The Python package (`pyshim/python/nodecell`) builds the user-facing API on top.
+#![deny(missing_docs)]
+
 use pyo3::prelude::*;
+
+pub mod arena;
+pub mod channel;
+pub mod markers;
+pub mod provision;
+pub mod reactor;
+
+pyo3::create_exception!(
+    _nodecell,
+    ProtocolViolation,
+    pyo3::exceptions::PyValueError,
+    "The peer broke the channel protocol; the channel is poisoned."
+);
+
+/// What this kernel offers the channel (the rows `nodecell check` prints for ipc).
+#[pyfunction]
+fn ipc_probe() -> Vec<(String, bool, String)> {
+    nodecell_ipc::probe::probe().into_iter().map(|f| (f.name, f.available, f.detail)).collect()
+}
 
 /// The private extension module behind the `nodecell` Python package.
 #[pymodule]
 fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    use nodecell_ipc::frame::kind;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("KIND_CALL", kind::CALL)?;
+    m.add("KIND_REPLY", kind::REPLY)?;
+    m.add("KIND_ERROR", kind::ERROR)?;
+    m.add("KIND_CALLBACK", kind::CALLBACK)?;
+    m.add("KIND_CANCEL", kind::CANCEL)?;
+    m.add("KIND_RELEASE", kind::RELEASE)?;
+    m.add("KIND_LOG", kind::LOG)?;
+    m.add("KIND_HEARTBEAT", kind::HEARTBEAT)?;
+    m.add("ProtocolViolation", m.py().get_type::<ProtocolViolation>())?;
+    m.add_class::<channel::PyChannel>()?;
+    m.add_class::<arena::PyArena>()?;
+    m.add_class::<arena::PyView>()?;
+    m.add_class::<reactor::PyReactor>()?;
+    markers::register(m)?;
+    m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
+    m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
+    m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;
     Ok(())
 }

@@ -49,7 +49,9 @@ class LoopBridge:
 
     def register(self, channel: Any, pidfd: int, on_readable: Callable[[], None],
                  on_died: Callable[[], None]) -> int:
-        token = self.r.register(channel, pidfd)
+        if pidfd >= 0:
+            channel.set_peer_pidfd(pidfd)
+        token = self.r.register(channel)
         self.handlers[token] = (on_readable, on_died)
         if not self._armed:
             self.loop.add_reader(self.r.fileno(), self._drain)

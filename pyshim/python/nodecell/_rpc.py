@@ -19,7 +19,7 @@ Payloads:
   REPLY            the return value
   ERROR            ``_nodecell.ErrorValue`` (type name, message, traceback text)
   CANCEL           None
-  RELEASE          list of ``(handle_id, count)``
+  RELEASE          list of released handle ids, one entry per reference
   LOG              ``(levelno, logger_name, message)``
   HEARTBEAT        None
 """
@@ -208,12 +208,12 @@ class Endpoint:
         np = mods.get("numpy")
         if np is not None:
             if isinstance(obj, np.ndarray):
-                return _tensors.encode_numpy(obj, self.frozen_outputs)
+                return _tensors.encode_numpy(obj, self.frozen_outputs, self.channel.id)
             if isinstance(obj, np.generic):
                 return obj.item()
         tm = mods.get("torch")
         if tm is not None and isinstance(obj, tm.Tensor):
-            return _tensors.encode_torch(obj, self.frozen_outputs)
+            return _tensors.encode_torch(obj, self.frozen_outputs, self.channel.id)
         cls = type(obj)
         name = _RECORD_NAMES.get(cls)
         if name is not None:
@@ -337,18 +337,16 @@ class Endpoint:
             raise TypeError(f"{method!r} of object #{target} is not callable")
         return fn
 
-    def _release_exports(self, items: Any) -> None:
-        if not isinstance(items, list):
+    def _release_exports(self, ids: Any) -> None:
+        """The peer dropped references to our objects: one list entry per reference."""
+        if not isinstance(ids, list):
             return
         with self._lock:
-            for it in items:
-                if not (isinstance(it, tuple) and len(it) == 2):
-                    continue
-                hid, n = it
+            for hid in ids:
                 ent = self.exported.get(hid)
-                if ent is None or not isinstance(n, int):
+                if ent is None:
                     continue
-                ent[1] -= n
+                ent[1] -= 1
                 if ent[1] <= 0:
                     del self.exported[hid]
                     self._export_ids.pop(id(ent[0]), None)
@@ -366,8 +364,9 @@ class Endpoint:
         if not q or self.closed:
             return
         items, self._release_queue = q[:], []
+        ids = [hid for hid, n in items for _ in range(n)]
         try:
-            self.channel.send(RELEASE, 0, items)
+            self.channel.send(RELEASE, 0, ids)
         except Exception:  # noqa: BLE001 - a dead channel has nothing to release
             pass
 

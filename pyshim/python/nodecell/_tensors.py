@@ -21,6 +21,7 @@ arena goes, the peers that mapped it are told to drop their mapping.
 
 from __future__ import annotations
 
+import ctypes
 import sys
 import weakref
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -106,42 +107,54 @@ def _torch_dtype_name(dt: Any) -> Optional[str]:
     return name if name in _TORCH_NAMES else None
 
 
-class _Registry:
-    """Arenas this process can name: those it made and those it mapped from a peer.
+def _buffer(obj: Any) -> Any:
+    """A ctypes array over an Arena's or View's memory that keeps the object alive."""
+    buf = (ctypes.c_char * obj.nbytes).from_address(obj.address)
+    buf._nc_owner = obj
+    return buf
 
-    Keyed by the mapping's base address (to find the arena behind a tensor's
-    storage) and by identity. Weak: an arena lives as long as some array or
-    tensor (or the channel's peer bookkeeping) holds it.
+
+class _Registry:
+    """Which arena (or received view) a torch storage lives in.
+
+    One torch storage per (address, size) of an Arena/View, cached weakly, so
+    every tensor on one arena shares one storage and data pointers stay equal;
+    storages map back to their arena for the next send.
     """
 
     def __init__(self) -> None:
-        self.by_addr: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
-        # Torch storage made for each arena, so every tensor on one arena shares one storage.
-        self.storages: Dict[int, Any] = {}
+        self.storages: Dict[Tuple[int, int], Any] = {}
+        self.owners: Dict[Tuple[int, int], Any] = {}
 
-    def add(self, arena: Any) -> None:
-        self.by_addr[arena.address] = arena
-
-    def find(self, addr: int) -> Optional[Any]:
-        return self.by_addr.get(addr)
+    def find_storage_owner(self, st: Any) -> Optional[Any]:
+        ref = self.owners.get((st.data_ptr(), st.nbytes()))
+        return ref() if ref is not None else None
 
     def torch_storage(self, arena: Any) -> Any:
-        """The torch storage over the whole arena (one per arena, cached weakly)."""
-        key = arena.address
+        """The torch storage over the whole arena/view (one per arena, cached weakly)."""
+        key = (arena.address, arena.nbytes)
         ref = self.storages.get(key)
         st = ref() if ref is not None else None
-        if st is None:
-            t = _torch_mod()
-            import warnings
+        owner = self.owners.get(key)
+        if st is not None and owner is not None and owner() is arena:
+            return st
+        t = _torch_mod()
+        import warnings
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # read-only buffers: we never write through them
-                st = t.frombuffer(arena, dtype=t.uint8).untyped_storage()
-            try:
-                self.storages[key] = weakref.ref(st, lambda _r, k=key: self.storages.pop(k, None))
-            except TypeError:  # storages without weakref support: do not cache
-                pass
-            self.by_addr[key] = arena
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # read-only buffers: we never write through them
+            st = t.frombuffer(_buffer(arena), dtype=t.uint8).untyped_storage()
+
+        def gone(r: Any, k: Tuple[int, int] = key) -> None:
+            if self.storages.get(k) is r:
+                self.storages.pop(k, None)
+                self.owners.pop(k, None)
+
+        try:
+            self.storages[key] = weakref.ref(st, gone)
+        except TypeError:  # storages without weakref support: do not cache
+            pass
+        self.owners[key] = weakref.ref(arena)
         return st
 
 
@@ -149,15 +162,7 @@ REGISTRY = _Registry()
 
 
 def _new_arena(nbytes: int, shared_writable: bool = False) -> Any:
-    a = _nodecell.Arena(max(nbytes, 1), shared_writable=shared_writable)
-    REGISTRY.add(a)
-    return a
-
-
-def _frozen_arena(buf: Any) -> Any:
-    a = _nodecell.Arena.frozen_copy(buf)
-    REGISTRY.add(a)
-    return a
+    return _nodecell.Arena(max(nbytes, 1), shared_writable=shared_writable)
 
 
 def empty(shape: Sequence[int], dtype: str = "float32", *, kind: str = "torch",
@@ -180,7 +185,7 @@ def empty(shape: Sequence[int], dtype: str = "float32", *, kind: str = "torch",
         if _np_dtype_name(dt) is None:
             raise TypeError(f"unsupported dtype {dtype!r}")
         arena = _new_arena(n * dt.itemsize, shared_writable)
-        return np.ndarray(shape, dtype=dt, buffer=arena, offset=0)
+        return np.ndarray(shape, dtype=dt, buffer=_buffer(arena), offset=0)
     if kind == "torch":
         t = _torch_mod()
         dt = _torch_dtype(str(dtype).replace("torch.", ""))
@@ -211,32 +216,38 @@ def is_shared(obj: Any) -> bool:
 
 
 def _arena_of(obj: Any) -> Tuple[Optional[Any], int]:
-    """(arena, byte offset of the data pointer from the arena's base) or (None, 0)."""
+    """(arena or view, byte offset of the data pointer from its start) or (None, 0)."""
     tmod = sys.modules.get("torch")
     if tmod is not None and isinstance(obj, tmod.Tensor):
         st = obj.untyped_storage()
-        sptr = st.data_ptr()
-        arena = REGISTRY.find(sptr)
+        arena = REGISTRY.find_storage_owner(st)
         if arena is None:
             return None, 0
-        return arena, obj.storage_offset() * obj.element_size() + (sptr - arena.address)
+        return arena, obj.storage_offset() * obj.element_size() + (st.data_ptr() - arena.address)
     np = sys.modules.get("numpy")
     if np is not None and isinstance(obj, np.ndarray):
         base = obj
-        while base is not None and not isinstance(base, (_nodecell.Arena, _nodecell.MappedArena)):
+        while base is not None:
+            owner = getattr(base, "_nc_owner", None)
+            if owner is not None:
+                return owner, obj.__array_interface__["data"][0] - owner.address
             if isinstance(base, memoryview):
                 base = base.obj
             else:
                 base = getattr(base, "base", None)
-        if base is None:
-            return None, 0
-        return base, obj.__array_interface__["data"][0] - base.address
     return None, 0
+
+
+def _usable_here(arena: Any, channel_id: int) -> bool:
+    """Our own arenas cross any channel; a received view only back to where it came from."""
+    if isinstance(arena, _nodecell.Arena):
+        return True
+    return arena.channel_id == channel_id
 
 
 # -- encoding ---------------------------------------------------------------------------
 
-def encode_numpy(arr: Any, frozen: bool) -> Any:
+def encode_numpy(arr: Any, frozen: bool, channel_id: int) -> Any:
     np = _numpy()
     name = _np_dtype_name(arr.dtype)
     if name is None:
@@ -247,18 +258,18 @@ def encode_numpy(arr: Any, frozen: bool) -> Any:
             "data": np.ascontiguousarray(arr).tobytes(),
         })
     arena, off = _arena_of(arr)
-    if arena is None:
-        c = np.ascontiguousarray(arr)
-        if frozen:
-            arena = _frozen_arena(memoryview(c).cast("B"))
-        else:
-            arena = _new_arena(c.nbytes)
-            np.frombuffer(arena, dtype=np.uint8, count=c.nbytes)[:] = c.reshape(-1).view(np.uint8)
-        return _nodecell.TensorRef(arena, 0, name, list(c.shape), list(c.strides), "numpy")
-    return _nodecell.TensorRef(arena, off, name, list(arr.shape), list(arr.strides), "numpy")
+    if arena is not None and _usable_here(arena, channel_id) and all(s >= 0 for s in arr.strides):
+        return _nodecell.TensorRef(arena, off, name, list(arr.shape), list(arr.strides), "numpy")
+    c = np.ascontiguousarray(arr)
+    if frozen:
+        arena = _nodecell.Arena.frozen_copy_from(c.__array_interface__["data"][0], c.nbytes)
+    else:
+        arena = _new_arena(c.nbytes)
+        np.frombuffer(_buffer(arena), dtype=np.uint8, count=c.nbytes)[:] = c.reshape(-1).view(np.uint8)
+    return _nodecell.TensorRef(arena, 0, name, list(c.shape), list(c.strides), "numpy")
 
 
-def encode_torch(t: Any, frozen: bool) -> Any:
+def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
     tm = _torch_mod()
     if t.device.type != "cpu":
         from . import _cuda
@@ -275,20 +286,20 @@ def encode_torch(t: Any, frozen: bool) -> Any:
     nbytes = t.numel() * item
     if nbytes < INLINE_LIMIT:
         c = t.contiguous()
-        raw = c.view(tm.uint8).numpy().tobytes() if c.numel() else b""
+        raw = c.reshape(-1).view(tm.uint8).numpy().tobytes() if c.numel() else b""
         return _nodecell.Record("nodecell.ndarray", {
             "kind": "torch", "dtype": name, "shape": list(t.shape), "data": raw,
         })
     arena, off = _arena_of(t)
-    if arena is not None:
+    if arena is not None and _usable_here(arena, channel_id) and all(s >= 0 for s in t.stride()):
         return _nodecell.TensorRef(arena, off, name, list(t.shape), [s * item for s in t.stride()], "torch")
-    st = t.untyped_storage()
     if frozen:
         c = t.contiguous()
-        arena = _frozen_arena(memoryview(c.view(tm.uint8).numpy()).cast("B"))
+        arena = _nodecell.Arena.frozen_copy_from(c.data_ptr(), c.numel() * item)
         return _nodecell.TensorRef(arena, 0, name, list(c.shape), [s * item for s in c.stride()], "torch")
     # Host: copy the whole storage into a fresh arena once, then re-point this tensor
     # there if nothing else shares the storage (views would silently stop aliasing).
+    st = t.untyped_storage()
     snb = st.nbytes()
     arena = _new_arena(snb)
     dst = REGISTRY.torch_storage(arena)
@@ -296,8 +307,17 @@ def encode_torch(t: Any, frozen: bool) -> Any:
         tm.empty(0, dtype=tm.uint8).set_(st, 0, (snb,), (1,)))
     unique = tm._C._storage_Use_Count(st._cdata) <= 2  # the tensor's and our local `st`
     del st
-    if unique and not t.is_inference() and t._base is None:
+    if unique and not t.is_inference() and t._base is None and all(s >= 0 for s in t.stride()):
         t.set_(dst, t.storage_offset(), t.size(), t.stride())
+        return _nodecell.TensorRef(arena, t.storage_offset() * item, name, list(t.shape),
+                                   [s * item for s in t.stride()], "torch")
+    c = tm.empty(0, dtype=t.dtype).set_(dst, t.storage_offset(), t.size(), t.stride()).contiguous()
+    if c.untyped_storage().data_ptr() != dst.data_ptr():
+        # Not representable as-is (e.g. negative strides): send a contiguous copy.
+        arena = _new_arena(c.numel() * item)
+        d2 = REGISTRY.torch_storage(arena)
+        tm.empty(0, dtype=c.dtype).set_(d2, 0, c.size(), c.stride()).copy_(c)
+        return _nodecell.TensorRef(arena, 0, name, list(c.shape), [s * item for s in c.stride()], "torch")
     return _nodecell.TensorRef(arena, t.storage_offset() * item, name, list(t.shape),
                                [s * item for s in t.stride()], "torch")
 
@@ -323,15 +343,17 @@ def decode_tensor(arena: Any, offset: int, dtype: str, shape: Sequence[int], str
                   kind: str) -> Any:
     """Wrap a validated descriptor as a numpy array (read-only) or torch tensor (copy-on-write).
 
-    A torch tensor sent to a process without torch arrives as a numpy array.
+    ``arena`` is our own ``Arena`` (echoed back) or a received ``View``; ``strides``
+    are in bytes. A torch tensor sent to a process without torch arrives as a numpy array.
     """
     if not _want_torch(kind):
         np = _numpy()
         if dtype not in _NAME_TO_NP:
             raise TypeError(f"numpy has no dtype {dtype!r}")
         dt = np.dtype("?" if dtype == "bool" else "<" + _NAME_TO_NP[dtype])
-        a = np.ndarray(tuple(shape), dtype=dt, buffer=arena, offset=offset, strides=tuple(strides))
-        if not getattr(arena, "shared_writable", False):
+        a = np.ndarray(tuple(shape), dtype=dt, buffer=_buffer(arena), offset=offset, strides=tuple(strides))
+        own = isinstance(arena, _nodecell.Arena) and arena.writable
+        if not (own or arena.shared_writable):
             a.flags.writeable = False
         return a
     tm = _torch_mod()

@@ -954,14 +954,19 @@ class ExtensionManager(Generic[T]):
 
     def _provision(self, cfg: ExtensionConfig) -> Dict[str, Any]:
         """Build (or find) the pack's venv; runs in an executor thread."""
+        python = cfg["python"] or self.config.get("python")
+        if python is None and default_interpreter() != sys.executable:
+            python = default_interpreter()  # this host's interpreter is unreachable for workers
         spec = {
             "name": cfg["name"],
+            "module_path": cfg["module_path"],
             "dependencies": list(cfg["dependencies"]),
             "share_torch": cfg["share_torch"],
-            "python": cfg["python"] or self.config.get("python") or default_interpreter(),
+            "python": python,
             "host_python": sys.executable,
             "extra_index_urls": list(cfg["extra_index_urls"]),
             "venv_root": self.config.get("venv_root_path"),
+            "compile_bytecode": True,
         }
         try:
             return _nodecell.provision(spec, self._emit)

@@ -1,0 +1,636 @@
+//! `Channel`: one end of a host↔worker channel, speaking Python values.
+//!
+//! Frames reach Python as `(kind, call_id, payload)`:
+//!
+//! | kind | payload |
+//! |---|---|
+//! | CALL / CALLBACK | `(target, method, args_tuple, kwargs_dict)` |
+//! | REPLY | the value |
+//! | ERROR | whatever the `decode_error` hook returns |
+//! | CANCEL, HEARTBEAT | `None` |
+//! | RELEASE | list of released handle ids (one entry per reference) |
+//! | LOG | `(levelno, logger, message)` |
+//!
+//! Values of the closed set (None, bool, int, float, str, bytes, list, tuple,
+//! dict, set, frozenset) are converted here; anything else goes through the
+//! `encode` hook, which must return a native value or a marker (`TensorRef`,
+//! `HandleRef`, `Record`, `ErrorValue`). Decoded tensors, handles, records and
+//! errors go to the matching `decode_*` hook. A tensor travels as the record
+//! `nodecell.tensor {kind, t}` so the receiver knows whether to build a numpy
+//! array or a torch tensor.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nodecell_ipc::{
+    Call, Channel, ChannelConfig, ChannelError, DType, ErrorValue as IpcError, Frame, HandleKind, Limits, LogLevel,
+    Origin, Record as IpcRecord, Release, RemoteHandle, Side, TensorDesc, Value, WorkerFds,
+};
+use pyo3::exceptions::{PyEOFError, PyOSError, PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
+
+use crate::arena::{PyArena, PyView};
+use crate::markers::{ErrorValue, HandleRef, Record, TensorRef};
+use crate::ProtocolViolation;
+
+/// The record name a tensor travels in (with its kind: numpy or torch).
+const TENSOR_RECORD: &str = "nodecell.tensor";
+/// Deepest Python nesting the encoder follows (the wire allows 64).
+const MAX_DEPTH: u32 = 60;
+
+static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
+
+struct Hooks {
+    encode: Py<PyAny>,
+    tensor: Py<PyAny>,
+    handle: Py<PyAny>,
+    record: Py<PyAny>,
+    error: Py<PyAny>,
+}
+
+/// One end of a channel (rings in a sealed memfd + a socket for fds).
+#[pyclass(name = "Channel", module = "nodecell._nodecell", frozen)]
+pub struct PyChannel {
+    ch: Channel,
+    id: u64,
+    hooks: Mutex<Option<Hooks>>,
+    peer: Mutex<Option<WorkerFds>>,
+    /// Our arenas shared on this channel: slot -> weakref to the `Arena` object.
+    own: Mutex<HashMap<u64, Py<PyAny>>>,
+}
+
+fn channel_err(e: ChannelError) -> PyErr {
+    match e {
+        ChannelError::Violation(v) => ProtocolViolation::new_err(v.to_string()),
+        ChannelError::PeerGone { reason } => PyEOFError::new_err(format!("peer gone: {reason}")),
+        ChannelError::Closed { reason } => PyEOFError::new_err(format!("channel closed: {reason}")),
+        ChannelError::Timeout { op } => PyTimeoutError::new_err(format!("timed out: {op}")),
+        ChannelError::Encode(e) => PyValueError::new_err(format!("cannot encode frame: {e}")),
+        ChannelError::Config { field, value } => PyValueError::new_err(format!("bad channel config {field}: {value}")),
+        ChannelError::Misuse { what } => PyValueError::new_err(what),
+        other => PyOSError::new_err(other.to_string()),
+    }
+}
+
+fn level_to_py(l: LogLevel) -> u32 {
+    match l {
+        LogLevel::Debug => 10,
+        LogLevel::Info => 20,
+        LogLevel::Warning => 30,
+        LogLevel::Error => 40,
+        LogLevel::Critical => 50,
+    }
+}
+
+fn level_from_py(n: i64) -> LogLevel {
+    match n {
+        i64::MIN..=10 => LogLevel::Debug,
+        11..=20 => LogLevel::Info,
+        21..=30 => LogLevel::Warning,
+        31..=40 => LogLevel::Error,
+        _ => LogLevel::Critical,
+    }
+}
+
+fn host_config(max_frame: usize, send_timeout: f64) -> ChannelConfig {
+    ChannelConfig {
+        limits: Limits { max_frame, ..Limits::default() },
+        send_timeout: Duration::from_secs_f64(send_timeout.max(0.001)),
+        ..ChannelConfig::default()
+    }
+}
+
+#[pymethods]
+impl PyChannel {
+    /// Host side: a new channel. `peer_fds()` gives the worker's two fds.
+    #[staticmethod]
+    #[pyo3(signature = (max_frame = 256 << 20, send_timeout = 5.0))]
+    fn create(max_frame: usize, send_timeout: f64) -> PyResult<Self> {
+        let (ch, fds) = Channel::create(host_config(max_frame, send_timeout)).map_err(channel_err)?;
+        Ok(PyChannel::wrap(ch, Some(fds)))
+    }
+
+    /// Worker side: opens the channel from the host's fds (taking ownership of them).
+    #[staticmethod]
+    #[pyo3(signature = (ring_fd, sock_fd, max_frame = 256 << 20, send_timeout = 60.0))]
+    fn open(ring_fd: i32, sock_fd: i32, max_frame: usize, send_timeout: f64) -> PyResult<Self> {
+        let fds = WorkerFds::from_raw(ring_fd, sock_fd).map_err(|e| PyOSError::new_err(format!("channel fds: {e}")))?;
+        let ch = Channel::open(fds, host_config(max_frame, send_timeout))
+            .map_err(|e| ProtocolViolation::new_err(format!("cannot open channel: {e}")))?;
+        Ok(PyChannel::wrap(ch, None))
+    }
+
+    /// Host side: the worker's `(ring_fd, sock_fd)`, once. The caller owns (and closes) them.
+    fn peer_fds(&self) -> PyResult<(i32, i32)> {
+        let fds = self
+            .peer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| PyValueError::new_err("peer fds were already taken (or this is a worker end)"))?;
+        let WorkerFds { ring, sock } = fds;
+        Ok((ring.into_raw_fd(), sock.into_raw_fd()))
+    }
+
+    /// Watches the peer's process through `pidfd` (duplicated; the caller keeps its own).
+    fn set_peer_pidfd(&self, pidfd: i32) -> PyResult<()> {
+        // SAFETY: F_DUPFD_CLOEXEC on a caller-provided fd number only creates a new
+        // descriptor (or fails); it never touches memory.
+        let dup = unsafe { libc::fcntl(pidfd, libc::F_DUPFD_CLOEXEC, 3) };
+        if dup < 0 {
+            return Err(PyOSError::new_err(format!("dup pidfd {pidfd}: {}", std::io::Error::last_os_error())));
+        }
+        // SAFETY: `dup` is a fresh descriptor we own.
+        self.ch.set_peer_pidfd(unsafe { OwnedFd::from_raw_fd(dup) });
+        Ok(())
+    }
+
+    /// Sets the Python callbacks used to encode and decode non-native values.
+    fn set_hooks(
+        &self,
+        encode: Py<PyAny>,
+        decode_tensor: Py<PyAny>,
+        decode_handle: Py<PyAny>,
+        decode_record: Py<PyAny>,
+        decode_error: Py<PyAny>,
+    ) {
+        *self.hooks.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Hooks { encode, tensor: decode_tensor, handle: decode_handle, record: decode_record, error: decode_error });
+    }
+
+    /// Process-unique id of this channel end.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// `host` or `worker`.
+    #[getter]
+    fn side(&self) -> &'static str {
+        match self.ch.side() {
+            Side::Host => "host",
+            Side::Worker => "worker",
+        }
+    }
+
+    /// Sends one frame (see the module docs for payloads).
+    fn send(&self, py: Python<'_>, kind: u8, call_id: u64, payload: &Bound<'_, PyAny>) -> PyResult<()> {
+        let frame = self.build_frame(py, kind, call_id, payload)?;
+        let ch = self.ch.clone();
+        py.detach(move || ch.send(&frame)).map_err(channel_err)
+    }
+
+    /// The next frame if one is ready, else None (never blocks).
+    fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let f = self.ch.try_recv().map_err(channel_err)?;
+        f.map(|f| self.frame_to_py(py, f)).transpose()
+    }
+
+    /// Waits up to `timeout` seconds (None: forever) for a frame; None on timeout.
+    #[pyo3(signature = (timeout = None))]
+    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+        let ch = self.ch.clone();
+        let t = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
+        match py.detach(move || ch.recv(t)) {
+            Ok(f) => self.frame_to_py(py, f).map(Some),
+            Err(ChannelError::Timeout { .. }) => Ok(None),
+            Err(e) => Err(channel_err(e)),
+        }
+    }
+
+    /// Spins (without sleeping) up to `max_us` microseconds for a frame.
+    fn spin_recv(&self, py: Python<'_>, max_us: u64) -> PyResult<Option<Py<PyAny>>> {
+        let ch = self.ch.clone();
+        let f = py.detach(move || ch.recv_spin(Duration::from_micros(max_us))).map_err(channel_err)?;
+        f.map(|f| self.frame_to_py(py, f)).transpose()
+    }
+
+    /// Sends queued releases now, if the ring has room.
+    fn flush(&self) -> PyResult<()> {
+        self.ch.flush().map_err(channel_err)
+    }
+
+    /// Whether the peer is alive (pidfd and socket), raising EOFError if not.
+    fn check_alive(&self) -> PyResult<()> {
+        self.ch.check_alive().map_err(channel_err)
+    }
+
+    /// The error that poisoned the channel, as text (None if healthy).
+    fn failure(&self) -> Option<String> {
+        self.ch.failure().map(|e| e.to_string())
+    }
+
+    /// Closes this end; returns the ids of our calls still pending.
+    #[pyo3(signature = (reason = "closed"))]
+    fn close(&self, reason: &str) -> Vec<u64> {
+        self.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.ch.close(reason)
+    }
+
+    /// (peer arena slot, descriptors still held) for received tensors not yet released.
+    fn held_tensors(&self) -> Vec<(u64, u64)> {
+        self.ch.held_tensors()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<nodecell Channel #{} {}>", self.id, self.side())
+    }
+}
+
+impl PyChannel {
+    fn wrap(ch: Channel, peer: Option<WorkerFds>) -> PyChannel {
+        PyChannel {
+            ch,
+            id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
+            hooks: Mutex::new(None),
+            peer: Mutex::new(peer),
+            own: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The underlying channel (for the reactor).
+    pub(crate) fn channel(&self) -> &Channel {
+        &self.ch
+    }
+
+    fn hook<'py>(&self, py: Python<'py>, which: fn(&Hooks) -> &Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let h = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        match h.as_ref() {
+            Some(h) => Ok(which(h).bind(py).clone()),
+            None => Err(PyValueError::new_err("channel hooks are not set")),
+        }
+    }
+
+    // ------------------------------------------------------------------ encoding
+
+    fn build_frame(&self, py: Python<'_>, kind: u8, call_id: u64, payload: &Bound<'_, PyAny>) -> PyResult<Frame> {
+        use nodecell_ipc::frame::kind as k;
+        Ok(match kind {
+            k::CALL | k::CALLBACK => {
+                let t = payload
+                    .cast::<PyTuple>()
+                    .map_err(|_| PyTypeError::new_err("call payload must be (target, method, args, kwargs)"))?;
+                if t.len() != 4 {
+                    return Err(PyTypeError::new_err("call payload must be (target, method, args, kwargs)"));
+                }
+                let target: u64 = t.get_item(0)?.extract()?;
+                let method: String = t.get_item(1)?.extract()?;
+                let args_obj = t.get_item(2)?;
+                let args_t = args_obj.cast::<PyTuple>().map_err(|_| PyTypeError::new_err("call args must be a tuple"))?;
+                let mut args = Vec::with_capacity(args_t.len());
+                for a in args_t.iter() {
+                    args.push(self.to_value(py, &a, 0)?);
+                }
+                let kw_obj = t.get_item(3)?;
+                let kw = kw_obj.cast::<PyDict>().map_err(|_| PyTypeError::new_err("call kwargs must be a dict"))?;
+                let mut kwargs = Vec::with_capacity(kw.len());
+                for (key, v) in kw.iter() {
+                    let name: String =
+                        key.extract().map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
+                    kwargs.push((name, self.to_value(py, &v, 0)?));
+                }
+                let parent = if kind == k::CALLBACK && call_id != 0 { None } else { None };
+                Frame::Call(Call { id: call_id, parent, target, method, args, kwargs, deadline_ns: 0 })
+            }
+            k::REPLY => Frame::Reply { id: call_id, value: self.to_value(py, payload, 0)? },
+            k::ERROR => {
+                let e = payload
+                    .cast::<ErrorValue>()
+                    .map_err(|_| PyTypeError::new_err("error payload must be an ErrorValue"))?
+                    .get();
+                Frame::Error {
+                    id: call_id,
+                    error: IpcError {
+                        type_name: e.type_name.clone(),
+                        message: e.message.clone(),
+                        traceback: e.traceback.clone(),
+                    },
+                }
+            }
+            k::CANCEL => Frame::Cancel { id: call_id },
+            k::RELEASE => {
+                let ids: Vec<u64> = payload.extract().map_err(|_| PyTypeError::new_err("release payload: list of ids"))?;
+                Frame::Release(Release { handles: ids, tensors: Vec::new(), retired: Vec::new() })
+            }
+            k::LOG => {
+                let (lvl, logger, message): (i64, String, String) = payload.extract()?;
+                Frame::Log { level: level_from_py(lvl), logger, message }
+            }
+            k::HEARTBEAT => Frame::Heartbeat { seq: call_id, monotonic_ns: 0 },
+            other => return Err(PyValueError::new_err(format!("unknown frame kind {other}"))),
+        })
+    }
+
+    fn to_value(&self, py: Python<'_>, obj: &Bound<'_, PyAny>, depth: u32) -> PyResult<Value> {
+        if depth > MAX_DEPTH {
+            return Err(PyValueError::new_err(format!("value nested deeper than {MAX_DEPTH} levels")));
+        }
+        if obj.is_none() {
+            return Ok(Value::None);
+        }
+        if obj.is_exact_instance_of::<PyBool>() {
+            return Ok(Value::Bool(obj.extract::<bool>()?));
+        }
+        if obj.is_exact_instance_of::<PyInt>() {
+            return Ok(match obj.extract::<i64>() {
+                Ok(i) => Value::Int(i),
+                Err(_) => Value::BigInt(obj.str()?.to_string()),
+            });
+        }
+        if obj.is_exact_instance_of::<PyFloat>() {
+            return Ok(Value::Float(obj.extract::<f64>()?));
+        }
+        if obj.is_exact_instance_of::<PyString>() {
+            return Ok(Value::Str(obj.extract::<String>()?));
+        }
+        if obj.is_exact_instance_of::<PyBytes>() {
+            return Ok(Value::Bytes(obj.cast::<PyBytes>()?.as_bytes().to_vec()));
+        }
+        if let Ok(l) = obj.cast_exact::<PyList>() {
+            let mut v = Vec::with_capacity(l.len());
+            for x in l.iter() {
+                v.push(self.to_value(py, &x, depth + 1)?);
+            }
+            return Ok(Value::List(v));
+        }
+        if let Ok(t) = obj.cast_exact::<PyTuple>() {
+            let mut v = Vec::with_capacity(t.len());
+            for x in t.iter() {
+                v.push(self.to_value(py, &x, depth + 1)?);
+            }
+            return Ok(Value::Tuple(v));
+        }
+        if let Ok(d) = obj.cast_exact::<PyDict>() {
+            let mut v = Vec::with_capacity(d.len());
+            for (key, val) in d.iter() {
+                v.push((self.to_value(py, &key, depth + 1)?, self.to_value(py, &val, depth + 1)?));
+            }
+            return Ok(Value::Dict(v));
+        }
+        if let Ok(s) = obj.cast_exact::<PySet>() {
+            let mut v = Vec::with_capacity(s.len());
+            for x in s.iter() {
+                v.push(self.to_value(py, &x, depth + 1)?);
+            }
+            return Ok(Value::Set(v));
+        }
+        if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
+            let mut v = Vec::with_capacity(s.len());
+            for x in s.iter() {
+                v.push(self.to_value(py, &x, depth + 1)?);
+            }
+            return Ok(Value::Set(v));
+        }
+        if let Ok(t) = obj.cast::<TensorRef>() {
+            return self.tensor_value(py, t.get());
+        }
+        if let Ok(h) = obj.cast::<HandleRef>() {
+            let h = h.get();
+            let me = self.ch.side();
+            let owner = if h.sender_owns { me } else { me.peer() };
+            let kind = if h.kind == "callable" { HandleKind::Callable } else { HandleKind::Object };
+            return Ok(Value::Handle(RemoteHandle { id: h.id, owner, kind }));
+        }
+        if let Ok(r) = obj.cast::<Record>() {
+            let r = r.get();
+            let fields = r.fields.bind(py);
+            let mut out = Vec::with_capacity(fields.len());
+            for (key, val) in fields.iter() {
+                let name: String = key.extract().map_err(|_| PyTypeError::new_err("record field names must be str"))?;
+                out.push((name, self.to_value(py, &val, depth + 1)?));
+            }
+            return Ok(Value::Record(Box::new(IpcRecord { name: r.name.clone(), fields: out })));
+        }
+        if let Ok(e) = obj.cast::<ErrorValue>() {
+            let e = e.get();
+            return Ok(Value::Error(Box::new(IpcError {
+                type_name: e.type_name.clone(),
+                message: e.message.clone(),
+                traceback: e.traceback.clone(),
+            })));
+        }
+        // Anything else: the Python layer decides (tensor, record, handle, or a native value).
+        let hook = self.hook(py, |h| &h.encode)?;
+        let r = hook.call1((obj,))?;
+        if r.is(obj) {
+            return Err(PyTypeError::new_err(format!(
+                "cannot send a value of type {}",
+                obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            )));
+        }
+        self.to_value(py, &r, depth + 1)
+    }
+
+    fn tensor_value(&self, py: Python<'_>, t: &TensorRef) -> PyResult<Value> {
+        let dtype = DType::from_name(&t.dtype).ok_or_else(|| PyTypeError::new_err(format!("unknown dtype {:?}", t.dtype)))?;
+        let item = dtype.itemsize() as i64;
+        let mut strides = Vec::with_capacity(t.strides.len());
+        for &s in &t.strides {
+            if s < 0 || s % item != 0 {
+                return Err(PyValueError::new_err(format!(
+                    "stride {s} bytes is negative or not a multiple of the {} item size; make the array contiguous",
+                    t.dtype
+                )));
+            }
+            strides.push(s / item);
+        }
+        let arena = t.arena.bind(py);
+        let desc = if let Ok(a) = arena.cast::<PyArena>() {
+            let inner = &a.get().inner;
+            let d = self
+                .ch
+                .share_tensor(inner, t.offset, dtype, &t.shape, Some(&strides))
+                .map_err(channel_err)?;
+            let slot = d.slot;
+            let weak = pyo3::types::PyWeakrefReference::new(arena)?.into_any().unbind();
+            self.own.lock().unwrap_or_else(|e| e.into_inner()).insert(slot, weak);
+            d
+        } else if let Ok(v) = arena.cast::<PyView>() {
+            let v = v.get();
+            let base = match (&v.echo, v.channel_id == self.id) {
+                (Some(d), true) => d,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "this tensor's storage belongs to another channel; copy it into an arena first",
+                    ))
+                }
+            };
+            let offset = base
+                .offset
+                .checked_add(t.offset)
+                .ok_or_else(|| PyValueError::new_err("tensor offset overflows"))?;
+            let probe = TensorDesc::new(base.slot, Origin::Receiver, offset, u64::MAX - offset, dtype, &t.shape, &strides, false)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let span = probe.span().map_err(|e| PyValueError::new_err(e.to_string()))?;
+            if t.offset.checked_add(span).is_none_or(|end| end > base.nbytes) {
+                return Err(PyValueError::new_err("tensor reaches outside the storage it was received in"));
+            }
+            TensorDesc::new(base.slot, Origin::Receiver, offset, span, dtype, &t.shape, &strides, false)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?
+        } else {
+            return Err(PyTypeError::new_err("TensorRef.arena must be an Arena or a View"));
+        };
+        Ok(Value::Record(Box::new(IpcRecord {
+            name: TENSOR_RECORD.to_string(),
+            fields: vec![("kind".to_string(), Value::Str(t.kind.clone())), ("t".to_string(), Value::Tensor(Box::new(desc)))],
+        })))
+    }
+
+    // ------------------------------------------------------------------ decoding
+
+    fn frame_to_py(&self, py: Python<'_>, f: Frame) -> PyResult<Py<PyAny>> {
+        use nodecell_ipc::frame::kind as k;
+        let (kind, id, payload): (u8, u64, Py<PyAny>) = match f {
+            Frame::Call(c) => {
+                let kind = if c.parent.is_some() { k::CALLBACK } else { k::CALL };
+                let mut args = Vec::with_capacity(c.args.len());
+                for a in c.args {
+                    args.push(self.to_py(py, a)?);
+                }
+                let kw = PyDict::new(py);
+                for (name, v) in c.kwargs {
+                    kw.set_item(name, self.to_py(py, v)?)?;
+                }
+                let payload = (c.target, c.method, PyTuple::new(py, args)?, kw).into_py_any(py)?;
+                (kind, c.id, payload)
+            }
+            Frame::Reply { id, value } => (k::REPLY, id, self.to_py(py, value)?),
+            Frame::Error { id, error } => {
+                let hook = self.hook(py, |h| &h.error)?;
+                (k::ERROR, id, hook.call1((error.type_name, error.message, error.traceback))?.unbind())
+            }
+            Frame::Cancel { id } => (k::CANCEL, id, py.None()),
+            Frame::Release(r) => (k::RELEASE, 0, PyList::new(py, r.handles)?.into_any().unbind()),
+            Frame::Log { level, logger, message } => (k::LOG, 0, (level_to_py(level), logger, message).into_py_any(py)?),
+            Frame::Heartbeat { seq, .. } => (k::HEARTBEAT, seq, py.None()),
+        };
+        (kind, id, payload).into_py_any(py)
+    }
+
+    fn to_py(&self, py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {
+        Ok(match v {
+            Value::None => py.None(),
+            Value::Bool(b) => b.into_py_any(py)?,
+            Value::Int(i) => i.into_py_any(py)?,
+            Value::BigInt(s) => py.get_type::<PyInt>().call1((s,))?.unbind(),
+            Value::Float(x) => x.into_py_any(py)?,
+            Value::Str(s) => s.into_py_any(py)?,
+            Value::Bytes(b) => PyBytes::new(py, &b).into_any().unbind(),
+            Value::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for x in items {
+                    out.push(self.to_py(py, x)?);
+                }
+                PyList::new(py, out)?.into_any().unbind()
+            }
+            Value::Tuple(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for x in items {
+                    out.push(self.to_py(py, x)?);
+                }
+                PyTuple::new(py, out)?.into_any().unbind()
+            }
+            Value::Dict(items) => {
+                let d = PyDict::new(py);
+                for (key, val) in items {
+                    let key = self.to_py(py, key)?;
+                    d.set_item(key, self.to_py(py, val)?)
+                        .map_err(|e| PyTypeError::new_err(format!("dict key from peer is unusable: {e}")))?;
+                }
+                d.into_any().unbind()
+            }
+            Value::Set(items) => {
+                let s = PySet::empty(py)?;
+                for x in items {
+                    s.add(self.to_py(py, x)?)
+                        .map_err(|e| PyTypeError::new_err(format!("set item from peer is unusable: {e}")))?;
+                }
+                s.into_any().unbind()
+            }
+            Value::Tensor(d) => self.tensor_to_py(py, &d, "numpy")?,
+            Value::Handle(h) => {
+                let hook = self.hook(py, |h| &h.handle)?;
+                let sender_owns = h.owner != self.ch.side();
+                let kind = match h.kind {
+                    HandleKind::Callable => "callable",
+                    HandleKind::Object => "object",
+                };
+                hook.call1((h.id, sender_owns, kind))?.unbind()
+            }
+            Value::Record(r) => {
+                let IpcRecord { name, fields } = *r;
+                if name == TENSOR_RECORD {
+                    return self.tensor_record_to_py(py, fields);
+                }
+                let d = PyDict::new(py);
+                for (k, v) in fields {
+                    d.set_item(k, self.to_py(py, v)?)?;
+                }
+                let hook = self.hook(py, |h| &h.record)?;
+                hook.call1((name, d))?.unbind()
+            }
+            Value::Error(e) => {
+                let hook = self.hook(py, |h| &h.error)?;
+                hook.call1((e.type_name, e.message, e.traceback))?.unbind()
+            }
+        })
+    }
+
+    fn tensor_record_to_py(&self, py: Python<'_>, fields: Vec<(String, Value)>) -> PyResult<Py<PyAny>> {
+        let mut kind = None;
+        let mut desc = None;
+        for (k, v) in fields {
+            match (k.as_str(), v) {
+                ("kind", Value::Str(s)) if s == "numpy" || s == "torch" => kind = Some(s),
+                ("t", Value::Tensor(d)) => desc = Some(d),
+                _ => return Err(ProtocolViolation::new_err("malformed nodecell.tensor record")),
+            }
+        }
+        match (kind, desc) {
+            (Some(kind), Some(d)) => self.tensor_to_py(py, &d, &kind),
+            _ => Err(ProtocolViolation::new_err("malformed nodecell.tensor record")),
+        }
+    }
+
+    fn tensor_to_py(&self, py: Python<'_>, d: &TensorDesc, kind: &str) -> PyResult<Py<PyAny>> {
+        let hook = self.hook(py, |h| &h.tensor)?;
+        let item = d.dtype.itemsize() as i64;
+        let strides: Vec<i64> = d.strides().iter().map(|s| s * item).collect();
+        let shape: Vec<u64> = d.shape().to_vec();
+        let dtype = d.dtype.name();
+        match d.origin {
+            Origin::Receiver => {
+                // One of our own arenas coming back: hand the original Arena object over
+                // when it is still alive and writable here, so data pointers match.
+                let own = self.own.lock().unwrap_or_else(|e| e.into_inner()).get(&d.slot).map(|w| w.clone_ref(py));
+                if let Some(w) = own {
+                    let w = w.bind(py);
+                    let obj = w.call0()?;
+                    if !obj.is_none() {
+                        if let Ok(a) = obj.cast::<PyArena>() {
+                            if a.get().inner.state() != nodecell_ipc::ArenaState::Frozen {
+                                return Ok(hook.call1((obj, d.offset, dtype, shape, strides, kind))?.unbind());
+                            }
+                        }
+                    }
+                }
+                let view = self.ch.import_cow(d).map_err(channel_err)?;
+                let v = PyView { view, release: None, channel_id: self.id, echo: None };
+                let v = Bound::new(py, v)?;
+                Ok(hook.call1((v, 0u64, dtype, shape, strides, kind))?.unbind())
+            }
+            Origin::Sender => {
+                let view = if d.writable || kind != "torch" { self.ch.import(d) } else { self.ch.import_cow(d) }
+                    .map_err(channel_err)?;
+                let v = PyView { view, release: Some((self.ch.clone(), d.clone())), channel_id: self.id, echo: Some(d.clone()) };
+                let v = Bound::new(py, v)?;
+                Ok(hook.call1((v, 0u64, dtype, shape, strides, kind))?.unbind())
+            }
+        }
+    }
+}
