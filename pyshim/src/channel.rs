@@ -294,8 +294,8 @@ impl PyChannel {
                         key.extract().map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
                     kwargs.push((name, self.to_value(py, &v, 0)?));
                 }
-                let parent = if kind == k::CALLBACK && call_id != 0 { None } else { None };
-                Frame::Call(Call { id: call_id, parent, target, method, args, kwargs, deadline_ns: 0 })
+                // Both directions send plain calls; the Python layer routes replies by id.
+                Frame::Call(Call { id: call_id, parent: None, target, method, args, kwargs, deadline_ns: 0 })
             }
             k::REPLY => Frame::Reply { id: call_id, value: self.to_value(py, payload, 0)? },
             k::ERROR => {
@@ -488,18 +488,19 @@ impl PyChannel {
         let (kind, id, payload): (u8, u64, Py<PyAny>) = match f {
             Frame::Call(c) => {
                 let kind = if c.parent.is_some() { k::CALLBACK } else { k::CALL };
-                let mut args = Vec::with_capacity(c.args.len());
-                for a in c.args {
-                    args.push(self.to_py(py, a)?);
-                }
-                let kw = PyDict::new(py);
-                for (name, v) in c.kwargs {
-                    kw.set_item(name, self.to_py(py, v)?)?;
-                }
-                let payload = (c.target, c.method, PyTuple::new(py, args)?, kw).into_py_any(py)?;
-                (kind, c.id, payload)
+                let id = c.id;
+                // A value this side cannot build (e.g. an array without numpy here) fails
+                // this call only: the payload is then the exception, to be answered as an error.
+                let payload = match self.call_payload(py, c) {
+                    Ok(p) => p,
+                    Err(e) => e.into_value(py).into_any(),
+                };
+                (kind, id, payload)
             }
-            Frame::Reply { id, value } => (k::REPLY, id, self.to_py(py, value)?),
+            Frame::Reply { id, value } => match self.to_py(py, value) {
+                Ok(v) => (k::REPLY, id, v),
+                Err(e) => (k::ERROR, id, e.into_value(py).into_any()),
+            },
             Frame::Error { id, error } => {
                 let hook = self.hook(py, |h| &h.error)?;
                 (k::ERROR, id, hook.call1((error.type_name, error.message, error.traceback))?.unbind())
@@ -510,6 +511,18 @@ impl PyChannel {
             Frame::Heartbeat { seq, .. } => (k::HEARTBEAT, seq, py.None()),
         };
         (kind, id, payload).into_py_any(py)
+    }
+
+    fn call_payload(&self, py: Python<'_>, c: Call) -> PyResult<Py<PyAny>> {
+        let mut args = Vec::with_capacity(c.args.len());
+        for a in c.args {
+            args.push(self.to_py(py, a)?);
+        }
+        let kw = PyDict::new(py);
+        for (name, v) in c.kwargs {
+            kw.set_item(name, self.to_py(py, v)?)?;
+        }
+        (c.target, c.method, PyTuple::new(py, args)?, kw).into_py_any(py)
     }
 
     fn to_py(&self, py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {

@@ -77,21 +77,22 @@ def _np_dtype_name(dt: Any) -> Optional[str]:
 
 
 _HAVE_TORCH: Optional[bool] = None
+_HAVE_NUMPY: Optional[bool] = None
 
 
 def _want_torch(kind: str) -> bool:
     """Whether to build a torch tensor: asked for, and torch importable here (else numpy)."""
-    global _HAVE_TORCH
-    if kind != "torch":
-        return False
-    if _HAVE_TORCH is None:
-        if "torch" in sys.modules:
-            _HAVE_TORCH = True
-        else:
-            import importlib.util
+    global _HAVE_TORCH, _HAVE_NUMPY
+    import importlib.util
 
-            _HAVE_TORCH = importlib.util.find_spec("torch") is not None
-    return _HAVE_TORCH
+    if _HAVE_TORCH is None:
+        _HAVE_TORCH = "torch" in sys.modules or importlib.util.find_spec("torch") is not None
+    if kind == "torch":
+        return _HAVE_TORCH
+    if _HAVE_NUMPY is None:
+        _HAVE_NUMPY = "numpy" in sys.modules or importlib.util.find_spec("numpy") is not None
+    # A numpy array sent to a process with torch but no numpy arrives as a tensor.
+    return not _HAVE_NUMPY and _HAVE_TORCH
 
 
 def _torch_dtype(name: str) -> Any:
@@ -286,7 +287,7 @@ def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
     nbytes = t.numel() * item
     if nbytes < INLINE_LIMIT:
         c = t.contiguous()
-        raw = c.reshape(-1).view(tm.uint8).numpy().tobytes() if c.numel() else b""
+        raw = ctypes.string_at(c.data_ptr(), nbytes) if nbytes else b""
         return _nodecell.Record("nodecell.ndarray", {
             "kind": "torch", "dtype": name, "shape": list(t.shape), "data": raw,
         })

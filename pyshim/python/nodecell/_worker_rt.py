@@ -145,6 +145,9 @@ class WorkerEndpoint(Endpoint):
     # -- incoming calls -------------------------------------------------------------------
 
     def _run_incoming(self, call_id: int, payload: Any) -> None:
+        if isinstance(payload, BaseException):  # its arguments could not be built here
+            self._reply_error(call_id, payload)
+            return
         try:
             target, method, args, kwargs = payload
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):

@@ -129,6 +129,9 @@ class _HostEndpoint(Endpoint):
             fut.set_result(value)
 
     def _run_incoming(self, call_id: int, payload: Any) -> None:
+        if isinstance(payload, BaseException):  # its arguments could not be built here
+            self._send_error(call_id, payload)
+            return
         try:
             if not (isinstance(payload, tuple) and len(payload) == 4):
                 raise TypeError("malformed call frame")
