@@ -638,8 +638,9 @@ impl PyChannel {
                 Ok(hook.call1((v, 0u64, dtype, shape, strides, kind))?.unbind())
             }
             Origin::Sender => {
-                let view = if d.writable || kind != "torch" { self.ch.import(d) } else { self.ch.import_cow(d) }
-                    .map_err(channel_err)?;
+                // Output buffers are mapped writable-shared; everything else copy-on-write,
+                // so no tensor built here (numpy, or torch where numpy is missing) can fault on a write.
+                let view = if d.writable { self.ch.import(d) } else { self.ch.import_cow(d) }.map_err(channel_err)?;
                 let v = PyView { view, release: Some((self.ch.clone(), d.clone())), channel_id: self.id, echo: Some(d.clone()) };
                 let v = Bound::new(py, v)?;
                 Ok(hook.call1((v, 0u64, dtype, shape, strides, kind))?.unbind())

@@ -306,19 +306,14 @@ def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
     dst = REGISTRY.torch_storage(arena)
     tm.empty(0, dtype=tm.uint8).set_(dst, 0, (snb,), (1,)).copy_(
         tm.empty(0, dtype=tm.uint8).set_(st, 0, (snb,), (1,)))
-    unique = tm._C._storage_Use_Count(st._cdata) <= 2  # the tensor's and our local `st`
+    # Re-point the tensor (and the tensor it is a view of, e.g. after .reshape())
+    # when they are the storage's only users: views elsewhere would silently stop aliasing.
+    holders = [t] if t._base is None else [t, t._base]
+    uses = tm._C._storage_Use_Count(st._cdata)  # the holders' and our local `st`
     del st
-    if unique and not t.is_inference() and t._base is None and all(s >= 0 for s in t.stride()):
-        t.set_(dst, t.storage_offset(), t.size(), t.stride())
-        return _nodecell.TensorRef(arena, t.storage_offset() * item, name, list(t.shape),
-                                   [s * item for s in t.stride()], "torch")
-    c = tm.empty(0, dtype=t.dtype).set_(dst, t.storage_offset(), t.size(), t.stride()).contiguous()
-    if c.untyped_storage().data_ptr() != dst.data_ptr():
-        # Not representable as-is (e.g. negative strides): send a contiguous copy.
-        arena = _new_arena(c.numel() * item)
-        d2 = REGISTRY.torch_storage(arena)
-        tm.empty(0, dtype=c.dtype).set_(d2, 0, c.size(), c.stride()).copy_(c)
-        return _nodecell.TensorRef(arena, 0, name, list(c.shape), [s * item for s in c.stride()], "torch")
+    if uses <= len(holders) + 1 and not t.is_inference():
+        for h in holders:
+            h.set_(dst, h.storage_offset(), h.size(), h.stride())
     return _nodecell.TensorRef(arena, t.storage_offset() * item, name, list(t.shape),
                                [s * item for s in t.stride()], "torch")
 
@@ -353,6 +348,8 @@ def decode_tensor(arena: Any, offset: int, dtype: str, shape: Sequence[int], str
             raise TypeError(f"numpy has no dtype {dtype!r}")
         dt = np.dtype("?" if dtype == "bool" else "<" + _NAME_TO_NP[dtype])
         a = np.ndarray(tuple(shape), dtype=dt, buffer=_buffer(arena), offset=offset, strides=tuple(strides))
+        # Inputs are read-only (the mapping is copy-on-write underneath, so even a
+        # forced write could never reach the sender); our own arenas and output buffers stay writable.
         own = isinstance(arena, _nodecell.Arena) and arena.writable
         if not (own or arena.shared_writable):
             a.flags.writeable = False

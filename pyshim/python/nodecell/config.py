@@ -45,14 +45,23 @@ class SandboxMode(enum.Enum):
         raise ConfigError(field, f"expected one of 'required', 'best-effort', 'disabled', got {value!r}")
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 1 << 10, "ki": 1 << 10, "kib": 1 << 10,
+    "m": 1 << 20, "mi": 1 << 20, "mib": 1 << 20,
+    "g": 1 << 30, "gi": 1 << 30, "gib": 1 << 30,
+    "t": 1 << 40, "ti": 1 << 40, "tib": 1 << 40,
+}
 
 
 def parse_size(value: Any, field: str) -> int:
     """Parse a byte size: an int, or a string such as ``"8GB"``, ``"512MiB"``, ``"1.5G"``, ``"4096"``.
 
-    ``K``/``M``/``G``/``T`` are powers of 1024 (memory limits are in binary units,
-    as the kernel counts them), with or without ``i``/``B``.
+    Same rules as ``manifest.yaml``: ``KB``/``MB``/``GB``/``TB`` are powers of
+    1000; ``K``/``M``/``G``/``T`` and ``KiB``/``MiB``/``GiB``/``TiB`` powers of 1024
+    (as ``docker --memory`` and ``ulimit`` count).
     """
     if isinstance(value, bool):
         raise ConfigError(field, f"expected a size such as '8GB' or a number of bytes, got {value!r}")
@@ -62,14 +71,12 @@ def parse_size(value: Any, field: str) -> int:
         return value
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
-        if m:
-            num, unit = float(m.group(1)), m.group(2).upper()
-            mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
-            n = int(num * mult)
+        if m and m.group(2).lower() in _UNITS:
+            n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
             if n <= 0:
                 raise ConfigError(field, f"must be positive, got {value!r}")
             return n
-    raise ConfigError(field, f"expected a size such as '8GB', '512MiB' or a number of bytes, got {value!r}")
+    raise ConfigError(field, f"expected a size such as '8GB', '512MiB', '2G' or a number of bytes, got {value!r}")
 
 
 def _bool(cfg: Mapping, key: str, default: bool, prefix: str = "") -> bool:

@@ -1,0 +1,256 @@
+"""The extension class, services and record types the Python tests load into workers.
+
+This module is imported in the host (by the tests) and in every worker (from a
+read-only mount of this file), like a Studio app's own API module would be.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+
+import nodecell
+
+
+@nodecell.register_type
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+    label: str = ""
+
+
+@nodecell.register_type
+class Color(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+class Registry(nodecell.ProxiedSingleton):
+    """A host service: a key-value store with sync and async methods."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data: dict = {}
+        self.calls = 0
+
+    def put(self, key, value):
+        self.calls += 1
+        self.data[key] = value
+        return len(self.data)
+
+    def get(self, key):
+        self.calls += 1
+        return self.data.get(key)
+
+    async def aget(self, key):
+        await asyncio.sleep(0)
+        return self.data.get(key)
+
+    async def ask_worker(self, ext_name, x):
+        """Host -> worker call made while serving a worker -> host call (re-entrancy)."""
+        ext = HOST_EXTENSIONS[ext_name]
+        return await ext.double(x)
+
+    @nodecell.local_execution
+    def local_pid(self):
+        return os.getpid()
+
+
+#: Filled by the tests in the host: name -> Extension, for re-entrant calls.
+HOST_EXTENSIONS: dict = {}
+
+
+class Counter:
+    """An object that crosses as a remote handle."""
+
+    def __init__(self, start=0):
+        self.value = start
+
+    def incr(self, by=1):
+        self.value += by
+        return self.value
+
+    def get(self):
+        return self.value
+
+
+class TestExt(nodecell.ExtensionBase):
+    """Runs in the worker; every public method is callable from the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.kept = []
+
+    async def on_module_loaded(self, module):
+        self.module = module
+
+    # values
+    def noop(self):
+        return None
+
+    def echo(self, *args, **kwargs):
+        if kwargs:
+            return args, kwargs
+        return args[0] if len(args) == 1 else args
+
+    async def aecho(self, x):
+        await asyncio.sleep(0)
+        return x
+
+    def double(self, x):
+        return x * 2
+
+    def types_of(self, *args):
+        return [type(a).__name__ for a in args]
+
+    def env(self, name):
+        return os.environ.get(name)
+
+    def whoami(self):
+        return {"uid": os.getuid(), "euid": os.geteuid(), "pid": os.getpid(), "ppid": os.getppid()}
+
+    def versions(self):
+        out = {"python": sys.version.split()[0]}
+        for m in ("numpy", "torch"):
+            try:
+                mod = __import__(m)
+                out[m] = mod.__version__
+                out[m + "_file"] = mod.__file__
+            except ImportError:
+                out[m] = None
+        return out
+
+    def pack_value(self):
+        return self.module.VALUE
+
+    def sleep(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+    async def asleep(self, seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+    # services and callbacks
+    def use_registry(self, key, value):
+        reg = Registry()
+        n = reg.put(key, value)
+        return n, reg.get(key), isinstance(reg, Registry), reg.local_pid() == os.getpid()
+
+    async def use_registry_async(self, key):
+        return await Registry().aget(key)
+
+    def reenter(self, ext_name, x):
+        return Registry().ask_worker(ext_name, x)
+
+    def call_back(self, fn, *args):
+        return fn(*args)
+
+    def make_counter(self, start):
+        c = Counter(start)
+        self.kept.append(c)
+        return c
+
+    def make_adder(self, n):
+        return lambda x: x + n
+
+    def poke_private(self, obj):
+        return obj._private()
+
+    def use_handle(self, obj, by):
+        return obj.incr(by)
+
+    def exported_count(self):
+        gc.collect()
+        from nodecell._worker_rt import WorkerEndpoint
+
+        eps = [o for o in gc.get_objects() if isinstance(o, WorkerEndpoint)]
+        return sum(len(e.exported) for e in eps)
+
+    # tensors
+    def tensor_info(self, t):
+        import torch
+
+        return {"ptr": t.data_ptr(), "shape": list(t.shape), "sum": float(t.double().sum()),
+                "writable": True}
+
+    def scale_inplace(self, t, f):
+        t.mul_(f)
+        return float(t.double().sum())
+
+    def numpy_write(self, a):
+        try:
+            a[0] = 42
+            return "written"
+        except ValueError as e:
+            return f"refused: {e}"
+
+    def fill(self, t, value):
+        t.fill_(value)
+        return True
+
+    def make_tensor(self, n, value):
+        import torch
+
+        return torch.full((n,), float(value))
+
+    def rss_mb(self):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) // 1024
+        return -1
+
+    # failures
+    def boom(self, msg):
+        raise ValueError(msg)
+
+    def exit_now(self, code):
+        os._exit(code)
+
+    def segfault(self):
+        import ctypes
+
+        ctypes.string_at(0)
+
+    def hog(self, megabytes):
+        blocks = []
+        for _ in range(megabytes):
+            blocks.append(bytearray(1 << 20))
+        return len(blocks)
+
+    def log_something(self, msg):
+        logging.getLogger("testpack").warning("log: %s", msg)
+        print(f"stdout: {msg}", flush=True)
+        return True
+
+    def unsendable(self):
+        return threading.Lock()
+
+    def corrupt_ring(self):
+        """Scribble over the channel's shared ring indices (a hostile worker)."""
+        import mmap
+
+        for fd in range(3, 64):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if "nodecell-channel" in target or target.startswith("/memfd:"):
+                try:
+                    size = os.fstat(fd).st_size
+                    m = mmap.mmap(fd, size)
+                except (OSError, ValueError):
+                    continue
+                # Overwrite everything after the first page header with 0xFF (indices included).
+                m[64:4096] = b"\xff" * (4096 - 64)
+                m.close()
+        # Then ring the doorbell by sending something.
+        return "corrupted"

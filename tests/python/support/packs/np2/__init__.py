@@ -1,0 +1,2 @@
+import numpy
+VALUE = numpy.__version__

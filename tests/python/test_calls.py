@@ -1,0 +1,184 @@
+"""Calls through a real sandboxed worker: values, services, callbacks, handles, volume."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+import pytest
+
+
+def test_values_round_trip(aloop, basic_ext, testext):
+    value = {
+        "none": None, "bools": [True, False], "int": -7, "big": 10**40, "neg_big": -(10**30),
+        "float": 2.5, "str": "héllo", "bytes": b"\x00\xff", "tuple": (1, (2, 3)), "list": [[], {}],
+        "set": {1, 2, 3}, "frozenset": frozenset({"a"}), 5: "int key", (1, 2): "tuple key",
+        "point": testext.Point(1.0, 2.0, "p"), "color": testext.Color.GREEN,
+    }
+    out = aloop.run(basic_ext.echo(value))
+    assert out["point"] == testext.Point(1.0, 2.0, "p")
+    assert out["color"] is testext.Color.GREEN
+    assert out["frozenset"] == {"a"}
+    out["frozenset"] = frozenset(out["frozenset"])
+    assert out == value
+    assert aloop.run(basic_ext.types_of(1, 1.0, "s", b"b", (1,), [1], {1: 2}, {1}, None, True, 10**20)) == [
+        "int", "float", "str", "bytes", "tuple", "list", "dict", "set", "NoneType", "bool", "int"]
+
+
+def test_kwargs_and_async_methods(aloop, basic_ext):
+    assert aloop.run(basic_ext.echo(1, 2, a=3)) == ((1, 2), {"a": 3})
+    assert aloop.run(basic_ext.aecho([1, "x"])) == [1, "x"]
+    assert aloop.run(basic_ext.pack_value()) == 42
+
+
+def test_worker_is_unprivileged_and_env_is_clean(aloop, basic_ext):
+    import os
+
+    os.environ["NODECELL_TEST_SECRET"] = "do-not-leak"
+    who = aloop.run(basic_ext.whoami())
+    if os.geteuid() == 0:
+        assert who["uid"] != 0 and who["euid"] != 0, who
+    assert aloop.run(basic_ext.env("NODECELL_TEST_SECRET")) is None
+    assert aloop.run(basic_ext.env("NODECELL_PACK")) == "basic"
+
+
+def test_proxied_singleton_sync_and_async(aloop, basic_ext, testext):
+    reg = testext.Registry()
+    n, got, is_instance, local = aloop.run(basic_ext.use_registry("k", [1, 2]))
+    assert (got, is_instance, local) == ([1, 2], True, True)
+    assert reg.data["k"] == [1, 2] and n == len(reg.data)
+    assert aloop.run(basic_ext.use_registry_async("k")) == [1, 2]
+
+
+def test_reentrant_host_worker_host_worker(aloop, basic_ext):
+    # host -> worker.reenter -> host Registry.ask_worker -> worker.double -> back out
+    assert aloop.run(basic_ext.reenter("basic", 21)) == 42
+
+
+def test_callbacks_both_ways(aloop, basic_ext):
+    seen = []
+
+    def cb(x, y):
+        seen.append((x, y))
+        return x * y
+
+    assert aloop.run(basic_ext.call_back(cb, 6, 7)) == 42
+    assert seen == [(6, 7)]
+
+    async def go():
+        adder = await basic_ext.make_adder(10)
+        return await adder(5)
+
+    assert aloop.run(go()) == 15
+
+
+def test_remote_handles_and_release(aloop, basic_ext, nc, testext):
+    async def go():
+        c = await basic_ext.make_counter(5)
+        assert isinstance(c, nc.RemoteObject)
+        assert await c.incr(2) == 7
+        assert await c.getattr("value") == 7
+        return c
+
+    c = aloop.run(go())
+    before = aloop.run(basic_ext.exported_count())
+    assert before >= 1
+    del c
+    gc.collect()
+
+    async def settle():
+        for _ in range(100):
+            await basic_ext.noop()  # releases ride along with the next frames
+            if await basic_ext.exported_count() < before:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert aloop.run(settle()), "the worker never got the release of the dropped proxy"
+
+    # A host object passed to the worker crosses as a handle; its methods run here.
+    host_counter = testext.Counter(100)
+    assert aloop.run(basic_ext.use_handle(host_counter, 5)) == 105
+    assert host_counter.value == 105
+
+
+def test_private_names_are_not_reachable_from_the_worker(aloop, basic_ext, testext, nc):
+    class Secretive:
+        def public(self):
+            return "ok"
+
+        def _private(self):
+            return "leak"
+
+    async def go():
+        return await basic_ext.poke_private(Secretive())
+
+    with pytest.raises(nc.RemoteError) as e:
+        aloop.run(go())
+    assert "AttributeError" in e.value.remote_type or "not reachable" in str(e.value)
+
+
+def test_modules_and_classes_never_cross_as_handles(aloop, basic_ext):
+    import os
+
+    with pytest.raises(TypeError):
+        aloop.run(basic_ext.echo(os))
+
+
+def test_unsendable_results_become_handles(aloop, basic_ext, nc):
+    lock = aloop.run(basic_ext.unsendable())
+    assert isinstance(lock, nc.RemoteObject)
+
+
+def test_remote_error_carries_type_and_traceback(aloop, basic_ext, nc):
+    with pytest.raises(nc.RemoteError) as e:
+        aloop.run(basic_ext.boom("kaboom"))
+    assert e.value.remote_type == "ValueError"
+    assert e.value.remote_message == "kaboom"
+    assert "def boom" in e.value.remote_traceback or "raise ValueError" in e.value.remote_traceback
+
+
+def test_ten_thousand_sequential_calls(aloop, basic_ext):
+    async def go():
+        out = []
+        for i in range(10_000):
+            out.append(await basic_ext.double(i))
+        return out
+
+    assert aloop.run(go()) == [2 * i for i in range(10_000)]
+
+
+def test_thousand_concurrent_calls(aloop, basic_ext):
+    async def go():
+        return await asyncio.gather(*(basic_ext.aecho(i) for i in range(1000)),
+                                    *(basic_ext.double(i) for i in range(1000)))
+
+    out = aloop.run(go())
+    assert out == list(range(1000)) + [2 * i for i in range(1000)]
+
+
+def test_worker_logs_and_stdout_reach_host_logging(aloop, basic_ext):
+    records = []
+
+    class H(logging.Handler):
+        def emit(self, r):
+            records.append((r.name, r.getMessage()))
+
+    h = H()
+    lg = logging.getLogger("nodecell.basic")
+    lg.addHandler(h)
+    lg.setLevel(logging.DEBUG)
+    try:
+        aloop.run(basic_ext.log_something("hello-from-worker"))
+
+        async def wait():
+            for _ in range(200):
+                if len([r for r in records if "hello-from-worker" in r[1]]) >= 2:
+                    return
+                await asyncio.sleep(0.01)
+
+        aloop.run(wait())
+    finally:
+        lg.removeHandler(h)
+    assert ("nodecell.basic.testpack", "log: hello-from-worker") in records
+    assert any(n == "nodecell.basic" and m == "stdout: hello-from-worker" for n, m in records), records
