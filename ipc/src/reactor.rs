@@ -296,8 +296,10 @@ struct State {
     deadlines: BinaryHeap<std::cmp::Reverse<(Instant, u64, u64)>>,
     live_deadlines: HashSet<(u64, u64)>,
     out: Vec<Event>,
-    /// Deregistered channels, kept mapped until no submitted FUTEX_WAITV can name them.
-    graveyard: Vec<Channel>,
+    /// Deregistered channels, kept mapped until no submitted FUTEX_WAITV can name them,
+    /// with the last wait generation that may (the io_uring loop frees an entry once
+    /// every outstanding generation is newer; `u64::MAX` = not yet stamped).
+    graveyard: Vec<(u64, Channel)>,
 }
 
 const OP_WAITV: u64 = 1;
@@ -339,7 +341,7 @@ impl State {
                 Cmd::Deregister(t) => {
                     if let Some(e) = self.entries.remove(&t) {
                         *e.ch.inner().reactor.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                        self.graveyard.push(e.ch);
+                        self.graveyard.push((u64::MAX, e.ch));
                         removed.push(t);
                     }
                     self.live_deadlines.retain(|(tok, _)| *tok != t.0);
@@ -426,6 +428,13 @@ impl State {
         while !self.shared.stop.load(Ordering::Acquire) {
             let control = self.shared.control.load(Ordering::Acquire);
             let (added, removed) = self.apply();
+            // Channels removed now may still be named by the generation in flight.
+            for (g, _) in self.graveyard.iter_mut().filter(|(g, _)| *g == u64::MAX) {
+                *g = gen;
+            }
+            // ...and can go at once if no wait of that generation (or older) is outstanding.
+            let oldest = groups.keys().map(|k| k >> 16).min();
+            self.graveyard.retain(|(g, _)| oldest.is_some_and(|o| o <= *g));
             for t in added {
                 let Some(e) = self.entries.get(&t) else { continue };
                 if let Some(p) = &e.pidfd {
@@ -501,9 +510,9 @@ impl State {
                 match op {
                     OP_WAITV => {
                         groups.remove(&payload);
-                        if groups.is_empty() {
-                            self.graveyard.clear();
-                        }
+                        // Free deregistered channels that no outstanding wait can name.
+                        let oldest = groups.keys().map(|k| k >> 16).min();
+                        self.graveyard.retain(|(g, _)| oldest.is_some_and(|o| o <= *g));
                         if outstanding_gen == Some(payload >> 16) {
                             // One group fired (or the words changed before it slept):
                             // rebuild everything next round.

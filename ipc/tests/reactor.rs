@@ -218,3 +218,44 @@ fn probe_reports_every_feature_and_this_kernel_has_them() {
     assert!(get("THP for shmem").detail.contains("shmem_enabled="));
     assert!(get("ipc reactor").available && get("ipc reactor").detail.contains("io_uring"));
 }
+
+fn open_inodes() -> std::collections::HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .map(|m| m.ino())
+        .collect()
+}
+
+#[test]
+fn deregistered_channels_are_freed_on_every_backend() {
+    // Regression: the io_uring loop kept every deregistered channel (its memfd and
+    // the arenas it still shared) until no wait at all was outstanding — never.
+    use std::os::unix::fs::MetadataExt;
+    for backend in backends() {
+        let r = Reactor::start_with(backend).unwrap();
+        let keep = Channel::create(ChannelConfig::default()).unwrap().0;
+        let _keep_token = r.register(&keep); // another live channel keeps waits outstanding
+        let mut inodes = Vec::new();
+        let mut tokens = Vec::new();
+        for _ in 0..8 {
+            let (ch, fds) = Channel::create(ChannelConfig::default()).unwrap();
+            // The worker's ring fd is a dup of the channel memfd: same inode.
+            let ino = std::fs::metadata(format!("/proc/self/fd/{}", fds.raw().0)).unwrap().ino();
+            inodes.push(ino);
+            drop(fds);
+            tokens.push(r.register(&ch));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        for t in tokens {
+            r.deregister(t);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let still = |open: &std::collections::HashSet<u64>| inodes.iter().filter(|i| open.contains(i)).count();
+        while still(&open_inodes()) > 0 && Instant::now() < deadline {
+            let _ = r.wait(Some(Duration::from_millis(10)));
+        }
+        assert_eq!(still(&open_inodes()), 0, "{backend:?} kept deregistered channels mapped");
+    }
+}

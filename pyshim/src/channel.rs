@@ -228,7 +228,10 @@ impl PyChannel {
     /// Closes this end; returns the ids of our calls still pending.
     #[pyo3(signature = (reason = "closed"))]
     fn close(&self, reason: &str) -> Vec<u64> {
+        // Drop the hooks (bound methods of the endpoint, which holds this channel:
+        // a reference cycle the GC cannot see through this class) and our arena table.
         self.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.hooks.lock().unwrap_or_else(|e| e.into_inner()).take();
         self.ch.close(reason)
     }
 

@@ -27,7 +27,7 @@ import time
 import weakref
 from typing import Any, Dict, Generic, List, Optional, TypeVar
 
-from . import _hub, _nodecell
+from . import _hub, _nodecell, _reload
 from ._find_launcher import find_launcher
 from ._rpc import (CALL, CALLBACK, CANCEL, CONTROL_ID, ERROR, EXTENSION_ID, REPLY, Endpoint, error_value,
                    is_async_callable, registered_types)
@@ -292,6 +292,11 @@ class _Worker:
 
     def close(self) -> None:
         self.ep.closed = True
+        for fut in self.ep.pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerCrashed(f"pack {self.cell.name!r}: worker stopped",
+                                                reason="exited", extension=self.cell.name))
+        self.ep.pending.clear()
         if self.token is not None:
             self.cell.bridge.unregister(self.token)
             self.token = None
@@ -329,6 +334,7 @@ class _Cell:
         self._status_buf = b""
         self._status_fd = -1
         self.stderr_tail: List[str] = []
+        self.tasks: List[asyncio.Task] = []
 
     # -- start ------------------------------------------------------------------------------
 
@@ -351,9 +357,11 @@ class _Cell:
         os.set_blocking(status_r, False)
         self._status_fd = status_r
         self.loop.add_reader(status_r, self._on_status)
-        self.loop.create_task(self._pipe_to_log(self.proc.stdout, logging.INFO, "stdout"))
-        self.loop.create_task(self._pipe_to_log(self.proc.stderr, logging.WARNING, "stderr"))
-        self.loop.create_task(self._wait_exit())
+        self.tasks = [
+            self.loop.create_task(self._pipe_to_log(self.proc.stdout, logging.INFO, "stdout")),
+            self.loop.create_task(self._pipe_to_log(self.proc.stderr, logging.WARNING, "stderr")),
+            self.loop.create_task(self._wait_exit()),
+        ]
         await self.ready
 
     async def _pipe_to_log(self, stream: Any, level: int, what: str) -> None:
@@ -592,6 +600,8 @@ class _Cell:
     def protocol_violation(self, w: _Worker, e: BaseException) -> None:
         log.error("pack %r worker #%d broke the protocol: %s; dropping it", self.name, w.wid, e)
         w.violation = str(e)  # type: ignore[attr-defined]
+        if self.ext is not None:
+            self.ext._retire(w)
         w.kill()
         w.on_died()
 
@@ -604,6 +614,12 @@ class _Cell:
                     await asyncio.wait_for(self.ext._call_on(w, CONTROL_ID, "stop", (), {}, internal=True), grace)
                 except BaseException:  # noqa: BLE001 - stopping anyway
                     pass
+        # From here on, worker deaths are expected: no crash reports, no restarts.
+        workers = list(self.workers.values())
+        self.workers.clear()
+        for w in workers:
+            w.dead = True
+            w.alive = False
         self.ctl_send({"op": "exit"})
         if self.proc is not None and self.proc.returncode is None:
             try:
@@ -614,9 +630,11 @@ class _Cell:
                 except ProcessLookupError:
                     pass
                 await self.proc.wait()
-        for w in list(self.workers.values()):
+        for w in workers:
             w.close()
-        self.workers.clear()
+        # Let the launcher's last status line and output drain, so nothing outlives stop().
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=grace)
         if self.ctl is not None:
             try:
                 self.loop.remove_reader(self.ctl.fileno())
@@ -692,6 +710,8 @@ class Extension(Generic[T]):
                 if self._local is None:
                     self._local = await self._load_local()
                 return
+            if self.config["reload"]:
+                _reload.note_start(self)  # hot reload: the files the workers will import
             if self._cell is None or self._cell.dead:
                 await self._start_cell()
             want = self.config["workers"]
@@ -741,9 +761,17 @@ class Extension(Generic[T]):
             raise
         return w
 
+    def _retire(self, w: _Worker) -> None:
+        """Stop sending new calls to ``w`` (it is being killed); the next call starts a fresh one."""
+        w.alive = False
+        if w in self._workers:
+            self._workers.remove(w)
+
     def _worker_gone(self, w: _Worker, err: BaseException) -> None:
         if w in self._workers:
             self._workers.remove(w)
+        if _reload.is_retired(w):  # replaced by a hot reload: an expected end
+            return
         self.last_crash = err
         self.restarts += 1
         logging.getLogger(f"nodecell.{self.name}").warning("%s; the next call starts a new worker", err)
@@ -772,6 +800,8 @@ class Extension(Generic[T]):
             if asyncio.iscoroutine(r):
                 r = await r
             return r
+        if self.config["reload"]:
+            await _reload.maybe_reload(self)
         w = await self._pick_worker()
         return await self._call_on(w, EXTENSION_ID, method, args, kwargs)
 
@@ -833,6 +863,7 @@ class Extension(Generic[T]):
                     return fut.result()
                 ep.pending.pop(call_id, None)
                 w.timed_out = True  # type: ignore[attr-defined]
+                self._retire(w)
                 w.kill()
                 raise CallTimeout(
                     f"pack {self.name!r}: {method}() did not return within {timeout:g} s; "
@@ -876,6 +907,7 @@ class Extension(Generic[T]):
             self._local = None
         cell, self._cell = self._cell, None
         self._workers = []
+        await _reload.stop_retiring(self)
         if cell is not None:
             await cell.stop()
 

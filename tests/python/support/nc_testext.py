@@ -235,22 +235,30 @@ class TestExt(nodecell.ExtensionBase):
         return threading.Lock()
 
     def corrupt_ring(self):
-        """Scribble over the channel's shared ring indices (a hostile worker)."""
+        """A hostile worker: publish a record claiming 2 GiB into the worker->host ring,
+        ring the host's doorbell, and never answer."""
+        import ctypes
         import mmap
+        import struct
 
-        for fd in range(3, 64):
+        for fd in range(3, 256):
             try:
                 target = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
                 continue
-            if "nodecell-channel" in target or target.startswith("/memfd:"):
-                try:
-                    size = os.fstat(fd).st_size
-                    m = mmap.mmap(fd, size)
-                except (OSError, ValueError):
-                    continue
-                # Overwrite everything after the first page header with 0xFF (indices included).
-                m[64:4096] = b"\xff" * (4096 - 64)
-                m.close()
-        # Then ring the doorbell by sending something.
-        return "corrupted"
+            if "nodecell-channel" not in target:
+                continue
+            m = mmap.mmap(fd, os.fstat(fd).st_size)
+            slot_count, slot_size = struct.unpack_from("<II", m, 16)
+            ring1 = struct.unpack_from("<Q", m, 40)[0]
+            ctl = 1024
+            head = struct.unpack_from("<Q", m, ctl)[0]
+            at = ring1 + (head % slot_count) * slot_size
+            struct.pack_into("<IHH", m, at, 0x7FFFFFF0, 0, 0)  # len, kind=inline, reserved
+            struct.pack_into("<Q", m, ctl, head + 1)  # publish it
+            seq = struct.unpack_from("<I", m, ctl + 256)[0]
+            struct.pack_into("<I", m, ctl + 256, (seq + 1) & 0xFFFFFFFF)
+            addr = ctypes.addressof(ctypes.c_char.from_buffer(m, ctl + 256))
+            ctypes.CDLL(None, use_errno=True).syscall(202, ctypes.c_void_p(addr), 1, 0x7FFFFFFF, None, None, 0)
+            time.sleep(30)  # never answer: the host must drop us on its own
+        return "no channel memfd found"

@@ -7,17 +7,21 @@ nodes, ``comfy_entrypoint()`` for v3 nodes), describes every node as data once
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
 import inspect
 import os
 import sys
 from types import ModuleType
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from ..shared import ExtensionBase
 from ._data import DEFAULT_ALLOWED, to_data
 
 _CLASSIC_ATTRS = ("RETURN_TYPES", "RETURN_NAMES", "FUNCTION", "CATEGORY", "OUTPUT_NODE", "DESCRIPTION",
-                  "OUTPUT_IS_LIST", "INPUT_IS_LIST", "OUTPUT_TOOLTIPS", "DEPRECATED", "EXPERIMENTAL")
+                  "OUTPUT_IS_LIST", "INPUT_IS_LIST", "OUTPUT_TOOLTIPS", "DEPRECATED", "EXPERIMENTAL",
+                  "SEARCH_ALIASES", "NOT_IDEMPOTENT")
 
 
 async def _maybe_await(x: Any) -> Any:
@@ -27,10 +31,17 @@ async def _maybe_await(x: Any) -> Any:
 
 
 class StudioExtension(ExtensionBase):
-    """The worker-side object of a Studio node pack."""
+    """The worker-side object of a Studio node pack.
+
+    Node functions that are plain (sync) functions run one at a time on one
+    node thread, as in Studio's own executor, so packs need not be thread-safe
+    and the worker stays responsive to other calls meanwhile; ``async`` node
+    functions run on the worker's event loop.
+    """
 
     def __init__(self) -> None:
         super().__init__()
+        self._node_thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self.nodes: Dict[str, Any] = {}
         self.kinds: Dict[str, str] = {}
         self.display: Dict[str, str] = {}
@@ -65,17 +76,23 @@ class StudioExtension(ExtensionBase):
                 for a in _CLASSIC_ATTRS:
                     if hasattr(cls, a):
                         info[a] = to_data(getattr(cls, a), self.allowed)
+                info["doc"] = cls.__doc__ or ""
                 info["has_is_changed"] = hasattr(cls, "IS_CHANGED")
                 info["has_validate_inputs"] = hasattr(cls, "VALIDATE_INPUTS")
                 info["display_name"] = self.display.get(name)
             else:
-                info = {"kind": "v3", "class_name": cls.__name__,
+                info = {"kind": "v3", "class_name": cls.__name__, "doc": cls.__doc__ or "",
                         "schema": to_data(_schema_of(cls), self.allowed),
                         "has_validate_inputs": _overrides(cls, "validate_inputs"),
                         "has_fingerprint_inputs": _overrides(cls, "fingerprint_inputs"),
                         "has_check_lazy_status": _overrides(cls, "check_lazy_status")}
             out[name] = info
         return out
+
+    def pack_info(self) -> Dict[str, Any]:
+        """Pack-level facts: its web extension folder (``WEB_DIRECTORY``, relative to the pack) and node count."""
+        web = getattr(self.module, "WEB_DIRECTORY", None) if getattr(self, "module", None) is not None else None
+        return {"web_directory": web if isinstance(web, str) else None, "nodes": len(self.nodes)}
 
     def versions_seen(self) -> Dict[str, str]:
         """The versions of python / numpy / torch this worker sees."""
@@ -98,37 +115,33 @@ class StudioExtension(ExtensionBase):
         """Run one node; classic nodes return their tuple (or ui/result dict), v3 nodes their output as data."""
         cls = self._cls(node_id)
         if self.kinds[node_id] == "classic":
-            obj = cls()
-            fn = getattr(obj, cls.FUNCTION)
-            return await _maybe_await(fn(**inputs))
-        out = await _maybe_await(cls.execute(**inputs))
+            return await self._run_node(getattr(cls(), cls.FUNCTION), inputs)
+        out = await self._run_node(cls.execute, inputs)
         return to_data(out, self.allowed)
+
+    async def _run_node(self, fn: Any, inputs: Dict[str, Any]) -> Any:
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__func__", None)):
+            return await fn(**inputs)
+        if self._node_thread is None:
+            self._node_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="studio-node")
+        loop = asyncio.get_running_loop()
+        return await _maybe_await(await loop.run_in_executor(self._node_thread, functools.partial(fn, **inputs)))
 
     async def is_changed(self, node_id: str, inputs: Dict[str, Any]) -> Any:
         cls = self._cls(node_id)
         if self.kinds[node_id] == "classic":
-            return await _maybe_await(cls.IS_CHANGED(**inputs))
-        return await _maybe_await(cls.fingerprint_inputs(**inputs))
+            return await self._run_node(cls.IS_CHANGED, inputs)
+        return await self._run_node(cls.fingerprint_inputs, inputs)
 
     async def validate_inputs(self, node_id: str, inputs: Dict[str, Any]) -> Any:
         cls = self._cls(node_id)
         if self.kinds[node_id] == "classic":
-            return await _maybe_await(cls.VALIDATE_INPUTS(**inputs))
-        return await _maybe_await(cls.validate_inputs(**inputs))
+            return await self._run_node(cls.VALIDATE_INPUTS, inputs)
+        return await self._run_node(cls.validate_inputs, inputs)
 
     async def check_lazy_status(self, node_id: str, inputs: Dict[str, Any]) -> Any:
         cls = self._cls(node_id)
-        return await _maybe_await(cls.check_lazy_status(**inputs))
-
-    # -- the demo's probes ------------------------------------------------------------------
-
-    def probe(self, what: str, arg: Optional[Any] = None) -> Any:
-        """Small checks the demo and tests run inside the pack's worker."""
-        if what == "pid":
-            return os.getpid()
-        if what == "uid":
-            return (os.getuid(), os.geteuid())
-        raise ValueError(f"unknown probe {what!r}")
+        return await self._run_node(cls.check_lazy_status, inputs)
 
 
 def _schema_of(cls: Any) -> Any:
@@ -148,5 +161,3 @@ def _overrides(cls: Any, name: str) -> bool:
             return getattr(fn, "__func__", fn) is not getattr(vars(base)[name], "__func__", vars(base)[name])
     return True
 
-
-_unused: List[Any] = []
