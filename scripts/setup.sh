@@ -41,7 +41,7 @@ if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "uv>=0.9,<0.14"
 fi
 UV=.venv/bin/uv
-want=(maturin==1.* pytest pytest-timeout "numpy>=2,<3" pyyaml)
+want=(maturin==1.* pytest pytest-timeout mypy "numpy>=2,<3" pyyaml)
 if [ -z "${NODECELL_SKIP_TORCH:-}" ]; then want+=("torch>=2.4,<3"); fi
 say "installing Python tools into .venv: ${want[*]}"
 $UV pip install -q --python .venv/bin/python "${want[@]}"

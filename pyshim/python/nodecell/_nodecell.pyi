@@ -1,0 +1,213 @@
+"""Type stubs for ``nodecell._nodecell``, the Rust half of the nodecell package."""
+
+from typing import Any, Callable, Dict, List, Optional, Tuple, final
+
+__version__: str
+__all__ = [
+    "Arena",
+    "Channel",
+    "ErrorValue",
+    "HandleRef",
+    "KIND_CALL",
+    "KIND_CALLBACK",
+    "KIND_CANCEL",
+    "KIND_ERROR",
+    "KIND_HEARTBEAT",
+    "KIND_LOG",
+    "KIND_RELEASE",
+    "KIND_REPLY",
+    "ProtocolViolation",
+    "Reactor",
+    "Record",
+    "TensorRef",
+    "View",
+    "__version__",
+    "ipc_probe",
+    "provision",
+    "read_manifest",
+]
+
+KIND_CALL: int
+KIND_REPLY: int
+KIND_ERROR: int
+KIND_CALLBACK: int
+KIND_CANCEL: int
+KIND_RELEASE: int
+KIND_LOG: int
+KIND_HEARTBEAT: int
+
+class ProtocolViolation(ValueError):
+    """The peer broke the channel protocol; the channel is poisoned."""
+
+@final
+class Channel:
+    """One end of a host/worker channel (rings in a sealed memfd + a socket for fds)."""
+
+    @staticmethod
+    def create(max_frame: int = ..., send_timeout: float = ...) -> Channel:
+        """Host side: a new channel; ``peer_fds()`` gives the worker's two fds."""
+    @staticmethod
+    def open(ring_fd: int, sock_fd: int, max_frame: int = ..., send_timeout: float = ...) -> Channel:
+        """Worker side: opens the channel from the host's fds (taking ownership of them)."""
+    def peer_fds(self) -> Tuple[int, int]:
+        """Host side: the worker's ``(ring_fd, sock_fd)``, once; the caller closes them."""
+    def set_peer_pidfd(self, pidfd: int) -> None:
+        """Watches the peer's process through ``pidfd`` (duplicated)."""
+    def set_hooks(
+        self,
+        encode: Callable[[Any], Any],
+        decode_tensor: Callable[[Any, int, str, List[int], List[int], str], Any],
+        decode_handle: Callable[[int, bool, str], Any],
+        decode_record: Callable[[str, Dict[str, Any]], Any],
+        decode_error: Callable[[str, str, str], Any],
+    ) -> None:
+        """Sets the Python callbacks used to encode and decode non-native values."""
+    @property
+    def id(self) -> int:
+        """Process-unique id of this channel end."""
+    @property
+    def side(self) -> str:
+        """``host`` or ``worker``."""
+    def send(self, kind: int, call_id: int, payload: Any) -> None:
+        """Sends one frame."""
+    def try_recv(self) -> Optional[Tuple[int, int, Any]]:
+        """The next frame if one is ready, else None (never blocks)."""
+    def recv(self, timeout: Optional[float] = None) -> Optional[Tuple[int, int, Any]]:
+        """Waits up to ``timeout`` seconds (None: forever) for a frame; None on timeout."""
+    def spin_recv(self, max_us: int) -> Optional[Tuple[int, int, Any]]:
+        """Spins up to ``max_us`` microseconds for a frame."""
+    def flush(self) -> None:
+        """Sends queued releases now, if the ring has room."""
+    def check_alive(self) -> None:
+        """Raises EOFError if the peer is gone."""
+    def failure(self) -> Optional[str]:
+        """The error that poisoned the channel, as text (None if healthy)."""
+    def close(self, reason: str = ...) -> List[int]:
+        """Closes this end; returns the ids of our calls still pending."""
+    def held_tensors(self) -> List[Tuple[int, int]]:
+        """(peer arena slot, descriptors still held) for received tensors not yet released."""
+
+@final
+class Arena:
+    """Tensor storage this process owns: a memfd mapped here, sealed before it is shared."""
+
+    def __new__(cls, nbytes: int, shared_writable: bool = False) -> Arena: ...
+    @staticmethod
+    def frozen_copy_from(address: int, nbytes: int) -> Arena:
+        """An immutable arena holding a copy of ``nbytes`` bytes at ``address``."""
+    @property
+    def address(self) -> int:
+        """Address of this process's mapping."""
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes."""
+    @property
+    def id(self) -> int:
+        """Process-unique id."""
+    @property
+    def shared_writable(self) -> bool:
+        """Whether peers may write it (an output buffer)."""
+    @property
+    def writable(self) -> bool:
+        """Whether this process may write through ``address``."""
+    @property
+    def state(self) -> str:
+        """``open``, ``read-only``, ``output`` or ``frozen``."""
+
+@final
+class View:
+    """A received tensor's storage (a mapping of the peer's arena)."""
+
+    @property
+    def address(self) -> int:
+        """Address of the first byte the descriptor covers."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes the descriptor covers."""
+    @property
+    def writable(self) -> bool:
+        """Whether writes through ``address`` are allowed."""
+    @property
+    def shared_writable(self) -> bool:
+        """Whether writes reach the owner (an output buffer)."""
+    @property
+    def channel_id(self) -> int:
+        """The id of the channel it arrived on."""
+
+@final
+class Reactor:
+    """The host process's one event thread (io_uring where the kernel has futex ops)."""
+
+    def __new__(cls) -> Reactor: ...
+    def fileno(self) -> int:
+        """The eventfd that becomes readable when events are queued."""
+    @property
+    def backend(self) -> str:
+        """Which backend waits."""
+    def register(self, channel: Channel) -> int:
+        """Starts watching a host channel; returns a token."""
+    def unregister(self, token: int) -> None:
+        """Stops watching."""
+    def drain(self) -> List[Tuple[int, str]]:
+        """Queued events as ``(token, kind)``."""
+
+@final
+class TensorRef:
+    """A tensor in an arena (or a received view), as the encoder wants it."""
+
+    @property
+    def arena(self) -> Any: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def shape(self) -> List[int]: ...
+    @property
+    def strides(self) -> List[int]: ...
+    @property
+    def kind(self) -> str: ...
+    def __new__(cls, arena: Any, offset: int, dtype: str, shape: List[int], strides: List[int], kind: str) -> TensorRef: ...
+
+@final
+class HandleRef:
+    """A remote handle: an object that stays with its owner, named by id."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def sender_owns(self) -> bool: ...
+    @property
+    def kind(self) -> str: ...
+    def __new__(cls, id: int, sender_owns: bool, kind: str) -> HandleRef: ...
+
+@final
+class Record:
+    """A registered record (dataclass / enum) by name, with its fields."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def fields(self) -> Dict[str, Any]: ...
+    def __new__(cls, name: str, fields: Dict[str, Any]) -> Record: ...
+
+@final
+class ErrorValue:
+    """An exception as data: type name, message, traceback text."""
+
+    @property
+    def type_name(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def traceback(self) -> str: ...
+    def __new__(cls, type_name: str, message: str, traceback: str = ...) -> ErrorValue: ...
+
+def read_manifest(path: str) -> Dict[str, Any]:
+    """Reads a pack's manifest; raises ValueError naming file, line and field."""
+
+def provision(spec: Dict[str, Any], on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Builds (or finds) an extension's venv; returns its path, python, key and read-only paths."""
+
+def ipc_probe() -> List[Tuple[str, bool, str]]:
+    """What this kernel offers the channel."""
