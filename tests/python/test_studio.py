@@ -170,6 +170,28 @@ def test_crashed_pack_fails_its_nodes_for_the_run_and_restarts_for_the_next(aloo
     assert again.output("2", 2) != before, "the next run gets a fresh worker"
 
 
+def test_timeout_fails_the_node_and_the_pack_restarts_for_the_next_run(aloop, reload_pack, studio_venv_root):
+    graph = {"1": {"class_type": "WhichVersion", "inputs": {"delay": 30.0}},
+             "2": {"class_type": "WhichVersion", "inputs": {"delay": 0.0}}}
+
+    async def go():
+        host = studio.StudioHost(str(studio_venv_root))
+        try:
+            m = {}
+            await host.load_custom_node(str(reload_pack), m, timeout=1.0)  # overrides the manifest's 30 s
+            first = await studio.run_workflow(graph, m)
+            second = await studio.run_workflow({"2": graph["2"]}, m)
+            return first, second
+        finally:
+            await host.stop()
+
+    first, second = aloop.run(go())
+    err = first.nodes["1"].error
+    assert err.exception_type == "CallTimeout" and "did not return within 1 s" in err.message
+    assert first.nodes["2"].error.exception_type == "PackCrashed"
+    assert second.ok and second.output("2") == "v1"
+
+
 def test_independent_packs_run_in_parallel_and_one_pack_runs_one_node_at_a_time(aloop, loaded):
     s = 1.0
     graph = {"a": {"class_type": "Sleep", "inputs": {"seconds": s}},
@@ -328,6 +350,52 @@ def test_reload_picks_up_changed_code(aloop, reload_pack, studio_venv_root):
     assert same_cell and same_venv, "a code change forks a fresh worker in the same sandbox; no re-provisioning"
     assert gen == 1
     assert "extra" in schema["required"], "the proxy's schema was fetched again"
+
+
+def test_broken_pack_fails_to_load_cleanly_and_broken_reloads_heal(aloop, reload_pack, studio_venv_root):
+    init = reload_pack / "__init__.py"
+    good = init.read_text()
+
+    async def go():
+        host = studio.StudioHost(str(studio_venv_root), reload=True)
+        try:
+            init.write_text(good + '\nraise RuntimeError("broken on purpose")\n')
+            with pytest.raises(nodecell.RemoteError, match="broken on purpose"):
+                await host.load_custom_node(str(reload_pack), {})
+            left = dict(host.manager.extensions)
+            init.write_text(good)
+            m = {}
+            await host.load_custom_node(str(reload_pack), m)
+            init.write_text(good.replace('VERSION = "v1"', 'VERSION = "v1" +'))  # a syntax error
+            with pytest.raises(nodecell.RemoteError, match="SyntaxError"):
+                await m["WhichVersion"]().run(delay=0.0)
+            init.write_text(good.replace('VERSION = "v1"', 'VERSION = "fixed"'))
+            return left, await m["WhichVersion"]().run(delay=0.0)
+        finally:
+            await host.stop()
+
+    left, fixed = aloop.run(go())
+    assert left == {}, "a pack that cannot load leaves nothing running"
+    assert fixed[0] == "fixed"
+
+
+def test_reload_through_the_plain_extension_api(aloop, reload_pack, studio_venv_root):
+    """ExtensionConfig(reload=True) without the Studio layer (config built in code, not from the manifest)."""
+    async def go():
+        m = nodecell.ExtensionManager(studio.StudioExtension,
+                                      nodecell.ExtensionManagerConfig(venv_root_path=str(studio_venv_root)))
+        try:
+            ext = await m.load_extension(nodecell.ExtensionConfig(
+                name="reload_plain", module_path=str(reload_pack), reload=True, timeout=30))
+            a = await ext.execute("WhichVersion", {"delay": 0.0})
+            _edit(reload_pack / "__init__.py", 'VERSION = "v1"', 'VERSION = "v1.1"')
+            b = await ext.execute("WhichVersion", {"delay": 0.0})
+            return a, b, _reload.generation(ext)
+        finally:
+            await m.stop_all_extensions()
+
+    a, b, gen = aloop.run(go())
+    assert (a[0], b[0], gen) == ("v1", "v1.1", 1) and a[1] != b[1]
 
 
 def test_reload_lets_inflight_calls_finish_on_the_old_worker(aloop, reload_pack, studio_venv_root):

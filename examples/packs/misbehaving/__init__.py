@@ -3,19 +3,25 @@
 Every probe returns a short report string; a probe that crashes or is killed
 surfaces in the host as a node error instead.
 """
+import errno
 import os
 import socket
 
 
 def _attempt(fn):
+    """Run one bad idea; report ``ALLOWED: <what it got>`` or ``blocked (<the error>)``."""
     try:
         return "ALLOWED: " + str(fn())[:120]
-    except Exception as e:  # noqa: BLE001 - reporting what the wall said is the point
-        return f"blocked: {type(e).__name__}: {e}"[:160]
+    except OSError as e:  # noqa: BLE001 - reporting what the wall said is the point
+        name = errno.errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__
+        return f"blocked ({name}: {e.strerror or e})"
+    except Exception as e:  # noqa: BLE001
+        return f"blocked ({type(e).__name__}: {e})"[:160]
 
 
 class ReadSecrets:
-    """Tries to read the user's SSH keys, /etc/shadow and a secret from the host's environment."""
+    """Tries to read the user's SSH keys, /etc/shadow, a world-readable file of the host and a
+    secret from the host's environment."""
 
     CATEGORY = "examples/misbehaving"
     RETURN_TYPES = ("STRING",)
@@ -23,9 +29,10 @@ class ReadSecrets:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"home": ("STRING", {"default": "/root"})}}
+        return {"required": {"home": ("STRING", {"default": "/root"})},
+                "optional": {"host_file": ("STRING", {"default": "/etc/hostname"})}}
 
-    def run(self, home):
+    def run(self, home, host_file="/etc/hostname"):
         def ssh():
             return os.listdir(os.path.join(home, ".ssh"))
 
@@ -33,14 +40,19 @@ class ReadSecrets:
             with open("/etc/shadow") as f:
                 return f.readline()
 
+        def other_file():
+            with open(host_file) as f:
+                return f.read(80)
+
         def secret():
             v = os.environ.get("NODECELL_DEMO_SECRET")
             if v is None:
-                raise LookupError("NODECELL_DEMO_SECRET is not in this process's environment")
+                raise LookupError("not in this process's environment")
             return v
 
-        return ("; ".join([f"~/.ssh: {_attempt(ssh)}", f"/etc/shadow: {_attempt(shadow)}",
-                           f"secret env: {_attempt(secret)}"]),)
+        return ("\n".join([f"{home}/.ssh: {_attempt(ssh)}", f"/etc/shadow: {_attempt(shadow)}",
+                            f"{host_file}: {_attempt(other_file)}",
+                            f"$NODECELL_DEMO_SECRET: {_attempt(secret)}"]),)
 
 
 class OpenSocket:
@@ -63,7 +75,7 @@ class OpenSocket:
             with socket.create_connection(("127.0.0.1", host_port), timeout=2) as s:
                 return s.recv(64)
 
-        return (f"outbound: {_attempt(outbound)}; host loopback :{host_port}: {_attempt(loopback)}",)
+        return (f"TCP 1.1.1.1:53: {_attempt(outbound)}\nhost's 127.0.0.1:{host_port}: {_attempt(loopback)}",)
 
 
 class LeakMemory:

@@ -123,7 +123,7 @@ def is_retired(w: Any) -> bool:
 async def maybe_reload(ext: Any) -> None:
     """Reload the extension if its pack's files changed since its workers started."""
     st: Optional[_State] = ext.__dict__.get("_reload_state")
-    if st is None or ext._cell is None or ext._stopped:
+    if st is None or ext._stopped or ext._start_lock is None:
         return
     now = time.monotonic()
     if now < st.next_check:
@@ -134,7 +134,7 @@ async def maybe_reload(ext: Any) -> None:
         return
     async with ext._start_lock:
         fp = fingerprint(path)
-        if ext._stopped or ext._cell is None or fp == st.fp:
+        if ext._stopped or fp == st.fp:
             return
         await _reload(ext, st, fp)
 
@@ -148,6 +148,8 @@ async def _reload(ext: Any, st: _State, fp: _Fingerprint) -> None:
         new_manifest = ExtensionConfig.from_manifest(ext.config["module_path"])  # ConfigError names the field
         new_cfg, relaunch = _apply_manifest(ext.config, st.manifest, new_manifest)
         ext.config = new_cfg
+    if ext._cell is None or ext._cell.dead:
+        relaunch = True  # e.g. a previous reload could not start its sandbox
     old_workers = list(ext._workers)
     old_cell = ext._cell if relaunch else None
     for w in old_workers:
@@ -186,7 +188,7 @@ async def _retire(ext: Any, workers: List[Any], cell: Any) -> None:
             continue
         try:
             await asyncio.wait_for(ext._call_on(w, CONTROL_ID, "stop", (), {}, internal=True), 2.0)
-        except BaseException:  # noqa: BLE001 - stopping anyway
+        except Exception:  # noqa: BLE001 - stopping anyway (a cancellation still propagates)
             w.kill()
     if cell is not None:
         await cell.stop(grace=1.0)

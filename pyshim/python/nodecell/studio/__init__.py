@@ -69,6 +69,21 @@ def _api_package_paths(packages: Iterable[str]) -> List[str]:
     return out
 
 
+def _import_api_packages(packages: Iterable[str]) -> None:
+    """Import the host app's own API packages (and their ``latest`` module) in the host, so schema
+    objects of v3 nodes can be rebuilt here; names come from the host's configuration, never a worker."""
+    for name in packages:
+        for mod in (name, f"{name}.latest"):
+            if mod in sys.modules:
+                continue
+            try:
+                if importlib.util.find_spec(mod) is None:
+                    break
+                importlib.import_module(mod)
+            except ImportError:
+                break
+
+
 class StudioHost:
     """A Studio process's view of its node packs: one manager, the proxies of isolated packs.
 
@@ -179,12 +194,19 @@ class StudioHost:
             for n in names:
                 self.node_pack[n] = None
             return names
+        _import_api_packages(self.api_packages)
         name = cfg["name"]
         ext = self.manager.extensions.get(name)
+        fresh = ext is None
         if ext is None:
             ext = self.manager.load_extension(cfg)
-        await ext.start()
-        nodes = await ext.list_nodes()
+        try:
+            await ext.start()
+            nodes = await ext.list_nodes()
+        except BaseException:
+            if fresh:  # a pack that cannot load leaves nothing running
+                await ext.stop()
+            raise
         self.packs[name] = ext
         self._generation[name] = _reload.generation(ext)
         self._registered.setdefault(name, []).append((node_class_mappings, display_name_mappings))

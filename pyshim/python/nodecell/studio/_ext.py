@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
+import logging
 import os
 import sys
 from types import ModuleType
@@ -48,6 +49,7 @@ class StudioExtension(ExtensionBase):
         self.allowed = tuple(os.environ.get("NODECELL_API_PACKAGES", ",".join(DEFAULT_ALLOWED)).split(","))
 
     async def on_module_loaded(self, module: ModuleType) -> None:
+        """Collect the pack's nodes: ``NODE_CLASS_MAPPINGS`` and, for v3 packs, ``comfy_entrypoint()``."""
         self.module = module
         for name, cls in (getattr(module, "NODE_CLASS_MAPPINGS", None) or {}).items():
             self.nodes[name] = cls
@@ -67,27 +69,32 @@ class StudioExtension(ExtensionBase):
     # -- description ----------------------------------------------------------------------
 
     def list_nodes(self) -> Dict[str, Dict[str, Any]]:
-        """Every node of the pack, described as data."""
+        """Every node of the pack, described as data (a node whose description fails is left out, logged)."""
         out: Dict[str, Dict[str, Any]] = {}
         for name, cls in self.nodes.items():
-            if self.kinds[name] == "classic":
-                info: Dict[str, Any] = {"kind": "classic", "class_name": cls.__name__,
-                                        "input_types": to_data(cls.INPUT_TYPES(), self.allowed)}
-                for a in _CLASSIC_ATTRS:
-                    if hasattr(cls, a):
-                        info[a] = to_data(getattr(cls, a), self.allowed)
-                info["doc"] = cls.__doc__ or ""
-                info["has_is_changed"] = hasattr(cls, "IS_CHANGED")
-                info["has_validate_inputs"] = hasattr(cls, "VALIDATE_INPUTS")
-                info["display_name"] = self.display.get(name)
-            else:
-                info = {"kind": "v3", "class_name": cls.__name__, "doc": cls.__doc__ or "",
-                        "schema": to_data(_schema_of(cls), self.allowed),
-                        "has_validate_inputs": _overrides(cls, "validate_inputs"),
-                        "has_fingerprint_inputs": _overrides(cls, "fingerprint_inputs"),
-                        "has_check_lazy_status": _overrides(cls, "check_lazy_status")}
-            out[name] = info
+            try:
+                out[name] = self._describe(name, cls)
+            except Exception:  # noqa: BLE001 - as Studio does: skip the broken node, keep the rest
+                logging.getLogger(__name__).exception("node %r: cannot describe its schema; skipped", name)
         return out
+
+    def _describe(self, name: str, cls: Any) -> Dict[str, Any]:
+        if self.kinds[name] == "classic":
+            info: Dict[str, Any] = {"kind": "classic", "class_name": cls.__name__,
+                                    "input_types": to_data(cls.INPUT_TYPES(), self.allowed)}
+            for a in _CLASSIC_ATTRS:
+                if hasattr(cls, a):
+                    info[a] = to_data(getattr(cls, a), self.allowed)
+            info["doc"] = cls.__doc__ or ""
+            info["has_is_changed"] = hasattr(cls, "IS_CHANGED")
+            info["has_validate_inputs"] = hasattr(cls, "VALIDATE_INPUTS")
+            info["display_name"] = self.display.get(name)
+            return info
+        return {"kind": "v3", "class_name": cls.__name__, "doc": cls.__doc__ or "",
+                "schema": to_data(_schema_of(cls), self.allowed),
+                "has_validate_inputs": _overrides(cls, "validate_inputs"),
+                "has_fingerprint_inputs": _overrides(cls, "fingerprint_inputs"),
+                "has_check_lazy_status": _overrides(cls, "check_lazy_status")}
 
     def pack_info(self) -> Dict[str, Any]:
         """Pack-level facts: its web extension folder (``WEB_DIRECTORY``, relative to the pack) and node count."""
@@ -128,18 +135,21 @@ class StudioExtension(ExtensionBase):
         return await _maybe_await(await loop.run_in_executor(self._node_thread, functools.partial(fn, **inputs)))
 
     async def is_changed(self, node_id: str, inputs: Dict[str, Any]) -> Any:
+        """The node's ``IS_CHANGED`` (classic) or ``fingerprint_inputs`` (v3) for these inputs."""
         cls = self._cls(node_id)
         if self.kinds[node_id] == "classic":
             return await self._run_node(cls.IS_CHANGED, inputs)
         return await self._run_node(cls.fingerprint_inputs, inputs)
 
     async def validate_inputs(self, node_id: str, inputs: Dict[str, Any]) -> Any:
+        """The node's ``VALIDATE_INPUTS`` (classic) or ``validate_inputs`` (v3): True or an error text."""
         cls = self._cls(node_id)
         if self.kinds[node_id] == "classic":
             return await self._run_node(cls.VALIDATE_INPUTS, inputs)
         return await self._run_node(cls.validate_inputs, inputs)
 
     async def check_lazy_status(self, node_id: str, inputs: Dict[str, Any]) -> Any:
+        """The v3 node's ``check_lazy_status``: names of lazy inputs it still needs."""
         cls = self._cls(node_id)
         return await self._run_node(cls.check_lazy_status, inputs)
 

@@ -249,7 +249,7 @@ async def main_async(args: argparse.Namespace) -> int:
             active = sum(1 for w in ext.walls if w.get("state") == "active")
             lim = []
             if ext.config["max_memory"]:
-                lim.append(f"memory {ext.config['max_memory'] / (1 << 20):.0f} MiB")
+                lim.append(f"memory {ext.config['max_memory'] / 1e6:g} MB")
             if ext.config["timeout"]:
                 lim.append(f"timeout {ext.config['timeout']:g}s")
             lim.append("network" if ext.config["sandbox"]["network"] else "no network")
@@ -263,16 +263,13 @@ async def main_async(args: argparse.Namespace) -> int:
         runs = {nid: 1 for nid in graph}
         records = dict(run1.nodes)
         again = [nid for nid, r in run1.nodes.items() if r.error is not None and r.error.exception_type == "PackCrashed"]
-        crash_pids: Dict[str, Any] = {}
         if again:
-            for name in {run1.nodes[n].pack for n in again}:
-                crash_pids[name] = None
             run2 = await run_workflow({nid: graph[nid] for nid in again}, mappings, cached=run1)
             for nid in again:
                 records[nid] = run2.nodes[nid]
                 runs[nid] = 2
-            print(f"   run 2: the {len(again)} node(s) that did not run because their pack's worker died, "
-                  f"on a fresh worker: {len(run2.order)} succeeded in {run2.seconds:.2f}s")
+            print(f"   run 2: re-ran the {len(again)} node(s) that run 1 skipped because their pack's worker "
+                  f"had died, on a fresh worker: {len(run2.order)} succeeded, in {run2.seconds:.2f}s")
 
         versions: Dict[str, Dict[str, str]] = {}
         walls: Dict[str, str] = {}

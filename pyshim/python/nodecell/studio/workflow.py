@@ -90,10 +90,12 @@ class WorkflowResult:
 
     @property
     def ok(self) -> bool:
+        """Whether every node succeeded."""
         return all(r.error is None for r in self.nodes.values())
 
     @property
     def errors(self) -> Dict[str, NodeExecutionError]:
+        """The failed nodes' errors by node id."""
         return {k: r.error for k, r in self.nodes.items() if r.error is not None}
 
     def output(self, node_id: str, index: int = 0) -> Any:
