@@ -306,8 +306,12 @@ class ExtensionConfig(dict):
         }
         if m.get("python"):
             data["python"] = m["python"]
-        if m.get("extra_index_urls"):
-            data["extra_index_urls"] = list(m["extra_index_urls"])
+        index = m.get("index") or {}
+        extra = list(index.get("extra_index_urls") or m.get("extra_index_urls") or [])
+        if index.get("index_url"):
+            extra.insert(0, index["index_url"])
+        if extra:
+            data["extra_index_urls"] = extra
         sandbox: Dict[str, Any] = {}
         for k in ("network", "writable_paths", "readonly_paths", "gpu"):
             if sb.get(k) is not None:

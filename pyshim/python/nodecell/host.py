@@ -89,6 +89,17 @@ def default_interpreter() -> str:
     return sys.executable
 
 
+def _human(n: Optional[int]) -> str:
+    """``268435456`` -> ``256 MiB`` (and ``256000000`` -> ``244.1 MiB (256000000 bytes)``)."""
+    if not n:
+        return "none"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            v = n / size
+            return f"{v:g} {unit}" if v == int(v) else f"{v:.1f} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
 def _module_mount(mod_name: str) -> Optional[tuple]:
     """(host path, name inside SANDBOX_HOST) exposing the top-level package of ``mod_name``."""
     top = mod_name.split(".")[0]
@@ -560,7 +571,7 @@ class _Cell:
             if sig == signal.SIGKILL and self.oom_killed():
                 lim = self.ext.config.get("max_memory")
                 return WorkerCrashed(
-                    f"pack {self.name!r}: worker killed by its memory limit (max_memory={lim} bytes)",
+                    f"pack {self.name!r}: worker killed by its memory limit (max_memory={_human(lim)})",
                     reason="memory", signal=sig, extension=self.name)
             try:
                 sname = signal.Signals(sig).name
@@ -738,7 +749,21 @@ class Extension(Generic[T]):
         return ext
 
     async def _start_cell(self) -> None:
+        if self.config["share_torch"] and "torch" not in sys.modules:
+            # Decoding the first tensor would import torch on the event loop (seconds,
+            # stalling every pack); import it on a thread while the sandbox starts.
+            import importlib
+
+            loop = asyncio.get_running_loop()
+            torch_import = loop.run_in_executor(None, importlib.import_module, "torch")
+        else:
+            torch_import = None
         cell, self.venv = await self._manager._take_or_start_cell(self.config)
+        if torch_import is not None:
+            try:
+                await torch_import
+            except ImportError:
+                pass
         cell.ext = self
         self._cell = cell
         self._report_walls(cell)
@@ -1129,6 +1154,12 @@ class ExtensionManager(Generic[T]):
             m = _module_mount(mod)
             if m is not None and not os.path.exists(os.path.join(shim, m[1])):
                 os.symlink(m[0], os.path.join(shim, m[1]))
+        for p in cfg["sandbox"]["readonly_paths"]:
+            src, _, dst = p.partition(":")
+            if dst.startswith(SANDBOX_HOST + "/"):
+                link = os.path.join(shim, dst[len(SANDBOX_HOST) + 1:])
+                if "/" not in dst[len(SANDBOX_HOST) + 1:] and not os.path.exists(link):
+                    os.symlink(src, link)
         boot = _BOOTSTRAP.replace(SANDBOX_LIB, shim).replace(SANDBOX_HOST, shim)
         argv = [venv["python"], "-s", "-E", "-c", boot, "--ctl-fd", "{CTL}",
                 "--preload", ",".join(self._preload(cfg))]
