@@ -1,4 +1,4 @@
-//! The `nodecell` command line: `check`, `run`, `provision`, `venv`.
+//! The `nodecell` command line: `check`, `run`, `provision`, `venv`, `migrate`.
 //!
 //! Each subcommand lives in its own module under `src/cli/` and returns the
 //! process exit status; this file only parses the command line and exits.
@@ -25,6 +25,9 @@ enum Command {
     Provision(cli::provision::ProvisionArgs),
     /// List or garbage-collect cached venvs.
     Venv(cli::venv::VenvArgs),
+    /// Write a manifest.yaml for an existing pack from its requirements.txt,
+    /// pyproject.toml and install.py.
+    Migrate(cli::migrate::MigrateArgs),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
         Command::Run(args) => cli::run::main(args),
         Command::Provision(args) => cli::provision::main(args),
         Command::Venv(args) => cli::venv::main(args),
+        Command::Migrate(args) => cli::migrate::main(args),
     };
     std::process::exit(code);
 }

@@ -1,1 +1,721 @@
-//! Integration tests of `nodecell run` and `nodecell check` (issue 2).
+//! Integration tests of `nodecell run` and `nodecell check` (issue 2):
+//! each wall through the real binary against the real kernel, and the
+//! CLI's error paths.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::Stdio;
+
+use crate::util::*;
+
+// ---------------------------------------------------------------- check
+
+#[test]
+fn check_lists_the_walls_and_passes_here() {
+    let r = run(&["check"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    for name in [
+        "user namespaces",
+        "mount namespace",
+        "pid namespace",
+        "net namespace",
+        "landlock",
+        "seccomp filters",
+        "cgroup memory",
+    ] {
+        assert!(
+            r.stdout.contains(name),
+            "{name} missing from:\n{}",
+            r.stdout
+        );
+    }
+    assert!(r
+        .stdout
+        .contains("every wall of the default policy is available"));
+}
+
+#[test]
+fn check_json_is_machine_readable() {
+    let r = run(&["check", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    let items = v["sandbox"].as_array().unwrap();
+    let landlock = items.iter().find(|i| i["name"] == "landlock").unwrap();
+    assert_eq!(landlock["available"], true);
+    assert!(landlock["detail"].as_str().unwrap().starts_with("ABI "));
+    assert!(items
+        .iter()
+        .all(|i| i["detail"].is_string() && i["default_wall"].is_boolean()));
+    assert!(v["ipc"].is_array());
+}
+
+// ---------------------------------------------------------------- exit status
+
+#[test]
+fn exit_status_is_the_commands() {
+    assert_eq!(sh(&[], "exit 0").code, 0);
+    assert_eq!(sh(&[], "exit 7").code, 7);
+    let r = sh(&[], "kill -TERM $$");
+    assert_eq!(r.code, 128 + 15, "{}", r.stderr);
+}
+
+#[test]
+fn missing_and_unexecutable_commands() {
+    let r = run(&["run", "--", "no-such-command-xyz"]);
+    assert_eq!(r.code, 127);
+    assert!(
+        r.stderr.contains("no-such-command-xyz") && r.stderr.contains("not found"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["run", "--", "/etc/passwd"]);
+    assert_eq!(r.code, 126, "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- identity
+
+#[test]
+fn worker_is_never_host_root() {
+    let r = sh(&[], "id -u; id -g; cat /proc/self/uid_map");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let uid = worker_uid();
+    let mut lines = r.stdout.lines();
+    assert_eq!(lines.next(), Some(uid.to_string().as_str()));
+    lines.next();
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, [uid.to_string(), uid.to_string(), "1".to_string()]);
+    // Host view: the sandbox's init runs as that uid on the host.
+    let (mut child, mut status) = spawn_with_status(&[], &["/bin/sleep", "5"]);
+    let up = status_line(&mut status);
+    let pid = up["pid"].as_i64().unwrap();
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids: Vec<&str> = st
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .collect();
+    assert!(uids.iter().all(|u| *u == uid.to_string()), "{uids:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn worker_uid_flag_maps_another_uid() {
+    if !is_root() {
+        let r = run(&["run", "--worker-uid", "4242", "--", "/bin/true"]);
+        assert_eq!(r.code, 125, "rootless cannot pick a uid: {}", r.stderr);
+        return;
+    }
+    let r = sh(&["--worker-uid", "4242"], "id -u");
+    assert_eq!(r.stdout.trim(), "4242", "{}", r.stderr);
+}
+
+#[test]
+fn capabilities_seccomp_and_no_new_privs() {
+    let r = sh(
+        &[],
+        "grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp):' /proc/self/status",
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for line in r.stdout.lines() {
+        let (k, v) = line.split_once(':').unwrap();
+        let v = v.trim();
+        match k {
+            "NoNewPrivs" => assert_eq!(v, "1"),
+            "Seccomp" => assert_eq!(v, "2"),
+            _ => assert_eq!(v, "0000000000000000", "{k}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- filesystem
+
+#[test]
+fn root_is_minimal_and_read_only() {
+    let r = sh(&[], "test ! -e /etc/shadow && test ! -e /root && test ! -e /home && test ! -e /work && echo clean; touch /x 2>&1; touch /usr/x 2>&1; true");
+    assert!(r.stdout.contains("clean"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("'/x': Read-only file system"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("'/usr/x': Read-only file system"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn ro_and_rw_binds() {
+    let d = world_dir();
+    let ro = d.path().join("ro");
+    let rw = d.path().join("rw");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(&rw).unwrap();
+    world_writable(&rw);
+    std::fs::write(ro.join("in.txt"), "hello").unwrap();
+    let ro_s = ro.to_str().unwrap();
+    let rw_s = rw.to_str().unwrap();
+    let r = sh(
+        &["--ro", ro_s, "--rw", &format!("{rw_s}:/out")],
+        &format!("cat {ro_s}/in.txt; echo; echo data > /out/result; (echo w > {ro_s}/w) 2>/dev/null || echo ro-denied; (: > {ro_s}/in.txt) 2>/dev/null || echo trunc-denied"),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("hello"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("ro-denied") && r.stdout.contains("trunc-denied"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("result")).unwrap(),
+        "data\n"
+    );
+    assert_eq!(std::fs::read_to_string(ro.join("in.txt")).unwrap(), "hello");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(rw.join("result")).unwrap().uid(),
+        worker_uid()
+    );
+}
+
+#[test]
+fn bind_errors_name_the_flag() {
+    let r = run(&["run", "--ro", "/nonexistent/nodecell-x", "--", "/bin/true"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--ro") && r.stderr.contains("no such file"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["run", "--rw", "/tmp:relative", "--", "/bin/true"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--rw") && r.stderr.contains("absolute"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["run", "--ro", "/usr:/proc/x", "--", "/bin/true"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--ro") && r.stderr.contains("/proc"),
+        "{}",
+        r.stderr
+    );
+    if is_root() {
+        // The worker uid cannot enter /root: a setup error naming the bind.
+        let d = tempfile::Builder::new()
+            .prefix("nodecell-private-")
+            .tempdir_in("/root")
+            .unwrap();
+        let r = run(&["run", "--ro", d.path().to_str().unwrap(), "--", "/bin/true"]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("mount-namespace")
+                && r.stderr.contains("--ro")
+                && r.stderr.contains("ermission denied"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn tmp_is_private_capped_and_not_executable() {
+    let host = tempfile::Builder::new()
+        .prefix("nodecell-hostfile-")
+        .tempfile_in("/tmp")
+        .unwrap();
+    let name = host.path().to_str().unwrap();
+    let r = sh(
+        &["--tmp-size", "1M"],
+        &format!(
+            "test ! -e {name} && echo private; dd if=/dev/zero of=/tmp/fill bs=64k count=64 2>/dev/null; echo dd=$?; \
+             ls -l /tmp/fill | awk '{{print $5}}'; cp /bin/true /tmp/t; chmod +x /tmp/t; /tmp/t 2>/dev/null; echo exec=$?; \
+             echo shm > /dev/shm/x && cat /dev/shm/x"
+        ),
+    );
+    assert!(r.stdout.contains("private"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("dd=1"),
+        "the 4M write must fail at the 1M cap: {}",
+        r.stdout
+    );
+    let size: u64 = r.stdout.lines().nth(2).unwrap().trim().parse().unwrap();
+    assert!(size <= 1 << 20, "wrote {size} bytes into a 1M /tmp");
+    assert!(r.stdout.contains("exec=126"), "{}", r.stdout);
+    assert!(r.stdout.contains("shm"), "{}", r.stdout);
+}
+
+#[test]
+fn cwd_flag() {
+    let r = sh(&["--cwd", "/tmp"], "pwd");
+    assert_eq!(r.stdout.trim(), "/tmp");
+    let r = run(&["run", "--cwd", "relative", "--", "/bin/true"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--cwd"), "{}", r.stderr);
+    let r = run(&["run", "--cwd", "/does-not-exist", "--", "/bin/true"]);
+    assert_eq!(r.code, 125);
+    assert!(r.stderr.contains("--cwd /does-not-exist"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- network
+
+#[test]
+fn no_network_by_default_loopback_up() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let code = format!(
+        "import socket\n\
+         try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('host-reached')\n\
+         except OSError as e: print('host-unreachable', e)\n\
+         s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); c = socket.create_connection(s.getsockname()); print('loopback-ok')\n\
+         import os; print(sorted(os.listdir('/sys/class/net')) if os.path.exists('/sys/class/net') else 'no-sys')"
+    );
+    let r = py(&[], &code);
+    assert!(
+        r.stdout.contains("host-unreachable") && r.stdout.contains("loopback-ok"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let r = py(&["--net"], &code);
+    assert!(
+        r.stdout.contains("host-reached"),
+        "--net keeps the host network: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    drop(listener);
+}
+
+// ---------------------------------------------------------------- seccomp
+
+#[test]
+fn denied_syscalls_fail_with_eperm() {
+    let code = "import ctypes, errno\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        def call(nr, *a):\n    r = libc.syscall(nr, *a); return errno.errorcode.get(ctypes.get_errno(), 0) if r == -1 else 'ok'\n\
+        print('unshare', call(272, 0x10000000))\n\
+        print('io_uring_setup', call(425, 1, 0))\n\
+        print('ptrace', call(101, 16, 1, 0, 0))\n\
+        print('bpf', call(321, 0, 0, 0))\n\
+        print('mount', call(165, 0, 0, 0, 0, 0))\n\
+        print('clone3', call(435, 0, 0))\n\
+        print('tiocsti', call(16, 0, 0x5412, 0))\n\
+        print('x32', call(0x40000000 | 39))";
+    let r = py(&[], code);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for (name, want) in [
+        ("unshare", "EPERM"),
+        ("io_uring_setup", "EPERM"),
+        ("ptrace", "EPERM"),
+        ("bpf", "EPERM"),
+        ("mount", "EPERM"),
+        ("clone3", "ENOSYS"),
+        ("tiocsti", "EPERM"),
+        ("x32", "EPERM"),
+    ] {
+        assert!(
+            r.stdout.contains(&format!("{name} {want}")),
+            "{name}: {}",
+            r.stdout
+        );
+    }
+}
+
+// ---------------------------------------------------------------- env and fds
+
+#[test]
+fn environment_is_cleared() {
+    let r = nodecell(&["run", "--env", "FOO=bar", "--", "/usr/bin/env"])
+        .env("NODECELL_SECRET_TOKEN", "s3cret")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("FOO=bar"));
+    assert!(out.contains("PATH=/usr/local/bin:/usr/bin:/bin"));
+    assert!(
+        !out.contains("s3cret") && !out.contains("NODECELL_SECRET_TOKEN"),
+        "{out}"
+    );
+    let r = run(&["run", "--env", "NOEQUALS", "--", "/bin/true"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--env"), "{}", r.stderr);
+}
+
+#[test]
+fn only_kept_fds_reach_the_command() {
+    let (r, mut w) = pipe();
+    let (_r2, w2) = pipe();
+    let keep = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let stray = std::os::fd::AsRawFd::as_raw_fd(&w2);
+    // Clear close-on-exec on both so the launcher inherits them.
+    for fd in [keep, stray] {
+        // SAFETY: F_SETFD on fds we own.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    }
+    let out = nodecell(&[
+        "run",
+        "--keep-fd",
+        &keep.to_string(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("ls /proc/self/fd; echo through >&{keep}"),
+    ])
+    .output()
+    .unwrap();
+    w.flush().unwrap();
+    drop(w);
+    drop(w2);
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert!(listed.contains(&keep.to_string()), "{listed:?}");
+    assert!(
+        !listed.contains(&stray.to_string()),
+        "stray fd {stray} leaked: {listed:?}"
+    );
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut std::io::BufReader::new(r), &mut got).unwrap();
+    assert_eq!(got, "through\n");
+    let r = run(&["run", "--keep-fd", "987", "--", "/bin/true"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--keep-fd 987"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- status fd
+
+#[test]
+fn status_fd_reports_walls_then_exit() {
+    let (mut child, mut status) =
+        spawn_with_status(&["--memory", "128M"], &["/bin/sh", "-c", "exit 3"]);
+    let up = status_line(&mut status);
+    let walls = up["walls"].as_array().unwrap();
+    for name in [
+        "user-namespace",
+        "mount-namespace",
+        "pid-namespace",
+        "net-namespace",
+        "ipc-namespace",
+        "uts-namespace",
+        "landlock",
+        "capabilities",
+        "no-new-privs",
+        "seccomp",
+        "memory-limit",
+        "rlimits",
+    ] {
+        let w = walls
+            .iter()
+            .find(|w| w["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {up}"));
+        assert_eq!(w["state"], "active", "{name}: {w}");
+        assert!(w["detail"].is_string());
+    }
+    assert_eq!(
+        walls.iter().find(|w| w["name"] == "pids-limit").unwrap()["state"],
+        "off"
+    );
+    assert!(up["cgroup"].as_str().unwrap().contains("nodecell-"));
+    assert!(up["pid"].as_i64().unwrap() > 1);
+    let end = status_line(&mut status);
+    assert_eq!(end["exit"]["code"], 3);
+    assert_eq!(end["exit"]["reason"], "exited");
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    // The cgroup is gone.
+    assert!(!std::path::Path::new(up["cgroup"].as_str().unwrap()).exists());
+}
+
+#[test]
+fn status_fd_reports_setup_failures() {
+    let (mut child, mut status) = spawn_with_status(&["--cwd", "/nope"], &["/bin/true"]);
+    let first = status_line(&mut status);
+    // The walls line comes first (the sandbox was up), then the failure.
+    let end = if first.get("walls").is_some() {
+        status_line(&mut status)
+    } else {
+        first
+    };
+    assert_eq!(end["exit"]["reason"], "setup");
+    assert_eq!(end["exit"]["code"], 125);
+    assert!(end["exit"]["detail"].as_str().unwrap().contains("--cwd"));
+    assert_eq!(child.wait().unwrap().code(), Some(125));
+}
+
+// ---------------------------------------------------------------- limits
+
+#[test]
+fn memory_limit_kills_with_137_and_says_so() {
+    let r = py(
+        &["--memory", "64M"],
+        "b = bytearray(512 << 20); print('survived')",
+    );
+    assert_eq!(r.code, 137, "{}{}", r.stdout, r.stderr);
+    assert!(!r.stdout.contains("survived"));
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("memory limit"))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(line.contains("--memory 64M"), "{line}");
+    // Under the limit, fine.
+    let r = py(&["--memory", "64M"], "b = bytearray(8 << 20); print('ok')");
+    assert_eq!((r.code, r.stdout.trim()), (0, "ok"), "{}", r.stderr);
+}
+
+#[test]
+fn pids_limit_stops_fork_bombs() {
+    let code = "import os, time\n\
+        n = 0\n\
+        try:\n    \
+            for _ in range(200):\n        \
+                if os.fork() == 0:\n            time.sleep(30); os._exit(0)\n        \
+                n += 1\n\
+        except OSError as e: print('stopped', n, e.errno)\n\
+        else: print('forked', n)";
+    let r = py(&["--pids", "16"], code);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let words: Vec<&str> = r.stdout.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"stopped"), "{}", r.stdout);
+    let n: u32 = words[1].parse().unwrap();
+    assert!(n < 16, "forked {n} with --pids 16");
+}
+
+#[test]
+fn timeout_kills_the_whole_tree() {
+    let m = marker("timeout");
+    let script = format!(
+        "{} {} while :; do :; done",
+        bg(&m, "sleep 60"),
+        bg(&m, "while :; do :; done")
+    );
+    let start = std::time::Instant::now();
+    let child = nodecell(&["run", "--timeout", "2", "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Both background processes really run inside before the timeout.
+    assert!(
+        wait_until(1.8, || pids_with_marker(&m).len() >= 2),
+        "background processes never started"
+    );
+    let r = Ran::from(child.wait_with_output().unwrap());
+    let took = start.elapsed().as_secs_f64();
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    assert!(took < 6.0, "took {took}s");
+    assert!(r.stderr.contains("--timeout"), "{}", r.stderr);
+    assert!(
+        wait_until(2.0, || pids_with_marker(&m).is_empty()),
+        "orphans left: {:?}",
+        pids_with_marker(&m)
+    );
+}
+
+#[test]
+fn background_children_die_with_the_sandbox() {
+    let m = marker("bg");
+    let (m1, m2) = m.split_at(m.len() / 2);
+    // Outside a sandbox this daemon would outlive its parent (checked).
+    let script = format!(
+        "setsid sh -c 'sh -c \"sleep 60; : {m1}\"\"{m2}\" >/dev/null 2>&1 </dev/null &'; sleep 0.3"
+    );
+    std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(
+        wait_until(1.0, || !pids_with_marker(&m).is_empty()),
+        "the control daemon did not start"
+    );
+    kill_groups(&pids_with_marker(&m));
+    assert!(wait_until(1.0, || pids_with_marker(&m).is_empty()));
+    let r = sh(&[], &format!("{script}; exit 0"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        wait_until(2.0, || pids_with_marker(&m).is_empty()),
+        "left: {:?}",
+        pids_with_marker(&m)
+    );
+}
+
+#[test]
+fn launcher_death_kills_the_sandbox() {
+    let m = marker("pdeath");
+    let (mut child, mut status) = spawn_with_status(
+        &[],
+        &["/bin/sh", "-c", &format!("{} wait", bg(&m, "sleep 60"))],
+    );
+    let _up = status_line(&mut status);
+    assert!(
+        wait_until(2.0, || !pids_with_marker(&m).is_empty()),
+        "sleeper never started"
+    );
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert!(
+        wait_until(2.0, || pids_with_marker(&m).is_empty()),
+        "survivors: {:?}",
+        pids_with_marker(&m)
+    );
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_command() {
+    // The handler writes with os.write (a print could re-enter the
+    // print('ready') still returning) and sleeps in short steps (CPython
+    // may notice a signal that lands just before a long sleep only after it).
+    let code = "import os, signal, time\n\
+        signal.signal(signal.SIGTERM, lambda *a: (os.write(1, b'got-term\\n'), os._exit(3)))\n\
+        os.write(1, b'ready\\n')\n\
+        for _ in range(600): time.sleep(0.05)";
+    let (mut child, mut status) = spawn_with_status(&[], &[PYTHON, "-c", code]);
+    let _up = status_line(&mut status);
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(rest.contains("got-term"), "{rest}");
+    assert_eq!(st.code(), Some(3));
+}
+
+#[test]
+fn required_mode_fails_closed_and_best_effort_reports() {
+    if is_root() {
+        test_user();
+    }
+    // A rootless launcher without a delegated cgroup cannot limit memory.
+    let mk = |mode: &str| {
+        let mut c = nodecell(&[
+            "run",
+            "--mode",
+            mode,
+            "--memory",
+            "64M",
+            "--",
+            "/bin/echo",
+            "ran",
+        ]);
+        c.current_dir("/").stdin(Stdio::null());
+        if is_root() {
+            c = as_test_user(c);
+        }
+        Ran::from(c.output().unwrap())
+    };
+    let r = mk("required");
+    assert_eq!(r.code, 125, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("memory-limit") && r.stderr.contains("delegated"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("ran"));
+    let r = mk("best-effort");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("ran"));
+    assert!(
+        r.stderr.contains("best-effort") && r.stderr.contains("memory-limit"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("RLIMIT_AS"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- python
+
+#[test]
+fn python_multiprocessing_and_threads_work() {
+    let code = "import multiprocessing as mp, threading\n\
+        def sq(x): return x * x\n\
+        if __name__ == '__main__':\n    \
+            with mp.Pool(2) as p: print(sum(p.map(sq, range(10))))\n    \
+            out = []\n    \
+            ts = [threading.Thread(target=out.append, args=(i,)) for i in range(4)]\n    \
+            [t.start() for t in ts]; [t.join() for t in ts]; print(len(out))\n    \
+            q = mp.Queue(); pr = mp.Process(target=q.put, args=('via-queue',)); pr.start(); print(q.get()); pr.join()";
+    let r = py(&["--pids", "64"], code);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "285\n4\nvia-queue\n");
+}
+
+#[test]
+fn numpy_imports_from_a_mounted_venv() {
+    let venv = dev_venv();
+    let v = venv.to_str().unwrap();
+    let python = format!("{v}/bin/python");
+    let r = run(&[
+        "run",
+        "--ro",
+        v,
+        "--",
+        &python,
+        "-c",
+        "import numpy; print(numpy.arange(4).sum())",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim(), "6");
+    // Without the bind the venv does not exist inside.
+    let r = run(&["run", "--", &python, "-c", "import numpy"]);
+    assert_eq!(r.code, 127, "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- CLI errors
+
+#[test]
+fn bad_flags_get_clear_errors() {
+    for (args, flag) in [
+        (vec!["run", "--memory", "12Q", "--", "true"], "--memory"),
+        (vec!["run", "--memory", "", "--", "true"], "--memory"),
+        (vec!["run", "--pids", "0", "--", "true"], "--pids"),
+        (vec!["run", "--cpu", "-1", "--", "true"], "--cpu"),
+        (vec!["run", "--timeout", "soon", "--", "true"], "--timeout"),
+        (vec!["run", "--mode", "strict", "--", "true"], "--mode"),
+        (
+            vec!["run", "--worker-uid", "0", "--", "true"],
+            "--worker-uid",
+        ),
+        (vec!["run", "--tmp-size", "1X", "--", "true"], "--tmp-size"),
+        (vec!["run", "--status-fd", "x", "--", "true"], "--status-fd"),
+        (
+            vec!["run", "--no-such-flag", "--", "true"],
+            "--no-such-flag",
+        ),
+    ] {
+        let r = run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(flag), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+    let r = run(&["run"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("CMD"), "{}", r.stderr);
+}
+
+#[test]
+fn status_fd_must_not_be_kept() {
+    let r = run(&[
+        "run",
+        "--status-fd",
+        "2",
+        "--keep-fd",
+        "2",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--status-fd 2"), "{}", r.stderr);
+}

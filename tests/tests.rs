@@ -2,5 +2,6 @@
 //! `util.rs` holds shared helpers (paths to the built binary, temp dirs).
 
 mod cli_run;
+mod migrate;
 mod provision;
 mod util;

@@ -15,6 +15,9 @@
 //! * [`Event`] / [`EventSink`] — progress (resolving, downloading,
 //!   installing, done) as values or JSON lines.
 //! * [`VenvCache`] — listing and garbage collection of a cache root.
+//! * [`migrate`] — `nodecell migrate`: writes a `manifest.yaml` for an
+//!   existing ComfyUI-style pack from its requirements.txt, pyproject.toml
+//!   and install.py, and a [`migrate::MigrateReport`] of what it inferred.
 //!
 //! ```no_run
 //! use nodecell_provision::{JsonLines, Options, Provisioner};
@@ -32,6 +35,7 @@ pub mod events;
 pub mod interpreter;
 pub mod launch;
 pub mod manifest;
+pub mod migrate;
 pub mod pep440;
 mod provision;
 pub mod requirement;

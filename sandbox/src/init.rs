@@ -1,0 +1,268 @@
+//! The sandbox's pid 1: a tiny init that starts the command once every wall
+//! is up, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to it,
+//! reaps orphans (Python zygotes fork workers), and exits with the command's
+//! status. When it exits the kernel kills everything left in the pid
+//! namespace, so background children never outlive the sandbox.
+//!
+//! Also here: the last steps of the command's own process before `execve`
+//! (signal mask, fds, working directory, `PATH` search).
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::fds;
+use crate::report::{Message, Wall};
+use crate::sys::{self, WaitStatus};
+
+/// Signals the init passes on to the command.
+pub const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Pid of the command (0 until it is started).
+static COMMAND_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = COMMAND_PID.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe and takes plain integers.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// What the command's process needs to start.
+#[derive(Debug)]
+pub struct ExecPlan {
+    /// argv; `argv[0]` is searched in `PATH` when it has no `/`.
+    pub argv: Vec<CString>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<CString>,
+    /// `PATH` value used for the search.
+    pub path: String,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+    /// fds that stay open at the same number.
+    pub keep_fds: Vec<RawFd>,
+}
+
+/// Everything the command's process does before `execve`, computed by the
+/// init before it starts the process, so the process itself never
+/// allocates (it shares the init's memory until it execs).
+struct Prepared<'a> {
+    plan: &'a ExecPlan,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// Full paths to try, in order (`argv[0]` itself when it has a `/`).
+    candidates: Vec<CString>,
+    cwd: CString,
+    close: Vec<(u32, u32)>,
+    report: RawFd,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(plan: &'a ExecPlan, report: RawFd) -> Result<Prepared<'a>, String> {
+        let prog = plan.argv[0].as_bytes();
+        let candidates = if prog.contains(&b'/') {
+            vec![plan.argv[0].clone()]
+        } else {
+            plan.path
+                .split(':')
+                .filter_map(|dir| {
+                    let dir = if dir.is_empty() { "." } else { dir };
+                    let mut full = Vec::with_capacity(dir.len() + 1 + prog.len());
+                    full.extend_from_slice(dir.as_bytes());
+                    full.push(b'/');
+                    full.extend_from_slice(prog);
+                    CString::new(full).ok()
+                })
+                .collect()
+        };
+        let cwd =
+            sys::cpath(&plan.cwd).map_err(|e| format!("--cwd {}: {e}", plan.cwd.display()))?;
+        let mut keep = plan.keep_fds.clone();
+        keep.push(report); // close-on-exec: gone once exec succeeds
+        Ok(Prepared {
+            plan,
+            argv: plan
+                .argv
+                .iter()
+                .map(|a| a.as_ptr())
+                .chain([std::ptr::null()])
+                .collect(),
+            envp: plan
+                .env
+                .iter()
+                .map(|a| a.as_ptr())
+                .chain([std::ptr::null()])
+                .collect(),
+            candidates,
+            cwd,
+            close: fds::close_ranges(&keep),
+            report,
+        })
+    }
+}
+
+/// Stack of the command's process between `clone` and `execve`.
+const SPAWN_STACK: usize = 256 * 1024;
+
+/// Runs as pid 1: starts the command, then reaps until it exits. Returns
+/// the exit code for the init (the command's, or 128 + its signal).
+pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
+    for &sig in &FORWARDED {
+        let _ = sys::set_signal_handler(sig, forward);
+    }
+    let fail = |why: String| {
+        Message::Setup {
+            wall: Wall::Exec.as_str().into(),
+            why,
+            code: 125,
+        }
+        .send(report);
+        125
+    };
+    let prepared = match Prepared::new(plan, report) {
+        Ok(p) => p,
+        Err(why) => return fail(why),
+    };
+    let mut stack = vec![0u8; SPAWN_STACK];
+    // The launcher blocked the forwarded signals before clone: they stay
+    // blocked until COMMAND_PID is known, so none is lost in between.
+    // The command's process shares our memory (CLONE_VM) and we are
+    // suspended (CLONE_VFORK) until it execs or exits: no page tables are
+    // copied, which is most of what fork costs here.
+    // SAFETY: `command_main` only reads `prepared` (alive until clone
+    // returns, since we are suspended until then), runs on its own stack,
+    // and ends in execve or _exit.
+    let pid = match unsafe {
+        sys::spawn_vfork(
+            command_main,
+            &mut stack,
+            (&prepared as *const Prepared).cast_mut().cast(),
+        )
+    } {
+        Ok(pid) => pid,
+        Err(e) => return fail(format!("starting the command: {e}")),
+    };
+    drop(stack);
+    COMMAND_PID.store(pid, Ordering::Relaxed);
+    // The command holds the kept fds now; the init lets go of them so the
+    // caller sees EOF as soon as the command is gone.
+    for &fd in &plan.keep_fds {
+        sys::close(fd);
+    }
+    let _ = sys::sigprocmask(libc::SIG_SETMASK, &sys::sigset(&[]));
+
+    loop {
+        match sys::wait(-1, 0) {
+            Ok(Some((p, status))) if p == pid => {
+                let msg = match status {
+                    WaitStatus::Exited(c) => Message::Exit {
+                        code: Some(c),
+                        signal: None,
+                    },
+                    WaitStatus::Signaled(s) => Message::Exit {
+                        code: None,
+                        signal: Some(s),
+                    },
+                };
+                msg.send(report);
+                return status.code();
+            }
+            Ok(_) => continue, // an orphan reparented to us
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return 125,
+            Err(_) => continue,
+        }
+    }
+}
+
+extern "C" fn command_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Prepared` the init passed to spawn_vfork; the
+    // init is suspended and keeps it alive until we exec or exit.
+    let p = unsafe { &*(arg as *const Prepared) };
+    exec_command(p)
+}
+
+/// In the command's process: restore signals, keep only the wanted fds,
+/// enter the working directory and exec. Never returns. Allocates only
+/// on the failure path.
+fn exec_command(p: &Prepared) -> ! {
+    for &sig in &FORWARDED {
+        let _ = sys::set_signal_default(sig);
+    }
+    // Rust ignores SIGPIPE in the launcher; the command gets the default.
+    let _ = sys::set_signal_default(libc::SIGPIPE);
+    let _ = sys::sigprocmask(libc::SIG_SETMASK, &sys::sigset(&[]));
+
+    let fail = |why: String, code: i32| -> ! {
+        Message::Setup {
+            wall: Wall::Exec.as_str().into(),
+            why,
+            code,
+        }
+        .send(p.report);
+        sys::exit(code)
+    };
+    if let Err(e) = sys::chdir_c(&p.cwd) {
+        fail(format!("--cwd {}: {e}", p.plan.cwd.display()), 125);
+    }
+    for &(first, last) in &p.close {
+        if let Err(e) = sys::close_range(first, last) {
+            fail(format!("closing inherited fds: {e}"), 125);
+        }
+    }
+    if let Err(e) = fds::make_inheritable(&p.plan.keep_fds) {
+        fail(format!("keeping fds: {e}"), 125);
+    }
+
+    let mut err = std::io::Error::from_raw_os_error(libc::ENOENT);
+    let mut saw_eacces = false;
+    for c in &p.candidates {
+        let e = sys::execve(c, &p.argv, &p.envp);
+        match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
+            Some(libc::EACCES) => saw_eacces = true,
+            _ => {
+                err = e;
+                break;
+            }
+        }
+        err = e;
+    }
+    if saw_eacces && matches!(err.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) {
+        err = std::io::Error::from_raw_os_error(libc::EACCES);
+    }
+    let code = if err.raw_os_error() == Some(libc::ENOENT) {
+        127
+    } else {
+        126
+    };
+    let name = p.plan.argv[0].to_string_lossy();
+    let why = match err.raw_os_error() {
+        Some(libc::ENOENT) if !name.contains('/') => format!("{name}: not found in PATH ({}) inside the sandbox", p.plan.path),
+        Some(libc::ENOENT) => format!("{name}: no such file inside the sandbox (is it under a --ro path?)"),
+        Some(libc::EACCES) => format!("{name}: permission denied (not executable by the worker, or under a writable/noexec path)"),
+        _ => format!("{name}: {err}"),
+    };
+    fail(why, code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_signals_are_the_polite_ones() {
+        assert!(FORWARDED.contains(&libc::SIGTERM));
+        assert!(FORWARDED.contains(&libc::SIGINT));
+        assert!(!FORWARDED.contains(&libc::SIGKILL));
+        assert!(!FORWARDED.contains(&libc::SIGCHLD));
+    }
+}
