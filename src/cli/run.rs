@@ -26,6 +26,11 @@ use nodecell_sandbox::{launch, Bind, Command, Error, ExitReason, Mode, Policy, P
 125 when the sandbox could not be set up (the message names the wall); 126/127 when the command cannot run inside."
 )]
 pub struct RunArgs {
+    /// Run in a node pack's sandbox: its venv (built first if needed) on PATH and
+    /// read-only, its folder as the working directory, its manifest's sandbox
+    /// settings; the other flags override them.
+    #[arg(long, value_name = "PACK_DIR")]
+    pub pack: Option<PathBuf>,
     /// Sandbox settings.
     #[command(flatten)]
     pub sandbox: SandboxFlags,
@@ -216,14 +221,63 @@ impl SandboxFlags {
 
 /// Runs `nodecell run`; returns the exit status.
 pub fn main(args: RunArgs) -> i32 {
-    let policy = match args.sandbox.apply_to(Policy::new()) {
+    let mut command = args.command;
+    let base = match &args.pack {
+        None => Policy::new(),
+        Some(dir) => match pack_policy(dir, &mut command) {
+            Ok(p) => p,
+            Err(code) => return code,
+        },
+    };
+    let policy = match args.sandbox.apply_to(base) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("nodecell run: {e}");
             return 2;
         }
     };
-    run_policy(&policy, args.sandbox.command(args.command))
+    run_policy(&policy, args.sandbox.command(command))
+}
+
+/// The base policy for `--pack DIR`: provisions (or finds) the pack's venv and
+/// turns its launch settings into a policy; resolves a bare command name
+/// (`python`) against the venv's `bin`. Errors print and give the exit status
+/// (2: not a pack / bad manifest; 125: provisioning failed).
+fn pack_policy(dir: &std::path::Path, command: &mut [OsString]) -> Result<Policy, i32> {
+    use nodecell_provision::Error as ProvisionError;
+    let ls = match super::provision::launch_settings_for_run(dir) {
+        Ok(ls) => ls,
+        Err(e @ ProvisionError::Manifest(_)) => {
+            eprintln!("nodecell run: --pack {}: {e}", dir.display());
+            return Err(2);
+        }
+        Err(e) => {
+            eprintln!("nodecell: sandbox setup failed: provision: --pack {}: {e}", dir.display());
+            return Err(125);
+        }
+    };
+    let mut p = Policy::new();
+    p.ro.extend(ls.readonly_paths.iter().map(Bind::same));
+    p.rw.extend(ls.writable_paths.iter().map(Bind::same));
+    p.net = ls.network;
+    p.memory = ls.max_memory;
+    p.pids = ls.max_pids;
+    p.cpu = ls.max_cpu_percent.map(|pct| pct / 100.0);
+    p.timeout = ls.timeout.map(|d| d.as_secs_f64());
+    p.gpu = ls.gpu;
+    p.cwd = Some(ls.cwd.clone());
+    for (k, v) in &ls.env {
+        p.env.insert(k.clone(), v.clone());
+    }
+    if let Some(first) = command.first_mut() {
+        let name = first.to_string_lossy().into_owned();
+        if !name.contains('/') {
+            if let Some(found) = ls.resolve_program(&name) {
+                *first = found.into_os_string();
+            }
+        }
+    }
+    Ok(p)
 }
 
 /// Launches `cmd` under `policy` and turns the outcome into an exit status,
