@@ -1,0 +1,50 @@
+"""The benchmark extension for pyisolate (imported by the host and, in the sandbox, by the worker).
+
+Self-contained on purpose: the worker imports it by module name from the host's sys.path.
+"""
+import os
+
+import pyisolate
+
+
+def _proc_kb(path, key):
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return -1
+
+
+def _quiet_pyisolate():
+    import logging
+
+    for name in ("pyisolate._internal.tensor_serializer", "pyisolate._internal.rpc_transports"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class BenchExt(pyisolate.ExtensionBase):
+    """Methods the scenarios call. ``async def`` in both extensions: pyisolate's proxy only
+    forwards coroutine functions, so the same code runs on both sides."""
+
+    async def before_module_loaded(self):
+        # pyisolate logs a WARNING per large tensor or message ("PERFORMANCE: Serializing
+        # large CPU tensor", "Large RPC message"); keep the benchmark's output readable.
+        _quiet_pyisolate()
+
+    async def noop(self):
+        return None
+
+    async def echo(self, x):
+        return x
+
+    async def mem(self):
+        """This worker's memory: VmRSS and Pss in KiB (Pss = -1 where smaps_rollup is unreadable)."""
+        return {"rss_kb": _proc_kb("/proc/self/status", "VmRSS:"),
+                "pss_kb": _proc_kb("/proc/self/smaps_rollup", "Pss:"),
+                "pid": os.getpid()}
+
+    async def crash(self):
+        os._exit(3)
