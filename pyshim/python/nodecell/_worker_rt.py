@@ -80,6 +80,8 @@ class WorkerEndpoint(Endpoint):
         self._stopped = threading.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._loop_lock = threading.Lock()
+        self._loop_owner = threading.Lock()
+        self._queued = 0
         self._async_tasks: Dict[int, Any] = {}
         self.extension: Any = None
         self.name = "?"
@@ -157,24 +159,122 @@ class WorkerEndpoint(Endpoint):
             self._reply_error(call_id, e)
             return
         if is_async_callable(fn):
-            loop = self._ensure_loop()
-            fut = asyncio.run_coroutine_threadsafe(self._run_async(call_id, fn, args, kwargs), loop)
-            self._async_tasks[call_id] = fut
+            self._submit(self._start_async, call_id, fn, args, kwargs)
             return
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
-                loop = self._ensure_loop()
-                fut = asyncio.run_coroutine_threadsafe(self._await_then_reply(call_id, result), loop)
-                self._async_tasks[call_id] = fut
+                self._submit(self._start_awaitable, call_id, result)
                 return
         except BaseException as e:  # noqa: BLE001
             self._reply_error(call_id, e)
             return
         self._reply(call_id, result)
 
-    async def _run_async(self, call_id: int, fn: Any, args: tuple, kwargs: dict) -> None:
-        await self._await_then_reply(call_id, fn(*args, **kwargs))
+    # The worker's one event loop has no thread of its own: whichever dispatcher
+    # thread has async work drives it (run_until_complete) until no task is left,
+    # so an async call costs no wake-up of another thread. Work submitted while
+    # another thread drives the loop is queued on it; the `_queued` count makes
+    # sure a thread that finishes driving picks up what arrived meanwhile.
+
+    def _submit(self, start: Any, *args: Any) -> None:
+        loop = self._ensure_loop()
+        if self._loop_owner.acquire(blocking=False):
+            # Nobody drives the loop: start the task right here and run it (no wake-up).
+            try:
+                with self._state:
+                    self._queued += 1
+                start(*args)
+                self._run_until_idle(loop)
+            finally:
+                self._loop_owner.release()
+            with self._state:
+                again = self._queued > 0
+            if again:
+                self._drive_if_free()
+            return
+        with self._state:
+            self._queued += 1
+        loop.call_soon_threadsafe(start, *args)
+        self._drive_if_free()
+
+    def _run_until_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drive the loop (owned by this thread) until no task is left and nothing is queued."""
+        tasks = asyncio.all_tasks(loop)
+        if len(tasks) == 1:
+            task = next(iter(tasks))
+            if not _eager_step(loop, task):  # the common case: the one call just started
+                loop.run_until_complete(task)
+            with self._state:
+                if self._queued == 0 and not asyncio.all_tasks(loop):
+                    return
+        loop.run_until_complete(self._until_idle())
+
+    def _drive_if_free(self) -> None:
+        while self._loop_owner.acquire(blocking=False):
+            try:
+                assert self._loop is not None
+                self._run_until_idle(self._loop)
+            finally:
+                self._loop_owner.release()
+            with self._state:
+                if self._queued == 0:
+                    return
+
+    async def _until_idle(self) -> None:
+        me = asyncio.current_task()
+        while True:
+            await asyncio.sleep(0)  # run callbacks queued by other threads
+            pending = [t for t in asyncio.all_tasks() if t is not me]
+            if not pending:
+                with self._state:
+                    if self._queued == 0:
+                        return
+                continue
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+    def _start_async(self, call_id: int, fn: Any, args: tuple, kwargs: dict) -> None:
+        """On the loop: start an async method as a task (errors in the call itself answer at once)."""
+        try:
+            coro = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001
+            with self._state:
+                self._queued -= 1
+            self._reply_error(call_id, e)
+            return
+        self._start_awaitable(call_id, coro)
+
+    def _start_awaitable(self, call_id: int, aw: Any) -> None:
+        assert self._loop is not None
+        self._async_tasks[call_id] = self._loop.create_task(self._await_then_reply(call_id, aw))
+        with self._state:
+            self._queued -= 1
+
+    def run_on_loop(self, aw: Any) -> Any:
+        """Run an awaitable to completion on the worker's loop from a dispatcher thread."""
+        loop = self._ensure_loop()
+        holder: dict = {}
+
+        async def wrap() -> None:
+            try:
+                holder["value"] = await aw
+            except BaseException as e:  # noqa: BLE001
+                holder["error"] = e
+
+        done = threading.Event()
+
+        def start() -> None:
+            t = loop.create_task(wrap())
+            t.add_done_callback(lambda _t: done.set())
+            with self._state:
+                self._queued -= 1
+
+        self._submit(start)
+        while not done.wait(0.05):
+            self._drive_if_free()
+        if "error" in holder:
+            raise holder["error"]
+        return holder.get("value")
 
     async def _await_then_reply(self, call_id: int, aw: Any) -> None:
         try:
@@ -190,9 +290,9 @@ class WorkerEndpoint(Endpoint):
         self._reply(call_id, result)
 
     def _cancel_incoming(self, call_id: int) -> None:
-        fut = self._async_tasks.pop(call_id, None)
-        if fut is not None:
-            fut.cancel()
+        task = self._async_tasks.pop(call_id, None)
+        if task is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(task.cancel)
 
     def _reply(self, call_id: int, value: Any) -> None:
         try:
@@ -208,19 +308,12 @@ class WorkerEndpoint(Endpoint):
             self.channel.send(ERROR, call_id, _nodecell.ErrorValue(type(e2).__name__, str(e2)[:4096], ""))
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is not None:
+            return loop
         with self._loop_lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
-                ready = threading.Event()
-
-                def run() -> None:
-                    asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
-
-                threading.Thread(target=run, name="nodecell-asyncio", daemon=True).start()
-                ready.wait()
-                self._loop = loop
+                self._loop = asyncio.new_event_loop()
             return self._loop
 
     # -- calling the host -----------------------------------------------------------------
@@ -392,11 +485,38 @@ class _Control:
         return os.getpid()
 
 
+def _eager_step(loop: asyncio.AbstractEventLoop, task: "asyncio.Task") -> bool:
+    """Run a just-created task's first step right here, as the loop would (the task is
+    current, the loop is the running loop), instead of spinning the loop for it.
+    Returns whether the task finished in that step. This thread owns the loop, which
+    is not running; only the handle for this task's first step is taken from the
+    loop's ready queue (``loop._ready``, a CPython detail: without it, False)."""
+    ready = getattr(loop, "_ready", None)
+    if ready is None:
+        return False
+    handle = None
+    for h in reversed(ready):
+        if getattr(getattr(h, "_callback", None), "__self__", None) is task:
+            handle = h
+            break
+    if handle is None:
+        return False
+    try:
+        ready.remove(handle)
+    except ValueError:
+        return False
+    asyncio.events._set_running_loop(loop)
+    try:
+        handle._run()
+    finally:
+        asyncio.events._set_running_loop(None)
+    return task.done()
+
+
 def _run_hook(ep: WorkerEndpoint, fn: Any, *args: Any) -> Any:
     r = fn(*args)
     if inspect.isawaitable(r):
-        loop = ep._ensure_loop()
-        return asyncio.run_coroutine_threadsafe(_as_coro(r), loop).result()
+        return ep.run_on_loop(r)
     return r
 
 
