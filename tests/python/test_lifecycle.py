@@ -114,8 +114,20 @@ def test_progress_events_and_prewarm(aloop, nc, testext, support_dir, venv_root)
     async def go():
         m = nc.ExtensionManager(testext.TestExt, nc.ExtensionManagerConfig(venv_root_path=str(venv_root)))
         m.on_progress(events.append)
+        streamed = []
+
+        async def consume():
+            async for ev in m.progress_events():
+                streamed.append(ev)
+                if ev.get("event") == "done":
+                    return
+
+        consumer = asyncio.ensure_future(consume())
+        await asyncio.sleep(0)
         cfg = nc.ExtensionConfig(name="warm", module_path=pack(support_dir, "basic"), share_torch=True)
         await m.prewarm(cfg)
+        await asyncio.wait_for(consumer, 5)
+        assert streamed and streamed[-1]["event"] == "done" and streamed[-1]["pack"] == "warm", streamed
         t0 = time.perf_counter()
         ext = await m.load_extension(cfg)
         r = await ext.double(2)

@@ -1007,8 +1007,27 @@ class ExtensionManager(Generic[T]):
         return await self._start_cell_for(cfg)
 
     def on_progress(self, callback: Any) -> None:
-        """Register ``callback(event: dict)`` for provisioning progress events (JSON-like dicts)."""
+        """Register ``callback(event: dict)`` for provisioning progress events (JSON-like dicts:
+        ``{"event": "resolving"|"downloading"|"download"|"installing"|"done"|"failed"|"waiting",
+        "pack": ..., "elapsed_ms": ..., ...}``), called on the manager's event loop."""
         self._progress.append(callback)
+
+    async def progress_events(self) -> Any:
+        """Async iterator over provisioning progress events (see :meth:`on_progress`), for a UI:
+
+            async for ev in manager.progress_events():
+                show(ev)
+        """
+        queue: asyncio.Queue = asyncio.Queue()
+        self._progress.append(queue.put_nowait)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            try:
+                self._progress.remove(queue.put_nowait)
+            except ValueError:
+                pass
 
     def load_extension(self, config: Any) -> Extension:
         """Register an extension; returns its handle (await it to start it now).
