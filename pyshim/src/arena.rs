@@ -11,8 +11,10 @@ use nodecell_ipc::{Arena as IpcArena, ArenaState, Channel, TensorDesc, TensorVie
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::dlpack::{self, Keep};
+
 /// Storage this process owns: a memfd, mapped here, sealed before it is shared.
-#[pyclass(name = "Arena", module = "nodecell._nodecell", frozen, weakref, dict)]
+#[pyclass(name = "Arena", module = "nodecell._nodecell", frozen, weakref)]
 pub struct PyArena {
     pub(crate) inner: Arc<IpcArena>,
 }
@@ -36,6 +38,7 @@ impl PyArena {
                 Ok(a)
             })
             .map_err(|e| PyOSError::new_err(format!("arena of {nbytes} bytes: {e}")))?;
+        dlpack::register_arena(&inner);
         Ok(PyArena { inner })
     }
 
@@ -61,8 +64,34 @@ impl PyArena {
                 Ok(a)
             })
             .map_err(|e| PyOSError::new_err(format!("frozen arena of {nbytes} bytes: {e}")))?;
+        dlpack::register_arena(&inner);
         Ok(PyArena { inner })
     }
+
+    /// A DLPack capsule (for ``torch._C._from_dlpack`` / ``numpy.from_dlpack``) over
+    /// this arena's bytes from ``offset``: ``dtype`` name, ``shape``, ``strides`` in
+    /// elements (None: C-contiguous). Checked against the arena's size.
+    #[pyo3(signature = (offset, dtype, shape, strides = None))]
+    fn dlpack(&self, py: Python<'_>, offset: u64, dtype: &str, shape: Vec<u64>, strides: Option<Vec<i64>>) -> PyResult<Py<PyAny>> {
+        let (data, dt, shape, strides) = checked(&self.inner, offset, dtype, shape, strides)?;
+        dlpack::capsule(py, Keep::Arena(self.inner.clone()), data, dt, &shape, &strides)
+    }
+
+    /// Like ``dlpack`` but a producer object (``__dlpack__``/``__dlpack_device__``),
+    /// for ``numpy.from_dlpack`` (writable unless ``readonly``).
+    #[pyo3(signature = (offset, dtype, shape, strides = None, readonly = false))]
+    fn dlsource(
+        &self,
+        offset: u64,
+        dtype: &str,
+        shape: Vec<u64>,
+        strides: Option<Vec<i64>>,
+        readonly: bool,
+    ) -> PyResult<dlpack::DLSource> {
+        let (data, dt, shape, strides) = checked(&self.inner, offset, dtype, shape, strides)?;
+        Ok(dlpack::DLSource::new(Keep::Arena(self.inner.clone()), data, dt, shape, strides, readonly))
+    }
+
 
     /// Address of this process's mapping.
     #[getter]
@@ -110,11 +139,9 @@ impl PyArena {
     }
 }
 
-/// A received tensor's storage: a mapping of the peer's arena (read-only,
-/// copy-on-write, or writable-shared for output buffers). Dropping the last
-/// reference gives the descriptor back to the peer.
-#[pyclass(name = "View", module = "nodecell._nodecell", frozen, weakref, dict)]
-pub struct PyView {
+/// A received tensor's storage and what to do when it is no longer used.
+pub struct ViewKeep {
+    /// The mapping and validated descriptor.
     pub(crate) view: TensorView,
     /// The channel it came from and the descriptor to release (None: nothing to release).
     pub(crate) release: Option<(Channel, TensorDesc)>,
@@ -124,48 +151,101 @@ pub struct PyView {
     pub(crate) echo: Option<TensorDesc>,
 }
 
-#[pymethods]
-impl PyView {
-    /// Address of the first byte the descriptor covers.
-    #[getter]
-    fn address(&self) -> usize {
-        self.view.as_ptr() as usize
-    }
-
-    /// Bytes the descriptor covers.
-    #[getter]
-    fn nbytes(&self) -> usize {
-        self.view.len()
-    }
-
-    /// Whether writes through `address` are allowed (copy-on-write or output buffer).
-    #[getter]
-    fn writable(&self) -> bool {
-        self.view.writable()
-    }
-
-    /// Whether writes reach the owner (an output buffer mapped writable-shared).
-    #[getter]
-    fn shared_writable(&self) -> bool {
-        self.view.desc().writable && self.view.writable()
-    }
-
-    /// The id of the channel it arrived on.
-    #[getter]
-    fn channel_id(&self) -> u64 {
-        self.channel_id
-    }
-
-    fn __repr__(&self) -> String {
-        format!("<nodecell View {} bytes writable={}>", self.view.len(), self.view.writable())
-    }
-}
-
-impl Drop for PyView {
+impl Drop for ViewKeep {
     fn drop(&mut self) {
         if let Some((ch, desc)) = self.release.take() {
             // Gives the reference back (sent with the next frame if the ring is busy).
             let _ = ch.release(&desc);
         }
     }
+}
+
+/// A received tensor's storage: a mapping of the peer's arena (copy-on-write, or
+/// writable-shared for output buffers). When the last tensor over it and this
+/// object are gone, the descriptor is given back to the peer.
+#[pyclass(name = "View", module = "nodecell._nodecell", frozen, weakref)]
+pub struct PyView {
+    pub(crate) keep: Arc<ViewKeep>,
+}
+
+#[pymethods]
+impl PyView {
+    /// Address of the first byte the descriptor covers.
+    #[getter]
+    fn address(&self) -> usize {
+        self.keep.view.as_ptr() as usize
+    }
+
+    /// Bytes the descriptor covers.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.keep.view.len()
+    }
+
+    /// Whether writes through ``address`` are allowed (copy-on-write or output buffer).
+    #[getter]
+    fn writable(&self) -> bool {
+        self.keep.view.writable()
+    }
+
+    /// Whether writes reach the owner (an output buffer mapped writable-shared).
+    #[getter]
+    fn shared_writable(&self) -> bool {
+        self.keep.view.desc().writable && self.keep.view.writable()
+    }
+
+    /// The id of the channel it arrived on.
+    #[getter]
+    fn channel_id(&self) -> u64 {
+        self.keep.channel_id
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<nodecell View {} bytes writable={}>", self.keep.view.len(), self.keep.view.writable())
+    }
+}
+
+/// C-contiguous strides (in elements) for `shape`.
+pub fn contiguous(shape: &[u64]) -> Vec<i64> {
+    let mut strides = vec![0i64; shape.len()];
+    let mut acc: i64 = 1;
+    for i in (0..shape.len()).rev() {
+        strides[i] = acc;
+        acc = acc.saturating_mul(shape[i].max(1) as i64);
+    }
+    strides
+}
+
+/// Where the memory at ``address`` (``nbytes`` long) lives: ``(Arena or View, byte
+/// offset from its start)``, or None when it is private memory.
+#[pyfunction]
+pub fn locate(py: Python<'_>, address: usize, nbytes: usize) -> PyResult<Option<(Py<PyAny>, u64)>> {
+    Ok(match dlpack::locate(address, nbytes) {
+        None => None,
+        Some(dlpack::Located::Arena(a, off)) => Some((Bound::new(py, PyArena { inner: a })?.into_any().unbind(), off)),
+        Some(dlpack::Located::View(v, off)) => Some((Bound::new(py, PyView { keep: v })?.into_any().unbind(), off)),
+    })
+}
+
+#[allow(clippy::type_complexity)]
+fn checked(
+    inner: &Arc<IpcArena>,
+    offset: u64,
+    dtype: &str,
+    shape: Vec<u64>,
+    strides: Option<Vec<i64>>,
+) -> PyResult<(*mut u8, nodecell_ipc::DType, Vec<u64>, Vec<i64>)> {
+    let dt = dlpack::dtype(dtype)?;
+    let strides = strides.unwrap_or_else(|| contiguous(&shape));
+    let d = TensorDesc::new(0, nodecell_ipc::Origin::Sender, offset, u64::MAX - offset, dt, &shape, &strides, false)
+        .and_then(|d| d.span())
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    if offset.checked_add(d).is_none_or(|end| end > inner.len() as u64) {
+        return Err(PyValueError::new_err("tensor reaches outside the arena"));
+    }
+    let base = inner.as_ptr();
+    if base.is_null() {
+        return Err(PyOSError::new_err("arena is not mapped"));
+    }
+    Ok((base.wrapping_add(offset as usize), dt, shape, strides))
 }

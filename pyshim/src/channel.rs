@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nodecell_ipc::{
@@ -34,7 +34,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
-use crate::arena::{PyArena, PyView};
+use crate::arena::{PyArena, PyView, ViewKeep};
+use crate::dlpack::Keep;
 use crate::markers::{ErrorValue, HandleRef, Record, TensorRef};
 use crate::ProtocolViolation;
 
@@ -60,8 +61,8 @@ pub struct PyChannel {
     id: u64,
     hooks: Mutex<Option<Hooks>>,
     peer: Mutex<Option<WorkerFds>>,
-    /// Our arenas shared on this channel: slot -> weakref to the `Arena` object.
-    own: Mutex<HashMap<u64, Py<PyAny>>>,
+    /// Our arenas shared on this channel, by slot (to hand the same memory back).
+    own: Mutex<HashMap<u64, Weak<nodecell_ipc::Arena>>>,
 }
 
 fn channel_err(e: ChannelError) -> PyErr {
@@ -449,12 +450,10 @@ impl PyChannel {
                 .ch
                 .share_tensor(inner, t.offset, dtype, &t.shape, Some(&strides))
                 .map_err(channel_err)?;
-            let slot = d.slot;
-            let weak = pyo3::types::PyWeakrefReference::new(arena)?.into_any().unbind();
-            self.own.lock().unwrap_or_else(|e| e.into_inner()).insert(slot, weak);
+            self.own.lock().unwrap_or_else(|e| e.into_inner()).insert(d.slot, Arc::downgrade(inner));
             d
         } else if let Ok(v) = arena.cast::<PyView>() {
-            let v = v.get();
+            let v = &v.get().keep;
             let base = match (&v.echo, v.channel_id == self.id) {
                 (Some(d), true) => d,
                 _ => {
@@ -613,41 +612,39 @@ impl PyChannel {
         }
     }
 
+    /// Builds the received tensor: a DLPack capsule over our own arena (echoed back)
+    /// or over a mapping of the peer's, handed to the `decode_tensor(capsule, kind,
+    /// writable)` hook, which makes the numpy array or torch tensor.
     fn tensor_to_py(&self, py: Python<'_>, d: &TensorDesc, kind: &str) -> PyResult<Py<PyAny>> {
         let hook = self.hook(py, |h| &h.tensor)?;
-        let item = d.dtype.itemsize() as i64;
-        let strides: Vec<i64> = d.strides().iter().map(|s| s * item).collect();
         let shape: Vec<u64> = d.shape().to_vec();
-        let dtype = d.dtype.name();
-        match d.origin {
-            Origin::Receiver => {
-                // One of our own arenas coming back: hand the original Arena object over
-                // when it is still alive and writable here, so data pointers match.
-                let own = self.own.lock().unwrap_or_else(|e| e.into_inner()).get(&d.slot).map(|w| w.clone_ref(py));
-                if let Some(w) = own {
-                    let w = w.bind(py);
-                    let obj = w.call0()?;
-                    if !obj.is_none() {
-                        if let Ok(a) = obj.cast::<PyArena>() {
-                            if a.get().inner.state() != nodecell_ipc::ArenaState::Frozen {
-                                return Ok(hook.call1((obj, d.offset, dtype, shape, strides, kind))?.unbind());
-                            }
-                        }
-                    }
+        let strides: Vec<i64> = d.strides().to_vec();
+        if d.origin == Origin::Receiver {
+            // One of our own arenas coming back: the same memory, so data pointers match.
+            let own = self.own.lock().unwrap_or_else(|e| e.into_inner()).get(&d.slot).cloned();
+            if let Some(a) = own.and_then(|w| w.upgrade()) {
+                if a.state() != nodecell_ipc::ArenaState::Frozen {
+                    let data = a.as_ptr().wrapping_add(d.offset as usize);
+                    let src = crate::dlpack::DLSource::new(Keep::Arena(a.clone()), data, d.dtype, shape, strides, false);
+                    return Ok(hook.call1((Bound::new(py, src)?, kind, true))?.unbind());
                 }
-                let view = self.ch.import_cow(d).map_err(channel_err)?;
-                let v = PyView { view, release: None, channel_id: self.id, echo: None };
-                let v = Bound::new(py, v)?;
-                Ok(hook.call1((v, 0u64, dtype, shape, strides, kind))?.unbind())
-            }
-            Origin::Sender => {
-                // Output buffers are mapped writable-shared; everything else copy-on-write,
-                // so no tensor built here (numpy, or torch where numpy is missing) can fault on a write.
-                let view = if d.writable { self.ch.import(d) } else { self.ch.import_cow(d) }.map_err(channel_err)?;
-                let v = PyView { view, release: Some((self.ch.clone(), d.clone())), channel_id: self.id, echo: Some(d.clone()) };
-                let v = Bound::new(py, v)?;
-                Ok(hook.call1((v, 0u64, dtype, shape, strides, kind))?.unbind())
             }
         }
+        // The peer's arena (or a frozen one of ours): a fresh mapping. Output buffers
+        // are mapped writable-shared; everything else copy-on-write, so no tensor made
+        // here can fault on a write or reach the sender's memory.
+        let view = if d.writable && d.origin == Origin::Sender { self.ch.import(d) } else { self.ch.import_cow(d) }
+            .map_err(channel_err)?;
+        let shared_writable = d.writable && view.writable();
+        let keep = if d.origin == Origin::Sender {
+            ViewKeep { view, release: Some((self.ch.clone(), d.clone())), channel_id: self.id, echo: Some(d.clone()) }
+        } else {
+            ViewKeep { view, release: None, channel_id: self.id, echo: None }
+        };
+        let keep = Arc::new(keep);
+        crate::dlpack::register_view(&keep);
+        let data = keep.view.as_mut_ptr().unwrap_or(keep.view.as_ptr() as *mut u8);
+        let src = crate::dlpack::DLSource::new(Keep::View(keep), data, d.dtype, shape, strides, !shared_writable);
+        Ok(hook.call1((Bound::new(py, src)?, kind, shared_writable))?.unbind())
     }
 }

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 
 pub mod arena;
 pub mod channel;
+pub mod dlpack;
 pub mod markers;
 pub mod provision;
 pub mod reactor;
@@ -49,9 +50,11 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<arena::PyArena>()?;
     m.add_class::<arena::PyView>()?;
     m.add_class::<reactor::PyReactor>()?;
+    m.add_class::<dlpack::DLSource>()?;
     markers::register(m)?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
     m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(arena::locate, m)?)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ __version__: str
 __all__ = [
     "Arena",
     "Channel",
+    "DLSource",
     "ErrorValue",
     "HandleRef",
     "KIND_CALL",
@@ -23,6 +24,7 @@ __all__ = [
     "View",
     "__version__",
     "ipc_probe",
+    "locate",
     "provision",
     "read_manifest",
 ]
@@ -56,7 +58,7 @@ class Channel:
     def set_hooks(
         self,
         encode: Callable[[Any], Any],
-        decode_tensor: Callable[[Any, int, str, List[int], List[int], str], Any],
+        decode_tensor: Callable[[Any, str, bool], Any],
         decode_handle: Callable[[int, bool, str], Any],
         decode_record: Callable[[str, Dict[str, Any]], Any],
         decode_error: Callable[[str, str, str], Any],
@@ -95,6 +97,11 @@ class Arena:
     @staticmethod
     def frozen_copy_from(address: int, nbytes: int) -> Arena:
         """An immutable arena holding a copy of ``nbytes`` bytes at ``address``."""
+    def dlpack(self, offset: int, dtype: str, shape: List[int], strides: Optional[List[int]] = None) -> Any:
+        """A DLPack capsule over this arena's bytes from ``offset`` (strides in elements)."""
+    def dlsource(self, offset: int, dtype: str, shape: List[int], strides: Optional[List[int]] = None,
+                 readonly: bool = False) -> DLSource:
+        """A DLPack producer over this arena's bytes (for ``numpy.from_dlpack``)."""
     @property
     def address(self) -> int:
         """Address of this process's mapping."""
@@ -133,6 +140,19 @@ class View:
     @property
     def channel_id(self) -> int:
         """The id of the channel it arrived on."""
+
+@final
+class DLSource:
+    """A tensor's storage offered to a DLPack consumer."""
+
+    def __dlpack__(self, stream: Any = None, max_version: Optional[Tuple[int, int]] = None,
+                   dl_device: Any = None, copy: Optional[bool] = None) -> Any:
+        """A DLPack capsule (versioned when ``max_version`` allows)."""
+    def __dlpack_device__(self) -> Tuple[int, int]:
+        """CPU, device 0."""
+    @property
+    def readonly(self) -> bool:
+        """Whether consumers should treat the memory as read-only."""
 
 @final
 class Reactor:
@@ -208,6 +228,9 @@ def read_manifest(path: str) -> Dict[str, Any]:
 
 def provision(spec: Dict[str, Any], on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Builds (or finds) an extension's venv; returns its path, python, key and read-only paths."""
+
+def locate(address: int, nbytes: int) -> Optional[Tuple[Any, int]]:
+    """Where the memory at ``address`` lives: ``(Arena or View, byte offset)``, or None."""
 
 def ipc_probe() -> List[Tuple[str, bool, str]]:
     """What this kernel offers the channel."""

@@ -253,8 +253,8 @@ class Endpoint:
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def decode_tensor(self, arena: Any, offset: int, dtype: str, shape: Any, strides: Any, kind: str) -> Any:
-        return _tensors.decode_tensor(arena, offset, dtype, shape, strides, kind)
+    def decode_tensor(self, capsule: Any, kind: str, writable: bool) -> Any:
+        return _tensors.decode_tensor(capsule, kind, writable)
 
     def decode_handle(self, hid: int, sender_owns: bool, kind: str) -> Any:
         if not sender_owns:

@@ -108,58 +108,15 @@ def _torch_dtype_name(dt: Any) -> Optional[str]:
     return name if name in _TORCH_NAMES else None
 
 
-def _buffer(obj: Any) -> Any:
-    """A ctypes array over an Arena's or View's memory that keeps the object alive."""
-    buf = (ctypes.c_char * obj.nbytes).from_address(obj.address)
-    buf._nc_owner = obj
-    return buf
-
-
-class _Registry:
-    """Which arena (or received view) a torch storage lives in.
-
-    One torch storage per (address, size) of an Arena/View, cached weakly, so
-    every tensor on one arena shares one storage and data pointers stay equal;
-    storages map back to their arena for the next send.
-    """
-
-    def __init__(self) -> None:
-        self.storages: Dict[Tuple[int, int], Any] = {}
-        self.owners: Dict[Tuple[int, int], Any] = {}
-
-    def find_storage_owner(self, st: Any) -> Optional[Any]:
-        ref = self.owners.get((st.data_ptr(), st.nbytes()))
-        return ref() if ref is not None else None
-
-    def torch_storage(self, arena: Any) -> Any:
-        """The torch storage over the whole arena/view (one per arena, cached weakly)."""
-        key = (arena.address, arena.nbytes)
-        ref = self.storages.get(key)
-        st = ref() if ref is not None else None
-        owner = self.owners.get(key)
-        if st is not None and owner is not None and owner() is arena:
-            return st
-        t = _torch_mod()
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # read-only buffers: we never write through them
-            st = t.frombuffer(_buffer(arena), dtype=t.uint8).untyped_storage()
-
-        def gone(r: Any, k: Tuple[int, int] = key) -> None:
-            if self.storages.get(k) is r:
-                self.storages.pop(k, None)
-                self.owners.pop(k, None)
-
-        try:
-            self.storages[key] = weakref.ref(st, gone)
-        except TypeError:  # storages without weakref support: do not cache
-            pass
-        self.owners[key] = weakref.ref(arena)
-        return st
-
-
-REGISTRY = _Registry()
+def _from_source(src: Any, kind: str, writable: bool) -> Any:
+    """A torch tensor or numpy array over the memory a ``DLSource`` describes (no copy)."""
+    if _want_torch(kind):
+        return _torch_mod()._C._from_dlpack(src.__dlpack__())
+    np = _numpy()
+    a = np.from_dlpack(src)  # numpy 2 asks for a versioned capsule: writable unless flagged
+    if not writable and a.flags.writeable:
+        a.flags.writeable = False
+    return a
 
 
 def _new_arena(nbytes: int, shared_writable: bool = False) -> Any:
@@ -174,38 +131,32 @@ def empty(shape: Sequence[int], dtype: str = "float32", *, kind: str = "torch",
     ``shared_writable=True`` the arena is a writable output buffer: workers it is
     sent to may write into it and the host sees their writes.
     """
-    shape = tuple(int(s) for s in shape)
+    shape = [int(s) for s in shape]
     if any(s < 0 for s in shape):
-        raise ValueError(f"shape must be non-negative, got {shape}")
+        raise ValueError(f"shape must be non-negative, got {tuple(shape)}")
     n = 1
     for s in shape:
         n *= s
     if kind == "numpy":
         np = _numpy()
         dt = np.dtype(dtype)
-        if _np_dtype_name(dt) is None:
+        name = _np_dtype_name(dt)
+        if name is None:
             raise TypeError(f"unsupported dtype {dtype!r}")
         arena = _new_arena(n * dt.itemsize, shared_writable)
-        return np.ndarray(shape, dtype=dt, buffer=_buffer(arena), offset=0)
+        return np.from_dlpack(arena.dlsource(0, name, shape))
     if kind == "torch":
-        t = _torch_mod()
-        dt = _torch_dtype(str(dtype).replace("torch.", ""))
-        item = t.empty((), dtype=dt).element_size()
-        arena = _new_arena(n * item, shared_writable)
-        st = REGISTRY.torch_storage(arena)
-        out = t.empty(0, dtype=dt)
-        out.set_(st, 0, shape, _contig_strides(shape))
-        return out
+        name = str(dtype).replace("torch.", "")
+        if name not in _TORCH_NAMES:
+            raise TypeError(f"unsupported dtype {dtype!r}")
+        arena = _new_arena(n * _ITEMSIZE[name], shared_writable)
+        return _torch_mod()._C._from_dlpack(arena.dlpack(0, name, shape))
     raise ValueError(f"kind must be 'torch' or 'numpy', got {kind!r}")
 
 
-def _contig_strides(shape: Sequence[int]) -> Tuple[int, ...]:
-    strides = []
-    acc = 1
-    for s in reversed(shape):
-        strides.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(strides))
+_ITEMSIZE = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "bfloat16": 2,
+             "int32": 4, "uint32": 4, "float32": 4, "int64": 8, "uint64": 8, "float64": 8,
+             "complex64": 8, "complex128": 16}
 
 
 def is_shared(obj: Any) -> bool:
@@ -217,26 +168,19 @@ def is_shared(obj: Any) -> bool:
 
 
 def _arena_of(obj: Any) -> Tuple[Optional[Any], int]:
-    """(arena or view, byte offset of the data pointer from its start) or (None, 0)."""
+    """(Arena or View, byte offset of the data pointer from its start) or (None, 0)."""
     tmod = sys.modules.get("torch")
     if tmod is not None and isinstance(obj, tmod.Tensor):
-        st = obj.untyped_storage()
-        arena = REGISTRY.find_storage_owner(st)
-        if arena is None:
+        ptr = obj.data_ptr()
+    else:
+        np = sys.modules.get("numpy")
+        if np is None or not isinstance(obj, np.ndarray):
             return None, 0
-        return arena, obj.storage_offset() * obj.element_size() + (st.data_ptr() - arena.address)
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(obj, np.ndarray):
-        base = obj
-        while base is not None:
-            owner = getattr(base, "_nc_owner", None)
-            if owner is not None:
-                return owner, obj.__array_interface__["data"][0] - owner.address
-            if isinstance(base, memoryview):
-                base = base.obj
-            else:
-                base = getattr(base, "base", None)
-    return None, 0
+        ptr = obj.__array_interface__["data"][0]
+    if not ptr:
+        return None, 0
+    loc = _nodecell.locate(ptr, 1)
+    return (None, 0) if loc is None else loc
 
 
 def _usable_here(arena: Any, channel_id: int) -> bool:
@@ -266,7 +210,8 @@ def encode_numpy(arr: Any, frozen: bool, channel_id: int) -> Any:
         arena = _nodecell.Arena.frozen_copy_from(c.__array_interface__["data"][0], c.nbytes)
     else:
         arena = _new_arena(c.nbytes)
-        np.frombuffer(_buffer(arena), dtype=np.uint8, count=c.nbytes)[:] = c.reshape(-1).view(np.uint8)
+        dst = np.from_dlpack(arena.dlsource(0, "uint8", [c.nbytes]))
+        dst[:] = c.reshape(-1).view(np.uint8)
     return _nodecell.TensorRef(arena, 0, name, list(c.shape), list(c.strides), "numpy")
 
 
@@ -303,9 +248,9 @@ def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
     st = t.untyped_storage()
     snb = st.nbytes()
     arena = _new_arena(snb)
-    dst = REGISTRY.torch_storage(arena)
-    tm.empty(0, dtype=tm.uint8).set_(dst, 0, (snb,), (1,)).copy_(
-        tm.empty(0, dtype=tm.uint8).set_(st, 0, (snb,), (1,)))
+    dst_u8 = tm._C._from_dlpack(arena.dlpack(0, "uint8", [snb]))
+    dst_u8.copy_(tm.empty(0, dtype=tm.uint8).set_(st, 0, (snb,), (1,)))
+    dst = dst_u8.untyped_storage()
     # Re-point the tensor (and the tensor it is a view of, e.g. after .reshape())
     # when they are the storage's only users: views elsewhere would silently stop aliasing.
     holders = [t] if t._base is None else [t, t._base]
@@ -335,31 +280,10 @@ def decode_inline(fields: Dict[str, Any]) -> Any:
     return tm.frombuffer(bytearray(data), dtype=tm.uint8).view(dt).reshape(shape).clone()
 
 
-def decode_tensor(arena: Any, offset: int, dtype: str, shape: Sequence[int], strides: Sequence[int],
-                  kind: str) -> Any:
-    """Wrap a validated descriptor as a numpy array (read-only) or torch tensor (copy-on-write).
-
-    ``arena`` is our own ``Arena`` (echoed back) or a received ``View``; ``strides``
-    are in bytes. A torch tensor sent to a process without torch arrives as a numpy array.
-    """
-    if not _want_torch(kind):
-        np = _numpy()
-        if dtype not in _NAME_TO_NP:
-            raise TypeError(f"numpy has no dtype {dtype!r}")
-        dt = np.dtype("?" if dtype == "bool" else "<" + _NAME_TO_NP[dtype])
-        a = np.ndarray(tuple(shape), dtype=dt, buffer=_buffer(arena), offset=offset, strides=tuple(strides))
-        # Inputs are read-only (the mapping is copy-on-write underneath, so even a
-        # forced write could never reach the sender); our own arenas and output buffers stay writable.
-        own = isinstance(arena, _nodecell.Arena) and arena.writable
-        if not (own or arena.shared_writable):
-            a.flags.writeable = False
-        return a
-    tm = _torch_mod()
-    dt = _torch_dtype(dtype)
-    item = tm.empty((), dtype=dt).element_size()
-    if offset % item or any(s % item for s in strides):
-        raise ValueError(f"descriptor offset/strides not aligned to {dtype} ({item} bytes)")
-    st = REGISTRY.torch_storage(arena)
-    out = tm.empty(0, dtype=dt)
-    out.set_(st, offset // item, tuple(shape), tuple(s // item for s in strides))
-    return out
+def decode_tensor(capsule: Any, kind: str, writable: bool) -> Any:
+    """Wrap a received tensor (a DLPack capsule over its validated storage) as a torch
+    tensor or numpy array without copying. Inputs from a peer are copy-on-write
+    mappings: numpy arrays are marked read-only, torch tensors may be written (the
+    writes stay here). A torch tensor sent to a process without torch arrives as a
+    numpy array, and a numpy array sent to one with torch but no numpy as a tensor."""
+    return _from_source(capsule, kind, writable)
