@@ -337,6 +337,26 @@ impl Channel {
                 != self.inner.inbound_tail.load(Ordering::Acquire)
     }
 
+    /// Host: this thread is about to poll the channel itself (spinning for a reply), so
+    /// the peer need not ring the doorbell: withdraws the sleeper's announcement (the
+    /// reactor keeps waiting on the unchanged futex word). Pair with
+    /// [`Channel::resume_doorbell`] when polling stops.
+    pub fn quiet_doorbell(&self) {
+        self.inner.shm.data_bell(self.inbound_ring()).cancel();
+    }
+
+    /// Host: re-announces the sleeper after [`Channel::quiet_doorbell`]. Returns true
+    /// when frames arrived meanwhile: receive them (`try_recv`), then call again.
+    pub fn resume_doorbell(&self) -> bool {
+        let bell = self.inner.shm.data_bell(self.inbound_ring());
+        bell.prepare();
+        if self.readable() {
+            bell.cancel();
+            return true;
+        }
+        false
+    }
+
     /// The error that poisoned the channel, if any.
     pub fn failure(&self) -> Option<ChannelError> {
         if !self.inner.failed_flag.load(Ordering::Acquire) {
@@ -720,6 +740,24 @@ impl Channel {
     /// echoes it back, since the owner may retire the arena once all are released). The release travels with the
     /// next frame or [`Channel::flush`]; this tries to send it at once.
     pub fn release(&self, desc: &TensorDesc) -> Result<(), ChannelError> {
+        self.release_queued(desc)?;
+        if self.check().is_err() {
+            return Ok(());
+        }
+        if let Ok(mut tx) = self.inner.tx.try_lock() {
+            self.flush_control_locked(&mut tx, false)?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Channel::release`], but only queues the release: it travels with the
+    /// next frame this side sends (or [`Channel::flush`]). Saves the peer a wake-up
+    /// per tensor when replies follow closely anyway.
+    pub fn release_lazy(&self, desc: &TensorDesc) -> Result<(), ChannelError> {
+        self.release_queued(desc)
+    }
+
+    fn release_queued(&self, desc: &TensorDesc) -> Result<(), ChannelError> {
         if desc.origin != Origin::Sender {
             return Ok(());
         }
@@ -741,12 +779,6 @@ impl Channel {
             }
         }
         self.inner.control_pending.store(true, Ordering::Release);
-        if self.check().is_err() {
-            return Ok(());
-        }
-        if let Ok(mut tx) = self.inner.tx.try_lock() {
-            self.flush_control_locked(&mut tx, false)?;
-        }
         Ok(())
     }
 

@@ -154,8 +154,9 @@ pub struct ViewKeep {
 impl Drop for ViewKeep {
     fn drop(&mut self) {
         if let Some((ch, desc)) = self.release.take() {
-            // Gives the reference back (sent with the next frame if the ring is busy).
-            let _ = ch.release(&desc);
+            // Gives the reference back with the next frame this side sends (or the
+            // next idle flush): no extra doorbell for the peer per tensor.
+            let _ = ch.release_lazy(&desc);
         }
     }
 }

@@ -211,6 +211,18 @@ impl PyChannel {
         f.map(|f| self.frame_to_py(py, f)).transpose()
     }
 
+    /// Host: the caller polls for replies itself for a while (see ``spin_recv``): the
+    /// worker need not ring the reactor's doorbell. Pair with ``resume_doorbell``.
+    fn quiet_doorbell(&self) {
+        self.ch.quiet_doorbell();
+    }
+
+    /// Host: hand waiting back to the reactor; True if frames arrived meanwhile
+    /// (receive them with ``try_recv``, then call again).
+    fn resume_doorbell(&self) -> bool {
+        self.ch.resume_doorbell()
+    }
+
     /// Sends queued releases now, if the ring has room.
     fn flush(&self) -> PyResult<()> {
         self.ch.flush().map_err(channel_err)

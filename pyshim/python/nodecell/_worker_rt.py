@@ -104,8 +104,13 @@ class WorkerEndpoint(Endpoint):
 
     def _dispatch_loop(self, main: bool = False) -> None:
         while not self._stopped.is_set():
-            frame = self._receive(timeout=0.5)
+            frame = self._receive(timeout=0.2)
             if frame is None:
+                # Idle: send what is queued (released tensor references).
+                try:
+                    self.channel.flush()
+                except Exception:  # noqa: BLE001 - a dead channel is noticed by recv
+                    pass
                 continue
             self.handle_frame(*frame)
         if not main:

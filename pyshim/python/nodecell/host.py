@@ -864,17 +864,26 @@ class Extension(Generic[T]):
         fut = loop.create_future()
         call_id = next(ep._call_ids)
         ep.pending[call_id] = fut
+        spinning = w.spin_ns > 0
+        if spinning:
+            w.channel.quiet_doorbell()  # we poll for the reply ourselves: no reactor wake-up
         try:
             w.channel.send(CALL, call_id, (target, method, tuple(args), dict(kwargs)))
         except BaseException:
             ep.pending.pop(call_id, None)
+            if spinning:
+                w.channel.resume_doorbell()
             raise
         if ep._release_queue:
             ep.flush_releases()
         w.inflight += 1
         t0 = time.perf_counter_ns()
         try:
-            w.spin_for(fut)
+            if spinning:
+                w.spin_for(fut)
+                # Hand waiting back to the reactor; take what arrived in between.
+                while not w.dead and w.channel.resume_doorbell():
+                    w.pump()
             if fut.done():
                 return fut.result()
             if timeout is None and not internal:
