@@ -78,6 +78,10 @@ class Channel:
         """Waits up to ``timeout`` seconds (None: forever) for a frame; None on timeout."""
     def spin_recv(self, max_us: int) -> Optional[Tuple[int, int, Any]]:
         """Spins up to ``max_us`` microseconds for a frame."""
+    def quiet_doorbell(self) -> None:
+        """Host: the caller polls for replies itself for a while; no reactor wake-ups."""
+    def resume_doorbell(self) -> bool:
+        """Host: hand waiting back to the reactor; True if frames arrived meanwhile."""
     def flush(self) -> None:
         """Sends queued releases now, if the ring has room."""
     def check_alive(self) -> None:
