@@ -82,6 +82,7 @@ class WorkerEndpoint(Endpoint):
         self._loop_lock = threading.Lock()
         self._loop_owner = threading.Lock()
         self._queued = 0
+        self._live = 0
         self._async_tasks: Dict[int, Any] = {}
         self.extension: Any = None
         self.name = "?"
@@ -189,8 +190,13 @@ class WorkerEndpoint(Endpoint):
             try:
                 with self._state:
                     self._queued += 1
-                start(*args)
-                self._run_until_idle(loop)
+                task = start(*args)
+                # The common case: the call just started is the only task: run its first
+                # step right here; most calls finish in it (no loop turn at all).
+                fast = (task is not None and self._live == 1 and _eager_step(loop, task)
+                        and self._queued == 0 and self._live == 0)
+                if not fast:
+                    self._run_until_idle(loop)
             finally:
                 self._loop_owner.release()
             with self._state:
@@ -238,7 +244,7 @@ class WorkerEndpoint(Endpoint):
                 continue
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
-    def _start_async(self, call_id: int, fn: Any, args: tuple, kwargs: dict) -> None:
+    def _start_async(self, call_id: int, fn: Any, args: tuple, kwargs: dict) -> Any:
         """On the loop: start an async method as a task (errors in the call itself answer at once)."""
         try:
             coro = fn(*args, **kwargs)
@@ -246,33 +252,38 @@ class WorkerEndpoint(Endpoint):
             with self._state:
                 self._queued -= 1
             self._reply_error(call_id, e)
-            return
-        self._start_awaitable(call_id, coro)
+            return None
+        return self._start_awaitable(call_id, coro)
 
-    def _start_awaitable(self, call_id: int, aw: Any) -> None:
+    def _start_awaitable(self, call_id: int, aw: Any) -> Any:
         assert self._loop is not None
-        self._async_tasks[call_id] = self._loop.create_task(self._await_then_reply(call_id, aw))
+        self._live += 1  # only ever touched by the thread driving the loop
+        task = self._loop.create_task(self._await_then_reply(call_id, aw))
+        self._async_tasks[call_id] = task
         with self._state:
             self._queued -= 1
+        return task
 
     def run_on_loop(self, aw: Any) -> Any:
         """Run an awaitable to completion on the worker's loop from a dispatcher thread."""
         loop = self._ensure_loop()
         holder: dict = {}
 
+        done = threading.Event()
+
         async def wrap() -> None:
             try:
                 holder["value"] = await aw
             except BaseException as e:  # noqa: BLE001
                 holder["error"] = e
+            finally:
+                done.set()  # here, not in a done-callback: those run one loop turn later
 
-        done = threading.Event()
-
-        def start() -> None:
-            t = loop.create_task(wrap())
-            t.add_done_callback(lambda _t: done.set())
+        def start() -> Any:
+            task = loop.create_task(wrap())
             with self._state:
                 self._queued -= 1
+            return task
 
         self._submit(start)
         while not done.wait(0.05):
@@ -283,16 +294,19 @@ class WorkerEndpoint(Endpoint):
 
     async def _await_then_reply(self, call_id: int, aw: Any) -> None:
         try:
-            result = await aw
-        except asyncio.CancelledError:
-            self._reply_error(call_id, RemoteError("CancelledError", "cancelled by the host"))
-            return
-        except BaseException as e:  # noqa: BLE001
-            self._reply_error(call_id, e)
-            return
+            try:
+                result = await aw
+            except asyncio.CancelledError:
+                self._reply_error(call_id, RemoteError("CancelledError", "cancelled by the host"))
+                return
+            except BaseException as e:  # noqa: BLE001
+                self._reply_error(call_id, e)
+                return
+            finally:
+                self._async_tasks.pop(call_id, None)
+            self._reply(call_id, result)
         finally:
-            self._async_tasks.pop(call_id, None)
-        self._reply(call_id, result)
+            self._live -= 1
 
     def _cancel_incoming(self, call_id: int) -> None:
         task = self._async_tasks.pop(call_id, None)
