@@ -12,10 +12,18 @@
 //! poisons the channel: every later operation returns the same
 //! [`ChannelError::Violation`], and the host drops the worker.
 //!
+//! CUDA memory (channels whose host enabled `cuda`, i.e. `share_cuda_ipc`) travels
+//! the same way as arenas: [`Channel::share_device`] sends an exported allocation's
+//! fd once (socket kind CUDA, with its size), descriptors with device cuda name it,
+//! reference counts and release frames keep it alive on the sender, and the receiver
+//! gets the fd and size from [`Channel::device_slot`] to import it itself (this
+//! crate never calls CUDA). See [`crate::layout`] for what is checked on receipt.
+//!
 //! # Locks
 //! `tx` (producer) → `rx` (consumer) → `fds` → `exports` → `imports`: a thread may
 //! take a later lock while holding an earlier one, never the reverse.
 
+use std::any::Any;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::arena::{Arena, ArenaState, TensorView};
 use crate::doorbell::{SpinPolicy, Spinner, Wake};
-use crate::frame::{Call, Decoded, ErrorValue, Frame, Limits, Origin, Release, Side, TensorDesc, Value};
+use crate::frame::{Call, Decoded, Device, ErrorValue, Frame, Limits, Origin, Release, Side, TensorDesc, Value};
 use crate::layout::{self, Geometry};
 use crate::ring::{Consumer, Producer, Push, Record, Shm};
 use crate::sys::{self, Mapping, Protection};
@@ -54,6 +62,13 @@ pub struct ChannelConfig {
     pub max_received_fds: usize,
     /// Most bytes of frames buffered while a send waits for space.
     pub max_queued_bytes: usize,
+    /// Whether CUDA memory may cross (`share_cuda_ipc`). The host sets it; a worker
+    /// takes it from the channel header instead (see [`crate::layout`]).
+    pub cuda: bool,
+    /// Most CUDA allocations received from the peer that may be open at once.
+    pub max_cuda_fds: usize,
+    /// Largest CUDA allocation, in bytes, a peer may announce.
+    pub max_cuda_bytes: u64,
 }
 
 impl Default for ChannelConfig {
@@ -68,6 +83,9 @@ impl Default for ChannelConfig {
             liveness_slice: Some(Duration::from_millis(100)),
             max_received_fds: 4096,
             max_queued_bytes: 512 << 20,
+            cuda: false,
+            max_cuda_fds: 256,
+            max_cuda_bytes: 1 << 40,
         }
     }
 }
@@ -122,21 +140,93 @@ struct Incoming {
     fd: OwnedFd,
     size: u64,
     map: Option<Arc<Mapping>>,
+    /// CUDA slots: what the importer made of the fd (its mapping), kept until retired.
+    attached: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 #[derive(Default)]
 struct FdTable {
     slots: HashMap<u64, Incoming>,
+    /// How many of `slots` are CUDA allocations.
+    cuda: usize,
+}
+
+impl FdTable {
+    fn insert(&mut self, slot: u64, inc: Incoming) {
+        if inc.kind == layout::FD_KIND_CUDA {
+            self.cuda += 1;
+        }
+        self.slots.insert(slot, inc);
+    }
+
+    fn remove(&mut self, slot: &u64) -> Option<Incoming> {
+        let inc = self.slots.remove(slot)?;
+        if inc.kind == layout::FD_KIND_CUDA {
+            self.cuda -= 1;
+        }
+        Some(inc)
+    }
+}
+
+/// Device memory this process owns and can hand to the peer as an fd: a CUDA
+/// allocation made exportable (`cuMemCreate` with POSIX fd handles). Implemented
+/// outside this crate (the Python extension), which does the CUDA calls.
+pub trait DeviceMemory: Send + Sync + 'static {
+    /// A new descriptor for the peer (`cuMemExportToShareableHandle`); the channel
+    /// sends it and closes its copy.
+    fn export_fd(&self) -> std::io::Result<OwnedFd>;
+    /// Bytes in the allocation (what the peer maps; a multiple of 4096).
+    fn size(&self) -> u64;
+    /// Which device it lives on (`Device::Cuda(ordinal)`).
+    fn device(&self) -> Device;
+    /// The implementing type, for downcasting.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A received CUDA slot, for the importer (see [`Channel::device_slot`]).
+pub struct DeviceSlot {
+    /// A duplicate of the received fd (None when something is already attached).
+    pub fd: Option<OwnedFd>,
+    /// The allocation size the sender announced (bounded; the driver checks it).
+    pub size: u64,
+    /// What [`Channel::attach_device`] stored for this slot, if anything.
+    pub attached: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+/// What an export keeps alive while the peer holds references.
+enum Stored {
+    Arena(Arc<Arena>),
+    Device(Arc<dyn DeviceMemory>),
+}
+
+impl Stored {
+    fn len(&self) -> u64 {
+        match self {
+            Stored::Arena(a) => a.len() as u64,
+            Stored::Device(d) => d.size(),
+        }
+    }
+
+    fn is_device(&self) -> bool {
+        matches!(self, Stored::Device(_))
+    }
 }
 
 struct Export {
-    arena: Arc<Arena>,
+    stored: Stored,
     refs: u64,
+}
+
+/// The key of a device allocation in `Exports::by_device` (its address; stable while
+/// the export holds it).
+fn device_key(d: &Arc<dyn DeviceMemory>) -> usize {
+    Arc::as_ptr(d) as *const () as usize
 }
 
 #[derive(Default)]
 struct Exports {
     by_arena: HashMap<u64, u64>,
+    by_device: HashMap<usize, u64>,
     slots: HashMap<u64, Export>,
     retire: Vec<u64>,
 }
@@ -214,6 +304,10 @@ impl Channel {
         let shm = Arc::new(Shm::create(geo).map_err(ioerr("create channel memfd"))?);
         let (host_sock, worker_sock) = sys::seqpacket_pair().map_err(ioerr("socketpair"))?;
         let ring = sys::dup_cloexec(shm.fd()).map_err(ioerr("dup channel memfd"))?;
+        if cfg.cuda {
+            sys::pwrite_all(shm.fd(), &layout::HEADER_FLAG_CUDA.to_le_bytes(), layout::OFF_FLAGS as u64)
+                .map_err(ioerr("write channel header flags"))?;
+        }
         let ch = Channel::from_parts(Side::Host, shm, host_sock, cfg);
         Ok((ch, WorkerFds { ring, sock: worker_sock }))
     }
@@ -228,6 +322,18 @@ impl Channel {
         cfg.slot_count = geo.slot_count;
         cfg.slot_size = geo.slot_size;
         cfg.max_inline = geo.max_inline;
+        let flags = {
+            use std::os::unix::fs::FileExt;
+            let io = |source| OpenError::Io { op: "read channel header flags", source };
+            let f = std::fs::File::from(sys::dup_cloexec(shm.fd()).map_err(io)?);
+            let mut b = [0u8; 4];
+            f.read_exact_at(&mut b, layout::OFF_FLAGS as u64).map_err(io)?;
+            u32::from_le_bytes(b)
+        };
+        if flags & !layout::HEADER_FLAG_CUDA != 0 {
+            return Err(OpenError::Header { field: "flags", value: u64::from(flags) });
+        }
+        cfg.cuda = flags & layout::HEADER_FLAG_CUDA != 0;
         Ok(Channel::from_parts(Side::Worker, shm, fds.sock, cfg))
     }
 
@@ -496,9 +602,16 @@ impl Channel {
                 .slots
                 .get(&d.slot)
                 .ok_or_else(|| ChannelError::Misuse { what: format!("tensor names arena slot {} which is not shared", d.slot) })?;
-            d.validate_in(e.arena.len() as u64).map_err(|e| ChannelError::Misuse { what: e.to_string() })?;
-            if d.writable && e.arena.state() != ArenaState::Output {
-                return Err(ChannelError::Misuse { what: format!("slot {} is not an output buffer", d.slot) });
+            if e.stored.is_device() != d.device.is_cuda() {
+                return Err(ChannelError::Misuse {
+                    what: format!("tensor device {:?} does not match the memory of slot {}", d.device, d.slot),
+                });
+            }
+            d.validate_in(e.stored.len()).map_err(|e| ChannelError::Misuse { what: e.to_string() })?;
+            if let Stored::Arena(a) = &e.stored {
+                if d.writable && a.state() != ArenaState::Output {
+                    return Err(ChannelError::Misuse { what: format!("slot {} is not an output buffer", d.slot) });
+                }
             }
         }
         for d in descs {
@@ -523,7 +636,7 @@ impl Channel {
             .map_err(ioerr("seal spill"))?;
         let slot = tx.next_slot;
         tx.next_slot += 1;
-        self.send_fd(slot, layout::FD_KIND_SPILL, &fd)?;
+        self.send_fd(slot, layout::FD_KIND_SPILL, 0, &fd)?;
         let mut rec = [0u8; 16];
         rec[..8].copy_from_slice(&slot.to_le_bytes());
         rec[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -563,12 +676,14 @@ impl Channel {
         }
     }
 
-    fn send_fd(&self, slot: u64, kind: u8, fd: &OwnedFd) -> Result<(), ChannelError> {
+    /// Sends one fd; `extra` fills the entry's 7 extra bytes (0 for all but CUDA).
+    fn send_fd(&self, slot: u64, kind: u8, extra: u64, fd: &OwnedFd) -> Result<(), ChannelError> {
         let mut msg = Vec::with_capacity(8 + layout::FD_ENTRY_SIZE);
         msg.extend_from_slice(&layout::FD_MSG_MAGIC.to_le_bytes());
         msg.extend_from_slice(&1u32.to_le_bytes());
         msg.extend_from_slice(&slot.to_le_bytes());
-        msg.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+        msg.push(kind);
+        msg.extend_from_slice(&extra.to_le_bytes()[..7]);
         let deadline = Instant::now() + self.inner.cfg.send_timeout;
         loop {
             match sys::send_fds(self.inner.sock.as_fd(), &msg, &[fd.as_fd()]) {
@@ -652,11 +767,112 @@ impl Channel {
         let slot = tx.next_slot;
         tx.next_slot += 1;
         let fd = sys::dup_cloexec(arena.fd()).map_err(ioerr("dup arena"))?;
-        self.send_fd(slot, kind, &fd)?;
+        self.send_fd(slot, kind, 0, &fd)?;
         let mut ex = lock(&self.inner.exports);
         ex.by_arena.insert(arena.id(), slot);
-        ex.slots.insert(slot, Export { arena: arena.clone(), refs: 0 });
+        ex.slots.insert(slot, Export { stored: Stored::Arena(arena.clone()), refs: 0 });
         Ok(slot)
+    }
+
+    /// Makes CUDA memory available to the peer, like [`Channel::share`] for an arena:
+    /// sends a freshly exported fd with its size the first time (once per allocation
+    /// and peer while it stays shared) and returns the slot id descriptors name. The
+    /// allocation stays referenced while descriptors naming it are outstanding.
+    /// Refused (`Misuse`) on a channel without `cuda`.
+    pub fn share_device(&self, mem: &Arc<dyn DeviceMemory>) -> Result<u64, ChannelError> {
+        self.check()?;
+        if !self.inner.cfg.cuda {
+            return Err(ChannelError::Misuse {
+                what: "CUDA memory cannot cross this channel: the extension was not loaded with share_cuda_ipc=True".into(),
+            });
+        }
+        if !mem.device().is_cuda() {
+            return Err(ChannelError::Misuse { what: format!("device memory on {:?} is not CUDA memory", mem.device()) });
+        }
+        let size = mem.size();
+        if size == 0 || !size.is_multiple_of(4096) || size > self.inner.cfg.max_cuda_bytes.min(layout::FD_EXTRA_MAX) {
+            return Err(ChannelError::Misuse {
+                what: format!("a CUDA allocation of {size} bytes cannot be shared (non-zero multiple of 4096, at most {})", self.inner.cfg.max_cuda_bytes),
+            });
+        }
+        let mut tx = lock(&self.inner.tx);
+        if let Some(slot) = lock(&self.inner.exports).by_device.get(&device_key(mem)) {
+            return Ok(*slot);
+        }
+        let fd = mem.export_fd().map_err(ioerr("export CUDA allocation"))?;
+        let slot = tx.next_slot;
+        tx.next_slot += 1;
+        self.send_fd(slot, layout::FD_KIND_CUDA, size, &fd)?;
+        let mut ex = lock(&self.inner.exports);
+        ex.by_device.insert(device_key(mem), slot);
+        ex.slots.insert(slot, Export { stored: Stored::Device(mem.clone()), refs: 0 });
+        Ok(slot)
+    }
+
+    /// Shares `mem` and builds a descriptor (device cuda, writable) for a tensor in it
+    /// (`strides` in elements; None = C-contiguous), validated against its size.
+    pub fn share_device_tensor(
+        &self,
+        mem: &Arc<dyn DeviceMemory>,
+        offset: u64,
+        dtype: crate::frame::DType,
+        shape: &[u64],
+        strides: Option<&[i64]>,
+    ) -> Result<TensorDesc, ChannelError> {
+        let slot = self.share_device(mem)?;
+        let bad = |e: crate::frame::TensorError| ChannelError::Misuse { what: e.to_string() };
+        let d = desc_for(slot, offset, dtype, shape, strides).map_err(bad)?.on_device(mem.device());
+        d.validate_in(mem.size()).map_err(bad)?;
+        Ok(d)
+    }
+
+    /// The device memory this side shared as `slot` (while the peer may name it).
+    pub fn exported_device(&self, slot: u64) -> Option<Arc<dyn DeviceMemory>> {
+        match lock(&self.inner.exports).slots.get(&slot).map(|e| &e.stored) {
+            Some(Stored::Device(d)) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    /// For a received cuda descriptor naming the peer's allocation: the fd (a dup) and
+    /// announced size to import it with, or what was attached to the slot already.
+    /// The descriptor is checked against the slot (kind, size) first.
+    pub fn device_slot(&self, desc: &TensorDesc) -> Result<DeviceSlot, ChannelError> {
+        self.check()?;
+        let misuse = |what: String| ChannelError::Misuse { what };
+        if desc.origin != Origin::Sender || !desc.device.is_cuda() {
+            return Err(misuse("device_slot takes a cuda descriptor naming the peer's memory".into()));
+        }
+        let fds = lock(&self.inner.fds);
+        let inc = fds.slots.get(&desc.slot).ok_or_else(|| misuse(format!("CUDA slot {} is unknown or retired", desc.slot)))?;
+        if inc.kind != layout::FD_KIND_CUDA {
+            return Err(misuse(format!("slot {} is not CUDA memory", desc.slot)));
+        }
+        desc.validate_in(inc.size).map_err(|e| misuse(e.to_string()))?;
+        if let Some(a) = &inc.attached {
+            return Ok(DeviceSlot { fd: None, size: inc.size, attached: Some(a.clone()) });
+        }
+        let fd = sys::dup_cloexec(inc.fd.as_fd()).map_err(ioerr("dup CUDA handle"))?;
+        Ok(DeviceSlot { fd: Some(fd), size: inc.size, attached: None })
+    }
+
+    /// Stores what the importer made of CUDA slot `slot` (kept until the peer retires
+    /// the slot), unless something is there already; returns what is stored.
+    /// (If something is there already, `obj` is dropped after the lock is released:
+    /// dropping an import may unmap device memory, which can block.)
+    pub fn attach_device(&self, slot: u64, obj: Arc<dyn Any + Send + Sync>) -> Arc<dyn Any + Send + Sync> {
+        let mut fds = lock(&self.inner.fds);
+        let inc = match fds.slots.get_mut(&slot) {
+            Some(inc) if inc.kind == layout::FD_KIND_CUDA => inc,
+            _ => return obj,
+        };
+        if let Some(there) = inc.attached.clone() {
+            drop(fds);
+            drop(obj);
+            return there;
+        }
+        inc.attached = Some(obj.clone());
+        obj
     }
 
     /// Shares `arena` and builds a descriptor for a tensor in it (`strides` in
@@ -671,13 +887,7 @@ impl Channel {
     ) -> Result<TensorDesc, ChannelError> {
         let slot = self.share(arena)?;
         let bad = |e: crate::frame::TensorError| ChannelError::Misuse { what: e.to_string() };
-        let mut d = TensorDesc::contiguous(slot, offset, dtype, shape).map_err(bad)?;
-        if let Some(st) = strides {
-            let span = TensorDesc::new(slot, Origin::Sender, offset, u64::MAX - offset, dtype, shape, st, false)
-                .and_then(|t| t.span())
-                .map_err(bad)?;
-            d = TensorDesc::new(slot, Origin::Sender, offset, span, dtype, shape, st, false).map_err(bad)?;
-        }
+        let mut d = desc_for(slot, offset, dtype, shape, strides).map_err(bad)?;
         d.writable = arena.state() == ArenaState::Output;
         d.validate_in(arena.len() as u64).map_err(bad)?;
         Ok(d)
@@ -687,6 +897,12 @@ impl Channel {
     pub fn shared_refs(&self, arena: &Arena) -> Option<u64> {
         let ex = lock(&self.inner.exports);
         ex.by_arena.get(&arena.id()).and_then(|s| ex.slots.get(s)).map(|e| e.refs)
+    }
+
+    /// How many descriptors naming `mem` the peer still holds (None: not shared).
+    pub fn shared_device_refs(&self, mem: &Arc<dyn DeviceMemory>) -> Option<u64> {
+        let ex = lock(&self.inner.exports);
+        ex.by_device.get(&device_key(mem)).and_then(|s| ex.slots.get(s)).map(|e| e.refs)
     }
 
     /// Maps the storage a received descriptor names and returns a view of it: the
@@ -705,20 +921,29 @@ impl Channel {
     fn import_as(&self, desc: &TensorDesc, prot: Option<Protection>) -> Result<TensorView, ChannelError> {
         self.check()?;
         let misuse = |what: String| ChannelError::Misuse { what };
+        if desc.device.is_cuda() {
+            return Err(misuse("a cuda descriptor is not host memory: use device_slot / exported_device".into()));
+        }
         match desc.origin {
             Origin::Receiver => {
                 let ex = lock(&self.inner.exports);
                 let e = ex.slots.get(&desc.slot).ok_or_else(|| misuse(format!("arena slot {} is not shared", desc.slot)))?;
-                desc.validate_in(e.arena.len() as u64).map_err(|e| misuse(e.to_string()))?;
+                let Stored::Arena(arena) = &e.stored else {
+                    return Err(misuse(format!("slot {} is not an arena", desc.slot)));
+                };
+                desc.validate_in(arena.len() as u64).map_err(|e| misuse(e.to_string()))?;
                 let map = match prot {
-                    Some(p) => Arc::new(Mapping::map(e.arena.fd(), e.arena.len(), p).map_err(ioerr("mmap arena"))?),
-                    None => e.arena.mapping().ok_or_else(|| misuse("arena has no mapping".into()))?,
+                    Some(p) => Arc::new(Mapping::map(arena.fd(), arena.len(), p).map_err(ioerr("mmap arena"))?),
+                    None => arena.mapping().ok_or_else(|| misuse("arena has no mapping".into()))?,
                 };
                 Ok(TensorView::new(map, desc.clone()))
             }
             Origin::Sender => {
                 let mut fds = lock(&self.inner.fds);
                 let inc = fds.slots.get_mut(&desc.slot).ok_or_else(|| misuse(format!("arena slot {} is unknown or retired", desc.slot)))?;
+                if inc.kind == layout::FD_KIND_CUDA {
+                    return Err(misuse(format!("slot {} is CUDA memory", desc.slot)));
+                }
                 desc.validate_in(inc.size).map_err(|e| misuse(e.to_string()))?;
                 if let Some(p) = prot {
                     let m = Mapping::map(inc.fd.as_fd(), inc.size as usize, p).map_err(ioerr("mmap arena copy-on-write"))?;
@@ -876,7 +1101,7 @@ impl Channel {
             if !fds.slots.contains_key(&slot) {
                 self.drain_socket(&mut fds)?;
             }
-            match fds.slots.remove(&slot) {
+            match fds.remove(&slot) {
                 Some(i) if i.kind == layout::FD_KIND_SPILL => i,
                 Some(i) => return Err(self.violation(Violation::SlotKind { slot, kind: i.kind })),
                 None => return Err(self.violation(Violation::UnknownSlot { slot })),
@@ -934,10 +1159,10 @@ impl Channel {
                         Some(i) => i,
                         None => return Err(self.violation(Violation::UnknownSlot { slot: d.slot })),
                     };
-                    if inc.kind == layout::FD_KIND_SPILL {
+                    if inc.kind == layout::FD_KIND_SPILL || (inc.kind == layout::FD_KIND_CUDA) != d.device.is_cuda() {
                         return Err(self.violation(Violation::SlotKind { slot: d.slot, kind: inc.kind }));
                     }
-                    if d.writable && inc.kind != layout::FD_KIND_OUTPUT {
+                    if d.writable && inc.kind != layout::FD_KIND_OUTPUT && inc.kind != layout::FD_KIND_CUDA {
                         return Err(self.violation(Violation::SlotKind { slot: d.slot, kind: inc.kind }));
                     }
                     if let Err(e) = d.validate_in(inc.size) {
@@ -951,7 +1176,12 @@ impl Channel {
                         drop(ex);
                         return Err(self.violation(Violation::UnknownSlot { slot: d.slot }));
                     };
-                    if let Err(err) = d.validate_in(e.arena.len() as u64) {
+                    if e.stored.is_device() != d.device.is_cuda() {
+                        let kind = if e.stored.is_device() { layout::FD_KIND_CUDA } else { layout::FD_KIND_ARENA };
+                        drop(ex);
+                        return Err(self.violation(Violation::SlotKind { slot: d.slot, kind }));
+                    }
+                    if let Err(err) = d.validate_in(e.stored.len()) {
                         drop(ex);
                         return Err(self.violation(Violation::Tensor(err)));
                     }
@@ -969,6 +1199,9 @@ impl Channel {
     }
 
     fn apply_release(&self, r: &Release) -> Result<(), ChannelError> {
+        // Storage let go of here is dropped after the locks (a CUDA unmap may block).
+        let mut gone_exports: Vec<Export> = Vec::new();
+        let mut gone_imports: Vec<Incoming> = Vec::new();
         if !r.tensors.is_empty() {
             let mut ex = lock(&self.inner.exports);
             for &(slot, count) in &r.tensors {
@@ -979,7 +1212,11 @@ impl Channel {
                         e.refs -= count;
                         if e.refs == 0 {
                             if let Some(e) = ex.slots.remove(&slot) {
-                                ex.by_arena.remove(&e.arena.id());
+                                match &e.stored {
+                                    Stored::Arena(a) => ex.by_arena.remove(&a.id()),
+                                    Stored::Device(d) => ex.by_device.remove(&device_key(d)),
+                                };
+                                gone_exports.push(e);
                             }
                             ex.retire.push(slot);
                             self.inner.control_pending.store(true, Ordering::Release);
@@ -995,14 +1232,21 @@ impl Channel {
         if !r.retired.is_empty() {
             let mut fds = lock(&self.inner.fds);
             for slot in &r.retired {
-                if fds.slots.remove(slot).is_none() {
-                    // It may still be on its way over the socket.
-                    self.drain_socket(&mut fds)?;
-                    if fds.slots.remove(slot).is_none() {
-                        drop(fds);
-                        return Err(self.violation(Violation::UnknownSlot { slot: *slot }));
+                let inc = match fds.remove(slot) {
+                    Some(inc) => inc,
+                    None => {
+                        // It may still be on its way over the socket.
+                        self.drain_socket(&mut fds)?;
+                        match fds.remove(slot) {
+                            Some(inc) => inc,
+                            None => {
+                                drop(fds);
+                                return Err(self.violation(Violation::UnknownSlot { slot: *slot }));
+                            }
+                        }
                     }
-                }
+                };
+                gone_imports.push(inc);
             }
             drop(fds);
             let mut im = lock(&self.inner.imports);
@@ -1010,6 +1254,8 @@ impl Channel {
                 im.held.remove(slot);
             }
         }
+        drop(gone_exports);
+        drop(gone_imports);
         Ok(())
     }
 
@@ -1046,19 +1292,46 @@ impl Channel {
                 a.copy_from_slice(&e[..8]);
                 let slot = u64::from_le_bytes(a);
                 let kind = e[8];
-                if e[9..] != [0; 7] {
+                let mut x = [0u8; 8];
+                x[..7].copy_from_slice(&e[9..]);
+                let extra = u64::from_le_bytes(x);
+                if extra != 0 && kind != layout::FD_KIND_CUDA {
                     return Err(self.violation(Violation::FdMessage { reason: "reserved bytes not zero" }));
                 }
-                let inc = self.validate_fd(slot, kind, fd)?;
+                if kind == layout::FD_KIND_CUDA && fds.cuda >= self.inner.cfg.max_cuda_fds {
+                    return Err(self.violation(Violation::TooManyFds { limit: self.inner.cfg.max_cuda_fds }));
+                }
+                let inc = self.validate_fd(slot, kind, extra, fd)?;
                 if fds.slots.contains_key(&slot) {
                     return Err(self.violation(Violation::DuplicateSlot { slot }));
                 }
-                fds.slots.insert(slot, inc);
+                fds.insert(slot, inc);
             }
         }
     }
 
-    fn validate_fd(&self, slot: u64, kind: u8, fd: OwnedFd) -> Result<Incoming, ChannelError> {
+    /// A received CUDA allocation: allowed on this channel, an NVIDIA driver file, and
+    /// a bounded size (`extra`). No seals: it is not a memfd.
+    fn validate_cuda_fd(&self, slot: u64, size: u64, fd: OwnedFd) -> Result<Incoming, ChannelError> {
+        if !self.inner.cfg.cuda {
+            return Err(self.violation(Violation::CudaNotAllowed { slot }));
+        }
+        let file = std::fs::File::from(fd);
+        let ok = file.metadata().map(|m| is_cuda_handle(&m)).unwrap_or(false);
+        if !ok {
+            return Err(self.violation(Violation::NotCudaHandle { slot }));
+        }
+        let limit = self.inner.cfg.max_cuda_bytes;
+        if size == 0 || !size.is_multiple_of(4096) || size > limit {
+            return Err(self.violation(Violation::CudaSize { slot, size, limit }));
+        }
+        Ok(Incoming { kind: layout::FD_KIND_CUDA, fd: OwnedFd::from(file), size, map: None, attached: None })
+    }
+
+    fn validate_fd(&self, slot: u64, kind: u8, extra: u64, fd: OwnedFd) -> Result<Incoming, ChannelError> {
+        if kind == layout::FD_KIND_CUDA {
+            return self.validate_cuda_fd(slot, extra, fd);
+        }
         let from_host = self.inner.side == Side::Worker;
         let (need, forbid) = match kind {
             layout::FD_KIND_SPILL => (sys::SEAL_WRITE | sys::SEAL_SHRINK | sys::SEAL_GROW, 0),
@@ -1085,7 +1358,7 @@ impl Channel {
         if kind != layout::FD_KIND_SPILL && info.size == 0 {
             return Err(self.violation(Violation::ArenaSize { slot, size: 0, need: 1 }));
         }
-        Ok(Incoming { kind, fd, size: info.size, map: None })
+        Ok(Incoming { kind, fd, size: info.size, map: None, attached: None })
     }
 
     /// Waits for the next frame: spins for the adaptive window, then sleeps on the
@@ -1179,10 +1452,314 @@ impl Channel {
     }
 }
 
+/// A descriptor for `shape` at `offset` in `slot` (`strides` in elements; None =
+/// C-contiguous), covering exactly the bytes its elements span.
+fn desc_for(
+    slot: u64,
+    offset: u64,
+    dtype: crate::frame::DType,
+    shape: &[u64],
+    strides: Option<&[i64]>,
+) -> Result<TensorDesc, crate::frame::TensorError> {
+    let mut d = TensorDesc::contiguous(slot, offset, dtype, shape)?;
+    if let Some(st) = strides {
+        let span = TensorDesc::new(slot, Origin::Sender, offset, u64::MAX - offset, dtype, shape, st, false)?.span()?;
+        d = TensorDesc::new(slot, Origin::Sender, offset, span, dtype, shape, st, false)?;
+    }
+    Ok(d)
+}
+
+/// The major number of a Linux `dev_t` (glibc's `gnu_dev_major`).
+fn dev_major(dev: u64) -> u32 {
+    (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)) as u32
+}
+
+/// Whether `meta` is an NVIDIA driver character device (what exported CUDA
+/// allocations are). Unit tests also accept `/dev/null` (major 1, minor 3) so the
+/// bookkeeping can be tested on machines without the driver.
+fn is_cuda_handle(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if !meta.file_type().is_char_device() {
+        return false;
+    }
+    let major = dev_major(meta.rdev());
+    major == layout::NVIDIA_MAJOR || (cfg!(test) && major == 1 && (meta.rdev() & 0xff) == 3)
+}
+
 fn answer(f: Frame) -> Result<Value, ErrorValue> {
     match f {
         Frame::Reply { value, .. } => Ok(value),
         Frame::Error { error, .. } => Err(error),
         _ => Err(ErrorValue { type_name: "RuntimeError".into(), message: "not an answer".into(), traceback: String::new() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! CUDA slots without a GPU: the channel never calls CUDA, so its bookkeeping and
+    //! checks run on any machine. `/dev/null` stands in for an NVIDIA control file
+    //! (accepted only in these unit tests, see `is_cuda_handle`).
+    use super::*;
+    use crate::frame::{DType, TensorError};
+    use std::sync::atomic::AtomicUsize;
+
+    struct FakeCuda {
+        size: u64,
+    }
+
+    impl DeviceMemory for FakeCuda {
+        fn export_fd(&self) -> std::io::Result<OwnedFd> {
+            Ok(OwnedFd::from(std::fs::File::open("/dev/null")?))
+        }
+        fn size(&self) -> u64 {
+            self.size
+        }
+        fn device(&self) -> Device {
+            Device::Cuda(0)
+        }
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn pair(cuda: bool, tweak: impl FnOnce(&mut ChannelConfig)) -> (Channel, Channel) {
+        let mut cfg = ChannelConfig { cuda, send_timeout: Duration::from_secs(2), ..ChannelConfig::default() };
+        tweak(&mut cfg);
+        let (host, fds) = Channel::create(cfg.clone()).unwrap();
+        // The worker's own config says nothing about CUDA: the header decides.
+        let worker = Channel::open(fds, ChannelConfig { cuda: false, ..cfg }).unwrap();
+        (host, worker)
+    }
+
+    fn recv(ch: &Channel) -> Result<Frame, ChannelError> {
+        for _ in 0..1000 {
+            if let Some(f) = ch.try_recv()? {
+                return Ok(f);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("no frame arrived");
+    }
+
+    fn reply_with(desc: TensorDesc) -> Frame {
+        Frame::Reply { id: 1, value: Value::Tensor(Box::new(desc)) }
+    }
+
+    /// Pushes a frame without the sender's own checks (a hostile or buggy peer).
+    fn push_raw(ch: &Channel, f: &Frame) {
+        let mut b = Vec::new();
+        f.encode(&mut b, &Limits::default()).unwrap();
+        let mut tx = lock(&ch.inner.tx);
+        ch.push_locked(&mut tx, &b, true).unwrap();
+    }
+
+    fn null_fd() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").unwrap())
+    }
+
+    fn cuda_desc(slot: u64, bytes: u64) -> TensorDesc {
+        TensorDesc::contiguous(slot, 0, DType::U8, &[bytes]).unwrap().on_device(Device::Cuda(0))
+    }
+
+    fn violation(r: Result<Frame, ChannelError>) -> Violation {
+        match r {
+            Err(ChannelError::Violation(v)) => v,
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dev_major_matches_glibc() {
+        assert_eq!(dev_major(0x103), 1); // /dev/null = makedev(1, 3)
+        assert_eq!(dev_major((195 << 8) | 255), 195); // /dev/nvidiactl
+        // glibc's makedev(0x12345, 0x678): the major's low 12 bits at 8, the rest at 32.
+        let (maj, min) = (0x12345u64, 0x678u64);
+        let dev = ((maj & 0xfff) << 8) | ((maj & !0xfff) << 32) | (min & 0xff) | ((min & !0xff) << 12);
+        assert_eq!(dev_major(dev), 0x12345);
+        let null = std::fs::metadata("/dev/null").unwrap();
+        assert!(is_cuda_handle(&null), "the unit-test stand-in is accepted here");
+        assert!(!is_cuda_handle(&std::fs::metadata("/dev/zero").unwrap()));
+        assert!(!is_cuda_handle(&std::fs::metadata("/proc/self/status").unwrap()));
+    }
+
+    #[test]
+    fn cuda_flag_travels_in_the_header() {
+        let (h, w) = pair(true, |_| {});
+        assert!(h.config().cuda && w.config().cuda);
+        let (h, w) = pair(false, |_| {});
+        assert!(!h.config().cuda && !w.config().cuda);
+    }
+
+    #[test]
+    fn unknown_header_flags_are_refused() {
+        let (_h, fds) = Channel::create(ChannelConfig::default()).unwrap();
+        sys::pwrite_all(fds.ring.as_fd(), &6u32.to_le_bytes(), layout::OFF_FLAGS as u64).unwrap();
+        match Channel::open(fds, ChannelConfig::default()) {
+            Err(OpenError::Header { field: "flags", value: 6 }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sharing_cuda_memory_needs_a_cuda_channel() {
+        let (h, w) = pair(false, |_| {});
+        let mem: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 2 << 20 });
+        for ch in [&h, &w] {
+            match ch.share_device_tensor(&mem, 0, DType::F32, &[4], None) {
+                Err(ChannelError::Misuse { what }) => assert!(what.contains("share_cuda_ipc"), "{what}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let odd: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 4097 });
+        let (h, _w) = pair(true, |_| {});
+        assert!(matches!(h.share_device(&odd), Err(ChannelError::Misuse { .. })));
+    }
+
+    #[test]
+    fn cuda_memory_round_trip_release_and_retire() {
+        let (h, w) = pair(true, |_| {});
+        let mem: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 2 << 20 });
+        let d = h.share_device_tensor(&mem, 64, DType::F32, &[2, 3], None).unwrap();
+        assert_eq!(d.device, Device::Cuda(0));
+        assert!(d.writable);
+        assert_eq!(h.share_device(&mem).unwrap(), d.slot, "one fd per allocation while shared");
+        h.send(&Frame::Call(Call {
+            id: 1,
+            parent: None,
+            target: 0,
+            method: "echo".into(),
+            args: vec![Value::Tensor(Box::new(d.clone()))],
+            kwargs: vec![],
+            deadline_ns: 0,
+        }))
+        .unwrap();
+        assert_eq!(h.shared_device_refs(&mem), Some(1));
+        let Frame::Call(c) = recv(&w).unwrap() else { panic!("not a call") };
+        let Value::Tensor(got) = &c.args[0] else { panic!("not a tensor") };
+        assert_eq!(**got, d);
+        assert!(w.import(got).is_err(), "cuda descriptors are not host memory");
+        let s = w.device_slot(got).unwrap();
+        assert_eq!(s.size, 2 << 20);
+        assert!(s.fd.is_some() && s.attached.is_none());
+        let drops = Arc::new(AtomicUsize::new(0));
+        let att = w.attach_device(got.slot, Arc::new(Counted(drops.clone())));
+        drop(att);
+        let s = w.device_slot(got).unwrap();
+        assert!(s.fd.is_none() && s.attached.is_some());
+        drop(s);
+        // Echo it back: the host finds its own allocation.
+        w.reply(1, Value::Tensor(Box::new(got.echo()))).unwrap();
+        let Frame::Reply { value: Value::Tensor(back), .. } = recv(&h).unwrap() else { panic!("not a reply") };
+        assert_eq!(back.origin, Origin::Receiver);
+        let own = h.exported_device(back.slot).unwrap();
+        assert!(own.as_any().downcast_ref::<FakeCuda>().is_some());
+        // Release: the host retires the slot and the worker drops what it attached.
+        w.release(got).unwrap();
+        w.flush().unwrap();
+        assert!(h.try_recv().unwrap().is_none());
+        assert_eq!(h.shared_device_refs(&mem), None);
+        assert!(h.exported_device(d.slot).is_none());
+        h.flush().unwrap();
+        assert!(w.try_recv().unwrap().is_none());
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the import is dropped once the slot is retired");
+        assert!(w.device_slot(got).is_err());
+        assert_eq!(lock(&w.inner.fds).cuda, 0);
+    }
+
+    #[test]
+    fn cuda_fd_on_a_channel_without_cuda_poisons_it() {
+        let (h, w) = pair(false, |_| {});
+        h.send_fd(5, layout::FD_KIND_CUDA, 2 << 20, &null_fd()).unwrap();
+        push_raw(&h, &reply_with(cuda_desc(5, 16)));
+        assert_eq!(violation(recv(&w)), Violation::CudaNotAllowed { slot: 5 });
+        assert!(w.failure().is_some());
+    }
+
+    #[test]
+    fn cuda_fd_must_be_an_nvidia_device_file() {
+        let (h, w) = pair(true, |_| {});
+        let memfd = sys::memfd_create("not-cuda").unwrap();
+        sys::ftruncate(memfd.as_fd(), 2 << 20).unwrap();
+        h.send_fd(5, layout::FD_KIND_CUDA, 2 << 20, &memfd).unwrap();
+        push_raw(&h, &reply_with(cuda_desc(5, 16)));
+        assert_eq!(violation(recv(&w)), Violation::NotCudaHandle { slot: 5 });
+    }
+
+    #[test]
+    fn cuda_sizes_are_bounded() {
+        for size in [0u64, 4097, (1 << 30) + 4096] {
+            let (h, w) = pair(true, |c| c.max_cuda_bytes = 1 << 30);
+            h.send_fd(5, layout::FD_KIND_CUDA, size, &null_fd()).unwrap();
+            push_raw(&h, &reply_with(cuda_desc(5, 16)));
+            assert_eq!(violation(recv(&w)), Violation::CudaSize { slot: 5, size, limit: 1 << 30 }, "{size}");
+        }
+        // A descriptor reaching past the announced size.
+        let (h, w) = pair(true, |_| {});
+        h.send_fd(5, layout::FD_KIND_CUDA, 8192, &null_fd()).unwrap();
+        push_raw(&h, &reply_with(cuda_desc(5, 8193)));
+        assert!(matches!(violation(recv(&w)), Violation::Tensor(TensorError::OutOfArena { .. })));
+    }
+
+    #[test]
+    fn cuda_fds_are_capped() {
+        let (h, w) = pair(true, |c| c.max_cuda_fds = 2);
+        for slot in 1..=3 {
+            h.send_fd(slot, layout::FD_KIND_CUDA, 4096, &null_fd()).unwrap();
+        }
+        push_raw(&h, &reply_with(cuda_desc(3, 16)));
+        assert_eq!(violation(recv(&w)), Violation::TooManyFds { limit: 2 });
+    }
+
+    #[test]
+    fn extra_bytes_are_only_for_cuda() {
+        let (h, w) = pair(true, |_| {});
+        let a = Arena::create(4096).unwrap();
+        a.seal_read_only().unwrap();
+        let fd = sys::dup_cloexec(a.fd()).unwrap();
+        h.send_fd(5, layout::FD_KIND_ARENA, 4096, &fd).unwrap();
+        push_raw(&h, &reply_with(TensorDesc::contiguous(5, 0, DType::U8, &[16]).unwrap()));
+        assert!(matches!(violation(recv(&w)), Violation::FdMessage { .. }));
+    }
+
+    #[test]
+    fn device_and_slot_kind_must_agree() {
+        // A cuda descriptor naming a memfd arena.
+        let (h, w) = pair(true, |_| {});
+        let a = Arena::create(4096).unwrap();
+        a.seal_read_only().unwrap();
+        let slot = h.share(&a).unwrap();
+        push_raw(&h, &reply_with(cuda_desc(slot, 16)));
+        assert!(matches!(violation(recv(&w)), Violation::SlotKind { .. }));
+        // A cpu descriptor naming a CUDA allocation.
+        let (h, w) = pair(true, |_| {});
+        let mem: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 4096 });
+        let slot = h.share_device(&mem).unwrap();
+        push_raw(&h, &reply_with(TensorDesc::contiguous(slot, 0, DType::U8, &[16]).unwrap()));
+        assert!(matches!(violation(recv(&w)), Violation::SlotKind { .. }));
+        // The sender's own check refuses the same mistake before it leaves.
+        let (h, _w) = pair(true, |_| {});
+        let slot = h.share_device(&mem).unwrap();
+        let cpu = TensorDesc::contiguous(slot, 0, DType::U8, &[16]).unwrap();
+        assert!(matches!(h.send(&reply_with(cpu)), Err(ChannelError::Misuse { .. })));
+    }
+
+    #[test]
+    fn worker_may_share_cuda_memory_on_a_cuda_channel() {
+        let (h, w) = pair(true, |_| {});
+        let mem: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 4096 });
+        let d = w.share_device_tensor(&mem, 0, DType::I32, &[8], Some(&[1])).unwrap();
+        w.reply(1, Value::Tensor(Box::new(d.clone()))).unwrap();
+        let Frame::Reply { value: Value::Tensor(got), .. } = recv(&h).unwrap() else { panic!() };
+        assert_eq!(*got, d);
+        assert_eq!(h.device_slot(&got).unwrap().size, 4096);
+        assert_eq!(h.held_tensors(), vec![(d.slot, 1)]);
     }
 }

@@ -68,10 +68,18 @@
 //! 24  u8  dtype    see DType (0 bool .. 16 float8_e5m2)
 //! 25  u8  ndim     0..=8
 //! 26  u8  flags    bit 0 writable, bit 1 origin: 0 = the sender's arena, 1 = the receiver's own arena echoed back
-//! 27  u8  device   0 = cpu (others reserved)
-//! 28  u32 reserved = 0
+//! 27  u8  device   0 = cpu, 1 = cuda (others reserved)
+//! 28  u8  index    cpu: 0; cuda: the device ordinal on the sender's side (0..=255)
+//! 29  3×u8 reserved = 0
 //! 32  ndim × u64 shape, then ndim × i64 strides (in elements, each >= 0)
 //! ```
+//!
+//! A cpu descriptor names a memfd arena (socket kinds ARENA/OUTPUT, see
+//! [`crate::layout`]); a cuda descriptor names an exported CUDA allocation (socket
+//! kind CUDA): `offset`/`nbytes` are then bytes inside that allocation. CUDA memory
+//! has no copy-on-write, so a cuda descriptor always has the writable bit set: the
+//! receiver maps the allocation read-write and its writes reach the owner. CPU
+//! descriptors are byte-for-byte what they were before cuda existed.
 //!
 //! A descriptor is valid when every product and sum below fits in u64 and, if no
 //! dimension is 0, `((Σ (shape[i]-1)·stride[i]) + 1) · itemsize <= nbytes`, and
@@ -294,6 +302,46 @@ pub enum Origin {
     Receiver,
 }
 
+/// Which memory a descriptor's slot is: host memory (a memfd arena) or a CUDA device's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    /// A memfd arena (wire code 0).
+    #[default]
+    Cpu,
+    /// An exported CUDA allocation on the sender's device `ordinal` (wire code 1).
+    Cuda(u8),
+}
+
+impl Device {
+    /// Wire code 0 (cpu).
+    pub const CODE_CPU: u8 = 0;
+    /// Wire code 1 (cuda).
+    pub const CODE_CUDA: u8 = 1;
+
+    /// Whether this is CUDA memory.
+    pub fn is_cuda(self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+
+    /// (device code, index) as on the wire.
+    pub fn to_wire(self) -> (u8, u8) {
+        match self {
+            Device::Cpu => (Device::CODE_CPU, 0),
+            Device::Cuda(i) => (Device::CODE_CUDA, i),
+        }
+    }
+
+    /// From the wire's (device code, index); cpu must have index 0.
+    pub fn from_wire(code: u8, index: u8) -> Result<Device, TensorError> {
+        match (code, index) {
+            (Device::CODE_CPU, 0) => Ok(Device::Cpu),
+            (Device::CODE_CPU, _) => Err(TensorError::Reserved),
+            (Device::CODE_CUDA, i) => Ok(Device::Cuda(i)),
+            (c, _) => Err(TensorError::UnknownDevice(c)),
+        }
+    }
+}
+
 /// Where a tensor's elements are: (arena slot, offset, nbytes) plus dtype, shape, strides.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TensorDesc {
@@ -307,8 +355,10 @@ pub struct TensorDesc {
     pub nbytes: u64,
     /// Element type.
     pub dtype: DType,
-    /// Whether the receiver may write (only for output-buffer arenas).
+    /// Whether the receiver may write (output-buffer arenas; always set for CUDA).
     pub writable: bool,
+    /// Host memory or a CUDA device's (see the module docs).
+    pub device: Device,
     ndim: u8,
     shape: [u64; MAX_NDIM],
     strides: [i64; MAX_NDIM],
@@ -343,9 +393,12 @@ pub enum TensorError {
     /// Unknown flag bits.
     #[error("unknown tensor flag bits {0:#x}")]
     UnknownFlags(u8),
-    /// Device code other than cpu.
+    /// Device code other than cpu (0) or cuda (1).
     #[error("unknown device code {0}")]
     UnknownDevice(u8),
+    /// A cuda descriptor without the writable bit (CUDA memory is always shared read-write).
+    #[error("a cuda tensor descriptor must be marked writable (CUDA memory has no copy-on-write)")]
+    CudaReadOnly,
     /// Reserved bytes not zero.
     #[error("reserved tensor bytes are not zero")]
     Reserved,
@@ -403,6 +456,7 @@ impl TensorDesc {
             nbytes,
             dtype,
             writable,
+            device: Device::Cpu,
             ndim: shape.len() as u8,
             shape: [0; MAX_NDIM],
             strides: [0; MAX_NDIM],
@@ -477,10 +531,24 @@ impl TensorDesc {
             .ok_or(TensorError::Overflow { field: "span" })
     }
 
-    /// Checks everything that does not need the arena: ndim, strides, overflow, span <= nbytes.
+    /// The same descriptor on another device (for CUDA also marked writable, as the
+    /// wire requires).
+    pub fn on_device(mut self, device: Device) -> TensorDesc {
+        self.device = device;
+        if device.is_cuda() {
+            self.writable = true;
+        }
+        self
+    }
+
+    /// Checks everything that does not need the arena: ndim, strides, overflow, span
+    /// <= nbytes, and that a cuda descriptor is writable.
     pub fn validate(&self) -> Result<(), TensorError> {
         if usize::from(self.ndim) > MAX_NDIM {
             return Err(TensorError::TooManyDims(self.ndim));
+        }
+        if self.device.is_cuda() && !self.writable {
+            return Err(TensorError::CudaReadOnly);
         }
         self.offset.checked_add(self.nbytes).ok_or(TensorError::Overflow { field: "offset+nbytes" })?;
         let span = self.span()?;
@@ -511,7 +579,8 @@ impl TensorDesc {
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.nbytes.to_le_bytes());
         let flags = u8::from(self.writable) | (u8::from(self.origin == Origin::Receiver) << 1);
-        out.extend_from_slice(&[self.dtype.code(), self.ndim, flags, 0, 0, 0, 0, 0]);
+        let (device, index) = self.device.to_wire();
+        out.extend_from_slice(&[self.dtype.code(), self.ndim, flags, device, index, 0, 0, 0]);
         for s in self.shape() {
             out.extend_from_slice(&s.to_le_bytes());
         }
@@ -1276,10 +1345,8 @@ impl<'a> Reader<'a> {
         if flags & !0b11 != 0 {
             return Err(terr(TensorError::UnknownFlags(flags)));
         }
-        if device != 0 {
-            return Err(terr(TensorError::UnknownDevice(device)));
-        }
-        if h[4..8] != [0, 0, 0, 0] {
+        let device = Device::from_wire(device, h[4]).map_err(terr)?;
+        if h[5..8] != [0, 0, 0] {
             return Err(terr(TensorError::Reserved));
         }
         let mut d = TensorDesc {
@@ -1289,6 +1356,7 @@ impl<'a> Reader<'a> {
             nbytes,
             dtype,
             writable: flags & 1 != 0,
+            device,
             ndim,
             shape: [0; MAX_NDIM],
             strides: [0; MAX_NDIM],
@@ -1470,6 +1538,40 @@ mod tests {
         d.validate_in(108).unwrap();
         let zero = TensorDesc::contiguous(1, 0, DType::U8, &[0, 5]).unwrap();
         assert_eq!(zero.span().unwrap(), 0);
+    }
+
+    #[test]
+    fn cpu_descriptors_keep_their_bytes_and_cuda_ones_are_strict() {
+        let cpu = TensorDesc::contiguous(3, 64, DType::F32, &[2, 3]).unwrap();
+        let mut b = Vec::new();
+        cpu.encode(&mut b);
+        assert_eq!(&b[24..32], &[DType::F32.code(), 2, 0, 0, 0, 0, 0, 0], "cpu header bytes as before");
+        let cuda = cpu.clone().on_device(Device::Cuda(7));
+        let mut c = Vec::new();
+        cuda.encode(&mut c);
+        assert_eq!(&c[24..32], &[DType::F32.code(), 2, 1, 1, 7, 0, 0, 0]);
+        assert_eq!(TensorDesc::decode(&c).unwrap().0, cuda);
+        assert_eq!(TensorDesc::decode(&b).unwrap().0, cpu);
+        let bad = |at: usize, v: u8, base: &[u8]| {
+            let mut x = base.to_vec();
+            x[at] = v;
+            TensorDesc::decode(&x).map(|d| d.0)
+        };
+        assert!(matches!(bad(27, 2, &b), Err(DecodeError::Tensor { err: TensorError::UnknownDevice(2), .. })));
+        assert!(matches!(bad(28, 1, &b), Err(DecodeError::Tensor { err: TensorError::Reserved, .. })));
+        for at in 29..32 {
+            assert!(matches!(bad(at, 1, &c), Err(DecodeError::Tensor { err: TensorError::Reserved, .. })));
+        }
+        // A cuda descriptor must be writable (no copy-on-write for device memory).
+        assert!(matches!(bad(26, 0, &c), Err(DecodeError::Tensor { err: TensorError::CudaReadOnly, .. })));
+        let mut ro = cuda.clone();
+        ro.writable = false;
+        assert!(matches!(
+            Value::Tensor(Box::new(ro)).encode(&mut Vec::new(), &Limits::default()),
+            Err(EncodeError::Tensor(TensorError::CudaReadOnly))
+        ));
+        // Echo keeps the device.
+        assert_eq!(cuda.echo().device, Device::Cuda(7));
     }
 
     #[test]

@@ -21,7 +21,10 @@
 //! 32    u64  ring[0] offset (host→worker) = 4096
 //! 40    u64  ring[1] offset (worker→host) = 4096 + slot_count * slot_size
 //! 48    u32  max_inline   largest record payload in bytes; <= slot_count*slot_size/2 - 8
-//! 52..  zero
+//! 52    u32  flags        bit 0 (HEADER_FLAG_CUDA): the host lets CUDA memory cross this
+//!                         channel (`share_cuda_ipc`); other bits 0. Informs the worker
+//!                         only: the host never reads it back, it keeps its own config.
+//! 56..  zero
 //! 512   control block for ring 0 (host→worker)
 //! 1024  control block for ring 1 (worker→host)
 //!
@@ -58,19 +61,33 @@
 //! ```text
 //! 0   u32 magic = FD_MSG_MAGIC ("NCFD")
 //! 4   u32 count (= number of descriptors attached)
-//! 8   count × { u64 slot, u8 kind, 7 × u8 zero }
+//! 8   count × { u64 slot, u8 kind, 7 × u8 extra }
 //! ```
+//!
+//! `extra` is zero for every kind but CUDA, where it is the allocation's size in
+//! bytes as a 56-bit little-endian integer.
 //!
 //! Kinds: [`FD_KIND_SPILL`] (a spilled frame, used once), [`FD_KIND_ARENA`] (tensor
 //! storage the receiver maps read-only or copy-on-write), [`FD_KIND_OUTPUT`] (tensor
-//! storage the receiver may map writable-shared; only the host sends these). Slot ids
-//! are chosen by the sender, unique per direction, never reused. A descriptor is sent
-//! before the record or frame that names it.
+//! storage the receiver may map writable-shared; only the host sends these),
+//! [`FD_KIND_CUDA`] (a CUDA allocation exported with `cuMemExportToShareableHandle`
+//! as a POSIX fd; either side may send one, only on a channel whose host enabled
+//! CUDA: header flag above). Slot ids are chosen by the sender, unique per direction,
+//! never reused. A descriptor is sent before the record or frame that names it.
 //!
 //! Seals the receiver requires (checked with `F_GET_SEALS` and `fstat` before mapping):
 //! SPILL: `WRITE|SHRINK|GROW`; ARENA from the worker: `WRITE|SHRINK|GROW`; ARENA from
 //! the host: `SHRINK|GROW` plus `WRITE` or `FUTURE_WRITE`; OUTPUT: `SHRINK|GROW` and
 //! neither write seal.
+//!
+//! A CUDA descriptor is not a memfd and has no seals or file size. The receiver
+//! checks instead that the channel carries CUDA, that the fd is a character device
+//! of the NVIDIA driver (major [`NVIDIA_MAJOR`]: exported allocations are NVIDIA
+//! control files), that the size in `extra` is a non-zero multiple of 4096 no larger
+//! than its limit (the CUDA driver then refuses to map more than the allocation
+//! holds), and that it holds no more CUDA descriptors than its cap. Descriptors name
+//! it with device code cuda (see [`crate::frame`]); the allocation stays alive on the
+//! sender while references are outstanding, exactly like an arena.
 
 /// First 8 bytes of the channel memfd.
 pub const MAGIC: [u8; 8] = *b"NCELLIPC";
@@ -143,6 +160,16 @@ pub const FD_KIND_SPILL: u8 = 1;
 pub const FD_KIND_ARENA: u8 = 2;
 /// Socket descriptor kind: writable output buffer (host → worker only).
 pub const FD_KIND_OUTPUT: u8 = 3;
+/// Socket descriptor kind: an exported CUDA allocation (POSIX fd handle).
+pub const FD_KIND_CUDA: u8 = 4;
+/// Largest size the 7-byte `extra` field can carry (2^56 - 1).
+pub const FD_EXTRA_MAX: u64 = (1 << 56) - 1;
+/// Character-device major number of the NVIDIA driver (`/dev/nvidia*`).
+pub const NVIDIA_MAJOR: u32 = 195;
+/// Byte offset of the header `flags`.
+pub const OFF_FLAGS: usize = 52;
+/// Header flag: CUDA memory may cross this channel.
+pub const HEADER_FLAG_CUDA: u32 = 1;
 
 /// Byte offset of control field `field` of ring `ring`.
 pub const fn ctl(ring: usize, field: usize) -> usize {

@@ -64,9 +64,10 @@ pub use arena::{Arena, ArenaError, ArenaState, TensorView};
 pub use channel::{Channel, ChannelConfig, WorkerFds};
 pub use doorbell::SpinPolicy;
 pub use frame::{
-    Call, DType, DecodeError, EncodeError, ErrorValue, Frame, HandleKind, Limits, LogLevel, Origin, Record,
+    Call, DType, DecodeError, Device, EncodeError, ErrorValue, Frame, HandleKind, Limits, LogLevel, Origin, Record,
     Release, RemoteHandle, Side, TensorDesc, TensorError, Value,
 };
+pub use channel::{DeviceMemory, DeviceSlot};
 pub use reactor::{Backend, Event, EventKind, Reactor, Token};
 
 use std::sync::Arc;
@@ -151,6 +152,28 @@ pub enum Violation {
     FdMessage {
         /// what is wrong
         reason: &'static str,
+    },
+    /// CUDA memory arrived on a channel that does not carry it (`share_cuda_ipc` off).
+    #[error("slot {slot}: CUDA memory sent on a channel without share_cuda_ipc")]
+    CudaNotAllowed {
+        /// slot id
+        slot: u64,
+    },
+    /// A slot sent as a CUDA allocation whose descriptor is not an NVIDIA driver file.
+    #[error("slot {slot} claims to be a CUDA allocation but is not an NVIDIA device file")]
+    NotCudaHandle {
+        /// slot id
+        slot: u64,
+    },
+    /// A CUDA allocation size that is 0, not page-aligned, or above the limit.
+    #[error("slot {slot}: CUDA allocation of {size} bytes (must be a non-zero multiple of 4096, at most {limit})")]
+    CudaSize {
+        /// slot id
+        slot: u64,
+        /// size claimed by the sender
+        size: u64,
+        /// largest allowed
+        limit: u64,
     },
     /// More received descriptors open than allowed.
     #[error("more than {limit} descriptors received")]

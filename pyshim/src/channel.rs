@@ -65,7 +65,7 @@ pub struct PyChannel {
     own: Mutex<HashMap<u64, Weak<nodecell_ipc::Arena>>>,
 }
 
-fn channel_err(e: ChannelError) -> PyErr {
+pub(crate) fn channel_err(e: ChannelError) -> PyErr {
     match e {
         ChannelError::Violation(v) => ProtocolViolation::new_err(v.to_string()),
         ChannelError::PeerGone { reason } => PyEOFError::new_err(format!("peer gone: {reason}")),
@@ -108,11 +108,13 @@ fn host_config(max_frame: usize, send_timeout: f64) -> ChannelConfig {
 
 #[pymethods]
 impl PyChannel {
-    /// Host side: a new channel. `peer_fds()` gives the worker's two fds.
+    /// Host side: a new channel. `peer_fds()` gives the worker's two fds. `cuda`:
+    /// CUDA memory may cross it (`share_cuda_ipc`; the worker learns it from the channel).
     #[staticmethod]
-    #[pyo3(signature = (max_frame = 256 << 20, send_timeout = 5.0))]
-    fn create(max_frame: usize, send_timeout: f64) -> PyResult<Self> {
-        let (ch, fds) = Channel::create(host_config(max_frame, send_timeout)).map_err(channel_err)?;
+    #[pyo3(signature = (max_frame = 256 << 20, send_timeout = 5.0, cuda = false))]
+    fn create(max_frame: usize, send_timeout: f64, cuda: bool) -> PyResult<Self> {
+        let cfg = ChannelConfig { cuda, ..host_config(max_frame, send_timeout) };
+        let (ch, fds) = Channel::create(cfg).map_err(channel_err)?;
         Ok(PyChannel::wrap(ch, Some(fds)))
     }
 
@@ -170,6 +172,12 @@ impl PyChannel {
         self.id
     }
 
+    /// Whether CUDA memory may cross this channel (`share_cuda_ipc`).
+    #[getter]
+    fn cuda(&self) -> bool {
+        self.ch.config().cuda
+    }
+
     /// `host` or `worker`.
     #[getter]
     fn side(&self) -> &'static str {
@@ -182,6 +190,7 @@ impl PyChannel {
     /// Sends one frame (see the module docs for payloads).
     fn send(&self, py: Python<'_>, kind: u8, call_id: u64, payload: &Bound<'_, PyAny>) -> PyResult<()> {
         let frame = self.build_frame(py, kind, call_id, payload)?;
+        crate::cuda::before_send(py, self.id, kind)?;
         let ch = self.ch.clone();
         py.detach(move || ch.send(&frame)).map_err(channel_err)
     }
@@ -245,6 +254,7 @@ impl PyChannel {
         // a reference cycle the GC cannot see through this class) and our arena table.
         self.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.hooks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        crate::cuda::forget_channel(self.id);
         self.ch.close(reason)
     }
 
@@ -260,9 +270,13 @@ impl PyChannel {
 
 impl PyChannel {
     fn wrap(ch: Channel, peer: Option<WorkerFds>) -> PyChannel {
+        let id = NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed);
+        if ch.config().cuda {
+            crate::cuda::register_channel(id);
+        }
         PyChannel {
             ch,
-            id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             hooks: Mutex::new(None),
             peer: Mutex::new(peer),
             own: Mutex::new(HashMap::new()),
@@ -456,7 +470,9 @@ impl PyChannel {
             strides.push(s / item);
         }
         let arena = t.arena.bind(py);
-        let desc = if let Ok(a) = arena.cast::<PyArena>() {
+        let desc = if let Some(d) = crate::cuda::tensor_desc(py, &self.ch, self.id, arena, t, dtype, &strides)? {
+            d
+        } else if let Ok(a) = arena.cast::<PyArena>() {
             let inner = &a.get().inner;
             let d = self
                 .ch
@@ -487,7 +503,7 @@ impl PyChannel {
             TensorDesc::new(base.slot, Origin::Receiver, offset, span, dtype, &t.shape, &strides, false)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?
         } else {
-            return Err(PyTypeError::new_err("TensorRef.arena must be an Arena or a View"));
+            return Err(PyTypeError::new_err("TensorRef.arena must be an Arena, a View, a CudaBuffer or a CudaView"));
         };
         Ok(Value::Record(Box::new(IpcRecord {
             name: TENSOR_RECORD.to_string(),
@@ -628,6 +644,9 @@ impl PyChannel {
     /// or over a mapping of the peer's, handed to the `decode_tensor(capsule, kind,
     /// writable)` hook, which makes the numpy array or torch tensor.
     fn tensor_to_py(&self, py: Python<'_>, d: &TensorDesc, kind: &str) -> PyResult<Py<PyAny>> {
+        if d.device.is_cuda() {
+            return crate::cuda::tensor_to_py(py, &self.ch, self.id, d);
+        }
         let hook = self.hook(py, |h| &h.tensor)?;
         let shape: Vec<u64> = d.shape().to_vec();
         let strides: Vec<i64> = d.strides().to_vec();

@@ -70,6 +70,10 @@ struct DLManagedTensorVersioned {
 }
 
 const KDL_CPU: i32 = 1;
+/// DLPack's device type for CUDA memory.
+pub const KDL_CUDA: i32 = 2;
+/// (device type, device id) of host memory.
+pub const CPU: (i32, i32) = (KDL_CPU, 0);
 const CAPSULE_NAME: &[u8] = b"dltensor\0";
 const CAPSULE_NAME_VERSIONED: &[u8] = b"dltensor_versioned\0";
 const FLAG_READ_ONLY: u64 = 1;
@@ -81,6 +85,8 @@ pub enum Keep {
     Arena(Arc<IpcArena>),
     /// A received view (its drop releases the descriptor).
     View(Arc<ViewKeep>),
+    /// CUDA memory: an allocation of ours or a received one (see [`crate::cuda`]).
+    Device(Arc<dyn std::any::Any + Send + Sync>),
 }
 
 struct Ctx {
@@ -180,6 +186,7 @@ unsafe extern "C" fn capsule_destructor(capsule: *mut pyo3::ffi::PyObject) {
 
 /// A DLPack 1.0 `"dltensor_versioned"` capsule over `data`, flagged read-only when
 /// asked (numpy 2 honours it; unversioned capsules make numpy 2 arrays read-only).
+#[allow(clippy::too_many_arguments)]
 pub fn capsule_versioned(
     py: Python<'_>,
     keep: Keep,
@@ -188,6 +195,7 @@ pub fn capsule_versioned(
     shape: &[u64],
     strides: &[i64],
     readonly: bool,
+    device: (i32, i32),
 ) -> PyResult<Py<PyAny>> {
     let dt = dl_dtype(dtype)?;
     let mut ctx = Box::new(Ctx {
@@ -203,7 +211,7 @@ pub fn capsule_versioned(
         flags: if readonly { FLAG_READ_ONLY } else { 0 },
         dl_tensor: DLTensor {
             data: data as *mut c_void,
-            device: DLDevice { device_type: KDL_CPU, device_id: 0 },
+            device: DLDevice { device_type: device.0, device_id: device.1 },
             ndim,
             dtype: dt,
             shape: ctx.shape.as_mut_ptr(),
@@ -244,12 +252,19 @@ pub struct DLSource {
     shape: Vec<u64>,
     strides: Vec<i64>,
     readonly: bool,
+    device: (i32, i32),
 }
 
 impl DLSource {
     /// A source over `data` inside `keep`'s storage.
     pub fn new(keep: Keep, data: *mut u8, dtype: DType, shape: Vec<u64>, strides: Vec<i64>, readonly: bool) -> Self {
-        DLSource { keep, data: data as usize, dtype, shape, strides, readonly }
+        DLSource { keep, data: data as usize, dtype, shape, strides, readonly, device: CPU }
+    }
+
+    /// The same source on another DLPack device (`(KDL_CUDA, ordinal)` for CUDA memory).
+    pub fn on_device(mut self, device: (i32, i32)) -> Self {
+        self.device = device;
+        self
     }
 }
 
@@ -271,16 +286,23 @@ impl DLSource {
         }
         let data = self.data as *mut u8;
         match max_version {
-            Some((major, _)) if major >= 1 => {
-                capsule_versioned(py, self.keep.clone(), data, self.dtype, &self.shape, &self.strides, self.readonly)
-            }
-            _ => capsule(py, self.keep.clone(), data, self.dtype, &self.shape, &self.strides),
+            Some((major, _)) if major >= 1 => capsule_versioned(
+                py,
+                self.keep.clone(),
+                data,
+                self.dtype,
+                &self.shape,
+                &self.strides,
+                self.readonly,
+                self.device,
+            ),
+            _ => capsule_on(py, self.keep.clone(), data, self.dtype, &self.shape, &self.strides, self.device),
         }
     }
 
-    /// CPU, device 0.
+    /// `(device type, device id)`: (1, 0) for host memory, (2, ordinal) for CUDA.
     fn __dlpack_device__(&self) -> (i32, i32) {
-        (KDL_CPU, 0)
+        self.device
     }
 
     /// Whether consumers should treat the memory as read-only.
@@ -293,6 +315,19 @@ impl DLSource {
 /// A `"dltensor"` capsule over `data` (inside the storage `keep` holds).
 /// `strides` are in elements.
 pub fn capsule(py: Python<'_>, keep: Keep, data: *mut u8, dtype: DType, shape: &[u64], strides: &[i64]) -> PyResult<Py<PyAny>> {
+    capsule_on(py, keep, data, dtype, shape, strides, CPU)
+}
+
+/// [`capsule`] on DLPack device `device` (`(KDL_CUDA, ordinal)` for CUDA memory).
+pub fn capsule_on(
+    py: Python<'_>,
+    keep: Keep,
+    data: *mut u8,
+    dtype: DType,
+    shape: &[u64],
+    strides: &[i64],
+    device: (i32, i32),
+) -> PyResult<Py<PyAny>> {
     let dt = dl_dtype(dtype)?;
     let mut ctx = Box::new(Ctx {
         _keep: keep,
@@ -303,7 +338,7 @@ pub fn capsule(py: Python<'_>, keep: Keep, data: *mut u8, dtype: DType, shape: &
     let m = Box::new(DLManagedTensor {
         dl_tensor: DLTensor {
             data: data as *mut c_void,
-            device: DLDevice { device_type: KDL_CPU, device_id: 0 },
+            device: DLDevice { device_type: device.0, device_id: device.1 },
             ndim,
             dtype: dt,
             shape: ctx.shape.as_mut_ptr(),

@@ -5,6 +5,8 @@
 //! * [`arena::PyArena`] / [`arena::PyView`] (`Arena`, `View`): tensor storage
 //!   owned here / received from the peer.
 //! * [`reactor::PyReactor`] (`Reactor`): the host's io_uring event thread.
+//! * [`cuda`] (`CudaBuffer`, `CudaView`, `cuda_available`, ...): CUDA tensors across
+//!   the sandbox as fd-exported allocations (driver loaded at run time).
 //! * [`provision::read_manifest`], [`provision::provision`]: pack environments.
 //!
 //! The Python package (`pyshim/python/nodecell`) builds the user-facing API on top.
@@ -14,6 +16,7 @@ use pyo3::prelude::*;
 
 pub mod arena;
 pub mod channel;
+pub mod cuda;
 pub mod dlpack;
 pub mod markers;
 pub mod provision;
@@ -52,6 +55,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reactor::PyReactor>()?;
     m.add_class::<dlpack::DLSource>()?;
     markers::register(m)?;
+    cuda::register_module(m)?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
     m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;

@@ -6,6 +6,8 @@ __version__: str
 __all__ = [
     "Arena",
     "Channel",
+    "CudaBuffer",
+    "CudaView",
     "DLSource",
     "ErrorValue",
     "HandleRef",
@@ -23,6 +25,10 @@ __all__ = [
     "TensorRef",
     "View",
     "__version__",
+    "cuda_available",
+    "cuda_channel",
+    "cuda_locate",
+    "cuda_status",
     "ipc_probe",
     "locate",
     "provision",
@@ -46,8 +52,9 @@ class Channel:
     """One end of a host/worker channel (rings in a sealed memfd + a socket for fds)."""
 
     @staticmethod
-    def create(max_frame: int = ..., send_timeout: float = ...) -> Channel:
-        """Host side: a new channel; ``peer_fds()`` gives the worker's two fds."""
+    def create(max_frame: int = ..., send_timeout: float = ..., cuda: bool = False) -> Channel:
+        """Host side: a new channel; ``peer_fds()`` gives the worker's two fds. ``cuda``:
+        CUDA memory may cross it (``share_cuda_ipc``)."""
     @staticmethod
     def open(ring_fd: int, sock_fd: int, max_frame: int = ..., send_timeout: float = ...) -> Channel:
         """Worker side: opens the channel from the host's fds (taking ownership of them)."""
@@ -70,6 +77,9 @@ class Channel:
     @property
     def side(self) -> str:
         """``host`` or ``worker``."""
+    @property
+    def cuda(self) -> bool:
+        """Whether CUDA memory may cross this channel (``share_cuda_ipc``)."""
     def send(self, kind: int, call_id: int, payload: Any) -> None:
         """Sends one frame."""
     def try_recv(self) -> Optional[Tuple[int, int, Any]]:
@@ -153,10 +163,44 @@ class DLSource:
                    dl_device: Any = None, copy: Optional[bool] = None) -> Any:
         """A DLPack capsule (versioned when ``max_version`` allows)."""
     def __dlpack_device__(self) -> Tuple[int, int]:
-        """CPU, device 0."""
+        """``(device type, device id)``: ``(1, 0)`` for host memory, ``(2, ordinal)`` for CUDA."""
     @property
     def readonly(self) -> bool:
         """Whether consumers should treat the memory as read-only."""
+
+@final
+class CudaBuffer:
+    """CUDA memory this process owns, exportable to a peer as an fd."""
+
+    def __new__(cls, nbytes: int, device: int) -> CudaBuffer: ...
+    def dlpack(self, offset: int, dtype: str, shape: List[int], strides: Optional[List[int]] = None) -> Any:
+        """A kDLCUDA DLPack capsule over the bytes from ``offset`` (strides in elements)."""
+    @property
+    def address(self) -> int:
+        """Device address of the first byte."""
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes (granularity-rounded)."""
+    @property
+    def device(self) -> int:
+        """CUDA device ordinal."""
+
+@final
+class CudaView:
+    """A received CUDA tensor's storage (the peer's allocation, mapped read-write here)."""
+
+    @property
+    def address(self) -> int:
+        """Device address of the first byte the descriptor covers."""
+    @property
+    def nbytes(self) -> int:
+        """Bytes the descriptor covers."""
+    @property
+    def device(self) -> int:
+        """CUDA device ordinal (in this process)."""
+    @property
+    def channel_id(self) -> int:
+        """The id of the channel it arrived on."""
 
 @final
 class Reactor:
@@ -235,6 +279,18 @@ def provision(spec: Dict[str, Any], on_event: Optional[Callable[[Dict[str, Any]]
 
 def locate(address: int, nbytes: int) -> Optional[Tuple[Any, int]]:
     """Where the memory at ``address`` lives: ``(Arena or View, byte offset)``, or None."""
+
+def cuda_available() -> bool:
+    """Whether this process can share CUDA memory (libcuda, ``cuInit``, a device); never raises."""
+
+def cuda_status() -> Optional[str]:
+    """Why CUDA memory cannot be shared here (None when it can)."""
+
+def cuda_channel(channel_id: int) -> bool:
+    """Whether the channel with this id may carry CUDA memory."""
+
+def cuda_locate(address: int, nbytes: int) -> Optional[Tuple[Any, int]]:
+    """Where the CUDA memory at ``address`` lives: ``(CudaBuffer or CudaView, byte offset)``, or None."""
 
 def ipc_probe() -> List[Tuple[str, bool, str]]:
     """What this kernel offers the channel."""

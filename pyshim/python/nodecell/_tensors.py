@@ -220,7 +220,7 @@ def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
     if t.device.type != "cpu":
         from . import _cuda
 
-        return _cuda.encode_cuda(t)
+        return _cuda.encode_cuda(t, frozen, channel_id)
     if t.is_sparse or t.layout != tm.strided:
         raise TypeError(f"torch tensors with layout {t.layout} cannot cross; use .to_dense()")
     name = _torch_dtype_name(t.dtype)

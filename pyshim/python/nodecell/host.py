@@ -236,7 +236,7 @@ class _Worker:
     def __init__(self, cell: "_Cell", wid: int) -> None:
         self.cell = cell
         self.wid = wid
-        self.channel = _nodecell.Channel.create(_MAX_FRAME)
+        self.channel = _nodecell.Channel.create(_MAX_FRAME, cuda=bool(cell.ext.config["share_cuda_ipc"]))
         self.ep = _HostEndpoint(self.channel, self)
         self.pid: Optional[int] = None
         self.pidfd = -1
