@@ -93,6 +93,9 @@ def _human(n: Optional[int]) -> str:
     """``268435456`` -> ``256 MiB`` (and ``256000000`` -> ``244.1 MiB (256000000 bytes)``)."""
     if not n:
         return "none"
+    for unit, size in (("GB", 10**9), ("MB", 10**6)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
             v = n / size
