@@ -157,6 +157,22 @@ def test_thousand_concurrent_calls(aloop, basic_ext):
     assert out == list(range(1000)) + [2 * i for i in range(1000)]
 
 
+def test_concurrent_async_calls_never_strand(aloop, basic_ext):
+    """Regression: async calls arriving while another thread drove the worker's loop
+    could be left as started-but-never-run tasks (a hang until the call timed out)."""
+
+    async def client(n):
+        for i in range(n):
+            assert await basic_ext.anoop() is None
+            assert await basic_ext.aecho(i) == i
+        return n
+
+    async def go():
+        return await asyncio.wait_for(asyncio.gather(*(client(400) for _ in range(8))), 60)
+
+    assert aloop.run(go()) == [400] * 8
+
+
 def test_worker_logs_and_stdout_reach_host_logging(aloop, basic_ext):
     records = []
 

@@ -82,7 +82,7 @@ class WorkerEndpoint(Endpoint):
         self._loop_lock = threading.Lock()
         self._loop_owner = threading.Lock()
         self._queued = 0
-        self._live = 0
+        self._live_tasks: set = set()
         self._async_tasks: Dict[int, Any] = {}
         self.extension: Any = None
         self.name = "?"
@@ -193,8 +193,8 @@ class WorkerEndpoint(Endpoint):
                 task = start(*args)
                 # The common case: the call just started is the only task: run its first
                 # step right here; most calls finish in it (no loop turn at all).
-                fast = (task is not None and self._live == 1 and _eager_step(loop, task)
-                        and self._queued == 0 and self._live == 0)
+                fast = (task is not None and len(self._live_tasks) == 1 and _eager_step(loop, task)
+                        and self._queued == 0 and not self._live_tasks)
                 if not fast:
                     self._run_until_idle(loop)
             finally:
@@ -210,16 +210,27 @@ class WorkerEndpoint(Endpoint):
         self._drive_if_free()
 
     def _run_until_idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Drive the loop (owned by this thread) until no task is left and nothing is queued."""
-        tasks = asyncio.all_tasks(loop)
-        if len(tasks) == 1:
-            task = next(iter(tasks))
-            if not _eager_step(loop, task):  # the common case: the one call just started
-                loop.run_until_complete(task)
+        """Drive the loop (owned by this thread) until no task is left and nothing is queued.
+
+        Re-checks after every run: the loop's last turn can still start tasks from
+        callbacks other threads queued meanwhile (their first step then waits in the
+        ready queue), and those must not be left without a driver.
+        """
+        first = True
+        while True:
+            tasks = asyncio.all_tasks(loop)
             with self._state:
-                if self._queued == 0 and not asyncio.all_tasks(loop):
-                    return
-        loop.run_until_complete(self._until_idle())
+                queued = self._queued
+            if not tasks and not queued:
+                self._live_tasks.clear()
+                return
+            if first and len(tasks) == 1 and not queued:
+                task = next(iter(tasks))
+                if not _eager_step(loop, task):  # the common case: the one call just started
+                    loop.run_until_complete(task)
+            else:
+                loop.run_until_complete(self._until_idle())
+            first = False
 
     def _drive_if_free(self) -> None:
         while self._loop_owner.acquire(blocking=False):
@@ -257,8 +268,10 @@ class WorkerEndpoint(Endpoint):
 
     def _start_awaitable(self, call_id: int, aw: Any) -> Any:
         assert self._loop is not None
-        self._live += 1  # only ever touched by the thread driving the loop
         task = self._loop.create_task(self._await_then_reply(call_id, aw))
+        # Only ever touched by the thread driving the loop. (A task cancelled before it
+        # started never runs its body; `_run_until_idle` forgets such tasks.)
+        self._live_tasks.add(task)
         self._async_tasks[call_id] = task
         with self._state:
             self._queued -= 1
@@ -306,7 +319,7 @@ class WorkerEndpoint(Endpoint):
                 self._async_tasks.pop(call_id, None)
             self._reply(call_id, result)
         finally:
-            self._live -= 1
+            self._live_tasks.discard(asyncio.current_task())
 
     def _cancel_incoming(self, call_id: int) -> None:
         task = self._async_tasks.pop(call_id, None)

@@ -100,6 +100,9 @@ class TestExt(nodecell.ExtensionBase):
             return args, kwargs
         return args[0] if len(args) == 1 else args
 
+    async def anoop(self):
+        return None
+
     async def aecho(self, x):
         await asyncio.sleep(0)
         return x
