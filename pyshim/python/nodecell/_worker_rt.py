@@ -83,6 +83,7 @@ class WorkerEndpoint(Endpoint):
         self._loop_owner = threading.Lock()
         self._queued = 0
         self._live_tasks: set = set()
+        self._resolved: Dict[tuple, tuple] = {}
         self._async_tasks: Dict[int, Any] = {}
         self.extension: Any = None
         self.name = "?"
@@ -160,11 +161,18 @@ class WorkerEndpoint(Endpoint):
             target, method, args, kwargs = payload
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("malformed call frame")
-            fn = self.resolve_target(target, method)
+            key = (target, method)
+            hit = self._resolved.get(key)
+            if hit is None:
+                fn = self.resolve_target(target, method)
+                hit = (fn, is_async_callable(fn))
+                if target in self.pinned and len(self._resolved) < 4096:
+                    self._resolved[key] = hit  # fixed objects: their methods do not change
+            fn, is_async = hit
         except BaseException as e:  # noqa: BLE001
             self._reply_error(call_id, e)
             return
-        if is_async_callable(fn):
+        if is_async:
             self._submit(self._start_async, call_id, fn, args, kwargs)
             return
         try:

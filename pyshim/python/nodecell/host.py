@@ -814,6 +814,7 @@ class Extension(Generic[T]):
             return await self.call(name, *args, **kwargs)
 
         method.__name__ = name
+        self.__dict__[name] = method  # next time, found without __getattr__
         return method
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -847,7 +848,10 @@ class Extension(Generic[T]):
         return asyncio.run_coroutine_threadsafe(self.call(method, *args, **kwargs), loop).result()
 
     async def _pick_worker(self) -> _Worker:
-        live = [w for w in self._workers if w.alive]
+        ws = self._workers
+        if len(ws) == 1 and self.config["workers"] == 1 and ws[0].alive:
+            return ws[0]  # the common case, without the bookkeeping below
+        live = [w for w in ws if w.alive]
         if len(live) < self.config["workers"]:
             await self.start()
             live = [w for w in self._workers if w.alive]
