@@ -14,7 +14,7 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # Debian packages: bubblewrap (the launch benchmark's baseline), python3.11 + venv
 # (the interpreter sandboxed workers run: readable by any uid, unlike pyenv's under /root),
 # git (git+file:// dependency tests), iproute2 (loopback checks), util-linux (unshare, setpriv).
-PKGS=(bubblewrap python3.11 python3.11-venv python3.11-dev git iproute2 util-linux passwd procps)
+PKGS=(bubblewrap python3.11 python3.11-venv python3.11-dev libc6-dev git iproute2 util-linux passwd procps)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
