@@ -196,9 +196,7 @@ class WorkerEndpoint(Endpoint):
         if self._loop_owner.acquire(blocking=False):
             # Nobody drives the loop: start the task right here and run it (no wake-up).
             try:
-                with self._state:
-                    self._queued += 1
-                task = start(*args)
+                task = start(*args, direct=True)
                 # The common case: the call just started is the only task: run its first
                 # step right here; most calls finish in it (no loop turn at all).
                 fast = (task is not None and len(self._live_tasks) == 1 and _eager_step(loop, task)
@@ -207,9 +205,7 @@ class WorkerEndpoint(Endpoint):
                     self._run_until_idle(loop)
             finally:
                 self._loop_owner.release()
-            with self._state:
-                again = self._queued > 0
-            if again:
+            if self._queued > 0:  # queued by others while we drove (read under the GIL)
                 self._drive_if_free()
             return
         with self._state:
@@ -263,26 +259,29 @@ class WorkerEndpoint(Endpoint):
                 continue
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
-    def _start_async(self, call_id: int, fn: Any, args: tuple, kwargs: dict) -> Any:
-        """On the loop: start an async method as a task (errors in the call itself answer at once)."""
+    def _start_async(self, call_id: int, fn: Any, args: tuple, kwargs: dict, direct: bool = False) -> Any:
+        """On the loop: start an async method as a task (errors in the call itself answer at once).
+        ``direct``: called by the thread that owns the loop, not through the queue."""
         try:
             coro = fn(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001
-            with self._state:
-                self._queued -= 1
+            if not direct:
+                with self._state:
+                    self._queued -= 1
             self._reply_error(call_id, e)
             return None
-        return self._start_awaitable(call_id, coro)
+        return self._start_awaitable(call_id, coro, direct)
 
-    def _start_awaitable(self, call_id: int, aw: Any) -> Any:
+    def _start_awaitable(self, call_id: int, aw: Any, direct: bool = False) -> Any:
         assert self._loop is not None
         task = self._loop.create_task(self._await_then_reply(call_id, aw))
         # Only ever touched by the thread driving the loop. (A task cancelled before it
         # started never runs its body; `_run_until_idle` forgets such tasks.)
         self._live_tasks.add(task)
         self._async_tasks[call_id] = task
-        with self._state:
-            self._queued -= 1
+        if not direct:
+            with self._state:
+                self._queued -= 1
         return task
 
     def run_on_loop(self, aw: Any) -> Any:
@@ -300,10 +299,11 @@ class WorkerEndpoint(Endpoint):
             finally:
                 done.set()  # here, not in a done-callback: those run one loop turn later
 
-        def start() -> Any:
+        def start(direct: bool = False) -> Any:
             task = loop.create_task(wrap())
-            with self._state:
-                self._queued -= 1
+            if not direct:
+                with self._state:
+                    self._queued -= 1
             return task
 
         self._submit(start)
