@@ -140,6 +140,9 @@ struct Incoming {
     fd: OwnedFd,
     size: u64,
     map: Option<Arc<Mapping>>,
+    /// A copy-on-write mapping kept for reuse: handed out again (its private pages
+    /// discarded) once no view holds it, instead of a new mmap per descriptor.
+    cow: Option<Arc<Mapping>>,
     /// CUDA slots: what the importer made of the fd (its mapping), kept until retired.
     attached: Option<Arc<dyn Any + Send + Sync>>,
 }
@@ -946,8 +949,22 @@ impl Channel {
                 }
                 desc.validate_in(inc.size).map_err(|e| misuse(e.to_string()))?;
                 if let Some(p) = prot {
-                    let m = Mapping::map(inc.fd.as_fd(), inc.size as usize, p).map_err(ioerr("mmap arena copy-on-write"))?;
-                    return Ok(TensorView::new(Arc::new(m), desc.clone()));
+                    // Reuse the slot's copy-on-write mapping when no view holds it any more:
+                    // dropping its private pages makes it a fresh view of the arena.
+                    if p == Protection::CopyOnWrite {
+                        if let Some(m) = &inc.cow {
+                            if Arc::strong_count(m) == 1 && m.discard_private().is_ok() {
+                                return Ok(TensorView::new(m.clone(), desc.clone()));
+                            }
+                        }
+                    }
+                    let m = Arc::new(
+                        Mapping::map(inc.fd.as_fd(), inc.size as usize, p).map_err(ioerr("mmap arena copy-on-write"))?,
+                    );
+                    if p == Protection::CopyOnWrite && inc.cow.is_none() {
+                        inc.cow = Some(m.clone());
+                    }
+                    return Ok(TensorView::new(m, desc.clone()));
                 }
                 if inc.map.is_none() {
                     let p = if inc.kind == layout::FD_KIND_OUTPUT { Protection::WriteShared } else { Protection::ReadShared };
@@ -1325,7 +1342,7 @@ impl Channel {
         if size == 0 || !size.is_multiple_of(4096) || size > limit {
             return Err(self.violation(Violation::CudaSize { slot, size, limit }));
         }
-        Ok(Incoming { kind: layout::FD_KIND_CUDA, fd: OwnedFd::from(file), size, map: None, attached: None })
+        Ok(Incoming { kind: layout::FD_KIND_CUDA, fd: OwnedFd::from(file), size, map: None, cow: None, attached: None })
     }
 
     fn validate_fd(&self, slot: u64, kind: u8, extra: u64, fd: OwnedFd) -> Result<Incoming, ChannelError> {
@@ -1358,7 +1375,7 @@ impl Channel {
         if kind != layout::FD_KIND_SPILL && info.size == 0 {
             return Err(self.violation(Violation::ArenaSize { slot, size: 0, need: 1 }));
         }
-        Ok(Incoming { kind, fd, size: info.size, map: None, attached: None })
+        Ok(Incoming { kind, fd, size: info.size, map: None, cow: None, attached: None })
     }
 
     /// Waits for the next frame: spins for the adaptive window, then sleeps on the

@@ -223,6 +223,24 @@ impl Mapping {
         self.prot
     }
 
+    /// For a copy-on-write mapping: throws away this process's private copies of
+    /// pages (`MADV_DONTNEED`), so every page reads the file's current contents
+    /// again. Cheap for pages never touched.
+    pub fn discard_private(&self) -> io::Result<()> {
+        if self.prot != Protection::CopyOnWrite {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: the range is exactly this mapping, which is private (MAP_PRIVATE):
+        // MADV_DONTNEED only drops our private copies; the caller guarantees no
+        // reference into the mapping is in use (it holds the only Arc).
+        let r = unsafe { libc::madvise(self.ptr().cast(), self.len, libc::MADV_DONTNEED) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// `madvise(MADV_HUGEPAGE)`; Ok(false) when the kernel refuses (no THP).
     pub fn advise_hugepage(&self) -> bool {
         // SAFETY: the range is exactly this mapping.

@@ -70,6 +70,17 @@ def test_inputs_are_copy_on_write(aloop, basic_ext):
     assert float(t.sum()) == float(1 << 18), "the host tensor is unchanged"
 
 
+def test_copy_on_write_does_not_leak_into_the_next_call(aloop, basic_ext):
+    """The worker reuses its mapping of a host arena between calls: its private writes
+    from one call must be gone in the next (it sees the host's data again)."""
+    t = torch.ones(1 << 18)
+    for _ in range(3):
+        assert aloop.run(basic_ext.scale_inplace(t, 3.0)) == 3.0 * (1 << 18)
+    t.mul_(2)  # the host changes its tensor: the worker sees the new values
+    assert aloop.run(basic_ext.scale_inplace(t, 3.0)) == 6.0 * (1 << 18)
+    assert float(t.sum()) == 2.0 * (1 << 18)
+
+
 def test_numpy_inputs_are_read_only(aloop, np_ext):
     a = np.zeros(1 << 17)  # 1 MiB
     res = aloop.run(np_ext.numpy_write(a))
