@@ -33,7 +33,7 @@ pub struct ProvisionArgs {
     pub root: Option<PathBuf>,
     /// The host's Python: the default interpreter for venvs, the source of a
     /// shared torch, and where uv is looked for after PATH
-    /// [default: $NODECELL_HOST_PYTHON, else /usr/bin/python3].
+    /// [default: $NODECELL_HOST_PYTHON, else the active venv's python ($VIRTUAL_ENV), else /usr/bin/python3].
     #[arg(long, value_name = "PYTHON")]
     pub host_python: Option<PathBuf>,
     /// The uv executable [default: $NODECELL_UV, uv on PATH, uv next to the host's Python].
@@ -54,17 +54,28 @@ pub fn options(
     host_python: Option<PathBuf>,
     uv: Option<PathBuf>,
 ) -> Options {
-    let host_python = host_python.or_else(|| {
-        std::env::var_os("NODECELL_HOST_PYTHON")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    });
+    let host_python = host_python
+        .or_else(|| {
+            std::env::var_os("NODECELL_HOST_PYTHON")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .or_else(active_venv_python);
     Options {
         root,
         host_python,
         uv,
         ..Options::default()
     }
+}
+
+/// The Python of the active virtual environment (`$VIRTUAL_ENV/bin/python`), the
+/// usual "host" when the CLI is run from a Studio's venv: `share_torch` then
+/// shares that venv's torch rather than the system Python's.
+fn active_venv_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty())?;
+    let py = PathBuf::from(venv).join("bin").join("python");
+    py.is_file().then_some(py)
 }
 
 /// A spinner on stderr that follows the events.
