@@ -140,9 +140,10 @@ struct Incoming {
     fd: OwnedFd,
     size: u64,
     map: Option<Arc<Mapping>>,
-    /// A copy-on-write mapping kept for reuse: handed out again (its private pages
-    /// discarded) once no view holds it, instead of a new mmap per descriptor.
-    cow: Option<Arc<Mapping>>,
+    /// Copy-on-write mappings kept for reuse (a few, as consecutive calls overlap):
+    /// one no view holds any more is handed out again, its private pages discarded,
+    /// instead of a new mmap per descriptor.
+    cow: Vec<Arc<Mapping>>,
     /// CUDA slots: what the importer made of the fd (its mapping), kept until retired.
     attached: Option<Arc<dyn Any + Send + Sync>>,
 }
@@ -280,6 +281,9 @@ impl std::fmt::Debug for Channel {
         f.debug_struct("Channel").field("side", &self.inner.side).field("geometry", &self.inner.shm.geometry()).finish()
     }
 }
+
+/// Copy-on-write mappings kept per received arena for reuse.
+const COW_CACHE: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -952,8 +956,8 @@ impl Channel {
                     // Reuse the slot's copy-on-write mapping when no view holds it any more:
                     // dropping its private pages makes it a fresh view of the arena.
                     if p == Protection::CopyOnWrite {
-                        if let Some(m) = &inc.cow {
-                            if Arc::strong_count(m) == 1 && m.discard_private().is_ok() {
+                        if let Some(m) = inc.cow.iter().find(|m| Arc::strong_count(m) == 1) {
+                            if m.discard_private().is_ok() {
                                 return Ok(TensorView::new(m.clone(), desc.clone()));
                             }
                         }
@@ -961,8 +965,8 @@ impl Channel {
                     let m = Arc::new(
                         Mapping::map(inc.fd.as_fd(), inc.size as usize, p).map_err(ioerr("mmap arena copy-on-write"))?,
                     );
-                    if p == Protection::CopyOnWrite && inc.cow.is_none() {
-                        inc.cow = Some(m.clone());
+                    if p == Protection::CopyOnWrite && inc.cow.len() < COW_CACHE {
+                        inc.cow.push(m.clone());
                     }
                     return Ok(TensorView::new(m, desc.clone()));
                 }
@@ -1342,7 +1346,7 @@ impl Channel {
         if size == 0 || !size.is_multiple_of(4096) || size > limit {
             return Err(self.violation(Violation::CudaSize { slot, size, limit }));
         }
-        Ok(Incoming { kind: layout::FD_KIND_CUDA, fd: OwnedFd::from(file), size, map: None, cow: None, attached: None })
+        Ok(Incoming { kind: layout::FD_KIND_CUDA, fd: OwnedFd::from(file), size, map: None, cow: Vec::new(), attached: None })
     }
 
     fn validate_fd(&self, slot: u64, kind: u8, extra: u64, fd: OwnedFd) -> Result<Incoming, ChannelError> {
@@ -1375,7 +1379,7 @@ impl Channel {
         if kind != layout::FD_KIND_SPILL && info.size == 0 {
             return Err(self.violation(Violation::ArenaSize { slot, size: 0, need: 1 }));
         }
-        Ok(Incoming { kind, fd, size: info.size, map: None, cow: None, attached: None })
+        Ok(Incoming { kind, fd, size: info.size, map: None, cow: Vec::new(), attached: None })
     }
 
     /// Waits for the next frame: spins for the adaptive window, then sleeps on the
