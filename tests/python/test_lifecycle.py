@@ -99,6 +99,25 @@ def test_parallel_workers(aloop, manager, nc, support_dir):
     assert took < 0.9, f"two 0.5 s calls on two workers took {took:.2f} s"
 
 
+def test_long_sync_calls_do_not_block_others_on_one_worker(aloop, basic_ext):
+    """One thread runs calls inline; when a call runs long, another thread takes over
+    receiving, so a second call is not stuck behind the first."""
+
+    async def go():
+        t0 = time.perf_counter()
+        slow = asyncio.ensure_future(basic_ext.sleep(0.6))
+        await asyncio.sleep(0.05)
+        fast_t = time.perf_counter()
+        assert await basic_ext.double(21) == 42
+        fast = time.perf_counter() - fast_t
+        await slow
+        return fast, time.perf_counter() - t0
+
+    fast, total = aloop.run(go())
+    assert fast < 0.3, f"a quick call waited {fast:.2f} s behind a slow one"
+    assert total < 1.0
+
+
 def test_concurrent_calls_on_one_worker(aloop, basic_ext):
     async def go():
         t0 = time.perf_counter()

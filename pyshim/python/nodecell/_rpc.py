@@ -197,7 +197,7 @@ class Endpoint:
         self.pinned: Dict[int, Any] = {}
         self._release_queue: List[Tuple[int, int]] = []
         self.closed = False
-        channel.set_hooks(self.encode_hook, self.decode_tensor, self.decode_handle,
+        channel.set_hooks(self.encode_hook, _tensors.decode_tensor, self.decode_handle,
                           self.decode_record, self.decode_error)
 
     # -- encoding ----------------------------------------------------------------------------

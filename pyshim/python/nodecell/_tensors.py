@@ -215,30 +215,46 @@ def encode_numpy(arr: Any, frozen: bool, channel_id: int) -> Any:
     return _nodecell.TensorRef(arena, 0, name, list(c.shape), list(c.strides), "numpy")
 
 
+_TORCH_DT: Dict[Any, Tuple[str, int]] = {}
+
+
+def _torch_dt(dt: Any) -> Optional[Tuple[str, int]]:
+    """(wire name, item size) of a torch dtype, cached (this runs on every send)."""
+    hit = _TORCH_DT.get(dt)
+    if hit is None:
+        name = _torch_dtype_name(dt)
+        if name is None:
+            return None
+        hit = _TORCH_DT[dt] = (name, _ITEMSIZE[name])
+    return hit
+
+
 def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
-    tm = _torch_mod()
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         from . import _cuda
 
         return _cuda.encode_cuda(t, frozen, channel_id)
-    if t.is_sparse or t.layout != tm.strided:
+    tm = _torch_mod()
+    if t.layout is not tm.strided:
         raise TypeError(f"torch tensors with layout {t.layout} cannot cross; use .to_dense()")
-    name = _torch_dtype_name(t.dtype)
-    if name is None:
+    dt = _torch_dt(t.dtype)
+    if dt is None:
         raise TypeError(f"torch tensors of dtype {t.dtype} cannot cross")
+    name, item = dt
     if t.requires_grad:
         t = t.detach()
-    item = t.element_size()
+    shape = t.shape
     nbytes = t.numel() * item
     if nbytes < INLINE_LIMIT:
         c = t.contiguous()
         raw = ctypes.string_at(c.data_ptr(), nbytes) if nbytes else b""
         return _nodecell.Record("nodecell.ndarray", {
-            "kind": "torch", "dtype": name, "shape": list(t.shape), "data": raw,
+            "kind": "torch", "dtype": name, "shape": list(shape), "data": raw,
         })
-    arena, off = _arena_of(t)
-    if arena is not None and _usable_here(arena, channel_id) and all(s >= 0 for s in t.stride()):
-        return _nodecell.TensorRef(arena, off, name, list(t.shape), [s * item for s in t.stride()], "torch")
+    # Fast path, a tensor already in an arena: one pointer lookup (torch strides are never negative).
+    loc = _nodecell.locate(t.data_ptr(), 1)
+    if loc is not None and (isinstance(loc[0], _nodecell.Arena) or loc[0].channel_id == channel_id):
+        return _nodecell.TensorRef(loc[0], loc[1], name, list(shape), [s * item for s in t.stride()], "torch")
     if frozen:
         c = t.contiguous()
         arena = _nodecell.Arena.frozen_copy_from(c.data_ptr(), c.numel() * item)
@@ -280,10 +296,18 @@ def decode_inline(fields: Dict[str, Any]) -> Any:
     return tm.frombuffer(bytearray(data), dtype=tm.uint8).view(dt).reshape(shape).clone()
 
 
+_FROM_DLPACK: Any = None
+
+
 def decode_tensor(capsule: Any, kind: str, writable: bool) -> Any:
     """Wrap a received tensor (a DLPack capsule over its validated storage) as a torch
     tensor or numpy array without copying. Inputs from a peer are copy-on-write
     mappings: numpy arrays are marked read-only, torch tensors may be written (the
     writes stay here). A torch tensor sent to a process without torch arrives as a
     numpy array, and a numpy array sent to one with torch but no numpy as a tensor."""
+    global _FROM_DLPACK
+    if kind == "torch" and _HAVE_TORCH:  # the hot path: torch here, torch sent
+        if _FROM_DLPACK is None:
+            _FROM_DLPACK = _torch_mod()._C._from_dlpack
+        return _FROM_DLPACK(capsule.__dlpack__())
     return _from_source(capsule, kind, writable)

@@ -76,6 +76,13 @@ class WorkerEndpoint(Endpoint):
         self._state = threading.Lock()
         self._receivers = 0
         self._threads = 0
+        self._receiving = False
+        self._rx_idle_since = time.monotonic()
+        self._last_activity = time.monotonic()
+        self._parked = threading.Condition()
+        self._nparked = 0
+        self._wd_idle = True
+        self._wd_wake = threading.Event()
         self._exit_code: Optional[int] = None
         self._stopped = threading.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -93,20 +100,31 @@ class WorkerEndpoint(Endpoint):
 
     def serve(self) -> int:
         """Serve until the host stops us or goes away; return the exit code."""
-        self._spawn_dispatcher()
+        threading.Thread(target=self._watchdog, name="nodecell-watchdog", daemon=True).start()
         self._dispatch_loop(main=True)
         return self._exit_code or 0
 
-    def _spawn_dispatcher(self) -> None:
-        with self._state:
-            if self._threads >= _MAX_THREADS:
-                return
-            self._threads += 1
-        threading.Thread(target=self._dispatch_loop, name="nodecell-dispatch", daemon=True).start()
+    # One thread receives and runs each call inline (no hand-off, no thread wake-up
+    # per call). Other dispatcher threads stay parked, not queued on the receive
+    # lock, so releasing it costs nothing. When nobody has been receiving for a while
+    # because calls run long (or await), the watchdog un-parks (or starts) another
+    # thread to receive: concurrent calls then start at most ~WATCH_TICK late.
 
     def _dispatch_loop(self, main: bool = False) -> None:
         while not self._stopped.is_set():
-            frame = self._receive(timeout=0.2)
+            if not self._rx.acquire(blocking=False):
+                self._park()
+                continue
+            self._receiving = True
+            try:
+                frame = self.channel.recv(0.2)
+            except Exception as e:  # noqa: BLE001 - peer gone or protocol violation
+                self._fatal(e)
+                frame = None
+            finally:
+                self._receiving = False
+                self._rx_idle_since = time.monotonic()
+                self._rx.release()
             if frame is None:
                 # Idle: send what is queued (released tensor references).
                 try:
@@ -114,33 +132,49 @@ class WorkerEndpoint(Endpoint):
                 except Exception:  # noqa: BLE001 - a dead channel is noticed by recv
                     pass
                 continue
+            if self._wd_idle:
+                self._wd_idle = False
+                self._wd_wake.set()
             self.handle_frame(*frame)
+            self._last_activity = time.monotonic()
         if not main:
             with self._state:
                 self._threads -= 1
 
-    def _receive(self, timeout: float) -> Any:
-        """Take the receiver role, receive one frame, give the role up (maybe spawning a follower)."""
-        with self._state:
-            self._receivers += 1
-        got = self._rx.acquire(timeout=timeout)
-        try:
-            if not got:
-                return None
+    def _park(self) -> None:
+        """Wait until the watchdog needs another receiver (or a while passed)."""
+        with self._parked:
+            self._nparked += 1
             try:
-                frame = self.channel.recv(timeout)
-            except Exception as e:  # noqa: BLE001 - peer gone or protocol violation
-                self._fatal(e)
-                return None
-        finally:
-            if got:
-                self._rx.release()
-            with self._state:
-                self._receivers -= 1
-                need = self._receivers == 0 and not self._stopped.is_set()
-        if frame is not None and need and frame[0] not in (REPLY, ERROR):
-            self._spawn_dispatcher()
-        return frame
+                self._parked.wait(0.5)
+            finally:
+                self._nparked -= 1
+
+    WATCH_TICK = 0.002
+
+    def _watchdog(self) -> None:
+        """Brings in another receiving thread when calls keep the current one busy."""
+        while not self._stopped.is_set():
+            if self._wd_idle:
+                self._wd_wake.wait(0.05)
+                self._wd_wake.clear()
+                continue
+            time.sleep(self.WATCH_TICK)
+            now = time.monotonic()
+            if not self._receiving and now - self._rx_idle_since > self.WATCH_TICK:
+                if self._rx.locked():
+                    continue  # someone is about to receive (or waits for its own reply)
+                with self._parked:
+                    if self._nparked:
+                        self._parked.notify()
+                        continue
+                with self._state:
+                    if self._threads >= _MAX_THREADS:
+                        continue
+                    self._threads += 1
+                threading.Thread(target=self._dispatch_loop, name="nodecell-dispatch", daemon=True).start()
+            elif now - self._last_activity > 0.1 and self._receiving:
+                self._wd_idle = True  # nothing running: sleep until the next call
 
     def _fatal(self, e: BaseException) -> None:
         if not self._stopped.is_set():
