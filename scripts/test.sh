@@ -14,6 +14,10 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 step "set-up"
 scripts/setup.sh
 
+step "gates: cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+
 step "cargo test (unit + integration)"
 cargo test --workspace --no-fail-fast -q 2>&1 | tail -n 400
 

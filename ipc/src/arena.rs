@@ -95,9 +95,14 @@ impl Arena {
         }
         let fd = sys::memfd_create("nodecell-arena").map_err(io("memfd_create"))?;
         sys::ftruncate(fd.as_fd(), len as u64).map_err(io("ftruncate arena"))?;
-        let map = Mapping::map(fd.as_fd(), len, Protection::WriteShared).map_err(io("mmap arena"))?;
+        let map =
+            Mapping::map(fd.as_fd(), len, Protection::WriteShared).map_err(io("mmap arena"))?;
         let hugepage = map.advise_hugepage();
-        let prefault = if prefault { Some(map.prefault_write().map_err(io("prefault arena"))?) } else { None };
+        let prefault = if prefault {
+            Some(map.prefault_write().map_err(io("prefault arena"))?)
+        } else {
+            None
+        };
         Ok(Arc::new(Arena {
             id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
             fd,
@@ -134,7 +139,9 @@ impl Arena {
     pub fn mapping(&self) -> Option<Arc<Mapping>> {
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if m.is_none() {
-            *m = Mapping::map(self.fd.as_fd(), self.len, Protection::ReadShared).ok().map(Arc::new);
+            *m = Mapping::map(self.fd.as_fd(), self.len, Protection::ReadShared)
+                .ok()
+                .map(Arc::new);
         }
         m.clone()
     }
@@ -143,13 +150,21 @@ impl Arena {
     /// not after [`Arena::freeze`]).
     pub fn write(&self, off: usize, src: &[u8]) -> Result<(), ArenaError> {
         let Some(m) = self.mapping() else {
-            return Err(ArenaError::AlreadySealed { id: self.id, state: self.state() });
+            return Err(ArenaError::AlreadySealed {
+                id: self.id,
+                state: self.state(),
+            });
         };
         if m.protection() == Protection::ReadShared {
-            return Err(ArenaError::AlreadySealed { id: self.id, state: self.state() });
+            return Err(ArenaError::AlreadySealed {
+                id: self.id,
+                state: self.state(),
+            });
         }
         if off.checked_add(src.len()).is_none_or(|e| e > self.len) {
-            return Err(io("write arena")(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+            return Err(io("write arena")(std::io::Error::from(
+                std::io::ErrorKind::InvalidInput,
+            )));
         }
         m.write_from(off, src);
         Ok(())
@@ -158,14 +173,18 @@ impl Arena {
     /// Copies `dst.len()` bytes at `off` out of the arena.
     pub fn read(&self, off: usize, dst: &mut [u8]) -> Result<(), ArenaError> {
         if off.checked_add(dst.len()).is_none_or(|e| e > self.len) {
-            return Err(io("read arena")(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+            return Err(io("read arena")(std::io::Error::from(
+                std::io::ErrorKind::InvalidInput,
+            )));
         }
         match self.mapping() {
             Some(m) => {
                 m.read_into(off, dst);
                 Ok(())
             }
-            None => Err(io("read arena")(std::io::Error::from(std::io::ErrorKind::NotFound))),
+            None => Err(io("read arena")(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            ))),
         }
     }
 
@@ -192,7 +211,10 @@ impl Arena {
     fn seal(&self, seals: u32, to: ArenaState) -> Result<(), ArenaError> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if *st != ArenaState::Open {
-            return Err(ArenaError::AlreadySealed { id: self.id, state: *st });
+            return Err(ArenaError::AlreadySealed {
+                id: self.id,
+                state: *st,
+            });
         }
         sys::add_seals(self.fd.as_fd(), seals).map_err(io("seal arena"))?;
         *st = to;
@@ -203,15 +225,25 @@ impl Arena {
     /// On kernels without `F_SEAL_FUTURE_WRITE` (< 5.1) this falls back to
     /// [`Arena::freeze`] (the owner can no longer write either).
     pub fn seal_read_only(&self) -> Result<(), ArenaError> {
-        match self.seal(sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_FUTURE_WRITE | sys::SEAL_SEAL, ArenaState::ReadOnly) {
-            Err(ArenaError::Io { source, .. }) if source.raw_os_error() == Some(sys::errno::EINVAL) => self.freeze(),
+        match self.seal(
+            sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_FUTURE_WRITE | sys::SEAL_SEAL,
+            ArenaState::ReadOnly,
+        ) {
+            Err(ArenaError::Io { source, .. })
+                if source.raw_os_error() == Some(sys::errno::EINVAL) =>
+            {
+                self.freeze()
+            }
             r => r,
         }
     }
 
     /// Seals `SHRINK|GROW|SEAL`: an output buffer the peer may write.
     pub fn seal_output(&self) -> Result<(), ArenaError> {
-        self.seal(sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL, ArenaState::Output)
+        self.seal(
+            sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL,
+            ArenaState::Output,
+        )
     }
 
     /// Makes the arena immutable: drops the writable mapping, seals
@@ -220,7 +252,10 @@ impl Arena {
     pub fn freeze(&self) -> Result<(), ArenaError> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if *st != ArenaState::Open {
-            return Err(ArenaError::AlreadySealed { id: self.id, state: *st });
+            return Err(ArenaError::AlreadySealed {
+                id: self.id,
+                state: *st,
+            });
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // Unmap the writable mapping (unless someone still holds it: then EBUSY below).
@@ -228,9 +263,18 @@ impl Arena {
         // writable (VM_MAYWRITE), so the read-only one is made after sealing.
         let old = map.take();
         drop(old);
-        let sealed = sys::add_seals(self.fd.as_fd(), sys::SEAL_WRITE | sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL);
-        let prot = if sealed.is_ok() { Protection::ReadShared } else { Protection::WriteShared };
-        *map = Some(Arc::new(Mapping::map(self.fd.as_fd(), self.len, prot).map_err(io("mmap arena"))?));
+        let sealed = sys::add_seals(
+            self.fd.as_fd(),
+            sys::SEAL_WRITE | sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL,
+        );
+        let prot = if sealed.is_ok() {
+            Protection::ReadShared
+        } else {
+            Protection::WriteShared
+        };
+        *map = Some(Arc::new(
+            Mapping::map(self.fd.as_fd(), self.len, prot).map_err(io("mmap arena"))?,
+        ));
         sealed.map_err(io("seal arena F_SEAL_WRITE"))?;
         *st = ArenaState::Frozen;
         Ok(())

@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use crate::arena::{Arena, ArenaState, TensorView};
 use crate::doorbell::{SpinPolicy, Spinner, Wake};
-use crate::frame::{Call, Decoded, Device, ErrorValue, Frame, Limits, Origin, Release, Side, TensorDesc, Value};
+use crate::frame::{
+    Call, Decoded, Device, ErrorValue, Frame, Limits, Origin, Release, Side, TensorDesc, Value,
+};
 use crate::layout::{self, Geometry};
 use crate::ring::{Consumer, Producer, Push, Record, Shm};
 use crate::sys::{self, Mapping, Protection};
@@ -94,7 +96,11 @@ impl ChannelConfig {
     fn geometry(&self) -> Geometry {
         let ring = self.slot_count as usize * self.slot_size as usize;
         let cap = (ring / 2).saturating_sub(layout::RECORD_HEADER) as u32;
-        Geometry { slot_count: self.slot_count, slot_size: self.slot_size, max_inline: self.max_inline.min(cap) }
+        Geometry {
+            slot_count: self.slot_count,
+            slot_size: self.slot_size,
+            max_inline: self.max_inline.min(cap),
+        }
     }
 }
 
@@ -116,7 +122,10 @@ impl WorkerFds {
     /// Takes copies (`dup`, close-on-exec) of descriptors known only by number, as a
     /// worker does with the numbers it was started with. Close the originals after.
     pub fn from_raw(ring: RawFd, sock: RawFd) -> std::io::Result<WorkerFds> {
-        Ok(WorkerFds { ring: sys::dup_number(ring)?, sock: sys::dup_number(sock)? })
+        Ok(WorkerFds {
+            ring: sys::dup_number(ring)?,
+            sock: sys::dup_number(sock)?,
+        })
     }
 }
 
@@ -278,7 +287,10 @@ pub struct Channel {
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Channel").field("side", &self.inner.side).field("geometry", &self.inner.shm.geometry()).finish()
+        f.debug_struct("Channel")
+            .field("side", &self.inner.side)
+            .field("geometry", &self.inner.shm.geometry())
+            .finish()
     }
 }
 
@@ -290,7 +302,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn ioerr(op: &'static str) -> impl FnOnce(std::io::Error) -> ChannelError {
-    move |e| ChannelError::Io { op, source: Arc::new(e) }
+    move |e| ChannelError::Io {
+        op,
+        source: Arc::new(e),
+    }
 }
 
 /// Which ring this side produces into / consumes from.
@@ -307,16 +322,27 @@ impl Channel {
     /// closes the socket).
     pub fn create(cfg: ChannelConfig) -> Result<(Channel, WorkerFds), ChannelError> {
         let geo = cfg.geometry();
-        geo.check().map_err(|(field, value)| ChannelError::Config { field, value })?;
+        geo.check()
+            .map_err(|(field, value)| ChannelError::Config { field, value })?;
         let shm = Arc::new(Shm::create(geo).map_err(ioerr("create channel memfd"))?);
         let (host_sock, worker_sock) = sys::seqpacket_pair().map_err(ioerr("socketpair"))?;
         let ring = sys::dup_cloexec(shm.fd()).map_err(ioerr("dup channel memfd"))?;
         if cfg.cuda {
-            sys::pwrite_all(shm.fd(), &layout::HEADER_FLAG_CUDA.to_le_bytes(), layout::OFF_FLAGS as u64)
-                .map_err(ioerr("write channel header flags"))?;
+            sys::pwrite_all(
+                shm.fd(),
+                &layout::HEADER_FLAG_CUDA.to_le_bytes(),
+                layout::OFF_FLAGS as u64,
+            )
+            .map_err(ioerr("write channel header flags"))?;
         }
         let ch = Channel::from_parts(Side::Host, shm, host_sock, cfg);
-        Ok((ch, WorkerFds { ring, sock: worker_sock }))
+        Ok((
+            ch,
+            WorkerFds {
+                ring,
+                sock: worker_sock,
+            },
+        ))
     }
 
     /// Worker side: opens a channel from the host's descriptors, validating the
@@ -331,14 +357,21 @@ impl Channel {
         cfg.max_inline = geo.max_inline;
         let flags = {
             use std::os::unix::fs::FileExt;
-            let io = |source| OpenError::Io { op: "read channel header flags", source };
+            let io = |source| OpenError::Io {
+                op: "read channel header flags",
+                source,
+            };
             let f = std::fs::File::from(sys::dup_cloexec(shm.fd()).map_err(io)?);
             let mut b = [0u8; 4];
-            f.read_exact_at(&mut b, layout::OFF_FLAGS as u64).map_err(io)?;
+            f.read_exact_at(&mut b, layout::OFF_FLAGS as u64)
+                .map_err(io)?;
             u32::from_le_bytes(b)
         };
         if flags & !layout::HEADER_FLAG_CUDA != 0 {
-            return Err(OpenError::Header { field: "flags", value: u64::from(flags) });
+            return Err(OpenError::Header {
+                field: "flags",
+                value: u64::from(flags),
+            });
         }
         cfg.cuda = flags & layout::HEADER_FLAG_CUDA != 0;
         Ok(Channel::from_parts(Side::Worker, shm, fds.sock, cfg))
@@ -380,7 +413,9 @@ impl Channel {
             control_pending: AtomicBool::new(false),
             reactor: Mutex::new(None),
         };
-        Channel { inner: Arc::new(inner) }
+        Channel {
+            inner: Arc::new(inner),
+        }
     }
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
@@ -446,7 +481,11 @@ impl Channel {
     pub(crate) fn readable(&self) -> bool {
         let ring = self.inbound_ring();
         self.inner.queued.load(Ordering::Acquire)
-            || self.inner.shm.ctl64(ring, layout::CTL_HEAD).load(Ordering::Acquire)
+            || self
+                .inner
+                .shm
+                .ctl64(ring, layout::CTL_HEAD)
+                .load(Ordering::Acquire)
                 != self.inner.inbound_tail.load(Ordering::Acquire)
     }
 
@@ -501,7 +540,9 @@ impl Channel {
     /// failed), and the ids of calls still awaiting an answer are returned so the
     /// caller can fail them.
     pub fn close(&self, reason: &str) -> Vec<u64> {
-        self.fail(ChannelError::Closed { reason: reason.to_owned() });
+        self.fail(ChannelError::Closed {
+            reason: reason.to_owned(),
+        });
         self.take_pending()
     }
 
@@ -526,12 +567,17 @@ impl Channel {
         if let Some(p) = self.peer_pidfd() {
             let r = sys::poll_one(p.as_fd(), sys::POLLIN, 0).map_err(ioerr("poll pidfd"))?;
             if r != 0 {
-                return Err(self.fail(ChannelError::PeerGone { reason: "the peer process exited".into() }));
+                return Err(self.fail(ChannelError::PeerGone {
+                    reason: "the peer process exited".into(),
+                }));
             }
         }
-        let r = sys::poll_one(self.inner.sock.as_fd(), sys::POLLRDHUP, 0).map_err(ioerr("poll socket"))?;
+        let r = sys::poll_one(self.inner.sock.as_fd(), sys::POLLRDHUP, 0)
+            .map_err(ioerr("poll socket"))?;
         if r & (sys::POLLRDHUP | sys::POLLHUP | sys::POLLERR) != 0 {
-            return Err(self.fail(ChannelError::PeerGone { reason: "the peer closed its socket".into() }));
+            return Err(self.fail(ChannelError::PeerGone {
+                reason: "the peer closed its socket".into(),
+            }));
         }
         Ok(())
     }
@@ -555,7 +601,9 @@ impl Channel {
         self.flush_control_locked(&mut tx, true)?;
         let mut buf = std::mem::take(&mut tx.buf);
         buf.clear();
-        let res = frame.encode(&mut buf, &self.inner.cfg.limits).map_err(ChannelError::Encode);
+        let res = frame
+            .encode(&mut buf, &self.inner.cfg.limits)
+            .map_err(ChannelError::Encode);
         let res = res.and_then(|()| self.count_outgoing_tensors(frame));
         if let Err(e) = res {
             tx.buf = buf;
@@ -575,9 +623,23 @@ impl Channel {
     }
 
     /// Sends a call and registers it as pending; returns its id.
-    pub fn send_call(&self, target: u64, method: &str, args: Vec<Value>, kwargs: Vec<(String, Value)>) -> Result<u64, ChannelError> {
+    pub fn send_call(
+        &self,
+        target: u64,
+        method: &str,
+        args: Vec<Value>,
+        kwargs: Vec<(String, Value)>,
+    ) -> Result<u64, ChannelError> {
         let id = self.next_call_id();
-        self.send(&Frame::Call(Call { id, parent: None, target, method: method.to_owned(), args, kwargs, deadline_ns: 0 }))?;
+        self.send(&Frame::Call(Call {
+            id,
+            parent: None,
+            target,
+            method: method.to_owned(),
+            args,
+            kwargs,
+            deadline_ns: 0,
+        }))?;
         Ok(id)
     }
 
@@ -605,19 +667,26 @@ impl Channel {
         }
         let mut ex = lock(&self.inner.exports);
         for d in &descs {
-            let e = ex
-                .slots
-                .get(&d.slot)
-                .ok_or_else(|| ChannelError::Misuse { what: format!("tensor names arena slot {} which is not shared", d.slot) })?;
+            let e = ex.slots.get(&d.slot).ok_or_else(|| ChannelError::Misuse {
+                what: format!("tensor names arena slot {} which is not shared", d.slot),
+            })?;
             if e.stored.is_device() != d.device.is_cuda() {
                 return Err(ChannelError::Misuse {
-                    what: format!("tensor device {:?} does not match the memory of slot {}", d.device, d.slot),
+                    what: format!(
+                        "tensor device {:?} does not match the memory of slot {}",
+                        d.device, d.slot
+                    ),
                 });
             }
-            d.validate_in(e.stored.len()).map_err(|e| ChannelError::Misuse { what: e.to_string() })?;
+            d.validate_in(e.stored.len())
+                .map_err(|e| ChannelError::Misuse {
+                    what: e.to_string(),
+                })?;
             if let Stored::Arena(a) = &e.stored {
                 if d.writable && a.state() != ArenaState::Output {
-                    return Err(ChannelError::Misuse { what: format!("slot {} is not an output buffer", d.slot) });
+                    return Err(ChannelError::Misuse {
+                        what: format!("slot {} is not an output buffer", d.slot),
+                    });
                 }
             }
         }
@@ -639,8 +708,11 @@ impl Channel {
         let fd = sys::memfd_create("nodecell-spill").map_err(ioerr("memfd_create spill"))?;
         sys::ftruncate(fd.as_fd(), bytes.len() as u64).map_err(ioerr("ftruncate spill"))?;
         sys::pwrite_all(fd.as_fd(), bytes, 0).map_err(ioerr("write spill"))?;
-        sys::add_seals(fd.as_fd(), sys::SEAL_WRITE | sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL)
-            .map_err(ioerr("seal spill"))?;
+        sys::add_seals(
+            fd.as_fd(),
+            sys::SEAL_WRITE | sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL,
+        )
+        .map_err(ioerr("seal spill"))?;
         let slot = tx.next_slot;
         tx.next_slot += 1;
         self.send_fd(slot, layout::FD_KIND_SPILL, 0, &fd)?;
@@ -650,23 +722,39 @@ impl Channel {
         self.push_record(tx, layout::RECORD_SPILL, &rec, block)
     }
 
-    fn push_record(&self, tx: &mut Tx, kind: u16, bytes: &[u8], block: bool) -> Result<(), ChannelError> {
-        let first = tx.producer.try_push(kind, &[bytes]).map_err(|v| self.violation(v))?;
+    fn push_record(
+        &self,
+        tx: &mut Tx,
+        kind: u16,
+        bytes: &[u8],
+        block: bool,
+    ) -> Result<(), ChannelError> {
+        let first = tx
+            .producer
+            .try_push(kind, &[bytes])
+            .map_err(|v| self.violation(v))?;
         if first == Push::Done {
             return Ok(());
         }
         if !block {
-            return Err(ChannelError::Timeout { op: "send (ring full)" });
+            return Err(ChannelError::Timeout {
+                op: "send (ring full)",
+            });
         }
         let deadline = Instant::now() + self.inner.cfg.send_timeout;
         let shm = self.inner.shm.clone();
         let ring = tx.producer.ring();
         let need = shm.geometry().slots_for(bytes.len());
-        let Tx { producer, spinner, .. } = tx;
+        let Tx {
+            producer, spinner, ..
+        } = tx;
         let woke = spinner.wait(
             shm.space_bell(ring),
             Some(deadline),
-            self.inner.cfg.liveness_slice.or(Some(Duration::from_millis(50))),
+            self.inner
+                .cfg
+                .liveness_slice
+                .or(Some(Duration::from_millis(50))),
             || {
                 // Keep reading while we wait, so a peer blocked on its own full ring progresses.
                 self.drain_into_queue()?;
@@ -675,11 +763,18 @@ impl Channel {
             || self.check_alive(),
         )?;
         if woke == Wake::TimedOut {
-            return Err(ChannelError::Timeout { op: "send (ring full)" });
+            return Err(ChannelError::Timeout {
+                op: "send (ring full)",
+            });
         }
-        match producer.try_push(kind, &[bytes]).map_err(|v| self.violation(v))? {
+        match producer
+            .try_push(kind, &[bytes])
+            .map_err(|v| self.violation(v))?
+        {
             Push::Done => Ok(()),
-            Push::Full => Err(ChannelError::Timeout { op: "send (ring full)" }),
+            Push::Full => Err(ChannelError::Timeout {
+                op: "send (ring full)",
+            }),
         }
     }
 
@@ -698,14 +793,22 @@ impl Channel {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(ChannelError::Timeout { op: "send fd (socket full)" });
+                        return Err(ChannelError::Timeout {
+                            op: "send fd (socket full)",
+                        });
                     }
                     self.check_alive()?;
                     let ms = left.as_millis().clamp(1, 50) as i32;
-                    sys::poll_one(self.inner.sock.as_fd(), sys::POLLOUT, ms).map_err(ioerr("poll socket"))?;
+                    sys::poll_one(self.inner.sock.as_fd(), sys::POLLOUT, ms)
+                        .map_err(ioerr("poll socket"))?;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe || e.raw_os_error() == Some(104) => {
-                    return Err(self.fail(ChannelError::PeerGone { reason: "the peer closed its socket".into() }));
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::BrokenPipe
+                        || e.raw_os_error() == Some(104) =>
+                {
+                    return Err(self.fail(ChannelError::PeerGone {
+                        reason: "the peer closed its socket".into(),
+                    }));
                 }
                 Err(e) => return Err(ioerr("sendmsg SCM_RIGHTS")(e)),
             }
@@ -728,9 +831,14 @@ impl Channel {
         if retired.is_empty() && tensors.is_empty() {
             return Ok(());
         }
-        let f = Frame::Release(Release { handles: Vec::new(), tensors, retired });
+        let f = Frame::Release(Release {
+            handles: Vec::new(),
+            tensors,
+            retired,
+        });
         let mut buf = Vec::new();
-        f.encode(&mut buf, &self.inner.cfg.limits).map_err(ChannelError::Encode)?;
+        f.encode(&mut buf, &self.inner.cfg.limits)
+            .map_err(ChannelError::Encode)?;
         match self.push_locked(tx, &buf, block) {
             Ok(()) => Ok(()),
             Err(ChannelError::Timeout { .. }) if !block => {
@@ -759,12 +867,16 @@ impl Channel {
         let state = arena.state();
         let kind = match (self.inner.side, state) {
             (_, ArenaState::Open) => {
-                return Err(ChannelError::Misuse { what: format!("arena {} is not sealed", arena.id()) })
+                return Err(ChannelError::Misuse {
+                    what: format!("arena {} is not sealed", arena.id()),
+                })
             }
             (Side::Host, ArenaState::ReadOnly) | (_, ArenaState::Frozen) => layout::FD_KIND_ARENA,
             (Side::Host, ArenaState::Output) => layout::FD_KIND_OUTPUT,
             (Side::Worker, s) => {
-                return Err(ChannelError::Misuse { what: format!("a worker can only share frozen arenas, not {s:?}") })
+                return Err(ChannelError::Misuse {
+                    what: format!("a worker can only share frozen arenas, not {s:?}"),
+                })
             }
         };
         let mut tx = lock(&self.inner.tx);
@@ -777,7 +889,13 @@ impl Channel {
         self.send_fd(slot, kind, 0, &fd)?;
         let mut ex = lock(&self.inner.exports);
         ex.by_arena.insert(arena.id(), slot);
-        ex.slots.insert(slot, Export { stored: Stored::Arena(arena.clone()), refs: 0 });
+        ex.slots.insert(
+            slot,
+            Export {
+                stored: Stored::Arena(arena.clone()),
+                refs: 0,
+            },
+        );
         Ok(slot)
     }
 
@@ -794,10 +912,15 @@ impl Channel {
             });
         }
         if !mem.device().is_cuda() {
-            return Err(ChannelError::Misuse { what: format!("device memory on {:?} is not CUDA memory", mem.device()) });
+            return Err(ChannelError::Misuse {
+                what: format!("device memory on {:?} is not CUDA memory", mem.device()),
+            });
         }
         let size = mem.size();
-        if size == 0 || !size.is_multiple_of(4096) || size > self.inner.cfg.max_cuda_bytes.min(layout::FD_EXTRA_MAX) {
+        if size == 0
+            || !size.is_multiple_of(4096)
+            || size > self.inner.cfg.max_cuda_bytes.min(layout::FD_EXTRA_MAX)
+        {
             return Err(ChannelError::Misuse {
                 what: format!("a CUDA allocation of {size} bytes cannot be shared (non-zero multiple of 4096, at most {})", self.inner.cfg.max_cuda_bytes),
             });
@@ -812,7 +935,13 @@ impl Channel {
         self.send_fd(slot, layout::FD_KIND_CUDA, size, &fd)?;
         let mut ex = lock(&self.inner.exports);
         ex.by_device.insert(device_key(mem), slot);
-        ex.slots.insert(slot, Export { stored: Stored::Device(mem.clone()), refs: 0 });
+        ex.slots.insert(
+            slot,
+            Export {
+                stored: Stored::Device(mem.clone()),
+                refs: 0,
+            },
+        );
         Ok(slot)
     }
 
@@ -827,15 +956,23 @@ impl Channel {
         strides: Option<&[i64]>,
     ) -> Result<TensorDesc, ChannelError> {
         let slot = self.share_device(mem)?;
-        let bad = |e: crate::frame::TensorError| ChannelError::Misuse { what: e.to_string() };
-        let d = desc_for(slot, offset, dtype, shape, strides).map_err(bad)?.on_device(mem.device());
+        let bad = |e: crate::frame::TensorError| ChannelError::Misuse {
+            what: e.to_string(),
+        };
+        let d = desc_for(slot, offset, dtype, shape, strides)
+            .map_err(bad)?
+            .on_device(mem.device());
         d.validate_in(mem.size()).map_err(bad)?;
         Ok(d)
     }
 
     /// The device memory this side shared as `slot` (while the peer may name it).
     pub fn exported_device(&self, slot: u64) -> Option<Arc<dyn DeviceMemory>> {
-        match lock(&self.inner.exports).slots.get(&slot).map(|e| &e.stored) {
+        match lock(&self.inner.exports)
+            .slots
+            .get(&slot)
+            .map(|e| &e.stored)
+        {
             Some(Stored::Device(d)) => Some(d.clone()),
             _ => None,
         }
@@ -848,26 +985,44 @@ impl Channel {
         self.check()?;
         let misuse = |what: String| ChannelError::Misuse { what };
         if desc.origin != Origin::Sender || !desc.device.is_cuda() {
-            return Err(misuse("device_slot takes a cuda descriptor naming the peer's memory".into()));
+            return Err(misuse(
+                "device_slot takes a cuda descriptor naming the peer's memory".into(),
+            ));
         }
         let fds = lock(&self.inner.fds);
-        let inc = fds.slots.get(&desc.slot).ok_or_else(|| misuse(format!("CUDA slot {} is unknown or retired", desc.slot)))?;
+        let inc = fds
+            .slots
+            .get(&desc.slot)
+            .ok_or_else(|| misuse(format!("CUDA slot {} is unknown or retired", desc.slot)))?;
         if inc.kind != layout::FD_KIND_CUDA {
             return Err(misuse(format!("slot {} is not CUDA memory", desc.slot)));
         }
-        desc.validate_in(inc.size).map_err(|e| misuse(e.to_string()))?;
+        desc.validate_in(inc.size)
+            .map_err(|e| misuse(e.to_string()))?;
         if let Some(a) = &inc.attached {
-            return Ok(DeviceSlot { fd: None, size: inc.size, attached: Some(a.clone()) });
+            return Ok(DeviceSlot {
+                fd: None,
+                size: inc.size,
+                attached: Some(a.clone()),
+            });
         }
         let fd = sys::dup_cloexec(inc.fd.as_fd()).map_err(ioerr("dup CUDA handle"))?;
-        Ok(DeviceSlot { fd: Some(fd), size: inc.size, attached: None })
+        Ok(DeviceSlot {
+            fd: Some(fd),
+            size: inc.size,
+            attached: None,
+        })
     }
 
     /// Stores what the importer made of CUDA slot `slot` (kept until the peer retires
     /// the slot), unless something is there already; returns what is stored.
     /// (If something is there already, `obj` is dropped after the lock is released:
     /// dropping an import may unmap device memory, which can block.)
-    pub fn attach_device(&self, slot: u64, obj: Arc<dyn Any + Send + Sync>) -> Arc<dyn Any + Send + Sync> {
+    pub fn attach_device(
+        &self,
+        slot: u64,
+        obj: Arc<dyn Any + Send + Sync>,
+    ) -> Arc<dyn Any + Send + Sync> {
         let mut fds = lock(&self.inner.fds);
         let inc = match fds.slots.get_mut(&slot) {
             Some(inc) if inc.kind == layout::FD_KIND_CUDA => inc,
@@ -893,7 +1048,9 @@ impl Channel {
         strides: Option<&[i64]>,
     ) -> Result<TensorDesc, ChannelError> {
         let slot = self.share(arena)?;
-        let bad = |e: crate::frame::TensorError| ChannelError::Misuse { what: e.to_string() };
+        let bad = |e: crate::frame::TensorError| ChannelError::Misuse {
+            what: e.to_string(),
+        };
         let mut d = desc_for(slot, offset, dtype, shape, strides).map_err(bad)?;
         d.writable = arena.state() == ArenaState::Output;
         d.validate_in(arena.len() as u64).map_err(bad)?;
@@ -903,13 +1060,19 @@ impl Channel {
     /// How many descriptors naming `arena` the peer still holds (None: not shared).
     pub fn shared_refs(&self, arena: &Arena) -> Option<u64> {
         let ex = lock(&self.inner.exports);
-        ex.by_arena.get(&arena.id()).and_then(|s| ex.slots.get(s)).map(|e| e.refs)
+        ex.by_arena
+            .get(&arena.id())
+            .and_then(|s| ex.slots.get(s))
+            .map(|e| e.refs)
     }
 
     /// How many descriptors naming `mem` the peer still holds (None: not shared).
     pub fn shared_device_refs(&self, mem: &Arc<dyn DeviceMemory>) -> Option<u64> {
         let ex = lock(&self.inner.exports);
-        ex.by_device.get(&device_key(mem)).and_then(|s| ex.slots.get(s)).map(|e| e.refs)
+        ex.by_device
+            .get(&device_key(mem))
+            .and_then(|s| ex.slots.get(s))
+            .map(|e| e.refs)
     }
 
     /// Maps the storage a received descriptor names and returns a view of it: the
@@ -925,33 +1088,50 @@ impl Channel {
         self.import_as(desc, Some(Protection::CopyOnWrite))
     }
 
-    fn import_as(&self, desc: &TensorDesc, prot: Option<Protection>) -> Result<TensorView, ChannelError> {
+    fn import_as(
+        &self,
+        desc: &TensorDesc,
+        prot: Option<Protection>,
+    ) -> Result<TensorView, ChannelError> {
         self.check()?;
         let misuse = |what: String| ChannelError::Misuse { what };
         if desc.device.is_cuda() {
-            return Err(misuse("a cuda descriptor is not host memory: use device_slot / exported_device".into()));
+            return Err(misuse(
+                "a cuda descriptor is not host memory: use device_slot / exported_device".into(),
+            ));
         }
         match desc.origin {
             Origin::Receiver => {
                 let ex = lock(&self.inner.exports);
-                let e = ex.slots.get(&desc.slot).ok_or_else(|| misuse(format!("arena slot {} is not shared", desc.slot)))?;
+                let e = ex
+                    .slots
+                    .get(&desc.slot)
+                    .ok_or_else(|| misuse(format!("arena slot {} is not shared", desc.slot)))?;
                 let Stored::Arena(arena) = &e.stored else {
                     return Err(misuse(format!("slot {} is not an arena", desc.slot)));
                 };
-                desc.validate_in(arena.len() as u64).map_err(|e| misuse(e.to_string()))?;
+                desc.validate_in(arena.len() as u64)
+                    .map_err(|e| misuse(e.to_string()))?;
                 let map = match prot {
-                    Some(p) => Arc::new(Mapping::map(arena.fd(), arena.len(), p).map_err(ioerr("mmap arena"))?),
-                    None => arena.mapping().ok_or_else(|| misuse("arena has no mapping".into()))?,
+                    Some(p) => Arc::new(
+                        Mapping::map(arena.fd(), arena.len(), p).map_err(ioerr("mmap arena"))?,
+                    ),
+                    None => arena
+                        .mapping()
+                        .ok_or_else(|| misuse("arena has no mapping".into()))?,
                 };
                 Ok(TensorView::new(map, desc.clone()))
             }
             Origin::Sender => {
                 let mut fds = lock(&self.inner.fds);
-                let inc = fds.slots.get_mut(&desc.slot).ok_or_else(|| misuse(format!("arena slot {} is unknown or retired", desc.slot)))?;
+                let inc = fds.slots.get_mut(&desc.slot).ok_or_else(|| {
+                    misuse(format!("arena slot {} is unknown or retired", desc.slot))
+                })?;
                 if inc.kind == layout::FD_KIND_CUDA {
                     return Err(misuse(format!("slot {} is CUDA memory", desc.slot)));
                 }
-                desc.validate_in(inc.size).map_err(|e| misuse(e.to_string()))?;
+                desc.validate_in(inc.size)
+                    .map_err(|e| misuse(e.to_string()))?;
                 if let Some(p) = prot {
                     // Reuse the slot's copy-on-write mapping when no view holds it any more:
                     // dropping its private pages makes it a fresh view of the arena.
@@ -963,7 +1143,8 @@ impl Channel {
                         }
                     }
                     let m = Arc::new(
-                        Mapping::map(inc.fd.as_fd(), inc.size as usize, p).map_err(ioerr("mmap arena copy-on-write"))?,
+                        Mapping::map(inc.fd.as_fd(), inc.size as usize, p)
+                            .map_err(ioerr("mmap arena copy-on-write"))?,
                     );
                     if p == Protection::CopyOnWrite && inc.cow.len() < COW_CACHE {
                         inc.cow.push(m.clone());
@@ -971,11 +1152,19 @@ impl Channel {
                     return Ok(TensorView::new(m, desc.clone()));
                 }
                 if inc.map.is_none() {
-                    let p = if inc.kind == layout::FD_KIND_OUTPUT { Protection::WriteShared } else { Protection::ReadShared };
-                    let m = Mapping::map(inc.fd.as_fd(), inc.size as usize, p).map_err(ioerr("mmap received arena"))?;
+                    let p = if inc.kind == layout::FD_KIND_OUTPUT {
+                        Protection::WriteShared
+                    } else {
+                        Protection::ReadShared
+                    };
+                    let m = Mapping::map(inc.fd.as_fd(), inc.size as usize, p)
+                        .map_err(ioerr("mmap received arena"))?;
                     inc.map = Some(Arc::new(m));
                 }
-                let map = inc.map.clone().ok_or_else(|| misuse("mapping vanished".into()))?;
+                let map = inc
+                    .map
+                    .clone()
+                    .ok_or_else(|| misuse("mapping vanished".into()))?;
                 Ok(TensorView::new(map, desc.clone()))
             }
         }
@@ -1016,7 +1205,11 @@ impl Channel {
                         im.held.remove(&desc.slot);
                     }
                 }
-                _ => return Err(ChannelError::Misuse { what: format!("no reference held on arena slot {}", desc.slot) }),
+                _ => {
+                    return Err(ChannelError::Misuse {
+                        what: format!("no reference held on arena slot {}", desc.slot),
+                    })
+                }
             }
             if let Some(e) = im.release.iter_mut().find(|(s, _)| *s == desc.slot) {
                 e.1 += 1;
@@ -1030,7 +1223,11 @@ impl Channel {
 
     /// Descriptors received and not yet released, per peer arena slot.
     pub fn held_tensors(&self) -> Vec<(u64, u64)> {
-        let mut v: Vec<(u64, u64)> = lock(&self.inner.imports).held.iter().map(|(a, b)| (*a, *b)).collect();
+        let mut v: Vec<(u64, u64)> = lock(&self.inner.imports)
+            .held
+            .iter()
+            .map(|(a, b)| (*a, *b))
+            .collect();
         v.sort_unstable();
         v
     }
@@ -1078,12 +1275,17 @@ impl Channel {
 
     /// While a send waits for space: moves incoming frames into the queue.
     fn drain_into_queue(&self) -> Result<(), ChannelError> {
-        let Ok(mut rx) = self.inner.rx.try_lock() else { return Ok(()) };
+        let Ok(mut rx) = self.inner.rx.try_lock() else {
+            return Ok(());
+        };
         while let Some((f, n)) = self.pop_frame(&mut rx)? {
             if let Some(f) = f {
                 rx.queued_bytes += n;
                 if rx.queued_bytes > self.inner.cfg.max_queued_bytes {
-                    return Err(self.violation(Violation::Flood { bytes: rx.queued_bytes as u64, limit: self.inner.cfg.max_queued_bytes as u64 }));
+                    return Err(self.violation(Violation::Flood {
+                        bytes: rx.queued_bytes as u64,
+                        limit: self.inner.cfg.max_queued_bytes as u64,
+                    }));
                 }
                 rx.queue.push_back((f, n));
                 self.inner.queued.store(true, Ordering::Release);
@@ -1100,10 +1302,13 @@ impl Channel {
             Err(v) => Err(self.violation(v)),
             Ok(None) => Ok(None),
             Ok(Some(Record::Inline)) => {
-                let d = Frame::decode(&buf, &self.inner.cfg.limits).map_err(|e| self.violation(Violation::Decode(e)));
+                let d = Frame::decode(&buf, &self.inner.cfg.limits)
+                    .map_err(|e| self.violation(Violation::Decode(e)));
                 d.and_then(|d| self.accept(d)).map(|f| Some((f, buf.len())))
             }
-            Ok(Some(Record::Spill { slot, len })) => self.read_spill(slot, len).map(|(f, n)| Some((f, n))),
+            Ok(Some(Record::Spill { slot, len })) => {
+                self.read_spill(slot, len).map(|(f, n)| Some((f, n)))
+            }
         };
         rx.buf = buf;
         if rx.buf.capacity() > (1 << 20) {
@@ -1129,14 +1334,20 @@ impl Channel {
             }
         };
         if inc.size < len {
-            return Err(self.violation(Violation::ArenaSize { slot, size: inc.size, need: len }));
+            return Err(self.violation(Violation::ArenaSize {
+                slot,
+                size: inc.size,
+                need: len,
+            }));
         }
-        let map = Mapping::map(inc.fd.as_fd(), len as usize, Protection::ReadShared).map_err(ioerr("mmap spill"))?;
+        let map = Mapping::map(inc.fd.as_fd(), len as usize, Protection::ReadShared)
+            .map_err(ioerr("mmap spill"))?;
         // SAFETY: the spill memfd was checked at receipt to carry F_SEAL_WRITE, so no
         // process can change these bytes while we decode them (no TOCTOU), and
         // F_SEAL_SHRINK with size >= len keeps every mapped page backed (no SIGBUS).
         let bytes = unsafe { map.as_slice() };
-        let d = Frame::decode(bytes, &self.inner.cfg.limits).map_err(|e| self.violation(Violation::Decode(e)))?;
+        let d = Frame::decode(bytes, &self.inner.cfg.limits)
+            .map_err(|e| self.violation(Violation::Decode(e)))?;
         let f = self.accept(d)?;
         Ok((f, len as usize))
     }
@@ -1180,11 +1391,22 @@ impl Channel {
                         Some(i) => i,
                         None => return Err(self.violation(Violation::UnknownSlot { slot: d.slot })),
                     };
-                    if inc.kind == layout::FD_KIND_SPILL || (inc.kind == layout::FD_KIND_CUDA) != d.device.is_cuda() {
-                        return Err(self.violation(Violation::SlotKind { slot: d.slot, kind: inc.kind }));
+                    if inc.kind == layout::FD_KIND_SPILL
+                        || (inc.kind == layout::FD_KIND_CUDA) != d.device.is_cuda()
+                    {
+                        return Err(self.violation(Violation::SlotKind {
+                            slot: d.slot,
+                            kind: inc.kind,
+                        }));
                     }
-                    if d.writable && inc.kind != layout::FD_KIND_OUTPUT && inc.kind != layout::FD_KIND_CUDA {
-                        return Err(self.violation(Violation::SlotKind { slot: d.slot, kind: inc.kind }));
+                    if d.writable
+                        && inc.kind != layout::FD_KIND_OUTPUT
+                        && inc.kind != layout::FD_KIND_CUDA
+                    {
+                        return Err(self.violation(Violation::SlotKind {
+                            slot: d.slot,
+                            kind: inc.kind,
+                        }));
                     }
                     if let Err(e) = d.validate_in(inc.size) {
                         return Err(self.violation(Violation::Tensor(e)));
@@ -1198,7 +1420,11 @@ impl Channel {
                         return Err(self.violation(Violation::UnknownSlot { slot: d.slot }));
                     };
                     if e.stored.is_device() != d.device.is_cuda() {
-                        let kind = if e.stored.is_device() { layout::FD_KIND_CUDA } else { layout::FD_KIND_ARENA };
+                        let kind = if e.stored.is_device() {
+                            layout::FD_KIND_CUDA
+                        } else {
+                            layout::FD_KIND_ARENA
+                        };
                         drop(ex);
                         return Err(self.violation(Violation::SlotKind { slot: d.slot, kind }));
                     }
@@ -1245,7 +1471,11 @@ impl Channel {
                     }
                     _ => {
                         drop(ex);
-                        return Err(self.violation(Violation::Release { slot, count, held: held.unwrap_or(0) }));
+                        return Err(self.violation(Violation::Release {
+                            slot,
+                            count,
+                            held: held.unwrap_or(0),
+                        }));
                     }
                 }
             }
@@ -1285,27 +1515,38 @@ impl Channel {
     fn drain_socket(&self, fds: &mut FdTable) -> Result<(), ChannelError> {
         let mut buf = [0u8; 8 + layout::FD_ENTRY_SIZE * layout::MAX_FDS_PER_MSG + 1];
         loop {
-            let m = sys::recv_fds(self.inner.sock.as_fd(), &mut buf, layout::MAX_FDS_PER_MSG).map_err(ioerr("recvmsg"))?;
+            let m = sys::recv_fds(self.inner.sock.as_fd(), &mut buf, layout::MAX_FDS_PER_MSG)
+                .map_err(ioerr("recvmsg"))?;
             let Some(m) = m else { return Ok(()) };
             if m.len == 0 && m.fds.is_empty() {
                 return Ok(()); // the peer closed; liveness checks report it
             }
             if m.ctrunc {
-                return Err(self.violation(Violation::FdMessage { reason: "more descriptors than allowed in one message (MSG_CTRUNC)" }));
+                return Err(self.violation(Violation::FdMessage {
+                    reason: "more descriptors than allowed in one message (MSG_CTRUNC)",
+                }));
             }
             if m.trunc || m.len > 8 + layout::FD_ENTRY_SIZE * layout::MAX_FDS_PER_MSG {
-                return Err(self.violation(Violation::FdMessage { reason: "message too long" }));
+                return Err(self.violation(Violation::FdMessage {
+                    reason: "message too long",
+                }));
             }
             let d = &buf[..m.len];
             if d.len() < 8 || u32::from_le_bytes([d[0], d[1], d[2], d[3]]) != layout::FD_MSG_MAGIC {
-                return Err(self.violation(Violation::FdMessage { reason: "bad magic" }));
+                return Err(self.violation(Violation::FdMessage {
+                    reason: "bad magic",
+                }));
             }
             let count = u32::from_le_bytes([d[4], d[5], d[6], d[7]]) as usize;
             if count == 0 || count != m.fds.len() || d.len() != 8 + count * layout::FD_ENTRY_SIZE {
-                return Err(self.violation(Violation::FdMessage { reason: "descriptor count does not match the message" }));
+                return Err(self.violation(Violation::FdMessage {
+                    reason: "descriptor count does not match the message",
+                }));
             }
             if fds.slots.len() + count > self.inner.cfg.max_received_fds {
-                return Err(self.violation(Violation::TooManyFds { limit: self.inner.cfg.max_received_fds }));
+                return Err(self.violation(Violation::TooManyFds {
+                    limit: self.inner.cfg.max_received_fds,
+                }));
             }
             for (i, fd) in m.fds.into_iter().enumerate() {
                 let e = &d[8 + i * layout::FD_ENTRY_SIZE..8 + (i + 1) * layout::FD_ENTRY_SIZE];
@@ -1317,10 +1558,14 @@ impl Channel {
                 x[..7].copy_from_slice(&e[9..]);
                 let extra = u64::from_le_bytes(x);
                 if extra != 0 && kind != layout::FD_KIND_CUDA {
-                    return Err(self.violation(Violation::FdMessage { reason: "reserved bytes not zero" }));
+                    return Err(self.violation(Violation::FdMessage {
+                        reason: "reserved bytes not zero",
+                    }));
                 }
                 if kind == layout::FD_KIND_CUDA && fds.cuda >= self.inner.cfg.max_cuda_fds {
-                    return Err(self.violation(Violation::TooManyFds { limit: self.inner.cfg.max_cuda_fds }));
+                    return Err(self.violation(Violation::TooManyFds {
+                        limit: self.inner.cfg.max_cuda_fds,
+                    }));
                 }
                 let inc = self.validate_fd(slot, kind, extra, fd)?;
                 if fds.slots.contains_key(&slot) {
@@ -1333,7 +1578,12 @@ impl Channel {
 
     /// A received CUDA allocation: allowed on this channel, an NVIDIA driver file, and
     /// a bounded size (`extra`). No seals: it is not a memfd.
-    fn validate_cuda_fd(&self, slot: u64, size: u64, fd: OwnedFd) -> Result<Incoming, ChannelError> {
+    fn validate_cuda_fd(
+        &self,
+        slot: u64,
+        size: u64,
+        fd: OwnedFd,
+    ) -> Result<Incoming, ChannelError> {
         if !self.inner.cfg.cuda {
             return Err(self.violation(Violation::CudaNotAllowed { slot }));
         }
@@ -1346,10 +1596,23 @@ impl Channel {
         if size == 0 || !size.is_multiple_of(4096) || size > limit {
             return Err(self.violation(Violation::CudaSize { slot, size, limit }));
         }
-        Ok(Incoming { kind: layout::FD_KIND_CUDA, fd: OwnedFd::from(file), size, map: None, cow: Vec::new(), attached: None })
+        Ok(Incoming {
+            kind: layout::FD_KIND_CUDA,
+            fd: OwnedFd::from(file),
+            size,
+            map: None,
+            cow: Vec::new(),
+            attached: None,
+        })
     }
 
-    fn validate_fd(&self, slot: u64, kind: u8, extra: u64, fd: OwnedFd) -> Result<Incoming, ChannelError> {
+    fn validate_fd(
+        &self,
+        slot: u64,
+        kind: u8,
+        extra: u64,
+        fd: OwnedFd,
+    ) -> Result<Incoming, ChannelError> {
         if kind == layout::FD_KIND_CUDA {
             return self.validate_cuda_fd(slot, extra, fd);
         }
@@ -1358,9 +1621,10 @@ impl Channel {
             layout::FD_KIND_SPILL => (sys::SEAL_WRITE | sys::SEAL_SHRINK | sys::SEAL_GROW, 0),
             layout::FD_KIND_ARENA if from_host => (sys::SEAL_SHRINK | sys::SEAL_GROW, 0),
             layout::FD_KIND_ARENA => (sys::SEAL_WRITE | sys::SEAL_SHRINK | sys::SEAL_GROW, 0),
-            layout::FD_KIND_OUTPUT if from_host => {
-                (sys::SEAL_SHRINK | sys::SEAL_GROW, sys::SEAL_WRITE | sys::SEAL_FUTURE_WRITE)
-            }
+            layout::FD_KIND_OUTPUT if from_host => (
+                sys::SEAL_SHRINK | sys::SEAL_GROW,
+                sys::SEAL_WRITE | sys::SEAL_FUTURE_WRITE,
+            ),
             _ => return Err(self.violation(Violation::SlotKind { slot, kind })),
         };
         // Seals first, size second: once SHRINK|GROW are seen the size cannot change
@@ -1372,14 +1636,31 @@ impl Channel {
             Ok(i) if i.regular => i,
             _ => return Err(self.violation(Violation::NotMemfd { slot })),
         };
-        let write_ok = kind != layout::FD_KIND_ARENA || !from_host || seals & (sys::SEAL_WRITE | sys::SEAL_FUTURE_WRITE) != 0;
+        let write_ok = kind != layout::FD_KIND_ARENA
+            || !from_host
+            || seals & (sys::SEAL_WRITE | sys::SEAL_FUTURE_WRITE) != 0;
         if seals & need != need || seals & forbid != 0 || !write_ok {
-            return Err(self.violation(Violation::Seals { slot, have: seals, need }));
+            return Err(self.violation(Violation::Seals {
+                slot,
+                have: seals,
+                need,
+            }));
         }
         if kind != layout::FD_KIND_SPILL && info.size == 0 {
-            return Err(self.violation(Violation::ArenaSize { slot, size: 0, need: 1 }));
+            return Err(self.violation(Violation::ArenaSize {
+                slot,
+                size: 0,
+                need: 1,
+            }));
         }
-        Ok(Incoming { kind, fd, size: info.size, map: None, cow: Vec::new(), attached: None })
+        Ok(Incoming {
+            kind,
+            fd,
+            size: info.size,
+            map: None,
+            cow: Vec::new(),
+            attached: None,
+        })
     }
 
     /// Waits for the next frame: spins for the adaptive window, then sleeps on the
@@ -1387,7 +1668,8 @@ impl Channel {
     /// `timeout` None waits forever.
     pub fn recv(&self, timeout: Option<Duration>) -> Result<Frame, ChannelError> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        self.recv_until(deadline, None)?.ok_or(ChannelError::Timeout { op: "recv" })
+        self.recv_until(deadline, None)?
+            .ok_or(ChannelError::Timeout { op: "recv" })
     }
 
     /// Spins up to `spin` for a frame without ever sleeping (lowest latency; burns
@@ -1405,7 +1687,11 @@ impl Channel {
 
     /// Blocking receive; with `want`, also returns (None) as soon as a reply for call
     /// `want` shows up in the stash (another thread received it).
-    fn recv_until(&self, deadline: Option<Instant>, want: Option<u64>) -> Result<Option<Frame>, ChannelError> {
+    fn recv_until(
+        &self,
+        deadline: Option<Instant>,
+        want: Option<u64>,
+    ) -> Result<Option<Frame>, ChannelError> {
         self.check()?;
         let mut rx = lock(&self.inner.rx);
         let shm = self.inner.shm.clone();
@@ -1461,9 +1747,13 @@ impl Channel {
             if let Some(f) = lock(&self.inner.stash).remove(&id) {
                 return Ok(answer(f));
             }
-            let Some(f) = self.recv_until(deadline, Some(id))? else { continue };
+            let Some(f) = self.recv_until(deadline, Some(id))? else {
+                continue;
+            };
             match f {
-                Frame::Reply { id: rid, .. } | Frame::Error { id: rid, .. } if rid == id => return Ok(answer(f)),
+                Frame::Reply { id: rid, .. } | Frame::Error { id: rid, .. } if rid == id => {
+                    return Ok(answer(f))
+                }
                 Frame::Reply { id: rid, .. } | Frame::Error { id: rid, .. } => {
                     lock(&self.inner.stash).insert(rid, f);
                 }
@@ -1484,7 +1774,17 @@ fn desc_for(
 ) -> Result<TensorDesc, crate::frame::TensorError> {
     let mut d = TensorDesc::contiguous(slot, offset, dtype, shape)?;
     if let Some(st) = strides {
-        let span = TensorDesc::new(slot, Origin::Sender, offset, u64::MAX - offset, dtype, shape, st, false)?.span()?;
+        let span = TensorDesc::new(
+            slot,
+            Origin::Sender,
+            offset,
+            u64::MAX - offset,
+            dtype,
+            shape,
+            st,
+            false,
+        )?
+        .span()?;
         d = TensorDesc::new(slot, Origin::Sender, offset, span, dtype, shape, st, false)?;
     }
     Ok(d)
@@ -1511,7 +1811,11 @@ fn answer(f: Frame) -> Result<Value, ErrorValue> {
     match f {
         Frame::Reply { value, .. } => Ok(value),
         Frame::Error { error, .. } => Err(error),
-        _ => Err(ErrorValue { type_name: "RuntimeError".into(), message: "not an answer".into(), traceback: String::new() }),
+        _ => Err(ErrorValue {
+            type_name: "RuntimeError".into(),
+            message: "not an answer".into(),
+            traceback: String::new(),
+        }),
     }
 }
 
@@ -1552,7 +1856,11 @@ mod tests {
     }
 
     fn pair(cuda: bool, tweak: impl FnOnce(&mut ChannelConfig)) -> (Channel, Channel) {
-        let mut cfg = ChannelConfig { cuda, send_timeout: Duration::from_secs(2), ..ChannelConfig::default() };
+        let mut cfg = ChannelConfig {
+            cuda,
+            send_timeout: Duration::from_secs(2),
+            ..ChannelConfig::default()
+        };
         tweak(&mut cfg);
         let (host, fds) = Channel::create(cfg.clone()).unwrap();
         // The worker's own config says nothing about CUDA: the header decides.
@@ -1571,7 +1879,10 @@ mod tests {
     }
 
     fn reply_with(desc: TensorDesc) -> Frame {
-        Frame::Reply { id: 1, value: Value::Tensor(Box::new(desc)) }
+        Frame::Reply {
+            id: 1,
+            value: Value::Tensor(Box::new(desc)),
+        }
     }
 
     /// Pushes a frame without the sender's own checks (a hostile or buggy peer).
@@ -1587,7 +1898,9 @@ mod tests {
     }
 
     fn cuda_desc(slot: u64, bytes: u64) -> TensorDesc {
-        TensorDesc::contiguous(slot, 0, DType::U8, &[bytes]).unwrap().on_device(Device::Cuda(0))
+        TensorDesc::contiguous(slot, 0, DType::U8, &[bytes])
+            .unwrap()
+            .on_device(Device::Cuda(0))
     }
 
     fn violation(r: Result<Frame, ChannelError>) -> Violation {
@@ -1601,14 +1914,20 @@ mod tests {
     fn dev_major_matches_glibc() {
         assert_eq!(dev_major(0x103), 1); // /dev/null = makedev(1, 3)
         assert_eq!(dev_major((195 << 8) | 255), 195); // /dev/nvidiactl
-        // glibc's makedev(0x12345, 0x678): the major's low 12 bits at 8, the rest at 32.
+                                                      // glibc's makedev(0x12345, 0x678): the major's low 12 bits at 8, the rest at 32.
         let (maj, min) = (0x12345u64, 0x678u64);
-        let dev = ((maj & 0xfff) << 8) | ((maj & !0xfff) << 32) | (min & 0xff) | ((min & !0xff) << 12);
+        let dev =
+            ((maj & 0xfff) << 8) | ((maj & !0xfff) << 32) | (min & 0xff) | ((min & !0xff) << 12);
         assert_eq!(dev_major(dev), 0x12345);
         let null = std::fs::metadata("/dev/null").unwrap();
-        assert!(is_cuda_handle(&null), "the unit-test stand-in is accepted here");
+        assert!(
+            is_cuda_handle(&null),
+            "the unit-test stand-in is accepted here"
+        );
         assert!(!is_cuda_handle(&std::fs::metadata("/dev/zero").unwrap()));
-        assert!(!is_cuda_handle(&std::fs::metadata("/proc/self/status").unwrap()));
+        assert!(!is_cuda_handle(
+            &std::fs::metadata("/proc/self/status").unwrap()
+        ));
     }
 
     #[test]
@@ -1622,9 +1941,17 @@ mod tests {
     #[test]
     fn unknown_header_flags_are_refused() {
         let (_h, fds) = Channel::create(ChannelConfig::default()).unwrap();
-        sys::pwrite_all(fds.ring.as_fd(), &6u32.to_le_bytes(), layout::OFF_FLAGS as u64).unwrap();
+        sys::pwrite_all(
+            fds.ring.as_fd(),
+            &6u32.to_le_bytes(),
+            layout::OFF_FLAGS as u64,
+        )
+        .unwrap();
         match Channel::open(fds, ChannelConfig::default()) {
-            Err(OpenError::Header { field: "flags", value: 6 }) => {}
+            Err(OpenError::Header {
+                field: "flags",
+                value: 6,
+            }) => {}
             other => panic!("{other:?}"),
         }
     }
@@ -1635,23 +1962,34 @@ mod tests {
         let mem: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 2 << 20 });
         for ch in [&h, &w] {
             match ch.share_device_tensor(&mem, 0, DType::F32, &[4], None) {
-                Err(ChannelError::Misuse { what }) => assert!(what.contains("share_cuda_ipc"), "{what}"),
+                Err(ChannelError::Misuse { what }) => {
+                    assert!(what.contains("share_cuda_ipc"), "{what}")
+                }
                 other => panic!("{other:?}"),
             }
         }
         let odd: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 4097 });
         let (h, _w) = pair(true, |_| {});
-        assert!(matches!(h.share_device(&odd), Err(ChannelError::Misuse { .. })));
+        assert!(matches!(
+            h.share_device(&odd),
+            Err(ChannelError::Misuse { .. })
+        ));
     }
 
     #[test]
     fn cuda_memory_round_trip_release_and_retire() {
         let (h, w) = pair(true, |_| {});
         let mem: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 2 << 20 });
-        let d = h.share_device_tensor(&mem, 64, DType::F32, &[2, 3], None).unwrap();
+        let d = h
+            .share_device_tensor(&mem, 64, DType::F32, &[2, 3], None)
+            .unwrap();
         assert_eq!(d.device, Device::Cuda(0));
         assert!(d.writable);
-        assert_eq!(h.share_device(&mem).unwrap(), d.slot, "one fd per allocation while shared");
+        assert_eq!(
+            h.share_device(&mem).unwrap(),
+            d.slot,
+            "one fd per allocation while shared"
+        );
         h.send(&Frame::Call(Call {
             id: 1,
             parent: None,
@@ -1663,10 +2001,17 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(h.shared_device_refs(&mem), Some(1));
-        let Frame::Call(c) = recv(&w).unwrap() else { panic!("not a call") };
-        let Value::Tensor(got) = &c.args[0] else { panic!("not a tensor") };
+        let Frame::Call(c) = recv(&w).unwrap() else {
+            panic!("not a call")
+        };
+        let Value::Tensor(got) = &c.args[0] else {
+            panic!("not a tensor")
+        };
         assert_eq!(**got, d);
-        assert!(w.import(got).is_err(), "cuda descriptors are not host memory");
+        assert!(
+            w.import(got).is_err(),
+            "cuda descriptors are not host memory"
+        );
         let s = w.device_slot(got).unwrap();
         assert_eq!(s.size, 2 << 20);
         assert!(s.fd.is_some() && s.attached.is_none());
@@ -1678,7 +2023,13 @@ mod tests {
         drop(s);
         // Echo it back: the host finds its own allocation.
         w.reply(1, Value::Tensor(Box::new(got.echo()))).unwrap();
-        let Frame::Reply { value: Value::Tensor(back), .. } = recv(&h).unwrap() else { panic!("not a reply") };
+        let Frame::Reply {
+            value: Value::Tensor(back),
+            ..
+        } = recv(&h).unwrap()
+        else {
+            panic!("not a reply")
+        };
         assert_eq!(back.origin, Origin::Receiver);
         let own = h.exported_device(back.slot).unwrap();
         assert!(own.as_any().downcast_ref::<FakeCuda>().is_some());
@@ -1690,7 +2041,11 @@ mod tests {
         assert!(h.exported_device(d.slot).is_none());
         h.flush().unwrap();
         assert!(w.try_recv().unwrap().is_none());
-        assert_eq!(drops.load(Ordering::SeqCst), 1, "the import is dropped once the slot is retired");
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            1,
+            "the import is dropped once the slot is retired"
+        );
         assert!(w.device_slot(got).is_err());
         assert_eq!(lock(&w.inner.fds).cuda, 0);
     }
@@ -1698,7 +2053,8 @@ mod tests {
     #[test]
     fn cuda_fd_on_a_channel_without_cuda_poisons_it() {
         let (h, w) = pair(false, |_| {});
-        h.send_fd(5, layout::FD_KIND_CUDA, 2 << 20, &null_fd()).unwrap();
+        h.send_fd(5, layout::FD_KIND_CUDA, 2 << 20, &null_fd())
+            .unwrap();
         push_raw(&h, &reply_with(cuda_desc(5, 16)));
         assert_eq!(violation(recv(&w)), Violation::CudaNotAllowed { slot: 5 });
         assert!(w.failure().is_some());
@@ -1718,22 +2074,36 @@ mod tests {
     fn cuda_sizes_are_bounded() {
         for size in [0u64, 4097, (1 << 30) + 4096] {
             let (h, w) = pair(true, |c| c.max_cuda_bytes = 1 << 30);
-            h.send_fd(5, layout::FD_KIND_CUDA, size, &null_fd()).unwrap();
+            h.send_fd(5, layout::FD_KIND_CUDA, size, &null_fd())
+                .unwrap();
             push_raw(&h, &reply_with(cuda_desc(5, 16)));
-            assert_eq!(violation(recv(&w)), Violation::CudaSize { slot: 5, size, limit: 1 << 30 }, "{size}");
+            assert_eq!(
+                violation(recv(&w)),
+                Violation::CudaSize {
+                    slot: 5,
+                    size,
+                    limit: 1 << 30
+                },
+                "{size}"
+            );
         }
         // A descriptor reaching past the announced size.
         let (h, w) = pair(true, |_| {});
-        h.send_fd(5, layout::FD_KIND_CUDA, 8192, &null_fd()).unwrap();
+        h.send_fd(5, layout::FD_KIND_CUDA, 8192, &null_fd())
+            .unwrap();
         push_raw(&h, &reply_with(cuda_desc(5, 8193)));
-        assert!(matches!(violation(recv(&w)), Violation::Tensor(TensorError::OutOfArena { .. })));
+        assert!(matches!(
+            violation(recv(&w)),
+            Violation::Tensor(TensorError::OutOfArena { .. })
+        ));
     }
 
     #[test]
     fn cuda_fds_are_capped() {
         let (h, w) = pair(true, |c| c.max_cuda_fds = 2);
         for slot in 1..=3 {
-            h.send_fd(slot, layout::FD_KIND_CUDA, 4096, &null_fd()).unwrap();
+            h.send_fd(slot, layout::FD_KIND_CUDA, 4096, &null_fd())
+                .unwrap();
         }
         push_raw(&h, &reply_with(cuda_desc(3, 16)));
         assert_eq!(violation(recv(&w)), Violation::TooManyFds { limit: 2 });
@@ -1746,7 +2116,10 @@ mod tests {
         a.seal_read_only().unwrap();
         let fd = sys::dup_cloexec(a.fd()).unwrap();
         h.send_fd(5, layout::FD_KIND_ARENA, 4096, &fd).unwrap();
-        push_raw(&h, &reply_with(TensorDesc::contiguous(5, 0, DType::U8, &[16]).unwrap()));
+        push_raw(
+            &h,
+            &reply_with(TensorDesc::contiguous(5, 0, DType::U8, &[16]).unwrap()),
+        );
         assert!(matches!(violation(recv(&w)), Violation::FdMessage { .. }));
     }
 
@@ -1763,22 +2136,36 @@ mod tests {
         let (h, w) = pair(true, |_| {});
         let mem: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 4096 });
         let slot = h.share_device(&mem).unwrap();
-        push_raw(&h, &reply_with(TensorDesc::contiguous(slot, 0, DType::U8, &[16]).unwrap()));
+        push_raw(
+            &h,
+            &reply_with(TensorDesc::contiguous(slot, 0, DType::U8, &[16]).unwrap()),
+        );
         assert!(matches!(violation(recv(&w)), Violation::SlotKind { .. }));
         // The sender's own check refuses the same mistake before it leaves.
         let (h, _w) = pair(true, |_| {});
         let slot = h.share_device(&mem).unwrap();
         let cpu = TensorDesc::contiguous(slot, 0, DType::U8, &[16]).unwrap();
-        assert!(matches!(h.send(&reply_with(cpu)), Err(ChannelError::Misuse { .. })));
+        assert!(matches!(
+            h.send(&reply_with(cpu)),
+            Err(ChannelError::Misuse { .. })
+        ));
     }
 
     #[test]
     fn worker_may_share_cuda_memory_on_a_cuda_channel() {
         let (h, w) = pair(true, |_| {});
         let mem: Arc<dyn DeviceMemory> = Arc::new(FakeCuda { size: 4096 });
-        let d = w.share_device_tensor(&mem, 0, DType::I32, &[8], Some(&[1])).unwrap();
+        let d = w
+            .share_device_tensor(&mem, 0, DType::I32, &[8], Some(&[1]))
+            .unwrap();
         w.reply(1, Value::Tensor(Box::new(d.clone()))).unwrap();
-        let Frame::Reply { value: Value::Tensor(got), .. } = recv(&h).unwrap() else { panic!() };
+        let Frame::Reply {
+            value: Value::Tensor(got),
+            ..
+        } = recv(&h).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(*got, d);
         assert_eq!(h.device_slot(&got).unwrap().size, 4096);
         assert_eq!(h.held_tensors(), vec![(d.slot, 1)]);

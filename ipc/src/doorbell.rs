@@ -141,7 +141,11 @@ impl Spinner {
             SpinPolicy::Fixed(d) => d.as_nanos() as u64,
             SpinPolicy::Adaptive { initial, .. } => initial.as_nanos() as u64,
         };
-        Spinner { policy, window_ns, pure_ns: PURE_SPIN_NS }
+        Spinner {
+            policy,
+            window_ns,
+            pure_ns: PURE_SPIN_NS,
+        }
     }
 
     /// The current spin window.
@@ -150,13 +154,20 @@ impl Spinner {
     }
 
     /// Spins up to `limit` checking `ready`; true when it became ready.
-    pub fn spin<E>(limit: Duration, ready: &mut impl FnMut() -> Result<bool, E>) -> Result<bool, E> {
+    pub fn spin<E>(
+        limit: Duration,
+        ready: &mut impl FnMut() -> Result<bool, E>,
+    ) -> Result<bool, E> {
         Ok(Spinner::spin_with(limit, PURE_SPIN_NS, ready)?.is_some())
     }
 
     /// Spins up to `limit`, busy for the first `pure_ns` then yielding between checks.
     /// Returns when it became ready: `Some(true)` if only after a yield.
-    fn spin_with<E>(limit: Duration, pure_ns: u64, ready: &mut impl FnMut() -> Result<bool, E>) -> Result<Option<bool>, E> {
+    fn spin_with<E>(
+        limit: Duration,
+        pure_ns: u64,
+        ready: &mut impl FnMut() -> Result<bool, E>,
+    ) -> Result<Option<bool>, E> {
         if ready()? {
             return Ok(Some(false));
         }
@@ -204,7 +215,11 @@ impl Spinner {
         }
         if !window.is_zero() {
             if let Some(after_yield) = Spinner::spin_with(window, self.pure_ns, &mut ready)? {
-                self.pure_ns = if after_yield { self.pure_ns / 2 } else { (self.pure_ns * 2).clamp(64, PURE_SPIN_NS) };
+                self.pure_ns = if after_yield {
+                    self.pure_ns / 2
+                } else {
+                    (self.pure_ns * 2).clamp(64, PURE_SPIN_NS)
+                };
                 self.on_spin_hit(t0.elapsed());
                 return Ok(Wake::Ready);
             }

@@ -444,10 +444,15 @@ impl TensorDesc {
         writable: bool,
     ) -> Result<TensorDesc, TensorError> {
         if shape.len() > MAX_NDIM {
-            return Err(TensorError::TooManyDims(u8::try_from(shape.len()).unwrap_or(u8::MAX)));
+            return Err(TensorError::TooManyDims(
+                u8::try_from(shape.len()).unwrap_or(u8::MAX),
+            ));
         }
         if shape.len() != strides.len() {
-            return Err(TensorError::RankMismatch { shape: shape.len(), strides: strides.len() });
+            return Err(TensorError::RankMismatch {
+                shape: shape.len(),
+                strides: strides.len(),
+            });
         }
         let mut d = TensorDesc {
             slot,
@@ -468,17 +473,39 @@ impl TensorDesc {
     }
 
     /// A C-contiguous descriptor covering exactly its elements.
-    pub fn contiguous(slot: u64, offset: u64, dtype: DType, shape: &[u64]) -> Result<TensorDesc, TensorError> {
+    pub fn contiguous(
+        slot: u64,
+        offset: u64,
+        dtype: DType,
+        shape: &[u64],
+    ) -> Result<TensorDesc, TensorError> {
         let mut strides = [0i64; MAX_NDIM];
         let n = shape.len().min(MAX_NDIM);
         let mut acc: u64 = 1;
         for i in (0..n).rev() {
-            strides[i] = i64::try_from(acc).map_err(|_| TensorError::Overflow { field: "strides" })?;
-            acc = acc.checked_mul(shape[i].max(1)).ok_or(TensorError::Overflow { field: "shape" })?;
+            strides[i] =
+                i64::try_from(acc).map_err(|_| TensorError::Overflow { field: "strides" })?;
+            acc = acc
+                .checked_mul(shape[i].max(1))
+                .ok_or(TensorError::Overflow { field: "shape" })?;
         }
-        let numel = shape.iter().try_fold(1u64, |a, &s| a.checked_mul(s)).ok_or(TensorError::Overflow { field: "shape" })?;
-        let nbytes = numel.checked_mul(dtype.itemsize()).ok_or(TensorError::Overflow { field: "nbytes" })?;
-        TensorDesc::new(slot, Origin::Sender, offset, nbytes, dtype, shape, &strides[..n], false)
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |a, &s| a.checked_mul(s))
+            .ok_or(TensorError::Overflow { field: "shape" })?;
+        let nbytes = numel
+            .checked_mul(dtype.itemsize())
+            .ok_or(TensorError::Overflow { field: "nbytes" })?;
+        TensorDesc::new(
+            slot,
+            Origin::Sender,
+            offset,
+            nbytes,
+            dtype,
+            shape,
+            &strides[..n],
+            false,
+        )
     }
 
     /// Dimensions.
@@ -515,14 +542,22 @@ impl TensorDesc {
             if st < 0 {
                 return Err(TensorError::NegativeStride { dim: i, stride: st });
             }
-            numel = numel.checked_mul(s).ok_or(TensorError::Overflow { field: "shape" })?;
+            numel = numel
+                .checked_mul(s)
+                .ok_or(TensorError::Overflow { field: "shape" })?;
             if s > 0 {
-                let step = (s - 1).checked_mul(st as u64).ok_or(TensorError::Overflow { field: "strides" })?;
-                last = last.checked_add(step).ok_or(TensorError::Overflow { field: "strides" })?;
+                let step = (s - 1)
+                    .checked_mul(st as u64)
+                    .ok_or(TensorError::Overflow { field: "strides" })?;
+                last = last
+                    .checked_add(step)
+                    .ok_or(TensorError::Overflow { field: "strides" })?;
             }
         }
         // numel*itemsize must fit too (consumers compute it).
-        numel.checked_mul(self.dtype.itemsize()).ok_or(TensorError::Overflow { field: "numel" })?;
+        numel
+            .checked_mul(self.dtype.itemsize())
+            .ok_or(TensorError::Overflow { field: "numel" })?;
         if numel == 0 {
             return Ok(0);
         }
@@ -550,10 +585,17 @@ impl TensorDesc {
         if self.device.is_cuda() && !self.writable {
             return Err(TensorError::CudaReadOnly);
         }
-        self.offset.checked_add(self.nbytes).ok_or(TensorError::Overflow { field: "offset+nbytes" })?;
+        self.offset
+            .checked_add(self.nbytes)
+            .ok_or(TensorError::Overflow {
+                field: "offset+nbytes",
+            })?;
         let span = self.span()?;
         if span > self.nbytes {
-            return Err(TensorError::SpanTooLarge { span, nbytes: self.nbytes });
+            return Err(TensorError::SpanTooLarge {
+                span,
+                nbytes: self.nbytes,
+            });
         }
         Ok(())
     }
@@ -563,7 +605,12 @@ impl TensorDesc {
         self.validate()?;
         let end = self.offset + self.nbytes; // checked in validate
         if end > arena_size {
-            return Err(TensorError::OutOfArena { slot: self.slot, offset: self.offset, end, size: arena_size });
+            return Err(TensorError::OutOfArena {
+                slot: self.slot,
+                offset: self.offset,
+                end,
+                size: arena_size,
+            });
         }
         Ok(())
     }
@@ -612,7 +659,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_frame: 256 << 20, max_depth: 64, max_items: 1 << 22 }
+        Limits {
+            max_frame: 256 << 20,
+            max_depth: 64,
+            max_items: 1 << 22,
+        }
     }
 }
 
@@ -900,7 +951,9 @@ impl Frame {
         match self {
             Frame::Call(c) => {
                 if c.parent == Some(0) {
-                    return Err(EncodeError::Invalid { what: "callback parent 0" });
+                    return Err(EncodeError::Invalid {
+                        what: "callback parent 0",
+                    });
                 }
                 w.u64(c.parent.unwrap_or(0));
                 w.u64(c.target);
@@ -934,7 +987,11 @@ impl Frame {
                     w.u64(*s);
                 }
             }
-            Frame::Log { level, logger, message } => {
+            Frame::Log {
+                level,
+                logger,
+                message,
+            } => {
                 w.out.push(*level as u8);
                 w.str(logger)?;
                 w.str(message)?;
@@ -944,7 +1001,10 @@ impl Frame {
         let len = (out.len() - start) as u64;
         if len > limits.max_frame as u64 {
             out.truncate(start);
-            return Err(EncodeError::FrameTooLarge { len, limit: limits.max_frame as u64 });
+            return Err(EncodeError::FrameTooLarge {
+                len,
+                limit: limits.max_frame as u64,
+            });
         }
         Ok(())
     }
@@ -952,7 +1012,10 @@ impl Frame {
     /// Decodes one whole frame; every byte must belong to it.
     pub fn decode(buf: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
         if buf.len() > limits.max_frame {
-            return Err(DecodeError::FrameTooLarge { len: buf.len() as u64, limit: limits.max_frame as u64 });
+            return Err(DecodeError::FrameTooLarge {
+                len: buf.len() as u64,
+                limit: limits.max_frame as u64,
+            });
         }
         let mut r = Reader::new(buf, limits);
         let version = r.u8()?;
@@ -963,17 +1026,29 @@ impl Frame {
         let at = r.pos;
         let flags = r.u16()?;
         if flags != 0 {
-            return Err(DecodeError::Field { field: "flags", at, value: u64::from(flags) });
+            return Err(DecodeError::Field {
+                field: "flags",
+                at,
+                value: u64::from(flags),
+            });
         }
         let at = r.pos;
         let reserved = r.u32()?;
         if reserved != 0 {
-            return Err(DecodeError::Field { field: "reserved", at, value: u64::from(reserved) });
+            return Err(DecodeError::Field {
+                field: "reserved",
+                at,
+                value: u64::from(reserved),
+            });
         }
         let at = r.pos;
         let id = r.u64()?;
         if id != 0 && (k == kind::RELEASE || k == kind::LOG) {
-            return Err(DecodeError::Field { field: "id (must be 0 for release and log)", at, value: id });
+            return Err(DecodeError::Field {
+                field: "id (must be 0 for release and log)",
+                at,
+                value: id,
+            });
         }
         let frame = match k {
             kind::CALL | kind::CALLBACK => {
@@ -982,7 +1057,13 @@ impl Frame {
                 let parent = match (k, parent) {
                     (kind::CALL, 0) => None,
                     (kind::CALLBACK, p) if p != 0 => Some(p),
-                    _ => return Err(DecodeError::Field { field: "parent", at, value: parent }),
+                    _ => {
+                        return Err(DecodeError::Field {
+                            field: "parent",
+                            at,
+                            value: parent,
+                        })
+                    }
                 };
                 let target = r.u64()?;
                 let deadline_ns = r.u64()?;
@@ -998,10 +1079,24 @@ impl Frame {
                     let k = r.string()?;
                     kwargs.push((k, r.value(1)?));
                 }
-                Frame::Call(Call { id, parent, target, method, args, kwargs, deadline_ns })
+                Frame::Call(Call {
+                    id,
+                    parent,
+                    target,
+                    method,
+                    args,
+                    kwargs,
+                    deadline_ns,
+                })
             }
-            kind::REPLY => Frame::Reply { id, value: r.value(1)? },
-            kind::ERROR => Frame::Error { id, error: r.error()? },
+            kind::REPLY => Frame::Reply {
+                id,
+                value: r.value(1)?,
+            },
+            kind::ERROR => Frame::Error {
+                id,
+                error: r.error()?,
+            },
             kind::CANCEL => Frame::Cancel { id },
             kind::RELEASE => {
                 let mut rel = Release::default();
@@ -1027,17 +1122,35 @@ impl Frame {
                     2 => LogLevel::Warning,
                     3 => LogLevel::Error,
                     4 => LogLevel::Critical,
-                    v => return Err(DecodeError::Field { field: "log level", at, value: u64::from(v) }),
+                    v => {
+                        return Err(DecodeError::Field {
+                            field: "log level",
+                            at,
+                            value: u64::from(v),
+                        })
+                    }
                 };
-                Frame::Log { level, logger: r.string()?, message: r.string()? }
+                Frame::Log {
+                    level,
+                    logger: r.string()?,
+                    message: r.string()?,
+                }
             }
-            kind::HEARTBEAT => Frame::Heartbeat { seq: id, monotonic_ns: r.u64()? },
+            kind::HEARTBEAT => Frame::Heartbeat {
+                seq: id,
+                monotonic_ns: r.u64()?,
+            },
             other => return Err(DecodeError::FrameKind(other)),
         };
         if r.pos != buf.len() {
-            return Err(DecodeError::TrailingBytes { extra: buf.len() - r.pos });
+            return Err(DecodeError::TrailingBytes {
+                extra: buf.len() - r.pos,
+            });
         }
-        Ok(Decoded { frame, tensors: r.tensors })
+        Ok(Decoded {
+            frame,
+            tensors: r.tensors,
+        })
     }
 }
 
@@ -1059,12 +1172,17 @@ impl Value {
     /// Decodes one value; every byte must belong to it.
     pub fn decode(buf: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
         if buf.len() > limits.max_frame {
-            return Err(DecodeError::FrameTooLarge { len: buf.len() as u64, limit: limits.max_frame as u64 });
+            return Err(DecodeError::FrameTooLarge {
+                len: buf.len() as u64,
+                limit: limits.max_frame as u64,
+            });
         }
         let mut r = Reader::new(buf, limits);
         let v = r.value(1)?;
         if r.pos != buf.len() {
-            return Err(DecodeError::TrailingBytes { extra: buf.len() - r.pos });
+            return Err(DecodeError::TrailingBytes {
+                extra: buf.len() - r.pos,
+            });
         }
         Ok(v)
     }
@@ -1073,7 +1191,9 @@ impl Value {
     pub fn for_each_tensor<'a>(&'a self, f: &mut dyn FnMut(&'a TensorDesc)) {
         match self {
             Value::Tensor(t) => f(t),
-            Value::List(v) | Value::Tuple(v) | Value::Set(v) => v.iter().for_each(|x| x.for_each_tensor(f)),
+            Value::List(v) | Value::Tuple(v) | Value::Set(v) => {
+                v.iter().for_each(|x| x.for_each_tensor(f))
+            }
             Value::Dict(kv) => kv.iter().for_each(|(k, v)| {
                 k.for_each_tensor(f);
                 v.for_each_tensor(f)
@@ -1113,14 +1233,20 @@ impl Writer<'_> {
     }
 
     fn count(&mut self, what: &'static str, n: usize) -> Result<(), EncodeError> {
-        let n32 = u32::try_from(n).map_err(|_| EncodeError::TooLong { what, len: n as u64 })?;
+        let n32 = u32::try_from(n).map_err(|_| EncodeError::TooLong {
+            what,
+            len: n as u64,
+        })?;
         self.u32(n32);
         Ok(())
     }
 
     fn bytes(&mut self, what: &'static str, b: &[u8]) -> Result<(), EncodeError> {
         if b.len() > self.limits.max_frame {
-            return Err(EncodeError::FrameTooLarge { len: b.len() as u64, limit: self.limits.max_frame as u64 });
+            return Err(EncodeError::FrameTooLarge {
+                len: b.len() as u64,
+                limit: self.limits.max_frame as u64,
+            });
         }
         self.count(what, b.len())?;
         self.out.extend_from_slice(b);
@@ -1139,7 +1265,9 @@ impl Writer<'_> {
 
     fn value(&mut self, v: &Value, depth: u32) -> Result<(), EncodeError> {
         if depth > self.limits.max_depth {
-            return Err(EncodeError::TooDeep { limit: self.limits.max_depth });
+            return Err(EncodeError::TooDeep {
+                limit: self.limits.max_depth,
+            });
         }
         match v {
             Value::None => self.out.push(tag::NONE),
@@ -1226,7 +1354,10 @@ impl Writer<'_> {
     /// Stops early (before building gigabytes) when a container outgrows the frame limit.
     fn check_len(&self) -> Result<(), EncodeError> {
         if self.out.len() > self.limits.max_frame.saturating_add(FRAME_HEADER_LEN) {
-            return Err(EncodeError::FrameTooLarge { len: self.out.len() as u64, limit: self.limits.max_frame as u64 });
+            return Err(EncodeError::FrameTooLarge {
+                len: self.out.len() as u64,
+                limit: self.limits.max_frame as u64,
+            });
         }
         Ok(())
     }
@@ -1254,13 +1385,22 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], limits: &'a Limits) -> Reader<'a> {
-        Reader { buf, pos: 0, limits, items: 0, tensors: 0 }
+        Reader {
+            buf,
+            pos: 0,
+            limits,
+            items: 0,
+            tensors: 0,
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let left = self.buf.len() - self.pos;
         if n > left {
-            return Err(DecodeError::Truncated { at: self.pos, need: (n - left) as u64 });
+            return Err(DecodeError::Truncated {
+                at: self.pos,
+                need: (n - left) as u64,
+            });
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -1299,7 +1439,10 @@ impl<'a> Reader<'a> {
         let n = self.u32()? as usize;
         let left = self.buf.len() - self.pos;
         if n.saturating_mul(each) > left {
-            return Err(DecodeError::Truncated { at, need: (n.saturating_mul(each) - left) as u64 });
+            return Err(DecodeError::Truncated {
+                at,
+                need: (n.saturating_mul(each) - left) as u64,
+            });
         }
         Ok(n)
     }
@@ -1319,13 +1462,19 @@ impl<'a> Reader<'a> {
     }
 
     fn error(&mut self) -> Result<ErrorValue, DecodeError> {
-        Ok(ErrorValue { type_name: self.string()?, message: self.string()?, traceback: self.string()? })
+        Ok(ErrorValue {
+            type_name: self.string()?,
+            message: self.string()?,
+            traceback: self.string()?,
+        })
     }
 
     fn item(&mut self) -> Result<(), DecodeError> {
         self.items += 1;
         if self.items > self.limits.max_items {
-            return Err(DecodeError::TooManyItems { limit: self.limits.max_items });
+            return Err(DecodeError::TooManyItems {
+                limit: self.limits.max_items,
+            });
         }
         Ok(())
     }
@@ -1351,7 +1500,11 @@ impl<'a> Reader<'a> {
         }
         let mut d = TensorDesc {
             slot,
-            origin: if flags & 2 != 0 { Origin::Receiver } else { Origin::Sender },
+            origin: if flags & 2 != 0 {
+                Origin::Receiver
+            } else {
+                Origin::Sender
+            },
             offset,
             nbytes,
             dtype,
@@ -1374,7 +1527,9 @@ impl<'a> Reader<'a> {
 
     fn value(&mut self, depth: u32) -> Result<Value, DecodeError> {
         if depth > self.limits.max_depth {
-            return Err(DecodeError::TooDeep { limit: self.limits.max_depth });
+            return Err(DecodeError::TooDeep {
+                limit: self.limits.max_depth,
+            });
         }
         self.item()?;
         let at = self.pos;
@@ -1424,13 +1579,25 @@ impl<'a> Reader<'a> {
                 let owner = match self.u8()? {
                     0 => Side::Host,
                     1 => Side::Worker,
-                    v => return Err(DecodeError::Field { field: "handle owner", at, value: u64::from(v) }),
+                    v => {
+                        return Err(DecodeError::Field {
+                            field: "handle owner",
+                            at,
+                            value: u64::from(v),
+                        })
+                    }
                 };
                 let at = self.pos;
                 let kind = match self.u8()? {
                     0 => HandleKind::Object,
                     1 => HandleKind::Callable,
-                    v => return Err(DecodeError::Field { field: "handle kind", at, value: u64::from(v) }),
+                    v => {
+                        return Err(DecodeError::Field {
+                            field: "handle kind",
+                            at,
+                            value: u64::from(v),
+                        })
+                    }
                 };
                 Value::Handle(RemoteHandle { id, owner, kind })
             }
@@ -1464,17 +1631,40 @@ mod tests {
     fn every_value_round_trips() {
         let t = TensorDesc::contiguous(3, 64, DType::F32, &[2, 3, 4]).unwrap();
         let v = Value::Dict(vec![
-            (Value::Str("a".into()), Value::List(vec![Value::None, Value::Bool(true), Value::Bool(false)])),
-            (Value::Int(-5), Value::Tuple(vec![Value::Float(1.5), Value::BigInt("-123456789012345678901234567890".into())])),
-            (Value::Bytes(vec![0, 255]), Value::Set(vec![Value::Int(i64::MIN)])),
+            (
+                Value::Str("a".into()),
+                Value::List(vec![Value::None, Value::Bool(true), Value::Bool(false)]),
+            ),
+            (
+                Value::Int(-5),
+                Value::Tuple(vec![
+                    Value::Float(1.5),
+                    Value::BigInt("-123456789012345678901234567890".into()),
+                ]),
+            ),
+            (
+                Value::Bytes(vec![0, 255]),
+                Value::Set(vec![Value::Int(i64::MIN)]),
+            ),
             (Value::Tuple(vec![]), Value::Tensor(Box::new(t))),
             (
-                Value::Handle(RemoteHandle { id: 9, owner: Side::Worker, kind: HandleKind::Callable }),
-                Value::Record(Box::new(Record { name: "pkg.Color".into(), fields: vec![("value".into(), Value::Int(2))] })),
+                Value::Handle(RemoteHandle {
+                    id: 9,
+                    owner: Side::Worker,
+                    kind: HandleKind::Callable,
+                }),
+                Value::Record(Box::new(Record {
+                    name: "pkg.Color".into(),
+                    fields: vec![("value".into(), Value::Int(2))],
+                })),
             ),
             (
                 Value::None,
-                Value::Error(Box::new(ErrorValue { type_name: "ValueError".into(), message: "m".into(), traceback: "tb".into() })),
+                Value::Error(Box::new(ErrorValue {
+                    type_name: "ValueError".into(),
+                    message: "m".into(),
+                    traceback: "tb".into(),
+                })),
             ),
         ]);
         let f = Frame::Call(Call {
@@ -1488,12 +1678,29 @@ mod tests {
         });
         assert_eq!(rt(&f), f);
         for f in [
-            Frame::Reply { id: 1, value: Value::Str("x".into()) },
-            Frame::Error { id: 2, error: ErrorValue::default() },
+            Frame::Reply {
+                id: 1,
+                value: Value::Str("x".into()),
+            },
+            Frame::Error {
+                id: 2,
+                error: ErrorValue::default(),
+            },
             Frame::Cancel { id: 3 },
-            Frame::Release(Release { handles: vec![1, 2], tensors: vec![(3, 4)], retired: vec![5] }),
-            Frame::Log { level: LogLevel::Warning, logger: "l".into(), message: "m".into() },
-            Frame::Heartbeat { seq: 4, monotonic_ns: 99 },
+            Frame::Release(Release {
+                handles: vec![1, 2],
+                tensors: vec![(3, 4)],
+                retired: vec![5],
+            }),
+            Frame::Log {
+                level: LogLevel::Warning,
+                logger: "l".into(),
+                message: "m".into(),
+            },
+            Frame::Heartbeat {
+                seq: 4,
+                monotonic_ns: 99,
+            },
         ] {
             assert_eq!(rt(&f), f);
         }
@@ -1501,27 +1708,90 @@ mod tests {
 
     #[test]
     fn depth_bomb_is_typed() {
-        let mut b = vec![FRAME_VERSION, kind::REPLY, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        let mut b = vec![
+            FRAME_VERSION,
+            kind::REPLY,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
         for _ in 0..100_000 {
             b.extend_from_slice(&[tag::LIST, 1, 0, 0, 0]);
         }
         b.push(tag::NONE);
-        assert_eq!(Frame::decode(&b, &Limits::default()).unwrap_err(), DecodeError::TooDeep { limit: 64 });
+        assert_eq!(
+            Frame::decode(&b, &Limits::default()).unwrap_err(),
+            DecodeError::TooDeep { limit: 64 }
+        );
     }
 
     #[test]
     fn count_bomb_is_typed() {
         // A list claiming 4 billion items in a 21-byte frame.
-        let mut b = vec![FRAME_VERSION, kind::REPLY, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        let mut b = vec![
+            FRAME_VERSION,
+            kind::REPLY,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
         b.extend_from_slice(&[tag::LIST, 0xff, 0xff, 0xff, 0xff]);
-        assert!(matches!(Frame::decode(&b, &Limits::default()), Err(DecodeError::Truncated { .. })));
+        assert!(matches!(
+            Frame::decode(&b, &Limits::default()),
+            Err(DecodeError::Truncated { .. })
+        ));
         // Many tiny items beyond max_items.
-        let limits = Limits { max_items: 1000, ..Limits::default() };
-        let mut b = vec![FRAME_VERSION, kind::REPLY, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        let limits = Limits {
+            max_items: 1000,
+            ..Limits::default()
+        };
+        let mut b = vec![
+            FRAME_VERSION,
+            kind::REPLY,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
         b.extend_from_slice(&[tag::LIST]);
         b.extend_from_slice(&5000u32.to_le_bytes());
         b.extend(std::iter::repeat_n(tag::NONE, 5000));
-        assert_eq!(Frame::decode(&b, &limits).unwrap_err(), DecodeError::TooManyItems { limit: 1000 });
+        assert_eq!(
+            Frame::decode(&b, &limits).unwrap_err(),
+            DecodeError::TooManyItems { limit: 1000 }
+        );
     }
 
     #[test]
@@ -1529,12 +1799,30 @@ mod tests {
         let mut d = TensorDesc::contiguous(1, 0, DType::F64, &[4, 4]).unwrap();
         d.shape[0] = u64::MAX / 2;
         assert!(matches!(d.validate(), Err(TensorError::Overflow { .. })));
-        let d = TensorDesc::new(1, Origin::Sender, 0, 16, DType::F32, &[2, 3], &[3, 1], false);
-        assert!(matches!(d, Err(TensorError::SpanTooLarge { span: 24, nbytes: 16 })));
+        let d = TensorDesc::new(
+            1,
+            Origin::Sender,
+            0,
+            16,
+            DType::F32,
+            &[2, 3],
+            &[3, 1],
+            false,
+        );
+        assert!(matches!(
+            d,
+            Err(TensorError::SpanTooLarge {
+                span: 24,
+                nbytes: 16
+            })
+        ));
         let d = TensorDesc::contiguous(1, u64::MAX - 4, DType::U8, &[8]);
         assert!(matches!(d, Err(TensorError::Overflow { .. })));
         let d = TensorDesc::contiguous(1, 100, DType::U8, &[8]).unwrap();
-        assert!(matches!(d.validate_in(104), Err(TensorError::OutOfArena { .. })));
+        assert!(matches!(
+            d.validate_in(104),
+            Err(TensorError::OutOfArena { .. })
+        ));
         d.validate_in(108).unwrap();
         let zero = TensorDesc::contiguous(1, 0, DType::U8, &[0, 5]).unwrap();
         assert_eq!(zero.span().unwrap(), 0);
@@ -1545,7 +1833,11 @@ mod tests {
         let cpu = TensorDesc::contiguous(3, 64, DType::F32, &[2, 3]).unwrap();
         let mut b = Vec::new();
         cpu.encode(&mut b);
-        assert_eq!(&b[24..32], &[DType::F32.code(), 2, 0, 0, 0, 0, 0, 0], "cpu header bytes as before");
+        assert_eq!(
+            &b[24..32],
+            &[DType::F32.code(), 2, 0, 0, 0, 0, 0, 0],
+            "cpu header bytes as before"
+        );
         let cuda = cpu.clone().on_device(Device::Cuda(7));
         let mut c = Vec::new();
         cuda.encode(&mut c);
@@ -1557,13 +1849,37 @@ mod tests {
             x[at] = v;
             TensorDesc::decode(&x).map(|d| d.0)
         };
-        assert!(matches!(bad(27, 2, &b), Err(DecodeError::Tensor { err: TensorError::UnknownDevice(2), .. })));
-        assert!(matches!(bad(28, 1, &b), Err(DecodeError::Tensor { err: TensorError::Reserved, .. })));
+        assert!(matches!(
+            bad(27, 2, &b),
+            Err(DecodeError::Tensor {
+                err: TensorError::UnknownDevice(2),
+                ..
+            })
+        ));
+        assert!(matches!(
+            bad(28, 1, &b),
+            Err(DecodeError::Tensor {
+                err: TensorError::Reserved,
+                ..
+            })
+        ));
         for at in 29..32 {
-            assert!(matches!(bad(at, 1, &c), Err(DecodeError::Tensor { err: TensorError::Reserved, .. })));
+            assert!(matches!(
+                bad(at, 1, &c),
+                Err(DecodeError::Tensor {
+                    err: TensorError::Reserved,
+                    ..
+                })
+            ));
         }
         // A cuda descriptor must be writable (no copy-on-write for device memory).
-        assert!(matches!(bad(26, 0, &c), Err(DecodeError::Tensor { err: TensorError::CudaReadOnly, .. })));
+        assert!(matches!(
+            bad(26, 0, &c),
+            Err(DecodeError::Tensor {
+                err: TensorError::CudaReadOnly,
+                ..
+            })
+        ));
         let mut ro = cuda.clone();
         ro.writable = false;
         assert!(matches!(
@@ -1580,7 +1896,13 @@ mod tests {
             let mut b = vec![tag::BIGINT];
             b.extend_from_slice(&(bad.len() as u32).to_le_bytes());
             b.extend_from_slice(bad.as_bytes());
-            assert!(matches!(Value::decode(&b, &Limits::default()), Err(DecodeError::BigInt { .. })), "{bad}");
+            assert!(
+                matches!(
+                    Value::decode(&b, &Limits::default()),
+                    Err(DecodeError::BigInt { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 }

@@ -210,8 +210,13 @@ impl Geometry {
 
     /// Checks the invariants listed in the module docs; returns the field at fault.
     pub fn check(&self) -> Result<(), (&'static str, u64)> {
-        let Geometry { slot_count, slot_size, max_inline } = *self;
-        if !slot_count.is_power_of_two() || !(MIN_SLOT_COUNT..=MAX_SLOT_COUNT).contains(&slot_count) {
+        let Geometry {
+            slot_count,
+            slot_size,
+            max_inline,
+        } = *self;
+        if !slot_count.is_power_of_two() || !(MIN_SLOT_COUNT..=MAX_SLOT_COUNT).contains(&slot_count)
+        {
             return Err(("slot_count", u64::from(slot_count)));
         }
         if !slot_size.is_power_of_two() || !(MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot_size) {

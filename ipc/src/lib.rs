@@ -62,12 +62,12 @@ pub mod sys;
 
 pub use arena::{Arena, ArenaError, ArenaState, TensorView};
 pub use channel::{Channel, ChannelConfig, WorkerFds};
+pub use channel::{DeviceMemory, DeviceSlot};
 pub use doorbell::SpinPolicy;
 pub use frame::{
-    Call, DType, DecodeError, Device, EncodeError, ErrorValue, Frame, HandleKind, Limits, LogLevel, Origin, Record,
-    Release, RemoteHandle, Side, TensorDesc, TensorError, Value,
+    Call, DType, DecodeError, Device, EncodeError, ErrorValue, Frame, HandleKind, Limits, LogLevel,
+    Origin, Record, Release, RemoteHandle, Side, TensorDesc, TensorError, Value,
 };
-pub use channel::{DeviceMemory, DeviceSlot};
 pub use reactor::{Backend, Event, EventKind, Reactor, Token};
 
 use std::sync::Arc;

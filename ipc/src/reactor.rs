@@ -122,7 +122,12 @@ impl Shared {
     /// Called by a channel whose `try_recv` found nothing: watch it again if it had
     /// reported Readable.
     pub(crate) fn rearm(&self, t: Token) {
-        let flag = self.links.lock().unwrap_or_else(|e| e.into_inner()).get(&t).cloned();
+        let flag = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&t)
+            .cloned();
         if let Some(f) = flag {
             if f.swap(false, Ordering::AcqRel) {
                 self.push(Cmd::Rearm(t));
@@ -134,7 +139,10 @@ impl Shared {
         if evs.is_empty() {
             return;
         }
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).extend(evs.drain(..));
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(evs.drain(..));
         let _ = sys::eventfd_signal(self.eventfd.as_fd());
     }
 }
@@ -148,7 +156,9 @@ pub struct Reactor {
 
 impl std::fmt::Debug for Reactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reactor").field("backend", &self.backend).finish()
+        f.debug_struct("Reactor")
+            .field("backend", &self.backend)
+            .finish()
     }
 }
 
@@ -185,12 +195,19 @@ impl Reactor {
                     None => st.run_fallback(backend),
                 }
             })?;
-        Ok(Reactor { shared, backend, thread: Some(thread) })
+        Ok(Reactor {
+            shared,
+            backend,
+            thread: Some(thread),
+        })
     }
 
     /// The process-wide reactor, started on first use.
     pub fn global() -> Result<&'static Reactor, String> {
-        GLOBAL.get_or_init(|| Reactor::start().map_err(|e| format!("starting the reactor: {e}"))).as_ref().map_err(Clone::clone)
+        GLOBAL
+            .get_or_init(|| Reactor::start().map_err(|e| format!("starting the reactor: {e}")))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// The backend in use.
@@ -205,16 +222,26 @@ impl Reactor {
     pub fn register(&self, ch: &Channel) -> Token {
         let t = Token(self.shared.next_token.fetch_add(1, Ordering::Relaxed));
         let flag = Arc::new(AtomicBool::new(false));
-        self.shared.links.lock().unwrap_or_else(|e| e.into_inner()).insert(t, flag.clone());
-        *ch.inner().reactor.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(ReactorLink { reactor: Arc::downgrade(&self.shared), token: t });
+        self.shared
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(t, flag.clone());
+        *ch.inner().reactor.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReactorLink {
+            reactor: Arc::downgrade(&self.shared),
+            token: t,
+        });
         self.shared.push(Cmd::Register(t, ch.clone(), flag));
         t
     }
 
     /// Stops watching a registration (and forgets its deadlines).
     pub fn deregister(&self, t: Token) {
-        self.shared.links.lock().unwrap_or_else(|e| e.into_inner()).remove(&t);
+        self.shared
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&t);
         self.shared.push(Cmd::Deregister(t));
     }
 
@@ -241,7 +268,12 @@ impl Reactor {
     /// Takes every queued event (and resets the eventfd).
     pub fn drain(&self) -> Vec<Event> {
         let _ = sys::eventfd_drain(self.shared.eventfd.as_fd());
-        self.shared.events.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect()
     }
 
     /// Blocks until at least one event is queued or `timeout` passes, then drains.
@@ -334,13 +366,27 @@ impl State {
                     let pidfd = ch.peer_pidfd();
                     self.entries.insert(
                         t,
-                        Entry { ch, reported, armed: true, muted: false, pidfd, last_seq: None, spurious: 0, pid_done: false, sock_done: false },
+                        Entry {
+                            ch,
+                            reported,
+                            armed: true,
+                            muted: false,
+                            pidfd,
+                            last_seq: None,
+                            spurious: 0,
+                            pid_done: false,
+                            sock_done: false,
+                        },
                     );
                     added.push(t);
                 }
                 Cmd::Deregister(t) => {
                     if let Some(e) = self.entries.remove(&t) {
-                        *e.ch.inner().reactor.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        *e.ch
+                            .inner()
+                            .reactor
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner()) = None;
                         self.graveyard.push((u64::MAX, e.ch));
                         removed.push(t);
                     }
@@ -381,14 +427,20 @@ impl State {
                 e.spurious = 0;
                 e.last_seq = None;
                 e.reported.store(true, Ordering::Release);
-                self.out.push(Event { token: *t, kind: EventKind::Readable });
+                self.out.push(Event {
+                    token: *t,
+                    kind: EventKind::Readable,
+                });
                 continue;
             }
             if e.last_seq.is_some_and(|s| s != seq) {
                 e.spurious += 1;
                 if e.spurious > STORM_LIMIT {
                     e.muted = true;
-                    self.out.push(Event { token: *t, kind: EventKind::DoorbellStorm });
+                    self.out.push(Event {
+                        token: *t,
+                        kind: EventKind::DoorbellStorm,
+                    });
                     continue;
                 }
             }
@@ -411,7 +463,10 @@ impl State {
             }
             self.deadlines.pop();
             self.live_deadlines.remove(&(t, id));
-            self.out.push(Event { token: Token(t), kind: EventKind::Deadline(id) });
+            self.out.push(Event {
+                token: Token(t),
+                kind: EventKind::Deadline(id),
+            });
         }
         None
     }
@@ -434,21 +489,29 @@ impl State {
             }
             // ...and can go at once if no wait of that generation (or older) is outstanding.
             let oldest = groups.keys().map(|k| k >> 16).min();
-            self.graveyard.retain(|(g, _)| oldest.is_some_and(|o| o <= *g));
+            self.graveyard
+                .retain(|(g, _)| oldest.is_some_and(|o| o <= *g));
             for t in added {
-                let Some(e) = self.entries.get(&t) else { continue };
+                let Some(e) = self.entries.get(&t) else {
+                    continue;
+                };
                 if let Some(p) = &e.pidfd {
-                    let sqe = opcode::PollAdd::new(types::Fd(p.as_raw_fd()), sys::POLLIN as u32).build().user_data(ud(OP_PID, t.0));
+                    let sqe = opcode::PollAdd::new(types::Fd(p.as_raw_fd()), sys::POLLIN as u32)
+                        .build()
+                        .user_data(ud(OP_PID, t.0));
                     push_sqe(&mut ring, &sqe);
                 }
-                let sqe = opcode::PollAdd::new(types::Fd(e.ch.socket_fd()), (sys::POLLRDHUP) as u32)
-                    .build()
-                    .user_data(ud(OP_SOCK, t.0));
+                let sqe =
+                    opcode::PollAdd::new(types::Fd(e.ch.socket_fd()), (sys::POLLRDHUP) as u32)
+                        .build()
+                        .user_data(ud(OP_SOCK, t.0));
                 push_sqe(&mut ring, &sqe);
             }
             for t in removed {
                 for op in [OP_PID, OP_SOCK] {
-                    let sqe = opcode::AsyncCancel::new(ud(op, t.0)).build().user_data(ud(OP_CANCEL, 0));
+                    let sqe = opcode::AsyncCancel::new(ud(op, t.0))
+                        .build()
+                        .user_data(ud(OP_CANCEL, 0));
                     push_sqe(&mut ring, &sqe);
                 }
             }
@@ -457,13 +520,18 @@ impl State {
             if outstanding_gen.is_none() || want != submitted || control != control_seen {
                 if let Some(g) = outstanding_gen.take() {
                     for gi in 0..groups_in(submitted.len()) {
-                        let sqe = opcode::AsyncCancel::new(ud(OP_WAITV, (g << 16) | gi as u64)).build().user_data(ud(OP_CANCEL, 0));
+                        let sqe = opcode::AsyncCancel::new(ud(OP_WAITV, (g << 16) | gi as u64))
+                            .build()
+                            .user_data(ud(OP_CANCEL, 0));
                         push_sqe(&mut ring, &sqe);
                     }
                 }
                 gen += 1;
-                let chunks: Vec<&[(Token, *const AtomicU32, u32)]> =
-                    if waiters.is_empty() { vec![&[]] } else { waiters.chunks(GROUP).collect() };
+                let chunks: Vec<&[(Token, *const AtomicU32, u32)]> = if waiters.is_empty() {
+                    vec![&[]]
+                } else {
+                    waiters.chunks(GROUP).collect()
+                };
                 for (gi, chunk) in chunks.iter().enumerate() {
                     let mut v = Vec::with_capacity(chunk.len() + 1);
                     v.push(futexv(&self.shared.control, control));
@@ -473,7 +541,9 @@ impl State {
                         v.push(futexv(unsafe { &**w }, *s));
                     }
                     let key = (gen << 16) | gi as u64;
-                    let sqe = opcode::FutexWaitV::new(v.as_ptr(), v.len() as u32).build().user_data(ud(OP_WAITV, key));
+                    let sqe = opcode::FutexWaitV::new(v.as_ptr(), v.len() as u32)
+                        .build()
+                        .user_data(ud(OP_WAITV, key));
                     groups.insert(key, v);
                     push_sqe(&mut ring, &sqe);
                 }
@@ -490,8 +560,12 @@ impl State {
             }
             let r = match next {
                 Some(at) => {
-                    let d = at.saturating_duration_since(Instant::now()).max(Duration::from_micros(1));
-                    let ts = types::Timespec::new().sec(d.as_secs()).nsec(d.subsec_nanos());
+                    let d = at
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_micros(1));
+                    let ts = types::Timespec::new()
+                        .sec(d.as_secs())
+                        .nsec(d.subsec_nanos());
                     let args = types::SubmitArgs::new().timespec(&ts);
                     ring.submitter().submit_with_args(1, &args)
                 }
@@ -499,12 +573,18 @@ impl State {
             };
             if let Err(e) = r {
                 let code = e.raw_os_error();
-                if code != Some(sys::errno::ETIME) && code != Some(sys::errno::EINTR) && code != Some(sys::errno::EAGAIN) {
+                if code != Some(sys::errno::ETIME)
+                    && code != Some(sys::errno::EINTR)
+                    && code != Some(sys::errno::EAGAIN)
+                {
                     // EBUSY (CQ overflow) resolves by reaping below; anything else: back off.
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            let cqes: Vec<(u64, i32)> = ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
             for (u, res) in cqes {
                 let (op, payload) = (u >> 56, u & ((1 << 56) - 1));
                 match op {
@@ -512,7 +592,8 @@ impl State {
                         groups.remove(&payload);
                         // Free deregistered channels that no outstanding wait can name.
                         let oldest = groups.keys().map(|k| k >> 16).min();
-                        self.graveyard.retain(|(g, _)| oldest.is_some_and(|o| o <= *g));
+                        self.graveyard
+                            .retain(|(g, _)| oldest.is_some_and(|o| o <= *g));
                         if outstanding_gen == Some(payload >> 16) {
                             // One group fired (or the words changed before it slept):
                             // rebuild everything next round.
@@ -604,7 +685,9 @@ impl State {
                 }
                 let _ = sys::futex_waitv(&v, timeout);
             } else {
-                let t = timeout.map_or(Duration::from_millis(1), |t| t.min(Duration::from_millis(1)));
+                let t = timeout.map_or(Duration::from_millis(1), |t| {
+                    t.min(Duration::from_millis(1))
+                });
                 if self.shared.control.load(Ordering::Acquire) == control {
                     sys::sleep(t);
                 }

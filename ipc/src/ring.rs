@@ -28,14 +28,29 @@ impl Shm {
         let map = Mapping::map(fd.as_fd(), geo.total_size(), Protection::WriteShared)?;
         map.write_from(layout::OFF_MAGIC, &layout::MAGIC);
         map.write_from(layout::OFF_VERSION, &layout::ABI_VERSION.to_le_bytes());
-        map.write_from(layout::OFF_HEADER_SIZE, &(layout::HEADER_SIZE as u32).to_le_bytes());
+        map.write_from(
+            layout::OFF_HEADER_SIZE,
+            &(layout::HEADER_SIZE as u32).to_le_bytes(),
+        );
         map.write_from(layout::OFF_SLOT_COUNT, &geo.slot_count.to_le_bytes());
         map.write_from(layout::OFF_SLOT_SIZE, &geo.slot_size.to_le_bytes());
-        map.write_from(layout::OFF_TOTAL_SIZE, &(geo.total_size() as u64).to_le_bytes());
-        map.write_from(layout::OFF_RING0, &(geo.ring_offset(0) as u64).to_le_bytes());
-        map.write_from(layout::OFF_RING1, &(geo.ring_offset(1) as u64).to_le_bytes());
+        map.write_from(
+            layout::OFF_TOTAL_SIZE,
+            &(geo.total_size() as u64).to_le_bytes(),
+        );
+        map.write_from(
+            layout::OFF_RING0,
+            &(geo.ring_offset(0) as u64).to_le_bytes(),
+        );
+        map.write_from(
+            layout::OFF_RING1,
+            &(geo.ring_offset(1) as u64).to_le_bytes(),
+        );
         map.write_from(layout::OFF_MAX_INLINE, &geo.max_inline.to_le_bytes());
-        sys::add_seals(fd.as_fd(), sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL)?;
+        sys::add_seals(
+            fd.as_fd(),
+            sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL,
+        )?;
         Ok(Shm { fd, map, geo })
     }
 
@@ -48,15 +63,26 @@ impl Shm {
         if seals & need != need || seals & (sys::SEAL_WRITE | sys::SEAL_FUTURE_WRITE) != 0 {
             return Err(E::Seals { have: seals, need });
         }
-        let info = sys::fstat(fd.as_fd()).map_err(|e| E::Io { op: "fstat channel memfd", source: e })?;
+        let info = sys::fstat(fd.as_fd()).map_err(|e| E::Io {
+            op: "fstat channel memfd",
+            source: e,
+        })?;
         if !info.regular {
             return Err(E::NotMemfd);
         }
         if info.size < layout::HEADER_SIZE as u64 {
-            return Err(E::Header { field: "file size", value: info.size });
+            return Err(E::Header {
+                field: "file size",
+                value: info.size,
+            });
         }
-        let head = Mapping::map(fd.as_fd(), layout::HEADER_SIZE, Protection::ReadShared)
-            .map_err(|e| E::Io { op: "mmap channel header", source: e })?;
+        let head =
+            Mapping::map(fd.as_fd(), layout::HEADER_SIZE, Protection::ReadShared).map_err(|e| {
+                E::Io {
+                    op: "mmap channel header",
+                    source: e,
+                }
+            })?;
         let mut h = [0u8; 64];
         head.read_into(0, &mut h);
         drop(head);
@@ -67,31 +93,55 @@ impl Shm {
             u64::from_le_bytes(a)
         };
         if h[..8] != layout::MAGIC {
-            return Err(E::Header { field: "magic", value: u64_at(0) });
+            return Err(E::Header {
+                field: "magic",
+                value: u64_at(0),
+            });
         }
         if u32_at(layout::OFF_VERSION) != layout::ABI_VERSION {
-            return Err(E::Header { field: "abi_version", value: u64::from(u32_at(layout::OFF_VERSION)) });
+            return Err(E::Header {
+                field: "abi_version",
+                value: u64::from(u32_at(layout::OFF_VERSION)),
+            });
         }
         if u32_at(layout::OFF_HEADER_SIZE) as usize != layout::HEADER_SIZE {
-            return Err(E::Header { field: "header_size", value: u64::from(u32_at(layout::OFF_HEADER_SIZE)) });
+            return Err(E::Header {
+                field: "header_size",
+                value: u64::from(u32_at(layout::OFF_HEADER_SIZE)),
+            });
         }
         let geo = Geometry {
             slot_count: u32_at(layout::OFF_SLOT_COUNT),
             slot_size: u32_at(layout::OFF_SLOT_SIZE),
             max_inline: u32_at(layout::OFF_MAX_INLINE),
         };
-        geo.check().map_err(|(field, value)| E::Header { field, value })?;
+        geo.check()
+            .map_err(|(field, value)| E::Header { field, value })?;
         let total = u64_at(layout::OFF_TOTAL_SIZE);
         if total != geo.total_size() as u64 || total > info.size {
-            return Err(E::Header { field: "total_size", value: total });
+            return Err(E::Header {
+                field: "total_size",
+                value: total,
+            });
         }
-        for (i, off) in [layout::OFF_RING0, layout::OFF_RING1].into_iter().enumerate() {
+        for (i, off) in [layout::OFF_RING0, layout::OFF_RING1]
+            .into_iter()
+            .enumerate()
+        {
             if u64_at(off) != geo.ring_offset(i) as u64 {
-                return Err(E::Header { field: "ring offset", value: u64_at(off) });
+                return Err(E::Header {
+                    field: "ring offset",
+                    value: u64_at(off),
+                });
             }
         }
-        let map = Mapping::map(fd.as_fd(), geo.total_size(), Protection::WriteShared)
-            .map_err(|e| E::Io { op: "mmap channel memfd", source: e })?;
+        let map =
+            Mapping::map(fd.as_fd(), geo.total_size(), Protection::WriteShared).map_err(|e| {
+                E::Io {
+                    op: "mmap channel memfd",
+                    source: e,
+                }
+            })?;
         Ok(Shm { fd, map, geo })
     }
 
@@ -117,7 +167,10 @@ impl Shm {
 
     /// The consumer's "data arrived" doorbell of ring `ring`.
     pub(crate) fn data_bell(&self, ring: usize) -> crate::doorbell::Doorbell<'_> {
-        crate::doorbell::Doorbell::new(self.ctl32(ring, layout::CTL_DATA_SEQ), self.ctl32(ring, layout::CTL_DATA_SLEEPING))
+        crate::doorbell::Doorbell::new(
+            self.ctl32(ring, layout::CTL_DATA_SEQ),
+            self.ctl32(ring, layout::CTL_DATA_SLEEPING),
+        )
     }
 
     /// The producer's "space freed" doorbell of ring `ring`.
@@ -178,7 +231,12 @@ impl Producer {
     pub fn new(shm: Arc<Shm>, ring: usize) -> Producer {
         let head = shm.ctl64(ring, layout::CTL_HEAD).load(Ordering::Acquire);
         let cached_tail = shm.ctl64(ring, layout::CTL_TAIL).load(Ordering::Acquire);
-        Producer { shm, ring, head, cached_tail }
+        Producer {
+            shm,
+            ring,
+            head,
+            cached_tail,
+        }
     }
 
     /// Writes one record (header + `parts` concatenated) if it fits, then publishes it
@@ -186,7 +244,10 @@ impl Producer {
     pub fn try_push(&mut self, kind: u16, parts: &[&[u8]]) -> Result<Push, Violation> {
         let geo = self.shm.geo;
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        assert!(len <= geo.max_inline as usize, "caller spills frames above max_inline");
+        assert!(
+            len <= geo.max_inline as usize,
+            "caller spills frames above max_inline"
+        );
         let need = geo.slots_for(len);
         let cap = u64::from(geo.slot_count);
         if cap - self.head.wrapping_sub(self.cached_tail) < need && self.free_slots()? < need {
@@ -205,18 +266,28 @@ impl Producer {
         }
         self.head = self.head.wrapping_add(need);
         // swap: a release store that is also the full fence the doorbell protocol needs.
-        self.shm.ctl64(self.ring, layout::CTL_HEAD).swap(self.head, Ordering::SeqCst);
+        self.shm
+            .ctl64(self.ring, layout::CTL_HEAD)
+            .swap(self.head, Ordering::SeqCst);
         self.shm.data_bell(self.ring).ring_fenced();
         Ok(Push::Done)
     }
 
     /// Free slots as seen now: reads the consumer's tail (once) and checks it.
     pub fn free_slots(&mut self) -> Result<u64, Violation> {
-        let tail = self.shm.ctl64(self.ring, layout::CTL_TAIL).load(Ordering::Acquire);
+        let tail = self
+            .shm
+            .ctl64(self.ring, layout::CTL_TAIL)
+            .load(Ordering::Acquire);
         let used = self.head.wrapping_sub(tail);
         let cap = u64::from(self.shm.geo.slot_count);
         if used > cap {
-            return Err(Violation::RingIndex { ring: self.ring, head: self.head, tail, capacity: cap });
+            return Err(Violation::RingIndex {
+                ring: self.ring,
+                head: self.head,
+                tail,
+                capacity: cap,
+            });
         }
         self.cached_tail = tail;
         Ok(cap - used)
@@ -265,13 +336,22 @@ impl Consumer {
     /// The consumer of ring `ring`.
     pub fn new(shm: Arc<Shm>, ring: usize) -> Consumer {
         let tail = shm.ctl64(ring, layout::CTL_TAIL).load(Ordering::Acquire);
-        Consumer { shm, ring, tail, cached_head: tail, local_tail: Arc::new(AtomicU64::new(tail)) }
+        Consumer {
+            shm,
+            ring,
+            tail,
+            cached_head: tail,
+            local_tail: Arc::new(AtomicU64::new(tail)),
+        }
     }
 
     /// Whether a record is (apparently) available; a corrupt head also says yes, so
     /// that the next pop reports it.
     pub fn has_data(&self) -> bool {
-        self.shm.ctl64(self.ring, layout::CTL_HEAD).load(Ordering::Acquire) != self.tail
+        self.shm
+            .ctl64(self.ring, layout::CTL_HEAD)
+            .load(Ordering::Acquire)
+            != self.tail
     }
 
     /// The tail the reactor compares `head` against.
@@ -284,13 +364,21 @@ impl Consumer {
         let geo = self.shm.geo;
         let cap = u64::from(geo.slot_count);
         if self.cached_head == self.tail {
-            let head = self.shm.ctl64(self.ring, layout::CTL_HEAD).load(Ordering::Acquire);
+            let head = self
+                .shm
+                .ctl64(self.ring, layout::CTL_HEAD)
+                .load(Ordering::Acquire);
             let avail = head.wrapping_sub(self.tail);
             if avail == 0 {
                 return Ok(None);
             }
             if avail > cap {
-                return Err(Violation::RingIndex { ring: self.ring, head, tail: self.tail, capacity: cap });
+                return Err(Violation::RingIndex {
+                    ring: self.ring,
+                    head,
+                    tail: self.tail,
+                    capacity: cap,
+                });
             }
             self.cached_head = head;
         }
@@ -306,11 +394,17 @@ impl Consumer {
             return Err(Violation::RecordHeader { kind, reserved });
         }
         if len > geo.max_inline {
-            return Err(Violation::RecordLength { len: u64::from(len), limit: u64::from(geo.max_inline) });
+            return Err(Violation::RecordLength {
+                len: u64::from(len),
+                limit: u64::from(geo.max_inline),
+            });
         }
         let need = geo.slots_for(len as usize);
         if need > avail {
-            return Err(Violation::RecordLength { len: u64::from(len), limit: avail * u64::from(geo.slot_size) });
+            return Err(Violation::RecordLength {
+                len: u64::from(len),
+                limit: avail * u64::from(geo.slot_size),
+            });
         }
         let data_pos = (pos + layout::RECORD_HEADER) % geo.ring_bytes();
         let rec = if kind == layout::RECORD_INLINE {
@@ -320,7 +414,10 @@ impl Consumer {
             Record::Inline
         } else {
             if len != 16 {
-                return Err(Violation::RecordLength { len: u64::from(len), limit: 16 });
+                return Err(Violation::RecordLength {
+                    len: u64::from(len),
+                    limit: 16,
+                });
             }
             let mut p = [0u8; 16];
             self.shm.read_wrapped(self.ring, data_pos, &mut p);
@@ -328,12 +425,17 @@ impl Consumer {
             a.copy_from_slice(&p[..8]);
             let slot = u64::from_le_bytes(a);
             a.copy_from_slice(&p[8..]);
-            Record::Spill { slot, len: u64::from_le_bytes(a) }
+            Record::Spill {
+                slot,
+                len: u64::from_le_bytes(a),
+            }
         };
         self.tail = self.tail.wrapping_add(need);
         self.local_tail.store(self.tail, Ordering::Release);
         // swap: release store + the full fence the doorbell protocol needs.
-        self.shm.ctl64(self.ring, layout::CTL_TAIL).swap(self.tail, Ordering::SeqCst);
+        self.shm
+            .ctl64(self.ring, layout::CTL_TAIL)
+            .swap(self.tail, Ordering::SeqCst);
         self.shm.space_bell(self.ring).ring_fenced();
         Ok(Some(rec))
     }

@@ -85,7 +85,12 @@ pub fn memfd_create(name: &str) -> io::Result<OwnedFd> {
 pub fn memfd_noexec_seal_supported() -> io::Result<bool> {
     let cname = CString::new("nodecell-probe").expect("no NUL");
     // SAFETY: valid string, integer flags.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL) };
+    let fd = unsafe {
+        libc::memfd_create(
+            cname.as_ptr(),
+            MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL,
+        )
+    };
     if fd >= 0 {
         drop(owned(fd)?);
         return Ok(true);
@@ -121,7 +126,10 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileInfo> {
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstat succeeded, so it filled the struct (and it was zeroed before).
     let st = unsafe { st.assume_init() };
-    Ok(FileInfo { size: st.st_size.max(0) as u64, regular: (st.st_mode & libc::S_IFMT) == libc::S_IFREG })
+    Ok(FileInfo {
+        size: st.st_size.max(0) as u64,
+        regular: (st.st_mode & libc::S_IFMT) == libc::S_IFREG,
+    })
 }
 
 /// `fcntl(fd, F_GET_SEALS)`; EINVAL means the file does not support seals (not a memfd).
@@ -199,7 +207,8 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
         Ok(Mapping { ptr, len, prot })
     }
 
@@ -278,7 +287,10 @@ impl Mapping {
 
     /// The 32-bit atomic at byte offset `off` (must be 4-aligned and in bounds).
     pub fn atomic_u32(&self, off: usize) -> &AtomicU32 {
-        assert!(off.is_multiple_of(4) && off + 4 <= self.len, "atomic_u32 out of bounds");
+        assert!(
+            off.is_multiple_of(4) && off + 4 <= self.len,
+            "atomic_u32 out of bounds"
+        );
         // SAFETY: in bounds and aligned (asserted); the page is mapped for as long as
         // &self lives; AtomicU32 has the layout of u32 and all bit patterns are valid.
         unsafe { &*self.ptr().add(off).cast::<AtomicU32>() }
@@ -286,7 +298,10 @@ impl Mapping {
 
     /// The 64-bit atomic at byte offset `off` (must be 8-aligned and in bounds).
     pub fn atomic_u64(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
-        assert!(off.is_multiple_of(8) && off + 8 <= self.len, "atomic_u64 out of bounds");
+        assert!(
+            off.is_multiple_of(8) && off + 8 <= self.len,
+            "atomic_u64 out of bounds"
+        );
         // SAFETY: as in atomic_u32.
         unsafe { &*self.ptr().add(off).cast::<std::sync::atomic::AtomicU64>() }
     }
@@ -296,7 +311,10 @@ impl Mapping {
     /// The peer may write the same bytes at the same time; the copy then holds
     /// garbage, which the caller validates — it never reads the mapping twice.
     pub fn read_into(&self, off: usize, dst: &mut [u8]) {
-        assert!(off.checked_add(dst.len()).is_some_and(|e| e <= self.len), "read_into out of bounds");
+        assert!(
+            off.checked_add(dst.len()).is_some_and(|e| e <= self.len),
+            "read_into out of bounds"
+        );
         // SAFETY: the source range is inside the mapping (asserted) and dst is a
         // distinct, writable Rust slice; bytes have no invalid values.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr().add(off), dst.as_mut_ptr(), dst.len()) }
@@ -304,8 +322,14 @@ impl Mapping {
 
     /// Copies `src` into the mapping at `off`. The mapping must be writable.
     pub fn write_from(&self, off: usize, src: &[u8]) {
-        assert!(self.prot != Protection::ReadShared, "write to a read-only mapping");
-        assert!(off.checked_add(src.len()).is_some_and(|e| e <= self.len), "write_from out of bounds");
+        assert!(
+            self.prot != Protection::ReadShared,
+            "write to a read-only mapping"
+        );
+        assert!(
+            off.checked_add(src.len()).is_some_and(|e| e <= self.len),
+            "write_from out of bounds"
+        );
         // SAFETY: the destination range is inside a writable mapping (asserted) and
         // cannot overlap the Rust slice src.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr().add(off), src.len()) }
@@ -356,17 +380,39 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) ->
         tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
-    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: word is a valid aligned u32 for the duration of the call; tsp is null or
     // points to a live timespec.
-    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), FUTEX_WAIT, expected, tsp, 0usize, 0u32) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            FUTEX_WAIT,
+            expected,
+            tsp,
+            0usize,
+            0u32,
+        )
+    };
     cvt_long(r).map(drop)
 }
 
 /// `futex(FUTEX_WAKE)` on a shared word: wakes up to `n` waiters, returns how many woke.
 pub fn futex_wake(word: &AtomicU32, n: i32) -> io::Result<usize> {
     // SAFETY: word is a valid aligned u32; FUTEX_WAKE does not dereference other args.
-    let r = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), FUTEX_WAKE, n, 0usize, 0usize, 0u32) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            FUTEX_WAKE,
+            n,
+            0usize,
+            0usize,
+            0u32,
+        )
+    };
     cvt_long(r).map(|n| n as usize)
 }
 
@@ -387,7 +433,12 @@ pub struct FutexWaitv {
 impl FutexWaitv {
     /// A waiter on a shared 32-bit word.
     pub fn new(word: &AtomicU32, expected: u32) -> FutexWaitv {
-        FutexWaitv { val: u64::from(expected), uaddr: word.as_ptr() as u64, flags: FUTEX2_SIZE_U32, reserved: 0 }
+        FutexWaitv {
+            val: u64::from(expected),
+            uaddr: word.as_ptr() as u64,
+            flags: FUTEX2_SIZE_U32,
+            reserved: 0,
+        }
     }
 }
 
@@ -400,9 +451,14 @@ pub fn futex_waitv(waiters: &[FutexWaitv], timeout: Option<Duration>) -> io::Res
     let abs = timeout.map(|t| {
         let now = monotonic_now();
         let end = now + t;
-        libc::timespec { tv_sec: end.as_secs() as libc::time_t, tv_nsec: end.subsec_nanos() as libc::c_long }
+        libc::timespec {
+            tv_sec: end.as_secs() as libc::time_t,
+            tv_nsec: end.subsec_nanos() as libc::c_long,
+        }
     });
-    let tsp = abs.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let tsp = abs
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: waiters is a live array of repr(C) futex_waitv; tsp is null or live.
     let r = unsafe {
         libc::syscall(
@@ -419,17 +475,30 @@ pub fn futex_waitv(waiters: &[FutexWaitv], timeout: Option<Duration>) -> io::Res
 
 /// CLOCK_MONOTONIC now, as a Duration since boot.
 pub fn monotonic_now() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid out pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// A connected `AF_UNIX`/`SOCK_SEQPACKET` pair, both ends close-on-exec.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds is a valid out array of two ints.
-    cvt(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) })?;
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
     Ok((owned(fds[0])?, owned(fds[1])?))
 }
 
@@ -441,7 +510,10 @@ pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io
     // SAFETY: CMSG_SPACE is a pure computation.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8).max(1)];
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
     // SAFETY: msghdr is plain data; zeroed is a valid starting value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -461,7 +533,13 @@ pub fn send_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io
     }
     loop {
         // SAFETY: msg and everything it points to (iov, data, cbuf) are live.
-        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::sendmsg(
+                sock.as_raw_fd(),
+                &msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
         if n >= 0 {
             if n as usize != data.len() {
                 return Err(io::Error::from(io::ErrorKind::WriteZero));
@@ -490,12 +568,19 @@ pub struct Received {
 
 /// Receives one message without blocking (`MSG_DONTWAIT | MSG_CMSG_CLOEXEC`), with room
 /// for at most `max_fds` descriptors. `Ok(None)` when nothing is queued.
-pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8], max_fds: usize) -> io::Result<Option<Received>> {
+pub fn recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<Option<Received>> {
     let fd_bytes = max_fds * std::mem::size_of::<RawFd>();
     // SAFETY: pure computation.
     let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8).max(1)];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     // SAFETY: plain data, zero is valid.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -504,7 +589,13 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8], max_fds: usize) -> io::Res
     msg.msg_controllen = space as _;
     let n = loop {
         // SAFETY: msg points to live buffers sized as declared.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe {
+            libc::recvmsg(
+                sock.as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
         if n >= 0 {
             break n as usize;
         }
@@ -547,7 +638,11 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8], max_fds: usize) -> io::Res
 /// `poll` on one descriptor for `events`, waiting at most `timeout_ms` (-1: forever).
 /// Returns the revents (0 on timeout).
 pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> io::Result<i16> {
-    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events, revents: 0 };
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
     loop {
         // SAFETY: p is one valid pollfd.
         let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
@@ -562,9 +657,19 @@ pub fn poll_one(fd: BorrowedFd<'_>, events: i16, timeout_ms: i32) -> io::Result<
 }
 
 /// `poll` on many descriptors; fills `revents` (same length as `fds`). Returns how many fired.
-pub fn poll_many(fds: &[(BorrowedFd<'_>, i16)], revents: &mut [i16], timeout_ms: i32) -> io::Result<usize> {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|(f, e)| libc::pollfd { fd: f.as_raw_fd(), events: *e, revents: 0 }).collect();
+pub fn poll_many(
+    fds: &[(BorrowedFd<'_>, i16)],
+    revents: &mut [i16],
+    timeout_ms: i32,
+) -> io::Result<usize> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|(f, e)| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: *e,
+            revents: 0,
+        })
+        .collect();
     let r = loop {
         // SAFETY: p is a valid array of p.len() pollfds.
         let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };

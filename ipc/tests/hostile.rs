@@ -10,7 +10,10 @@ use nodecell_ipc::doorbell::Doorbell;
 use nodecell_ipc::frame::{kind, tag};
 use nodecell_ipc::layout::{self, Geometry};
 use nodecell_ipc::sys::{self, Mapping, Protection};
-use nodecell_ipc::{Arena, ChannelConfig, ChannelError, DecodeError, Frame, Limits, TensorError, Value, Violation, WorkerFds};
+use nodecell_ipc::{
+    Arena, ChannelConfig, ChannelError, DecodeError, Frame, Limits, TensorError, Value, Violation,
+    WorkerFds,
+};
 
 use crate::util::{self, child_say};
 
@@ -24,7 +27,12 @@ struct RawPeer {
 
 impl RawPeer {
     fn open(fds: WorkerFds) -> RawPeer {
-        let h = Mapping::map(fds.ring.as_fd(), layout::HEADER_SIZE, Protection::ReadShared).unwrap();
+        let h = Mapping::map(
+            fds.ring.as_fd(),
+            layout::HEADER_SIZE,
+            Protection::ReadShared,
+        )
+        .unwrap();
         let mut b = [0u8; 64];
         h.read_into(0, &mut b);
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
@@ -34,7 +42,12 @@ impl RawPeer {
             max_inline: u32_at(layout::OFF_MAX_INLINE),
         };
         let m = Mapping::map(fds.ring.as_fd(), geo.total_size(), Protection::WriteShared).unwrap();
-        RawPeer { m, geo, head: 0, fds }
+        RawPeer {
+            m,
+            geo,
+            head: 0,
+            fds,
+        }
     }
 
     fn ctl64(&self, ring: usize, f: usize) -> &std::sync::atomic::AtomicU64 {
@@ -43,14 +56,19 @@ impl RawPeer {
 
     fn ring_bell(&self) {
         let r = layout::RING_TO_HOST;
-        Doorbell::new(self.m.atomic_u32(layout::ctl(r, layout::CTL_DATA_SEQ)), self.m.atomic_u32(layout::ctl(r, layout::CTL_DATA_SLEEPING))).ring();
+        Doorbell::new(
+            self.m.atomic_u32(layout::ctl(r, layout::CTL_DATA_SEQ)),
+            self.m.atomic_u32(layout::ctl(r, layout::CTL_DATA_SLEEPING)),
+        )
+        .ring();
     }
 
     /// Writes a record (header says `len`, `payload` bytes follow) and publishes `slots`.
     fn push_raw(&mut self, kind: u16, len: u32, payload: &[u8], slots: u64) {
         let ring_bytes = self.geo.ring_bytes();
         let base = self.geo.ring_offset(layout::RING_TO_HOST);
-        let mut pos = ((self.head % u64::from(self.geo.slot_count)) as usize) * self.geo.slot_size as usize;
+        let mut pos =
+            ((self.head % u64::from(self.geo.slot_count)) as usize) * self.geo.slot_size as usize;
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&len.to_le_bytes());
         bytes.extend_from_slice(&kind.to_le_bytes());
@@ -61,7 +79,8 @@ impl RawPeer {
             pos = (pos + 1) % ring_bytes;
         }
         self.head += slots;
-        self.ctl64(layout::RING_TO_HOST, layout::CTL_HEAD).store(self.head, Ordering::Release);
+        self.ctl64(layout::RING_TO_HOST, layout::CTL_HEAD)
+            .store(self.head, Ordering::Release);
         self.ring_bell();
     }
 
@@ -114,7 +133,15 @@ fn reply_header() -> Vec<u8> {
 }
 
 /// A reply frame holding one raw tensor descriptor.
-fn tensor_reply(slot: u64, offset: u64, nbytes: u64, dtype: u8, shape: &[u64], strides: &[i64], flags: u8) -> Vec<u8> {
+fn tensor_reply(
+    slot: u64,
+    offset: u64,
+    nbytes: u64,
+    dtype: u8,
+    shape: &[u64],
+    strides: &[i64],
+    flags: u8,
+) -> Vec<u8> {
     let mut b = reply_header();
     b.push(tag::TENSOR);
     b.extend_from_slice(&slot.to_le_bytes());
@@ -159,19 +186,25 @@ fn cases() -> Vec<Case> {
         Case {
             name: "corrupted head (far ahead of tail)",
             act: |p| {
-                p.ctl64(layout::RING_TO_HOST, layout::CTL_HEAD).store(1 << 40, Ordering::Release);
+                p.ctl64(layout::RING_TO_HOST, layout::CTL_HEAD)
+                    .store(1 << 40, Ordering::Release);
                 p.ring_bell();
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::RingIndex { ring: 1, .. }))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::RingIndex { ring: 1, .. }))
+            }),
         },
         Case {
             name: "corrupted tail of the host's ring (passes head)",
             act: |p| {
-                p.ctl64(layout::RING_TO_WORKER, layout::CTL_TAIL).store(12345, Ordering::Release);
+                p.ctl64(layout::RING_TO_WORKER, layout::CTL_TAIL)
+                    .store(12345, Ordering::Release);
                 0
             },
-            expect: Expect::SendError(|e| matches!(v(e), Some(Violation::RingIndex { ring: 0, .. }))),
+            expect: Expect::SendError(|e| {
+                matches!(v(e), Some(Violation::RingIndex { ring: 0, .. }))
+            }),
         },
         Case {
             name: "oversized record length",
@@ -195,12 +228,16 @@ fn cases() -> Vec<Case> {
                 p.push(9, &[0; 8]);
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::RecordHeader { kind: 9, .. }))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::RecordHeader { kind: 9, .. }))
+            }),
         },
         Case {
             name: "garbage bytes",
             act: |p| {
-                let g: Vec<u8> = (0..300u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+                let g: Vec<u8> = (0..300u32)
+                    .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                    .collect();
                 p.push(layout::RECORD_INLINE, &g);
                 0
             },
@@ -217,7 +254,9 @@ fn cases() -> Vec<Case> {
                 p.push(layout::RECORD_INLINE, &b);
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::Decode(DecodeError::TooDeep { .. })))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::Decode(DecodeError::TooDeep { .. })))
+            }),
         },
         Case {
             name: "count bomb (list of 4 billion items in 21 bytes)",
@@ -227,7 +266,9 @@ fn cases() -> Vec<Case> {
                 p.push(layout::RECORD_INLINE, &b);
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::Decode(DecodeError::Truncated { .. })))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::Decode(DecodeError::Truncated { .. })))
+            }),
         },
         Case {
             name: "string length beyond the frame",
@@ -239,7 +280,9 @@ fn cases() -> Vec<Case> {
                 p.push(layout::RECORD_INLINE, &b);
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::Decode(DecodeError::Truncated { .. })))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::Decode(DecodeError::Truncated { .. })))
+            }),
         },
         Case {
             name: "spill naming a slot never sent",
@@ -247,13 +290,20 @@ fn cases() -> Vec<Case> {
                 p.spill(77, 100);
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::UnknownSlot { slot: 77 }))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::UnknownSlot { slot: 77 }))
+            }),
         },
         Case {
             name: "spill in an unsealed memfd, truncated after sending",
             act: |p| {
                 let mut b = Vec::new();
-                Frame::Heartbeat { seq: 1, monotonic_ns: 1 }.encode(&mut b, &Limits::default()).unwrap();
+                Frame::Heartbeat {
+                    seq: 1,
+                    monotonic_ns: 1,
+                }
+                .encode(&mut b, &Limits::default())
+                .unwrap();
                 let fd = memfd(&b, 0);
                 p.send_fds(&[(5, layout::FD_KIND_SPILL)], &[&fd]);
                 p.spill(5, b.len() as u64);
@@ -270,7 +320,16 @@ fn cases() -> Vec<Case> {
                 p.spill(5, 1 << 20);
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::ArenaSize { slot: 5, size: 100, .. }))),
+            expect: Expect::RecvError(|e| {
+                matches!(
+                    v(e),
+                    Some(Violation::ArenaSize {
+                        slot: 5,
+                        size: 100,
+                        ..
+                    })
+                )
+            }),
         },
         Case {
             name: "spill larger than the frame limit",
@@ -280,74 +339,130 @@ fn cases() -> Vec<Case> {
                 p.spill(5, 1 << 40);
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::RecordLength { len, .. }) if *len == 1 << 40)),
+            expect: Expect::RecvError(
+                |e| matches!(v(e), Some(Violation::RecordLength { len, .. }) if *len == 1 << 40),
+            ),
         },
         Case {
             name: "tensor naming a bogus arena id",
             act: |p| {
-                p.push(layout::RECORD_INLINE, &tensor_reply(55, 0, 64, 11, &[16], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(55, 0, 64, 11, &[16], &[1], 0),
+                );
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::UnknownSlot { slot: 55 }))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::UnknownSlot { slot: 55 }))
+            }),
         },
         Case {
             name: "tensor offset past the arena's sealed size",
             act: |p| {
                 let fd = memfd(&[0u8; 4096], IMMUTABLE);
                 p.send_fds(&[(6, layout::FD_KIND_ARENA)], &[&fd]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(6, 4000, 200, 1, &[200], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 4000, 200, 1, &[200], &[1], 0),
+                );
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::Tensor(TensorError::OutOfArena { .. })))),
+            expect: Expect::RecvError(|e| {
+                matches!(
+                    v(e),
+                    Some(Violation::Tensor(TensorError::OutOfArena { .. }))
+                )
+            }),
         },
         Case {
             name: "tensor asking to be writable in an immutable arena",
             act: |p| {
                 let fd = memfd(&[0u8; 4096], IMMUTABLE);
                 p.send_fds(&[(6, layout::FD_KIND_ARENA)], &[&fd]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(6, 0, 64, 1, &[64], &[1], 1));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 64, 1, &[64], &[1], 1),
+                );
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::SlotKind { slot: 6, .. }))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::SlotKind { slot: 6, .. }))
+            }),
         },
         Case {
             name: "tensor with an unknown dtype",
             act: |p| {
-                p.push(layout::RECORD_INLINE, &tensor_reply(1, 0, 64, 200, &[4], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(1, 0, 64, 200, &[4], &[1], 0),
+                );
                 0
             },
             expect: Expect::RecvError(|e| {
-                matches!(v(e), Some(Violation::Decode(DecodeError::Tensor { err: TensorError::UnknownDtype(200), .. })))
+                matches!(
+                    v(e),
+                    Some(Violation::Decode(DecodeError::Tensor {
+                        err: TensorError::UnknownDtype(200),
+                        ..
+                    }))
+                )
             }),
         },
         Case {
             name: "tensor shape x stride overflow",
             act: |p| {
-                p.push(layout::RECORD_INLINE, &tensor_reply(1, 0, 64, 12, &[1 << 40, 1 << 40], &[1 << 40, 1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(1, 0, 64, 12, &[1 << 40, 1 << 40], &[1 << 40, 1], 0),
+                );
                 0
             },
             expect: Expect::RecvError(|e| {
-                matches!(v(e), Some(Violation::Decode(DecodeError::Tensor { err: TensorError::Overflow { .. }, .. })))
+                matches!(
+                    v(e),
+                    Some(Violation::Decode(DecodeError::Tensor {
+                        err: TensorError::Overflow { .. },
+                        ..
+                    }))
+                )
             }),
         },
         Case {
             name: "tensor with 9 dimensions",
             act: |p| {
-                p.push(layout::RECORD_INLINE, &tensor_reply(1, 0, 64, 1, &[1; 9], &[1; 9], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(1, 0, 64, 1, &[1; 9], &[1; 9], 0),
+                );
                 0
             },
             expect: Expect::RecvError(|e| {
-                matches!(v(e), Some(Violation::Decode(DecodeError::Tensor { err: TensorError::TooManyDims(9), .. })))
+                matches!(
+                    v(e),
+                    Some(Violation::Decode(DecodeError::Tensor {
+                        err: TensorError::TooManyDims(9),
+                        ..
+                    }))
+                )
             }),
         },
         Case {
             name: "tensor span beyond nbytes (negative-free stride trick)",
             act: |p| {
-                p.push(layout::RECORD_INLINE, &tensor_reply(1, 0, 64, 11, &[4, 4], &[100, 1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(1, 0, 64, 11, &[4, 4], &[100, 1], 0),
+                );
                 0
             },
             expect: Expect::RecvError(|e| {
-                matches!(v(e), Some(Violation::Decode(DecodeError::Tensor { err: TensorError::SpanTooLarge { .. }, .. })))
+                matches!(
+                    v(e),
+                    Some(Violation::Decode(DecodeError::Tensor {
+                        err: TensorError::SpanTooLarge { .. },
+                        ..
+                    }))
+                )
             }),
         },
         Case {
@@ -355,7 +470,10 @@ fn cases() -> Vec<Case> {
             act: |p| {
                 let fd = memfd(&[1u8; 8192], 0);
                 p.send_fds(&[(6, layout::FD_KIND_ARENA)], &[&fd]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(6, 0, 8192, 1, &[8192], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 8192, 1, &[8192], &[1], 0),
+                );
                 sys::ftruncate(fd.as_fd(), 0).unwrap();
                 0
             },
@@ -364,9 +482,15 @@ fn cases() -> Vec<Case> {
         Case {
             name: "arena sealed FUTURE_WRITE only (worker could still write it)",
             act: |p| {
-                let fd = memfd(&[1u8; 8192], sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_FUTURE_WRITE);
+                let fd = memfd(
+                    &[1u8; 8192],
+                    sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_FUTURE_WRITE,
+                );
                 p.send_fds(&[(6, layout::FD_KIND_ARENA)], &[&fd]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(6, 0, 8192, 1, &[8192], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 8192, 1, &[8192], &[1], 0),
+                );
                 0
             },
             expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::Seals { slot: 6, .. }))),
@@ -376,17 +500,32 @@ fn cases() -> Vec<Case> {
             act: |p| {
                 let fd = memfd(&[], IMMUTABLE);
                 p.send_fds(&[(6, layout::FD_KIND_ARENA)], &[&fd]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(6, 0, 0, 1, &[0], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 0, 1, &[0], &[1], 0),
+                );
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::ArenaSize { slot: 6, size: 0, .. }))),
+            expect: Expect::RecvError(|e| {
+                matches!(
+                    v(e),
+                    Some(Violation::ArenaSize {
+                        slot: 6,
+                        size: 0,
+                        ..
+                    })
+                )
+            }),
         },
         Case {
             name: "a socket sent as an arena (not a memfd)",
             act: |p| {
                 let (a, _b) = sys::seqpacket_pair().unwrap();
                 p.send_fds(&[(6, layout::FD_KIND_ARENA)], &[&a]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(6, 0, 8, 1, &[8], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 8, 1, &[8], &[1], 0),
+                );
                 0
             },
             expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::NotMemfd { slot: 6 }))),
@@ -396,18 +535,27 @@ fn cases() -> Vec<Case> {
             act: |p| {
                 let fd = memfd(&[1u8; 64], sys::SEAL_SHRINK | sys::SEAL_GROW);
                 p.send_fds(&[(6, layout::FD_KIND_OUTPUT)], &[&fd]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(6, 0, 8, 1, &[8], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 8, 1, &[8], &[1], 0),
+                );
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::SlotKind { slot: 6, kind: 3 }))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::SlotKind { slot: 6, kind: 3 }))
+            }),
         },
         Case {
             name: "too many fds in one message (MSG_CTRUNC)",
             act: |p| {
                 let fds: Vec<OwnedFd> = (0..20).map(|_| memfd(&[0u8; 64], IMMUTABLE)).collect();
-                let entries: Vec<(u64, u8)> = (0..20).map(|i| (100 + i, layout::FD_KIND_ARENA)).collect();
+                let entries: Vec<(u64, u8)> =
+                    (0..20).map(|i| (100 + i, layout::FD_KIND_ARENA)).collect();
                 p.send_fds(&entries, &fds.iter().collect::<Vec<_>>());
-                p.push(layout::RECORD_INLINE, &tensor_reply(100, 0, 8, 1, &[8], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(100, 0, 8, 1, &[8], &[1], 0),
+                );
                 0
             },
             expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::FdMessage { .. }))),
@@ -420,17 +568,33 @@ fn cases() -> Vec<Case> {
                 d.extend_from_slice(&1u32.to_le_bytes());
                 d.extend_from_slice(&[0; 16]);
                 sys::send_fds(p.fds.sock.as_fd(), &d, &[fd.as_fd()]).unwrap();
-                p.push(layout::RECORD_INLINE, &tensor_reply(7, 0, 8, 1, &[8], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(7, 0, 8, 1, &[8], &[1], 0),
+                );
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::FdMessage { reason: "bad magic" }))),
+            expect: Expect::RecvError(|e| {
+                matches!(
+                    v(e),
+                    Some(Violation::FdMessage {
+                        reason: "bad magic"
+                    })
+                )
+            }),
         },
         Case {
             name: "fd message count not matching its descriptors",
             act: |p| {
                 let fd = memfd(&[0u8; 64], IMMUTABLE);
-                p.send_fds(&[(7, layout::FD_KIND_ARENA), (8, layout::FD_KIND_ARENA)], &[&fd]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(7, 0, 8, 1, &[8], &[1], 0));
+                p.send_fds(
+                    &[(7, layout::FD_KIND_ARENA), (8, layout::FD_KIND_ARENA)],
+                    &[&fd],
+                );
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(7, 0, 8, 1, &[8], &[1], 0),
+                );
                 0
             },
             expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::FdMessage { .. }))),
@@ -442,18 +606,36 @@ fn cases() -> Vec<Case> {
                 let b = memfd(&[0u8; 64], IMMUTABLE);
                 p.send_fds(&[(7, layout::FD_KIND_ARENA)], &[&a]);
                 p.send_fds(&[(7, layout::FD_KIND_ARENA)], &[&b]);
-                p.push(layout::RECORD_INLINE, &tensor_reply(7, 0, 8, 1, &[8], &[1], 0));
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(7, 0, 8, 1, &[8], &[1], 0),
+                );
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::DuplicateSlot { slot: 7 }))),
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::DuplicateSlot { slot: 7 }))
+            }),
         },
         Case {
             name: "release of references never given",
             act: |p| {
-                p.push_frame(&Frame::Release(nodecell_ipc::Release { handles: vec![], tensors: vec![(3, 5)], retired: vec![] }));
+                p.push_frame(&Frame::Release(nodecell_ipc::Release {
+                    handles: vec![],
+                    tensors: vec![(3, 5)],
+                    retired: vec![],
+                }));
                 0
             },
-            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::Release { slot: 3, count: 5, held: 0 }))),
+            expect: Expect::RecvError(|e| {
+                matches!(
+                    v(e),
+                    Some(Violation::Release {
+                        slot: 3,
+                        count: 5,
+                        held: 0
+                    })
+                )
+            }),
         },
         Case {
             name: "attempts to ftruncate the shared channel memfd fail",
@@ -463,10 +645,15 @@ fn cases() -> Vec<Case> {
                 let grow = sys::ftruncate(ring, 1 << 30);
                 let seal_off = sys::add_seals(ring, sys::SEAL_WRITE);
                 if shrink.is_ok() || grow.is_ok() || seal_off.is_ok() {
-                    child_say(&format!("ftruncate/seal allowed: {shrink:?} {grow:?} {seal_off:?}"));
+                    child_say(&format!(
+                        "ftruncate/seal allowed: {shrink:?} {grow:?} {seal_off:?}"
+                    ));
                     return 9;
                 }
-                p.push_frame(&Frame::Heartbeat { seq: 1, monotonic_ns: 2 });
+                p.push_frame(&Frame::Heartbeat {
+                    seq: 1,
+                    monotonic_ns: 2,
+                });
                 0
             },
             expect: Expect::CleanExit,
@@ -505,7 +692,15 @@ fn hostile_worker_cases_each_give_a_typed_error_and_the_host_serves_others() {
                 // free space runs out: at the latest after one ring's worth of frames.
                 std::thread::sleep(Duration::from_millis(100));
                 let cap = ch.geometry().slot_count as u64 + 1;
-                match (0..cap).map(|i| ch.send(&Frame::Heartbeat { seq: i, monotonic_ns: 0 })).find(|r| r.is_err()) {
+                match (0..cap)
+                    .map(|i| {
+                        ch.send(&Frame::Heartbeat {
+                            seq: i,
+                            monotonic_ns: 0,
+                        })
+                    })
+                    .find(|r| r.is_err())
+                {
                     Some(Err(e)) if check(&e) => Ok(()),
                     other => Err(format!("got {other:?}")),
                 }
@@ -522,11 +717,20 @@ fn hostile_worker_cases_each_give_a_typed_error_and_the_host_serves_others() {
             failures.push(format!("{}: {e}", case.name));
         }
         // The good worker is still served after every case.
-        assert_eq!(util::call(&good, "add", vec![Value::Int(1), Value::Int(2)]), Value::Int(3), "after {}", case.name);
+        assert_eq!(
+            util::call(&good, "add", vec![Value::Int(1), Value::Int(2)]),
+            Value::Int(3),
+            "after {}",
+            case.name
+        );
     }
     util::call(&good, "exit", vec![]);
     assert_eq!(gw.wait(Duration::from_secs(5)), 0);
-    assert!(failures.is_empty(), "hostile cases not handled:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "hostile cases not handled:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -542,7 +746,9 @@ fn worker_cannot_write_or_truncate_a_host_arena() {
         };
         let fd = &msg.fds[0];
         let len = sys::fstat(fd.as_fd()).unwrap().size as usize;
-        if sys::ftruncate(fd.as_fd(), 0).is_ok() || sys::ftruncate(fd.as_fd(), len as u64 * 2).is_ok() {
+        if sys::ftruncate(fd.as_fd(), 0).is_ok()
+            || sys::ftruncate(fd.as_fd(), len as u64 * 2).is_ok()
+        {
             return 10;
         }
         if Mapping::map(fd.as_fd(), len, Protection::WriteShared).is_ok() {
@@ -555,14 +761,20 @@ fn worker_cannot_write_or_truncate_a_host_arena() {
         let cow = Mapping::map(fd.as_fd(), len, Protection::CopyOnWrite).unwrap();
         cow.write_from(0, &[0xFF; 64]);
         let mut p = RawPeer::open(fds);
-        p.push_frame(&Frame::Heartbeat { seq: 1, monotonic_ns: 0 });
+        p.push_frame(&Frame::Heartbeat {
+            seq: 1,
+            monotonic_ns: 0,
+        });
         0
     });
     let a = Arena::create(1 << 20).unwrap();
     a.write(0, &[5u8; 64]).unwrap();
     a.seal_read_only().unwrap();
     ch.share(&a).unwrap();
-    assert!(matches!(ch.recv(Some(Duration::from_secs(5))), Ok(Frame::Heartbeat { .. })));
+    assert!(matches!(
+        ch.recv(Some(Duration::from_secs(5))),
+        Ok(Frame::Heartbeat { .. })
+    ));
     assert_eq!(w.wait(Duration::from_secs(5)), 0);
     let mut b = [0u8; 64];
     a.read(0, &mut b).unwrap();

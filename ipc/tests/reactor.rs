@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use nodecell_ipc::{Backend, Channel, ChannelConfig, ChannelError, Event, EventKind, Frame, Reactor, Token, Value};
+use nodecell_ipc::{
+    Backend, Channel, ChannelConfig, ChannelError, Event, EventKind, Frame, Reactor, Token, Value,
+};
 
 use crate::util::{self, child_say, spawn_worker};
 
@@ -67,19 +69,29 @@ fn reactor_reports_readable_channels_on_every_backend() {
         let mut expected: HashMap<u64, i64> = HashMap::new();
         for (ch, _) in chans.values() {
             for i in 0..50 {
-                let id = ch.send_call(0, "add", vec![Value::Int(i), Value::Int(0)], vec![]).unwrap();
+                let id = ch
+                    .send_call(0, "add", vec![Value::Int(i), Value::Int(0)], vec![])
+                    .unwrap();
                 expected.insert(id + ((ch.socket_fd() as u64) << 32), i + 1);
             }
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         while !expected.is_empty() {
-            assert!(Instant::now() < deadline, "{backend:?}: {} replies missing", expected.len());
+            assert!(
+                Instant::now() < deadline,
+                "{backend:?}: {} replies missing",
+                expected.len()
+            );
             for ev in r.wait(Some(Duration::from_millis(100))) {
                 assert_eq!(ev.kind, EventKind::Readable, "{backend:?}: {ev:?}");
                 let (ch, _) = &chans[&ev.token];
                 while let Some(f) = ch.try_recv().unwrap() {
-                    let Frame::Reply { id, value } = f else { panic!("{f:?}") };
-                    let want = expected.remove(&(id + ((ch.socket_fd() as u64) << 32))).expect("known id");
+                    let Frame::Reply { id, value } = f else {
+                        panic!("{f:?}")
+                    };
+                    let want = expected
+                        .remove(&(id + ((ch.socket_fd() as u64) << 32)))
+                        .expect("known id");
                     assert_eq!(value, Value::Int(want));
                 }
             }
@@ -103,14 +115,17 @@ fn killed_worker_is_noticed_via_pidfd_and_pending_calls_fail() {
             use nodecell_ipc::{layout, sys};
             use std::os::fd::AsFd;
             let geo_len = nodecell_ipc::ChannelConfig::default();
-            let total = layout::HEADER_SIZE + 2 * geo_len.slot_count as usize * geo_len.slot_size as usize;
-            let m = sys::Mapping::map(fds.ring.as_fd(), total, sys::Protection::WriteShared).unwrap();
+            let total =
+                layout::HEADER_SIZE + 2 * geo_len.slot_count as usize * geo_len.slot_size as usize;
+            let m =
+                sys::Mapping::map(fds.ring.as_fd(), total, sys::Protection::WriteShared).unwrap();
             // Wait until the host's calls are in, then write half a record and die.
             let head0 = m.atomic_u64(layout::ctl(layout::RING_TO_WORKER, layout::CTL_HEAD));
             while head0.load(std::sync::atomic::Ordering::Acquire) < 3 {
                 std::hint::spin_loop();
             }
-            let base = layout::HEADER_SIZE + geo_len.slot_count as usize * geo_len.slot_size as usize;
+            let base =
+                layout::HEADER_SIZE + geo_len.slot_count as usize * geo_len.slot_size as usize;
             m.write_from(base, &200u32.to_le_bytes());
             m.write_from(base + 8, &[1, 2, 0, 0]);
             // SAFETY: the test child kills itself mid-frame on purpose.
@@ -118,21 +133,51 @@ fn killed_worker_is_noticed_via_pidfd_and_pending_calls_fail() {
             0
         });
         let t = r.register(&ch);
-        let ids: Vec<u64> = (0..3).map(|i| ch.send_call(0, "add", vec![Value::Int(i), Value::Int(0)], vec![]).unwrap()).collect();
-        let seen = wait_for(&r, |e| e.token == t && e.kind == EventKind::PeerExited, Duration::from_secs(10));
-        assert!(seen.iter().all(|e| e.token == t), "{backend:?}: only the dead worker reports: {seen:?}");
+        let ids: Vec<u64> = (0..3)
+            .map(|i| {
+                ch.send_call(0, "add", vec![Value::Int(i), Value::Int(0)], vec![])
+                    .unwrap()
+            })
+            .collect();
+        let seen = wait_for(
+            &r,
+            |e| e.token == t && e.kind == EventKind::PeerExited,
+            Duration::from_secs(10),
+        );
+        assert!(
+            seen.iter().all(|e| e.token == t),
+            "{backend:?}: only the dead worker reports: {seen:?}"
+        );
         // Nothing half-written is delivered; the pending calls are handed back to fail.
         assert!(ch.try_recv().unwrap().is_none());
-        assert!(matches!(ch.check_alive(), Err(ChannelError::PeerGone { .. })));
+        assert!(matches!(
+            ch.check_alive(),
+            Err(ChannelError::PeerGone { .. })
+        ));
         let mut failed = ch.close("worker died");
         failed.sort_unstable();
         assert_eq!(failed, ids, "{backend:?}");
-        assert!(matches!(ch.send_call(0, "add", vec![], vec![]), Err(ChannelError::PeerGone { .. })));
+        assert!(matches!(
+            ch.send_call(0, "add", vec![], vec![]),
+            Err(ChannelError::PeerGone { .. })
+        ));
         assert_eq!(w.wait(Duration::from_secs(5)), 128 + libc::SIGKILL);
         // The other worker is still served.
-        let id = good.send_call(0, "add", vec![Value::Int(41), Value::Int(0)], vec![]).unwrap();
-        wait_for(&r, |e| e.token == gt && e.kind == EventKind::Readable, Duration::from_secs(10));
-        assert_eq!(good.try_recv().unwrap(), Some(Frame::Reply { id, value: Value::Int(42) }));
+        let id = good
+            .send_call(0, "add", vec![Value::Int(41), Value::Int(0)], vec![])
+            .unwrap();
+        wait_for(
+            &r,
+            |e| e.token == gt && e.kind == EventKind::Readable,
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            good.try_recv().unwrap(),
+            Some(Frame::Reply {
+                id,
+                value: Value::Int(42)
+            })
+        );
         r.deregister(gt);
         r.deregister(t);
         drop(gw);
@@ -146,7 +191,9 @@ fn blocking_recv_notices_a_dead_peer() {
         0
     });
     let id = ch.send_call(0, "x", vec![], vec![]).unwrap();
-    let e = ch.wait_reply(id, Some(Duration::from_secs(10)), &mut |_, _| Ok(())).unwrap_err();
+    let e = ch
+        .wait_reply(id, Some(Duration::from_secs(10)), &mut |_, _| Ok(()))
+        .unwrap_err();
     assert!(matches!(e, ChannelError::PeerGone { .. }), "{e}");
     assert_eq!(ch.take_pending(), vec![id]);
     assert_eq!(w.wait(Duration::from_secs(5)), 0);
@@ -187,7 +234,10 @@ fn many_channels_span_several_futex_waitv_groups() {
     // 300 channels (more than one FUTEX_WAITV group of 127); peers in this process.
     for backend in backends() {
         let r = Reactor::start_with(backend).unwrap();
-        let cfg = ChannelConfig { slot_count: 16, ..ChannelConfig::default() };
+        let cfg = ChannelConfig {
+            slot_count: 16,
+            ..ChannelConfig::default()
+        };
         let mut pairs = Vec::new();
         for _ in 0..300 {
             let (host, fds) = Channel::create(cfg.clone()).unwrap();
@@ -196,12 +246,27 @@ fn many_channels_span_several_futex_waitv_groups() {
             pairs.push((t, host, worker));
         }
         std::thread::sleep(Duration::from_millis(20)); // let the reactor arm them all
-        // Ring a spread of them, one at a time, and see exactly those become readable.
+                                                       // Ring a spread of them, one at a time, and see exactly those become readable.
         for (i, (t, host, worker)) in pairs.iter().enumerate().filter(|(i, _)| i % 37 == 5) {
-            worker.send(&Frame::Heartbeat { seq: i as u64, monotonic_ns: 0 }).unwrap();
+            worker
+                .send(&Frame::Heartbeat {
+                    seq: i as u64,
+                    monotonic_ns: 0,
+                })
+                .unwrap();
             let ev = wait_for(&r, |e| e.token == *t, Duration::from_secs(5));
-            assert!(ev.iter().all(|e| e.token == *t && e.kind == EventKind::Readable), "{backend:?}: {ev:?}");
-            assert_eq!(host.try_recv().unwrap(), Some(Frame::Heartbeat { seq: i as u64, monotonic_ns: 0 }));
+            assert!(
+                ev.iter()
+                    .all(|e| e.token == *t && e.kind == EventKind::Readable),
+                "{backend:?}: {ev:?}"
+            );
+            assert_eq!(
+                host.try_recv().unwrap(),
+                Some(Frame::Heartbeat {
+                    seq: i as u64,
+                    monotonic_ns: 0
+                })
+            );
             assert_eq!(host.try_recv().unwrap(), None);
         }
     }
@@ -210,8 +275,21 @@ fn many_channels_span_several_futex_waitv_groups() {
 #[test]
 fn probe_reports_every_feature_and_this_kernel_has_them() {
     let f = nodecell_ipc::probe::probe();
-    let get = |n: &str| f.iter().find(|x| x.name == n).unwrap_or_else(|| panic!("no {n} in {f:?}"));
-    for n in ["io_uring", "io_uring futex ops", "futex_waitv", "memfd seals", "F_SEAL_FUTURE_WRITE", "MFD_NOEXEC_SEAL", "pidfd", "MADV_POPULATE_WRITE"] {
+    let get = |n: &str| {
+        f.iter()
+            .find(|x| x.name == n)
+            .unwrap_or_else(|| panic!("no {n} in {f:?}"))
+    };
+    for n in [
+        "io_uring",
+        "io_uring futex ops",
+        "futex_waitv",
+        "memfd seals",
+        "F_SEAL_FUTURE_WRITE",
+        "MFD_NOEXEC_SEAL",
+        "pidfd",
+        "MADV_POPULATE_WRITE",
+    ] {
         assert!(get(n).available, "{n}: {}", get(n).detail);
     }
     // THP for shmem depends on a sysctl: reported either way, with the setting.
@@ -242,7 +320,9 @@ fn deregistered_channels_are_freed_on_every_backend() {
         for _ in 0..8 {
             let (ch, fds) = Channel::create(ChannelConfig::default()).unwrap();
             // The worker's ring fd is a dup of the channel memfd: same inode.
-            let ino = std::fs::metadata(format!("/proc/self/fd/{}", fds.raw().0)).unwrap().ino();
+            let ino = std::fs::metadata(format!("/proc/self/fd/{}", fds.raw().0))
+                .unwrap()
+                .ino();
             inodes.push(ino);
             drop(fds);
             tokens.push(r.register(&ch));
@@ -252,10 +332,16 @@ fn deregistered_channels_are_freed_on_every_backend() {
             r.deregister(t);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        let still = |open: &std::collections::HashSet<u64>| inodes.iter().filter(|i| open.contains(i)).count();
+        let still = |open: &std::collections::HashSet<u64>| {
+            inodes.iter().filter(|i| open.contains(i)).count()
+        };
         while still(&open_inodes()) > 0 && Instant::now() < deadline {
             let _ = r.wait(Some(Duration::from_millis(10)));
         }
-        assert_eq!(still(&open_inodes()), 0, "{backend:?} kept deregistered channels mapped");
+        assert_eq!(
+            still(&open_inodes()),
+            0,
+            "{backend:?} kept deregistered channels mapped"
+        );
     }
 }

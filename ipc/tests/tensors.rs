@@ -3,7 +3,9 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use nodecell_ipc::{sys, Arena, ArenaState, Channel, ChannelConfig, DType, Frame, TensorDesc, Value};
+use nodecell_ipc::{
+    sys, Arena, ArenaState, Channel, ChannelConfig, DType, Frame, TensorDesc, Value,
+};
 
 use crate::util::{child_say, spawn_worker};
 
@@ -12,7 +14,13 @@ fn pattern(i: usize) -> u8 {
 }
 
 fn first_tensor(v: &[Value]) -> Option<TensorDesc> {
-    v.iter().find_map(|a| if let Value::Tensor(t) = a { Some((**t).clone()) } else { None })
+    v.iter().find_map(|a| {
+        if let Value::Tensor(t) = a {
+            Some((**t).clone())
+        } else {
+            None
+        }
+    })
 }
 
 /// Worker: for "sum" imports the tensor, checks it cannot be written or truncated,
@@ -43,9 +51,15 @@ fn tensor_worker(ch: Channel) -> i32 {
                 bytes.reverse();
                 out.write(0, &bytes).map_err(|e| e.to_string())?;
                 out.freeze().map_err(|e| e.to_string())?;
-                let od = ch.share_tensor(&out, 0, DType::U8, &[bytes.len() as u64], None).map_err(|e| e.to_string())?;
+                let od = ch
+                    .share_tensor(&out, 0, DType::U8, &[bytes.len() as u64], None)
+                    .map_err(|e| e.to_string())?;
                 ch.release(&d).map_err(|e| e.to_string())?;
-                ch.reply(c.id, Value::Tuple(vec![Value::Int(sum as i64), Value::Tensor(Box::new(od))])).map_err(|e| e.to_string())
+                ch.reply(
+                    c.id,
+                    Value::Tuple(vec![Value::Int(sum as i64), Value::Tensor(Box::new(od))]),
+                )
+                .map_err(|e| e.to_string())
             })(),
             ("fill", Some(d)) => (|| {
                 let view = ch.import(&d).map_err(|e| e.to_string())?;
@@ -54,7 +68,8 @@ fn tensor_worker(ch: Channel) -> i32 {
                 }
                 view.write(0, &vec![0xAB; view.len()]);
                 // Echo first, release after: the host may retire the arena on release.
-                ch.reply(c.id, Value::Tensor(Box::new(d.echo()))).map_err(|e| e.to_string())?;
+                ch.reply(c.id, Value::Tensor(Box::new(d.echo())))
+                    .map_err(|e| e.to_string())?;
                 ch.release(&d).map_err(|e| e.to_string())
             })(),
             ("cow", Some(d)) => (|| {
@@ -63,7 +78,8 @@ fn tensor_worker(ch: Channel) -> i32 {
                 let mut b = [0u8; 1];
                 view.read(0, &mut b);
                 ch.release(&d).map_err(|e| e.to_string())?;
-                ch.reply(c.id, Value::Int(i64::from(b[0]))).map_err(|e| e.to_string())
+                ch.reply(c.id, Value::Int(i64::from(b[0])))
+                    .map_err(|e| e.to_string())
             })(),
             ("exit", _) => {
                 let _ = ch.reply(c.id, Value::None);
@@ -80,7 +96,11 @@ fn tensor_worker(ch: Channel) -> i32 {
 
 fn call(ch: &Channel, method: &str, args: Vec<Value>) -> Value {
     let id = ch.send_call(0, method, args, vec![]).unwrap();
-    ch.wait_reply(id, Some(Duration::from_secs(20)), &mut |_, f| panic!("{f:?}")).unwrap().unwrap()
+    ch.wait_reply(id, Some(Duration::from_secs(20)), &mut |_, f| {
+        panic!("{f:?}")
+    })
+    .unwrap()
+    .unwrap()
 }
 
 #[test]
@@ -98,10 +118,15 @@ fn tensors_cross_zero_copy_and_come_back_immutable() {
     let expect: u64 = data.iter().map(|b| u64::from(*b)).sum();
     for round in 0..3 {
         // A 2-D view in the middle of the arena.
-        let d = ch.share_tensor(&a, 4096, DType::U8, &[512, 1024], None).unwrap();
+        let d = ch
+            .share_tensor(&a, 4096, DType::U8, &[512, 1024], None)
+            .unwrap();
         let v = call(&ch, "sum", vec![Value::Tensor(Box::new(d))]);
         let Value::Tuple(t) = v else { panic!("{v:?}") };
-        let part: u64 = data[4096..4096 + (512 << 10)].iter().map(|b| u64::from(*b)).sum();
+        let part: u64 = data[4096..4096 + (512 << 10)]
+            .iter()
+            .map(|b| u64::from(*b))
+            .sum();
         assert_eq!(t[0], Value::Int(part as i64), "round {round}");
         let od = first_tensor(&t).unwrap();
         let view = ch.import(&od).unwrap();
@@ -115,7 +140,11 @@ fn tensors_cross_zero_copy_and_come_back_immutable() {
         ch.release(&od).unwrap();
         assert!(ch.held_tensors().is_empty());
         // The worker released ours: after its frame, the host holds no references.
-        assert_eq!(ch.shared_refs(&a), None, "round {round}: host arena retired after release");
+        assert_eq!(
+            ch.shared_refs(&a),
+            None,
+            "round {round}: host arena retired after release"
+        );
     }
     let _ = expect;
     call(&ch, "exit", vec![]);
@@ -127,21 +156,33 @@ fn output_buffers_are_writable_by_the_worker_and_cow_views_stay_private() {
     let (ch, w) = spawn_worker(ChannelConfig::default(), tensor_worker);
     let out = Arena::create(1 << 20).unwrap();
     out.seal_output().unwrap();
-    let d = ch.share_tensor(&out, 0, DType::F32, &[256, 1024], None).unwrap();
+    let d = ch
+        .share_tensor(&out, 0, DType::F32, &[256, 1024], None)
+        .unwrap();
     assert!(d.writable);
     let v = call(&ch, "fill", vec![Value::Tensor(Box::new(d.clone()))]);
-    let Value::Tensor(back) = v else { panic!("{v:?}") };
+    let Value::Tensor(back) = v else {
+        panic!("{v:?}")
+    };
     assert_eq!(back.origin, nodecell_ipc::Origin::Receiver);
     let view = ch.import(&back).unwrap();
     let mut b = vec![0u8; 1 << 20];
     view.read(0, &mut b);
-    assert!(b.iter().all(|x| *x == 0xAB), "the worker filled the host's output buffer");
+    assert!(
+        b.iter().all(|x| *x == 0xAB),
+        "the worker filled the host's output buffer"
+    );
 
     let ro = Arena::create(1 << 16).unwrap();
     ro.write(0, &[7u8; 1 << 16]).unwrap();
     ro.seal_read_only().unwrap();
-    let d = ch.share_tensor(&ro, 0, DType::U8, &[1 << 16], None).unwrap();
-    assert_eq!(call(&ch, "cow", vec![Value::Tensor(Box::new(d))]), Value::Int(0xEE));
+    let d = ch
+        .share_tensor(&ro, 0, DType::U8, &[1 << 16], None)
+        .unwrap();
+    assert_eq!(
+        call(&ch, "cow", vec![Value::Tensor(Box::new(d))]),
+        Value::Int(0xEE)
+    );
     let mut b = [0u8; 16];
     ro.read(0, &mut b).unwrap();
     assert_eq!(b, [7u8; 16], "copy-on-write writes stay in the worker");
@@ -153,16 +194,31 @@ fn output_buffers_are_writable_by_the_worker_and_cow_views_stay_private() {
 fn unsealed_or_mis_sized_arenas_are_refused_by_the_sender() {
     let (ch, w) = spawn_worker(ChannelConfig::default(), tensor_worker);
     let open = Arena::create(4096).unwrap();
-    assert!(ch.share(&open).is_err(), "an unsealed arena cannot be shared");
+    assert!(
+        ch.share(&open).is_err(),
+        "an unsealed arena cannot be shared"
+    );
     open.seal_read_only().unwrap();
-    assert!(ch.share_tensor(&open, 0, DType::F64, &[1024], None).is_err(), "8 KiB of f64 do not fit in 4 KiB");
-    assert!(ch.share_tensor(&open, 0, DType::F64, &[u64::MAX / 4, 8], None).is_err(), "shape overflow");
-    let d = ch.share_tensor(&open, 0, DType::F32, &[16, 16], Some(&[1, 16])).unwrap();
+    assert!(
+        ch.share_tensor(&open, 0, DType::F64, &[1024], None)
+            .is_err(),
+        "8 KiB of f64 do not fit in 4 KiB"
+    );
+    assert!(
+        ch.share_tensor(&open, 0, DType::F64, &[u64::MAX / 4, 8], None)
+            .is_err(),
+        "shape overflow"
+    );
+    let d = ch
+        .share_tensor(&open, 0, DType::F32, &[16, 16], Some(&[1, 16]))
+        .unwrap();
     assert_eq!(d.strides(), &[1, 16]);
     // A writable descriptor over a read-only arena is refused at send time.
     let mut bad = d.clone();
     bad.writable = true;
-    assert!(ch.send_call(0, "fill", vec![Value::Tensor(Box::new(bad))], vec![]).is_err());
+    assert!(ch
+        .send_call(0, "fill", vec![Value::Tensor(Box::new(bad))], vec![])
+        .is_err());
     call(&ch, "exit", vec![]);
     assert_eq!(w.wait(Duration::from_secs(5)), 0);
     // Sealed memfds keep their size.

@@ -23,7 +23,11 @@ impl Worker {
             let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
             if r == self.pid {
                 self.reaped = true;
-                return if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+                return if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                };
             }
             if Instant::now() > deadline {
                 self.kill();
@@ -44,7 +48,8 @@ impl Worker {
         let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
         let f: Vec<&str> = rest.split_whitespace().collect();
         // fields after ')' start at state (3rd field): utime is 14th, stime 15th overall.
-        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
     }
 }
 
@@ -133,7 +138,9 @@ pub fn spawn_worker(cfg: ChannelConfig, f: impl FnOnce(Channel) -> i32) -> (Chan
 pub fn spawn_raw(cfg: ChannelConfig, f: impl FnOnce(WorkerFds) -> i32) -> (Channel, Worker) {
     let (host, fds) = Channel::create(cfg).expect("create channel");
     let keep = [fds.ring.as_raw_fd(), fds.sock.as_raw_fd()];
-    let w = fork_with(&keep, move || f(WorkerFds::from_raw(keep[0], keep[1]).expect("dup fds")));
+    let w = fork_with(&keep, move || {
+        f(WorkerFds::from_raw(keep[0], keep[1]).expect("dup fds"))
+    });
     drop(fds);
     host.set_peer_pid(w.pid).expect("pidfd");
     (host, w)
@@ -154,7 +161,12 @@ pub fn echo_worker(ch: Channel) -> i32 {
         if let Frame::Call(c) = f {
             let v = match c.method.as_str() {
                 "echo" => Value::Tuple(c.args),
-                "add" => Value::Int(c.args.iter().map(|a| if let Value::Int(i) = a { *i } else { 0 }).sum()),
+                "add" => Value::Int(
+                    c.args
+                        .iter()
+                        .map(|a| if let Value::Int(i) = a { *i } else { 0 })
+                        .sum(),
+                ),
                 "exit" => {
                     let _ = ch.reply(c.id, Value::None);
                     return 0;
@@ -172,8 +184,18 @@ pub fn echo_worker(ch: Channel) -> i32 {
 /// One blocking call with no callback handling.
 pub fn call(ch: &Channel, method: &str, args: Vec<nodecell_ipc::Value>) -> nodecell_ipc::Value {
     let id = ch.next_call_id();
-    let c = nodecell_ipc::Call { id, parent: None, target: 0, method: method.into(), args, kwargs: vec![], deadline_ns: 0 };
-    ch.call(c, Some(Duration::from_secs(10)), &mut |_, f| panic!("unexpected frame {f:?}"))
-        .expect("call")
-        .expect("no error")
+    let c = nodecell_ipc::Call {
+        id,
+        parent: None,
+        target: 0,
+        method: method.into(),
+        args,
+        kwargs: vec![],
+        deadline_ns: 0,
+    };
+    ch.call(c, Some(Duration::from_secs(10)), &mut |_, f| {
+        panic!("unexpected frame {f:?}")
+    })
+    .expect("call")
+    .expect("no error")
 }

@@ -1093,15 +1093,24 @@ mod tests {
 
     #[test]
     fn never_panics_on_garbage() {
-        let alphabet: Vec<char> = "name: \n- [ ]{}\"'#:é1.5GB>=numpy,sandbox max_memory=[tool.nodecell]\t".chars().collect();
+        let alphabet: Vec<char> =
+            "name: \n- [ ]{}\"'#:é1.5GB>=numpy,sandbox max_memory=[tool.nodecell]\t"
+                .chars()
+                .collect();
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for _ in 0..5_000 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             let len = (x % 64) as usize;
-            let s: String = (0..len).map(|i| alphabet[((x >> (i % 50)) as usize + i * 11) % alphabet.len()]).collect();
-            for f in [ManifestFormat::Manifest, ManifestFormat::Pyisolate, ManifestFormat::Pyproject] {
+            let s: String = (0..len)
+                .map(|i| alphabet[((x >> (i % 50)) as usize + i * 11) % alphabet.len()])
+                .collect();
+            for f in [
+                ManifestFormat::Manifest,
+                ManifestFormat::Pyisolate,
+                ManifestFormat::Pyproject,
+            ] {
                 let _ = parse_manifest(Path::new("/p/m"), &s, f, Path::new("/p"));
             }
         }

@@ -887,7 +887,9 @@ mod tests {
     #[test]
     fn never_panics_on_garbage() {
         // A small deterministic generator over characters that matter to the grammar.
-        let alphabet: Vec<char> = "ab1.-_ [](),;@<>=!~'\"é€:/+*ext andornotinpython_version".chars().collect();
+        let alphabet: Vec<char> = "ab1.-_ [](),;@<>=!~'\"é€:/+*ext andornotinpython_version"
+            .chars()
+            .collect();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..20_000 {
             x ^= x << 13;

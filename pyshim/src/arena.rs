@@ -72,9 +72,23 @@ impl PyArena {
     /// this arena's bytes from ``offset``: ``dtype`` name, ``shape``, ``strides`` in
     /// elements (None: C-contiguous). Checked against the arena's size.
     #[pyo3(signature = (offset, dtype, shape, strides = None))]
-    fn dlpack(&self, py: Python<'_>, offset: u64, dtype: &str, shape: Vec<u64>, strides: Option<Vec<i64>>) -> PyResult<Py<PyAny>> {
+    fn dlpack(
+        &self,
+        py: Python<'_>,
+        offset: u64,
+        dtype: &str,
+        shape: Vec<u64>,
+        strides: Option<Vec<i64>>,
+    ) -> PyResult<Py<PyAny>> {
         let (data, dt, shape, strides) = checked(&self.inner, offset, dtype, shape, strides)?;
-        dlpack::capsule(py, Keep::Arena(self.inner.clone()), data, dt, &shape, &strides)
+        dlpack::capsule(
+            py,
+            Keep::Arena(self.inner.clone()),
+            data,
+            dt,
+            &shape,
+            &strides,
+        )
     }
 
     /// Like ``dlpack`` but a producer object (``__dlpack__``/``__dlpack_device__``),
@@ -89,9 +103,15 @@ impl PyArena {
         readonly: bool,
     ) -> PyResult<dlpack::DLSource> {
         let (data, dt, shape, strides) = checked(&self.inner, offset, dtype, shape, strides)?;
-        Ok(dlpack::DLSource::new(Keep::Arena(self.inner.clone()), data, dt, shape, strides, readonly))
+        Ok(dlpack::DLSource::new(
+            Keep::Arena(self.inner.clone()),
+            data,
+            dt,
+            shape,
+            strides,
+            readonly,
+        ))
     }
-
 
     /// Address of this process's mapping.
     #[getter]
@@ -135,7 +155,12 @@ impl PyArena {
     }
 
     fn __repr__(&self) -> String {
-        format!("<nodecell Arena #{} {} bytes {}>", self.inner.id(), self.inner.len(), self.state())
+        format!(
+            "<nodecell Arena #{} {} bytes {}>",
+            self.inner.id(),
+            self.inner.len(),
+            self.state()
+        )
     }
 }
 
@@ -202,7 +227,11 @@ impl PyView {
     }
 
     fn __repr__(&self) -> String {
-        format!("<nodecell View {} bytes writable={}>", self.keep.view.len(), self.keep.view.writable())
+        format!(
+            "<nodecell View {} bytes writable={}>",
+            self.keep.view.len(),
+            self.keep.view.writable()
+        )
     }
 }
 
@@ -223,8 +252,13 @@ pub fn contiguous(shape: &[u64]) -> Vec<i64> {
 pub fn locate(py: Python<'_>, address: usize, nbytes: usize) -> PyResult<Option<(Py<PyAny>, u64)>> {
     Ok(match dlpack::locate(address, nbytes) {
         None => None,
-        Some(dlpack::Located::Arena(a, off)) => Some((Bound::new(py, PyArena { inner: a })?.into_any().unbind(), off)),
-        Some(dlpack::Located::View(v, off)) => Some((Bound::new(py, PyView { keep: v })?.into_any().unbind(), off)),
+        Some(dlpack::Located::Arena(a, off)) => Some((
+            Bound::new(py, PyArena { inner: a })?.into_any().unbind(),
+            off,
+        )),
+        Some(dlpack::Located::View(v, off)) => {
+            Some((Bound::new(py, PyView { keep: v })?.into_any().unbind(), off))
+        }
     })
 }
 
@@ -238,10 +272,22 @@ fn checked(
 ) -> PyResult<(*mut u8, nodecell_ipc::DType, Vec<u64>, Vec<i64>)> {
     let dt = dlpack::dtype(dtype)?;
     let strides = strides.unwrap_or_else(|| contiguous(&shape));
-    let d = TensorDesc::new(0, nodecell_ipc::Origin::Sender, offset, u64::MAX - offset, dt, &shape, &strides, false)
-        .and_then(|d| d.span())
-        .map_err(|e| PyValueError::new_err(e.to_string()))?;
-    if offset.checked_add(d).is_none_or(|end| end > inner.len() as u64) {
+    let d = TensorDesc::new(
+        0,
+        nodecell_ipc::Origin::Sender,
+        offset,
+        u64::MAX - offset,
+        dt,
+        &shape,
+        &strides,
+        false,
+    )
+    .and_then(|d| d.span())
+    .map_err(|e| PyValueError::new_err(e.to_string()))?;
+    if offset
+        .checked_add(d)
+        .is_none_or(|end| end > inner.len() as u64)
+    {
         return Err(PyValueError::new_err("tensor reaches outside the arena"));
     }
     let base = inner.as_ptr();

@@ -26,12 +26,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nodecell_ipc::{
-    Call, Channel, ChannelConfig, ChannelError, DType, ErrorValue as IpcError, Frame, HandleKind, Limits, LogLevel,
-    Origin, Record as IpcRecord, Release, RemoteHandle, Side, TensorDesc, Value, WorkerFds,
+    Call, Channel, ChannelConfig, ChannelError, DType, ErrorValue as IpcError, Frame, HandleKind,
+    Limits, LogLevel, Origin, Record as IpcRecord, Release, RemoteHandle, Side, TensorDesc, Value,
+    WorkerFds,
 };
 use pyo3::exceptions::{PyEOFError, PyOSError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple,
+};
 use pyo3::IntoPyObjectExt;
 
 use crate::arena::{PyArena, PyView, ViewKeep};
@@ -72,7 +75,9 @@ pub(crate) fn channel_err(e: ChannelError) -> PyErr {
         ChannelError::Closed { reason } => PyEOFError::new_err(format!("channel closed: {reason}")),
         ChannelError::Timeout { op } => PyTimeoutError::new_err(format!("timed out: {op}")),
         ChannelError::Encode(e) => PyValueError::new_err(format!("cannot encode frame: {e}")),
-        ChannelError::Config { field, value } => PyValueError::new_err(format!("bad channel config {field}: {value}")),
+        ChannelError::Config { field, value } => {
+            PyValueError::new_err(format!("bad channel config {field}: {value}"))
+        }
         ChannelError::Misuse { what } => PyValueError::new_err(what),
         other => PyOSError::new_err(other.to_string()),
     }
@@ -100,7 +105,10 @@ fn level_from_py(n: i64) -> LogLevel {
 
 fn host_config(max_frame: usize, send_timeout: f64) -> ChannelConfig {
     ChannelConfig {
-        limits: Limits { max_frame, ..Limits::default() },
+        limits: Limits {
+            max_frame,
+            ..Limits::default()
+        },
         send_timeout: Duration::from_secs_f64(send_timeout.max(0.001)),
         ..ChannelConfig::default()
     }
@@ -113,7 +121,10 @@ impl PyChannel {
     #[staticmethod]
     #[pyo3(signature = (max_frame = 256 << 20, send_timeout = 5.0, cuda = false))]
     fn create(max_frame: usize, send_timeout: f64, cuda: bool) -> PyResult<Self> {
-        let cfg = ChannelConfig { cuda, ..host_config(max_frame, send_timeout) };
+        let cfg = ChannelConfig {
+            cuda,
+            ..host_config(max_frame, send_timeout)
+        };
         let (ch, fds) = Channel::create(cfg).map_err(channel_err)?;
         Ok(PyChannel::wrap(ch, Some(fds)))
     }
@@ -122,7 +133,8 @@ impl PyChannel {
     #[staticmethod]
     #[pyo3(signature = (ring_fd, sock_fd, max_frame = 256 << 20, send_timeout = 60.0))]
     fn open(ring_fd: i32, sock_fd: i32, max_frame: usize, send_timeout: f64) -> PyResult<Self> {
-        let fds = WorkerFds::from_raw(ring_fd, sock_fd).map_err(|e| PyOSError::new_err(format!("channel fds: {e}")))?;
+        let fds = WorkerFds::from_raw(ring_fd, sock_fd)
+            .map_err(|e| PyOSError::new_err(format!("channel fds: {e}")))?;
         let ch = Channel::open(fds, host_config(max_frame, send_timeout))
             .map_err(|e| ProtocolViolation::new_err(format!("cannot open channel: {e}")))?;
         Ok(PyChannel::wrap(ch, None))
@@ -135,7 +147,9 @@ impl PyChannel {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .ok_or_else(|| PyValueError::new_err("peer fds were already taken (or this is a worker end)"))?;
+            .ok_or_else(|| {
+                PyValueError::new_err("peer fds were already taken (or this is a worker end)")
+            })?;
         let WorkerFds { ring, sock } = fds;
         Ok((ring.into_raw_fd(), sock.into_raw_fd()))
     }
@@ -146,7 +160,10 @@ impl PyChannel {
         // descriptor (or fails); it never touches memory.
         let dup = unsafe { libc::fcntl(pidfd, libc::F_DUPFD_CLOEXEC, 3) };
         if dup < 0 {
-            return Err(PyOSError::new_err(format!("dup pidfd {pidfd}: {}", std::io::Error::last_os_error())));
+            return Err(PyOSError::new_err(format!(
+                "dup pidfd {pidfd}: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         // SAFETY: `dup` is a fresh descriptor we own.
         self.ch.set_peer_pidfd(unsafe { OwnedFd::from_raw_fd(dup) });
@@ -162,8 +179,13 @@ impl PyChannel {
         decode_record: Py<PyAny>,
         decode_error: Py<PyAny>,
     ) {
-        *self.hooks.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Hooks { encode, tensor: decode_tensor, handle: decode_handle, record: decode_record, error: decode_error });
+        *self.hooks.lock().unwrap_or_else(|e| e.into_inner()) = Some(Hooks {
+            encode,
+            tensor: decode_tensor,
+            handle: decode_handle,
+            record: decode_record,
+            error: decode_error,
+        });
     }
 
     /// Process-unique id of this channel end.
@@ -188,7 +210,13 @@ impl PyChannel {
     }
 
     /// Sends one frame (see the module docs for payloads).
-    fn send(&self, py: Python<'_>, kind: u8, call_id: u64, payload: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn send(
+        &self,
+        py: Python<'_>,
+        kind: u8,
+        call_id: u64,
+        payload: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let frame = self.build_frame(py, kind, call_id, payload)?;
         crate::cuda::before_send(py, self.id, kind)?;
         let ch = self.ch.clone();
@@ -216,7 +244,9 @@ impl PyChannel {
     /// Spins (without sleeping) up to `max_us` microseconds for a frame.
     fn spin_recv(&self, py: Python<'_>, max_us: u64) -> PyResult<Option<Py<PyAny>>> {
         let ch = self.ch.clone();
-        let f = py.detach(move || ch.recv_spin(Duration::from_micros(max_us))).map_err(channel_err)?;
+        let f = py
+            .detach(move || ch.recv_spin(Duration::from_micros(max_us)))
+            .map_err(channel_err)?;
         f.map(|f| self.frame_to_py(py, f)).transpose()
     }
 
@@ -288,7 +318,11 @@ impl PyChannel {
         &self.ch
     }
 
-    fn hook<'py>(&self, py: Python<'py>, which: fn(&Hooks) -> &Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn hook<'py>(
+        &self,
+        py: Python<'py>,
+        which: fn(&Hooks) -> &Py<PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let h = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
         match h.as_ref() {
             Some(h) => Ok(which(h).bind(py).clone()),
@@ -298,36 +332,60 @@ impl PyChannel {
 
     // ------------------------------------------------------------------ encoding
 
-    fn build_frame(&self, py: Python<'_>, kind: u8, call_id: u64, payload: &Bound<'_, PyAny>) -> PyResult<Frame> {
+    fn build_frame(
+        &self,
+        py: Python<'_>,
+        kind: u8,
+        call_id: u64,
+        payload: &Bound<'_, PyAny>,
+    ) -> PyResult<Frame> {
         use nodecell_ipc::frame::kind as k;
         Ok(match kind {
             k::CALL | k::CALLBACK => {
-                let t = payload
-                    .cast::<PyTuple>()
-                    .map_err(|_| PyTypeError::new_err("call payload must be (target, method, args, kwargs)"))?;
+                let t = payload.cast::<PyTuple>().map_err(|_| {
+                    PyTypeError::new_err("call payload must be (target, method, args, kwargs)")
+                })?;
                 if t.len() != 4 {
-                    return Err(PyTypeError::new_err("call payload must be (target, method, args, kwargs)"));
+                    return Err(PyTypeError::new_err(
+                        "call payload must be (target, method, args, kwargs)",
+                    ));
                 }
                 let target: u64 = t.get_item(0)?.extract()?;
                 let method: String = t.get_item(1)?.extract()?;
                 let args_obj = t.get_item(2)?;
-                let args_t = args_obj.cast::<PyTuple>().map_err(|_| PyTypeError::new_err("call args must be a tuple"))?;
+                let args_t = args_obj
+                    .cast::<PyTuple>()
+                    .map_err(|_| PyTypeError::new_err("call args must be a tuple"))?;
                 let mut args = Vec::with_capacity(args_t.len());
                 for a in args_t.iter() {
                     args.push(self.to_value(py, &a, 0)?);
                 }
                 let kw_obj = t.get_item(3)?;
-                let kw = kw_obj.cast::<PyDict>().map_err(|_| PyTypeError::new_err("call kwargs must be a dict"))?;
+                let kw = kw_obj
+                    .cast::<PyDict>()
+                    .map_err(|_| PyTypeError::new_err("call kwargs must be a dict"))?;
                 let mut kwargs = Vec::with_capacity(kw.len());
                 for (key, v) in kw.iter() {
-                    let name: String =
-                        key.extract().map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
+                    let name: String = key
+                        .extract()
+                        .map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
                     kwargs.push((name, self.to_value(py, &v, 0)?));
                 }
                 // Both directions send plain calls; the Python layer routes replies by id.
-                Frame::Call(Call { id: call_id, parent: None, target, method, args, kwargs, deadline_ns: 0 })
+                Frame::Call(Call {
+                    id: call_id,
+                    parent: None,
+                    target,
+                    method,
+                    args,
+                    kwargs,
+                    deadline_ns: 0,
+                })
             }
-            k::REPLY => Frame::Reply { id: call_id, value: self.to_value(py, payload, 0)? },
+            k::REPLY => Frame::Reply {
+                id: call_id,
+                value: self.to_value(py, payload, 0)?,
+            },
             k::ERROR => {
                 let e = payload
                     .cast::<ErrorValue>()
@@ -344,21 +402,36 @@ impl PyChannel {
             }
             k::CANCEL => Frame::Cancel { id: call_id },
             k::RELEASE => {
-                let ids: Vec<u64> = payload.extract().map_err(|_| PyTypeError::new_err("release payload: list of ids"))?;
-                Frame::Release(Release { handles: ids, tensors: Vec::new(), retired: Vec::new() })
+                let ids: Vec<u64> = payload
+                    .extract()
+                    .map_err(|_| PyTypeError::new_err("release payload: list of ids"))?;
+                Frame::Release(Release {
+                    handles: ids,
+                    tensors: Vec::new(),
+                    retired: Vec::new(),
+                })
             }
             k::LOG => {
                 let (lvl, logger, message): (i64, String, String) = payload.extract()?;
-                Frame::Log { level: level_from_py(lvl), logger, message }
+                Frame::Log {
+                    level: level_from_py(lvl),
+                    logger,
+                    message,
+                }
             }
-            k::HEARTBEAT => Frame::Heartbeat { seq: call_id, monotonic_ns: 0 },
+            k::HEARTBEAT => Frame::Heartbeat {
+                seq: call_id,
+                monotonic_ns: 0,
+            },
             other => return Err(PyValueError::new_err(format!("unknown frame kind {other}"))),
         })
     }
 
     fn to_value(&self, py: Python<'_>, obj: &Bound<'_, PyAny>, depth: u32) -> PyResult<Value> {
         if depth > MAX_DEPTH {
-            return Err(PyValueError::new_err(format!("value nested deeper than {MAX_DEPTH} levels")));
+            return Err(PyValueError::new_err(format!(
+                "value nested deeper than {MAX_DEPTH} levels"
+            )));
         }
         if obj.is_none() {
             return Ok(Value::None);
@@ -398,7 +471,10 @@ impl PyChannel {
         if let Ok(d) = obj.cast_exact::<PyDict>() {
             let mut v = Vec::with_capacity(d.len());
             for (key, val) in d.iter() {
-                v.push((self.to_value(py, &key, depth + 1)?, self.to_value(py, &val, depth + 1)?));
+                v.push((
+                    self.to_value(py, &key, depth + 1)?,
+                    self.to_value(py, &val, depth + 1)?,
+                ));
             }
             return Ok(Value::Dict(v));
         }
@@ -423,18 +499,31 @@ impl PyChannel {
             let h = h.get();
             let me = self.ch.side();
             let owner = if h.sender_owns { me } else { me.peer() };
-            let kind = if h.kind == "callable" { HandleKind::Callable } else { HandleKind::Object };
-            return Ok(Value::Handle(RemoteHandle { id: h.id, owner, kind }));
+            let kind = if h.kind == "callable" {
+                HandleKind::Callable
+            } else {
+                HandleKind::Object
+            };
+            return Ok(Value::Handle(RemoteHandle {
+                id: h.id,
+                owner,
+                kind,
+            }));
         }
         if let Ok(r) = obj.cast::<Record>() {
             let r = r.get();
             let fields = r.fields.bind(py);
             let mut out = Vec::with_capacity(fields.len());
             for (key, val) in fields.iter() {
-                let name: String = key.extract().map_err(|_| PyTypeError::new_err("record field names must be str"))?;
+                let name: String = key
+                    .extract()
+                    .map_err(|_| PyTypeError::new_err("record field names must be str"))?;
                 out.push((name, self.to_value(py, &val, depth + 1)?));
             }
-            return Ok(Value::Record(Box::new(IpcRecord { name: r.name.clone(), fields: out })));
+            return Ok(Value::Record(Box::new(IpcRecord {
+                name: r.name.clone(),
+                fields: out,
+            })));
         }
         if let Ok(e) = obj.cast::<ErrorValue>() {
             let e = e.get();
@@ -450,14 +539,18 @@ impl PyChannel {
         if r.is(obj) {
             return Err(PyTypeError::new_err(format!(
                 "cannot send a value of type {}",
-                obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                obj.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             )));
         }
         self.to_value(py, &r, depth + 1)
     }
 
     fn tensor_value(&self, py: Python<'_>, t: &TensorRef) -> PyResult<Value> {
-        let dtype = DType::from_name(&t.dtype).ok_or_else(|| PyTypeError::new_err(format!("unknown dtype {:?}", t.dtype)))?;
+        let dtype = DType::from_name(&t.dtype)
+            .ok_or_else(|| PyTypeError::new_err(format!("unknown dtype {:?}", t.dtype)))?;
         let item = dtype.itemsize() as i64;
         let mut strides = Vec::with_capacity(t.strides.len());
         for &s in &t.strides {
@@ -470,7 +563,9 @@ impl PyChannel {
             strides.push(s / item);
         }
         let arena = t.arena.bind(py);
-        let desc = if let Some(d) = crate::cuda::tensor_desc(py, &self.ch, self.id, arena, t, dtype, &strides)? {
+        let desc = if let Some(d) =
+            crate::cuda::tensor_desc(py, &self.ch, self.id, arena, t, dtype, &strides)?
+        {
             d
         } else if let Ok(a) = arena.cast::<PyArena>() {
             let inner = &a.get().inner;
@@ -478,36 +573,67 @@ impl PyChannel {
                 .ch
                 .share_tensor(inner, t.offset, dtype, &t.shape, Some(&strides))
                 .map_err(channel_err)?;
-            self.own.lock().unwrap_or_else(|e| e.into_inner()).insert(d.slot, Arc::downgrade(inner));
+            self.own
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(d.slot, Arc::downgrade(inner));
             d
         } else if let Ok(v) = arena.cast::<PyView>() {
             let v = &v.get().keep;
             let base = match (&v.echo, v.channel_id == self.id) {
                 (Some(d), true) => d,
-                _ => {
-                    return Err(PyValueError::new_err(
-                        "this tensor's storage belongs to another channel; copy it into an arena first",
-                    ))
-                }
+                _ => return Err(PyValueError::new_err(
+                    "this tensor's storage belongs to another channel; copy it into an arena first",
+                )),
             };
             let offset = base
                 .offset
                 .checked_add(t.offset)
                 .ok_or_else(|| PyValueError::new_err("tensor offset overflows"))?;
-            let probe = TensorDesc::new(base.slot, Origin::Receiver, offset, u64::MAX - offset, dtype, &t.shape, &strides, false)
+            let probe = TensorDesc::new(
+                base.slot,
+                Origin::Receiver,
+                offset,
+                u64::MAX - offset,
+                dtype,
+                &t.shape,
+                &strides,
+                false,
+            )
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let span = probe
+                .span()
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            let span = probe.span().map_err(|e| PyValueError::new_err(e.to_string()))?;
-            if t.offset.checked_add(span).is_none_or(|end| end > base.nbytes) {
-                return Err(PyValueError::new_err("tensor reaches outside the storage it was received in"));
+            if t.offset
+                .checked_add(span)
+                .is_none_or(|end| end > base.nbytes)
+            {
+                return Err(PyValueError::new_err(
+                    "tensor reaches outside the storage it was received in",
+                ));
             }
-            TensorDesc::new(base.slot, Origin::Receiver, offset, span, dtype, &t.shape, &strides, false)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?
+            TensorDesc::new(
+                base.slot,
+                Origin::Receiver,
+                offset,
+                span,
+                dtype,
+                &t.shape,
+                &strides,
+                false,
+            )
+            .map_err(|e| PyValueError::new_err(e.to_string()))?
         } else {
-            return Err(PyTypeError::new_err("TensorRef.arena must be an Arena, a View, a CudaBuffer or a CudaView"));
+            return Err(PyTypeError::new_err(
+                "TensorRef.arena must be an Arena, a View, a CudaBuffer or a CudaView",
+            ));
         };
         Ok(Value::Record(Box::new(IpcRecord {
             name: TENSOR_RECORD.to_string(),
-            fields: vec![("kind".to_string(), Value::Str(t.kind.clone())), ("t".to_string(), Value::Tensor(Box::new(desc)))],
+            fields: vec![
+                ("kind".to_string(), Value::Str(t.kind.clone())),
+                ("t".to_string(), Value::Tensor(Box::new(desc))),
+            ],
         })))
     }
 
@@ -517,7 +643,11 @@ impl PyChannel {
         use nodecell_ipc::frame::kind as k;
         let (kind, id, payload): (u8, u64, Py<PyAny>) = match f {
             Frame::Call(c) => {
-                let kind = if c.parent.is_some() { k::CALLBACK } else { k::CALL };
+                let kind = if c.parent.is_some() {
+                    k::CALLBACK
+                } else {
+                    k::CALL
+                };
                 let id = c.id;
                 // A value this side cannot build (e.g. an array without numpy here) fails
                 // this call only: the payload is then the exception, to be answered as an error.
@@ -533,11 +663,28 @@ impl PyChannel {
             },
             Frame::Error { id, error } => {
                 let hook = self.hook(py, |h| &h.error)?;
-                (k::ERROR, id, hook.call1((error.type_name, error.message, error.traceback))?.unbind())
+                (
+                    k::ERROR,
+                    id,
+                    hook.call1((error.type_name, error.message, error.traceback))?
+                        .unbind(),
+                )
             }
             Frame::Cancel { id } => (k::CANCEL, id, py.None()),
-            Frame::Release(r) => (k::RELEASE, 0, PyList::new(py, r.handles)?.into_any().unbind()),
-            Frame::Log { level, logger, message } => (k::LOG, 0, (level_to_py(level), logger, message).into_py_any(py)?),
+            Frame::Release(r) => (
+                k::RELEASE,
+                0,
+                PyList::new(py, r.handles)?.into_any().unbind(),
+            ),
+            Frame::Log {
+                level,
+                logger,
+                message,
+            } => (
+                k::LOG,
+                0,
+                (level_to_py(level), logger, message).into_py_any(py)?,
+            ),
             Frame::Heartbeat { seq, .. } => (k::HEARTBEAT, seq, py.None()),
         };
         (kind, id, payload).into_py_any(py)
@@ -582,16 +729,18 @@ impl PyChannel {
                 let d = PyDict::new(py);
                 for (key, val) in items {
                     let key = self.to_py(py, key)?;
-                    d.set_item(key, self.to_py(py, val)?)
-                        .map_err(|e| PyTypeError::new_err(format!("dict key from peer is unusable: {e}")))?;
+                    d.set_item(key, self.to_py(py, val)?).map_err(|e| {
+                        PyTypeError::new_err(format!("dict key from peer is unusable: {e}"))
+                    })?;
                 }
                 d.into_any().unbind()
             }
             Value::Set(items) => {
                 let s = PySet::empty(py)?;
                 for x in items {
-                    s.add(self.to_py(py, x)?)
-                        .map_err(|e| PyTypeError::new_err(format!("set item from peer is unusable: {e}")))?;
+                    s.add(self.to_py(py, x)?).map_err(|e| {
+                        PyTypeError::new_err(format!("set item from peer is unusable: {e}"))
+                    })?;
                 }
                 s.into_any().unbind()
             }
@@ -624,19 +773,29 @@ impl PyChannel {
         })
     }
 
-    fn tensor_record_to_py(&self, py: Python<'_>, fields: Vec<(String, Value)>) -> PyResult<Py<PyAny>> {
+    fn tensor_record_to_py(
+        &self,
+        py: Python<'_>,
+        fields: Vec<(String, Value)>,
+    ) -> PyResult<Py<PyAny>> {
         let mut kind = None;
         let mut desc = None;
         for (k, v) in fields {
             match (k.as_str(), v) {
                 ("kind", Value::Str(s)) if s == "numpy" || s == "torch" => kind = Some(s),
                 ("t", Value::Tensor(d)) => desc = Some(d),
-                _ => return Err(ProtocolViolation::new_err("malformed nodecell.tensor record")),
+                _ => {
+                    return Err(ProtocolViolation::new_err(
+                        "malformed nodecell.tensor record",
+                    ))
+                }
             }
         }
         match (kind, desc) {
             (Some(kind), Some(d)) => self.tensor_to_py(py, &d, &kind),
-            _ => Err(ProtocolViolation::new_err("malformed nodecell.tensor record")),
+            _ => Err(ProtocolViolation::new_err(
+                "malformed nodecell.tensor record",
+            )),
         }
     }
 
@@ -652,11 +811,23 @@ impl PyChannel {
         let strides: Vec<i64> = d.strides().to_vec();
         if d.origin == Origin::Receiver {
             // One of our own arenas coming back: the same memory, so data pointers match.
-            let own = self.own.lock().unwrap_or_else(|e| e.into_inner()).get(&d.slot).cloned();
+            let own = self
+                .own
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&d.slot)
+                .cloned();
             if let Some(a) = own.and_then(|w| w.upgrade()) {
                 if a.state() != nodecell_ipc::ArenaState::Frozen {
                     let data = a.as_ptr().wrapping_add(d.offset as usize);
-                    let src = crate::dlpack::DLSource::new(Keep::Arena(a.clone()), data, d.dtype, shape, strides, false);
+                    let src = crate::dlpack::DLSource::new(
+                        Keep::Arena(a.clone()),
+                        data,
+                        d.dtype,
+                        shape,
+                        strides,
+                        false,
+                    );
                     return Ok(hook.call1((Bound::new(py, src)?, kind, true))?.unbind());
                 }
             }
@@ -664,18 +835,44 @@ impl PyChannel {
         // The peer's arena (or a frozen one of ours): a fresh mapping. Output buffers
         // are mapped writable-shared; everything else copy-on-write, so no tensor made
         // here can fault on a write or reach the sender's memory.
-        let view = if d.writable && d.origin == Origin::Sender { self.ch.import(d) } else { self.ch.import_cow(d) }
-            .map_err(channel_err)?;
+        let view = if d.writable && d.origin == Origin::Sender {
+            self.ch.import(d)
+        } else {
+            self.ch.import_cow(d)
+        }
+        .map_err(channel_err)?;
         let shared_writable = d.writable && view.writable();
         let keep = if d.origin == Origin::Sender {
-            ViewKeep { view, release: Some((self.ch.clone(), d.clone())), channel_id: self.id, echo: Some(d.clone()) }
+            ViewKeep {
+                view,
+                release: Some((self.ch.clone(), d.clone())),
+                channel_id: self.id,
+                echo: Some(d.clone()),
+            }
         } else {
-            ViewKeep { view, release: None, channel_id: self.id, echo: None }
+            ViewKeep {
+                view,
+                release: None,
+                channel_id: self.id,
+                echo: None,
+            }
         };
         let keep = Arc::new(keep);
         crate::dlpack::register_view(&keep);
-        let data = keep.view.as_mut_ptr().unwrap_or(keep.view.as_ptr() as *mut u8);
-        let src = crate::dlpack::DLSource::new(Keep::View(keep), data, d.dtype, shape, strides, !shared_writable);
-        Ok(hook.call1((Bound::new(py, src)?, kind, shared_writable))?.unbind())
+        let data = keep
+            .view
+            .as_mut_ptr()
+            .unwrap_or(keep.view.as_ptr() as *mut u8);
+        let src = crate::dlpack::DLSource::new(
+            Keep::View(keep),
+            data,
+            d.dtype,
+            shape,
+            strides,
+            !shared_writable,
+        );
+        Ok(hook
+            .call1((Bound::new(py, src)?, kind, shared_writable))?
+            .unbind())
     }
 }

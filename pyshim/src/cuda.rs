@@ -87,8 +87,9 @@ static DRIVER: OnceLock<Result<Driver, String>> = OnceLock::new();
 fn driver() -> Result<&'static Driver, String> {
     DRIVER
         .get_or_init(|| {
-            std::panic::catch_unwind(load_driver)
-                .unwrap_or_else(|_| Err("loading the CUDA driver library failed unexpectedly".into()))
+            std::panic::catch_unwind(load_driver).unwrap_or_else(|_| {
+                Err("loading the CUDA driver library failed unexpectedly".into())
+            })
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -134,7 +135,10 @@ static PRIMARY: Mutex<BTreeMap<c_int, (usize, cu::CUdevice)>> = Mutex::new(BTree
 fn primary(ordinal: c_int) -> Result<(cu::CUcontext, cu::CUdevice), String> {
     let d = driver()?;
     if ordinal < 0 || ordinal >= d.devices {
-        return Err(format!("CUDA device {ordinal} does not exist in this process ({} visible)", d.devices));
+        return Err(format!(
+            "CUDA device {ordinal} does not exist in this process ({} visible)",
+            d.devices
+        ));
     }
     let mut m = lock(&PRIMARY);
     if let Some(&(ctx, dev)) = m.get(&ordinal) {
@@ -144,14 +148,20 @@ fn primary(ordinal: c_int) -> Result<(cu::CUcontext, cu::CUdevice), String> {
     // SAFETY: valid out-pointer; the ordinal is in range.
     check(unsafe { cu::cuDeviceGet(&mut dev, ordinal) }, "cuDeviceGet")?;
     let mut ctx: cu::CUcontext = std::ptr::null_mut();
-    // SAFETY: valid out-pointer and device handle.
-    check(unsafe { cu::cuDevicePrimaryCtxRetain(&mut ctx, dev) }, "cuDevicePrimaryCtxRetain")?;
+    check(
+        // SAFETY: valid out-pointer and device handle.
+        unsafe { cu::cuDevicePrimaryCtxRetain(&mut ctx, dev) },
+        "cuDevicePrimaryCtxRetain",
+    )?;
     m.insert(ordinal, (ctx as usize, dev));
     Ok((ctx, dev))
 }
 
 /// Runs `f(device)` with device `ordinal`'s primary context current on this thread.
-fn in_context<R>(ordinal: c_int, f: impl FnOnce(cu::CUdevice) -> Result<R, String>) -> Result<R, String> {
+fn in_context<R>(
+    ordinal: c_int,
+    f: impl FnOnce(cu::CUdevice) -> Result<R, String>,
+) -> Result<R, String> {
     let (ctx, dev) = primary(ordinal)?;
     // SAFETY: `ctx` is a primary context retained above and never released.
     check(unsafe { cu::cuCtxPushCurrent_v2(ctx) }, "cuCtxPushCurrent")?;
@@ -164,16 +174,23 @@ fn in_context<R>(ordinal: c_int, f: impl FnOnce(cu::CUdevice) -> Result<R, Strin
 
 fn attribute(dev: cu::CUdevice, a: cu::CUdevice_attribute) -> Result<c_int, String> {
     let mut v: c_int = 0;
-    // SAFETY: valid out-pointer and device handle.
-    check(unsafe { cu::cuDeviceGetAttribute(&mut v, a, dev) }, "cuDeviceGetAttribute")?;
+    check(
+        // SAFETY: valid out-pointer and device handle.
+        unsafe { cu::cuDeviceGetAttribute(&mut v, a, dev) },
+        "cuDeviceGetAttribute",
+    )?;
     Ok(v)
 }
 
 fn alloc_prop(dev: cu::CUdevice) -> cu::CUmemAllocationProp {
     cu::CUmemAllocationProp {
         type_: cu::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED,
-        requestedHandleTypes: cu::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-        location: cu::CUmemLocation { type_: cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, id: dev },
+        requestedHandleTypes:
+            cu::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+        location: cu::CUmemLocation {
+            type_: cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+            id: dev,
+        },
         win32HandleMetaData: std::ptr::null_mut(),
         allocFlags: cu::CUmemAllocationProp_st__bindgen_ty_1 {
             compressionType: 0,
@@ -198,11 +215,19 @@ fn granularity(prop: &cu::CUmemAllocationProp) -> Result<u64, String> {
 
 /// Reserves an address range for `handle`'s `size` bytes, maps it and makes it
 /// read-write for `dev`; undoes what it did on failure.
-fn map_read_write(handle: cu::CUmemGenericAllocationHandle, size: u64, align: u64, dev: cu::CUdevice) -> Result<u64, String> {
+fn map_read_write(
+    handle: cu::CUmemGenericAllocationHandle,
+    size: u64,
+    align: u64,
+    dev: cu::CUdevice,
+) -> Result<u64, String> {
     let (size, align) = (size as usize, align as usize);
     let mut ptr: cu::CUdeviceptr = 0;
-    // SAFETY: valid out-pointer; a fresh range of `size` bytes anywhere.
-    check(unsafe { cu::cuMemAddressReserve(&mut ptr, size, align, 0, 0) }, "cuMemAddressReserve")?;
+    check(
+        // SAFETY: valid out-pointer; a fresh range of `size` bytes anywhere.
+        unsafe { cu::cuMemAddressReserve(&mut ptr, size, align, 0, 0) },
+        "cuMemAddressReserve",
+    )?;
     // SAFETY: maps the whole allocation (offset 0) at the range reserved above.
     if let Err(e) = check(unsafe { cu::cuMemMap(ptr, size, 0, handle, 0) }, "cuMemMap") {
         // SAFETY: frees the range reserved above, which nothing uses.
@@ -210,11 +235,17 @@ fn map_read_write(handle: cu::CUmemGenericAllocationHandle, size: u64, align: u6
         return Err(e);
     }
     let access = cu::CUmemAccessDesc {
-        location: cu::CUmemLocation { type_: cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, id: dev },
+        location: cu::CUmemLocation {
+            type_: cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+            id: dev,
+        },
         flags: cu::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
     };
-    // SAFETY: one valid access descriptor for the range mapped above.
-    if let Err(e) = check(unsafe { cu::cuMemSetAccess(ptr, size, &access, 1) }, "cuMemSetAccess") {
+    if let Err(e) = check(
+        // SAFETY: one valid access descriptor for the range mapped above.
+        unsafe { cu::cuMemSetAccess(ptr, size, &access, 1) },
+        "cuMemSetAccess",
+    ) {
         // SAFETY: undoes the map and reservation above; nothing has used them.
         unsafe {
             let _ = cu::cuMemUnmap(ptr, size);
@@ -227,7 +258,12 @@ fn map_read_write(handle: cu::CUmemGenericAllocationHandle, size: u64, align: u6
 
 /// Unmaps, frees the range and drops the allocation reference (errors ignored: this
 /// runs from destructors, possibly while the process tears CUDA down).
-fn unmap_and_release(ordinal: c_int, ptr: u64, size: u64, handle: cu::CUmemGenericAllocationHandle) {
+fn unmap_and_release(
+    ordinal: c_int,
+    ptr: u64,
+    size: u64,
+    handle: cu::CUmemGenericAllocationHandle,
+) {
     let _ = std::panic::catch_unwind(|| {
         let _ = in_context(ordinal, |_| {
             // SAFETY: `ptr..ptr+size` was mapped from `handle` by this process and no
@@ -268,7 +304,10 @@ impl CudaExport {
     /// `nbytes` (rounded up to the device's granularity) on device `ordinal`.
     pub fn create(ordinal: c_int, nbytes: u64) -> Result<CudaExport, String> {
         in_context(ordinal, |dev| {
-            let vmm = attribute(dev, cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED)?;
+            let vmm = attribute(
+                dev,
+                cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+            )?;
             let fds = attribute(dev, cu::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED)?;
             if vmm == 0 || fds == 0 {
                 return Err(format!(
@@ -283,10 +322,18 @@ impl CudaExport {
                 .filter(|s| *s <= nodecell_ipc::layout::FD_EXTRA_MAX)
                 .ok_or_else(|| format!("a CUDA allocation of {nbytes} bytes is too large"))?;
             let mut handle: cu::CUmemGenericAllocationHandle = 0;
-            // SAFETY: valid out-pointer and property struct; size is a granularity multiple.
-            check(unsafe { cu::cuMemCreate(&mut handle, size as usize, &prop, 0) }, "cuMemCreate")?;
+            check(
+                // SAFETY: valid out-pointer and property struct; size is a granularity multiple.
+                unsafe { cu::cuMemCreate(&mut handle, size as usize, &prop, 0) },
+                "cuMemCreate",
+            )?;
             match map_read_write(handle, size, gran, dev) {
-                Ok(ptr) => Ok(CudaExport { ordinal, handle, ptr, size }),
+                Ok(ptr) => Ok(CudaExport {
+                    ordinal,
+                    handle,
+                    ptr,
+                    size,
+                }),
                 Err(e) => {
                     // SAFETY: drops the allocation made above, which nothing maps.
                     let _ = unsafe { cu::cuMemRelease(handle) };
@@ -353,8 +400,10 @@ struct RawProp {
     alloc_flags: [u8; 8],
 }
 
-const _: () = assert!(std::mem::size_of::<RawProp>() == std::mem::size_of::<cu::CUmemAllocationProp>());
-const _: () = assert!(std::mem::align_of::<RawProp>() == std::mem::align_of::<cu::CUmemAllocationProp>());
+const _: () =
+    assert!(std::mem::size_of::<RawProp>() == std::mem::size_of::<cu::CUmemAllocationProp>());
+const _: () =
+    assert!(std::mem::align_of::<RawProp>() == std::mem::align_of::<cu::CUmemAllocationProp>());
 
 /// A peer's CUDA allocation imported from its fd and mapped read-write here.
 pub struct CudaImport {
@@ -370,7 +419,11 @@ impl CudaImport {
     /// `hint` is the sender's device ordinal, whose context is current for the import.
     pub fn open(fd: BorrowedFd<'_>, size: u64, hint: c_int) -> Result<CudaImport, String> {
         let d = driver()?;
-        let hint = if (0..d.devices).contains(&hint) { hint } else { 0 };
+        let hint = if (0..d.devices).contains(&hint) {
+            hint
+        } else {
+            0
+        };
         let handle = in_context(hint, |_| {
             let mut handle: cu::CUmemGenericAllocationHandle = 0;
             // SAFETY: for POSIX fd handles the OS handle is the fd number passed by value
@@ -387,13 +440,28 @@ impl CudaImport {
             Ok(handle)
         })?;
         let mapped = (|| {
-            let mut raw = RawProp { type_: 0, handle_types: 0, location_type: 0, location_id: 0, win32: std::ptr::null_mut(), alloc_flags: [0; 8] };
+            let mut raw = RawProp {
+                type_: 0,
+                handle_types: 0,
+                location_type: 0,
+                location_id: 0,
+                win32: std::ptr::null_mut(),
+                alloc_flags: [0; 8],
+            };
             // SAFETY: RawProp has CUmemAllocationProp's size and alignment (asserted
             // above) and only integer fields, so any bytes the driver writes are valid.
-            let r = unsafe { cu::cuMemGetAllocationPropertiesFromHandle(&mut raw as *mut RawProp as *mut cu::CUmemAllocationProp, handle) };
+            let r = unsafe {
+                cu::cuMemGetAllocationPropertiesFromHandle(
+                    &mut raw as *mut RawProp as *mut cu::CUmemAllocationProp,
+                    handle,
+                )
+            };
             check(r, "cuMemGetAllocationPropertiesFromHandle")?;
             if raw.location_type != cu::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE as u32 {
-                return Err(format!("the imported allocation is not device memory (location type {})", raw.location_type));
+                return Err(format!(
+                    "the imported allocation is not device memory (location type {})",
+                    raw.location_type
+                ));
             }
             let ordinal = raw.location_id;
             let ptr = in_context(ordinal, |dev| {
@@ -406,7 +474,12 @@ impl CudaImport {
             Ok((ordinal, ptr))
         })();
         match mapped {
-            Ok((ordinal, ptr)) => Ok(CudaImport { ordinal, handle, ptr, size }),
+            Ok((ordinal, ptr)) => Ok(CudaImport {
+                ordinal,
+                handle,
+                ptr,
+                size,
+            }),
             Err(e) => {
                 // SAFETY: drops the reference the import gave us; nothing maps it.
                 let _ = unsafe { cu::cuMemRelease(handle) };
@@ -528,8 +601,11 @@ fn mark_used(channel_id: u64) {
 fn synchronize() -> Result<(), String> {
     let ordinals: Vec<c_int> = lock(&PRIMARY).keys().copied().collect();
     for o in ordinals {
-        // SAFETY: a plain synchronize of the primary context made current by in_context.
-        in_context(o, |_| check(unsafe { cu::cuCtxSynchronize() }, "cuCtxSynchronize"))?;
+        in_context(o, |_| {
+            // SAFETY: a plain synchronize of the primary context made current by in_context.
+            let r = unsafe { cu::cuCtxSynchronize() };
+            check(r, "cuCtxSynchronize")
+        })?;
     }
     Ok(())
 }
@@ -539,13 +615,17 @@ fn synchronize() -> Result<(), String> {
 /// error), finish this process's GPU work so the peer sees complete data.
 pub fn before_send(py: Python<'_>, channel_id: u64, kind: u8) -> PyResult<()> {
     use nodecell_ipc::frame::kind as k;
-    if !ANY_USED.load(Ordering::Acquire) || !matches!(kind, k::CALL | k::CALLBACK | k::REPLY | k::ERROR) {
+    if !ANY_USED.load(Ordering::Acquire)
+        || !matches!(kind, k::CALL | k::CALLBACK | k::REPLY | k::ERROR)
+    {
         return Ok(());
     }
     if !lock(&USED).contains(&channel_id) {
         return Ok(());
     }
-    py.detach(synchronize).map_err(|e| PyRuntimeError::new_err(format!("CUDA work before sending did not finish: {e}")))
+    py.detach(synchronize).map_err(|e| {
+        PyRuntimeError::new_err(format!("CUDA work before sending did not finish: {e}"))
+    })
 }
 
 /// Encoder: the descriptor for a `TensorRef` whose storage is CUDA memory (ours, or
@@ -580,17 +660,43 @@ pub fn tensor_desc(
             ));
         }
         let base = &k.desc;
-        let offset = base.offset.checked_add(t.offset).ok_or_else(|| PyValueError::new_err("tensor offset overflows"))?;
+        let offset = base
+            .offset
+            .checked_add(t.offset)
+            .ok_or_else(|| PyValueError::new_err("tensor offset overflows"))?;
         let bad = |e: nodecell_ipc::TensorError| PyValueError::new_err(e.to_string());
-        let span = TensorDesc::new(base.slot, Origin::Receiver, offset, u64::MAX - offset, dtype, &t.shape, strides, false)
-            .and_then(|p| p.span())
-            .map_err(bad)?;
-        if t.offset.checked_add(span).is_none_or(|end| end > base.nbytes) {
-            return Err(PyValueError::new_err("tensor reaches outside the CUDA storage it was received in"));
+        let span = TensorDesc::new(
+            base.slot,
+            Origin::Receiver,
+            offset,
+            u64::MAX - offset,
+            dtype,
+            &t.shape,
+            strides,
+            false,
+        )
+        .and_then(|p| p.span())
+        .map_err(bad)?;
+        if t.offset
+            .checked_add(span)
+            .is_none_or(|end| end > base.nbytes)
+        {
+            return Err(PyValueError::new_err(
+                "tensor reaches outside the CUDA storage it was received in",
+            ));
         }
-        let d = TensorDesc::new(base.slot, Origin::Receiver, offset, span, dtype, &t.shape, strides, true)
-            .map_err(bad)?
-            .on_device(base.device);
+        let d = TensorDesc::new(
+            base.slot,
+            Origin::Receiver,
+            offset,
+            span,
+            dtype,
+            &t.shape,
+            strides,
+            true,
+        )
+        .map_err(bad)?
+        .on_device(base.device);
         mark_used(channel_id);
         return Ok(Some(d));
     }
@@ -604,7 +710,9 @@ fn import_slot(py: Python<'_>, ch: &Channel, d: &TensorDesc) -> PyResult<Arc<Cud
             return Ok(i);
         }
     }
-    let fd = slot.fd.ok_or_else(|| PyRuntimeError::new_err("CUDA slot has neither an fd nor an import"))?;
+    let fd = slot
+        .fd
+        .ok_or_else(|| PyRuntimeError::new_err("CUDA slot has neither an fd nor an import"))?;
     let size = slot.size;
     let hint = match d.device {
         Device::Cuda(i) => c_int::from(i),
@@ -612,7 +720,11 @@ fn import_slot(py: Python<'_>, ch: &Channel, d: &TensorDesc) -> PyResult<Arc<Cud
     };
     let import = py
         .detach(move || CudaImport::open(fd.as_fd(), size, hint))
-        .map_err(|e| PyRuntimeError::new_err(format!("a CUDA tensor arrived but cannot be mapped in this process: {e}")))?;
+        .map_err(|e| {
+            PyRuntimeError::new_err(format!(
+                "a CUDA tensor arrived but cannot be mapped in this process: {e}"
+            ))
+        })?;
     let import = Arc::new(import);
     let stored = ch.attach_device(d.slot, import.clone());
     // Another thread may have attached its import first: use that one (ours unmaps).
@@ -623,15 +735,27 @@ fn import_slot(py: Python<'_>, ch: &Channel, d: &TensorDesc) -> PyResult<Arc<Cud
 /// `nodecell._cuda.decode_cuda`). Fails for this value only (the channel stays
 /// healthy) when this process cannot map CUDA memory; the descriptor is then given
 /// back at once.
-pub fn tensor_to_py(py: Python<'_>, ch: &Channel, channel_id: u64, d: &TensorDesc) -> PyResult<Py<PyAny>> {
+pub fn tensor_to_py(
+    py: Python<'_>,
+    ch: &Channel,
+    channel_id: u64,
+    d: &TensorDesc,
+) -> PyResult<Py<PyAny>> {
     let (keep, data, ordinal) = match d.origin {
         Origin::Receiver => {
-            let mem = ch
-                .exported_device(d.slot)
-                .ok_or_else(|| PyValueError::new_err(format!("CUDA slot {} echoed back is no longer shared", d.slot)))?;
+            let mem = ch.exported_device(d.slot).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "CUDA slot {} echoed back is no longer shared",
+                    d.slot
+                ))
+            })?;
             let (ptr, ordinal) = match mem.as_any().downcast_ref::<CudaExport>() {
                 Some(e) => (e.ptr, e.ordinal),
-                None => return Err(PyValueError::new_err("echoed CUDA slot is not an allocation of this module")),
+                None => {
+                    return Err(PyValueError::new_err(
+                        "echoed CUDA slot is not an allocation of this module",
+                    ))
+                }
             };
             (Keep::Device(Arc::new(mem)), ptr + d.offset, ordinal)
         }
@@ -644,16 +768,29 @@ pub fn tensor_to_py(py: Python<'_>, ch: &Channel, channel_id: u64, d: &TensorDes
                 }
             };
             let (ptr, ordinal) = (import.ptr, import.ordinal);
-            let keep = Arc::new(CudaViewKeep { import, release: Some((ch.clone(), d.clone())), channel_id, desc: d.clone() });
+            let keep = Arc::new(CudaViewKeep {
+                import,
+                release: Some((ch.clone(), d.clone())),
+                channel_id,
+                desc: d.clone(),
+            });
             register(keep.start(), d.nbytes, Owner::View(Arc::downgrade(&keep)));
             (Keep::Device(keep), ptr + d.offset, ordinal)
         }
     };
     mark_used(channel_id);
-    let src = DLSource::new(keep, data as usize as *mut u8, d.dtype, d.shape().to_vec(), d.strides().to_vec(), false)
-        .on_device((KDL_CUDA, ordinal));
+    let src = DLSource::new(
+        keep,
+        data as usize as *mut u8,
+        d.dtype,
+        d.shape().to_vec(),
+        d.strides().to_vec(),
+        false,
+    )
+    .on_device((KDL_CUDA, ordinal));
     let m = py.import("nodecell._cuda")?;
-    Ok(m.call_method1("decode_cuda", (Bound::new(py, src)?,))?.unbind())
+    Ok(m.call_method1("decode_cuda", (Bound::new(py, src)?,))?
+        .unbind())
 }
 
 // ---- Python classes and functions -------------------------------------------------------
@@ -672,7 +809,11 @@ impl PyCudaBuffer {
     fn new(py: Python<'_>, nbytes: u64, device: i32) -> PyResult<Self> {
         let inner = py
             .detach(|| CudaExport::create(device, nbytes))
-            .map_err(|e| PyRuntimeError::new_err(format!("CUDA buffer of {nbytes} bytes on device {device}: {e}")))?;
+            .map_err(|e| {
+                PyRuntimeError::new_err(format!(
+                    "CUDA buffer of {nbytes} bytes on device {device}: {e}"
+                ))
+            })?;
         let inner = Arc::new(inner);
         register(inner.ptr, inner.size, Owner::Buffer(Arc::downgrade(&inner)));
         Ok(PyCudaBuffer { inner })
@@ -682,18 +823,47 @@ impl PyCudaBuffer {
     /// ``offset``: ``dtype`` name, ``shape``, ``strides`` in elements (None:
     /// C-contiguous). Checked against the allocation's size.
     #[pyo3(signature = (offset, dtype, shape, strides = None))]
-    fn dlpack(&self, py: Python<'_>, offset: u64, dtype: &str, shape: Vec<u64>, strides: Option<Vec<i64>>) -> PyResult<Py<PyAny>> {
+    fn dlpack(
+        &self,
+        py: Python<'_>,
+        offset: u64,
+        dtype: &str,
+        shape: Vec<u64>,
+        strides: Option<Vec<i64>>,
+    ) -> PyResult<Py<PyAny>> {
         let dt = dlpack::dtype(dtype)?;
         let strides = strides.unwrap_or_else(|| crate::arena::contiguous(&shape));
-        let span = TensorDesc::new(0, Origin::Sender, offset, u64::MAX - offset, dt, &shape, &strides, false)
-            .and_then(|d| d.span())
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        if offset.checked_add(span).is_none_or(|end| end > self.inner.size) {
-            return Err(PyValueError::new_err("tensor reaches outside the CUDA buffer"));
+        let span = TensorDesc::new(
+            0,
+            Origin::Sender,
+            offset,
+            u64::MAX - offset,
+            dt,
+            &shape,
+            &strides,
+            false,
+        )
+        .and_then(|d| d.span())
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        if offset
+            .checked_add(span)
+            .is_none_or(|end| end > self.inner.size)
+        {
+            return Err(PyValueError::new_err(
+                "tensor reaches outside the CUDA buffer",
+            ));
         }
         let data = (self.inner.ptr + offset) as usize as *mut u8;
         let keep = Keep::Device(self.inner.clone());
-        dlpack::capsule_on(py, keep, data, dt, &shape, &strides, (KDL_CUDA, self.inner.ordinal))
+        dlpack::capsule_on(
+            py,
+            keep,
+            data,
+            dt,
+            &shape,
+            &strides,
+            (KDL_CUDA, self.inner.ordinal),
+        )
     }
 
     /// Device address of the first byte.
@@ -715,7 +885,10 @@ impl PyCudaBuffer {
     }
 
     fn __repr__(&self) -> String {
-        format!("<nodecell CudaBuffer {} bytes on cuda:{}>", self.inner.size, self.inner.ordinal)
+        format!(
+            "<nodecell CudaBuffer {} bytes on cuda:{}>",
+            self.inner.size, self.inner.ordinal
+        )
     }
 }
 
@@ -752,7 +925,10 @@ impl PyCudaView {
     }
 
     fn __repr__(&self) -> String {
-        format!("<nodecell CudaView {} bytes on cuda:{}>", self.keep.desc.nbytes, self.keep.import.ordinal)
+        format!(
+            "<nodecell CudaView {} bytes on cuda:{}>",
+            self.keep.desc.nbytes, self.keep.import.ordinal
+        )
     }
 }
 
@@ -782,8 +958,16 @@ fn cuda_channel(channel_id: u64) -> bool {
 fn cuda_locate(py: Python<'_>, address: u64, nbytes: u64) -> PyResult<Option<(Py<PyAny>, u64)>> {
     Ok(match locate(address, nbytes) {
         None => None,
-        Some(Located::Buffer(b, off)) => Some((Bound::new(py, PyCudaBuffer { inner: b })?.into_any().unbind(), off)),
-        Some(Located::View(v, off)) => Some((Bound::new(py, PyCudaView { keep: v })?.into_any().unbind(), off)),
+        Some(Located::Buffer(b, off)) => Some((
+            Bound::new(py, PyCudaBuffer { inner: b })?
+                .into_any()
+                .unbind(),
+            off,
+        )),
+        Some(Located::View(v, off)) => Some((
+            Bound::new(py, PyCudaView { keep: v })?.into_any().unbind(),
+            off,
+        )),
     })
 }
 
@@ -811,7 +995,10 @@ mod tests {
         assert_eq!(a, unavailable_reason().is_none());
         assert_eq!(available(), a, "cached");
         if !std::path::Path::new("/dev/nvidiactl").exists() {
-            assert!(!a, "no NVIDIA device node here, yet CUDA claims to be available");
+            assert!(
+                !a,
+                "no NVIDIA device node here, yet CUDA claims to be available"
+            );
             let r = unavailable_reason().unwrap_or_default();
             assert!(!r.is_empty());
         }
@@ -821,7 +1008,9 @@ mod tests {
     fn bad_inputs_fail_cleanly_with_or_without_a_device() {
         // /dev/null is no exported allocation: refused by the driver, or before it.
         let null = std::fs::File::open("/dev/null").unwrap();
-        let e = CudaImport::open(null.as_fd(), 2 << 20, 0).err().unwrap_or_default();
+        let e = CudaImport::open(null.as_fd(), 2 << 20, 0)
+            .err()
+            .unwrap_or_default();
         assert!(!e.is_empty());
         // No machine has device 4096.
         let e = CudaExport::create(4096, 1 << 20).err().unwrap_or_default();
@@ -829,7 +1018,10 @@ mod tests {
         if !available() {
             let e = CudaExport::create(0, 1 << 20).err().unwrap_or_default();
             assert_eq!(Some(e), unavailable_reason());
-            assert!(synchronize().is_ok(), "nothing retained, nothing to wait for");
+            assert!(
+                synchronize().is_ok(),
+                "nothing retained, nothing to wait for"
+            );
         }
     }
 
@@ -839,7 +1031,10 @@ mod tests {
         let w: Weak<CudaExport> = Weak::new();
         register(0x7000_0000_0000, 4096, Owner::Buffer(w));
         assert!(locate(0x7000_0000_0010, 16).is_none());
-        assert!(lock(&REGISTRY).get(&0x7000_0000_0000).is_none(), "dead entries are dropped on lookup");
+        assert!(
+            lock(&REGISTRY).get(&0x7000_0000_0000).is_none(),
+            "dead entries are dropped on lookup"
+        );
         assert!(!allowed(u64::MAX));
         register_channel(u64::MAX);
         assert!(allowed(u64::MAX));

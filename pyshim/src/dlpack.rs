@@ -112,9 +112,18 @@ fn dl_dtype(d: DType) -> PyResult<DLDataType> {
         DType::BF16 => (4, 16),
         DType::Complex64 => (5, 64),
         DType::Complex128 => (5, 128),
-        other => return Err(PyTypeError::new_err(format!("dtype {} has no DLPack code here", other.name()))),
+        other => {
+            return Err(PyTypeError::new_err(format!(
+                "dtype {} has no DLPack code here",
+                other.name()
+            )))
+        }
     };
-    Ok(DLDataType { code, bits, lanes: 1 })
+    Ok(DLDataType {
+        code,
+        bits,
+        lanes: 1,
+    })
 }
 
 /// The deleter the consumer calls when its tensor dies.
@@ -150,7 +159,11 @@ unsafe extern "C" fn capsule_destructor_versioned(capsule: *mut pyo3::ffi::PyObj
     // SAFETY: as for `capsule_destructor`.
     unsafe {
         if pyo3::ffi::PyCapsule_IsValid(capsule, name) == 1 {
-            let (mut t, mut v, mut tb) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+            let (mut t, mut v, mut tb) = (
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
             pyo3::ffi::PyErr_Fetch(&mut t, &mut v, &mut tb);
             let m = pyo3::ffi::PyCapsule_GetPointer(capsule, name) as *mut DLManagedTensorVersioned;
             if !m.is_null() {
@@ -171,7 +184,11 @@ unsafe extern "C" fn capsule_destructor(capsule: *mut pyo3::ffi::PyObject) {
     // consumer owns the tensor. Any exception set meanwhile is saved and restored.
     unsafe {
         if pyo3::ffi::PyCapsule_IsValid(capsule, name) == 1 {
-            let (mut t, mut v, mut tb) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+            let (mut t, mut v, mut tb) = (
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
             pyo3::ffi::PyErr_Fetch(&mut t, &mut v, &mut tb);
             let m = pyo3::ffi::PyCapsule_GetPointer(capsule, name) as *mut DLManagedTensor;
             if !m.is_null() {
@@ -211,7 +228,10 @@ pub fn capsule_versioned(
         flags: if readonly { FLAG_READ_ONLY } else { 0 },
         dl_tensor: DLTensor {
             data: data as *mut c_void,
-            device: DLDevice { device_type: device.0, device_id: device.1 },
+            device: DLDevice {
+                device_type: device.0,
+                device_id: device.1,
+            },
             ndim,
             dtype: dt,
             shape: ctx.shape.as_mut_ptr(),
@@ -257,8 +277,23 @@ pub struct DLSource {
 
 impl DLSource {
     /// A source over `data` inside `keep`'s storage.
-    pub fn new(keep: Keep, data: *mut u8, dtype: DType, shape: Vec<u64>, strides: Vec<i64>, readonly: bool) -> Self {
-        DLSource { keep, data: data as usize, dtype, shape, strides, readonly, device: CPU }
+    pub fn new(
+        keep: Keep,
+        data: *mut u8,
+        dtype: DType,
+        shape: Vec<u64>,
+        strides: Vec<i64>,
+        readonly: bool,
+    ) -> Self {
+        DLSource {
+            keep,
+            data: data as usize,
+            dtype,
+            shape,
+            strides,
+            readonly,
+            device: CPU,
+        }
     }
 
     /// The same source on another DLPack device (`(KDL_CUDA, ordinal)` for CUDA memory).
@@ -282,7 +317,9 @@ impl DLSource {
     ) -> PyResult<Py<PyAny>> {
         let _ = (stream, dl_device);
         if copy == Some(true) {
-            return Err(pyo3::exceptions::PyBufferError::new_err("nodecell tensors are shared, not copied"));
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "nodecell tensors are shared, not copied",
+            ));
         }
         let data = self.data as *mut u8;
         match max_version {
@@ -296,7 +333,15 @@ impl DLSource {
                 self.readonly,
                 self.device,
             ),
-            _ => capsule_on(py, self.keep.clone(), data, self.dtype, &self.shape, &self.strides, self.device),
+            _ => capsule_on(
+                py,
+                self.keep.clone(),
+                data,
+                self.dtype,
+                &self.shape,
+                &self.strides,
+                self.device,
+            ),
         }
     }
 
@@ -314,7 +359,14 @@ impl DLSource {
 
 /// A `"dltensor"` capsule over `data` (inside the storage `keep` holds).
 /// `strides` are in elements.
-pub fn capsule(py: Python<'_>, keep: Keep, data: *mut u8, dtype: DType, shape: &[u64], strides: &[i64]) -> PyResult<Py<PyAny>> {
+pub fn capsule(
+    py: Python<'_>,
+    keep: Keep,
+    data: *mut u8,
+    dtype: DType,
+    shape: &[u64],
+    strides: &[i64],
+) -> PyResult<Py<PyAny>> {
     capsule_on(py, keep, data, dtype, shape, strides, CPU)
 }
 
@@ -338,7 +390,10 @@ pub fn capsule_on(
     let m = Box::new(DLManagedTensor {
         dl_tensor: DLTensor {
             data: data as *mut c_void,
-            device: DLDevice { device_type: device.0, device_id: device.1 },
+            device: DLDevice {
+                device_type: device.0,
+                device_id: device.1,
+            },
             ndim,
             dtype: dt,
             shape: ctx.shape.as_mut_ptr(),
@@ -358,7 +413,11 @@ pub fn capsule_on(
     // SAFETY: PyCapsule_New takes the pointer, the static NUL-terminated name and
     // our destructor; on failure it returns NULL with an exception set, and we free.
     let cap = unsafe {
-        pyo3::ffi::PyCapsule_New(m as *mut c_void, CAPSULE_NAME.as_ptr() as *const c_char, Some(capsule_destructor))
+        pyo3::ffi::PyCapsule_New(
+            m as *mut c_void,
+            CAPSULE_NAME.as_ptr() as *const c_char,
+            Some(capsule_destructor),
+        )
     };
     if cap.is_null() {
         // SAFETY: the capsule was not made, so nobody else holds `m`.
@@ -393,7 +452,13 @@ pub fn register_arena(a: &Arc<IpcArena>) {
     if start == 0 {
         return;
     }
-    registry().insert(start, Entry { end: start + a.len(), owner: Owner::Arena(Arc::downgrade(a)) });
+    registry().insert(
+        start,
+        Entry {
+            end: start + a.len(),
+            owner: Owner::Arena(Arc::downgrade(a)),
+        },
+    );
 }
 
 /// Remembers a received view's bytes.
@@ -403,7 +468,13 @@ pub fn register_view(v: &Arc<ViewKeep>) {
     if start == 0 || len == 0 {
         return;
     }
-    registry().insert(start, Entry { end: start + len, owner: Owner::View(Arc::downgrade(v)) });
+    registry().insert(
+        start,
+        Entry {
+            end: start + len,
+            owner: Owner::View(Arc::downgrade(v)),
+        },
+    );
 }
 
 /// What a data pointer lives in.

@@ -32,7 +32,10 @@ pyo3::create_exception!(
 /// What this kernel offers the channel (the rows `nodecell check` prints for ipc).
 #[pyfunction]
 fn ipc_probe() -> Vec<(String, bool, String)> {
-    nodecell_ipc::probe::probe().into_iter().map(|f| (f.name, f.available, f.detail)).collect()
+    nodecell_ipc::probe::probe()
+        .into_iter()
+        .map(|f| (f.name, f.available, f.detail))
+        .collect()
 }
 
 /// The private extension module behind the `nodecell` Python package.

@@ -30,12 +30,29 @@ pub struct TensorRef {
 #[pymethods]
 impl TensorRef {
     #[new]
-    fn new(arena: Py<PyAny>, offset: u64, dtype: String, shape: Vec<u64>, strides: Vec<i64>, kind: String) -> Self {
-        TensorRef { arena, offset, dtype, shape, strides, kind }
+    fn new(
+        arena: Py<PyAny>,
+        offset: u64,
+        dtype: String,
+        shape: Vec<u64>,
+        strides: Vec<i64>,
+        kind: String,
+    ) -> Self {
+        TensorRef {
+            arena,
+            offset,
+            dtype,
+            shape,
+            strides,
+            kind,
+        }
     }
 
     fn __repr__(&self) -> String {
-        format!("TensorRef(offset={}, dtype={}, shape={:?}, kind={})", self.offset, self.dtype, self.shape, self.kind)
+        format!(
+            "TensorRef(offset={}, dtype={}, shape={:?}, kind={})",
+            self.offset, self.dtype, self.shape, self.kind
+        )
     }
 }
 
@@ -57,11 +74,18 @@ pub struct HandleRef {
 impl HandleRef {
     #[new]
     fn new(id: u64, sender_owns: bool, kind: String) -> Self {
-        HandleRef { id, sender_owns, kind }
+        HandleRef {
+            id,
+            sender_owns,
+            kind,
+        }
     }
 
     fn __repr__(&self) -> String {
-        format!("HandleRef(id={}, sender_owns={}, kind={})", self.id, self.sender_owns, self.kind)
+        format!(
+            "HandleRef(id={}, sender_owns={}, kind={})",
+            self.id, self.sender_owns, self.kind
+        )
     }
 }
 
@@ -114,7 +138,11 @@ impl ErrorValue {
     #[new]
     #[pyo3(signature = (type_name, message, traceback = String::new()))]
     fn new(type_name: String, message: String, traceback: String) -> Self {
-        ErrorValue { type_name, message, traceback }
+        ErrorValue {
+            type_name,
+            message,
+            traceback,
+        }
     }
 
     fn __repr__(&self) -> String {

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use nodecell_provision::{
-    Event, IndexOptions, LaunchSettings, Manifest, ManifestFormat, Options, Pack, Provisioner, Requirement,
-    SandboxSettings,
+    Event, IndexOptions, LaunchSettings, Manifest, ManifestFormat, Options, Pack, Provisioner,
+    Requirement, SandboxSettings,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -48,9 +48,14 @@ fn json_to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
 /// Raises ValueError naming the file, line and field of any mistake.
 #[pyfunction]
 pub fn read_manifest(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyAny>> {
-    let dir = if path.is_file() { path.parent().map(Path::to_path_buf).unwrap_or_default() } else { path };
+    let dir = if path.is_file() {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        path
+    };
     let pack = Pack::load(&dir).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    let v = serde_json::to_value(&pack.manifest).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let v =
+        serde_json::to_value(&pack.manifest).map_err(|e| PyValueError::new_err(e.to_string()))?;
     json_to_py(py, &v)
 }
 
@@ -68,8 +73,15 @@ fn opt_str(d: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<String>> {
 /// cache_hit, ro_paths, versions}`. Raises ValueError with uv's own text on failure.
 #[pyfunction]
 #[pyo3(signature = (spec, on_event = None))]
-pub fn provision(py: Python<'_>, spec: &Bound<'_, PyDict>, on_event: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-    let name: String = spec.get_item("name")?.ok_or_else(|| PyValueError::new_err("spec.name is required"))?.extract()?;
+pub fn provision(
+    py: Python<'_>,
+    spec: &Bound<'_, PyDict>,
+    on_event: Option<Py<PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    let name: String = spec
+        .get_item("name")?
+        .ok_or_else(|| PyValueError::new_err("spec.name is required"))?
+        .extract()?;
     let module_path: PathBuf = spec
         .get_item("module_path")?
         .ok_or_else(|| PyValueError::new_err("spec.module_path is required"))?
@@ -81,7 +93,8 @@ pub fn provision(py: Python<'_>, spec: &Bound<'_, PyDict>, on_event: Option<Py<P
     let mut dependencies = Vec::with_capacity(deps.len());
     for (i, d) in deps.iter().enumerate() {
         dependencies.push(
-            Requirement::parse(d).map_err(|e| PyValueError::new_err(format!("dependencies[{i}]: {d:?}: {e}")))?,
+            Requirement::parse(d)
+                .map_err(|e| PyValueError::new_err(format!("dependencies[{i}]: {d:?}: {e}")))?,
         );
     }
     let share_torch: bool = match spec.get_item("share_torch")? {
@@ -99,7 +112,10 @@ pub fn provision(py: Python<'_>, spec: &Bound<'_, PyDict>, on_event: Option<Py<P
         isolated: true,
         share_torch,
         python: opt_str(spec, "python")?,
-        index: IndexOptions { extra_index_urls: extra, ..IndexOptions::default() },
+        index: IndexOptions {
+            extra_index_urls: extra,
+            ..IndexOptions::default()
+        },
         sandbox: SandboxSettings::default(),
     };
     let pack = Pack {
@@ -113,8 +129,16 @@ pub fn provision(py: Python<'_>, spec: &Bound<'_, PyDict>, on_event: Option<Py<P
         host_python: opt_str(spec, "host_python")?.map(PathBuf::from),
         uv: opt_str(spec, "uv")?.map(PathBuf::from),
         uv_cache_dir: None,
-        offline: spec.get_item("offline")?.map(|v| v.is_truthy()).transpose()?.unwrap_or(false),
-        compile_bytecode: spec.get_item("compile_bytecode")?.map(|v| v.is_truthy()).transpose()?.unwrap_or(false),
+        offline: spec
+            .get_item("offline")?
+            .map(|v| v.is_truthy())
+            .transpose()?
+            .unwrap_or(false),
+        compile_bytecode: spec
+            .get_item("compile_bytecode")?
+            .map(|v| v.is_truthy())
+            .transpose()?
+            .unwrap_or(false),
     };
     let result = py.detach(|| {
         let sink = |e: &Event| {

@@ -17,7 +17,8 @@ pub struct PyReactor {
 impl PyReactor {
     #[new]
     fn new() -> PyResult<Self> {
-        let r = Reactor::global().map_err(|e| PyOSError::new_err(format!("cannot start the reactor: {e}")))?;
+        let r = Reactor::global()
+            .map_err(|e| PyOSError::new_err(format!("cannot start the reactor: {e}")))?;
         Ok(PyReactor { r })
     }
 

@@ -252,7 +252,10 @@ fn pack_policy(dir: &std::path::Path, command: &mut [OsString]) -> Result<Policy
             return Err(2);
         }
         Err(e) => {
-            eprintln!("nodecell: sandbox setup failed: provision: --pack {}: {e}", dir.display());
+            eprintln!(
+                "nodecell: sandbox setup failed: provision: --pack {}: {e}",
+                dir.display()
+            );
             return Err(125);
         }
     };

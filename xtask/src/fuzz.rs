@@ -15,7 +15,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use nodecell_ipc::{Call, DType, ErrorValue, Frame, HandleKind, Limits, Record, Release, RemoteHandle, Side, TensorDesc, Value};
+use nodecell_ipc::{
+    Call, DType, ErrorValue, Frame, HandleKind, Limits, Record, Release, RemoteHandle, Side,
+    TensorDesc, Value,
+};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -36,16 +39,25 @@ pub struct Args {
 const TARGETS: [&str; 2] = ["frame_decode", "tensor_desc"];
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {
-    let ok = Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if ok {
         return Ok(());
     }
     eprintln!("fuzz: installing cargo-fuzz (cargo install cargo-fuzz --locked)");
-    let st = Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]).status()?;
+    let st = Command::new("cargo")
+        .args(["install", "cargo-fuzz", "--locked"])
+        .status()?;
     if !st.success() {
         bail!("cargo install cargo-fuzz failed");
     }
@@ -55,21 +67,86 @@ fn ensure_cargo_fuzz() -> Result<()> {
 fn seeds() -> Vec<Vec<u8>> {
     let t = TensorDesc::contiguous(3, 128, DType::F32, &[2, 3, 4]).expect("valid");
     let value = Value::Dict(vec![
-        (Value::Str("k".into()), Value::List(vec![Value::Int(-1), Value::Float(0.5), Value::None, Value::Bool(true)])),
-        (Value::Tuple(vec![]), Value::Set(vec![Value::Bytes(vec![1, 2, 3]), Value::BigInt("-98765432109876543210".into())])),
+        (
+            Value::Str("k".into()),
+            Value::List(vec![
+                Value::Int(-1),
+                Value::Float(0.5),
+                Value::None,
+                Value::Bool(true),
+            ]),
+        ),
+        (
+            Value::Tuple(vec![]),
+            Value::Set(vec![
+                Value::Bytes(vec![1, 2, 3]),
+                Value::BigInt("-98765432109876543210".into()),
+            ]),
+        ),
         (Value::Int(1), Value::Tensor(Box::new(t))),
-        (Value::Handle(RemoteHandle { id: 5, owner: Side::Worker, kind: HandleKind::Callable }), Value::Record(Box::new(Record { name: "pkg.Point".into(), fields: vec![("x".into(), Value::Int(1))] }))),
-        (Value::None, Value::Error(Box::new(ErrorValue { type_name: "E".into(), message: "m".into(), traceback: "t".into() }))),
+        (
+            Value::Handle(RemoteHandle {
+                id: 5,
+                owner: Side::Worker,
+                kind: HandleKind::Callable,
+            }),
+            Value::Record(Box::new(Record {
+                name: "pkg.Point".into(),
+                fields: vec![("x".into(), Value::Int(1))],
+            })),
+        ),
+        (
+            Value::None,
+            Value::Error(Box::new(ErrorValue {
+                type_name: "E".into(),
+                message: "m".into(),
+                traceback: "t".into(),
+            })),
+        ),
     ]);
     let frames = [
-        Frame::Call(Call { id: 1, parent: None, target: 0, method: "run".into(), args: vec![value.clone()], kwargs: vec![("x".into(), Value::Int(2))], deadline_ns: 5 }),
-        Frame::Call(Call { id: 2, parent: Some(1), target: 9, method: "cb".into(), args: vec![], kwargs: vec![], deadline_ns: 0 }),
+        Frame::Call(Call {
+            id: 1,
+            parent: None,
+            target: 0,
+            method: "run".into(),
+            args: vec![value.clone()],
+            kwargs: vec![("x".into(), Value::Int(2))],
+            deadline_ns: 5,
+        }),
+        Frame::Call(Call {
+            id: 2,
+            parent: Some(1),
+            target: 9,
+            method: "cb".into(),
+            args: vec![],
+            kwargs: vec![],
+            deadline_ns: 0,
+        }),
         Frame::Reply { id: 1, value },
-        Frame::Error { id: 1, error: ErrorValue { type_name: "ValueError".into(), message: "bad".into(), traceback: "tb".into() } },
+        Frame::Error {
+            id: 1,
+            error: ErrorValue {
+                type_name: "ValueError".into(),
+                message: "bad".into(),
+                traceback: "tb".into(),
+            },
+        },
         Frame::Cancel { id: 3 },
-        Frame::Release(Release { handles: vec![1], tensors: vec![(2, 3)], retired: vec![4] }),
-        Frame::Log { level: nodecell_ipc::LogLevel::Info, logger: "l".into(), message: "m".into() },
-        Frame::Heartbeat { seq: 1, monotonic_ns: 2 },
+        Frame::Release(Release {
+            handles: vec![1],
+            tensors: vec![(2, 3)],
+            retired: vec![4],
+        }),
+        Frame::Log {
+            level: nodecell_ipc::LogLevel::Info,
+            logger: "l".into(),
+            message: "m".into(),
+        },
+        Frame::Heartbeat {
+            seq: 1,
+            monotonic_ns: 2,
+        },
     ];
     frames
         .iter()
@@ -84,9 +161,18 @@ fn seeds() -> Vec<Vec<u8>> {
 fn tensor_seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for (size, d) in [
-        (1u64 << 20, TensorDesc::contiguous(1, 0, DType::U8, &[1024]).expect("valid")),
-        (1 << 30, TensorDesc::contiguous(2, 4096, DType::BF16, &[8, 16, 32]).expect("valid")),
-        (4096, TensorDesc::contiguous(3, 0, DType::F64, &[0, 7]).expect("valid")),
+        (
+            1u64 << 20,
+            TensorDesc::contiguous(1, 0, DType::U8, &[1024]).expect("valid"),
+        ),
+        (
+            1 << 30,
+            TensorDesc::contiguous(2, 4096, DType::BF16, &[8, 16, 32]).expect("valid"),
+        ),
+        (
+            4096,
+            TensorDesc::contiguous(3, 0, DType::F64, &[0, 7]).expect("valid"),
+        ),
     ] {
         let mut b = size.to_le_bytes().to_vec();
         d.encode(&mut b);
@@ -111,7 +197,11 @@ pub fn main(args: Args) -> Result<()> {
     for t in targets {
         let corpus = ipc.join("fuzz/corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
-        let s = if t == "frame_decode" { seeds() } else { tensor_seeds() };
+        let s = if t == "frame_decode" {
+            seeds()
+        } else {
+            tensor_seeds()
+        };
         for (i, b) in s.iter().enumerate() {
             std::fs::write(corpus.join(format!("seed-{i}")), b)?;
         }
@@ -128,7 +218,9 @@ pub fn main(args: Args) -> Result<()> {
             .with_context(|| format!("running cargo fuzz run {t}"))?;
         let secs = t0.elapsed().as_secs_f64();
         if !st.success() {
-            bail!("fuzz target {t} found a failure (see ipc/fuzz/artifacts/{t}/), after {secs:.0} s");
+            bail!(
+                "fuzz target {t} found a failure (see ipc/fuzz/artifacts/{t}/), after {secs:.0} s"
+            );
         }
         summary.push(format!("{t}: {} runs clean in {secs:.0} s", args.runs));
     }
