@@ -1,0 +1,595 @@
+"""Cells: one sandbox (``nodecell run`` + a zygote) per extension, and the workers it forks.
+
+:class:`_Cell` starts the launcher, reads its status records and speaks the
+zygote's control protocol; :class:`_Worker` is one forked worker with its
+channel; :class:`_HostEndpoint` is the host's end of that channel (frames in,
+replies out). Death reasons (exit, signal, memory limit, timeout, protocol)
+become :class:`WorkerCrashed` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from . import _hub, _nodecell
+from ._rpc import CONTROL_ID, ERROR, REPLY, Endpoint, error_value, is_async_callable
+from .errors import RemoteError, SandboxUnavailable, WorkerCrashed
+
+if TYPE_CHECKING:
+    from .extension import Extension
+
+log = logging.getLogger("nodecell")
+
+#: Where the nodecell package and host modules appear inside a sandbox.
+SANDBOX_LIB = "/run/nodecell/lib"
+SANDBOX_HOST = "/run/nodecell/host"
+_BOOTSTRAP = (
+    "import sys; sys.path[:0] = ['" + SANDBOX_LIB + "', '" + SANDBOX_HOST + "'];"
+    " from nodecell._worker import main; main(sys.argv[1:])"
+)
+_SINGLETON_BASE_ID = 16
+_MAX_FRAME = 256 << 20
+
+
+def _human(n: Optional[int]) -> str:
+    """``268435456`` -> ``256 MiB`` (and ``256000000`` -> ``244.1 MiB (256000000 bytes)``)."""
+    if not n:
+        return "none"
+    for unit, size in (("GB", 10**9), ("MB", 10**6)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            v = n / size
+            return f"{v:g} {unit}" if v == int(v) else f"{v:.1f} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+class _HostEndpoint(Endpoint):
+    """The host's end of one worker's channel."""
+
+    restrict_exports = True
+
+    def __init__(self, channel: Any, worker: "_Worker") -> None:
+        super().__init__(channel, f"worker {worker.cell.name}#{worker.wid}")
+        self.worker = worker
+        self.pending: Dict[int, asyncio.Future] = {}
+        self.loop = worker.cell.loop
+        self.tasks: Dict[int, asyncio.Task] = {}
+        self._flush_scheduled = False
+
+    def call_remote(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        return self.worker.cell.ext._call_on(self.worker, target, method, args, kwargs)
+
+    def _deliver(self, call_id: int, value: Any, error: Optional[BaseException]) -> None:
+        fut = self.pending.pop(call_id, None)
+        if fut is None or fut.done():
+            return
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(value)
+
+    def _run_incoming(self, call_id: int, payload: Any) -> None:
+        if isinstance(payload, BaseException):  # its arguments could not be built here
+            self._send_error(call_id, payload)
+            return
+        try:
+            if not (isinstance(payload, tuple) and len(payload) == 4):
+                raise TypeError("malformed call frame")
+            target, method, args, kwargs = payload
+            if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+                raise TypeError("malformed call frame")
+            if not all(isinstance(k, str) for k in kwargs):
+                raise TypeError("keyword argument names must be strings")
+            fn = self.resolve_target(target, method)
+        except BaseException as e:  # noqa: BLE001
+            self._send_error(call_id, e)
+            return
+        try:
+            if is_async_callable(fn):
+                self._spawn(call_id, fn(*args, **kwargs))
+                return
+            result = fn(*args, **kwargs)
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                self._spawn(call_id, result)
+                return
+        except BaseException as e:  # noqa: BLE001
+            self._send_error(call_id, e)
+            return
+        self._send_reply(call_id, result)
+
+    def _spawn(self, call_id: int, aw: Any) -> None:
+        async def run() -> None:
+            try:
+                result = await aw
+            except asyncio.CancelledError:
+                self._send_error(call_id, RemoteError("CancelledError", "cancelled"))
+                return
+            except BaseException as e:  # noqa: BLE001
+                self._send_error(call_id, e)
+                return
+            finally:
+                self.tasks.pop(call_id, None)
+            self._send_reply(call_id, result)
+
+        self.tasks[call_id] = self.loop.create_task(run())
+
+    def _cancel_incoming(self, call_id: int) -> None:
+        t = self.tasks.pop(call_id, None)
+        if t is not None:
+            t.cancel()
+
+    def _send_reply(self, call_id: int, value: Any) -> None:
+        if self.closed:
+            return
+        try:
+            self.channel.send(REPLY, call_id, value)
+        except Exception as e:  # noqa: BLE001 - e.g. a value that cannot cross
+            self._send_error(call_id, e)
+
+    def _send_error(self, call_id: int, e: BaseException) -> None:
+        if self.closed:
+            return
+        try:
+            self.channel.send(ERROR, call_id, error_value(e))
+        except Exception:  # noqa: BLE001 - the worker is gone
+            pass
+
+    def _log(self, payload: Any) -> None:
+        try:
+            level, name, msg = payload
+            level = int(level)
+        except Exception:  # noqa: BLE001
+            return
+        name = str(name)[:200].replace("\n", " ")
+        logging.getLogger(f"nodecell.{self.worker.cell.name}" + ("" if name == "root" else f".{name}")).log(
+            level, "%s", str(msg))
+
+    def _schedule_release_flush(self) -> None:
+        if self._flush_scheduled or self.closed:
+            return
+        self._flush_scheduled = True
+
+        def flush() -> None:
+            self._flush_scheduled = False
+            self.flush_releases()
+
+        try:
+            self.loop.call_soon_threadsafe(flush)
+        except RuntimeError:
+            pass
+
+
+class _Worker:
+    """One forked worker process and its channel."""
+
+    def __init__(self, cell: "_Cell", wid: int) -> None:
+        self.cell = cell
+        self.wid = wid
+        self.channel = _nodecell.Channel.create(_MAX_FRAME, cuda=bool(cell.ext.config["share_cuda_ipc"]))
+        self.ep = _HostEndpoint(self.channel, self)
+        self.pid: Optional[int] = None
+        self.pidfd = -1
+        self.token: Optional[int] = None
+        self.alive = False
+        self.dead = False
+        self.exit_info: Optional[Dict[str, Any]] = None
+        self.exit_event = asyncio.Event()
+        self.inflight = 0
+        self.last_used = 0
+        self.spin_ns = 100_000
+        self.init_info: Dict[str, Any] = {}
+        # The host's singletons, reachable from this worker under fixed ids.
+        for i, api in enumerate(cell.ext.config["apis"]):
+            self.ep.pin(_SINGLETON_BASE_ID + i, api())
+
+    def pump(self) -> None:
+        """Handle every frame waiting in the worker's ring."""
+        ch = self.channel
+        while True:
+            try:
+                f = ch.try_recv()
+            except Exception as e:  # noqa: BLE001 - protocol violation: drop this worker
+                self.cell.protocol_violation(self, e)
+                return
+            if f is None:
+                return
+            self.ep.handle_frame(*f)
+
+    def spin_for(self, fut: asyncio.Future) -> None:
+        """Spin briefly (GIL released) for the reply to land, to skip a loop wake-up."""
+        budget = self.spin_ns
+        if budget <= 0:
+            return
+        t0 = time.perf_counter_ns()
+        ch = self.channel
+        while not fut.done():
+            left = budget - (time.perf_counter_ns() - t0)
+            if left <= 0:
+                break
+            try:
+                f = ch.spin_recv(left // 1000 + 1)
+            except Exception as e:  # noqa: BLE001
+                self.cell.protocol_violation(self, e)
+                return
+            if f is None:
+                break
+            self.ep.handle_frame(*f)
+
+    def kill(self) -> None:
+        if self.pidfd >= 0 and not self.dead:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except (OSError, AttributeError):
+                pass
+        self.cell.ctl_send({"op": "kill", "wid": self.wid})
+
+    def on_died(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self.alive = False
+        self.cell.loop.create_task(self.cell.worker_died(self))
+
+    def close(self) -> None:
+        self.ep.closed = True
+        for fut in self.ep.pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerCrashed(f"pack {self.cell.name!r}: worker stopped",
+                                                reason="exited", extension=self.cell.name))
+        self.ep.pending.clear()
+        if self.token is not None:
+            self.cell.bridge.unregister(self.token)
+            self.token = None
+        if self.pidfd >= 0:
+            try:
+                os.close(self.pidfd)
+            except OSError:
+                pass
+            self.pidfd = -1
+        try:
+            self.channel.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class _Cell:
+    """One sandbox (``nodecell run`` + zygote) for one extension."""
+
+    def __init__(self, name: str, ext: Optional["Extension"] = None) -> None:
+        self.ext: Any = ext
+        self.name = name
+        self.key: Optional[str] = None
+        self.loop = asyncio.get_running_loop()
+        self.bridge = _hub.LoopBridge.get(self.loop)
+        self.proc: Optional[asyncio.subprocess.Process] = None
+        self.ctl: Optional[socket.socket] = None
+        self.status: Dict[str, Any] = {}
+        self.exit: Optional[Dict[str, Any]] = None
+        self.ready: asyncio.Future = self.loop.create_future()
+        self.spawned: Dict[int, asyncio.Future] = {}
+        self.workers: Dict[int, _Worker] = {}
+        self.zygote_info: Dict[str, Any] = {}
+        self.dead = False
+        self._wids = itertools.count(1)
+        self._status_buf = b""
+        self._status_fd = -1
+        self.stderr_tail: List[str] = []
+        self.tasks: List[asyncio.Task] = []
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def start(self, argv: List[str], env: Dict[str, str]) -> None:
+        host_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        ctl_fd = child_ctl.fileno()
+        argv = [a.replace("{CTL}", str(ctl_fd)).replace("{STATUS}", str(status_w)) for a in argv]
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, pass_fds=(ctl_fd, status_w), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+                start_new_session=True)
+        finally:
+            child_ctl.close()
+            os.close(status_w)
+        self.ctl = host_ctl
+        host_ctl.setblocking(False)
+        self.loop.add_reader(host_ctl.fileno(), self._on_ctl)
+        os.set_blocking(status_r, False)
+        self._status_fd = status_r
+        self.loop.add_reader(status_r, self._on_status)
+        self.tasks = [
+            self.loop.create_task(self._pipe_to_log(self.proc.stdout, logging.INFO, "stdout")),
+            self.loop.create_task(self._pipe_to_log(self.proc.stderr, logging.WARNING, "stderr")),
+            self.loop.create_task(self._wait_exit()),
+        ]
+        await self.ready
+
+    async def _pipe_to_log(self, stream: Any, level: int, what: str) -> None:
+        lg = logging.getLogger(f"nodecell.{self.name}")
+        while True:
+            line = await stream.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            if what == "stderr":
+                self.stderr_tail = (self.stderr_tail + [text])[-40:]
+            lg.log(level, "%s", text, extra={"nodecell_stream": what})
+
+    def _on_status(self) -> None:
+        try:
+            data = os.read(self._status_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self._status_fd)
+            os.close(self._status_fd)
+            self._status_fd = -1
+            return
+        self._status_buf += data
+        while b"\n" in self._status_buf:
+            line, self._status_buf = self._status_buf.split(b"\n", 1)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(msg, dict):
+                continue
+            if "exit" in msg:
+                self.exit = msg["exit"]
+            else:
+                self.status = msg
+
+    def _on_ctl(self) -> None:
+        assert self.ctl is not None
+        while True:
+            try:
+                data, fds, _f, _a = socket.recv_fds(self.ctl, 1 << 16, 2)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                self.loop.remove_reader(self.ctl.fileno())
+                return
+            try:
+                msg = json.loads(data)
+                if not isinstance(msg, dict):
+                    raise ValueError
+            except ValueError:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            op = msg.get("op")
+            if op == "ready":
+                self.zygote_info = msg
+                if msg.get("errors"):
+                    logging.getLogger(f"nodecell.{self.name}").warning(
+                        "zygote could not preload: %s", msg["errors"])
+                if not self.ready.done():
+                    self.ready.set_result(True)
+            elif op == "spawned":
+                fut = self.spawned.pop(msg.get("wid"), None)
+                if fut is not None and not fut.done():
+                    fut.set_result((msg.get("pid"), fds[0] if fds else -1))
+                else:
+                    for fd in fds:
+                        os.close(fd)
+            elif op == "exited":
+                w = self.workers.get(msg.get("wid"))
+                if w is not None:
+                    w.exit_info = msg
+                    w.exit_event.set()
+                    w.on_died()
+            else:
+                for fd in fds:
+                    os.close(fd)
+
+    async def _wait_exit(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        # Let the status pipe deliver its last line.
+        for _ in range(50):
+            if self._status_fd < 0:
+                break
+            await asyncio.sleep(0.002)
+        self.dead = True
+        if self.exit is None:
+            self.exit = {"code": code, "reason": "exited" if code >= 0 else "signal", "detail": ""}
+        if not self.ready.done():
+            self.ready.set_exception(self._start_error(code))
+        for w in list(self.workers.values()):
+            if not w.dead:
+                w.exit_info = w.exit_info or {"sandbox": self.exit}
+                w.exit_event.set()
+                w.on_died()
+        for fut in self.spawned.values():
+            if not fut.done():
+                fut.set_exception(self._start_error(code))
+        self.spawned.clear()
+
+    def _start_error(self, code: int) -> Exception:
+        detail = (self.exit or {}).get("detail") or "\n".join(self.stderr_tail[-10:])
+        reason = (self.exit or {}).get("reason")
+        if reason == "setup" or code == 125:
+            missing = [w.get("name") for w in self.status.get("walls", []) if w.get("state") == "missing"]
+            head = detail.strip().split(":", 1)[0]
+            if head and all(c.isalnum() or c == "-" for c in head) and head not in missing:
+                missing.append(head)  # "memory-limit: cannot limit memory ..." names the wall
+            return SandboxUnavailable(
+                f"pack {self.name!r}: the sandbox could not be set up: {detail.strip()}", missing)
+        return WorkerCrashed(
+            f"pack {self.name!r}: the sandbox exited with status {code} before it was ready: {detail.strip()}",
+            reason=reason or "exited", exit_code=code, extension=self.name)
+
+    def ctl_send(self, msg: Dict[str, Any], fds: tuple = ()) -> None:
+        if self.ctl is None or self.dead:
+            return
+        data = json.dumps(msg).encode()
+        try:
+            if fds:
+                socket.send_fds(self.ctl, [data], list(fds))
+            else:
+                self.ctl.send(data)
+        except OSError:
+            pass
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def spawn_worker(self) -> _Worker:
+        if self.dead:
+            raise WorkerCrashed(f"pack {self.name!r}: sandbox is gone", reason="exited", extension=self.name)
+        wid = next(self._wids)
+        w = _Worker(self, wid)
+        self.workers[wid] = w
+        fut = self.loop.create_future()
+        self.spawned[wid] = fut
+        ring_fd, sock_fd = w.channel.peer_fds()
+        try:
+            self.ctl_send({"op": "spawn", "wid": wid}, (ring_fd, sock_fd))
+        finally:
+            os.close(ring_fd)
+            os.close(sock_fd)
+        try:
+            pid, pidfd = await asyncio.wait_for(fut, 30)
+        except BaseException:
+            self.workers.pop(wid, None)
+            w.close()
+            raise
+        w.pid, w.pidfd = pid, pidfd
+        w.token = self.bridge.register(w.channel, pidfd, w.pump, w.on_died)
+        w.alive = True
+        return w
+
+    async def worker_died(self, w: _Worker) -> None:
+        # The zygote reports the exit status just after the pidfd fires; give it a moment.
+        if w.exit_info is None and not self.dead:
+            try:
+                await asyncio.wait_for(w.exit_event.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+        w.pump()  # frames sent just before death still count
+        err = self.describe_death(w)
+        for fut in list(w.ep.pending.values()):
+            if not fut.done():
+                fut.set_exception(err)
+        w.ep.pending.clear()
+        self.workers.pop(w.wid, None)
+        w.close()
+        self.ext._worker_gone(w, err)
+
+    def describe_death(self, w: _Worker) -> WorkerCrashed:
+        info = w.exit_info or {}
+        if getattr(w, "timed_out", None):
+            return WorkerCrashed(f"pack {self.name!r}: worker killed after a call timed out",
+                                 reason="timeout", signal=9, extension=self.name)
+        if getattr(w, "violation", None):
+            return WorkerCrashed(f"pack {self.name!r}: worker dropped: {w.violation}",  # type: ignore[attr-defined]
+                                 reason="protocol", extension=self.name)
+        sb = info.get("sandbox")
+        if sb is not None:
+            reason = sb.get("reason", "exited")
+            if reason == "memory":
+                return WorkerCrashed(f"pack {self.name!r}: killed by its memory limit ({sb.get('detail', '')})",
+                                     reason="memory", signal=9, extension=self.name)
+            return WorkerCrashed(f"pack {self.name!r}: sandbox ended ({reason}, status {sb.get('code')})",
+                                 reason=reason, exit_code=sb.get("code"), extension=self.name)
+        sig = info.get("signal")
+        if sig is not None:
+            if sig == signal.SIGKILL and self.oom_killed():
+                lim = self.ext.config.get("max_memory")
+                return WorkerCrashed(
+                    f"pack {self.name!r}: worker killed by its memory limit (max_memory={_human(lim)})",
+                    reason="memory", signal=sig, extension=self.name)
+            try:
+                sname = signal.Signals(sig).name
+            except ValueError:
+                sname = str(sig)
+            return WorkerCrashed(f"pack {self.name!r}: worker killed by signal {sname}",
+                                 reason="signal", signal=sig, extension=self.name)
+        code = info.get("code")
+        return WorkerCrashed(f"pack {self.name!r}: worker exited with status {code}",
+                             reason="exited", exit_code=code, extension=self.name)
+
+    _oom_seen = 0
+
+    def oom_killed(self) -> bool:
+        """Whether the cell's memory cgroup recorded a new OOM kill (v1 or v2)."""
+        cg = self.status.get("cgroup")
+        if not cg:
+            return False
+        paths = [os.path.join(cg, "memory.events"), os.path.join(cg, "memory.oom_control")]
+        mem = self.status.get("memory_cgroup")
+        if mem:
+            paths = [os.path.join(mem, "memory.events"), os.path.join(mem, "memory.oom_control")] + paths
+        for p in paths:
+            try:
+                with open(p) as f:
+                    for line in f:
+                        k, _, v = line.partition(" ")
+                        if k == "oom_kill":
+                            n = int(v)
+                            new = n > self._oom_seen
+                            self._oom_seen = n
+                            return new
+            except (OSError, ValueError):
+                continue
+        return False
+
+    def protocol_violation(self, w: _Worker, e: BaseException) -> None:
+        log.error("pack %r worker #%d broke the protocol: %s; dropping it", self.name, w.wid, e)
+        w.violation = str(e)  # type: ignore[attr-defined]
+        if self.ext is not None:
+            self.ext._retire(w)
+        w.kill()
+        w.on_died()
+
+    # -- stop -------------------------------------------------------------------------------
+
+    async def stop(self, grace: float = 2.0) -> None:
+        for w in list(self.workers.values()):
+            if w.alive and not w.dead:
+                try:
+                    await asyncio.wait_for(self.ext._call_on(w, CONTROL_ID, "stop", (), {}, internal=True), grace)
+                except BaseException:  # noqa: BLE001 - stopping anyway
+                    pass
+        # From here on, worker deaths are expected: no crash reports, no restarts.
+        workers = list(self.workers.values())
+        self.workers.clear()
+        for w in workers:
+            w.dead = True
+            w.alive = False
+        self.ctl_send({"op": "exit"})
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except asyncio.TimeoutError:
+                try:
+                    self.proc.kill()
+                except ProcessLookupError:
+                    pass
+                await self.proc.wait()
+        for w in workers:
+            w.close()
+        # Let the launcher's last status line and output drain, so nothing outlives stop().
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=grace)
+        if self.ctl is not None:
+            try:
+                self.loop.remove_reader(self.ctl.fileno())
+            except Exception:  # noqa: BLE001
+                pass
+            self.ctl.close()
+            self.ctl = None
+        self.dead = True

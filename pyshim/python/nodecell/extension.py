@@ -1,0 +1,317 @@
+"""The host's handle on one loaded extension: :class:`Extension`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Dict, Generic, List, Optional, TypeVar
+
+from . import _reload
+from ._rpc import CALL, CANCEL, CONTROL_ID, EXTENSION_ID
+from .cell import _Cell, _Worker
+from .config import ExtensionConfig
+from .errors import CallTimeout, ExtensionStopped, WorkerCrashed
+from .shared import ExtensionBase
+
+if TYPE_CHECKING:
+    from .manager import ExtensionManager
+
+__all__ = ["Extension"]
+
+T = TypeVar("T", bound=ExtensionBase)
+
+
+class Extension(Generic[T]):
+    """The host's handle on one loaded extension.
+
+    ``await ext.method(*args, **kwargs)`` calls ``method`` of the extension's
+    :class:`ExtensionBase` subclass in a worker. The object is awaitable:
+    ``await manager.load_extension(cfg)`` starts the worker; without ``await``
+    it starts on the first call (pyisolate's behaviour).
+    """
+
+    def __init__(self, manager: "ExtensionManager", config: ExtensionConfig) -> None:
+        self._manager = manager
+        self.config = config
+        self.name: str = config["name"]
+        self.venv: Optional[Dict[str, Any]] = None
+        self._cell: Optional[_Cell] = None
+        self._workers: List[_Worker] = []
+        self._start_lock: Optional[asyncio.Lock] = None
+        self._stopped = False
+        self._local: Any = None
+        self._rr = 0
+        self.restarts = 0
+        self.last_crash: Optional[BaseException] = None
+
+    def __repr__(self) -> str:
+        return f"<nodecell.Extension {self.name!r} {'isolated' if self.config['isolated'] else 'local'}>"
+
+    # -- awaiting / starting ----------------------------------------------------------------
+
+    def __await__(self) -> Any:
+        async def start() -> "Extension":
+            await self.start()
+            return self
+        return start().__await__()
+
+    @property
+    def walls(self) -> List[Dict[str, Any]]:
+        """The sandbox's walls and their state (``active`` / ``missing`` / ``off``)."""
+        if self._cell is None:
+            return []
+        return list(self._cell.status.get("walls", []))
+
+    @property
+    def worker_versions(self) -> Dict[str, str]:
+        """Python / numpy / torch versions the worker sees."""
+        for w in self._workers:
+            if w.init_info:
+                return dict(w.init_info.get("versions", {}))
+        return {}
+
+    @property
+    def worker_pids(self) -> List[int]:
+        """Pids (inside the sandbox's pid namespace) of the live workers."""
+        return [w.pid for w in self._workers if w.alive and w.pid]
+
+    async def start(self) -> None:
+        """Provision the venv, start the sandbox and the workers; idempotent."""
+        if self._stopped:
+            raise ExtensionStopped(f"extension {self.name!r} was stopped")
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if not self.config["isolated"]:
+                if self._local is None:
+                    self._local = await self._load_local()
+                return
+            if self.config["reload"]:
+                _reload.note_start(self)  # hot reload: the files the workers will import
+            if self._cell is None or self._cell.dead:
+                await self._start_cell()
+            want = self.config["workers"]
+            live = [w for w in self._workers if w.alive]
+            self._workers = live
+            while len(self._workers) < want:
+                self._workers.append(await self._start_worker())
+
+    async def _load_local(self) -> Any:
+        import importlib
+
+        from ._worker_rt import _import_pack
+
+        ext = self._manager.extension_type()
+        r = ext.before_module_loaded()
+        if asyncio.iscoroutine(r):
+            await r
+        module = _import_pack(self.config["module_path"], self.name)
+        ext.module = module
+        r = ext.on_module_loaded(module)
+        if asyncio.iscoroutine(r):
+            await r
+        _ = importlib
+        return ext
+
+    async def _start_cell(self) -> None:
+        if self.config["share_torch"] and "torch" not in sys.modules:
+            # Decoding the first tensor would import torch on the event loop (seconds,
+            # stalling every pack); import it on a thread while the sandbox starts.
+            import importlib
+
+            loop = asyncio.get_running_loop()
+            torch_import = loop.run_in_executor(None, importlib.import_module, "torch")
+        else:
+            torch_import = None
+        cell, self.venv = await self._manager._take_or_start_cell(self.config)
+        if torch_import is not None:
+            try:
+                await torch_import
+            except ImportError:
+                pass
+        cell.ext = self
+        self._cell = cell
+        self._report_walls(cell)
+
+    def _report_walls(self, cell: _Cell) -> None:
+        missing = [w for w in cell.status.get("walls", []) if w.get("state") == "missing"]
+        if missing:
+            logging.getLogger(f"nodecell.{self.name}").warning(
+                "running without these walls (best-effort): %s",
+                ", ".join(f"{w.get('name')} ({w.get('detail', '')})" for w in missing))
+
+    async def _start_worker(self) -> _Worker:
+        assert self._cell is not None
+        w = await self._cell.spawn_worker()
+        try:
+            w.init_info = await self._call_on(w, CONTROL_ID, "init", (self._manager._init_config(self),), {},
+                                              internal=True, timeout=max(60.0, self.config["timeout"] or 0))
+        except BaseException:
+            w.kill()
+            raise
+        return w
+
+    def _retire(self, w: _Worker) -> None:
+        """Stop sending new calls to ``w`` (it is being killed); the next call starts a fresh one."""
+        w.alive = False
+        if w in self._workers:
+            self._workers.remove(w)
+
+    def _worker_gone(self, w: _Worker, err: BaseException) -> None:
+        if w in self._workers:
+            self._workers.remove(w)
+        if _reload.is_retired(w):  # replaced by a hot reload: an expected end
+            return
+        self.last_crash = err
+        self.restarts += 1
+        logging.getLogger(f"nodecell.{self.name}").warning("%s; the next call starts a new worker", err)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def method(*args: Any, **kwargs: Any) -> Any:
+            return await self.call(name, *args, **kwargs)
+
+        method.__name__ = name
+        self.__dict__[name] = method  # next time, found without __getattr__
+        return method
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` of the extension object in a worker and return its result."""
+        if self._stopped:
+            raise ExtensionStopped(f"extension {self.name!r} was stopped")
+        if not self.config["isolated"]:
+            if self._local is None:
+                await self.start()
+            fn = getattr(self._local, method)
+            r = fn(*args, **kwargs)
+            if asyncio.iscoroutine(r):
+                r = await r
+            return r
+        if self.config["reload"]:
+            await _reload.maybe_reload(self)
+        w = await self._pick_worker()
+        return await self._call_on(w, EXTENSION_ID, method, args, kwargs)
+
+    def call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Blocking form of :meth:`call` for threads other than the manager's event loop."""
+        loop = self._manager._loop
+        if loop is None:
+            raise RuntimeError("the manager has no running event loop yet; load the extension first")
+        try:
+            if asyncio.get_running_loop() is loop:
+                raise RuntimeError("call_sync() would deadlock on the manager's own event loop; await call()")
+        except RuntimeError as e:
+            if "deadlock" in str(e):
+                raise
+        return asyncio.run_coroutine_threadsafe(self.call(method, *args, **kwargs), loop).result()
+
+    async def _pick_worker(self) -> _Worker:
+        ws = self._workers
+        if len(ws) == 1 and self.config["workers"] == 1 and ws[0].alive:
+            return ws[0]  # the common case, without the bookkeeping below
+        live = [w for w in ws if w.alive]
+        if len(live) < self.config["workers"]:
+            await self.start()
+            live = [w for w in self._workers if w.alive]
+        if not live:
+            raise WorkerCrashed(f"pack {self.name!r}: no worker could be started", extension=self.name)
+        w = min(live, key=lambda w: (w.inflight, w.last_used))
+        self._rr += 1
+        w.last_used = self._rr
+        return w
+
+    async def _call_on(self, w: _Worker, target: int, method: str, args: tuple, kwargs: dict,
+                       internal: bool = False, timeout: Optional[float] = None) -> Any:
+        if w.dead:
+            raise WorkerCrashed(f"pack {self.name!r}: worker is gone", extension=self.name)
+        ep = w.ep
+        loop = w.cell.loop
+        fut = loop.create_future()
+        call_id = next(ep._call_ids)
+        ep.pending[call_id] = fut
+        spinning = w.spin_ns > 0
+        if spinning:
+            w.channel.quiet_doorbell()  # we poll for the reply ourselves: no reactor wake-up
+        try:
+            w.channel.send(CALL, call_id, (target, method, tuple(args), dict(kwargs)))
+        except BaseException:
+            ep.pending.pop(call_id, None)
+            if spinning:
+                w.channel.resume_doorbell()
+            raise
+        if ep._release_queue:
+            ep.flush_releases()
+        w.inflight += 1
+        t0 = time.perf_counter_ns()
+        try:
+            if spinning:
+                w.spin_for(fut)
+                # Hand waiting back to the reactor; take what arrived in between.
+                while not w.dead and w.channel.resume_doorbell():
+                    w.pump()
+            if fut.done():
+                return fut.result()
+            if timeout is None and not internal:
+                timeout = self.config["timeout"]
+            if timeout is None:
+                return await fut
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                if fut.done():
+                    return fut.result()
+                ep.pending.pop(call_id, None)
+                w.timed_out = True  # type: ignore[attr-defined]
+                self._retire(w)
+                w.kill()
+                raise CallTimeout(
+                    f"pack {self.name!r}: {method}() did not return within {timeout:g} s; "
+                    f"the worker was killed and will be restarted", timeout=timeout, extension=self.name) from None
+        except asyncio.CancelledError:
+            if not fut.done() and not w.dead:
+                ep.pending.pop(call_id, None)
+                try:
+                    w.channel.send(CANCEL, call_id, None)
+                except Exception:  # noqa: BLE001
+                    pass
+            raise
+        finally:
+            w.inflight -= 1
+            rtt = time.perf_counter_ns() - t0
+            # Adapt the spin window: spin when replies usually come back quickly.
+            if rtt < 400_000:
+                w.spin_ns = min(max(2 * rtt, 50_000), 400_000)
+            else:
+                w.spin_ns = 0 if w.spin_ns == 0 else w.spin_ns // 2
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop the workers and the sandbox; later calls raise :class:`ExtensionStopped`."""
+        self._stopped = True
+        await self._shutdown()
+        self._manager.extensions.pop(self.name, None)
+
+    async def restart(self) -> None:
+        """Stop the sandbox and start a fresh one (same config)."""
+        await self._shutdown()
+        self._stopped = False
+        await self.start()
+
+    async def _shutdown(self) -> None:
+        if self._local is not None:
+            r = self._local.stop()
+            if asyncio.iscoroutine(r):
+                await r
+            self._local = None
+        cell, self._cell = self._cell, None
+        self._workers = []
+        await _reload.stop_retiring(self)
+        if cell is not None:
+            await cell.stop()

@@ -1,0 +1,371 @@
+"""The host's entry point: :class:`ExtensionManager` loads extensions and supervises their cells.
+
+It provisions each pack's venv (``_nodecell.provision``), builds the launcher's
+command line, keeps prewarmed cells, and stops everything on request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+import sys
+from typing import Any, Dict, Generic, List, Optional, TypeVar
+
+from . import _nodecell
+from ._find_launcher import find_launcher
+from ._rpc import registered_types
+from .cell import _BOOTSTRAP, _SINGLETON_BASE_ID, SANDBOX_HOST, SANDBOX_LIB, _Cell
+from .config import ExtensionConfig, ExtensionManagerConfig, SandboxMode
+from .errors import ProvisionError
+from .extension import Extension
+from .shared import ExtensionBase
+
+__all__ = ["ExtensionManager", "default_interpreter"]
+
+T = TypeVar("T", bound=ExtensionBase)
+log = logging.getLogger("nodecell")
+
+
+def _world_usable(path: str) -> bool:
+    """Whether an unprivileged uid can reach and read ``path`` (every parent searchable)."""
+    p = os.path.realpath(path)
+    try:
+        st = os.stat(p)
+    except OSError:
+        return False
+    if not st.st_mode & stat.S_IROTH:
+        return False
+    d = os.path.dirname(p)
+    while True:
+        try:
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if d == "/":
+            return True
+        d = os.path.dirname(d)
+
+
+def default_interpreter() -> str:
+    """The interpreter pack venvs are built from when nothing else is asked.
+
+    This host's interpreter when an unprivileged uid can run it, else
+    ``/usr/bin/python3`` (pyenv interpreters under ``/root`` are unreachable for
+    sandboxed workers, which never run as host uid 0).
+    """
+    exe = os.path.realpath(sys.executable)
+    if os.geteuid() != 0 or _world_usable(exe):
+        return sys.executable
+    for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(cand) and _world_usable(cand):
+            return cand
+    return sys.executable
+
+
+def _module_mount(mod_name: str) -> Optional[tuple]:
+    """(host path, name inside SANDBOX_HOST) exposing the top-level package of ``mod_name``."""
+    top = mod_name.split(".")[0]
+    mod = sys.modules.get(top)
+    if mod is None or top in ("nodecell", "builtins"):
+        return None
+    f = getattr(mod, "__file__", None)
+    if not f:
+        return None
+    if os.path.basename(f) == "__init__.py":
+        return os.path.dirname(f), top
+    return f, os.path.basename(f)
+
+
+class ExtensionManager(Generic[T]):
+    """Loads extensions (node packs) and supervises their sandboxes.
+
+    ``ExtensionManager(MyExtensionBase, ExtensionManagerConfig(venv_root_path=...))``.
+    Singletons listed in an extension's ``apis`` are served from this process.
+    """
+
+    def __init__(self, extension_type: type = ExtensionBase,
+                 config: Optional[Dict[str, Any]] = None) -> None:
+        if not (isinstance(extension_type, type) and issubclass(extension_type, ExtensionBase)):
+            raise TypeError(f"extension_type must be an ExtensionBase subclass, got {extension_type!r}")
+        self.extension_type = extension_type
+        if config is None:
+            config = ExtensionManagerConfig()
+        elif not isinstance(config, ExtensionManagerConfig):
+            config = ExtensionManagerConfig(**dict(config))
+        self.config = config
+        self.extensions: Dict[str, Extension] = {}
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._launcher: Optional[str] = None
+        self._progress: List[Any] = []
+        self._warm: Dict[str, tuple] = {}
+        if config.get("on_progress"):
+            self._progress.append(config["on_progress"])
+
+    async def prewarm(self, config: Any) -> None:
+        """Start a pack's sandbox and zygote ahead of time (venv provisioned, heavy
+        imports such as torch done), so a later :meth:`load_extension` of the same
+        config only forks a worker: tens of milliseconds instead of seconds."""
+        if not isinstance(config, ExtensionConfig):
+            config = ExtensionConfig(config)
+        if not config["isolated"]:
+            return
+        self._loop = asyncio.get_running_loop()
+        cell, _venv = await self._start_cell_for(config)
+        old = self._warm.pop(cell.key, None)
+        if old is not None:
+            await old[0].stop(grace=0.5)
+        self._warm[cell.key] = (cell, _venv)
+
+    def _cell_key(self, cfg: ExtensionConfig, venv: Dict[str, Any]) -> str:
+        argv, env = self._launch_argv(cfg, venv)
+        return json.dumps([cfg["name"], argv, sorted(env.items())])
+
+    async def _start_cell_for(self, cfg: ExtensionConfig) -> tuple:
+        loop = asyncio.get_running_loop()
+        venv = await loop.run_in_executor(None, self._provision, cfg)
+        cell = _Cell(cfg["name"])
+        argv, env = self._launch_argv(cfg, venv)
+        cell.key = self._cell_key(cfg, venv)
+        try:
+            await cell.start(argv, env)
+        except BaseException:
+            await cell.stop(grace=0.5)
+            raise
+        return cell, venv
+
+    async def _take_or_start_cell(self, cfg: ExtensionConfig) -> tuple:
+        if self._warm:
+            loop = asyncio.get_running_loop()
+            venv = await loop.run_in_executor(None, self._provision, cfg)
+            key = self._cell_key(cfg, venv)
+            warm = self._warm.pop(key, None)
+            if warm is not None and not warm[0].dead:
+                return warm[0], venv
+            if warm is not None:
+                await warm[0].stop(grace=0.1)
+        return await self._start_cell_for(cfg)
+
+    def on_progress(self, callback: Any) -> None:
+        """Register ``callback(event: dict)`` for provisioning progress events (JSON-like dicts:
+        ``{"event": "resolving"|"downloading"|"download"|"installing"|"done"|"failed"|"waiting",
+        "pack": ..., "elapsed_ms": ..., ...}``), called on the manager's event loop."""
+        self._progress.append(callback)
+
+    async def progress_events(self) -> Any:
+        """Async iterator over provisioning progress events (see :meth:`on_progress`), for a UI:
+
+            async for ev in manager.progress_events():
+                show(ev)
+        """
+        queue: asyncio.Queue = asyncio.Queue()
+        self._progress.append(queue.put_nowait)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            try:
+                self._progress.remove(queue.put_nowait)
+            except ValueError:
+                pass
+
+    def load_extension(self, config: Any) -> Extension:
+        """Register an extension; returns its handle (await it to start it now).
+
+        ``config`` is an :class:`ExtensionConfig` (or a dict of its fields).
+        """
+        if not isinstance(config, ExtensionConfig):
+            config = ExtensionConfig(config)
+        name = config["name"]
+        if name in self.extensions:
+            raise ValueError(f"extension {name!r} is already loaded")
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        ext = Extension(self, config)
+        self.extensions[name] = ext
+        return ext
+
+    def stop_all_extensions(self) -> Any:
+        """Stop every extension. Awaitable; when not awaited from a running loop it stops synchronously."""
+        exts = list(self.extensions.values())
+        warm = [c for c, _v in self._warm.values()]
+        self._warm.clear()
+
+        async def stop_all() -> None:
+            await asyncio.gather(*(e.stop() for e in exts), *(c.stop() for c in warm), return_exceptions=True)
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            loop = self._loop
+            if loop is not None and not loop.is_closed() and loop.is_running():
+                # The manager's loop runs in another thread: stop there and wait.
+                asyncio.run_coroutine_threadsafe(stop_all(), loop).result()
+            elif loop is not None and not loop.is_closed():
+                loop.run_until_complete(stop_all())
+            else:
+                asyncio.run(stop_all())
+            return _Done()
+        return stop_all()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _emit(self, event: Dict[str, Any]) -> None:
+        for cb in list(self._progress):
+            try:
+                if self._loop is not None and self._loop.is_running():
+                    self._loop.call_soon_threadsafe(cb, event)
+                else:
+                    cb(event)
+            except Exception:  # noqa: BLE001 - a UI callback must not break provisioning
+                log.exception("progress callback failed")
+
+    def _provision(self, cfg: ExtensionConfig) -> Dict[str, Any]:
+        """Build (or find) the pack's venv; runs in an executor thread."""
+        python = cfg["python"] or self.config.get("python")
+        if python is None and default_interpreter() != sys.executable:
+            python = default_interpreter()  # this host's interpreter is unreachable for workers
+        spec = {
+            "name": cfg["name"],
+            "module_path": cfg["module_path"],
+            "dependencies": list(cfg["dependencies"]),
+            "share_torch": cfg["share_torch"],
+            "python": python,
+            "host_python": sys.executable,
+            "extra_index_urls": list(cfg["extra_index_urls"]),
+            "venv_root": self.config.get("venv_root_path"),
+            "compile_bytecode": True,
+        }
+        try:
+            return _nodecell.provision(spec, self._emit)
+        except ValueError as e:
+            raise ProvisionError(f"pack {cfg['name']!r}: {e}") from None
+
+    def _launch_argv(self, cfg: ExtensionConfig, venv: Dict[str, Any]) -> tuple:
+        if self._launcher is None:
+            self._launcher = find_launcher()
+        mode = cfg["sandbox_mode"]
+        pkg_dir = os.path.dirname(os.path.abspath(__file__))
+        if mode is SandboxMode.DISABLED:
+            return self._unsandboxed_argv(cfg, venv, pkg_dir)
+        argv = [self._launcher, "run", "--mode", mode.value, "--status-fd", "{STATUS}", "--keep-fd", "{CTL}"]
+        ro: List[str] = []
+        seen = set()
+
+        def add_ro(p: str) -> None:
+            if p and p not in seen:
+                seen.add(p)
+                ro.append(p)
+
+        for p in venv.get("ro_paths", []):
+            add_ro(p)
+        add_ro(venv["path"])
+        add_ro(cfg["module_path"])
+        add_ro(f"{pkg_dir}:{SANDBOX_LIB}/nodecell")
+        for mod in self._host_modules(cfg):
+            m = _module_mount(mod)
+            if m is not None:
+                add_ro(f"{m[0]}:{SANDBOX_HOST}/{m[1]}")
+        for p in cfg["sandbox"]["readonly_paths"]:
+            add_ro(p)
+        for p in ro:
+            argv += ["--ro", p]
+        for p in cfg["sandbox"]["writable_paths"]:
+            argv += ["--rw", p]
+        if cfg["sandbox"]["network"]:
+            argv.append("--net")
+        if cfg["sandbox"].get("gpu") or cfg["gpu"]:
+            argv.append("--gpu")
+        if cfg["sandbox"].get("tmp_size"):
+            argv += ["--tmp-size", str(cfg["sandbox"]["tmp_size"])]
+        if cfg["max_memory"]:
+            argv += ["--memory", str(cfg["max_memory"])]
+        if cfg["max_pids"]:
+            argv += ["--pids", str(cfg["max_pids"])]
+        if cfg["max_cpu_percent"]:
+            argv += ["--cpu", f"{cfg['max_cpu_percent'] / 100:g}"]
+        if os.geteuid() == 0 and self.config.get("worker_uid") is not None:
+            argv += ["--worker-uid", str(self.config["worker_uid"])]
+        env = {"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        if cfg["share_torch"]:
+            env["NODECELL_SHARE_TORCH"] = "1"
+        env.update(cfg["env"])
+        for k, v in env.items():
+            argv += ["--env", f"{k}={v}"]
+        argv += ["--cwd", cfg["module_path"], "--", venv["python"], "-s", "-E", "-c", _BOOTSTRAP,
+                 "--ctl-fd", "{CTL}", "--preload", ",".join(self._preload(cfg))]
+        host_env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "RUST_LOG")}
+        return argv, host_env
+
+    def _unsandboxed_argv(self, cfg: ExtensionConfig, venv: Dict[str, Any], pkg_dir: str) -> tuple:
+        """SandboxMode.DISABLED: a plain child process, same protocol, no walls.
+
+        The worker's sys.path gets a private folder of symlinks (nodecell and the
+        host modules it needs), never the host's whole site-packages.
+        """
+        import tempfile
+
+        shim = tempfile.mkdtemp(prefix=f"nodecell-{cfg['name']}-")
+        os.symlink(pkg_dir, os.path.join(shim, "nodecell"))
+        for mod in self._host_modules(cfg):
+            m = _module_mount(mod)
+            if m is not None and not os.path.exists(os.path.join(shim, m[1])):
+                os.symlink(m[0], os.path.join(shim, m[1]))
+        for p in cfg["sandbox"]["readonly_paths"]:
+            src, _, dst = p.partition(":")
+            if dst.startswith(SANDBOX_HOST + "/"):
+                link = os.path.join(shim, dst[len(SANDBOX_HOST) + 1:])
+                if "/" not in dst[len(SANDBOX_HOST) + 1:] and not os.path.exists(link):
+                    os.symlink(src, link)
+        boot = _BOOTSTRAP.replace(SANDBOX_LIB, shim).replace(SANDBOX_HOST, shim)
+        argv = [venv["python"], "-s", "-E", "-c", boot, "--ctl-fd", "{CTL}",
+                "--preload", ",".join(self._preload(cfg))]
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME")}
+        env.update({"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1"})
+        env.update(cfg["env"])
+        return argv, env
+
+    def _preload(self, cfg: ExtensionConfig) -> List[str]:
+        if cfg["preload"] is not None:
+            return list(cfg["preload"])
+        return ["torch"] if cfg["share_torch"] else []
+
+    def _host_modules(self, cfg: ExtensionConfig) -> List[str]:
+        mods = [self.extension_type.__module__]
+        mods += [a.__module__ for a in cfg["apis"]]
+        mods += [t.__module__ for t in registered_types().values()]
+        return [m for m in dict.fromkeys(mods) if m not in ("nodecell", "__main__") and not m.startswith("nodecell.")]
+
+    def _init_config(self, ext: Extension) -> Dict[str, Any]:
+        cfg = ext.config
+        apis = []
+        for i, api in enumerate(cfg["apis"]):
+            hid = _SINGLETON_BASE_ID + i
+            apis.append({"id": hid, "module": api.__module__, "qualname": api.__qualname__})
+        et = self.extension_type
+        if et.__module__ == "__main__":
+            raise TypeError(
+                f"{et.__qualname__} is defined in __main__; define it in an importable module so the worker can import it")
+        return {
+            "name": cfg["name"],
+            "module_path": cfg["module_path"],
+            "extension_type": {"module": et.__module__, "qualname": et.__qualname__},
+            "apis": apis,
+            "records": [{"name": n, "module": t.__module__, "qualname": t.__qualname__}
+                        for n, t in registered_types().items() if t.__module__ != "__main__"],
+            "log_level": logging.getLogger(f"nodecell.{cfg['name']}").getEffectiveLevel(),
+        }
+
+
+class _Done:
+    """An already-finished awaitable (what sync-called ``stop_all_extensions`` returns)."""
+
+    def __await__(self) -> Any:
+        if False:  # pragma: no cover
+            yield None
+        return None
