@@ -11,13 +11,9 @@
 //! | RELEASE | list of released handle ids (one entry per reference) |
 //! | LOG | `(levelno, logger, message)` |
 //!
-//! Values of the closed set (None, bool, int, float, str, bytes, list, tuple,
-//! dict, set, frozenset) are converted here; anything else goes through the
-//! `encode` hook, which must return a native value or a marker (`TensorRef`,
-//! `HandleRef`, `Record`, `ErrorValue`). Decoded tensors, handles, records and
-//! errors go to the matching `decode_*` hook. A tensor travels as the record
-//! `nodecell.tensor {kind, t}` so the receiver knows whether to build a numpy
-//! array or a torch tensor.
+//! Python values are converted in [`crate::values`] (shared with `Wire`); this
+//! file adds what only the ring transport knows: tensors as arenas shared over
+//! the channel (`tensor_value`) and mapped on arrival (`tensor_to_py`).
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -26,36 +22,19 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nodecell_ipc::{
-    Call, Channel, ChannelConfig, ChannelError, DType, ErrorValue as IpcError, Frame, HandleKind,
-    Limits, LogLevel, Origin, Record as IpcRecord, Release, RemoteHandle, Side, TensorDesc, Value,
-    WorkerFds,
+    Channel, ChannelConfig, ChannelError, DType, Limits, Origin, Record as IpcRecord, Side,
+    TensorDesc, Value, WorkerFds,
 };
 use pyo3::exceptions::{PyEOFError, PyOSError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{
-    PyBool, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString, PyTuple,
-};
-use pyo3::IntoPyObjectExt;
 
 use crate::arena::{PyArena, PyView, ViewKeep};
 use crate::dlpack::Keep;
-use crate::markers::{ErrorValue, HandleRef, Record, TensorRef};
+use crate::markers::TensorRef;
+use crate::values::{Hooks, ValueCodec, TENSOR_RECORD};
 use crate::ProtocolViolation;
 
-/// The record name a tensor travels in (with its kind: numpy or torch).
-const TENSOR_RECORD: &str = "nodecell.tensor";
-/// Deepest Python nesting the encoder follows (the wire allows 64).
-const MAX_DEPTH: u32 = 60;
-
 static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
-
-struct Hooks {
-    encode: Py<PyAny>,
-    tensor: Py<PyAny>,
-    handle: Py<PyAny>,
-    record: Py<PyAny>,
-    error: Py<PyAny>,
-}
 
 /// One end of a channel (rings in a sealed memfd + a socket for fds).
 #[pyclass(name = "Channel", module = "nodecell._nodecell", frozen)]
@@ -80,26 +59,6 @@ pub(crate) fn channel_err(e: ChannelError) -> PyErr {
         }
         ChannelError::Misuse { what } => PyValueError::new_err(what),
         other => PyOSError::new_err(other.to_string()),
-    }
-}
-
-fn level_to_py(l: LogLevel) -> u32 {
-    match l {
-        LogLevel::Debug => 10,
-        LogLevel::Info => 20,
-        LogLevel::Warning => 30,
-        LogLevel::Error => 40,
-        LogLevel::Critical => 50,
-    }
-}
-
-fn level_from_py(n: i64) -> LogLevel {
-    match n {
-        i64::MIN..=10 => LogLevel::Debug,
-        11..=20 => LogLevel::Info,
-        21..=30 => LogLevel::Warning,
-        31..=40 => LogLevel::Error,
-        _ => LogLevel::Critical,
     }
 }
 
@@ -317,235 +276,15 @@ impl PyChannel {
     pub(crate) fn channel(&self) -> &Channel {
         &self.ch
     }
+}
 
-    fn hook<'py>(
-        &self,
-        py: Python<'py>,
-        which: fn(&Hooks) -> &Py<PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let h = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
-        match h.as_ref() {
-            Some(h) => Ok(which(h).bind(py).clone()),
-            None => Err(PyValueError::new_err("channel hooks are not set")),
-        }
+impl ValueCodec for PyChannel {
+    fn side(&self) -> Side {
+        self.ch.side()
     }
 
-    // ------------------------------------------------------------------ encoding
-
-    fn build_frame(
-        &self,
-        py: Python<'_>,
-        kind: u8,
-        call_id: u64,
-        payload: &Bound<'_, PyAny>,
-    ) -> PyResult<Frame> {
-        use nodecell_ipc::frame::kind as k;
-        Ok(match kind {
-            k::CALL | k::CALLBACK => {
-                let t = payload.cast::<PyTuple>().map_err(|_| {
-                    PyTypeError::new_err("call payload must be (target, method, args, kwargs)")
-                })?;
-                if t.len() != 4 {
-                    return Err(PyTypeError::new_err(
-                        "call payload must be (target, method, args, kwargs)",
-                    ));
-                }
-                let target: u64 = t.get_item(0)?.extract()?;
-                let method: String = t.get_item(1)?.extract()?;
-                let args_obj = t.get_item(2)?;
-                let args_t = args_obj
-                    .cast::<PyTuple>()
-                    .map_err(|_| PyTypeError::new_err("call args must be a tuple"))?;
-                let mut args = Vec::with_capacity(args_t.len());
-                for a in args_t.iter() {
-                    args.push(self.to_value(py, &a, 0)?);
-                }
-                let kw_obj = t.get_item(3)?;
-                let kw = kw_obj
-                    .cast::<PyDict>()
-                    .map_err(|_| PyTypeError::new_err("call kwargs must be a dict"))?;
-                let mut kwargs = Vec::with_capacity(kw.len());
-                for (key, v) in kw.iter() {
-                    let name: String = key
-                        .extract()
-                        .map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
-                    kwargs.push((name, self.to_value(py, &v, 0)?));
-                }
-                // Both directions send plain calls; the Python layer routes replies by id.
-                Frame::Call(Call {
-                    id: call_id,
-                    parent: None,
-                    target,
-                    method,
-                    args,
-                    kwargs,
-                    deadline_ns: 0,
-                })
-            }
-            k::REPLY => Frame::Reply {
-                id: call_id,
-                value: self.to_value(py, payload, 0)?,
-            },
-            k::ERROR => {
-                let e = payload
-                    .cast::<ErrorValue>()
-                    .map_err(|_| PyTypeError::new_err("error payload must be an ErrorValue"))?
-                    .get();
-                Frame::Error {
-                    id: call_id,
-                    error: IpcError {
-                        type_name: e.type_name.clone(),
-                        message: e.message.clone(),
-                        traceback: e.traceback.clone(),
-                    },
-                }
-            }
-            k::CANCEL => Frame::Cancel { id: call_id },
-            k::RELEASE => {
-                let ids: Vec<u64> = payload
-                    .extract()
-                    .map_err(|_| PyTypeError::new_err("release payload: list of ids"))?;
-                Frame::Release(Release {
-                    handles: ids,
-                    tensors: Vec::new(),
-                    retired: Vec::new(),
-                })
-            }
-            k::LOG => {
-                let (lvl, logger, message): (i64, String, String) = payload.extract()?;
-                Frame::Log {
-                    level: level_from_py(lvl),
-                    logger,
-                    message,
-                }
-            }
-            k::HEARTBEAT => Frame::Heartbeat {
-                seq: call_id,
-                monotonic_ns: 0,
-            },
-            other => return Err(PyValueError::new_err(format!("unknown frame kind {other}"))),
-        })
-    }
-
-    fn to_value(&self, py: Python<'_>, obj: &Bound<'_, PyAny>, depth: u32) -> PyResult<Value> {
-        if depth > MAX_DEPTH {
-            return Err(PyValueError::new_err(format!(
-                "value nested deeper than {MAX_DEPTH} levels"
-            )));
-        }
-        if obj.is_none() {
-            return Ok(Value::None);
-        }
-        if obj.is_exact_instance_of::<PyBool>() {
-            return Ok(Value::Bool(obj.extract::<bool>()?));
-        }
-        if obj.is_exact_instance_of::<PyInt>() {
-            return Ok(match obj.extract::<i64>() {
-                Ok(i) => Value::Int(i),
-                Err(_) => Value::BigInt(obj.str()?.to_string()),
-            });
-        }
-        if obj.is_exact_instance_of::<PyFloat>() {
-            return Ok(Value::Float(obj.extract::<f64>()?));
-        }
-        if obj.is_exact_instance_of::<PyString>() {
-            return Ok(Value::Str(obj.extract::<String>()?));
-        }
-        if obj.is_exact_instance_of::<PyBytes>() {
-            return Ok(Value::Bytes(obj.cast::<PyBytes>()?.as_bytes().to_vec()));
-        }
-        if let Ok(l) = obj.cast_exact::<PyList>() {
-            let mut v = Vec::with_capacity(l.len());
-            for x in l.iter() {
-                v.push(self.to_value(py, &x, depth + 1)?);
-            }
-            return Ok(Value::List(v));
-        }
-        if let Ok(t) = obj.cast_exact::<PyTuple>() {
-            let mut v = Vec::with_capacity(t.len());
-            for x in t.iter() {
-                v.push(self.to_value(py, &x, depth + 1)?);
-            }
-            return Ok(Value::Tuple(v));
-        }
-        if let Ok(d) = obj.cast_exact::<PyDict>() {
-            let mut v = Vec::with_capacity(d.len());
-            for (key, val) in d.iter() {
-                v.push((
-                    self.to_value(py, &key, depth + 1)?,
-                    self.to_value(py, &val, depth + 1)?,
-                ));
-            }
-            return Ok(Value::Dict(v));
-        }
-        if let Ok(s) = obj.cast_exact::<PySet>() {
-            let mut v = Vec::with_capacity(s.len());
-            for x in s.iter() {
-                v.push(self.to_value(py, &x, depth + 1)?);
-            }
-            return Ok(Value::Set(v));
-        }
-        if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
-            let mut v = Vec::with_capacity(s.len());
-            for x in s.iter() {
-                v.push(self.to_value(py, &x, depth + 1)?);
-            }
-            return Ok(Value::Set(v));
-        }
-        if let Ok(t) = obj.cast::<TensorRef>() {
-            return self.tensor_value(py, t.get());
-        }
-        if let Ok(h) = obj.cast::<HandleRef>() {
-            let h = h.get();
-            let me = self.ch.side();
-            let owner = if h.sender_owns { me } else { me.peer() };
-            let kind = if h.kind == "callable" {
-                HandleKind::Callable
-            } else {
-                HandleKind::Object
-            };
-            return Ok(Value::Handle(RemoteHandle {
-                id: h.id,
-                owner,
-                kind,
-            }));
-        }
-        if let Ok(r) = obj.cast::<Record>() {
-            let r = r.get();
-            let fields = r.fields.bind(py);
-            let mut out = Vec::with_capacity(fields.len());
-            for (key, val) in fields.iter() {
-                let name: String = key
-                    .extract()
-                    .map_err(|_| PyTypeError::new_err("record field names must be str"))?;
-                out.push((name, self.to_value(py, &val, depth + 1)?));
-            }
-            return Ok(Value::Record(Box::new(IpcRecord {
-                name: r.name.clone(),
-                fields: out,
-            })));
-        }
-        if let Ok(e) = obj.cast::<ErrorValue>() {
-            let e = e.get();
-            return Ok(Value::Error(Box::new(IpcError {
-                type_name: e.type_name.clone(),
-                message: e.message.clone(),
-                traceback: e.traceback.clone(),
-            })));
-        }
-        // Anything else: the Python layer decides (tensor, record, handle, or a native value).
-        let hook = self.hook(py, |h| &h.encode)?;
-        let r = hook.call1((obj,))?;
-        if r.is(obj) {
-            return Err(PyTypeError::new_err(format!(
-                "cannot send a value of type {}",
-                obj.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            )));
-        }
-        self.to_value(py, &r, depth + 1)
+    fn hooks(&self) -> &Mutex<Option<Hooks>> {
+        &self.hooks
     }
 
     fn tensor_value(&self, py: Python<'_>, t: &TensorRef) -> PyResult<Value> {
@@ -635,168 +374,6 @@ impl PyChannel {
                 ("t".to_string(), Value::Tensor(Box::new(desc))),
             ],
         })))
-    }
-
-    // ------------------------------------------------------------------ decoding
-
-    fn frame_to_py(&self, py: Python<'_>, f: Frame) -> PyResult<Py<PyAny>> {
-        use nodecell_ipc::frame::kind as k;
-        let (kind, id, payload): (u8, u64, Py<PyAny>) = match f {
-            Frame::Call(c) => {
-                let kind = if c.parent.is_some() {
-                    k::CALLBACK
-                } else {
-                    k::CALL
-                };
-                let id = c.id;
-                // A value this side cannot build (e.g. an array without numpy here) fails
-                // this call only: the payload is then the exception, to be answered as an error.
-                let payload = match self.call_payload(py, c) {
-                    Ok(p) => p,
-                    Err(e) => e.into_value(py).into_any(),
-                };
-                (kind, id, payload)
-            }
-            Frame::Reply { id, value } => match self.to_py(py, value) {
-                Ok(v) => (k::REPLY, id, v),
-                Err(e) => (k::ERROR, id, e.into_value(py).into_any()),
-            },
-            Frame::Error { id, error } => {
-                let hook = self.hook(py, |h| &h.error)?;
-                (
-                    k::ERROR,
-                    id,
-                    hook.call1((error.type_name, error.message, error.traceback))?
-                        .unbind(),
-                )
-            }
-            Frame::Cancel { id } => (k::CANCEL, id, py.None()),
-            Frame::Release(r) => (
-                k::RELEASE,
-                0,
-                PyList::new(py, r.handles)?.into_any().unbind(),
-            ),
-            Frame::Log {
-                level,
-                logger,
-                message,
-            } => (
-                k::LOG,
-                0,
-                (level_to_py(level), logger, message).into_py_any(py)?,
-            ),
-            Frame::Heartbeat { seq, .. } => (k::HEARTBEAT, seq, py.None()),
-        };
-        (kind, id, payload).into_py_any(py)
-    }
-
-    fn call_payload(&self, py: Python<'_>, c: Call) -> PyResult<Py<PyAny>> {
-        let mut args = Vec::with_capacity(c.args.len());
-        for a in c.args {
-            args.push(self.to_py(py, a)?);
-        }
-        let kw = PyDict::new(py);
-        for (name, v) in c.kwargs {
-            kw.set_item(name, self.to_py(py, v)?)?;
-        }
-        (c.target, c.method, PyTuple::new(py, args)?, kw).into_py_any(py)
-    }
-
-    fn to_py(&self, py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {
-        Ok(match v {
-            Value::None => py.None(),
-            Value::Bool(b) => b.into_py_any(py)?,
-            Value::Int(i) => i.into_py_any(py)?,
-            Value::BigInt(s) => py.get_type::<PyInt>().call1((s,))?.unbind(),
-            Value::Float(x) => x.into_py_any(py)?,
-            Value::Str(s) => s.into_py_any(py)?,
-            Value::Bytes(b) => PyBytes::new(py, &b).into_any().unbind(),
-            Value::List(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for x in items {
-                    out.push(self.to_py(py, x)?);
-                }
-                PyList::new(py, out)?.into_any().unbind()
-            }
-            Value::Tuple(items) => {
-                let mut out = Vec::with_capacity(items.len());
-                for x in items {
-                    out.push(self.to_py(py, x)?);
-                }
-                PyTuple::new(py, out)?.into_any().unbind()
-            }
-            Value::Dict(items) => {
-                let d = PyDict::new(py);
-                for (key, val) in items {
-                    let key = self.to_py(py, key)?;
-                    d.set_item(key, self.to_py(py, val)?).map_err(|e| {
-                        PyTypeError::new_err(format!("dict key from peer is unusable: {e}"))
-                    })?;
-                }
-                d.into_any().unbind()
-            }
-            Value::Set(items) => {
-                let s = PySet::empty(py)?;
-                for x in items {
-                    s.add(self.to_py(py, x)?).map_err(|e| {
-                        PyTypeError::new_err(format!("set item from peer is unusable: {e}"))
-                    })?;
-                }
-                s.into_any().unbind()
-            }
-            Value::Tensor(d) => self.tensor_to_py(py, &d, "numpy")?,
-            Value::Handle(h) => {
-                let hook = self.hook(py, |h| &h.handle)?;
-                let sender_owns = h.owner != self.ch.side();
-                let kind = match h.kind {
-                    HandleKind::Callable => "callable",
-                    HandleKind::Object => "object",
-                };
-                hook.call1((h.id, sender_owns, kind))?.unbind()
-            }
-            Value::Record(r) => {
-                let IpcRecord { name, fields } = *r;
-                if name == TENSOR_RECORD {
-                    return self.tensor_record_to_py(py, fields);
-                }
-                let d = PyDict::new(py);
-                for (k, v) in fields {
-                    d.set_item(k, self.to_py(py, v)?)?;
-                }
-                let hook = self.hook(py, |h| &h.record)?;
-                hook.call1((name, d))?.unbind()
-            }
-            Value::Error(e) => {
-                let hook = self.hook(py, |h| &h.error)?;
-                hook.call1((e.type_name, e.message, e.traceback))?.unbind()
-            }
-        })
-    }
-
-    fn tensor_record_to_py(
-        &self,
-        py: Python<'_>,
-        fields: Vec<(String, Value)>,
-    ) -> PyResult<Py<PyAny>> {
-        let mut kind = None;
-        let mut desc = None;
-        for (k, v) in fields {
-            match (k.as_str(), v) {
-                ("kind", Value::Str(s)) if s == "numpy" || s == "torch" => kind = Some(s),
-                ("t", Value::Tensor(d)) => desc = Some(d),
-                _ => {
-                    return Err(ProtocolViolation::new_err(
-                        "malformed nodecell.tensor record",
-                    ))
-                }
-            }
-        }
-        match (kind, desc) {
-            (Some(kind), Some(d)) => self.tensor_to_py(py, &d, &kind),
-            _ => Err(ProtocolViolation::new_err(
-                "malformed nodecell.tensor record",
-            )),
-        }
     }
 
     /// Builds the received tensor: a DLPack capsule over our own arena (echoed back)

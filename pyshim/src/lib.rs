@@ -21,6 +21,7 @@ pub mod dlpack;
 pub mod markers;
 pub mod provision;
 pub mod reactor;
+pub mod values;
 
 pyo3::create_exception!(
     _nodecell,
