@@ -30,6 +30,18 @@ from .shared import ProxiedSingleton, SingletonMetaclass
 
 _MAX_THREADS = 32
 
+#: Set-up hooks run by :meth:`WorkerEndpoint.init` (see :func:`add_init_hook`).
+_INIT_HOOKS: List[Any] = []
+
+
+def add_init_hook(hook: Any) -> None:
+    """Run ``hook(endpoint)`` in every worker's ``init``, after the host's singleton
+    proxies are installed and before the extension type is imported. If it returns a
+    callable, that is called with the extension object right after it is created
+    (before ``before_module_loaded``). Registered in the zygote, inherited by workers;
+    used by :mod:`nodecell.compat` to set up pyisolate's child-side state."""
+    _INIT_HOOKS.append(hook)
+
 
 class _Waiter:
     __slots__ = ("event", "value", "error", "done", "future", "loop")
@@ -503,10 +515,13 @@ class WorkerEndpoint(Endpoint):
             if not (isinstance(cls, type) and issubclass(cls, ProxiedSingleton)):
                 raise TypeError(f"{api['module']}:{api['qualname']} is not a ProxiedSingleton")
             cls.inject_instance(_singleton_proxy(self, api["id"], cls))
+        after_create = [a for a in (hook(self) for hook in _INIT_HOOKS) if callable(a)]
         et = cfg["extension_type"]
         ext_cls = _import_qualname(et["module"], et["qualname"])
         ext = ext_cls()
         self.extension = ext
+        for a in after_create:
+            a(ext)
         self.pin(EXTENSION_ID, ext)
         _run_hook(self, ext.before_module_loaded)
         module = _import_pack(cfg["module_path"], cfg["name"])
