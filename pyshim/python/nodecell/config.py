@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from .errors import ConfigError
 
-__all__ = ["ExtensionConfig", "ExtensionManagerConfig", "SandboxMode", "SandboxConfig", "parse_size"]
+__all__ = ["ExtensionConfig", "ExtensionManagerConfig", "SandboxMode", "SandboxConfig", "parse_size", "normalize_name"]
 
 
 class SandboxMode(enum.Enum):
@@ -169,7 +169,34 @@ class ExtensionManagerConfig(dict):
         super().__init__(venv_root_path=root, **kw)
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+#: Characters a pack name may not carry into file names, cgroups or shells (pyisolate's set).
+_UNSAFE_NAME_CHARS = frozenset(" \t\n\r|&$`()<>\"'\\!{}[]*?~#%=,")
+
+
+def normalize_name(name: Any, field: str = "name") -> str:
+    """The file-system and shell safe form of a pack name, as pyisolate 0.10 makes it.
+
+    Path separators and the characters in ``_UNSAFE_NAME_CHARS`` become ``_``,
+    leading dots and ``..`` are removed, runs of ``_`` collapse and the result is
+    stripped of ``_``; other Unicode letters stay (``"my pack"`` -> ``"my_pack"``,
+    ``"你好 世界"`` -> ``"你好_世界"``). Raises :class:`ConfigError` (a ``ValueError``)
+    naming ``field`` when nothing is left or ``name`` is not a non-empty string.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(field, f"expected a non-empty pack name, got {name!r}")
+    if "\0" in name or len(name) > 200:
+        raise ConfigError(field, f"expected a pack name without NUL, at most 200 characters, got {name!r}")
+    out = name.replace("/", "_").replace("\\", "_").lstrip(".").replace("..", "_")
+    out = "".join("_" if c in _UNSAFE_NAME_CHARS else c for c in out)
+    out = re.sub(r"_+", "_", out).strip("_")
+    if not out:
+        raise ConfigError(field, f"{name!r} has only characters a pack name cannot use")
+    return out
+
+
+#: ``execution_model`` values (pyisolate's names) and ``package_manager`` values nodecell honours.
+EXECUTION_MODELS = ("host-coupled", "sealed_worker")
+PACKAGE_MANAGERS = ("uv",)
 
 
 class ExtensionConfig(dict):
@@ -179,7 +206,14 @@ class ExtensionConfig(dict):
     ``dependencies``, ``apis`` (ProxiedSingleton classes the pack may use),
     ``share_torch``, ``share_cuda_ipc``, ``sandbox`` (see :class:`SandboxConfig`),
     ``sandbox_mode`` (:class:`SandboxMode`), ``env`` (extra environment for the worker),
-    ``extra_index_urls``.
+    ``extra_index_urls``, ``package_manager`` (``"uv"``, the only one nodecell builds
+    venvs with), ``execution_model`` (``"host-coupled"``, the default, or
+    ``"sealed_worker"``, which requires ``share_torch=False``; in both a nodecell
+    worker sees its own venv, never the host's site-packages). ``name`` may hold any
+    characters; ``normalized_name`` (derived, see :func:`normalize_name`) is the form
+    used where a file-system safe name is needed. pyisolate fields nodecell cannot
+    honour (``conda_*``, ``cuda_wheels``, ``sealed_host_ro_paths``) raise a
+    :class:`ConfigError` saying why (:mod:`nodecell.compat.pyisolate` maps the last two).
 
     nodecell fields: ``timeout`` (seconds per call; the worker is killed and
     restarted when a call runs past it; None = no limit), ``max_memory`` (e.g.
@@ -209,19 +243,29 @@ class ExtensionConfig(dict):
         "reload": False,
         "version": None,
     }
-    _KNOWN = set(_DEFAULTS) | {"name", "module_path", "module", "sandbox", "sandbox_mode",
+    _KNOWN = set(_DEFAULTS) | {"name", "normalized_name", "module_path", "module", "sandbox", "sandbox_mode",
                                "package_manager", "execution_model"}
+    #: pyisolate 0.10 fields nodecell cannot honour, and why (a clear error instead of "unknown key").
+    _UNSUPPORTED = {
+        "conda_channels": "conda/pixi environments are not supported: nodecell builds venvs with uv",
+        "conda_dependencies": "conda/pixi environments are not supported: nodecell builds venvs with uv",
+        "conda_platforms": "conda/pixi environments are not supported: nodecell builds venvs with uv",
+        "cuda_wheels": "not supported here: list the index in extra_index_urls (nodecell.compat.pyisolate "
+                       "maps pyisolate's cuda_wheels onto it)",
+        "sealed_host_ro_paths": "not supported here: mount host folders with sandbox.readonly_paths "
+                                "(nodecell.compat.pyisolate maps it onto those and sys.path)",
+    }
 
     def __init__(self, data: Optional[Mapping] = None, **kw: Any) -> None:
         merged: Dict[str, Any] = dict(data or {})
         merged.update(kw)
         for k in merged:
+            if k in self._UNSUPPORTED:
+                raise ConfigError(str(k), self._UNSUPPORTED[k])
             if k not in self._KNOWN:
                 raise ConfigError(str(k), f"unknown ExtensionConfig key; expected one of {', '.join(sorted(self._KNOWN))}")
         name = merged.get("name")
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise ConfigError("name", f"expected a pack name of letters, digits, '_', '.', '-' (1-100 chars), got {name!r}")
-        out: Dict[str, Any] = {"name": name}
+        out: Dict[str, Any] = {"name": name, "normalized_name": normalize_name(name)}
         mp = merged.get("module_path", merged.get("module"))
         if mp is None:
             raise ConfigError("module_path", "required: the folder holding the pack's __init__.py")
@@ -275,6 +319,18 @@ class ExtensionConfig(dict):
         out["sandbox_mode"] = SandboxMode.parse(merged.get("sandbox_mode", SandboxMode.REQUIRED))
         if out["share_cuda_ipc"] and not out["share_torch"]:
             raise ConfigError("share_cuda_ipc", "requires share_torch=True")
+        pm = merged.get("package_manager", "uv")
+        if pm not in PACKAGE_MANAGERS:
+            raise ConfigError("package_manager", f"nodecell builds every pack's venv with uv; {pm!r} "
+                              "(conda/pixi environments) is not supported")
+        out["package_manager"] = pm
+        em = merged.get("execution_model", "host-coupled")
+        if em not in EXECUTION_MODELS:
+            raise ConfigError("execution_model", f"expected 'host-coupled' or 'sealed_worker', got {em!r}")
+        if em == "sealed_worker" and out["share_torch"]:
+            raise ConfigError("execution_model", "'sealed_worker' shares nothing with the host: it requires "
+                              "share_torch=False")
+        out["execution_model"] = em
         super().__init__(out)
 
     # -- construction from a pack's files -------------------------------------------------

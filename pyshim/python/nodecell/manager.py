@@ -231,7 +231,7 @@ class ExtensionManager(Generic[T]):
         if python is None and default_interpreter() != sys.executable:
             python = default_interpreter()  # this host's interpreter is unreachable for workers
         spec = {
-            "name": cfg["name"],
+            "name": cfg["normalized_name"],
             "module_path": cfg["module_path"],
             "dependencies": list(cfg["dependencies"]),
             "share_torch": cfg["share_torch"],
@@ -291,7 +291,8 @@ class ExtensionManager(Generic[T]):
             argv += ["--cpu", f"{cfg['max_cpu_percent'] / 100:g}"]
         if os.geteuid() == 0 and self.config.get("worker_uid") is not None:
             argv += ["--worker-uid", str(self.config["worker_uid"])]
-        env = {"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYISOLATE_CHILD": "1"}  # code written for pyisolate asks this to know it runs in a worker
         if cfg["share_torch"]:
             env["NODECELL_SHARE_TORCH"] = "1"
         env.update(cfg["env"])
@@ -326,7 +327,7 @@ class ExtensionManager(Generic[T]):
         argv = [venv["python"], "-s", "-E", "-c", boot, "--ctl-fd", "{CTL}",
                 "--preload", ",".join(self._preload(cfg))]
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME")}
-        env.update({"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1"})
+        env.update({"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1", "PYISOLATE_CHILD": "1"})
         env.update(cfg["env"])
         return argv, env
 
