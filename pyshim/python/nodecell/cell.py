@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -51,6 +52,18 @@ def _human(n: Optional[int]) -> str:
             v = n / size
             return f"{v:g} {unit}" if v == int(v) else f"{v:.1f} {unit} ({n} bytes)"
     return f"{n} bytes"
+
+
+def _wait_reaped(pidfd: int, timeout: float = 0.5) -> None:
+    """Give asyncio's child watcher (a thread) a moment to reap an exited launcher."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return  # still running: nothing to wait for here
+        except ChildProcessError:
+            return  # reaped
+        time.sleep(0.001)
 
 
 class _HostEndpoint(Endpoint):
@@ -592,4 +605,60 @@ class _Cell:
                 pass
             self.ctl.close()
             self.ctl = None
+        self.dead = True
+
+    def kill_now(self, grace: float = 2.0) -> None:
+        """End the sandbox synchronously, from any thread, without this cell's event loop
+        (which may be closed): the zygote is told to exit (it kills its workers), then the
+        launcher gets SIGTERM and SIGKILL if it lingers, ``grace`` seconds apart. Returns
+        once the launcher exited (it removes the sandbox's cgroups on the way out)."""
+        workers = list(self.workers.values())
+        self.workers.clear()
+        for w in workers:
+            w.dead = True
+            w.alive = False
+        self.ctl_send({"op": "exit"})
+        proc = self.proc
+        if proc is not None:
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except OSError:
+                pidfd = -1  # already reaped
+            if pidfd >= 0:
+                try:
+                    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+                        if sig is not None:
+                            try:
+                                signal.pidfd_send_signal(pidfd, sig)
+                            except OSError:
+                                break
+                        if select.select([pidfd], [], [], grace)[0]:
+                            break
+                    _wait_reaped(pidfd)
+                finally:
+                    os.close(pidfd)
+            transport = getattr(proc, "_transport", None)
+            if transport is not None and self.loop.is_closed():
+                # Its loop is gone: let the pipes close with their file objects instead of
+                # the transport's finalizer calling into the closed loop (noise at exit).
+                transport._closed = True
+        for w in workers:
+            try:
+                w.close()
+            except Exception:  # noqa: BLE001 - futures of a closed loop
+                pass
+        if self.ctl is not None:
+            try:
+                self.loop.remove_reader(self.ctl.fileno())
+            except Exception:  # noqa: BLE001
+                pass
+            self.ctl.close()
+            self.ctl = None
+        if self._status_fd >= 0:
+            try:
+                self.loop.remove_reader(self._status_fd)
+            except Exception:  # noqa: BLE001
+                pass
+            os.close(self._status_fd)
+            self._status_fd = -1
         self.dead = True

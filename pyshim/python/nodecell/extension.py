@@ -18,7 +18,7 @@ from .shared import ExtensionBase
 if TYPE_CHECKING:
     from .manager import ExtensionManager
 
-__all__ = ["Extension"]
+__all__ = ["Extension", "ExtensionMethods"]
 
 T = TypeVar("T", bound=ExtensionBase)
 
@@ -81,6 +81,11 @@ class Extension(Generic[T]):
         """Provision the venv, start the sandbox and the workers; idempotent."""
         if self._stopped:
             raise ExtensionStopped(f"extension {self.name!r} was stopped")
+        cell = self._cell
+        if cell is not None and cell.loop is not asyncio.get_running_loop():
+            if cell.loop.is_running():
+                return await _on_loop(cell.loop, self.start())
+            self._abandon_cell()
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
         async with self._start_lock:
@@ -171,14 +176,30 @@ class Extension(Generic[T]):
     # -- calls ------------------------------------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:
+        method = self._remote_method(name)
+        self.__dict__[name] = method  # next time, found without __getattr__
+        return method
+
+    @property
+    def proxy(self) -> "ExtensionMethods":
+        """The extension's own methods and nothing else: ``await ext.proxy.call(x)``
+        reaches a method named ``call`` that the handle's own :meth:`call` shadows."""
+        return ExtensionMethods(self)
+
+    def _remote_method(self, name: str) -> Any:
+        """An async function calling method ``name`` in the worker; AttributeError when the
+        extension type has no such method (never a silent remote call to nowhere)."""
         if name.startswith("_"):
             raise AttributeError(name)
+        et = self._manager.extension_type
+        if not callable(getattr(et, name, None)) and not hasattr(et, "__getattr__"):
+            raise AttributeError(f"{et.__qualname__} has no method {name!r} (the extension type given to "
+                                 f"ExtensionManager decides what the host can call)")
 
         async def method(*args: Any, **kwargs: Any) -> Any:
             return await self.call(name, *args, **kwargs)
 
         method.__name__ = name
-        self.__dict__[name] = method  # next time, found without __getattr__
         return method
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -193,6 +214,11 @@ class Extension(Generic[T]):
             if asyncio.iscoroutine(r):
                 r = await r
             return r
+        cell = self._cell
+        if cell is not None and cell.loop is not asyncio.get_running_loop():
+            if cell.loop.is_running():  # the sandbox is served by a loop in another thread
+                return await _on_loop(cell.loop, self.call(method, *args, **kwargs))
+            self._abandon_cell()  # its loop is gone: start afresh on this one
         if self.config["reload"]:
             await _reload.maybe_reload(self)
         w = await self._pick_worker()
@@ -293,10 +319,30 @@ class Extension(Generic[T]):
     # -- stopping ---------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Stop the workers and the sandbox; later calls raise :class:`ExtensionStopped`."""
+        """Stop the workers and the sandbox; later calls raise :class:`ExtensionStopped`.
+
+        Works from any event loop: the sandbox's own loop in another thread stops it
+        there; when that loop is gone (closed, or no longer running), the sandbox is
+        ended from here without it."""
         self._stopped = True
+        cell = self._cell
+        if cell is not None and cell.loop is not asyncio.get_running_loop():
+            if cell.loop.is_running():
+                await _on_loop(cell.loop, self._shutdown())
+            else:
+                self._abandon_cell()
         await self._shutdown()
-        self._manager.extensions.pop(self.name, None)
+        if self._manager.extensions.get(self.name) is self:
+            self._manager.extensions.pop(self.name, None)
+
+    def _abandon_cell(self) -> None:
+        """The sandbox's event loop is gone: end the sandbox from this thread and forget it
+        (workers get no ``stop()`` hook; the next start makes a new sandbox on this loop)."""
+        cell, self._cell = self._cell, None
+        self._workers = []
+        self._start_lock = None
+        if cell is not None:
+            cell.kill_now()
 
     async def restart(self) -> None:
         """Stop the sandbox and start a fresh one (same config)."""
@@ -315,3 +361,23 @@ class Extension(Generic[T]):
         await _reload.stop_retiring(self)
         if cell is not None:
             await cell.stop()
+
+
+class ExtensionMethods:
+    """``Extension.proxy``: only the extension's own methods, as async functions."""
+
+    __slots__ = ("_ext",)
+
+    def __init__(self, ext: Extension) -> None:
+        self._ext = ext
+
+    def __getattr__(self, name: str) -> Any:
+        return self._ext._remote_method(name)
+
+    def __repr__(self) -> str:
+        return f"<methods of {self._ext!r}>"
+
+
+async def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
+    """Run ``coro`` on ``loop`` (running in another thread) and wait for it here."""
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))

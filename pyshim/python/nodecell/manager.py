@@ -7,6 +7,7 @@ command line, keeps prewarmed cells, and stops everything on request.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import json
 import logging
 import os
@@ -143,10 +144,10 @@ class ExtensionManager(Generic[T]):
             venv = await loop.run_in_executor(None, self._provision, cfg)
             key = self._cell_key(cfg, venv)
             warm = self._warm.pop(key, None)
-            if warm is not None and not warm[0].dead:
+            if warm is not None and not warm[0].dead and warm[0].loop is loop:
                 return warm[0], venv
             if warm is not None:
-                await warm[0].stop(grace=0.1)
+                await _stop_cell(warm[0], grace=0.1)
         return await self._start_cell_for(cfg)
 
     def on_progress(self, callback: Any) -> None:
@@ -191,13 +192,29 @@ class ExtensionManager(Generic[T]):
         return ext
 
     def stop_all_extensions(self) -> Any:
-        """Stop every extension. Awaitable; when not awaited from a running loop it stops synchronously."""
+        """Stop every extension and forget it (its name may be loaded again).
+
+        ``await manager.stop_all_extensions()`` stops gracefully (each worker's
+        ``stop()`` hook runs). Called without ``await`` it has stopped everything
+        when it returns, as pyisolate's does: from synchronous code gracefully; from
+        inside a running event loop by ending the sandboxes at once (no ``stop()``
+        hooks), since that loop cannot be driven while the call blocks it.
+        """
         exts = list(self.extensions.values())
         warm = [c for c, _v in self._warm.values()]
         self._warm.clear()
+        self.extensions.clear()
 
         async def stop_all() -> None:
-            await asyncio.gather(*(e.stop() for e in exts), *(c.stop() for c in warm), return_exceptions=True)
+            await asyncio.gather(*(e.stop() for e in exts), *(_stop_cell(c) for c in warm),
+                                 return_exceptions=True)
+
+        def stop_now() -> None:
+            for e in exts:
+                e._stopped = True
+                e._abandon_cell()
+            for c in warm:
+                c.kill_now()
 
         try:
             asyncio.get_running_loop()
@@ -211,7 +228,7 @@ class ExtensionManager(Generic[T]):
             else:
                 asyncio.run(stop_all())
             return _Done()
-        return stop_all()
+        return _StopAll(stop_all, stop_now)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -363,8 +380,69 @@ class ExtensionManager(Generic[T]):
         }
 
 
-class _Done:
-    """An already-finished awaitable (what sync-called ``stop_all_extensions`` returns)."""
+async def _stop_cell(cell: _Cell, grace: float = 2.0) -> None:
+    """Stop a cell from whatever loop is running: on its own loop (here or in its thread),
+    or synchronously when that loop is gone."""
+    if cell.loop is asyncio.get_running_loop():
+        await cell.stop(grace=grace)
+    elif cell.loop.is_running():
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(cell.stop(grace=grace), cell.loop))
+    else:
+        cell.kill_now(grace)
+
+
+class _StopAll(collections.abc.Coroutine):
+    """What ``stop_all_extensions()`` returns inside a running loop: awaiting it (or making a
+    task of it) stops gracefully; dropping it unawaited stops everything at once, before
+    the statement that called it ends (CPython frees it right there)."""
+
+    def __init__(self, graceful: Any, now: Any) -> None:
+        self._graceful = graceful
+        self._now: Any = now
+        self._coro: Any = None
+
+    def _inner(self) -> Any:
+        if self._coro is None:
+            self._now = None
+            self._coro = self._graceful()
+        return self._coro
+
+    def send(self, value: Any) -> Any:
+        return self._inner().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._inner().throw(*args)
+
+    def close(self) -> None:
+        if self._coro is not None:
+            self._coro.close()
+        else:
+            self._stop_now()
+
+    def __await__(self) -> Any:
+        return self._inner().__await__()
+
+    def _stop_now(self) -> None:
+        now, self._now = self._now, None
+        if now is not None:
+            now()
+
+    def __del__(self) -> None:
+        try:
+            self._stop_now()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            log.exception("stopping the extensions failed")
+
+
+class _Done(collections.abc.Coroutine):
+    """An already-finished coroutine (what sync-called ``stop_all_extensions`` returns): it
+    can be awaited, or handed to ``run_coroutine_threadsafe`` / ``create_task``."""
+
+    def send(self, value: Any) -> Any:
+        raise StopIteration(None)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        raise typ if val is None else val
 
     def __await__(self) -> Any:
         if False:  # pragma: no cover
