@@ -52,5 +52,5 @@ pub use provision::{
     default_root, Options, Package, Plan, Provisioner, SharedTorchInfo, Venv, VenvInfo, INFO_FILE,
 };
 pub use requirement::Requirement;
-pub use shared::HostTorch;
+pub use shared::HostShare;
 pub use uv::Uv;

@@ -18,6 +18,8 @@
 //!   - git+https://github.com/org/repo.git@v1.0
 //! isolated: true
 //! share_torch: true
+//! shared:                     # taken from the host's environment when its copy satisfies them
+//!   - pillow>=10.3.0
 //! python: "3.11"              # or an absolute interpreter path
 //! index_url: https://pypi.org/simple      # optional; also extra_index_urls, find_links
 //! sandbox:
@@ -70,6 +72,12 @@ pub struct Manifest {
     pub isolated: bool,
     /// Whether the venv sees the host's torch instead of installing one.
     pub share_torch: bool,
+    /// Distributions the venv takes from the host's environment (with their
+    /// dependency closure, like torch with `share_torch`) instead of
+    /// installing them; one whose host copy does not satisfy the
+    /// requirement is installed into the venv as usual. Typically what the
+    /// host app already provides (`nodecell migrate` writes them).
+    pub shared: Vec<Requirement>,
     /// An interpreter path or version (`"3.11"`); `None` means the host's.
     pub python: Option<String>,
     /// Package index options passed to uv.
@@ -123,7 +131,7 @@ fn ser_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of manifest fields (name, version, dependencies, isolated, share_torch, python, index_url, extra_index_urls, find_links, sandbox)"
+    expecting = "a mapping of manifest fields (name, version, dependencies, isolated, share_torch, shared, python, index_url, extra_index_urls, find_links, sandbox)"
 )]
 struct RawManifest {
     name: Option<NonEmpty>,
@@ -131,6 +139,7 @@ struct RawManifest {
     dependencies: Option<Vec<Requirement>>,
     isolated: Option<bool>,
     share_torch: Option<bool>,
+    shared: Option<Vec<Requirement>>,
     /// pyisolate's key; CUDA memory crosses as fds in nodecell, so it has no effect.
     #[allow(dead_code)]
     share_cuda_ipc: Option<bool>,
@@ -642,6 +651,7 @@ pub fn parse_manifest(
         dependencies: None,
         isolated: None,
         share_torch: None,
+        shared: None,
         share_cuda_ipc: None,
         python: None,
         index_url: None,
@@ -721,6 +731,7 @@ pub fn parse_manifest(
         dependencies,
         isolated: raw.isolated.unwrap_or(true),
         share_torch: raw.share_torch.unwrap_or(false),
+        shared: raw.shared.unwrap_or_default(),
         python: raw.python.map(|p| p.0),
         index: IndexOptions {
             index_url: raw.index_url.map(|u| u.0),
@@ -871,6 +882,20 @@ mod tests {
         assert_eq!(m.dependencies.len(), 4);
         assert!(m.isolated && m.share_torch);
         assert_eq!(m.sandbox, SandboxSettings::default());
+    }
+
+    #[test]
+    fn reads_shared_requirements() {
+        let m = parse("name: p\nshared:\n  - pillow>=10.3.0\n  - numpy\n").unwrap();
+        let names: Vec<_> = m.shared.iter().map(|r| r.name.clone().unwrap()).collect();
+        assert_eq!(names, ["pillow", "numpy"]);
+        assert!(parse("name: p\n").unwrap().shared.is_empty());
+        fails(
+            "name: p\nshared:\n  - \"not a requirement!\"\n",
+            "shared[0]",
+            Some(3),
+            "",
+        );
     }
 
     #[test]

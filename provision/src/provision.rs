@@ -2,8 +2,9 @@
 //!
 //! The venv's cache key is a hash of everything that decides its content:
 //! the interpreter (real path, version, implementation), the normalized
-//! requirement list, `share_torch` with the host torch's site folder and the
-//! exact versions of torch's dependency closure, and the index options
+//! requirement list, the shared host packages (torch with `share_torch`,
+//! `shared:`, the host app's requirements) with their site folder and the
+//! exact versions of their dependency closure, and the index options
 //! (manifest and uv's `UV_*` index variables). Same key, same venv: two packs
 //! with the same needs share one.
 //!
@@ -29,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventSink};
 use crate::interpreter::{check_world_access, hex, running_as_root, Interpreter};
 use crate::manifest::Pack;
-use crate::shared::HostTorch;
+use crate::shared::HostShare;
 use crate::uv::{display_command, parse_line, run_streaming, Line, Progress, Uv, UV_INDEX_ENV};
 
 /// File written into every finished venv: its [`VenvInfo`].
@@ -56,6 +57,11 @@ pub struct Options {
     /// Compile `.pyc` files at install time (slower build, faster first
     /// import in a read-only sandbox).
     pub compile_bytecode: bool,
+    /// Distributions of the host every venv shares with their dependency
+    /// closure (the host app's own requirements, e.g. ComfyUI's
+    /// `requirements.txt`); see [`crate::shared`]. Never installed into the
+    /// venv: one the host lacks stays absent, and a pack pin still wins.
+    pub share: Vec<String>,
 }
 
 /// The default venv cache root: `$NODECELL_VENV_ROOT` if set, else
@@ -95,7 +101,8 @@ pub struct VenvInfo {
     pub site_packages: PathBuf,
     /// The requirements as handed to uv.
     pub requirements: Vec<String>,
-    /// Shared host torch, if `share_torch`.
+    /// Shared host packages (torch with `share_torch`, `shared:`, the host
+    /// app's requirements), if any.
     pub shared_torch: Option<SharedTorchInfo>,
     /// Distributions in the venv (shared ones included).
     pub packages: Vec<Package>,
@@ -103,13 +110,17 @@ pub struct VenvInfo {
     pub key_input: serde_json::Value,
 }
 
-/// What a `share_torch` venv borrows from the host.
+/// What a venv borrows from the host (torch with `share_torch`, `shared:`,
+/// the host app's requirements).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedTorchInfo {
     /// The host interpreter.
     pub host_python: PathBuf,
-    /// torch's version.
-    pub torch_version: String,
+    /// torch's version, when torch is shared.
+    pub torch_version: Option<String>,
+    /// The shared roots asked for.
+    #[serde(default)]
+    pub roots: Vec<String>,
     /// The host site-packages folder torch lives in.
     pub site_packages: PathBuf,
     /// `name==version` of every shared distribution.
@@ -153,8 +164,9 @@ pub struct Plan {
     pub key: String,
     /// The venv's interpreter.
     pub interpreter: Interpreter,
-    /// The host torch closure, with `share_torch`.
-    pub host_torch: Option<HostTorch>,
+    /// The shared host closure (torch with `share_torch`, `shared:`, the
+    /// host app's requirements), if anything is shared.
+    pub host_share: Option<HostShare>,
     /// Requirements as handed to uv.
     pub requirements: Vec<String>,
     /// What the key hashes (canonical JSON).
@@ -381,7 +393,20 @@ impl Provisioner {
     pub fn plan(&self, pack: &Pack) -> Result<Plan> {
         let m = &pack.manifest;
         let interpreter = self.select_interpreter(pack)?;
-        let host_torch = if m.share_torch {
+        let mut roots: Vec<String> = Vec::new();
+        if m.share_torch {
+            roots.push("torch".into());
+        }
+        roots.extend(m.shared.iter().filter_map(|r| r.name.clone()));
+        roots.extend(self.opts.share.iter().cloned());
+        let host_share = if roots.is_empty() {
+            None
+        } else {
+            let what = if m.share_torch {
+                "the host's torch is"
+            } else {
+                "the host's shared packages are"
+            };
             let host = self.host_interpreter(&interpreter)?;
             if (host.major, host.minor, &host.implementation)
                 != (
@@ -393,7 +418,7 @@ impl Provisioner {
                 return Err(Error::SharedTorch {
                     pack: m.name.clone(),
                     reason: format!(
-                        "the host's torch is built for {} {} ({}) but the pack's interpreter is {} {} ({}); \
+                        "{what} built for {} {} ({}) but the pack's interpreter is {} {} ({}); \
                          use the same Python version (set `python:` or drop it)",
                         host.implementation,
                         host.short_version(),
@@ -404,11 +429,13 @@ impl Provisioner {
                     ),
                 });
             }
-            let t = HostTorch::find(&host).map_err(|reason| Error::SharedTorch {
-                pack: m.name.clone(),
-                reason,
+            let t = HostShare::find(&host, &roots, m.share_torch).map_err(|reason| {
+                Error::SharedTorch {
+                    pack: m.name.clone(),
+                    reason,
+                }
             })?;
-            if running_as_root() {
+            if running_as_root() && !t.dists.is_empty() {
                 check_world_access(&t.site_packages, false).map_err(|reason| {
                     Error::SharedTorch {
                         pack: m.name.clone(),
@@ -417,14 +444,19 @@ impl Provisioner {
                 })?;
             }
             Some(t)
-        } else {
-            None
         };
-        let requirements: Vec<String> =
-            m.dependencies.iter().map(|r| r.uv_arg(&pack.dir)).collect();
+        // `shared:` entries go to uv too: the host's copy (a shim) satisfies
+        // them, and one it does not satisfy is installed as usual.
+        let requirements: Vec<String> = m
+            .dependencies
+            .iter()
+            .chain(&m.shared)
+            .map(|r| r.uv_arg(&pack.dir))
+            .collect();
         let mut canonical: Vec<String> = m
             .dependencies
             .iter()
+            .chain(&m.shared)
             .map(|r| r.canonical(&pack.dir))
             .collect();
         canonical.sort();
@@ -444,11 +476,19 @@ impl Provisioner {
                 "cache_tag": interpreter.cache_tag,
             },
             "requirements": canonical,
-            "share_torch": host_torch.as_ref().map(|t| serde_json::json!({
-                "site_packages": t.site_packages,
-                "torch": t.version,
-                "pins": t.pins(),
-            })),
+            // Only torch shared: the key keeps its earlier shape (cached
+            // venvs stay valid); other roots add `roots`.
+            "share_torch": host_share.as_ref().map(|t| {
+                let mut v = serde_json::json!({
+                    "site_packages": t.site_packages,
+                    "torch": t.torch_version.clone().unwrap_or_default(),
+                    "pins": t.pins(),
+                });
+                if t.roots != ["torch"] {
+                    v["roots"] = serde_json::json!(t.roots);
+                }
+                v
+            }),
             "index": {
                 "index_url": m.index.index_url,
                 "extra_index_urls": m.index.extra_index_urls,
@@ -462,7 +502,7 @@ impl Provisioner {
         Ok(Plan {
             key,
             interpreter,
-            host_torch,
+            host_share,
             requirements,
             key_input,
         })
@@ -628,17 +668,22 @@ impl Provisioner {
             ),
         })?;
 
-        // 2. Shared torch.
+        // 2. Shared host packages.
         let mut shared_info = None;
-        if let Some(t) = &plan.host_torch {
+        let mut constrained = false;
+        if let Some(t) = &plan.host_share {
             let targets = t
                 .install_into(&tmp, &site)
-                .map_err(Error::io(&tmp, "link the host's torch"))?;
-            std::fs::write(&constraints, format!("torch=={}\n", t.version))
-                .map_err(Error::io(&constraints, "write"))?;
+                .map_err(Error::io(&tmp, "link the host's packages"))?;
+            if let (true, Some(v)) = (pack.manifest.share_torch, &t.torch_version) {
+                std::fs::write(&constraints, format!("torch=={v}\n"))
+                    .map_err(Error::io(&constraints, "write"))?;
+                constrained = true;
+            }
             shared_info = Some(SharedTorchInfo {
                 host_python: t.python.clone(),
-                torch_version: t.version.clone(),
+                torch_version: t.torch_version.clone(),
+                roots: t.roots.clone(),
                 site_packages: t.site_packages.clone(),
                 dists: t.pins(),
                 readonly_paths: targets,
@@ -669,7 +714,7 @@ impl Provisioner {
             for u in &ix.find_links {
                 cmd.args(["--find-links", u]);
             }
-            if plan.host_torch.is_some() {
+            if constrained {
                 cmd.arg("--constraints").arg(&constraints);
             }
             cmd.args(&plan.requirements);

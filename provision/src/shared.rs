@@ -1,7 +1,9 @@
-//! `share_torch: true`: the pack's venv sees the host's torch and exactly the
-//! distributions torch needs (its dependency closure, read from the host's
-//! `*.dist-info` metadata with markers evaluated for the host interpreter),
-//! and nothing else of the host's site-packages.
+//! Sharing the host's packages into pack venvs: `share_torch: true` shares
+//! torch, the manifest's `shared:` list and the host app's own requirements
+//! (passed by the host, e.g. ComfyUI's `requirements.txt`) share those. The
+//! venv sees exactly the shared distributions and their dependency closure
+//! (read from the host's `*.dist-info` metadata with markers evaluated for
+//! the host interpreter), and nothing else of the host's site-packages.
 //!
 //! How, inside the venv:
 //!
@@ -12,13 +14,15 @@
 //!   the venv's own site-packages, so anything the pack installs itself wins.
 //! * For each shared distribution, a *shim* `*.dist-info` (its metadata,
 //!   a RECORD that lists only the shim itself) sits in the venv's
-//!   site-packages. uv and `importlib.metadata` see torch as installed at the
-//!   host's version, so installing a torch-dependent package does not pull a
-//!   second torch; if the pack pins another version of a shared dependency
-//!   (`sympy==1.13.3`), uv removes just the shim and installs the pin, which
-//!   then shadows the host's copy.
-//! * Provisioning adds the constraint `torch==<host version>`: a pack that
-//!   asks for another torch fails to resolve instead of getting one.
+//!   site-packages. uv and `importlib.metadata` see it as installed at the
+//!   host's version, so installing a package that depends on it does not
+//!   pull a second copy; if the pack pins another version of a shared
+//!   distribution (`sympy==1.13.3`, `pillow<10`), uv removes just the shim
+//!   and installs the pin, which then shadows the host's copy.
+//! * With `share_torch`, provisioning adds the constraint
+//!   `torch==<host version>`: a pack that asks for another torch fails to
+//!   resolve instead of getting one. Other shared distributions get no
+//!   constraint: the pack's pins win.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -47,18 +51,22 @@ pub struct SharedDist {
     pub dist_info: PathBuf,
 }
 
-/// The host's torch and its dependency closure.
+/// Host distributions shared into a venv: the roots asked for (torch, the
+/// app's requirements, the manifest's `shared:`) and their dependency closure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HostTorch {
+pub struct HostShare {
     /// The host interpreter it belongs to.
     pub python: PathBuf,
-    /// The site-packages folder torch is installed in.
+    /// The site-packages folder of the first root found (torch's, when shared).
     pub site_packages: PathBuf,
-    /// torch's version (`2.15.0`; `+local` kept if present).
-    pub version: String,
-    /// torch and every distribution it needs, sorted by name.
+    /// torch's version (`2.15.0`; `+local` kept if present), when torch is shared.
+    pub torch_version: Option<String>,
+    /// The roots asked for (normalized names), in order.
+    pub roots: Vec<String>,
+    /// Every shared distribution, sorted by name.
     pub dists: Vec<SharedDist>,
-    /// Requirements of the closure that the host does not have installed.
+    /// Distributions of the closure (roots included) that the host does not
+    /// have installed: not shared (a pack that needs one installs it).
     pub missing: Vec<String>,
 }
 
@@ -114,30 +122,54 @@ fn scan_site(site: &Path) -> Vec<DistInfo> {
     out
 }
 
-impl HostTorch {
-    /// Finds torch in the host interpreter's site-packages and walks its
-    /// dependencies. Errors say where it looked.
-    pub fn find(host: &Interpreter) -> Result<HostTorch, String> {
+impl HostShare {
+    /// Finds the `roots` (distribution names) in the host interpreter's
+    /// site-packages and walks their dependencies. With `require_torch`,
+    /// a host without torch is an error that says where it looked; other
+    /// roots the host lacks are listed in [`HostShare::missing`].
+    pub fn find(
+        host: &Interpreter,
+        roots: &[String],
+        require_torch: bool,
+    ) -> Result<HostShare, String> {
         let mut by_name: HashMap<String, DistInfo> = HashMap::new();
         for site in &host.site_packages {
             for d in scan_site(site) {
                 by_name.entry(normalize_name(&d.name)).or_insert(d);
             }
         }
-        let Some(torch) = by_name.get("torch") else {
+        let roots: Vec<String> = {
+            let mut seen = BTreeSet::new();
+            roots
+                .iter()
+                .map(|r| normalize_name(r))
+                .filter(|r| seen.insert(r.clone()))
+                .collect()
+        };
+        let torch = by_name.get("torch");
+        if require_torch && torch.is_none() {
             return Err(format!(
                 "the host interpreter {} has no torch (looked in {}); install torch there or set share_torch: false",
                 host.path.display(),
                 host.site_packages.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
             ));
+        }
+        let torch_version = if roots.iter().any(|r| r == "torch") {
+            torch.map(|t| t.version.clone())
+        } else {
+            None
         };
-        let site_packages = torch.site.clone();
-        let version = torch.version.clone();
+        let site_packages = roots
+            .iter()
+            .find_map(|r| by_name.get(r))
+            .map(|d| d.site.clone())
+            .or_else(|| host.site_packages.first().cloned())
+            .unwrap_or_default();
 
         // Breadth-first over (distribution, extras requested of it).
         let mut extras_seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut queue: VecDeque<(String, BTreeSet<String>)> =
-            VecDeque::from([("torch".to_string(), BTreeSet::new())]);
+            roots.iter().map(|r| (r.clone(), BTreeSet::new())).collect();
         let mut missing = BTreeSet::new();
         while let Some((name, extras)) = queue.pop_front() {
             if extras_seen
@@ -182,13 +214,23 @@ impl HostTorch {
             })
             .collect();
         dists.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(HostTorch {
+        Ok(HostShare {
             python: host.path.clone(),
             site_packages,
-            version,
+            torch_version,
+            roots,
             dists,
             missing: missing.into_iter().collect(),
         })
+    }
+
+    /// The host's version of a shared distribution.
+    pub fn version_of(&self, name: &str) -> Option<&str> {
+        let n = normalize_name(name);
+        self.dists
+            .iter()
+            .find(|d| d.name == n)
+            .map(|d| d.version.as_str())
     }
 
     /// `name==version` for every shared distribution (part of the cache key).

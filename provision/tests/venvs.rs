@@ -583,7 +583,10 @@ fn share_torch_uses_the_host_torch_and_nothing_else() {
         .shared_torch
         .as_ref()
         .expect("shared torch info");
-    assert_eq!(shared.torch_version, host_torch_version);
+    assert_eq!(
+        shared.torch_version.as_deref(),
+        Some(host_torch_version.as_str())
+    );
     assert!(
         s.readonly_paths.contains(&host_site.join("torch")),
         "{:?}",
@@ -680,4 +683,113 @@ print(json.dumps(out))
         other => panic!("expected uv's resolution error, got {other}"),
     }
     assert_eq!(entries(root.path()).len(), 1);
+}
+
+/// `shared:` (the pack's requirements taken from the host when its copy
+/// satisfies them) and `Options::share` (the host app's own requirements,
+/// shared with their closure, never installed), with the repository's .venv
+/// as the host app's environment.
+#[test]
+fn shared_packages_come_from_the_host_and_pack_pins_still_win() {
+    let root = shared_tempdir("nodecell-prov-");
+    let packs = shared_tempdir("nodecell-packs-");
+    let host_site = host_site_packages();
+    // numpy>=2: the host's numpy 2.x satisfies it (shared); iniconfig==2.0.0:
+    // the host has a newer one, so the pin is installed into the venv.
+    let dir = write_pack(
+        packs.path(),
+        "s",
+        "name: sharer\nshared:\n  - numpy>=2\n  - iniconfig==2.0.0\ndependencies: []\n",
+    );
+    let mut opts = options(root.path());
+    // The "app": pytest and its closure (iniconfig, packaging, pluggy, pygments).
+    opts.share = vec!["pytest".into(), "not-installed-anywhere".into()];
+    let p = Provisioner::new(opts).unwrap();
+    let s = p.launch_settings(&dir, &NoEvents).unwrap();
+    let info = &s.venv.info;
+    let shared = info.shared_torch.as_ref().expect("shared info");
+    assert_eq!(
+        shared.torch_version, None,
+        "torch is not shared without share_torch"
+    );
+    assert_eq!(
+        shared.roots,
+        ["numpy", "iniconfig", "pytest", "not-installed-anywhere"]
+    );
+    let pkg = |n: &str| info.packages.iter().find(|p| p.name == n).cloned();
+    assert!(
+        pkg("numpy").is_some_and(|p| p.shared),
+        "{:?}",
+        info.packages
+    );
+    assert!(
+        pkg("pytest").is_some_and(|p| p.shared),
+        "{:?}",
+        info.packages
+    );
+    assert!(
+        pkg("pluggy").is_some_and(|p| p.shared),
+        "{:?}",
+        info.packages
+    );
+    let ini = pkg("iniconfig").expect("iniconfig");
+    assert!(
+        !ini.shared && ini.version == "2.0.0",
+        "the pack's pin wins: {ini:?}"
+    );
+    assert!(
+        pkg("not-installed-anywhere").is_none(),
+        "an app requirement the host lacks is not installed"
+    );
+    assert!(
+        pkg("torch").is_none() && pkg("mypy").is_none(),
+        "{:?}",
+        info.packages
+    );
+    assert!(
+        s.readonly_paths.contains(&host_site.join("numpy")),
+        "{:?}",
+        s.readonly_paths
+    );
+
+    let script = r#"
+import json, os, sys
+out = {}
+import numpy, pytest, iniconfig
+out["numpy"] = os.path.realpath(numpy.__file__)
+out["pytest"] = os.path.realpath(pytest.__file__)
+out["iniconfig"] = iniconfig.__file__
+for leak in ["torch", "mypy", "yaml"]:
+    try:
+        __import__(leak)
+        out[leak] = "LEAKED"
+    except ModuleNotFoundError:
+        out[leak] = "absent"
+print(json.dumps(out))
+"#;
+    let (ok, out, err) = run_py(&s.python, Some(&s), script);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let host = host_site.display().to_string();
+    assert!(v["numpy"].as_str().unwrap().starts_with(&host), "{v}");
+    assert!(v["pytest"].as_str().unwrap().starts_with(&host), "{v}");
+    assert!(
+        v["iniconfig"]
+            .as_str()
+            .unwrap()
+            .starts_with(&s.venv.path.display().to_string()),
+        "{v}"
+    );
+    for leak in ["torch", "mypy", "yaml"] {
+        assert_eq!(v[leak], "absent", "host package {leak} leaked: {v}");
+    }
+    // Another set of shared roots is another venv.
+    let mut opts2 = options(root.path());
+    opts2.share = vec!["pytest".into()];
+    let s2 = Provisioner::new(opts2)
+        .unwrap()
+        .launch_settings(&dir, &NoEvents)
+        .unwrap();
+    assert_ne!(s2.venv.key, s.venv.key);
 }
