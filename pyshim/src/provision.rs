@@ -67,7 +67,9 @@ fn opt_str(d: &Bound<'_, PyDict>, key: &str) -> PyResult<Option<String>> {
 }
 
 /// Builds (or finds) the venv for an extension described by `spec` (a dict with
-/// `name`, `module_path`, `dependencies`, `share_torch`, and optionally `python`,
+/// `name`, `module_path`, `dependencies`, `share_torch`, and optionally `shared`
+/// (requirements taken from the host when its copy satisfies them), `share` (names
+/// of host distributions shared with their closure, never installed), `python`,
 /// `host_python`, `extra_index_urls`, `venv_root`, `compile_bytecode`, `offline`).
 /// `on_event(dict)` receives progress events. Returns `{path, python, key,
 /// cache_hit, ro_paths, versions}`. Raises ValueError with uv's own text on failure.
@@ -97,6 +99,21 @@ pub fn provision(
                 .map_err(|e| PyValueError::new_err(format!("dependencies[{i}]: {d:?}: {e}")))?,
         );
     }
+    let shared_raw: Vec<String> = match spec.get_item("shared")? {
+        Some(v) if !v.is_none() => v.extract()?,
+        _ => Vec::new(),
+    };
+    let mut shared = Vec::with_capacity(shared_raw.len());
+    for (i, d) in shared_raw.iter().enumerate() {
+        shared.push(
+            Requirement::parse(d)
+                .map_err(|e| PyValueError::new_err(format!("shared[{i}]: {d:?}: {e}")))?,
+        );
+    }
+    let share: Vec<String> = match spec.get_item("share")? {
+        Some(v) if !v.is_none() => v.extract()?,
+        _ => Vec::new(),
+    };
     let share_torch: bool = match spec.get_item("share_torch")? {
         Some(v) => v.extract()?,
         None => false,
@@ -111,6 +128,7 @@ pub fn provision(
         dependencies,
         isolated: true,
         share_torch,
+        shared,
         python: opt_str(spec, "python")?,
         index: IndexOptions {
             extra_index_urls: extra,
@@ -139,6 +157,7 @@ pub fn provision(
             .map(|v| v.is_truthy())
             .transpose()?
             .unwrap_or(false),
+        share,
     };
     let result = py.detach(|| {
         let sink = |e: &Event| {

@@ -524,7 +524,13 @@ class WorkerEndpoint(Endpoint):
             a(ext)
         self.pin(EXTENSION_ID, ext)
         _run_hook(self, ext.before_module_loaded)
-        module = _import_pack(cfg["module_path"], cfg["name"])
+        # An extension class may import the pack itself (the way its host app
+        # names and loads packages): ``import_pack(module_path) -> module``.
+        importer = getattr(ext, "import_pack", None)
+        if callable(importer):
+            module = _run_hook(self, importer, cfg["module_path"])
+        else:
+            module = _import_pack(cfg["module_path"], cfg["name"])
         try:
             ext.module = module
         except Exception:  # noqa: BLE001 - a read-only attribute on a user class

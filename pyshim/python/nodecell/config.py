@@ -221,7 +221,11 @@ class ExtensionConfig(dict):
     ``max_pids``, ``gpu``, ``workers`` (parallel workers, default 1),
     ``python`` (interpreter for the venv), ``preload`` (modules the warm zygote
     imports once, default ``["torch"]`` when ``share_torch``), ``reload``
-    (restart on source changes), ``version``.
+    (restart on source changes), ``version``, ``shared`` (requirements taken
+    from the host's environment when its copy satisfies them, else installed),
+    ``share`` (names of host distributions shared with their dependency
+    closure and never installed: a host app's own requirements), ``cwd`` (the
+    worker's working directory; default the pack folder).
     """
 
     _DEFAULTS: Dict[str, Any] = {
@@ -242,6 +246,9 @@ class ExtensionConfig(dict):
         "preload": None,
         "reload": False,
         "version": None,
+        "shared": [],
+        "share": [],
+        "cwd": None,
     }
     _KNOWN = set(_DEFAULTS) | {"name", "normalized_name", "module_path", "module", "sandbox", "sandbox_mode",
                                "package_manager", "execution_model"}
@@ -277,6 +284,13 @@ class ExtensionConfig(dict):
             if not isinstance(out[k], bool):
                 raise ConfigError(k, f"expected true or false, got {out[k]!r}")
         out["dependencies"] = _str_list(out["dependencies"], "dependencies")
+        out["shared"] = _str_list(out["shared"], "shared")
+        out["share"] = _str_list(out["share"], "share")
+        if out["cwd"] is not None:
+            cwd = os.fspath(out["cwd"])
+            if not isinstance(cwd, str) or not os.path.isabs(cwd) or "\0" in cwd:
+                raise ConfigError("cwd", f"expected an absolute path, got {out['cwd']!r}")
+            out["cwd"] = os.path.normpath(cwd)
         out["extra_index_urls"] = _str_list(out["extra_index_urls"], "extra_index_urls")
         apis = list(out["apis"] or [])
         from .shared import ProxiedSingleton  # local: avoid an import cycle
@@ -358,6 +372,7 @@ class ExtensionConfig(dict):
             "dependencies": list(m.get("dependencies") or []),
             "isolated": bool(m.get("isolated", True)),
             "share_torch": bool(m.get("share_torch", False)),
+            "shared": [str(r) for r in m.get("shared") or []],
             "version": m.get("version"),
         }
         if m.get("python"):

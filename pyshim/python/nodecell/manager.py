@@ -252,6 +252,8 @@ class ExtensionManager(Generic[T]):
             "module_path": cfg["module_path"],
             "dependencies": list(cfg["dependencies"]),
             "share_torch": cfg["share_torch"],
+            "shared": list(cfg["shared"]),
+            "share": list(cfg["share"]),
             "python": python,
             "host_python": sys.executable,
             "extra_index_urls": list(cfg["extra_index_urls"]),
@@ -315,7 +317,7 @@ class ExtensionManager(Generic[T]):
         env.update(cfg["env"])
         for k, v in env.items():
             argv += ["--env", f"{k}={v}"]
-        argv += ["--cwd", cfg["module_path"], "--", venv["python"], "-s", "-E", "-c", _BOOTSTRAP,
+        argv += ["--cwd", cfg["cwd"] or cfg["module_path"], "--", venv["python"], "-s", "-E", "-c", _BOOTSTRAP,
                  "--ctl-fd", "{CTL}", "--preload", ",".join(self._preload(cfg))]
         host_env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "RUST_LOG")}
         return argv, host_env
