@@ -5,6 +5,8 @@
 //! * [`arena::PyArena`] / [`arena::PyView`] (`Arena`, `View`): tensor storage
 //!   owned here / received from the peer.
 //! * [`reactor::PyReactor`] (`Reactor`): the host's io_uring event thread.
+//! * [`wire::PyWire`] (`Wire`): the same frames as bytes plus out-of-band tensor
+//!   buffers, for transports between machines (the Ray backend).
 //! * [`cuda`] (`CudaBuffer`, `CudaView`, `cuda_available`, ...): CUDA tensors across
 //!   the sandbox as fd-exported allocations (driver loaded at run time).
 //! * [`provision::read_manifest`], [`provision::provision`]: pack environments.
@@ -22,6 +24,7 @@ pub mod markers;
 pub mod provision;
 pub mod reactor;
 pub mod values;
+pub mod wire;
 
 pyo3::create_exception!(
     _nodecell,
@@ -58,6 +61,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<arena::PyView>()?;
     m.add_class::<reactor::PyReactor>()?;
     m.add_class::<dlpack::DLSource>()?;
+    m.add_class::<wire::PyWire>()?;
     markers::register(m)?;
     cuda::register_module(m)?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;

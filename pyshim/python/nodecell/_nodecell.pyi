@@ -24,6 +24,7 @@ __all__ = [
     "Record",
     "TensorRef",
     "View",
+    "Wire",
     "__version__",
     "cuda_available",
     "cuda_channel",
@@ -102,6 +103,30 @@ class Channel:
         """Closes this end; returns the ids of our calls still pending."""
     def held_tensors(self) -> List[Tuple[int, int]]:
         """(peer arena slot, descriptors still held) for received tensors not yet released."""
+
+@final
+class Wire:
+    """One end of a byte transport speaking nodecell frames (bytes + out-of-band tensor buffers)."""
+
+    def __new__(cls, side: str, max_frame: int = ...) -> Wire: ...
+    def set_hooks(
+        self,
+        encode: Callable[[Any], Any],
+        decode_tensor: Callable[[Any, int, str, List[int], List[int], str], Any],
+        decode_handle: Callable[[int, bool, str], Any],
+        decode_record: Callable[[str, Dict[str, Any]], Any],
+        decode_error: Callable[[str, str, str], Any],
+    ) -> None:
+        """Sets the Python callbacks used to encode and decode non-native values."""
+    def close(self) -> None:
+        """Drops the hooks."""
+    @property
+    def side(self) -> str:
+        """``host`` or ``worker``."""
+    def encode(self, kind: int, call_id: int, payload: Any) -> Tuple[bytes, List[Any]]:
+        """One frame as ``(bytes, buffers)``: tensors named by their index in ``buffers``."""
+    def decode(self, data: bytes, buffers: Any) -> Tuple[int, int, Any]:
+        """``(kind, call_id, payload)`` from a frame's bytes and the buffers that came with it."""
 
 @final
 class Arena:
