@@ -156,16 +156,24 @@ class ExtensionManagerConfig(dict):
     * ``python``: interpreter venvs are built from (default: this one if an
       unprivileged uid can run it, else ``/usr/bin/python3``).
     * ``worker_uid``: host uid workers run as when the host is root (default 65534).
+    * ``backend``: ``"local"`` (default) or ``"ray"``: cells placed on the Ray cluster this
+      process is connected to (see :mod:`nodecell.ray`); ``ray``: that backend's options.
     """
 
     def __init__(self, venv_root_path: Optional[Union[str, os.PathLike]] = None, **kw: Any) -> None:
-        allowed = {"python", "worker_uid", "on_progress"}
+        allowed = {"python", "worker_uid", "on_progress", "backend", "ray"}
         for k in kw:
             if k not in allowed:
                 raise ConfigError(k, f"unknown ExtensionManagerConfig key; expected venv_root_path or one of {sorted(allowed)}")
         root = None
         if venv_root_path is not None:
             root = os.path.abspath(os.fspath(venv_root_path))
+        if kw.get("backend", "local") not in ("local", "ray"):
+            raise ConfigError("backend", f"expected 'local' or 'ray', got {kw['backend']!r}")
+        if kw.get("ray") is not None:
+            from .ray._placement import parse_ray_options
+
+            kw["ray"] = parse_ray_options(kw["ray"])
         super().__init__(venv_root_path=root, **kw)
 
 
@@ -225,7 +233,8 @@ class ExtensionConfig(dict):
     from the host's environment when its copy satisfies them, else installed),
     ``share`` (names of host distributions shared with their dependency
     closure and never installed: a host app's own requirements), ``cwd`` (the
-    worker's working directory; default the pack folder).
+    worker's working directory; default the pack folder), ``placement`` (where
+    a Ray backend runs the cell, see :mod:`nodecell.ray`).
     """
 
     _DEFAULTS: Dict[str, Any] = {
@@ -249,6 +258,7 @@ class ExtensionConfig(dict):
         "shared": [],
         "share": [],
         "cwd": None,
+        "placement": None,
     }
     _KNOWN = set(_DEFAULTS) | {"name", "normalized_name", "module_path", "module", "sandbox", "sandbox_mode",
                                "package_manager", "execution_model"}
@@ -331,6 +341,9 @@ class ExtensionConfig(dict):
         if out["gpu"]:
             out["sandbox"]["gpu"] = True
         out["sandbox_mode"] = SandboxMode.parse(merged.get("sandbox_mode", SandboxMode.REQUIRED))
+        from .ray._placement import parse_placement  # local: the Ray backend's own rules
+
+        out["placement"] = parse_placement(out["placement"])
         if out["share_cuda_ipc"] and not out["share_torch"]:
             raise ConfigError("share_cuda_ipc", "requires share_torch=True")
         pm = merged.get("package_manager", "uv")

@@ -105,14 +105,19 @@ class ExtensionManager(Generic[T]):
         self._warm: Dict[str, tuple] = {}
         if config.get("on_progress"):
             self._progress.append(config["on_progress"])
+        if config.get("backend") == "ray":
+            from .ray._placement import require_ray
+
+            require_ray()  # a clear error now rather than at the first load
 
     async def prewarm(self, config: Any) -> None:
         """Start a pack's sandbox and zygote ahead of time (venv provisioned, heavy
         imports such as torch done), so a later :meth:`load_extension` of the same
-        config only forks a worker: tens of milliseconds instead of seconds."""
+        config only forks a worker: tens of milliseconds instead of seconds.
+        With ``backend="ray"`` it does nothing: cells are placed when loaded."""
         if not isinstance(config, ExtensionConfig):
             config = ExtensionConfig(config)
-        if not config["isolated"]:
+        if not config["isolated"] or self.config.get("backend") == "ray":
             return
         self._loop = asyncio.get_running_loop()
         cell, _venv = await self._start_cell_for(config)
@@ -187,7 +192,12 @@ class ExtensionManager(Generic[T]):
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
             pass
-        ext = Extension(self, config)
+        if self.config.get("backend") == "ray":
+            from .ray.extension import RayExtension
+
+            ext: Extension = RayExtension(self, config)
+        else:
+            ext = Extension(self, config)
         self.extensions[name] = ext
         return ext
 
