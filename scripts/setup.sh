@@ -3,7 +3,7 @@
 # Idempotent: a second run only checks. Run as root (installs Debian packages)
 # or as a user with sudo; without either it skips apt and says so.
 #
-#   scripts/setup.sh            # Debian packages, .venv (uv, maturin, pytest, numpy, torch), release build
+#   scripts/setup.sh            # Debian packages, .venv (uv, maturin, pytest, numpy, ray, torch), release build
 #   NODECELL_SKIP_TORCH=1 ...   # everything but torch (faster; torch tests then fail loudly, not skip)
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -41,7 +41,7 @@ if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "uv>=0.9,<0.14"
 fi
 UV=.venv/bin/uv
-want=(maturin==1.* pytest pytest-timeout mypy "numpy>=2,<3" pyyaml)
+want=(maturin==1.* pytest pytest-timeout mypy "numpy>=2,<3" pyyaml "ray>=2.9,<3")
 if [ -z "${NODECELL_SKIP_TORCH:-}" ]; then want+=("torch>=2.4,<3"); fi
 say "installing Python tools into .venv: ${want[*]}"
 $UV pip install -q --python .venv/bin/python "${want[@]}"
