@@ -98,10 +98,10 @@ pub fn fork_with(keep: &[RawFd], f: impl FnOnce() -> i32) -> Worker {
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         // SAFETY: plain prctl/alarm in the child: die with the parent thread, and never
-        // outlive a stuck test by more than 30 s.
+        // outlive a stuck test by more than 300 s (generous: a loaded CI box is slow).
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            libc::alarm(30);
+            libc::alarm(300);
         }
         close_all_but(keep);
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
