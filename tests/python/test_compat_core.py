@@ -210,7 +210,49 @@ def test_calls_from_another_threads_loop_are_served_by_the_sandboxs_loop(aloop, 
         assert all(r[1] == ("call", "x") for r in results)
         assert ext._cell is not None and ext._cell.loop is aloop.loop, "the sandbox stayed on its own loop"
     finally:
-        aloop.run(m.stop_all_extensions())
+        aloop.run(_stop_all(m))
+
+
+def test_sandboxes_on_two_live_loops_do_not_steal_each_others_events(aloop, nc, shadow, support_dir,
+                                                                        venv_root):
+    """The reactor is one per process; each loop's reader may drain events of the other's
+    workers, which must reach their own loop (they were dropped: calls hung)."""
+
+    async def load_a():
+        m = _manager(nc, shadow.ShadowExt, venv_root)
+        return m, await m.load_extension(_cfg(nc, support_dir, name="loop-a"))
+
+    ma, a = aloop.run(load_a())
+    done = []
+
+    def hammer_a():
+        async def go():
+            for i in range(150):
+                assert await a.proxy.call(i) == ("call", i)
+        aloop.run(go(), timeout=120)
+        done.append("a")
+
+    async def on_b():
+        m = _manager(nc, shadow.ShadowExt, venv_root)
+        b = await m.load_extension(_cfg(nc, support_dir, name="loop-b"))
+        t = threading.Thread(target=hammer_a)
+        t.start()
+        try:
+            for i in range(150):
+                assert await asyncio.wait_for(b.proxy.call(i), 30) == ("call", i)
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, t.join, 150)
+            await m.stop_all_extensions()
+
+    try:
+        asyncio.run(on_b())
+        assert done == ["a"]
+    finally:
+        aloop.run(_stop_all(ma))
+
+
+async def _stop_all(m):
+    await m.stop_all_extensions()
 
 
 # -- stop_all_extensions ----------------------------------------------------------------------------

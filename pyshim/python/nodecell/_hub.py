@@ -27,6 +27,12 @@ def reactor() -> Any:
         return _reactor
 
 
+#: Which bridge registered each reactor token. Any loop's reader may drain events that
+#: belong to workers of another loop (they share the reactor's eventfd); those are handed
+#: to their own loop, never dropped.
+_owners: Dict[int, "LoopBridge"] = {}
+
+
 class LoopBridge:
     """Routes reactor events to callbacks on one asyncio loop."""
 
@@ -53,6 +59,7 @@ class LoopBridge:
             channel.set_peer_pidfd(pidfd)
         token = self.r.register(channel)
         self.handlers[token] = (on_readable, on_died)
+        _owners[token] = self
         if not self._armed:
             self.loop.add_reader(self.r.fileno(), self._drain)
             self._armed = True
@@ -60,6 +67,8 @@ class LoopBridge:
 
     def unregister(self, token: int) -> None:
         self.handlers.pop(token, None)
+        if _owners.get(token) is self:
+            del _owners[token]
         try:
             self.r.unregister(token)
         except Exception:  # noqa: BLE001 - already gone
@@ -73,12 +82,23 @@ class LoopBridge:
 
     def _drain(self) -> None:
         for token, kind in self.r.drain():
-            h = self.handlers.get(token)
-            if h is None:
+            if token in self.handlers:
+                self._dispatch(token, kind)
                 continue
-            try:
-                (h[0] if kind == "readable" else h[1])()
-            except Exception:  # noqa: BLE001 - one worker's failure must not stop the others
-                import logging
+            owner = _owners.get(token)
+            if owner is not None and owner is not self and not owner.loop.is_closed():
+                try:
+                    owner.loop.call_soon_threadsafe(owner._dispatch, token, kind)
+                except RuntimeError:  # closed meanwhile
+                    pass
 
-                logging.getLogger("nodecell").exception("error handling %s event", kind)
+    def _dispatch(self, token: int, kind: str) -> None:
+        h = self.handlers.get(token)
+        if h is None:
+            return
+        try:
+            (h[0] if kind == "readable" else h[1])()
+        except Exception:  # noqa: BLE001 - one worker's failure must not stop the others
+            import logging
+
+            logging.getLogger("nodecell").exception("error handling %s event", kind)
