@@ -10,6 +10,7 @@
 //! * [`cuda`] (`CudaBuffer`, `CudaView`, `cuda_available`, ...): CUDA tensors across
 //!   the sandbox as fd-exported allocations (driver loaded at run time).
 //! * [`provision::read_manifest`], [`provision::provision`]: pack environments.
+//! * [`tools`] (`CallStats`, `tools_socket_path`): what `nodecell top` / `debug` / `profile` need.
 //!
 //! The Python package (`pyshim/python/nodecell`) builds the user-facing API on top.
 #![deny(missing_docs)]
@@ -23,6 +24,7 @@ pub mod dlpack;
 pub mod markers;
 pub mod provision;
 pub mod reactor;
+pub mod tools;
 pub mod values;
 pub mod wire;
 
@@ -64,6 +66,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wire::PyWire>()?;
     markers::register(m)?;
     cuda::register_module(m)?;
+    tools::register(m)?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
     m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;

@@ -5,6 +5,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, final
 __version__: str
 __all__ = [
     "Arena",
+    "CallStats",
     "Channel",
     "CudaBuffer",
     "CudaView",
@@ -34,6 +35,7 @@ __all__ = [
     "locate",
     "provision",
     "read_manifest",
+    "tools_socket_path",
 ]
 
 KIND_CALL: int
@@ -319,3 +321,21 @@ def cuda_locate(address: int, nbytes: int) -> Optional[Tuple[Any, int]]:
 
 def ipc_probe() -> List[Tuple[str, bool, str]]:
     """What this kernel offers the channel."""
+
+@final
+class CallStats:
+    """Call counters of one extension: calls, errors, a latency histogram (lock-free)."""
+    def __new__(cls) -> CallStats: ...
+    def record(self, ns: int, ok: bool) -> None:
+        """Count one finished call that took ``ns`` nanoseconds."""
+    @property
+    def calls(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    def latency(self) -> List[Tuple[int, int]]:
+        """The latency histogram as sparse ``(bucket, count)`` pairs."""
+    def quantile(self, q: float) -> Optional[int]:
+        """The ``q``-quantile of the latencies in nanoseconds, or None."""
+
+def tools_socket_path(pid: int) -> Optional[str]:
+    """Where process ``pid`` publishes its tools socket (directory created, mode 0700), or None when off."""
