@@ -27,6 +27,7 @@ from ._rpc import (CALLBACK, CONTROL_ID, ERROR, EXTENSION_ID, LOG, REPLY, Endpoi
                    is_async_callable, register_type)
 from .errors import ProtocolError, RemoteError
 from .shared import ProxiedSingleton, SingletonMetaclass
+from .tools import worker as _tools
 
 _MAX_THREADS = 32
 
@@ -106,7 +107,11 @@ class WorkerEndpoint(Endpoint):
         self._async_tasks: Dict[int, Any] = {}
         self.extension: Any = None
         self.name = "?"
+        #: Called as ``call_hook(call_id, payload)`` before each incoming call when set
+        #: (the debugger makes the serving thread trace; the profiler stamps the start).
+        self.call_hook: Any = None
         self.pin(CONTROL_ID, _Control(self))
+        _tools.install(self)  # breakpoint(), debugger and profiler control (nodecell.tools)
 
     # -- serving --------------------------------------------------------------------------
 
@@ -200,6 +205,8 @@ class WorkerEndpoint(Endpoint):
     # -- incoming calls -------------------------------------------------------------------
 
     def _run_incoming(self, call_id: int, payload: Any) -> None:
+        if self.call_hook is not None:
+            self.call_hook(call_id, payload)
         if isinstance(payload, BaseException):  # its arguments could not be built here
             self._reply_error(call_id, payload)
             return

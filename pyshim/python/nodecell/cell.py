@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from . import _hub, _nodecell
 from ._rpc import CONTROL_ID, ERROR, REPLY, Endpoint, error_value, is_async_callable
 from .errors import RemoteError, SandboxUnavailable, WorkerCrashed
+from .tools import hooks as _tools
 
 if TYPE_CHECKING:
     from .extension import Extension
@@ -201,6 +202,8 @@ class _Worker:
         self.last_used = 0
         self.spin_ns = 100_000
         self.init_info: Dict[str, Any] = {}
+        #: Debugger state (stopped? for how long?) and the host tools object pinned in the channel.
+        self.tools = _tools.attach_worker(self)
         # The host's singletons, reachable from this worker under fixed ids.
         for i, api in enumerate(cell.ext.config["apis"]):
             self.ep.pin(_SINGLETON_BASE_ID + i, api())

@@ -8,12 +8,13 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, Generic, List, Optional, TypeVar
 
-from . import _reload
+from . import _nodecell, _reload
 from ._rpc import CALL, CANCEL, CONTROL_ID, EXTENSION_ID
 from .cell import _Cell, _Worker
 from .config import ExtensionConfig
 from .errors import CallTimeout, ExtensionStopped, WorkerCrashed
 from .shared import ExtensionBase
+from .tools import hooks as _tools
 
 if TYPE_CHECKING:
     from .manager import ExtensionManager
@@ -45,6 +46,8 @@ class Extension(Generic[T]):
         self._rr = 0
         self.restarts = 0
         self.last_crash: Optional[BaseException] = None
+        #: Calls, errors and a latency histogram (lock-free, read by `nodecell top`).
+        self._stats = _nodecell.CallStats()
 
     def __repr__(self) -> str:
         return f"<nodecell.Extension {self.name!r} {'isolated' if self.config['isolated'] else 'local'}>"
@@ -156,6 +159,7 @@ class Extension(Generic[T]):
         except BaseException:
             w.kill()
             raise
+        await _tools.worker_ready(self, w)  # breakpoints and profiling asked for by the tools
         return w
 
     def _retire(self, w: _Worker) -> None:
@@ -274,6 +278,7 @@ class Extension(Generic[T]):
         if ep._release_queue:
             ep.flush_releases()
         w.inflight += 1
+        failed = False
         t0 = time.perf_counter_ns()
         try:
             if spinning:
@@ -287,19 +292,31 @@ class Extension(Generic[T]):
                 timeout = self.config["timeout"]
             if timeout is None:
                 return await fut
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except asyncio.TimeoutError:
+            paused = w.tools.paused()
+            start = loop.time()
+            deadline = start + timeout
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), max(deadline - loop.time(), 0))
+                except asyncio.TimeoutError:
+                    if fut.done():
+                        return fut.result()
+                # Time the worker spent stopped in a debugger does not count (nodecell.tools).
+                grace = await w.tools.timeout_grace(paused)
                 if fut.done():
                     return fut.result()
-                ep.pending.pop(call_id, None)
-                w.timed_out = True  # type: ignore[attr-defined]
-                self._retire(w)
-                w.kill()
-                raise CallTimeout(
-                    f"pack {self.name!r}: {method}() did not return within {timeout:g} s; "
-                    f"the worker was killed and will be restarted", timeout=timeout, extension=self.name) from None
+                deadline = start + timeout + grace
+                if deadline <= loop.time():
+                    break
+            ep.pending.pop(call_id, None)
+            w.timed_out = True  # type: ignore[attr-defined]
+            self._retire(w)
+            w.kill()
+            raise CallTimeout(
+                f"pack {self.name!r}: {method}() did not return within {timeout:g} s; "
+                f"the worker was killed and will be restarted", timeout=timeout, extension=self.name)
         except asyncio.CancelledError:
+            failed = True
             if not fut.done() and not w.dead:
                 ep.pending.pop(call_id, None)
                 try:
@@ -307,9 +324,14 @@ class Extension(Generic[T]):
                 except Exception:  # noqa: BLE001
                     pass
             raise
+        except BaseException:
+            failed = True
+            raise
         finally:
             w.inflight -= 1
             rtt = time.perf_counter_ns() - t0
+            if not internal:
+                self._stats.record(rtt, not failed)
             # Adapt the spin window: spin when replies usually come back quickly.
             if rtt < 400_000:
                 w.spin_ns = min(max(2 * rtt, 50_000), 400_000)

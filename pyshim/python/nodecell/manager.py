@@ -23,6 +23,7 @@ from .config import ExtensionConfig, ExtensionManagerConfig, SandboxMode
 from .errors import ProvisionError
 from .extension import Extension
 from .shared import ExtensionBase
+from .tools import hooks as _tools
 
 __all__ = ["ExtensionManager", "default_interpreter"]
 
@@ -109,6 +110,7 @@ class ExtensionManager(Generic[T]):
             from .ray._placement import require_ray
 
             require_ray()  # a clear error now rather than at the first load
+        _tools.register_manager(self)  # `nodecell top` / `nodecell debug` find this manager
 
     async def prewarm(self, config: Any) -> None:
         """Start a pack's sandbox and zygote ahead of time (venv provisioned, heavy
