@@ -1,4 +1,5 @@
-//! The `nodecell` command line: `check`, `run`, `provision`, `venv`, `migrate`.
+//! The `nodecell` command line: `check`, `run`, `provision`, `venv`, `migrate`,
+//! and the developer tools `top` and `debug`.
 //!
 //! Each subcommand lives in its own module under `src/cli/` and returns the
 //! process exit status; this file only parses the command line and exits.
@@ -28,6 +29,12 @@ enum Command {
     /// Write a manifest.yaml for an existing pack from its requirements.txt,
     /// pyproject.toml and install.py.
     Migrate(cli::migrate::MigrateArgs),
+    /// Live view of the cells of running host processes: calls/s, latency,
+    /// CPU, memory, walls, restarts.
+    Top(cli::top::TopArgs),
+    /// Attach a debugger (pdb console or Debug Adapter Protocol) to the cells
+    /// of a running host process.
+    Debug(cli::debug::DebugArgs),
 }
 
 fn main() {
@@ -38,6 +45,8 @@ fn main() {
         Command::Provision(args) => cli::provision::main(args),
         Command::Venv(args) => cli::venv::main(args),
         Command::Migrate(args) => cli::migrate::main(args),
+        Command::Top(args) => cli::top::main(args),
+        Command::Debug(args) => cli::debug::main(args),
     };
     std::process::exit(code);
 }

@@ -1,6 +1,9 @@
 //! One module per subcommand. Each exposes `Args` (clap) and `main(args) -> i32`.
 pub mod check;
+pub mod debug;
 pub mod migrate;
 pub mod provision;
 pub mod run;
+pub mod top;
+mod top_ui;
 pub mod venv;

@@ -1,0 +1,29 @@
+"""Functions the debugger tests stop in (line numbers matter: tests name them)."""
+import time
+
+
+def add(a, b):
+    total = a + b
+    total = total * 2
+    return total
+
+
+def stop_here(x):
+    y = x + 1
+    breakpoint()
+    z = y * 10
+    return z
+
+
+async def astop_here(x):
+    y = x + 1
+    breakpoint()
+    return y * 10
+
+
+def busy(seconds):
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        n += 1
+    return n
