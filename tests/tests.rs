@@ -4,4 +4,5 @@
 mod cli_run;
 mod migrate;
 mod provision;
+mod tools_cli;
 mod util;

@@ -73,7 +73,9 @@ pub fn tools_socket_path(pid: u32) -> PyResult<Option<String>> {
     let dir = socket::socket_dir();
     socket::check_dir(&dir, true).map_err(|e| PyOSError::new_err(e.to_string()))?;
     Ok(Some(
-        socket::socket_path(&dir, pid).to_string_lossy().into_owned(),
+        socket::socket_path(&dir, pid)
+            .to_string_lossy()
+            .into_owned(),
     ))
 }
 

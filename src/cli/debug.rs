@@ -54,8 +54,21 @@ fn attach(args: &DebugArgs, mode: &str) -> Result<(Client, Value), ToolsError> {
             None => json!({"spec": b.trim(), "cond": null}),
         })
         .collect();
-    let hello = c.request(&json!({"op": "debug", "mode": mode, "pack": args.pack, "breaks": breaks}))?;
-    Ok((c, hello))
+    c.send(&json!({"op": "debug", "mode": mode, "pack": args.pack, "breaks": breaks}))?;
+    // Notes about breakpoints may come first; the session starts with "attached".
+    loop {
+        let Some(ev) = c.recv()? else {
+            return Err(ToolsError::BadReply {
+                path: c.path().to_path_buf(),
+                detail: "closed the connection without attaching".into(),
+            });
+        };
+        match ev["ev"].as_str() {
+            Some("attached") => return Ok((c, ev)),
+            Some("note") => eprintln!("nodecell debug: {}", ev["text"].as_str().unwrap_or("")),
+            _ => {}
+        }
+    }
 }
 
 fn console(args: &DebugArgs) -> Result<i32, ToolsError> {
@@ -91,42 +104,105 @@ fn console(args: &DebugArgs) -> Result<i32, ToolsError> {
         eprintln!("nodecell debug: fix the invalid breakpoints above");
         return Ok(2);
     }
-    let stdin = std::io::stdin();
-    let mut out = std::io::stdout();
-    while let Some(ev) = c.recv()? {
-        match ev["ev"].as_str() {
-            Some("stop") => {
-                let _ = writeln!(
-                    out,
-                    "\n--- pack {} worker #{} stopped at {}:{} ---",
-                    ev["pack"].as_str().unwrap_or("?"),
-                    ev["wid"],
-                    ev["file"].as_str().unwrap_or("?"),
-                    ev["line"]
-                );
-            }
-            Some("output") => {
-                let _ = write!(out, "{}", ev["text"].as_str().unwrap_or(""));
-            }
-            Some("input") => {
-                let _ = out.flush();
-                let mut line = String::new();
-                if stdin.lock().read_line(&mut line).unwrap_or(0) == 0 {
-                    let _ = c.send(&json!({"op": "detach"}));
-                    return Ok(0);
+    // Two sources: the host's events and the lines typed here (read all the
+    // time, so end of input detaches even while no session is open).
+    enum Msg {
+        Host(Value),
+        HostGone(Option<ToolsError>),
+        Line(String),
+        Eof,
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut writer = c.writer()?;
+    let path = c.path().to_path_buf();
+    let host_tx = tx.clone();
+    std::thread::spawn(move || loop {
+        match c.recv() {
+            Ok(Some(v)) => {
+                if host_tx.send(Msg::Host(v)).is_err() {
+                    return;
                 }
-                c.send(&json!({"input": line}))?;
             }
-            Some("resume") => {
-                let _ = writeln!(out, "--- resumed ---");
+            Ok(None) => return drop(host_tx.send(Msg::HostGone(None))),
+            Err(e) => return drop(host_tx.send(Msg::HostGone(Some(e)))),
+        }
+    });
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        loop {
+            let mut line = String::new();
+            match stdin.lock().read_line(&mut line) {
+                Ok(n) if n > 0 => {
+                    if tx.send(Msg::Line(line)).is_err() {
+                        return;
+                    }
+                }
+                _ => return drop(tx.send(Msg::Eof)),
             }
-            Some("note") => eprintln!("nodecell debug: {}", ev["text"].as_str().unwrap_or("")),
-            Some("bye") => break,
-            _ => {}
+        }
+    });
+    let send = |w: &mut UnixStream, v: Value| -> Result<(), ToolsError> {
+        let mut line = serde_json::to_vec(&v).expect("JSON serializes");
+        line.push(b'\n');
+        w.write_all(&line).map_err(|source| ToolsError::Io {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut out = std::io::stdout();
+    let mut typed: std::collections::VecDeque<String> = Default::default();
+    let mut wants_input = false;
+    let mut eof = false;
+    for msg in rx {
+        match msg {
+            Msg::Host(ev) => match ev["ev"].as_str() {
+                Some("stop") => {
+                    let _ = writeln!(
+                        out,
+                        "\n--- pack {} worker #{} stopped at {}:{} ---",
+                        ev["pack"].as_str().unwrap_or("?"),
+                        ev["wid"],
+                        ev["file"].as_str().unwrap_or("?"),
+                        ev["line"]
+                    );
+                }
+                Some("output") => {
+                    let _ = write!(out, "{}", ev["text"].as_str().unwrap_or(""));
+                }
+                Some("input") => match typed.pop_front() {
+                    Some(line) => send(&mut writer, json!({"input": line}))?,
+                    None => wants_input = true,
+                },
+                Some("resume") => {
+                    let _ = writeln!(out, "--- resumed ---");
+                }
+                Some("note") => eprintln!("nodecell debug: {}", ev["text"].as_str().unwrap_or("")),
+                Some("bye") => break,
+                _ => {}
+            },
+            Msg::HostGone(err) => {
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                break;
+            }
+            Msg::Line(line) if wants_input => {
+                wants_input = false;
+                send(&mut writer, json!({"input": line}))?;
+            }
+            Msg::Line(line) => typed.push_back(line),
+            Msg::Eof => {
+                if !eof {
+                    eof = true;
+                    send(&mut writer, json!({"op": "detach"}))?;
+                }
+            }
         }
         let _ = out.flush();
     }
-    eprintln!("nodecell debug: the host closed the session");
+    if !eof {
+        eprintln!("nodecell debug: the host closed the session");
+    }
     Ok(0)
 }
 
@@ -154,9 +230,9 @@ fn read_dap(r: &mut impl BufRead) -> std::io::Result<Option<Value>> {
     let n = len.unwrap_or(0).min(socket::MAX_LINE);
     let mut body = vec![0; n];
     r.read_exact(&mut body)?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("DAP message: {e}")))
+    serde_json::from_slice(&body).map(Some).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("DAP message: {e}"))
+    })
 }
 
 fn write_dap(w: &mut impl Write, msg: &Value) -> std::io::Result<()> {
@@ -244,8 +320,16 @@ mod tests {
     #[test]
     fn dap_framing_round_trips() {
         let mut buf = Vec::new();
-        write_dap(&mut buf, &json!({"seq": 1, "type": "request", "command": "initialize"})).unwrap();
-        write_dap(&mut buf, &json!({"seq": 2, "type": "request", "command": "threads"})).unwrap();
+        write_dap(
+            &mut buf,
+            &json!({"seq": 1, "type": "request", "command": "initialize"}),
+        )
+        .unwrap();
+        write_dap(
+            &mut buf,
+            &json!({"seq": 2, "type": "request", "command": "threads"}),
+        )
+        .unwrap();
         let mut r = std::io::Cursor::new(buf);
         assert_eq!(read_dap(&mut r).unwrap().unwrap()["command"], "initialize");
         assert_eq!(read_dap(&mut r).unwrap().unwrap()["seq"], 2);

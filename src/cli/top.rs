@@ -29,17 +29,27 @@ pub struct TopArgs {
     /// With --once: print JSON instead of a table.
     #[arg(long, requires = "once")]
     pub json: bool,
+    /// Print one frame of the live view as text, COLSxROWS (e.g. 160x30), and exit.
+    #[arg(long, value_name = "COLSxROWS", value_parser = parse_screen, conflicts_with = "once")]
+    pub screen: Option<(u16, u16)>,
     /// Seconds between observations.
     #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
     pub interval: f64,
 }
 
+fn parse_screen(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("expected COLSxROWS such as 160x30, got {s:?}");
+    let (c, r) = s.split_once('x').ok_or_else(bad)?;
+    match (c.parse::<u16>(), r.parse::<u16>()) {
+        (Ok(c), Ok(r)) if (40..=1000).contains(&c) && (12..=1000).contains(&r) => Ok((c, r)),
+        _ => Err(bad()),
+    }
+}
+
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.05..=3600.0).contains(&v) => Ok(v),
-        _ => Err(format!(
-            "expected seconds between 0.05 and 3600, got {s:?}"
-        )),
+        _ => Err(format!("expected seconds between 0.05 and 3600, got {s:?}")),
     }
 }
 
@@ -149,8 +159,20 @@ pub fn memory(v: &CellView) -> String {
 /// The table's header and one row per cell (shared by `--once` and the live view).
 pub fn columns() -> [&'static str; 14] {
     [
-        "HOST", "PACK", "STATE", "PIDS", "WALLS", "CALLS/S", "P50", "P99", "CPU%", "RSS", "PSS",
-        "MEM/LIMIT", "RESTARTS", "INFLIGHT",
+        "HOST",
+        "PACK",
+        "STATE",
+        "PIDS",
+        "WALLS",
+        "CALLS/S",
+        "P50",
+        "P99",
+        "CPU%",
+        "RSS",
+        "PSS",
+        "MEM/LIMIT",
+        "RESTARTS",
+        "INFLIGHT",
     ]
 }
 
@@ -188,10 +210,7 @@ pub fn row(v: &CellView) -> [String; 14] {
 
 /// Plain-text table of `views` (as `--once` prints it).
 pub fn table(hosts: &[HostView]) -> String {
-    let rows: Vec<[String; 14]> = hosts
-        .iter()
-        .flat_map(|h| h.cells.iter().map(row))
-        .collect();
+    let rows: Vec<[String; 14]> = hosts.iter().flat_map(|h| h.cells.iter().map(row)).collect();
     let head = columns();
     let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in &rows {
@@ -243,7 +262,20 @@ pub fn main(args: TopArgs) -> i32 {
             }
         };
     }
-    match top_ui::run(args.pid, Duration::from_secs_f64(args.interval)) {
+    let interval = Duration::from_secs_f64(args.interval);
+    if let Some((cols, rows)) = args.screen {
+        return match top_ui::screen(args.pid, interval, cols, rows) {
+            Ok(text) => {
+                print!("{text}");
+                0
+            }
+            Err(e) => {
+                eprintln!("nodecell top: {e}");
+                1
+            }
+        };
+    }
+    match top_ui::run(args.pid, interval) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("nodecell top: {e}");

@@ -90,7 +90,9 @@ fn draw(f: &mut Frame, s: &mut State, interval: Duration) {
         title,
     );
 
-    let header = Row::new(columns().map(|c| Cell::from(c).style(Style::default().add_modifier(Modifier::BOLD))));
+    let header = Row::new(
+        columns().map(|c| Cell::from(c).style(Style::default().add_modifier(Modifier::BOLD))),
+    );
     let rows: Vec<Row> = s
         .views
         .iter()
@@ -129,7 +131,10 @@ fn draw(f: &mut Frame, s: &mut State, interval: Duration) {
 
     let mut lines: Vec<Line> = Vec::new();
     if let Some(m) = &s.message {
-        lines.push(Line::from(Span::styled(m.clone(), Style::default().fg(Color::Yellow))));
+        lines.push(Line::from(Span::styled(
+            m.clone(),
+            Style::default().fg(Color::Yellow),
+        )));
     }
     if let Some(v) = s.table.selected().and_then(|i| s.views.get(i)) {
         lines.push(Line::from(format!(
@@ -167,6 +172,40 @@ fn draw(f: &mut Frame, s: &mut State, interval: Duration) {
             .block(Block::default().borders(Borders::ALL).title(" selected ")),
         detail,
     );
+}
+
+/// One frame of the live view, rendered as text `cols` x `rows` after two
+/// observations `interval` apart (`nodecell top --screen`: a capture for
+/// docs and tests that looks exactly like the terminal view).
+pub fn screen(
+    pid: Option<u32>,
+    interval: Duration,
+    cols: u16,
+    rows: u16,
+) -> std::io::Result<String> {
+    let mut s = State {
+        last: HashMap::new(),
+        views: Vec::new(),
+        message: None,
+        table: TableState::default(),
+        updated: Instant::now(),
+    };
+    s.refresh(pid);
+    std::thread::sleep(interval);
+    s.refresh(pid);
+    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(cols, rows))?;
+    t.draw(|f| draw(f, &mut s, interval))?;
+    let buf = t.backend().buffer();
+    let mut out = String::new();
+    for y in 0..rows {
+        let mut line = String::new();
+        for x in 0..cols {
+            line.push_str(buf[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// Run the live view until the user quits.

@@ -86,7 +86,10 @@ pub fn descendants(root: u32) -> Vec<u32> {
         out.push(pid);
         for t in tasks.flatten() {
             if let Ok(kids) = fs::read_to_string(t.path().join("children")) {
-                todo.extend(kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()));
+                todo.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<u32>().ok()),
+                );
             }
         }
     }
@@ -155,7 +158,10 @@ pub fn cgroup_memory(dir: &Path) -> Option<CgroupMemory> {
 /// Sample the cell whose launcher is `root` and whose cgroup (if any) is `cgroup`.
 pub fn sample_cell(root: u32, cgroup: Option<&Path>) -> CellSample {
     CellSample {
-        procs: descendants(root).into_iter().filter_map(proc_info).collect(),
+        procs: descendants(root)
+            .into_iter()
+            .filter_map(proc_info)
+            .collect(),
         memory: cgroup.and_then(cgroup_memory),
     }
 }
@@ -181,7 +187,10 @@ mod tests {
 
     #[test]
     fn this_process_and_its_children() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let me = std::process::id();
         let all = descendants(me);
         assert_eq!(all[0], me);

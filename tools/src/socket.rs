@@ -263,9 +263,7 @@ impl Client {
 
     /// Give up waiting for a line after `t` (None: wait forever).
     pub fn set_timeout(&self, t: Option<Duration>) -> Result<(), ToolsError> {
-        self.writer
-            .set_read_timeout(t)
-            .map_err(io_err(&self.path))
+        self.writer.set_read_timeout(t).map_err(io_err(&self.path))
     }
 
     /// Send one object.
@@ -320,7 +318,6 @@ impl Client {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

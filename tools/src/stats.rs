@@ -241,7 +241,9 @@ impl Observation {
                 };
                 let us = |v: Option<u64>| v.map(|ns| ns as f64 / 1000.0);
                 let calls_per_s = match (before, secs) {
-                    (Some((p, _)), Some(t)) if t > 0.0 => c.calls.saturating_sub(p.calls) as f64 / t,
+                    (Some((p, _)), Some(t)) if t > 0.0 => {
+                        c.calls.saturating_sub(p.calls) as f64 / t
+                    }
                     _ => 0.0,
                 };
                 let cpu_percent = match (before, secs) {
@@ -302,7 +304,8 @@ mod tests {
         assert_eq!(c.inflight(), 3);
         assert_eq!(c.walls_summary(), "1/2 missing seccomp");
         let h: HostStats = serde_json::from_value(serde_json::json!({
-            "version": 1, "pid": 5, "cells": [], "future_field": 1})).unwrap();
+            "version": 1, "pid": 5, "cells": [], "future_field": 1}))
+        .unwrap();
         assert_eq!(h.pid, 5);
     }
 

@@ -58,6 +58,23 @@ def _find(pack: str, wid: int) -> Tuple[Any, Any]:
     raise DapError(f"pack {pack!r} is not loaded")
 
 
+def host_path(ext: Any, path: str) -> str:
+    """The host's path of a file a worker names by its sandbox path (the nodecell
+    package and host modules are mounted under /run/nodecell); others are the same."""
+    from .. import cell, manager
+
+    lib = cell.SANDBOX_LIB + "/nodecell/"
+    if path.startswith(lib):
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path[len(lib):])
+    if path.startswith(cell.SANDBOX_HOST + "/"):
+        top, _, rest = path[len(cell.SANDBOX_HOST) + 1:].partition("/")
+        for mod in ext._manager._host_modules(ext.config):
+            m = manager._module_mount(mod)
+            if m is not None and m[1] == top:
+                return os.path.join(m[0], rest) if rest else m[0]
+    return path
+
+
 class DapBridge:
     """One DAP client's session."""
 
@@ -223,7 +240,7 @@ class DapBridge:
                     self.respond(req, {"threads": [t for r in results for t in r]})
 
         for ext, w in targets:
-            asyncio.run_coroutine_threadsafe(one(ext, w), ext._manager._loop).add_done_callback(done)
+            asyncio.run_coroutine_threadsafe(one(ext, w), w.cell.loop).add_done_callback(done)
 
     def _route(self, req: Dict[str, Any], cmd: str, args: Dict[str, Any]) -> None:
         arg = ROUTED[cmd]
@@ -238,18 +255,26 @@ class DapBridge:
             try:
                 body = await ext._call_on(w, WORKER_TOOLS_ID, "dap_request", (cmd, wargs), {},
                                           internal=True, timeout=30)
+                out = self._map_body(cmd, pack, wid, body or {})
             except Exception as e:  # noqa: BLE001 - answered as a failed request
-                msg = getattr(e, "remote_message", None) or str(e)
-                self.respond(req, error=msg)
+                self.respond(req, error=getattr(e, "remote_message", None) or str(e))
                 return
-            self.respond(req, self._map_body(cmd, pack, wid, body or {}))
+            self.respond(req, out)
 
-        asyncio.run_coroutine_threadsafe(run(), ext._manager._loop)
+        asyncio.run_coroutine_threadsafe(run(), w.cell.loop)
 
     def _map_body(self, cmd: str, pack: str, wid: int, body: Dict[str, Any]) -> Dict[str, Any]:
         body = dict(body)
         if cmd == "stackTrace":
-            body["stackFrames"] = [dict(f, id=self._global(pack, wid, f["id"])) for f in body.get("stackFrames", [])]
+            ext = _find(pack, wid)[0]
+            frames = []
+            for f in body.get("stackFrames", []):
+                f = dict(f, id=self._global(pack, wid, f["id"]))
+                src = f.get("source") or {}
+                if src.get("path"):
+                    f["source"] = dict(src, path=host_path(ext, src["path"]))
+                frames.append(f)
+            body["stackFrames"] = frames
         elif cmd == "scopes":
             body["scopes"] = [dict(s, variablesReference=self._global(pack, wid, s["variablesReference"]))
                               for s in body.get("scopes", [])]

@@ -415,13 +415,11 @@ class Hub:
         """Push every extension's config, each on its manager's loop (any thread);
         ``then()`` runs (on some thread) once every worker has its config."""
         futs = []
-        for m in hooks.managers():
-            loop = m._loop
-            if loop is None or loop.is_closed():
+        for ext in hooks.extensions():
+            cell = ext._cell
+            if not ext.config["isolated"] or not ext._workers or cell is None or cell.loop.is_closed():
                 continue
-            for ext in list(m.extensions.values()):
-                if ext.config["isolated"] and ext._workers:
-                    futs.append(asyncio.run_coroutine_threadsafe(self.push(ext), loop))
+            futs.append(asyncio.run_coroutine_threadsafe(self.push(ext), cell.loop))  # calls run on the cell's loop
         if then is None:
             return
         if not futs:

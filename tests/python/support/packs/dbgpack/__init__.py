@@ -1,2 +1,2 @@
-"""A pack for the developer-tools tests: code to stop in, step through and time."""
-from .nodes import add, astop_here, busy, stop_here  # noqa: F401
+"""A pack for the developer-tools tests: code to stop in, step through, time and crash."""
+from .nodes import add, astop_here, busy, crash, sleep, stop_here  # noqa: F401

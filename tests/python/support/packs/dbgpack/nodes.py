@@ -1,4 +1,5 @@
-"""Functions the debugger tests stop in (line numbers matter: tests name them)."""
+"""Functions the tools tests stop in, step through and time (line numbers matter: tests name them)."""
+import os
 import time
 
 
@@ -27,3 +28,12 @@ def busy(seconds):
     while time.monotonic() < end:
         n += 1
     return n
+
+
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def crash(code):
+    os._exit(code)
