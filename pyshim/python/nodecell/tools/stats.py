@@ -86,6 +86,8 @@ def _state(ext: Any) -> str:
         return "stopped"
     if not ext.config["isolated"]:
         return "local"
+    if getattr(ext, "remote", False) is True:
+        return "remote"  # on another Ray node: `nodecell top` there shows its processes
     cell = ext._cell
     if cell is None:
         return "not started"
@@ -103,7 +105,12 @@ def snapshot() -> Dict[str, Any]:
     cells = []
     for m in hooks.managers():
         for name, ext in list(m.extensions.items()):
-            cells.append(_cell_row(name, ext._cell, ext, _state(ext)))
+            state = _state(ext)
+            row = _cell_row(name, ext._cell if state != "remote" else None, ext, state)
+            if state == "remote":
+                row["walls"] = [{"name": str(w.get("name", "?")), "state": str(w.get("state", "?")),
+                                 "detail": str(w.get("detail", ""))} for w in ext.walls]
+            cells.append(row)
         for cell, _venv in list(m._warm.values()):
             cells.append(_cell_row(cell.name, cell, None, "crashed" if cell.dead else "warm"))
     return {
