@@ -41,7 +41,8 @@ if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "uv>=0.9,<0.14"
 fi
 UV=.venv/bin/uv
-want=(maturin==1.* pytest pytest-timeout mypy "numpy>=2,<3" pyyaml "ray>=2.9,<3")
+# aiohttp: the stand-in host app of the Studio tests (tests/fixtures/studio_app) serves routes with it
+want=(maturin==1.* pytest pytest-timeout mypy "numpy>=2,<3" pyyaml "ray>=2.9,<3" aiohttp)
 if [ -z "${NODECELL_SKIP_TORCH:-}" ]; then want+=("torch>=2.4,<3"); fi
 say "installing Python tools into .venv: ${want[*]}"
 $UV pip install -q --python .venv/bin/python "${want[@]}"
