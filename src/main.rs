@@ -1,5 +1,5 @@
 //! The `nodecell` command line: `check`, `run`, `provision`, `venv`, `migrate`,
-//! and the developer tools `top` and `debug`.
+//! `state`, and the developer tools `top` and `debug`.
 //!
 //! Each subcommand lives in its own module under `src/cli/` and returns the
 //! process exit status; this file only parses the command line and exits.
@@ -35,6 +35,9 @@ enum Command {
     /// Attach a debugger (pdb console or Debug Adapter Protocol) to the cells
     /// of a running host process.
     Debug(cli::debug::DebugArgs),
+    /// List or remove the per-pack state layers (what isolated packs write
+    /// into their own folder).
+    State(cli::state::StateArgs),
 }
 
 fn main() {
@@ -47,6 +50,7 @@ fn main() {
         Command::Migrate(args) => cli::migrate::main(args),
         Command::Top(args) => cli::top::main(args),
         Command::Debug(args) => cli::debug::main(args),
+        Command::State(args) => cli::state::main(args),
     };
     std::process::exit(code);
 }

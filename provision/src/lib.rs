@@ -40,6 +40,7 @@ pub mod pep440;
 mod provision;
 pub mod requirement;
 pub mod shared;
+pub mod state;
 pub mod uv;
 
 pub use cache::{CachedVenv, GcReport, Usage, VenvCache};

@@ -8,6 +8,11 @@
 //!    folder name; `share_cuda_ipc` is accepted and ignored).
 //! 3. `pyproject.toml` with a `[tool.nodecell]` table (same keys; `name`
 //!    and `dependencies` default to `[project]`'s).
+//! 4. `pyproject.toml` with upstream ComfyUI's `[tool.comfy.isolation]`
+//!    table: `[project]` gives `name`, `version` and `dependencies`;
+//!    `can_isolate` (default true) gives `isolated`, `share_torch` and
+//!    `extra_index_urls` are read; its other keys (`package_manager`,
+//!    `execution_model`, ...) have no effect here.
 //!
 //! ```yaml
 //! name: my_node_pack
@@ -57,6 +62,8 @@ pub enum ManifestFormat {
     Pyisolate,
     /// `pyproject.toml`, `[tool.nodecell]`.
     Pyproject,
+    /// `pyproject.toml`, upstream ComfyUI's `[tool.comfy.isolation]`.
+    ComfyIsolation,
 }
 
 /// What a pack needs and how its sandbox is set.
@@ -527,7 +534,8 @@ pub struct Pack {
 
 impl Pack {
     /// Loads the pack in `dir`: the first of `manifest.yaml`, `manifest.yml`,
-    /// `pyisolate.yaml`, `pyproject.toml` (with `[tool.nodecell]`).
+    /// `pyisolate.yaml`, `pyproject.toml` (with `[tool.nodecell]`, else with
+    /// `[tool.comfy.isolation]`).
     pub fn load(dir: &Path) -> Result<Pack, ManifestError> {
         let dir = absolute(dir);
         let candidates = [
@@ -559,10 +567,16 @@ impl Pack {
                 }
                 Err(source) => return Err(ManifestError::Read { path, source }),
             };
-            if format == ManifestFormat::Pyproject && !has_nodecell_table(&text) {
-                tried.push(dir.join("pyproject.toml [tool.nodecell]"));
-                continue;
-            }
+            let format = if format == ManifestFormat::Pyproject && !has_nodecell_table(&text) {
+                if !has_comfy_isolation(&text) {
+                    tried.push(dir.join("pyproject.toml [tool.nodecell]"));
+                    tried.push(dir.join("pyproject.toml [tool.comfy.isolation]"));
+                    continue;
+                }
+                ManifestFormat::ComfyIsolation
+            } else {
+                format
+            };
             let manifest = parse_manifest(&path, &text, format, &dir)?;
             return Ok(Pack {
                 dir,
@@ -583,6 +597,108 @@ fn absolute(p: &Path) -> PathBuf {
             .map(|d| d.join(p))
             .unwrap_or_else(|_| p.to_path_buf()),
     }
+}
+
+fn has_comfy_isolation(text: &str) -> bool {
+    match text.parse::<toml::Table>() {
+        Ok(t) => t
+            .get("tool")
+            .and_then(|t| t.get("comfy"))
+            .and_then(|c| c.get("isolation"))
+            .is_some(),
+        Err(_) => text.contains("[tool.comfy.isolation"),
+    }
+}
+
+/// Upstream ComfyUI's opt-in (`[tool.comfy.isolation]`) read as a manifest.
+fn parse_comfy_isolation(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+    let invalid = |field: &str, message: String| ManifestError::Invalid {
+        path: path.to_path_buf(),
+        line: None,
+        column: None,
+        field: field.to_string(),
+        message,
+    };
+    let table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => return Err(toml_error(path, text, String::new(), e)),
+    };
+    let project = table.get("project").and_then(|p| p.as_table());
+    let iso = table
+        .get("tool")
+        .and_then(|t| t.get("comfy"))
+        .and_then(|c| c.get("isolation"))
+        .and_then(|i| i.as_table())
+        .ok_or_else(|| invalid("tool.comfy.isolation", "expected a table".into()))?;
+    let name = match project.and_then(|p| p.get("name")) {
+        Some(toml::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => {
+            return Err(invalid(
+                "project.name",
+                "missing: expected the pack's name (a string) in [project]".into(),
+            ))
+        }
+    };
+    let version = match project.and_then(|p| p.get("version")) {
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let mut dependencies = Vec::new();
+    if let Some(v) = project.and_then(|p| p.get("dependencies")) {
+        let items = v.as_array().ok_or_else(|| {
+            invalid(
+                "project.dependencies",
+                "expected an array of requirement strings".into(),
+            )
+        })?;
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("project.dependencies[{i}]");
+            let s = item
+                .as_str()
+                .ok_or_else(|| invalid(&field, "expected a requirement string".into()))?;
+            dependencies.push(Requirement::parse(s).map_err(|e| invalid(&field, e))?);
+        }
+    }
+    let flag = |key: &str, default: bool| match iso.get(key) {
+        None => Ok(default),
+        Some(toml::Value::Boolean(b)) => Ok(*b),
+        Some(_) => Err(invalid(
+            &format!("tool.comfy.isolation.{key}"),
+            "expected true or false".into(),
+        )),
+    };
+    let mut extra_index_urls = Vec::new();
+    if let Some(v) = iso.get("extra_index_urls") {
+        let items = v.as_array().ok_or_else(|| {
+            invalid(
+                "tool.comfy.isolation.extra_index_urls",
+                "expected an array of URLs".into(),
+            )
+        })?;
+        for (i, u) in items.iter().enumerate() {
+            let s = u.as_str().ok_or_else(|| {
+                invalid(
+                    &format!("tool.comfy.isolation.extra_index_urls[{i}]"),
+                    "expected a URL string".into(),
+                )
+            })?;
+            extra_index_urls.push(s.to_string());
+        }
+    }
+    Ok(Manifest {
+        name,
+        version,
+        dependencies,
+        isolated: flag("can_isolate", true)?,
+        share_torch: flag("share_torch", false)?,
+        shared: Vec::new(),
+        python: None,
+        index: IndexOptions {
+            extra_index_urls,
+            ..IndexOptions::default()
+        },
+        sandbox: SandboxSettings::default(),
+    })
 }
 
 fn has_nodecell_table(text: &str) -> bool {
@@ -609,6 +725,7 @@ pub fn parse_manifest(
         message,
     };
     let (raw, project) = match format {
+        ManifestFormat::ComfyIsolation => return parse_comfy_isolation(path, text),
         ManifestFormat::Manifest | ManifestFormat::Pyisolate => {
             if text
                 .lines()
@@ -673,7 +790,7 @@ pub fn parse_manifest(
                 "missing: expected the pack's name (a string)".into(),
             ))
         }
-        (None, ManifestFormat::Pyproject) => match project_name {
+        (None, ManifestFormat::Pyproject | ManifestFormat::ComfyIsolation) => match project_name {
             Some(n) if !n.trim().is_empty() => n,
             _ => {
                 return Err(invalid(
@@ -882,6 +999,39 @@ mod tests {
         assert_eq!(m.dependencies.len(), 4);
         assert!(m.isolated && m.share_torch);
         assert_eq!(m.sandbox, SandboxSettings::default());
+    }
+
+    #[test]
+    fn reads_upstream_comfy_isolation_as_a_manifest() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("pyproject.toml"),
+            "[project]\nname = \"iso-pack\"\nversion = \"1.2\"\ndependencies = [\"numpy>=1.25\", \"torch\"]\n[tool.comfy]\nPublisherId = \"x\"\n[tool.comfy.isolation]\ncan_isolate = true\nshare_torch = true\npackage_manager = \"uv\"\nextra_index_urls = [\"https://example.org/simple\"]\n",
+        )
+        .unwrap();
+        let p = Pack::load(d.path()).unwrap();
+        assert_eq!(p.format, ManifestFormat::ComfyIsolation);
+        let m = &p.manifest;
+        assert_eq!(
+            (m.name.as_str(), m.version.as_deref()),
+            ("iso-pack", Some("1.2"))
+        );
+        assert!(m.isolated && m.share_torch);
+        assert_eq!(m.dependencies.len(), 2);
+        assert_eq!(m.index.extra_index_urls, ["https://example.org/simple"]);
+        std::fs::write(
+            d.path().join("pyproject.toml"),
+            "[project]\nname = \"x\"\n[tool.comfy.isolation]\nshare_torch = \"yes\"\n",
+        )
+        .unwrap();
+        let e = Pack::load(d.path()).unwrap_err();
+        assert_eq!(e.field(), Some("tool.comfy.isolation.share_torch"), "{e}");
+        // Without the table (and without [tool.nodecell]) there is no manifest.
+        std::fs::write(d.path().join("pyproject.toml"), "[project]\nname = \"x\"\n").unwrap();
+        assert!(matches!(
+            Pack::load(d.path()),
+            Err(ManifestError::NotFound { .. })
+        ));
     }
 
     #[test]

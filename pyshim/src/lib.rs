@@ -69,6 +69,8 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tools::register(m)?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
+    m.add_function(wrap_pyfunction!(provision::requirement_names, m)?)?;
+    m.add_function(wrap_pyfunction!(provision::state_root, m)?)?;
     m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;
     m.add_function(wrap_pyfunction!(arena::locate, m)?)?;
     Ok(())

@@ -197,3 +197,16 @@ pub fn provision(
     out.set_item("python_version", &ls.venv.info.python_version)?;
     Ok(out.into_any().unbind())
 }
+
+/// The distribution names a requirements file asks for (a host app's own
+/// `requirements.txt`), normalized, in order; none when it cannot be read.
+#[pyfunction]
+pub fn requirement_names(path: PathBuf) -> Vec<String> {
+    nodecell_provision::migrate::app::requirement_names(&path)
+}
+
+/// nodecell's state folder (pack layers): see `nodecell_provision::state::default_root`.
+#[pyfunction]
+pub fn state_root() -> PathBuf {
+    nodecell_provision::state::default_root()
+}

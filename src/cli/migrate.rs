@@ -1,4 +1,4 @@
-//! `nodecell migrate PACK_DIR [--force] [--dry-run] [--json]`: write a
+//! `nodecell migrate PACK_DIR [--app DIR] [--force] [--dry-run] [--json]`: write a
 //! `manifest.yaml` for an existing ComfyUI-style custom-node pack from its
 //! `requirements.txt`, `pyproject.toml` and `install.py`
 //! (`nodecell_provision::migrate`).
@@ -33,6 +33,10 @@ pub struct MigrateArgs {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The host app's folder (ComfyUI's): what its requirements.txt provides is
+    /// written as shared. Default: the app the pack sits in (APP/custom_nodes/PACK).
+    #[arg(long, value_name = "DIR")]
+    pub app: Option<PathBuf>,
 }
 
 /// Runs `nodecell migrate`; returns the exit status.
@@ -40,6 +44,7 @@ pub fn main(args: MigrateArgs) -> i32 {
     let opts = MigrateOptions {
         force: args.force,
         dry_run: args.dry_run,
+        app: args.app,
     };
     match migrate(&args.pack, opts) {
         Ok(report) => {

@@ -6,4 +6,5 @@ pub mod provision;
 pub mod run;
 pub mod top;
 mod top_ui;
+pub mod state;
 pub mod venv;

@@ -41,12 +41,15 @@
 //! eprint!("{report}");
 //! ```
 //!
-//! Layout, one idea per file: `collect` (requirement collection and merging),
+//! Layout, one idea per file: `app` (the host app's requirements), `abi`
+//! (binaries built against numpy 1.x), `collect` (requirement collection and merging),
 //! `pyproject` (`pyproject.toml`), `reqtxt` (the `requirements.txt` lexer),
 //! `install_py` (the `install.py` tokenizer and scanner), `conflict` (the
 //! PEP 440 conflict checker), `scan` (source scans), `yaml` (the writer),
 //! `report` (what the user is told).
 
+mod abi;
+pub mod app;
 mod collect;
 mod conflict;
 mod install_py;
@@ -65,9 +68,9 @@ use crate::error::ManifestError;
 use crate::manifest::{parse_manifest, Manifest, ManifestFormat, Pack, SandboxSettings};
 use crate::requirement::{normalize_name, Requirement, Source};
 
-use collect::{Collector, PyprojectInfo};
+use collect::{Collector, Dep, PyprojectInfo};
 pub use report::{Finding, FindingKind, Inferred, MigrateReport};
-use scan::scan_torch_imports;
+use scan::{scan_folder_writes, scan_torch_imports};
 use yaml::render;
 
 /// The file `nodecell migrate` writes in the pack's folder.
@@ -80,13 +83,36 @@ const TORCH_FAMILY: [&str; 3] = ["torch", "torchvision", "torchaudio"];
 /// Distributions built against one torch version: a pin on them pins torch.
 pub(super) const TORCH_COMPANIONS: [&str; 3] = ["torchvision", "torchaudio", "xformers"];
 
+/// The sandbox limits `migrate` writes as defaults (marked for review).
+pub const DEFAULT_LIMITS: [(&str, &str); 4] = [
+    ("network", "false"),
+    ("max_memory", "8GB"),
+    ("max_pids", "512"),
+    ("timeout", "600"),
+];
+
 /// What `migrate` may do.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrateOptions {
     /// Replace an existing `manifest.yaml` (otherwise [`MigrateError::Exists`]).
     pub force: bool,
     /// Infer and check the manifest but write nothing.
     pub dry_run: bool,
+    /// The host app's folder (its `requirements.txt` says what it provides);
+    /// `None`: the app the pack sits in (`<app>/custom_nodes/<pack>`), if any.
+    pub app: Option<PathBuf>,
+}
+
+/// The host app a pack in `dir` sits in: `<app>/custom_nodes/<pack>` where
+/// `<app>` has a `requirements.txt` and a `folder_paths.py`.
+pub fn detect_app(dir: &Path) -> Option<PathBuf> {
+    let parent = dir.parent()?;
+    if parent.file_name()? != "custom_nodes" {
+        return None;
+    }
+    let app = parent.parent()?;
+    (app.join("requirements.txt").is_file() && app.join("folder_paths.py").is_file())
+        .then(|| app.to_path_buf())
 }
 
 /// Why a migration failed. Problems with the pack's own files are not
@@ -157,7 +183,7 @@ pub fn migrate(dir: &Path, opts: MigrateOptions) -> Result<MigrateReport, Migrat
     if !existed && yml.symlink_metadata().is_ok() && !opts.force && !opts.dry_run {
         return Err(MigrateError::Exists { path: yml });
     }
-    let mut report = infer(&dir)?;
+    let mut report = infer_with(&dir, opts.app.as_deref())?;
     if existed {
         note_replaced_settings(&path, &dir, &mut report);
     }
@@ -201,8 +227,13 @@ pub fn migrate(dir: &Path, opts: MigrateOptions) -> Result<MigrateReport, Migrat
 
 /// Infers the manifest for the pack in `dir` without writing anything. The
 /// text in [`MigrateReport::manifest`] has been checked with the manifest
-/// parser.
+/// parser. The host app is the one the pack sits in, if any ([`detect_app`]).
 pub fn infer(dir: &Path) -> Result<MigrateReport, MigrateError> {
+    infer_with(dir, None)
+}
+
+/// [`infer`] with the host app's folder given (`None`: detected).
+pub fn infer_with(dir: &Path, app: Option<&Path>) -> Result<MigrateReport, MigrateError> {
     let dir = pack_dir(dir)?;
     let mut c = Collector::new(&dir);
 
@@ -296,7 +327,7 @@ pub fn infer(dir: &Path) -> Result<MigrateReport, MigrateError> {
         c.share_torch();
     }
 
-    let deps = c.merge();
+    let mut deps = c.merge();
     if share_torch.value {
         let torch_indexes: Vec<(String, String)> = c
             .index_url
@@ -315,6 +346,91 @@ pub fn infer(dir: &Path) -> Result<MigrateReport, MigrateError> {
             });
         }
     }
+    numpy_abi(&mut deps, &mut c);
+    for d in &deps {
+        if let Source::Url(u) = &d.req.source {
+            if let Some(vcs) = ["git+", "hg+", "svn+", "bzr+"]
+                .iter()
+                .find(|p| u.starts_with(**p))
+            {
+                let host = u[vcs.len()..]
+                    .split("://")
+                    .nth(1)
+                    .and_then(|r| r.split(['/', '@', ':']).next())
+                    .unwrap_or("its host");
+                c.check.push(Finding {
+                    kind: FindingKind::Vcs,
+                    from: d.from.clone(),
+                    text: d.req.as_written().to_string(),
+                    message: format!(
+                        "fetched with {} from {host} when the venv is built: provisioning needs network access to it (the sandbox itself stays offline); pin a commit (@<sha>) for a reproducible venv, or use a release from an index",
+                        vcs.trim_end_matches('+')
+                    ),
+                });
+            }
+        }
+    }
+
+    // What the host app already provides: shared from the host.
+    let app_dir = app.map(Path::to_path_buf).or_else(|| detect_app(&dir));
+    let mut shared: Vec<Inferred<String>> = Vec::new();
+    let mut app_info = None;
+    if let Some(root) = &app_dir {
+        let file = root.join("requirements.txt");
+        let provided = app::requirement_names(&file);
+        app_info = Some(Inferred::new(
+            root.display().to_string(),
+            if app.is_some() {
+                "--app"
+            } else {
+                "the folder the pack sits in"
+            },
+        ));
+        if provided.is_empty() {
+            c.check.push(Finding {
+                kind: FindingKind::AppProvided,
+                from: file.display().to_string(),
+                text: String::new(),
+                message: "the host app's requirements could not be read: nothing written as shared"
+                    .into(),
+            });
+        }
+        let (app_deps, own): (Vec<Dep>, Vec<Dep>) =
+            std::mem::take(&mut deps).into_iter().partition(|d| {
+                d.req.name.as_ref().is_some_and(|n| provided.contains(n))
+                    && matches!(d.req.source, Source::Index(_))
+                    && d.note.as_deref().is_none_or(|n| !n.starts_with("added:"))
+            });
+        deps = own;
+        for d in app_deps {
+            shared.push(Inferred {
+                value: d.req.as_written().to_string(),
+                note: Some(
+                    "provided by the host app: shared from the host, not reinstalled".into(),
+                ),
+                from: d.from,
+            });
+        }
+    }
+    let folder_writes = scan_folder_writes(&dir);
+    for w in &folder_writes {
+        c.check.push(Finding {
+            kind: FindingKind::FolderWrite,
+            from: w.from.clone(),
+            text: w.value.clone(),
+            message: "writes into the pack's own folder: isolated, such writes go to the pack's state layer (under nodecell's state folder, see `nodecell state`), never into this folder".into(),
+        });
+    }
+    c.check.push(Finding {
+        kind: FindingKind::Limits,
+        from: "default".into(),
+        text: DEFAULT_LIMITS
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        message: "sandbox limits written as defaults: review them (memory for the pack's models, per-call timeout for its slowest node)".into(),
+    });
     let sources = c.sources.clone();
     for list in [&mut c.dropped, &mut c.check, &mut c.not_inferred] {
         sort_findings(list, &sources);
@@ -337,6 +453,13 @@ pub fn infer(dir: &Path) -> Result<MigrateReport, MigrateError> {
                 from: d.from.clone(),
                 note: d.note.clone(),
             })
+            .collect(),
+        shared,
+        app: app_info,
+        folder_writes,
+        limits: DEFAULT_LIMITS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         index_url: c.index_url,
         extra_index_urls: c.extra_index_urls,
@@ -497,6 +620,48 @@ fn compare(path: &Path, r: &MigrateReport, m: &Manifest) -> Result<(), MigrateEr
         ),
     )?;
     differ(
+        "shared",
+        format!(
+            "{:?}",
+            r.shared.iter().map(|d| &d.value).collect::<Vec<_>>()
+        ),
+        format!(
+            "{:?}",
+            m.shared.iter().map(|d| d.as_written()).collect::<Vec<_>>()
+        ),
+    )?;
+    let want = |k: &str| {
+        r.limits
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    differ(
+        "sandbox.network",
+        want("network").unwrap_or_else(|| "false".into()),
+        m.sandbox.network.to_string(),
+    )?;
+    differ(
+        "sandbox.max_pids",
+        format!("{:?}", want("max_pids").and_then(|v| v.parse::<u64>().ok())),
+        format!("{:?}", m.sandbox.max_pids),
+    )?;
+    differ(
+        "sandbox.timeout",
+        format!(
+            "{:?}",
+            want("timeout")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(std::time::Duration::from_secs)
+        ),
+        format!("{:?}", m.sandbox.timeout),
+    )?;
+    differ(
+        "sandbox.max_memory",
+        want("max_memory").is_some().to_string(),
+        m.sandbox.max_memory.is_some().to_string(),
+    )?;
+    differ(
         "index_url",
         format!("{:?}", r.index_url.as_ref().map(|v| &v.value)),
         format!("{:?}", m.index.index_url.as_ref()),
@@ -580,4 +745,50 @@ fn wheel_name(url: &str) -> Option<String> {
     }
     let name = file.split('-').next()?;
     (!name.is_empty()).then(|| normalize_name(name))
+}
+
+/// Adds `numpy<2` beside a pinned binary built against numpy 1.x (reported),
+/// unless the pack keeps numpy below 2 already; a pack that also asks for
+/// numpy 2 gets a conflict reported instead.
+fn numpy_abi(deps: &mut Vec<Dep>, c: &mut Collector) {
+    let hazards: Vec<(String, &str, String)> = deps
+        .iter()
+        .filter_map(|d| {
+            abi::numpy1_only(&d.req).map(|first| (d.req.to_string(), first, d.from.clone()))
+        })
+        .collect();
+    let Some((req, first, from)) = hazards.first().cloned() else {
+        return;
+    };
+    if deps.iter().any(|d| abi::keeps_numpy1(&d.req)) {
+        return;
+    }
+    if let Some(n2) = deps.iter().find(|d| abi::needs_numpy2(&d.req)) {
+        c.not_inferred.push(Finding {
+            kind: FindingKind::NumpyAbi,
+            from: n2.from.clone(),
+            text: n2.req.to_string(),
+            message: format!(
+                "conflicts with `{req}` ({from}): its wheels up to {first} are built against numpy 1.x and fail under numpy 2; unpin it or drop the numpy 2 requirement"
+            ),
+        });
+        return;
+    }
+    let Ok(numpy) = Requirement::parse("numpy<2") else {
+        return;
+    };
+    let why = format!(
+        "added: `{req}` is a binary built against numpy 1.x (the first numpy-2 build is {first}); under numpy 2 it fails with `numpy.core.multiarray failed to import`"
+    );
+    c.check.push(Finding {
+        kind: FindingKind::NumpyAbi,
+        from: from.clone(),
+        text: "numpy<2".into(),
+        message: format!("{why}; remove both pins together when the pack moves to a newer build"),
+    });
+    deps.push(Dep {
+        req: numpy,
+        from,
+        note: Some(why),
+    });
 }

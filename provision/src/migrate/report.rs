@@ -56,6 +56,17 @@ pub enum FindingKind {
     Unreadable,
     /// A setting or file that was not used.
     Ignored,
+    /// A VCS requirement (`git+https://...`): fetched over the network when
+    /// the venv is built.
+    Vcs,
+    /// A requirement the host app provides: written under `shared:`.
+    AppProvided,
+    /// A write into the pack's own folder (it lands in the pack's state layer).
+    FolderWrite,
+    /// A binary built against numpy 1.x pinned: `numpy<2` added beside it.
+    NumpyAbi,
+    /// Sandbox limits written as defaults, to review.
+    Limits,
 }
 
 /// One thing the report tells the user about.
@@ -96,6 +107,15 @@ pub struct MigrateReport {
     pub torch_evidence: Vec<Inferred<String>>,
     /// The dependencies written, in order.
     pub dependencies: Vec<Inferred<String>>,
+    /// Requirements the host app provides (`shared:`): taken from the host,
+    /// not reinstalled (a version the host's copy does not satisfy is installed).
+    pub shared: Vec<Inferred<String>>,
+    /// The host app whose requirements were compared (its folder).
+    pub app: Option<Inferred<String>>,
+    /// Where the pack writes into its own folder (a heuristic source scan).
+    pub folder_writes: Vec<Inferred<String>>,
+    /// The sandbox limits written, as `(key, value)` (defaults to review).
+    pub limits: Vec<(String, String)>,
     /// `index_url`.
     pub index_url: Option<Inferred<String>>,
     /// `extra_index_urls`.
@@ -152,6 +172,31 @@ impl fmt::Display for MigrateReport {
         writeln!(f, "dependencies ({}):", self.dependencies.len())?;
         for d in &self.dependencies {
             writeln!(f, "  {}  ({}{})", d.value, d.from, note(&d.note))?;
+        }
+        if let Some(a) = &self.app {
+            writeln!(f, "host app: {} ({})", a.value, a.from)?;
+        }
+        if !self.shared.is_empty() {
+            writeln!(
+                f,
+                "shared, provided by the host app ({}):",
+                self.shared.len()
+            )?;
+            for d in &self.shared {
+                writeln!(f, "  {}  ({})", d.value, d.from)?;
+            }
+        }
+        if !self.limits.is_empty() {
+            let l: Vec<String> = self
+                .limits
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            writeln!(
+                f,
+                "sandbox limits (defaults, review them): {}",
+                l.join(", ")
+            )?;
         }
         if let Some(u) = &self.index_url {
             writeln!(f, "index_url: {} ({})", u.value, u.from)?;

@@ -412,6 +412,7 @@ fn writes_refuses_forces_and_dry_runs() {
         MigrateOptions {
             dry_run: true,
             force: false,
+            app: None,
         },
     )
     .unwrap();
@@ -441,6 +442,7 @@ fn writes_refuses_forces_and_dry_runs() {
         MigrateOptions {
             dry_run: true,
             force: false,
+            app: None,
         },
     )
     .unwrap();
@@ -458,6 +460,7 @@ fn writes_refuses_forces_and_dry_runs() {
         MigrateOptions {
             force: true,
             dry_run: false,
+            app: None,
         },
     )
     .unwrap();
@@ -486,6 +489,7 @@ fn writes_refuses_forces_and_dry_runs() {
         MigrateOptions {
             force: true,
             dry_run: false,
+            app: None,
         },
     )
     .unwrap();
@@ -598,4 +602,105 @@ fn never_writes_an_unparseable_manifest() {
     }
     // The generator does reach valid requirements.
     assert!(written > 100, "{written}");
+}
+
+/// A pack as real ones are (WAS-style pins, git+ requirements, a config file
+/// written into its folder) inside a ComfyUI-shaped app folder.
+#[test]
+fn real_pack_shapes_inside_an_app() {
+    let t = tempfile::tempdir().unwrap();
+    let app = t.path().join("ComfyUI");
+    std::fs::create_dir_all(app.join("custom_nodes")).unwrap();
+    std::fs::write(app.join("folder_paths.py"), "").unwrap();
+    std::fs::write(
+        app.join("requirements.txt"),
+        "torch\nnumpy>=1.25.0\nPillow\naiohttp>=3.11.8\nscipy\n",
+    )
+    .unwrap();
+    let dir = app.join("custom_nodes").join("was-like");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("requirements.txt"),
+        "numpy\npillow>=10.3.0\nscipy\ngit+https://github.com/Org/img2texture.git\nopencv-python-headless[ffmpeg]<=4.7.0.72\ncolor-matcher\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("__init__.py"),
+        "import os, json, torch\nROOT = os.path.dirname(os.path.abspath(__file__))\nCONF = os.path.join(ROOT, 'was_config.json')\nwith open(CONF, 'w') as f:\n    json.dump({}, f)\n",
+    )
+    .unwrap();
+    let r = infer(&dir).unwrap();
+    assert_eq!(
+        r.app.as_ref().map(|a| a.value.clone()),
+        Some(app.canonicalize().unwrap().display().to_string())
+    );
+    let shared: Vec<&str> = r.shared.iter().map(|d| d.value.as_str()).collect();
+    assert_eq!(
+        shared,
+        ["numpy", "pillow>=10.3.0", "scipy"],
+        "{}",
+        r.manifest
+    );
+    assert_eq!(
+        deps(&r),
+        [
+            "git+https://github.com/Org/img2texture.git",
+            "opencv-python-headless[ffmpeg]<=4.7.0.72",
+            "color-matcher",
+            "numpy<2"
+        ],
+        "{}",
+        r.manifest
+    );
+    let vcs = finding(&r.check, FindingKind::Vcs, "img2texture");
+    assert!(
+        vcs.message.contains("github.com") && vcs.message.contains("network"),
+        "{vcs:?}"
+    );
+    let abi = finding(&r.check, FindingKind::NumpyAbi, "numpy<2");
+    assert!(
+        abi.message.contains("4.10.0.82") && abi.message.contains("numpy 1.x"),
+        "{abi:?}"
+    );
+    let w = finding(&r.check, FindingKind::FolderWrite, "open(CONF, 'w')");
+    assert_eq!(w.from, "__init__.py:4");
+    finding(&r.check, FindingKind::Limits, "max_memory: 8GB");
+    // The text says the same (infer checked it with the parser; read it here too).
+    let m = parse_manifest(
+        &r.manifest_path,
+        &r.manifest,
+        ManifestFormat::Manifest,
+        &dir,
+    )
+    .unwrap();
+    assert_eq!(m.shared.len(), 3);
+    assert_eq!(m.sandbox.max_pids, Some(512));
+    assert_eq!(m.sandbox.max_memory, Some(8_000_000_000));
+    assert!(!m.sandbox.network);
+    assert!(
+        r.manifest
+            .contains("# defaults written by nodecell migrate: review them"),
+        "{}",
+        r.manifest
+    );
+    // A pack outside any app: nothing is shared; an explicit app is used.
+    let lone = t.path().join("lone");
+    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::write(
+        lone.join("requirements.txt"),
+        "pillow\nnumpy>=2\nopencv-python==4.8.1.78\n",
+    )
+    .unwrap();
+    let r = infer(&lone).unwrap();
+    assert!(r.shared.is_empty() && r.app.is_none());
+    let c = finding(&r.not_inferred, FindingKind::NumpyAbi, "numpy>=2");
+    assert!(c.message.contains("opencv-python==4.8.1.78"), "{c:?}");
+    let r = infer_with(&lone, Some(&app)).unwrap();
+    assert_eq!(
+        r.shared
+            .iter()
+            .map(|d| d.value.as_str())
+            .collect::<Vec<_>>(),
+        ["pillow", "numpy>=2"]
+    );
 }

@@ -83,6 +83,30 @@ pub(super) fn render(r: &MigrateReport) -> String {
             let _ = writeln!(y, "  - {}  # {}", scalar(&d.value), with(d));
         }
     }
+    if !r.shared.is_empty() {
+        let app = r
+            .app
+            .as_ref()
+            .map(|a| a.value.as_str())
+            .unwrap_or("the host app");
+        let _ = writeln!(
+            y,
+            "shared:  # provided by {}: taken from the host, not reinstalled (a version the host's copy does not satisfy is installed)",
+            comment(app)
+        );
+        for d in &r.shared {
+            let _ = writeln!(y, "  - {}  # {}", scalar(&d.value), comment(&d.from));
+        }
+    }
+    if !r.limits.is_empty() {
+        let _ = writeln!(
+            y,
+            "sandbox:  # defaults written by nodecell migrate: review them"
+        );
+        for (k, v) in &r.limits {
+            let _ = writeln!(y, "  {k}: {v}");
+        }
+    }
     if let Some(u) = &r.index_url {
         let _ = writeln!(y, "index_url: {}  # {}", scalar(&u.value), with(u));
     }

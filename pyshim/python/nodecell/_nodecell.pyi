@@ -304,6 +304,12 @@ def read_manifest(path: str) -> Dict[str, Any]:
 def provision(spec: Dict[str, Any], on_event: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Builds (or finds) an extension's venv; returns its path, python, key and read-only paths."""
 
+def requirement_names(path: str) -> List[str]:
+    """The distribution names a requirements file asks for, normalized, in order."""
+
+def state_root() -> str:
+    """nodecell's state folder (pack layers)."""
+
 def locate(address: int, nbytes: int) -> Optional[Tuple[Any, int]]:
     """Where the memory at ``address`` lives: ``(Arena or View, byte offset)``, or None."""
 
