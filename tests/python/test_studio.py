@@ -14,12 +14,14 @@ import time
 import pytest
 import torch
 
-from studio_support import (Loaded, same_value, studio_files, studio_venv_root,  # noqa: F401 - fixtures
-                            tensors_equal, world_readable_copy)
+from studio_support import Loaded, same_value, tensors_equal, world_readable_copy
+
+# The fixtures studio_files and studio_venv_root.
+pytest_plugins = ["studio_fixtures"]
 
 import nodecell
 from nodecell import _reload, studio
-from nodecell.studio import _data
+from nodecell.studio import schema as _data
 
 CLASSIC_NODES = ("MakeImage", "Invert", "Boom", "LatentScale", "EmptyLatent", "LoadModel", "ApplyModel", "Sleep")
 V3_NODES = ("Brighten", "Describe", "SleepV3")
@@ -227,7 +229,7 @@ def test_schema_data_rebuilds_only_allow_listed_imported_classes(studio_files):
 
     schema = io.Schema(node_id="X", inputs=[io.Int.Input("n", min=1)])
     data = _data.to_data(schema)
-    assert data["__obj__"] == "comfy_api.latest.io:Schema"
+    assert data["__obj__"] == {"t": "comfy_api.latest.io:Schema"}
     assert _data.from_data(data) == schema
     with pytest.raises(ValueError, match="outside the allowed"):
         _data.from_data({"__obj__": "os:Popen", "state": {}})

@@ -1,28 +1,51 @@
 """What runs inside a pack's worker for the Studio loader.
 
-:class:`StudioExtension` imports the pack (``NODE_CLASS_MAPPINGS`` for classic
-nodes, ``comfy_entrypoint()`` for v3 nodes), describes every node as data once
-(:meth:`list_nodes`), and executes nodes on request.
+:class:`StudioExtension` sets the host app up in the worker (the app profile's
+worker hooks, then the user's), imports the pack the way the app does (as a
+package named after its folder, from a neutral working directory), collects its
+nodes the way the app does (``NODE_CLASS_MAPPINGS``, else ``comfy_entrypoint()``;
+a class is a v3 node by what it is, wherever it is listed), describes every
+node as data once (:meth:`list_nodes`), and executes nodes, their checks and
+the pack's HTTP routes on request.
+
+:class:`StudioContext` is what the host told the worker (the environment
+variable ``NODECELL_STUDIO``, JSON): the app profile, the pack's names, its
+folders, the host's command line, extra hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
+import enum
 import functools
+import importlib
+import importlib.util
 import inspect
+import json
 import logging
 import os
 import sys
+import threading
 from types import ModuleType
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
+from ..errors import RemoteError
 from ..shared import ExtensionBase
-from ._data import DEFAULT_ALLOWED, to_data
+from . import routes as _routes
+from .apps import AppProfile
+from .objects import adopt
+from .schema import DEFAULT_ALLOWED, to_data
+
+__all__ = ["StudioExtension", "StudioContext", "ENV"]
+
+#: The environment variable carrying the :class:`StudioContext`.
+ENV = "NODECELL_STUDIO"
 
 _CLASSIC_ATTRS = ("RETURN_TYPES", "RETURN_NAMES", "FUNCTION", "CATEGORY", "OUTPUT_NODE", "DESCRIPTION",
                   "OUTPUT_IS_LIST", "INPUT_IS_LIST", "OUTPUT_TOOLTIPS", "DEPRECATED", "EXPERIMENTAL",
-                  "SEARCH_ALIASES", "NOT_IDEMPOTENT")
+                  "SEARCH_ALIASES", "NOT_IDEMPOTENT", "API_NODE")
+log = logging.getLogger("nodecell.studio")
 
 
 async def _maybe_await(x: Any) -> Any:
@@ -31,33 +54,183 @@ async def _maybe_await(x: Any) -> Any:
     return x
 
 
+def _decode_arg(v: Any) -> Any:
+    """A host command-line value (see the loader's ``_encode_arg``) back to its type."""
+    if isinstance(v, dict) and set(v) == {"__enum__", "value"}:
+        mod, _, qn = str(v["__enum__"]).partition(":")
+        obj: Any = importlib.import_module(mod)
+        for part in qn.split("."):
+            obj = getattr(obj, part)
+        return obj(v["value"])
+    if isinstance(v, dict) and set(v) == {"__set__"}:
+        return {_decode_arg(x) for x in v["__set__"]}
+    if isinstance(v, list):
+        return [_decode_arg(x) for x in v]
+    return v
+
+
+class StudioContext:
+    """What the host told this worker about the app and the pack."""
+
+    def __init__(self, data: Optional[Dict[str, Any]] = None) -> None:
+        data = dict(data or {})
+        app = data.get("app")
+        #: The host app, or None (a plain Studio host without an app profile).
+        self.profile: Optional[AppProfile] = AppProfile.from_data(app) if app else None
+        #: The pack's name and folder.
+        self.pack: str = data.get("pack", "")
+        self.pack_dir: str = data.get("pack_dir", "")
+        #: The ``sys.modules`` name of the pack's package and its ``RELATIVE_PYTHON_MODULE``.
+        self.module_name: Optional[str] = data.get("module_name")
+        self.relative_module: Optional[str] = data.get("relative_module")
+        #: The pack's own folders (output, temp: writable) and the host's.
+        self.dirs: Dict[str, str] = dict(data.get("dirs") or {})
+        self.host_dirs: Dict[str, str] = dict(data.get("host_dirs") or {})
+        #: Hooks run before the pack is imported (after the profile's own).
+        self.hooks: List[str] = list(data.get("hooks") or [])
+        #: The pack's writable layer: where its folder's source and sync record are seen.
+        self.layer: Dict[str, str] = dict(data.get("layer") or {})
+        #: Packages whose objects cross as data.
+        self.allowed = tuple(data.get("allowed") or (self.profile.rebuild_packages if self.profile
+                                                       else DEFAULT_ALLOWED))
+        self._args_raw: Dict[str, Any] = dict(data.get("cli_args") or {})
+        self._local = threading.local()
+
+    @classmethod
+    def from_env(cls) -> "StudioContext":
+        """The context of this worker (empty when the host set none)."""
+        raw = os.environ.get(ENV)
+        data = json.loads(raw) if raw else {}
+        if not data and os.environ.get("NODECELL_API_PACKAGES"):  # hosts of earlier versions
+            data = {"allowed": os.environ["NODECELL_API_PACKAGES"].split(",")}
+        return cls(data)
+
+    @property
+    def cli_args(self) -> Dict[str, Any]:
+        """The host app's parsed command line, as values of this worker's types."""
+        out = {}
+        for k, v in self._args_raw.items():
+            try:
+                out[k] = _decode_arg(v)
+            except Exception:  # noqa: BLE001 - a value this worker cannot rebuild keeps its default
+                log.debug("cli arg %s: cannot rebuild %r", k, v)
+        return out
+
+    # -- the node being run -----------------------------------------------------------------
+
+    def current_node(self) -> Dict[str, Any]:
+        """``{"prompt_id", "node_id"}`` of the node this thread runs (empty outside a node)."""
+        return dict(getattr(self._local, "node", None) or {})
+
+    @contextlib.contextmanager
+    def node(self, call: Dict[str, Any]) -> Iterator[None]:
+        """Run a node: this thread's current node, and the app's own executing context."""
+        prev = getattr(self._local, "node", None)
+        self._local.node = {"prompt_id": call.get("prompt_id"), "node_id": call.get("node_id")}
+        cm: Any = contextlib.nullcontext()
+        if self.profile is not None and call.get("node_id") is not None:
+            eu = sys.modules.get(f"{self.profile.execution_package}.utils")
+            ctx_cls = getattr(eu, "CurrentNodeContext", None)
+            if ctx_cls is not None:
+                cm = ctx_cls(call.get("prompt_id"), call.get("node_id"), call.get("list_index"))
+        try:
+            with cm:
+                yield
+        finally:
+            self._local.node = prev
+
+    def reraise_interrupt(self, e: BaseException) -> None:
+        """Raise the app's own ``InterruptProcessingException`` for a host-side interrupt."""
+        if isinstance(e, RemoteError) and e.remote_type.endswith("InterruptProcessingException") \
+                and self.profile is not None:
+            mm = sys.modules.get(self.profile.model_management_module)
+            exc = getattr(mm, "InterruptProcessingException", None)
+            if exc is not None:
+                raise exc() from None
+
+
+def _import_qualname(name: str) -> Any:
+    mod, _, qn = name.partition(":")
+    if not mod or not qn:
+        raise ValueError(f"hook {name!r}: expected 'module:function'")
+    obj: Any = importlib.import_module(mod)
+    for part in qn.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 class StudioExtension(ExtensionBase):
     """The worker-side object of a Studio node pack.
 
-    Node functions that are plain (sync) functions run one at a time on one
-    node thread, as in Studio's own executor, so packs need not be thread-safe
-    and the worker stays responsive to other calls meanwhile; ``async`` node
-    functions run on the worker's event loop.
+    Node functions (sync and ``async``) run one at a time on one node thread
+    with an event loop of its own, as in the app's own executor, so packs need
+    not be thread-safe and the worker stays responsive to other calls
+    meanwhile; the pack's HTTP routes run on a thread and loop of their own.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._node_thread: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._node_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._route_loop: Optional[asyncio.AbstractEventLoop] = None
+        self.ctx = StudioContext.from_env()
         self.nodes: Dict[str, Any] = {}
         self.kinds: Dict[str, str] = {}
         self.display: Dict[str, str] = {}
-        self.allowed = tuple(os.environ.get("NODECELL_API_PACKAGES", ",".join(DEFAULT_ALLOWED)).split(","))
+        self.allowed = self.ctx.allowed
+        self._route_descs: List[Dict[str, Any]] = []
+        self._route_handlers: Dict[str, Any] = {}
+
+    # -- loading ----------------------------------------------------------------------------
+
+    async def before_module_loaded(self) -> None:
+        """Bring the pack's layer up to date (hot reload edits), then set the app up: the
+        profile's worker hooks, then the host's extra hooks."""
+        if self.ctx.layer.get("source") and self.ctx.pack_dir:
+            from . import state
+
+            try:
+                state.sync(self.ctx.layer["source"], self.ctx.pack_dir, self.ctx.layer.get("record"))
+            except OSError as e:  # the host synced it before the launch; edits since then are missing
+                log.warning("pack %r: could not update its state layer: %s", self.ctx.pack, e)
+        names = list(self.ctx.profile.worker_hooks) if self.ctx.profile is not None else []
+        for name in names + self.ctx.hooks:
+            await _maybe_await(_import_qualname(name)(self.ctx))
+
+    def import_pack(self, module_path: str) -> ModuleType:
+        """Import the pack as the app does: a package named after its folder's path (ComfyUI's
+        ``nodes.load_custom_node``), never from ``sys.path``, so pack files cannot shadow app modules."""
+        if self.ctx.profile is None or not self.ctx.module_name:
+            from .._worker_rt import _import_pack
+
+            return _import_pack(module_path, self.ctx.pack or os.path.basename(module_path))
+        init = os.path.join(module_path, "__init__.py")
+        name = self.ctx.module_name
+        if os.path.isfile(init):
+            spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[module_path])
+        else:
+            raise FileNotFoundError(f"pack {self.ctx.pack!r}: {init} not found")
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load pack {self.ctx.pack!r} from {init}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
 
     async def on_module_loaded(self, module: ModuleType) -> None:
-        """Collect the pack's nodes: ``NODE_CLASS_MAPPINGS`` and, for v3 packs, ``comfy_entrypoint()``."""
+        """Collect the nodes as the app does: ``NODE_CLASS_MAPPINGS``, else ``comfy_entrypoint()``."""
         self.module = module
-        for name, cls in (getattr(module, "NODE_CLASS_MAPPINGS", None) or {}).items():
-            self.nodes[name] = cls
-            self.kinds[name] = "classic"
-        self.display.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {})
-        entry = getattr(module, "comfy_entrypoint", None)
-        if entry is not None:
-            ext = await _maybe_await(entry())
+        mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+        if mappings is not None:
+            for name, cls in mappings.items():
+                self.nodes[name] = cls
+                self.kinds[name] = "v3" if self._is_v3(cls) else "classic"
+            self.display.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {})
+        elif hasattr(module, "comfy_entrypoint"):
+            ext = await _maybe_await(module.comfy_entrypoint())
             if hasattr(ext, "on_load"):
                 await _maybe_await(ext.on_load())
             for cls in await _maybe_await(ext.get_node_list()):
@@ -65,6 +238,35 @@ class StudioExtension(ExtensionBase):
                 node_id = getattr(schema, "node_id", None) or cls.__name__
                 self.nodes[node_id] = cls
                 self.kinds[node_id] = "v3"
+                dn = getattr(schema, "display_name", None)
+                if dn is not None:
+                    self.display[node_id] = dn
+        if self.ctx.relative_module:
+            for cls in self.nodes.values():
+                try:
+                    cls.RELATIVE_PYTHON_MODULE = self.ctx.relative_module
+                except (AttributeError, TypeError):
+                    pass
+        self._collect_routes()
+
+    def _is_v3(self, cls: Any) -> bool:
+        for pkg in self.allowed:
+            base = getattr(sys.modules.get(f"{pkg}.internal"), "_ComfyNodeInternal", None)
+            if isinstance(base, type):
+                return isinstance(cls, type) and issubclass(cls, base)
+        return isinstance(cls, type) and (hasattr(cls, "define_schema") or hasattr(cls, "DEFINE_SCHEMA")) \
+            and not hasattr(cls, "INPUT_TYPES")
+
+    def _collect_routes(self) -> None:
+        p = self.ctx.profile
+        if p is None:
+            return
+        server = sys.modules.get(p.server_module)
+        inst = getattr(getattr(server, "PromptServer", None), "instance", None)
+        table = getattr(inst, "routes", None)
+        if table is None:
+            return
+        self._route_descs, self._route_handlers = _routes.describe(table)
 
     # -- description ----------------------------------------------------------------------
 
@@ -74,8 +276,8 @@ class StudioExtension(ExtensionBase):
         for name, cls in self.nodes.items():
             try:
                 out[name] = self._describe(name, cls)
-            except Exception:  # noqa: BLE001 - as Studio does: skip the broken node, keep the rest
-                logging.getLogger(__name__).exception("node %r: cannot describe its schema; skipped", name)
+            except Exception:  # noqa: BLE001 - as the app does: skip the broken node, keep the rest
+                log.exception("node %r: cannot describe its schema; skipped", name)
         return out
 
     def _describe(self, name: str, cls: Any) -> Dict[str, Any]:
@@ -87,19 +289,30 @@ class StudioExtension(ExtensionBase):
                     info[a] = to_data(getattr(cls, a), self.allowed)
             info["doc"] = cls.__doc__ or ""
             info["has_is_changed"] = hasattr(cls, "IS_CHANGED")
-            info["has_validate_inputs"] = hasattr(cls, "VALIDATE_INPUTS")
+            info["is_changed_async"] = _is_async(getattr(cls, "IS_CHANGED", None))
+            if hasattr(cls, "VALIDATE_INPUTS"):
+                info["validate_inputs"] = _argspec(cls.VALIDATE_INPUTS)
+            if hasattr(cls, "check_lazy_status"):
+                info["has_check_lazy_status"] = True
             info["display_name"] = self.display.get(name)
             return info
-        return {"kind": "v3", "class_name": cls.__name__, "doc": cls.__doc__ or "",
+        info = {"kind": "v3", "class_name": cls.__name__, "doc": cls.__doc__ or "",
                 "schema": to_data(_schema_of(cls), self.allowed),
-                "has_validate_inputs": _overrides(cls, "validate_inputs"),
-                "has_fingerprint_inputs": _overrides(cls, "fingerprint_inputs"),
-                "has_check_lazy_status": _overrides(cls, "check_lazy_status")}
+                "fingerprint_inputs": _override(cls, "fingerprint_inputs"),
+                "check_lazy_status": _override(cls, "check_lazy_status")}
+        validate = _override(cls, "validate_inputs")
+        if validate:
+            info["validate_inputs"] = _argspec(getattr(cls, "validate_inputs"))
+        return info
 
     def pack_info(self) -> Dict[str, Any]:
-        """Pack-level facts: its web extension folder (``WEB_DIRECTORY``, relative to the pack) and node count."""
-        web = getattr(self.module, "WEB_DIRECTORY", None) if getattr(self, "module", None) is not None else None
-        return {"web_directory": web if isinstance(web, str) else None, "nodes": len(self.nodes)}
+        """Pack-level facts: its web folder (``WEB_DIRECTORY``, relative to the pack), its HTTP routes
+        (see :mod:`nodecell.studio.routes`), its module names, node count."""
+        module = getattr(self, "module", None)
+        web = getattr(module, "WEB_DIRECTORY", None) if module is not None else None
+        return {"web_directory": web if isinstance(web, str) else None, "nodes": len(self.nodes),
+                "routes": list(self._route_descs), "module_name": self.ctx.module_name,
+                "relative_module": self.ctx.relative_module}
 
     def versions_seen(self) -> Dict[str, str]:
         """The versions of python / numpy / torch this worker sees."""
@@ -118,40 +331,136 @@ class StudioExtension(ExtensionBase):
             raise KeyError(f"this pack has no node {node_id!r}")
         return cls
 
-    async def execute(self, node_id: str, inputs: Dict[str, Any]) -> Any:
-        """Run one node; classic nodes return their tuple (or ui/result dict), v3 nodes their output as data."""
+    def _v3_target(self, cls: Any, name: str, call: Dict[str, Any]) -> Any:
+        """``cls.<name>`` on a clone of ``cls`` holding the hidden inputs (as the app's executor does)."""
+        hidden = {str(k): v for k, v in (call.get("hidden") or {}).items()}
+        prepare = getattr(cls, "PREPARE_CLASS_CLONE", None)
+        clone = prepare({"hidden_inputs": hidden}) if prepare is not None else cls
+        fn = getattr(cls, name)
+        return functools.partial(fn.__func__, clone) if hasattr(fn, "__func__") else fn
+
+    async def execute(self, node_id: str, inputs: Dict[str, Any], call: Optional[Dict[str, Any]] = None) -> Any:
+        """Run one node; returns what it returned (classic tuple or ui/result dict, v3 output), as data."""
+        call = call or {}
         cls = self._cls(node_id)
         if self.kinds[node_id] == "classic":
-            return await self._run_node(getattr(cls(), cls.FUNCTION), inputs)
-        out = await self._run_node(cls.execute, inputs)
-        return to_data(out, self.allowed)
+            fn = getattr(cls(), cls.FUNCTION)
+        else:
+            fn = self._v3_target(cls, "execute", call)
+        out = await self._run_node(fn, inputs, call)
+        return self._outgoing(out)
 
-    async def _run_node(self, fn: Any, inputs: Dict[str, Any]) -> Any:
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__func__", None)):
-            return await fn(**inputs)
-        if self._node_thread is None:
-            self._node_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="studio-node")
-        loop = asyncio.get_running_loop()
-        return await _maybe_await(await loop.run_in_executor(self._node_thread, functools.partial(fn, **inputs)))
+    def _outgoing(self, out: Any) -> Any:
+        data = to_data(out, self.allowed)
+        if self.ctx.dirs and self.ctx.host_dirs:
+            data = _host_subfolders(data, self.ctx.dirs, self.ctx.host_dirs)
+        return data
 
-    async def is_changed(self, node_id: str, inputs: Dict[str, Any]) -> Any:
+    async def _run_node(self, fn: Any, inputs: Dict[str, Any], call: Dict[str, Any]) -> Any:
+        """Run a node function on the node thread's own event loop (sync ones block it: one node at a
+        time, as in the app's executor). That loop is not the worker's, so the app's services
+        (``folder_paths``...) called from inside, sync or async code alike, simply return."""
+        ctx = self.ctx
+        inputs = adopt(dict(inputs))  # the host's objects: attributes and methods read there
+
+        async def run() -> Any:
+            with ctx.node(call):
+                try:
+                    r = fn(**inputs)
+                    if inspect.isawaitable(r):
+                        r = await r
+                    return r
+                except Exception as e:
+                    ctx.reraise_interrupt(e)
+                    raise
+
+        if self._node_loop is None:
+            self._node_loop = _loop_thread("studio-node")
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), self._node_loop))
+
+    async def _check(self, node_id: str, classic: str, v3: str, inputs: Dict[str, Any],
+                     call: Optional[Dict[str, Any]]) -> Any:
+        call = call or {}
+        cls = self._cls(node_id)
+        fn = getattr(cls, classic) if self.kinds[node_id] == "classic" else self._v3_target(cls, v3, call)
+        return self._outgoing(await self._run_node(fn, inputs, call))
+
+    async def is_changed(self, node_id: str, inputs: Dict[str, Any], call: Optional[Dict[str, Any]] = None) -> Any:
         """The node's ``IS_CHANGED`` (classic) or ``fingerprint_inputs`` (v3) for these inputs."""
-        cls = self._cls(node_id)
-        if self.kinds[node_id] == "classic":
-            return await self._run_node(cls.IS_CHANGED, inputs)
-        return await self._run_node(cls.fingerprint_inputs, inputs)
+        return await self._check(node_id, "IS_CHANGED", "fingerprint_inputs", inputs, call)
 
-    async def validate_inputs(self, node_id: str, inputs: Dict[str, Any]) -> Any:
+    async def validate_inputs(self, node_id: str, inputs: Dict[str, Any],
+                              call: Optional[Dict[str, Any]] = None) -> Any:
         """The node's ``VALIDATE_INPUTS`` (classic) or ``validate_inputs`` (v3): True or an error text."""
+        return await self._check(node_id, "VALIDATE_INPUTS", "validate_inputs", inputs, call)
+
+    async def check_lazy_status(self, node_id: str, inputs: Dict[str, Any],
+                                call: Optional[Dict[str, Any]] = None) -> Any:
+        """The node's ``check_lazy_status``: names of lazy inputs it still needs."""
+        call = call or {}
         cls = self._cls(node_id)
         if self.kinds[node_id] == "classic":
-            return await self._run_node(cls.VALIDATE_INPUTS, inputs)
-        return await self._run_node(cls.validate_inputs, inputs)
+            fn = getattr(cls(), "check_lazy_status")
+        else:
+            fn = self._v3_target(cls, "check_lazy_status", call)
+        return self._outgoing(await self._run_node(fn, inputs, call))
 
-    async def check_lazy_status(self, node_id: str, inputs: Dict[str, Any]) -> Any:
-        """The v3 node's ``check_lazy_status``: names of lazy inputs it still needs."""
-        cls = self._cls(node_id)
-        return await self._run_node(cls.check_lazy_status, inputs)
+    async def handle_route(self, key: str, request: Dict[str, Any]) -> Dict[str, Any]:
+        """Serve one HTTP request for the pack's route ``key`` (``"GET /path"``)."""
+        handler = self._route_handlers.get(key)
+        if handler is None:
+            raise KeyError(f"this pack has no route {key!r}")
+        if self._route_loop is None:  # its own loop: routes answer while a node runs
+            self._route_loop = _loop_thread("studio-routes")
+        return await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(_routes.handle(handler, request), self._route_loop))
+
+
+def _loop_thread(name: str) -> asyncio.AbstractEventLoop:
+    """A new event loop running forever on a daemon thread of its own."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
+    return loop
+
+
+def _host_subfolders(data: Any, dirs: Dict[str, str], host_dirs: Dict[str, str], _depth: int = 0) -> Any:
+    """UI file entries (``{"filename", "subfolder", "type"}``) as the host sees them: the pack's
+    own output/temp folders are subfolders of the host's."""
+    if _depth > 64:
+        return data
+    if isinstance(data, dict):
+        t = data.get("type")
+        if isinstance(t, enum.Enum):
+            t = t.value
+        if set(data) >= {"filename", "subfolder", "type"} and isinstance(t, str) and t in dirs \
+                and t in host_dirs and isinstance(data.get("subfolder"), str):
+            full = os.path.normpath(os.path.join(dirs[t], data["subfolder"]))
+            rel = os.path.relpath(full, host_dirs[t])
+            if not rel.startswith(".."):
+                out = dict(data)
+                out["subfolder"] = "" if rel == "." else rel
+                return out
+            return data
+        return {k: _host_subfolders(v, dirs, host_dirs, _depth + 1) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_host_subfolders(v, dirs, host_dirs, _depth + 1) for v in data]
+    if isinstance(data, tuple):
+        return tuple(_host_subfolders(v, dirs, host_dirs, _depth + 1) for v in data)
+    return data
+
+
+def _is_async(fn: Any) -> bool:
+    if fn is None:
+        return False
+    if isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__func__", None))
+
+
+def _argspec(fn: Any) -> Dict[str, Any]:
+    """What the app's executor reads of a validation function: its argument names and ``**kwargs``."""
+    spec = inspect.getfullargspec(fn)
+    return {"args": list(spec.args), "varkw": spec.varkw is not None, "async": _is_async(fn)}
 
 
 def _schema_of(cls: Any) -> Any:
@@ -162,12 +471,16 @@ def _schema_of(cls: Any) -> Any:
     raise TypeError(f"{cls!r} has neither define_schema nor DEFINE_SCHEMA")
 
 
-def _overrides(cls: Any, name: str) -> bool:
+def _override(cls: Any, name: str) -> bool:
+    """Whether ``cls`` overrides ``name`` of its v3 base class (``first_real_override``)."""
     fn = getattr(cls, name, None)
     if fn is None:
         return False
-    for base in cls.__mro__[1:]:
-        if name in vars(base):
-            return getattr(fn, "__func__", fn) is not getattr(vars(base)[name], "__func__", vars(base)[name])
+    base_of = getattr(cls, "GET_BASE_CLASS", None)
+    bases = [base_of()] if callable(base_of) else [b for b in cls.__mro__[1:] if name in vars(b)][:1]
+    for base in bases:
+        bf = getattr(base, name, None)
+        if bf is None:
+            return True
+        return getattr(fn, "__func__", fn) is not getattr(bf, "__func__", bf)
     return True
-

@@ -1,0 +1,681 @@
+""":class:`StudioHost`: load a host app's custom-node packs into cells, as the app would load them.
+
+One pass per pack: **profile** (which app, where its code and data are) ->
+**config** (the pack's manifest, plus what the app needs inside the worker:
+its code bound read-only, its requirements shared into the venv, the pack's
+own writable output/temp folders, the app's services) -> **cell** (provision,
+sandbox, worker; the choice of cell is :meth:`StudioHost._extension`) ->
+**proxies** registered where the app looks for nodes, routes added to the
+app's server, the pack's web folder registered.
+
+    import nodes
+    from nodecell import studio
+    host = studio.StudioHost()              # the app is detected from this process
+    await host.load_custom_node("custom_nodes/ComfyUI-KJNodes",
+                                nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import enum
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+from .. import _nodecell, _reload
+from ..config import ExtensionConfig, ExtensionManagerConfig
+from ..errors import ConfigError, NodecellError
+from ..extension import Extension
+from ..manager import ExtensionManager
+from . import apps as _apps
+from . import routes as _routes
+from . import state as _state
+from ._ext import ENV, StudioExtension
+from .proxies import is_proxy, make_proxy
+from .schema import DEFAULT_ALLOWED
+from .services import AppServices
+
+__all__ = ["StudioHost", "default_host", "load_custom_node"]
+
+log = logging.getLogger("nodecell.studio")
+
+#: Where the host's API packages appear inside a worker when no app profile is used.
+_SANDBOX_HOST = "/run/nodecell/host"
+#: Where a worker sees the pack's own folder (read-only) and its state (writable).
+_SOURCE_IN = "/run/nodecell/pack-source"
+_STATE_IN = "/run/nodecell/pack-state"
+
+
+class StudioHost:
+    """A host app's view of its node packs: one manager, the proxies of isolated packs.
+
+    ``app``: an :class:`~nodecell.studio.apps.AppProfile`, a profile name
+    (``"comfyui"``, ``"hanzo"``), ``None`` to detect the app running this
+    process (the default), or ``False`` for none (a bare host: only
+    ``api_packages`` are exposed to workers). ``app_root``: where the app's code
+    is, when it is not the detected one (with ``app`` naming its shape,
+    ComfyUI's by default). ``hooks``: extra ``"module:function"`` hooks run in
+    each worker after the app's own, before the pack is imported (the module
+    must be importable here). ``apis`` are :class:`nodecell.ProxiedSingleton`
+    services every pack may use; ``reload=True`` turns on hot reload for every
+    isolated pack. ``state``: where packs' writable layers live (default
+    nodecell's state folder, ``nodecell state list``), or ``False`` to keep
+    packs' folders read-only. Other keyword arguments go to
+    :class:`nodecell.ExtensionManagerConfig`.
+    """
+
+    def __init__(self, venv_root_path: Optional[str] = None, *, app: Any = None, app_root: Optional[str] = None,
+                 api_packages: Optional[Iterable[str]] = None, hooks: Iterable[str] = (),
+                 apis: Optional[List[type]] = None, reload: bool = False, state: Any = None,
+                 **manager_kw: Any) -> None:
+        self.manager = ExtensionManager(StudioExtension, ExtensionManagerConfig(venv_root_path, **manager_kw))
+        self.profile: Optional[_apps.AppProfile] = _profile(app, app_root)
+        if api_packages is not None:
+            self.api_packages = tuple(api_packages)
+        elif self.profile is not None:
+            self.api_packages = tuple(self.profile.api_packages)
+        else:
+            self.api_packages = tuple(DEFAULT_ALLOWED)
+        self.allowed = tuple(self.profile.rebuild_packages) if self.profile is not None else self.api_packages
+        self.hooks = [str(h) for h in hooks]
+        for h in self.hooks:
+            if ":" not in h:
+                raise ConfigError("hooks", f"expected 'module:function', got {h!r}")
+        self.apis = list(apis or [])
+        if self.profile is not None and AppServices not in self.apis:
+            self.apis.append(AppServices)
+            AppServices.profile = self.profile
+        self.reload = reload
+        #: Where packs' writable layers live (None: nodecell's state folder; False: none).
+        self.state: Any = state
+        #: Isolated packs by name.
+        self.packs: Dict[str, Extension] = {}
+        #: Node id -> pack name (isolated packs) or None (packs imported in the host).
+        self.node_pack: Dict[str, Optional[str]] = {}
+        #: Node id -> the description the worker gave (isolated packs).
+        self.node_info: Dict[str, Dict[str, Any]] = {}
+        #: Pack name -> the host folder of its web extension (``WEB_DIRECTORY``), where it has one.
+        self.web_directories: Dict[str, str] = {}
+        #: Pack name -> the HTTP routes added to the host's server for it.
+        self.routes: Dict[str, List[str]] = {}
+        self._registered: Dict[str, List[Tuple[Dict[str, Any], Optional[Dict[str, str]]]]] = {}
+        self._proxies: Dict[str, Dict[str, type]] = {}
+        self._generation: Dict[str, int] = {}
+        self._refreshing: Dict[str, asyncio.Lock] = {}
+        self._pack_dirs: Dict[str, str] = {}
+
+    # -- configuration --------------------------------------------------------------------
+
+    def config_for(self, pack_dir: str, **overrides: Any) -> Optional[ExtensionConfig]:
+        """The extension config this host uses for a pack (None when the pack has no manifest)."""
+        pack_dir = os.path.abspath(pack_dir)
+        if not _has_manifest(pack_dir):
+            return None
+        cfg = ExtensionConfig.from_manifest(pack_dir, **overrides)
+        if not cfg["isolated"]:
+            return cfg
+        data = dict(cfg)
+        ro = list(cfg["sandbox"]["readonly_paths"])
+        rw = list(cfg["sandbox"]["writable_paths"])
+        env = dict(cfg["env"])
+        ctx: Dict[str, Any] = {"pack": cfg["name"], "pack_dir": pack_dir, "hooks": list(self.hooks),
+                               "allowed": list(self.allowed)}
+        if self.profile is not None:
+            p = self.profile
+            ctx.update(app=p.as_data(), module_name=p.module_name(pack_dir),
+                       relative_module=p.relative_module(pack_dir), cli_args=self._cli_args())
+            for entry in p.code_entries():
+                _add(ro, entry)
+            dirs, host_dirs, data_ro = self._app_dirs(cfg["name"])
+            ctx.update(dirs=dirs, host_dirs=host_dirs)
+            for d in data_ro:
+                _add(ro, d)
+            for what in ("output", "temp"):
+                if what in dirs:
+                    _add(rw, dirs[what])
+            data["cwd"] = p.root
+            if "share" not in overrides:
+                data["share"] = list(dict.fromkeys(list(cfg["share"]) + self.app_requirements()))
+        else:
+            for path in _api_package_paths(self.api_packages):
+                _add(ro, f"{path}:{_SANDBOX_HOST}/{os.path.basename(path)}")
+        for mod in self.hooks:
+            m = _module_mount(mod.partition(":")[0])
+            if m is not None:
+                _add(ro, f"{m[0]}:{_SANDBOX_HOST}/{m[1]}")
+        if self.state is not False:
+            ctx["layer"] = self._state_layer(cfg["name"], pack_dir, ro, rw)
+        env[ENV] = json.dumps(ctx)
+        data["sandbox"] = dict(cfg["sandbox"], readonly_paths=ro, writable_paths=rw)
+        data["env"] = env
+        data["apis"] = list(cfg["apis"]) + [a for a in self.apis if a not in cfg["apis"]]
+        if self.reload and "reload" not in overrides:
+            data["reload"] = True
+        return ExtensionConfig(data)
+
+    def _state_layer(self, pack: str, pack_dir: str, ro: List[str], rw: List[str]) -> Dict[str, str]:
+        """The pack's writable layer (see :mod:`nodecell.studio.state`), at the pack's own path."""
+        root = self.state or _state.state_root()
+        packs = os.path.join(root, "packs")
+        os.makedirs(packs, exist_ok=True)
+        # The launcher opens bind sources as the cell's uid: it must traverse to its
+        # own layer, but never list the others.
+        for d in (root, packs):
+            if os.stat(d).st_uid == os.geteuid():
+                os.chmod(d, 0o711)
+        pack_state = os.path.join(packs, pack)
+        layer = os.path.join(pack_state, "layer")
+        os.makedirs(layer, exist_ok=True)
+        counts = _state.sync(pack_dir, layer)
+        if os.geteuid() == 0:  # cells get a uid per launch: let the next one write its state
+            os.chmod(pack_state, 0o777)
+            _state.open_for_cells(layer)
+        log.debug("pack %r: state layer %s (%s)", pack, layer, counts)
+        _add(rw, f"{layer}:{pack_dir}")
+        _add(rw, f"{pack_state}:{_STATE_IN}")
+        _add(ro, f"{pack_dir}:{_SOURCE_IN}")
+        return {"source": _SOURCE_IN, "record": f"{_STATE_IN}/{_state.RECORD}"}
+
+    def app_requirements(self) -> List[str]:
+        """The app's own requirements (names), shared from the host into every pack venv."""
+        if self.profile is None or self.profile.root is None:
+            return []
+        return list(_nodecell.requirement_names(os.path.join(self.profile.root, self.profile.requirements_file)))
+
+    def _cli_args(self) -> Dict[str, Any]:
+        p = self.profile
+        assert p is not None
+        mod = sys.modules.get(p.cli_args_module)
+        args = getattr(mod, "args", None)
+        if args is None:
+            return {}
+        out = {}
+        for k, v in vars(args).items():
+            enc = _encode_arg(v)
+            if enc is not _SKIP:
+                out[k] = enc
+        return out
+
+    def _app_dirs(self, pack: str) -> Tuple[Dict[str, str], Dict[str, str], List[str]]:
+        """(the pack's folders, the host's, host data folders bound read-only)."""
+        p = self.profile
+        assert p is not None
+        fp = sys.modules.get(p.paths_module)
+        if fp is None:
+            return {}, {}, []
+        host_dirs: Dict[str, str] = {}
+        for what in ("output", "temp", "input", "user"):
+            getter = getattr(fp, f"get_{what}_directory", None)
+            if getter is not None:
+                host_dirs[what] = os.path.abspath(getter())
+        dirs = dict(host_dirs)
+        for what in ("output", "temp"):
+            if what in host_dirs:
+                dirs[what] = _own_folder(host_dirs[what], pack, self._cell_uid())
+        ro: List[str] = []
+        for what in ("output", "input"):
+            if what in host_dirs and os.path.isdir(host_dirs[what]):
+                ro.append(host_dirs[what])
+        # Model folders (extra_model_paths included): readable at the host's paths.
+        for name, entry in sorted(getattr(fp, "folder_names_and_paths", {}).items()):
+            if name == "custom_nodes":
+                continue
+            for path in entry[0]:
+                if os.path.isdir(path):
+                    ro.append(os.path.abspath(path))
+        return dirs, {k: v for k, v in host_dirs.items() if k in ("output", "temp")}, ro
+
+    def _cell_uid(self) -> Optional[int]:
+        if os.geteuid() != 0:
+            return None
+        return int(self.manager.config.get("worker_uid") or 65534)
+
+    async def provision(self, pack_dirs: Iterable[str], on_event: Optional[Callable[[Dict[str, Any]], Any]] = None,
+                        **overrides: Any) -> Dict[str, Dict[str, Any]]:
+        """Build (or find in the cache) the venvs of the isolated packs among ``pack_dirs``, one after another.
+
+        ``on_event(event)`` receives provisioning progress events (``resolving``,
+        ``downloading``, ``download``, ``installing``, ``done``, ``failed``; see
+        :mod:`nodecell_provision`'s events). Returns pack name -> venv description.
+        Raises :class:`nodecell.ProvisionError` when a venv cannot be built.
+        """
+        loop = asyncio.get_running_loop()
+        out: Dict[str, Dict[str, Any]] = {}
+        remove = None
+        if on_event is not None:
+            self.manager.on_progress(on_event)
+            remove = on_event
+        try:
+            for d in pack_dirs:
+                cfg = self.config_for(d, **overrides)
+                if cfg is None or not cfg["isolated"]:
+                    continue
+                out[cfg["name"]] = await loop.run_in_executor(None, self.manager._provision, cfg)
+        finally:
+            if remove is not None:
+                # let the last events (delivered with call_soon_threadsafe) run first
+                await asyncio.sleep(0)
+                try:
+                    self.manager._progress.remove(remove)
+                except ValueError:
+                    pass
+        return out
+
+    @staticmethod
+    def check() -> Dict[str, Any]:
+        """What this kernel and user can enforce (``nodecell check``), for the host to show at start."""
+        from .. import check
+
+        return check()
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _extension(self, cfg: ExtensionConfig) -> Tuple[Extension, bool]:
+        """The cell a pack runs in (the one place that chooses it): (extension, whether new)."""
+        ext = self.manager.extensions.get(cfg["name"])
+        if ext is not None:
+            return ext, False
+        return self.manager.load_extension(cfg), True
+
+    async def load_custom_node(self, pack_dir: str, node_class_mappings: Dict[str, Any],
+                               display_name_mappings: Optional[Dict[str, str]] = None,
+                               **overrides: Any) -> List[str]:
+        """Load one pack; register its nodes (or proxies) into the given mappings; return their names.
+
+        Keyword arguments override the pack's manifest (e.g. ``isolated=False``
+        imports an isolated pack into the host instead). Nodes of the app itself
+        already in the mappings are never replaced (as the app's own loader does).
+        """
+        pack_dir = os.path.abspath(pack_dir)
+        cfg = self.config_for(pack_dir, **overrides)
+        if cfg is None or not cfg["isolated"]:
+            names = await _load_in_host(pack_dir, node_class_mappings, display_name_mappings, self.profile)
+            for n in names:
+                self.node_pack[n] = None
+            return names
+        _import_api_packages(self.allowed)
+        name = cfg["name"]
+        ext, fresh = self._extension(cfg)
+        try:
+            await ext.start()
+            nodes = await ext.list_nodes()
+            info = await ext.pack_info()
+        except BaseException:
+            if fresh:  # a pack that cannot load leaves nothing running
+                await ext.stop()
+            raise
+        self.packs[name] = ext
+        self._pack_dirs[name] = pack_dir
+        self._generation[name] = _reload.generation(ext)
+        self._registered.setdefault(name, []).append((node_class_mappings, display_name_mappings))
+        self._register_pack(name, pack_dir, ext, info)
+        proxies = self._proxies.setdefault(name, {})
+        out = []
+        for node_id, ninfo in nodes.items():
+            if self._is_base_node(node_class_mappings.get(node_id)):
+                log.info("pack %r: node %r is the app's own; not replaced", name, node_id)
+                continue
+            proxy = proxies.get(node_id)
+            if proxy is None:
+                proxy = proxies[node_id] = self._make_proxy(ext, node_id, ninfo, pack_dir)
+            self._register(name, node_id, proxy, ninfo, node_class_mappings, display_name_mappings)
+            out.append(node_id)
+        return out
+
+    def _make_proxy(self, ext: Extension, node_id: str, info: Dict[str, Any], pack_dir: str) -> type:
+        async def after_call() -> None:
+            if _reload.generation(ext) != self._generation.get(ext.name):
+                await self._refresh_if_reloaded(ext.name)
+
+        rel = self.profile.relative_module(pack_dir) if self.profile is not None else None
+        return make_proxy(ext, node_id, info, self.allowed, self.profile, rel, after_call)
+
+    def _is_base_node(self, cls: Any) -> bool:
+        if cls is None or self.profile is None or is_proxy(cls):
+            return False
+        rel = getattr(cls, "RELATIVE_PYTHON_MODULE", None)
+        return not (isinstance(rel, str) and rel.startswith(self.profile.custom_nodes_parent + "."))
+
+    def _register_pack(self, name: str, pack_dir: str, ext: Extension, info: Dict[str, Any]) -> None:
+        """What the app's own loader records for a pack: its folder, web folder, routes."""
+        web = info.get("web_directory")
+        if isinstance(web, str) and web:
+            path = os.path.normpath(os.path.join(pack_dir, web))
+            if os.path.isdir(path) and os.path.realpath(path).startswith(os.path.realpath(pack_dir)):
+                self.web_directories[name] = path
+        p = self.profile
+        if p is None:
+            return
+        nodes = sys.modules.get(p.nodes_module)
+        folder = os.path.basename(pack_dir.rstrip("/"))
+        if nodes is not None:
+            dirs = getattr(nodes, "LOADED_MODULE_DIRS", None)
+            if isinstance(dirs, dict):
+                dirs[folder] = pack_dir
+            webdirs = getattr(nodes, "EXTENSION_WEB_DIRS", None)
+            if isinstance(webdirs, dict):
+                project = _pyproject_web(p, pack_dir)
+                if project is not None:
+                    webdirs[project[0]] = project[1]
+                if name in self.web_directories:
+                    webdirs[folder] = self.web_directories[name]
+        server = sys.modules.get(p.server_module)
+        inst = getattr(getattr(server, "PromptServer", None), "instance", None)
+        table = getattr(inst, "routes", None)
+        descs = info.get("routes") or []
+        if table is None or not descs:
+            return
+
+        def call(key: str, req: Dict[str, Any]) -> Any:
+            return ext.call("handle_route", key, req)
+
+        added = _routes.register(table, descs, pack_dir, call, name)
+        self.routes[name] = self.routes.get(name, []) + added
+        router = getattr(getattr(inst, "app", None), "router", None)
+        if added and getattr(router, "frozen", False):
+            log.warning("pack %r: the app's server already started; its routes %s are served only after a "
+                        "restart (load packs before the server starts)", name, ", ".join(added))
+
+    def _register(self, pack: str, node_id: str, proxy: type, info: Dict[str, Any], mappings: Dict[str, Any],
+                  display: Optional[Dict[str, str]]) -> None:
+        mappings[node_id] = proxy
+        if display is not None:
+            dn = info.get("display_name")
+            if not dn and info.get("kind") == "v3":
+                dn = getattr(proxy._nodecell_schema, "display_name", None)
+            if dn:
+                display[node_id] = dn
+        self.node_pack[node_id] = pack
+        self.node_info[node_id] = info
+
+    # -- hot reload -------------------------------------------------------------------------
+
+    async def refresh(self, pack: Optional[str] = None) -> List[str]:
+        """Look for changed files now (packs loaded with reload) and refresh changed packs' proxies.
+
+        Returns the names of the packs that were reloaded. Proxies also refresh
+        by themselves after a call that ran on reloaded code.
+        """
+        out = []
+        for name in ([pack] if pack else list(self.packs)):
+            ext = self.packs[name]
+            if not ext.config["reload"]:
+                continue
+            st = ext.__dict__.get("_reload_state")
+            if st is not None:
+                st.next_check = 0.0
+            await _reload.maybe_reload(ext)
+            if await self._refresh_if_reloaded(name):
+                out.append(name)
+        return out
+
+    async def _refresh_if_reloaded(self, pack: str) -> bool:
+        ext = self.packs.get(pack)
+        if ext is None or _reload.generation(ext) == self._generation.get(pack):
+            return False
+        lock = self._refreshing.setdefault(pack, asyncio.Lock())
+        async with lock:
+            gen = _reload.generation(ext)
+            if gen == self._generation.get(pack):
+                return False
+            nodes = await ext.list_nodes()
+            self._generation[pack] = gen
+            proxies = self._proxies.setdefault(pack, {})
+            pack_dir = self._pack_dirs.get(pack, ext.config["module_path"])
+            for node_id, info in nodes.items():
+                fresh = self._make_proxy(ext, node_id, info, pack_dir)
+                old = proxies.get(node_id)
+                if old is None:
+                    proxies[node_id] = old = fresh
+                else:
+                    _update_class(old, fresh)
+                for mappings, display in self._registered.get(pack, []):
+                    self._register(pack, node_id, old, info, mappings, display)
+            for node_id in [n for n in proxies if n not in nodes]:
+                del proxies[node_id]
+                self.node_pack.pop(node_id, None)
+                self.node_info.pop(node_id, None)
+                for mappings, display in self._registered.get(pack, []):
+                    mappings.pop(node_id, None)
+                    if display is not None:
+                        display.pop(node_id, None)
+            log.info("pack %r reloaded: %d node(s)", pack, len(nodes))
+            return True
+
+    async def stop(self) -> None:
+        """Stop every pack's sandbox."""
+        await self.manager.stop_all_extensions()
+        self.packs.clear()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+_SKIP = object()
+
+
+def _encode_arg(v: Any) -> Any:
+    """A command-line value as data a worker can rebuild (enums by class and value)."""
+    if isinstance(v, enum.Enum):
+        return {"__enum__": f"{type(v).__module__}:{type(v).__qualname__}", "value": _encode_arg(v.value)}
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        items = [_encode_arg(x) for x in v]
+        return _SKIP if any(x is _SKIP for x in items) else items
+    if isinstance(v, (set, frozenset)):
+        items = [_encode_arg(x) for x in v]
+        return _SKIP if any(x is _SKIP for x in items) else {"__set__": items}
+    return _SKIP
+
+
+def _profile(app: Any, app_root: Optional[str]) -> Optional[_apps.AppProfile]:
+    if app is False:
+        return None
+    if isinstance(app, _apps.AppProfile):
+        return app.at(app_root) if app_root else (app if app.root else None)
+    if isinstance(app, str):
+        base = _apps.by_name(app)
+        if app_root:
+            return base.at(app_root)
+        found = _apps.detect()
+        return base.at(found.root) if found is not None and found.root else None
+    if app is not None:
+        raise ConfigError("app", f"expected an AppProfile, an app name, None or False, got {app!r}")
+    if app_root:
+        found = _apps.detect()
+        return (found or _apps.COMFYUI).at(app_root)
+    return _apps.detect()
+
+
+def _own_folder(host_dir: str, pack: str, uid: Optional[int]) -> str:
+    """``<host_dir>/<pack>``: the pack's writable folder inside one of the app's (the host sees it)."""
+    path = os.path.join(host_dir, pack)
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    if uid is not None:
+        st = os.stat(path)
+        if st.st_uid != uid:
+            os.chown(path, uid, uid)
+    return path
+
+
+def _pyproject_web(profile: _apps.AppProfile, pack_dir: str) -> Optional[Tuple[str, str]]:
+    """``(project name, web folder)`` from ``[tool.comfy] web`` in the pack's pyproject, as the app reads it."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        return None
+    path = os.path.join(pack_dir, "pyproject.toml")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, ValueError):
+        return None
+    web = ((data.get("tool") or {}).get("comfy") or {}).get("web")
+    name = (data.get("project") or {}).get("name")
+    if not isinstance(web, str) or not web or not isinstance(name, str):
+        return None
+    full = os.path.join(pack_dir, web)
+    return (name, full) if os.path.isdir(full) else None
+
+
+def _add(lst: List[str], item: str) -> None:
+    if item not in lst:
+        lst.append(item)
+
+
+def _api_package_paths(packages: Iterable[str]) -> List[str]:
+    """Host folders of API packages (e.g. comfy_api) to expose read-only in workers (no app profile)."""
+    out = []
+    for name in packages:
+        mod = sys.modules.get(name)
+        if mod is None:
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None or not spec.submodule_search_locations:
+                continue
+            path = list(spec.submodule_search_locations)[0]
+        else:
+            f = getattr(mod, "__file__", None)
+            if not f:
+                continue
+            path = os.path.dirname(f) if os.path.basename(f) == "__init__.py" else f
+        out.append(os.path.realpath(path))
+    return out
+
+
+def _module_mount(mod_name: str) -> Optional[Tuple[str, str]]:
+    """(host path, name inside the sandbox's host folder) of the top-level package of ``mod_name``."""
+    top = mod_name.split(".")[0]
+    if top == "nodecell":
+        return None
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        raise ConfigError("hooks", f"module {mod_name!r} is not importable here")
+    if spec.submodule_search_locations:
+        return os.path.realpath(list(spec.submodule_search_locations)[0]), top
+    if spec.origin:
+        return os.path.realpath(spec.origin), os.path.basename(spec.origin)
+    return None
+
+
+def _import_api_packages(packages: Iterable[str]) -> None:
+    """Import the app's own API packages (and their ``latest`` module) in the host, so objects of
+    v3 nodes can be rebuilt here; names come from the host's configuration, never a worker."""
+    for name in packages:
+        for mod in (name, f"{name}.latest"):
+            if mod in sys.modules:
+                continue
+            try:
+                if importlib.util.find_spec(mod) is None:
+                    break
+                importlib.import_module(mod)
+            except ImportError:
+                break
+
+
+def _update_class(old: type, fresh: type) -> None:
+    """Make an existing proxy class behave like a freshly built one (same class object, new schema)."""
+    skip = {"__dict__", "__weakref__"}
+    for k in [k for k in vars(old) if k not in skip and k not in vars(fresh)]:
+        try:
+            delattr(old, k)
+        except (AttributeError, TypeError):
+            pass
+    for k, v in vars(fresh).items():
+        if k not in skip:
+            setattr(old, k, v)
+
+
+def _has_manifest(pack_dir: str) -> bool:
+    if os.path.isfile(os.path.join(pack_dir, "manifest.yaml")) or os.path.isfile(
+            os.path.join(pack_dir, "pyisolate.yaml")):
+        return True
+    pp = os.path.join(pack_dir, "pyproject.toml")
+    if os.path.isfile(pp):
+        with open(pp, "rb") as f:
+            text = f.read()
+        # nodecell's own table, or upstream ComfyUI's isolation opt-in
+        return b"[tool.nodecell" in text or b"[tool.comfy.isolation" in text
+    return False
+
+
+async def _maybe_await(x: Any) -> Any:
+    if inspect.isawaitable(x):
+        return await x
+    return x
+
+
+async def _load_in_host(pack_dir: str, mappings: Dict[str, Any], display: Optional[Dict[str, str]],
+                        profile: Optional[_apps.AppProfile]) -> List[str]:
+    """Import a pack into the host process, as the app does for packs that are not isolated."""
+    if profile is not None:
+        nodes = sys.modules.get(profile.nodes_module)
+        loader = getattr(nodes, "load_custom_node", None)
+        if loader is not None and mappings is getattr(nodes, "NODE_CLASS_MAPPINGS", None):
+            before = set(mappings)
+            ok = await _maybe_await(loader(pack_dir))
+            if not ok:
+                raise NodecellError(f"the app could not load pack {pack_dir} (see its log)")
+            return [n for n in mappings if n not in before]
+    name = os.path.basename(pack_dir.rstrip("/")).replace("-", "_").replace(".", "_")
+    init = os.path.join(pack_dir, "__init__.py")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[pack_dir])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import pack {pack_dir}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    found: Dict[str, Any] = dict(getattr(module, "NODE_CLASS_MAPPINGS", None) or {})
+    shown: Dict[str, str] = dict(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {})
+    entry = getattr(module, "comfy_entrypoint", None)
+    if entry is not None and not found:
+        ext = await _maybe_await(entry())
+        if hasattr(ext, "on_load"):
+            await _maybe_await(ext.on_load())
+        for cls in await _maybe_await(ext.get_node_list()):
+            schema = cls.define_schema() if hasattr(cls, "define_schema") else cls.DEFINE_SCHEMA()
+            node_id = getattr(schema, "node_id", None) or cls.__name__
+            found[node_id] = cls
+            dn = getattr(schema, "display_name", None)
+            if dn:
+                shown.setdefault(node_id, dn)
+    mappings.update(found)
+    if display is not None:
+        display.update({k: v for k, v in shown.items() if k in found})
+    return list(found)
+
+
+_default: Optional[StudioHost] = None
+
+
+def default_host() -> StudioHost:
+    """The process-wide :class:`StudioHost` used by :func:`load_custom_node`
+    (venvs under ``$NODECELL_VENV_ROOT``; hot reload when ``NODECELL_RELOAD=1``)."""
+    global _default
+    if _default is None:
+        _default = StudioHost(os.environ.get("NODECELL_VENV_ROOT"),
+                              reload=os.environ.get("NODECELL_RELOAD", "") in ("1", "true", "yes"))
+    return _default
+
+
+async def load_custom_node(pack_dir: str, node_class_mappings: Dict[str, Any],
+                           display_name_mappings: Optional[Dict[str, str]] = None, **overrides: Any) -> List[str]:
+    """Load a pack with the process-wide :class:`StudioHost` (see :meth:`StudioHost.load_custom_node`)."""
+    return await default_host().load_custom_node(pack_dir, node_class_mappings, display_name_mappings, **overrides)
+
+
+_ = (copy, Union)

@@ -1,0 +1,463 @@
+"""Packs in a host app, isolated, with no glue of the user's: ``StudioHost().load_custom_node(PACK,
+nodes.NODE_CLASS_MAPPINGS)`` in a process running the stand-in app (tests/fixtures/studio_app, laid out
+like ComfyUI). Each pack is also loaded the app's own way (``nodes.load_custom_node``) and the two are
+compared: /object_info of every node, outputs through the app's own executor, hidden values,
+validation, UI outputs, node expansion, blocked outputs; the pack's routes are served by the app's
+server, its web folder registered, its writes into its own folder kept in its state layer; the app's
+services (folder_paths, progress, messages, the interrupt flag) answer from the host. Real sandboxes,
+real venvs (the app's requirements shared from the host's environment), real torch."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from studio_support import FIXTURES, same_value, world_readable_copy
+
+# The fixture studio_venv_root.
+pytest_plugins = ["studio_fixtures"]
+
+PACKS = ("NC-Showcase", "NC-Entry")
+
+
+class App:
+    """The stand-in app with both packs loaded both ways."""
+
+
+def _run_prompt(loop_thread_run, srv, prompt, outputs, extra=None):
+    """Run a prompt through the app's executor on a thread of its own (as the app's prompt worker)."""
+    import execution
+
+    ex = execution.PromptExecutor(srv)
+    t = threading.Thread(target=ex.execute, args=(prompt, f"p{time.monotonic_ns()}", extra or {}, outputs))
+    t.start()
+
+    async def wait():
+        while t.is_alive():
+            await asyncio.sleep(0.01)
+
+    loop_thread_run(wait())
+    return ex
+
+
+def _node_infos(names):
+    import server
+
+    return {n: json.loads(json.dumps(server.node_info(n))) for n in names}
+
+
+PROMPT = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 96, "seed": 5}},
+    "2": {"class_type": "SC Invert", "inputs": {"image": ["1", 0], "steps": 3, "delay": 0.0}},
+    "3": {"class_type": "SCv3Brighten", "inputs": {"image": ["2", 0], "amount": 0.2, "mode": "add", "n": 2}},
+    "4": {"class_type": "SC Save", "inputs": {"image": ["3", 0], "filename_prefix": "sc/run"}},
+    "5": {"class_type": "SC Hidden", "inputs": {"tag": "t"}},
+    "6": {"class_type": "NCTint", "inputs": {"image": ["1", 0], "amount": 0.3, "mode": "soft"}},
+    "7": {"class_type": "SC ModelInfo", "inputs": {"ckpt_name": "tiny.safetensors"}},
+    "8": {"class_type": "SCv3Expand", "inputs": {"count": 2}},
+    "9": {"class_type": "SCv3Block", "inputs": {"block": True}},
+    "10": {"class_type": "SC Invert", "inputs": {"image": ["9", 0], "steps": 1, "delay": 0.0}},
+    "11": {"class_type": "SC Checked", "inputs": {"threshold": 0.25, "label": "x"}},
+    "12": {"class_type": "SC Conditioned", "inputs": {"strength": 0.7}},
+}
+TARGETS = ["4", "5", "6", "7", "8", "10", "11", "12"]
+
+
+@pytest.fixture(scope="module")
+def app(aloop, studio_venv_root):
+    d = Path(tempfile.mkdtemp(prefix="nodecell-app-", dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    root = world_readable_copy(FIXTURES / "studio_app", d / "ComfyUI")
+    direct = d / "direct"
+    for p in PACKS:
+        world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
+        world_readable_copy(FIXTURES / "packs" / p, direct / p)
+    os.chmod(direct, 0o755)
+    for sub in ("output", "temp", "input", "user"):
+        (root / sub).mkdir(mode=0o755)
+        os.chmod(root / sub, 0o755)
+    model = root / "models" / "checkpoints" / "tiny.safetensors"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    for p in (root / "models", model.parent):
+        os.chmod(p, 0o755)
+    model.write_bytes(os.urandom(4096))
+    os.chmod(model, 0o644)
+    state = d / "state"
+    sys.path.insert(0, str(root))
+    import comfy.cli_args
+    import comfy.model_management
+    import comfy.utils
+    import nodes
+    import server
+
+    comfy.cli_args.args.cpu = True
+    progress = []
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, p, prompt_id=None, node_id=None:
+                                             progress.append((v, t, node_id)))
+    a = App()
+    a.root, a.direct, a.state, a.progress, a.model = root, direct, state, progress, model
+    base = set(nodes.NODE_CLASS_MAPPINGS)
+
+    # The app's own way: the packs imported into this process.
+    async def load_direct():
+        srv = server.PromptServer(asyncio.get_running_loop())
+        for p in PACKS:
+            assert await nodes.load_custom_node(str(direct / p), base)
+        return srv
+
+    a.direct_server = aloop.run(load_direct())
+    a.direct_nodes = {n: c for n, c in nodes.NODE_CLASS_MAPPINGS.items() if n not in base}
+    a.direct_info = _node_infos(a.direct_nodes)
+    a.direct_run = _run_prompt(aloop.run, a.direct_server, PROMPT, TARGETS, {"extra_pnginfo": {"workflow": "wf"}})
+    assert a.direct_run.success, a.direct_run.errors
+    for n in a.direct_nodes:
+        del nodes.NODE_CLASS_MAPPINGS[n]
+        nodes.NODE_DISPLAY_NAME_MAPPINGS.pop(n, None)
+    nodes.EXTENSION_WEB_DIRS.clear()
+    nodes.LOADED_MODULE_DIRS.clear()
+
+    # Isolated: StudioHost into the app's own mappings, a fresh server.
+    from nodecell import studio
+
+    async def load_isolated():
+        srv = server.PromptServer(asyncio.get_running_loop())
+        host = studio.StudioHost(str(studio_venv_root), state=str(state))
+        t0 = time.perf_counter()
+        names = {}
+        for p in PACKS:
+            names[p] = await host.load_custom_node(str(root / "custom_nodes" / p), nodes.NODE_CLASS_MAPPINGS,
+                                                   nodes.NODE_DISPLAY_NAME_MAPPINGS)
+        a.load_s = time.perf_counter() - t0
+        srv.add_routes()
+        await srv.start()
+        return srv, host, names
+
+    a.server, a.host, a.names = aloop.run(load_isolated())
+    a.isolated_nodes = {n: nodes.NODE_CLASS_MAPPINGS[n] for names in a.names.values() for n in names}
+    yield a
+
+    async def stop():
+        await a.host.stop()
+        await a.server.stop()
+
+    aloop.run(stop())
+    for n in a.isolated_nodes:
+        nodes.NODE_CLASS_MAPPINGS.pop(n, None)
+    sys.path.remove(str(root))
+    for m in [m for m in sys.modules if m.split(".")[0] in (
+            "comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "server", "execution", "node_helpers",
+            "utils", "app") or m.startswith(str(direct))]:
+        del sys.modules[m]
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_the_app_is_detected_and_every_node_loads_isolated(app):
+    from nodecell import studio
+
+    assert app.host.profile.name == "comfyui" and app.host.profile.root == os.path.realpath(app.root)
+    assert set(app.isolated_nodes) == set(app.direct_nodes)
+    for n, cls in app.isolated_nodes.items():
+        assert studio.is_proxy(cls), n
+    # v3 classes are proxied as v3 wherever they were listed (here in a classic NODE_CLASS_MAPPINGS)
+    from comfy_api.latest import io
+
+    for n in ("SCv3Brighten", "SCv3Expand", "SCv3Block", "NCTint", "NCLazy"):
+        assert issubclass(app.isolated_nodes[n], io.ComfyNode), n
+    walls = {w["name"]: w["state"] for w in app.host.packs["nc-showcase"].walls}
+    assert walls.get("seccomp") == "active" and walls.get("net-namespace") == "active"
+
+
+def test_object_info_of_every_proxy_equals_the_direct_class(app):
+    iso = _node_infos(app.isolated_nodes)
+    for n, info in app.direct_info.items():
+        assert iso[n] == info, n
+    assert iso["SC Invert"]["python_module"] == "custom_nodes.NC-Showcase"
+    assert iso["NCTint"]["python_module"] == "custom_nodes.NC-Entry"
+    assert iso["SCv3Brighten"]["output"] == ["IMAGE", "SC_STATS"]  # a Custom io type, by its io_type
+    assert iso["SCv3Brighten"]["input"]["required"]["n"][1]["display"] == "slider"
+
+
+def test_outputs_through_the_apps_executor_equal_the_direct_ones(app):
+    run = _run_prompt(app.aloop.run, app.server, PROMPT, TARGETS, {"extra_pnginfo": {"workflow": "wf"}})
+    assert run.success, run.errors
+    d = app.direct_run
+    for nid in ("2", "3", "6", "7", "11", "12"):
+        assert same_value(run.outputs[nid], d.outputs[nid]), nid
+    # hidden values (classic and v3) reached the pack
+    assert run.outputs["5"] == d.outputs["5"] == ("t|5|" + str(sorted(PROMPT)) + "|wf",)
+    stats = run.outputs["3"][1]
+    assert stats == d.outputs["3"][1] and stats["node"] == "3" and stats["prompt_nodes"] == sorted(PROMPT)
+    assert run.outputs["6"][1] == {"colors": [1, 2, 3], "by": "6"}
+    # node expansion and a blocked output, as the app's own classes
+    assert run.ui_outputs["__expand__"]["8"] == d.ui_outputs["__expand__"]["8"]
+    assert "10" not in run.outputs or run.outputs["10"] is None
+    assert d.outputs.get("10") is None
+    # tensors crossed without copies
+    import nodecell
+
+    assert nodecell.is_shared(run.outputs["2"][0])
+
+
+@pytest.fixture(autouse=True)
+def _loop(app, aloop):
+    app.aloop = aloop
+
+
+def test_ui_files_are_where_the_host_looks(app):
+    run = _run_prompt(app.aloop.run, app.server, PROMPT, ["4", "3"])
+    ui = run.ui_outputs["4"]["images"]
+    assert ui[0]["type"] == "output" and ui[0]["subfolder"] == "nc-showcase/sc", ui
+    out = app.root / "output" / ui[0]["subfolder"] / ui[0]["filename"]
+    assert out.is_file(), "the host sees the pack's output where the UI entry says"
+    prev = run.ui_outputs["3"]["images"][0]
+    assert prev["type"] == "temp" and (app.root / "temp" / prev["subfolder"] / prev["filename"]).is_file()
+
+
+def test_validation_gets_the_arguments_it_names(app):
+    bad = {"1": {"class_type": "SC Checked", "inputs": {"threshold": 2.0, "label": "x"}}}
+    iso = _run_prompt(app.aloop.run, app.server, bad, ["1"])
+    assert not iso.success
+    # the executor passed only the arguments the pack's function names, input_types included
+    assert "threshold must be <= 1 (got 2.0; input_types=[])" in iso.errors["message"]
+    import inspect
+
+    v = app.isolated_nodes["SC Checked"].VALIDATE_INPUTS
+    assert inspect.getfullargspec(v).args == ["cls", "input_types", "threshold"]
+
+
+def test_progress_messages_and_interrupts_reach_the_host(app):
+    app.progress.clear()
+    app.server.messages.clear()
+    run = _run_prompt(app.aloop.run, app.server, {"1": PROMPT["1"], "2": PROMPT["2"]}, ["2"])
+    assert run.success
+    assert [(v, t) for v, t, _ in app.progress] == [(1, 3), (2, 3), (3, 3)]
+    assert {n for _, _, n in app.progress} == {"2"}, "the executing node's id came along"
+    app.aloop.run(asyncio.sleep(0.05))
+    assert ("showcase.done", {"steps": 3}, None) in app.server.messages
+    # The Cancel button: the host's interrupt flag stops an isolated node with the app's own exception.
+    import comfy.model_management as mm
+
+    slow = {"1": PROMPT["1"], "2": {"class_type": "SC Invert", "inputs": {"image": ["1", 0], "steps": 50,
+                                                                        "delay": 0.05}}}
+    threading.Timer(0.5, mm.interrupt_current_processing).start()
+    run = _run_prompt(app.aloop.run, app.server, slow, ["2"])
+    assert not run.success and isinstance(run.exception, mm.InterruptProcessingException), run.errors
+    assert not mm.processing_interrupted(), "the flag was consumed, as the app does"
+
+
+def test_routes_are_served_by_the_hosts_server_and_handled_in_the_worker(app):
+    import aiohttp
+
+    async def go():
+        base = f"http://127.0.0.1:{app.server.port}"
+        out = {}
+        async with aiohttp.ClientSession() as s:
+            for path in ("/showcase/hello?a=1", "/api/showcase/hello", "/showcase/file", "/showcase/missing",
+                         "/showcase_static/hello.txt", "/extensions/NC-Showcase/showcase.js"):
+                async with s.get(base + path) as r:
+                    out[path] = (r.status, await r.read(), r.headers.get("Content-Type"))
+            async with s.post(base + "/showcase/echo/bob", json={"x": [1, 2]}, headers={"X-Showcase": "hi"}) as r:
+                out["echo"] = (r.status, await r.json())
+        return out
+
+    out = app.aloop.run(go())
+    status, body, ctype = out["/showcase/hello?a=1"]
+    hello = json.loads(body)
+    assert status == 200 and ctype.startswith("application/json")
+    assert hello["app_utils"] == "the app's utils package" and hello["helper"] == "pack helper saw 1"
+    assert hello["query"] == {"a": "1"} and hello["checkpoints"] == ["tiny.safetensors"]
+    assert out["/api/showcase/hello"][0] == 200, "the app's /api twin of the route"
+    assert out["/showcase/file"][:2] == (200, b"static file of the showcase pack\n")
+    assert out["/showcase/missing"][0] == 404 and b"no such thing" in out["/showcase/missing"][1]
+    assert out["/showcase_static/hello.txt"][:2] == (200, b"static file of the showcase pack\n")
+    assert out["/extensions/NC-Showcase/showcase.js"][0] == 200
+    assert out["echo"] == (201, {"name": "bob", "body": {"x": [1, 2]}, "header": "hi"})
+
+
+def test_folder_paths_in_the_worker_answer_from_the_host(app):
+    import aiohttp
+    import folder_paths
+
+    extra = app.root / "extra_models"
+    extra.mkdir(mode=0o755, exist_ok=True)
+    folder_paths.add_model_folder_path("checkpoints", str(app.root / "models" / "checkpoints"))
+
+    async def hello():
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{app.server.port}/showcase/hello") as r:
+                return await r.json()
+
+    (app.root / "models" / "checkpoints" / "second.ckpt").write_bytes(b"x")
+    assert app.aloop.run(hello())["checkpoints"] == ["second.ckpt", "tiny.safetensors"], \
+        "a file the host sees now is listed in the worker (no second copy of the app's state)"
+    (app.root / "models" / "checkpoints" / "second.ckpt").unlink()
+    run = _run_prompt(app.aloop.run, app.server, {"7": PROMPT["7"]}, ["7"])
+    import hashlib
+
+    assert run.outputs["7"] == (hashlib.sha256(app.model.read_bytes()).hexdigest(), 4096)
+
+
+def test_import_fidelity_neutral_cwd_and_app_modules_first(app):
+    run = _run_prompt(app.aloop.run, app.server, {"1": {"class_type": "SC Where", "inputs": {"probe": "p"}}}, ["1"])
+    w = json.loads(run.outputs["1"][0])
+    root = os.path.realpath(app.root)
+    assert w["cwd"] == root
+    assert w["app_nodes"] == os.path.join(root, "nodes.py"), "the pack's own nodes.py does not shadow the app's"
+    assert w["app_utils"] == os.path.join(root, "utils", "__init__.py")
+    assert w["module"] == str(app.root / "custom_nodes" / "NC-Showcase").replace(".", "_x_") + ".nodes"
+    assert w["output"] == os.path.join(root, "output", "nc-showcase")
+
+
+def test_pack_writes_land_in_its_state_layer(app):
+    cfg = app.root / "custom_nodes" / "NC-Showcase" / "showcase.json"
+    assert not cfg.exists(), "the host's pack folder was never written"
+    layer = app.state / "packs" / "nc-showcase" / "layer" / "showcase.json"
+    assert json.loads(layer.read_text())["starts"] >= 1
+    direct_cfg = app.direct / "NC-Showcase" / "showcase.json"
+    assert json.loads(direct_cfg.read_text())["starts"] == 1
+
+
+def test_app_requirements_are_shared_not_installed(app):
+    ext = app.host.packs["nc-showcase"]
+    venv = json.loads((Path(ext.venv["path"]) / "nodecell-venv.json").read_text())
+    roots = venv["shared_torch"]["roots"]
+    assert {"aiohttp", "numpy", "torch"} <= set(roots), roots
+    pk = {p["name"]: p for p in venv["packages"]}
+    assert pk["aiohttp"]["shared"] and pk["torch"]["shared"], "from the host, not installed"
+
+
+def test_hidden_and_check_lazy_status_of_v3_entrypoint_packs(app):
+    lazy = {"1": PROMPT["1"], "2": {"class_type": "NCLazy", "inputs": {"use_a": True, "a": ["1", 0], "b": ["1", 0]}}}
+    cls = app.isolated_nodes["NCLazy"]
+    assert "check_lazy_status" in vars(cls)
+    got = app.aloop.run(cls.check_lazy_status(use_a=False, a=None, b=None))
+    assert got == ["b"]
+    run = _run_prompt(app.aloop.run, app.server, lazy, ["2"])
+    assert run.success and same_value(run.outputs["2"][0], run.outputs["1"][0])
+    _ = torch
+
+
+HANZO_SCRIPT = r'''
+import asyncio, json, os, sys
+root, pack, direct, venvs, state = sys.argv[1:6]
+sys.path.insert(0, root)
+import folder_paths, nodes, server, studio.cli_args
+import studio_api.latest
+from nodecell import studio as nstudio
+
+async def main():
+    srv = server.PromptServer(asyncio.get_running_loop())
+    base = set(nodes.NODE_CLASS_MAPPINGS)
+    assert await nodes.load_custom_node(direct, base)
+    d = {n: json.loads(json.dumps(server.node_info(n))) for n in nodes.NODE_CLASS_MAPPINGS if n not in base}
+    for n in d:
+        del nodes.NODE_CLASS_MAPPINGS[n]
+    host = nstudio.StudioHost(venvs, state=state)
+    names = await host.load_custom_node(pack, nodes.NODE_CLASS_MAPPINGS)
+    i = {n: json.loads(json.dumps(server.node_info(n))) for n in names}
+    import threading, execution
+    ex = execution.PromptExecutor(srv)
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "seed": 1}},
+              "2": {"class_type": "NCTint", "inputs": {"image": ["1", 0], "amount": 0.5, "mode": "soft"}}}
+    t = threading.Thread(target=ex.execute, args=(prompt, "p", {}, ["2"])); t.start()
+    while t.is_alive():
+        await asyncio.sleep(0.01)
+    out = {"profile": host.profile.name, "direct": d, "isolated": i, "ok": ex.success,
+           "mean": float(ex.outputs["2"][0].mean()) if ex.success else repr(ex.errors),
+           "expected": float((ex.outputs["1"][0] * 0.5).clamp(0, 1).mean()) if ex.success else None}
+    await host.stop()
+    print("RESULT " + json.dumps(out))
+
+asyncio.run(main())
+'''
+
+
+def _hanzo_names(text: str) -> str:
+    import re
+
+    text = text.replace("comfy_api", "studio_api").replace("comfy_execution", "studio_execution")
+    return re.sub(r"\bcomfy\b", "studio", text)
+
+
+def test_hanzo_studio_names_are_the_same_shape(studio_venv_root):
+    """Hanzo Studio is ComfyUI's shape with studio/studio_api/studio_execution names: the stand-in app and
+    a v3 pack renamed that way load isolated with the hanzo profile detected, and match the direct load."""
+    import subprocess
+
+    d = Path(tempfile.mkdtemp(prefix="nodecell-hanzo-", dir="/var/tmp"))
+    try:
+        os.chmod(d, 0o755)
+        root = d / "Hanzo"
+        for src in sorted((FIXTURES / "studio_app").rglob("*")):
+            rel = src.relative_to(FIXTURES / "studio_app")
+            parts = [{"comfy": "studio", "comfy_api": "studio_api", "comfy_execution": "studio_execution"}.get(p, p)
+                     for p in rel.parts]
+            dst = root.joinpath(*parts)
+            if src.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_text(_hanzo_names(src.read_text()) if src.suffix == ".py" else src.read_text())
+        for sub in ("output", "temp", "input", "user", "custom_nodes"):
+            (root / sub).mkdir(exist_ok=True)
+        for where in (root / "custom_nodes" / "NC-Entry", d / "direct" / "NC-Entry"):
+            where.mkdir(parents=True)
+            for f in (FIXTURES / "packs" / "NC-Entry").iterdir():
+                (where / f.name).write_text(_hanzo_names(f.read_text()))
+        for base, _dirs, files in os.walk(d):
+            os.chmod(base, 0o755)
+            for f in files:
+                os.chmod(os.path.join(base, f), 0o644)
+        p = subprocess.run([sys.executable, "-c", HANZO_SCRIPT, str(root), str(root / "custom_nodes" / "NC-Entry"),
+                            str(d / "direct" / "NC-Entry"), str(studio_venv_root), str(d / "state")],
+                           capture_output=True, text=True, timeout=600)
+        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+        assert line, p.stdout[-3000:] + p.stderr[-6000:]
+        r = json.loads(line[0][len("RESULT "):])
+        assert r["profile"] == "hanzo"
+        assert r["isolated"] == r["direct"] and set(r["isolated"]) == {"NCTint", "NCLazy"}
+        assert r["ok"] and abs(r["mean"] - r["expected"]) < 1e-6, r
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_schema_classes_cross_by_their_identity(app):
+    """@comfytype gives each io type its own Input/Output classes (generic __qualname__): they cross by
+    their io type; io.Custom types by io_type; nothing outside the allowed, imported packages is rebuilt."""
+    from dataclasses import asdict
+
+    from comfy_api.latest import io
+
+    from nodecell.studio import schema
+
+    allowed = ("comfy_api", "comfy_execution")
+    mine = io.Custom("MINE")
+    s = io.Schema(node_id="X", inputs=[io.Int.Input("n", min=1), mine.Input("m"), io.Float.Input("f", step=0.5)],
+                  outputs=[mine.Output("o"), io.Image.Output()], hidden=[io.Hidden.unique_id])
+    data = schema.to_data(s, allowed)
+    ins = data["state"]["inputs"]
+    assert ins[0]["__obj__"] == {"io": {"t": "comfy_api.latest._io:Int"}, "part": "Input"}
+    assert ins[1]["__obj__"] == {"io": {"custom": "MINE"}, "part": "Input"}
+    assert type(io.Int.Input).__qualname__ == type(io.Float.Input).__qualname__, "the same generic qualname"
+    back = schema.from_data(data, allowed)
+    assert type(back.inputs[0]) is io.Int.Input and type(back.inputs[2]) is io.Float.Input
+    assert back.inputs[1].io_type == "MINE" and back.outputs[0].io_type == "MINE"
+    assert back.hidden == [io.Hidden.unique_id]
+    assert asdict(back.get_v1_info(object)) == asdict(s.get_v1_info(object))
+    for bad, match in ((({"__obj__": {"t": "os:system"}, "state": {}}), "outside the allowed"),
+                       (({"__obj__": {"t": "comfy_api.nowhere:X"}, "state": {}}), "not imported"),
+                       (({"__obj__": {"io": {"t": "comfy_api.latest._io:Int"}, "part": "Nope"}, "state": {}}),
+                        "malformed"),
+                       (({"__obj__": {"io": {"custom": 7}, "part": "Input"}, "state": {}}), "malformed"),
+                       (({"__obj__": {"t": "comfy_api.latest._io:Int"}, "state": []}), "state must be")):
+        with pytest.raises(ValueError, match=match):
+            schema.from_data(bad, allowed)
