@@ -35,6 +35,8 @@ __all__ = [
     "locate",
     "provision",
     "read_manifest",
+    "requirement_names",
+    "state_root",
     "tools_socket_path",
 ]
 
