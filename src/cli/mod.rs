@@ -4,7 +4,7 @@ pub mod debug;
 pub mod migrate;
 pub mod provision;
 pub mod run;
+pub mod state;
 pub mod top;
 mod top_ui;
-pub mod state;
 pub mod venv;
