@@ -186,6 +186,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--preload", default="")
     a = p.parse_args(argv)
     preload = [m for m in a.preload.split(",") if m]
+    if os.environ.get("NODECELL_PYISOLATE_ALIAS") == "1":
+        # Loaded through nodecell.compat.pyisolate: `import pyisolate` resolves to it here too.
+        from .compat import _worker_setup
+
+        _worker_setup.install()
     zygote_main(a.ctl_fd, preload)
 
 
