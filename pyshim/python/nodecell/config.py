@@ -191,14 +191,14 @@ def normalize_name(name: Any, field: str = "name") -> str:
     naming ``field`` when nothing is left or ``name`` is not a non-empty string.
     """
     if not isinstance(name, str) or not name:
-        raise ConfigError(field, f"expected a non-empty pack name, got {name!r}")
+        raise ConfigError(field, f"Extension name cannot be empty (expected a non-empty string, got {name!r})")
     if "\0" in name or len(name) > 200:
         raise ConfigError(field, f"expected a pack name without NUL, at most 200 characters, got {name!r}")
     out = name.replace("/", "_").replace("\\", "_").lstrip(".").replace("..", "_")
     out = "".join("_" if c in _UNSAFE_NAME_CHARS else c for c in out)
     out = re.sub(r"_+", "_", out).strip("_")
     if not out:
-        raise ConfigError(field, f"{name!r} has only characters a pack name cannot use")
+        raise ConfigError(field, f"Extension name contains only invalid characters: {name!r}")
     return out
 
 
