@@ -4,6 +4,8 @@
 //! * `cargo xtask bench launch|ipc|provision|py` — benchmarks; each prints a table
 //!   and writes `target/bench/<name>.json` (`bench_*.rs`).
 //! * `cargo xtask fuzz ipc --runs N` — the ipc fuzz targets (`fuzz.rs`).
+//! * `cargo xtask pyisolate-suite --src DIR` — pyisolate 0.10.2's tests against
+//!   nodecell's pyisolate layer (`pyisolate_suite.rs`).
 use clap::{Parser, Subcommand};
 
 mod bench_ipc;
@@ -11,6 +13,7 @@ mod bench_launch;
 mod bench_provision;
 mod bench_py;
 mod fuzz;
+mod pyisolate_suite;
 mod sandbox_test;
 
 #[derive(Parser)]
@@ -31,6 +34,8 @@ enum Cmd {
     },
     /// Fuzz targets.
     Fuzz(fuzz::Args),
+    /// pyisolate 0.10.2's own tests against nodecell.compat.pyisolate.
+    PyisolateSuite(pyisolate_suite::Args),
 }
 
 #[derive(Subcommand)]
@@ -56,5 +61,6 @@ fn main() -> anyhow::Result<()> {
             Bench::Py(a) => bench_py::main(a),
         },
         Cmd::Fuzz(a) => fuzz::main(a),
+        Cmd::PyisolateSuite(a) => pyisolate_suite::main(a),
     }
 }
