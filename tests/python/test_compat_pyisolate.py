@@ -85,7 +85,7 @@ def loaded(pyi, app, support_dir, venv_root):
     events = []
     handle = manager.load_extension(pyi.ExtensionConfig(
         name="app ext ü", module_path=pack(support_dir, "basic"), isolated=True, dependencies=[],
-        share_torch=True, share_cuda_ipc=False))
+        share_torch=True, share_cuda_ipc=True))  # as ComfyUI's loader asks on Linux, also without a GPU
     handle.register_callee(_Greeter(), "greeter")
     handle.register_event_handler("progress", events.append)
     yield manager, handle, events

@@ -216,11 +216,8 @@ class Extension(Generic[T]):
 
         from .adapter_registry import AdapterRegistry
 
-        if self.config.get("share_cuda_ipc"):
-            if not self.config.get("share_torch"):
-                raise RuntimeError("share_cuda_ipc requires share_torch=True")
-            if not _cuda_ipc_supported():
-                raise RuntimeError("CUDA IPC requested but unavailable: no CUDA device")
+        # share_cuda_ipc without share_torch is refused by the config check. Without a CUDA
+        # device it is accepted (pyisolate refuses to start): no CUDA tensor can exist to share.
         if not self._nc_services_registered:
             services = self.config.get("apis") or []
             if self.config.get("execution_model") == "sealed_worker":
