@@ -39,7 +39,7 @@ PYISOLATE_KEYS = frozenset({
     "conda_channels", "conda_dependencies", "conda_platforms", "cuda_wheels", "extra_index_urls"})
 #: nodecell's own fields a pyisolate config may carry as well.
 NODECELL_KEYS = frozenset({"timeout", "max_memory", "max_cpu_percent", "max_pids", "gpu", "workers", "python",
-                           "preload", "reload", "version", "shared", "share", "cwd"})
+                           "preload", "reload", "version", "shared", "share", "cwd", "placement"})
 #: Host paths an adapter may never have mounted (pyisolate's list).
 FORBIDDEN_SYSTEM_PATHS = frozenset({"/", "/etc", "/root", "/home", "/var", "/run", "/proc", "/sys"})
 
