@@ -12,7 +12,8 @@ and call it as if it were local.
 The names follow pyisolate 0.10 (``ExtensionBase``, ``ExtensionConfig``,
 ``ExtensionManager``, ``ExtensionManagerConfig``, ``ProxiedSingleton``,
 ``local_execution``, ``SandboxMode``), so pyisolate code moves over by changing
-the import.
+the import; :mod:`nodecell.compat` runs it without even that (``import pyisolate``
+resolves to nodecell's layer).
 """
 
 from __future__ import annotations
