@@ -290,6 +290,16 @@ def test_stop_all_without_await_inside_a_running_loop(pyi, app, support_dir, ven
     assert m.extensions == {}
 
 
+def test_isolated_false_runs_in_this_process(pyi, app, support_dir, venv_root):
+    m = pyi.ExtensionManager(app.AppExt, {"venv_root_path": str(venv_root)})
+    try:
+        h = m.load_extension({"name": "local", "module_path": pack(support_dir, "basic"), "isolated": False,
+                              "dependencies": [], "apis": [], "share_torch": False, "share_cuda_ipc": False})
+        assert run(h.ping()) == "pong" and run(h.pid()) == os.getpid()
+    finally:
+        m.stop_all_extensions()
+
+
 # -- sealed workers ----------------------------------------------------------------------------
 
 def test_sealed_node_extension(pyi, app, support_dir, venv_root):
@@ -359,6 +369,9 @@ def test_config_fields_are_honoured_or_refused_naming_the_field(pyi, tmp_path):
     assert nc["dependencies"] == ["flash-attn-cu12>=2", "numpy"], "pyisolate itself is the alias; map applied"
     assert nc["extra_index_urls"] == ["https://other.example/simple/", "https://wheels.example/simple/"]
     assert nc["timeout"] == 30.0 and nc["env"]["PYISOLATE_CHILD"] == "1"
+    has_gpu = bool(glob.glob("/dev/nvidia[0-9]*"))
+    assert nc["gpu"] is has_gpu, "GPU device nodes shown where there are any, as pyisolate does"
+    assert _convert({"gpu": False})[0]["gpu"] is False
     refused = {
         "package_manager": {"package_manager": "conda"},
         "conda_channels": {"conda_channels": ["conda-forge"]},

@@ -65,8 +65,9 @@ class PyisolateBridge(_NodecellSingleton):
 class HostCallees:
     """The host's named callees of one extension, as its worker reaches them."""
 
-    def __init__(self, rpc: Any) -> None:
+    def __init__(self, rpc: Any, cuda: bool = True) -> None:
         self._rpc = rpc
+        self._cuda = cuda
 
     async def call(self, object_id: str, method: str, args: Any, kwargs: Any) -> Any:
         """Call ``method`` of the host object registered as ``object_id``."""
@@ -83,4 +84,4 @@ class HostCallees:
         result = fn(*rehydrate(tuple(args)), **rehydrate(kwargs))
         if inspect.isawaitable(result):
             result = await result
-        return prepare(result)
+        return prepare(result, cuda=self._cuda)

@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 _pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
 
+def _cuda_ok() -> bool:
+    """Whether CUDA tensors may cross this extension's channel (its ``share_cuda_ipc``)."""
+    return os.environ.get("PYISOLATE_ENABLE_CUDA_IPC") == "1"
+
+
 def _blocking(fn: Callable[..., Any], *args: Any) -> Any:
     """Call ``fn`` (a remote method: blocks and returns its value off an event loop), from
     anywhere: inside a running loop it runs on a helper thread while this one waits."""
@@ -50,7 +55,7 @@ class ChildRPC(AsyncRPC):
         self._host = host  # handle to the host's HostCallees
 
     async def _call(self, object_id: str, method: str, args: tuple, kwargs: dict) -> Any:
-        a, k = prepare(args), prepare(kwargs)
+        a, k = prepare(args, cuda=_cuda_ok()), prepare(kwargs, cuda=_cuda_ok())
         host = self._host
         ep = getattr(host, "_nc_endpoint", None)
         send = getattr(ep, "call_remote_async", None)
@@ -61,7 +66,7 @@ class ChildRPC(AsyncRPC):
         return rehydrate(result)
 
     def _emit_event(self, name: str, payload: Any) -> None:
-        _blocking(self._host.call, "_event_bridge", "dispatch", (name, prepare(payload)), {})
+        _blocking(self._host.call, "_event_bridge", "dispatch", (name, prepare(payload, cuda=_cuda_ok())), {})
 
 
 class WorkerDispatcher:
@@ -94,10 +99,10 @@ class WorkerDispatcher:
         result = fn(*args, **kwargs)
         if inspect.isawaitable(result):
             return self._finish(result)
-        return prepare(result)
+        return prepare(result, cuda=_cuda_ok())
 
     async def _finish(self, aw: Any) -> Any:
-        return prepare(await aw)
+        return prepare(await aw, cuda=_cuda_ok())
 
     def methods(self, object_id: str) -> List[str]:
         """The public callables of callee ``object_id``."""

@@ -20,6 +20,7 @@ Every field is honoured or refused with a :class:`nodecell.ConfigError` naming i
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -235,6 +236,9 @@ def convert(cfg: Mapping[str, Any], module_path: str, token: str, *, adapter: An
         "package_manager": cfg.get("package_manager") or "uv",
         "execution_model": execution_model,
     }
+    # pyisolate shows its children the GPU device nodes (allow_gpu=True): so does this layer
+    # where there are any, unless the config says gpu=False (nodecell's own default is off).
+    data["gpu"] = bool(glob.glob("/dev/nvidia[0-9]*"))
     for k in NODECELL_KEYS:
         if k in cfg:
             data[k] = cfg[k]

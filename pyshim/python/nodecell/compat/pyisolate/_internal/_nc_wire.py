@@ -3,7 +3,8 @@
 Sending: an object whose type (or a base class) has a registered serializer is
 replaced by what the serializer returns, as pyisolate's transport does; lists,
 tuples and dicts are walked; tensors, numpy arrays and registered records cross
-natively, never through a serializer. Receiving: a dict carrying ``"__type__"``
+natively, never through a serializer (CUDA tensors as CPU copies when the
+extension has no ``share_cuda_ipc``, as pyisolate sends them). Receiving: a dict carrying ``"__type__"``
 that names a registered deserializer is replaced by what it returns.
 
 Both directions only run functions this process registered, on values the channel
@@ -46,33 +47,45 @@ def _serializer(reg: SerializerRegistry, t: type) -> Optional[Callable[[Any], An
     return found
 
 
-def prepare(value: Any, registry: Optional[SerializerRegistry] = None) -> Any:
-    """``value`` with registered types serialized, for sending."""
+def _cuda_in_use() -> bool:
+    torch = sys.modules.get("torch")
+    try:
+        return torch is not None and bool(torch.cuda.is_initialized())
+    except Exception:  # noqa: BLE001 - a torch without CUDA support
+        return False
+
+
+def prepare(value: Any, registry: Optional[SerializerRegistry] = None, *, cuda: bool = True) -> Any:
+    """``value`` with registered types serialized, for sending. ``cuda=False`` (the
+    extension has no ``share_cuda_ipc``): CUDA tensors go as CPU copies, as in pyisolate."""
     reg = registry or SerializerRegistry.get_instance()
-    if reg.is_empty():
+    move = not cuda and _cuda_in_use()
+    if reg.is_empty() and not move:
         return value
-    return _prepare(value, reg)
+    return _prepare(value, reg, move)
 
 
-def _prepare(obj: Any, reg: SerializerRegistry) -> Any:
+def _prepare(obj: Any, reg: SerializerRegistry, move: bool) -> Any:
     t = type(obj)
     if t in _PLAIN:
         return obj
     if t is dict:
-        return {k: _prepare(v, reg) for k, v in obj.items()}
+        return {k: _prepare(v, reg, move) for k, v in obj.items()}
     if t is list:
-        return [_prepare(v, reg) for v in obj]
+        return [_prepare(v, reg, move) for v in obj]
     if t is tuple:
-        return tuple(_prepare(v, reg) for v in obj)
+        return tuple(_prepare(v, reg, move) for v in obj)
     if _native(obj):
+        if move and getattr(obj, "is_cuda", False):
+            return obj.cpu()
         return obj
     ser = _serializer(reg, t)
     if ser is not None:
         return ser(obj)
     if isinstance(obj, dict):
-        return {k: _prepare(v, reg) for k, v in obj.items()}
+        return {k: _prepare(v, reg, move) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        items = [_prepare(v, reg) for v in obj]
+        items = [_prepare(v, reg, move) for v in obj]
         return tuple(items) if isinstance(obj, tuple) else items
     return obj
 

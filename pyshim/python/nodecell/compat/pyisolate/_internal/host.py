@@ -181,7 +181,7 @@ class Extension(Generic[T]):
         self.rpc: AsyncRPC = _HostRPC(self)
         self._event_bridge = _EventBridge()
         self.rpc.register_callee(self._event_bridge, "_event_bridge")
-        self._nc_callees = HostCallees(self.rpc)
+        self._nc_callees = HostCallees(self.rpc, cuda=bool(self.config.get("share_cuda_ipc")))
         self._nc_token = new_token()
         self._nc_services_registered = False
         self._nc_venv_root = str(venv_root)
@@ -322,7 +322,9 @@ class Extension(Generic[T]):
                 self._nc_worker_methods = await d.methods("extension")
             if method not in self._nc_worker_methods:
                 raise AttributeError(f"{method} is not a valid method")
-        return rehydrate(await d.call(object_id, method, prepare(tuple(args)), prepare(dict(kwargs))))
+        cuda = bool(self.config.get("share_cuda_ipc"))
+        return rehydrate(await d.call(object_id, method, prepare(tuple(args), cuda=cuda),
+                                      prepare(dict(kwargs), cuda=cuda)))
 
     def register_event_handler(self, name: str, handler: Any) -> None:
         """Route the worker's ``emit_event(name, payload)`` to ``handler(payload)`` (sync or async;
