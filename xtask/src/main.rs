@@ -1,7 +1,7 @@
 //! `cargo xtask`: nodecell's developer tasks.
 //!
 //! * `cargo xtask sandbox-test` — the escape and containment suite (`sandbox_test.rs`).
-//! * `cargo xtask bench launch|ipc|provision|py` — benchmarks; each prints a table
+//! * `cargo xtask bench launch|ipc|provision|py|ray` — benchmarks; each prints a table
 //!   and writes `target/bench/<name>.json` (`bench_*.rs`).
 //! * `cargo xtask fuzz ipc --runs N` — the ipc fuzz targets (`fuzz.rs`).
 //! * `cargo xtask pyisolate-suite --src DIR` — pyisolate 0.10.2's tests against
@@ -12,6 +12,7 @@ mod bench_ipc;
 mod bench_launch;
 mod bench_provision;
 mod bench_py;
+mod bench_ray;
 mod fuzz;
 mod pyisolate_suite;
 mod sandbox_test;
@@ -48,6 +49,8 @@ enum Bench {
     Provision(bench_provision::Args),
     /// The Python API vs pyisolate.
     Py(bench_py::Args),
+    /// Cells on a Ray cluster: local cell vs cell on another raylet vs a plain Ray actor.
+    Ray(bench_ray::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Ipc(a) => bench_ipc::main(a),
             Bench::Provision(a) => bench_provision::main(a),
             Bench::Py(a) => bench_py::main(a),
+            Bench::Ray(a) => bench_ray::main(a),
         },
         Cmd::Fuzz(a) => fuzz::main(a),
         Cmd::PyisolateSuite(a) => pyisolate_suite::main(a),
