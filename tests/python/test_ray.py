@@ -17,6 +17,7 @@ import pytest
 
 import ray  # the dev environment has it (scripts/setup.sh): a missing Ray fails, never skips
 from ray.cluster_utils import Cluster
+from studio_support import studio_files, studio_venv_root  # noqa: F401 - fixtures
 
 STORE = 200 << 20  # object store per raylet: small, the machine is shared
 
@@ -308,6 +309,51 @@ def test_workflow_across_two_nodes_with_tensors_crossing(aloop, on_w1, on_w2):
     assert isinstance(doubled, np.ndarray) and doubled.shape == (1 << 20,)
     assert float(doubled.sum()) == 3.0 * (1 << 20) and info["sum"] == 3.0 * (1 << 20)
     assert float(img.sum()) == 1.5 * (1 << 20)  # the input is unchanged
+
+
+def test_studio_workflow_with_packs_on_two_nodes(aloop, nc, cluster, studio_files, studio_venv_root):
+    """nodecell.studio on Ray: the classic pack on w1, the v3 pack on w2 (a StudioHost option),
+    images, masks, LATENT dicts and a model handle crossing between them; the outputs equal
+    the same packs imported into the host."""
+    from studio_support import same_value
+
+    from nodecell import studio
+
+    graph = {
+        "1": {"class_type": "MakeImage", "inputs": {"width": 256, "height": 192, "seed": 7}},
+        "2": {"class_type": "Invert", "inputs": {"image": ["1", 0], "threshold": 0.4}},
+        "3": {"class_type": "Brighten", "inputs": {"image": ["2", 0], "amount": 0.25}},
+        "4": {"class_type": "LoadModel", "inputs": {"gain": 0.5}},
+        "5": {"class_type": "ApplyModel", "inputs": {"model": ["4", 0], "image": ["3", 0]}},
+        "6": {"class_type": "EmptyLatent", "inputs": {"batch": 2, "seed": 3}},
+        "7": {"class_type": "LatentScale", "inputs": {"latent": ["6", 0], "factor": 2.0}},
+    }
+
+    async def go():
+        host = studio.StudioHost(str(studio_venv_root), backend="ray", placement={
+            "classic_pack": {"resources": {"w1": 1}}, "v3_pack": {"resources": {"w2": 1}}})
+        plain = studio.StudioHost()
+        iso, loc = {}, {}
+        try:
+            for p in ("classic_pack", "v3_pack"):
+                await host.load_custom_node(str(studio_files / "packs" / p), iso)
+                await plain.load_custom_node(str(studio_files / "packs" / p), loc, isolated=False)
+            where = {n: ext.placement["node_id"] for n, ext in host.packs.items()}
+            return where, await studio.run_workflow(graph, iso), await studio.run_workflow(graph, loc)
+        finally:
+            await host.stop()
+
+    where, iso, loc = aloop.run(go())
+    nodes = cluster.nodes_by_name
+    assert where == {"classic_pack": nodes["w1"].node_id, "v3_pack": nodes["w2"].node_id}
+    assert iso.ok, iso.errors
+    for nid in graph:
+        a, b = iso.nodes[nid].outputs, loc.nodes[nid].outputs
+        if nid == "4":  # the model stays in its pack on w1; the driver holds a handle
+            assert isinstance(a[0], nc.RemoteObject)
+            continue
+        assert same_value(a, b), nid
+    assert "plasma" in _mapping_of(iso.output("3", 0).data_ptr())  # the image crossed via the object store
 
 
 # -- faults ----------------------------------------------------------------------------------

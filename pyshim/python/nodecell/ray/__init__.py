@@ -12,13 +12,16 @@ Ray is the engine (scheduling, actors, the object store), nodecell the cell: on
 the chosen node an actor provisions the pack's venv from that node's nodecell
 cache and starts the worker behind the same walls as a local cell; calls,
 services (``apis``), callbacks and handles travel as nodecell frames, large
-arrays through Ray's object store. See :mod:`nodecell.ray.extension`.
+arrays through Ray's object store. See :mod:`nodecell.ray.extension`;
+:class:`nodecell.ray.local_cluster.LocalCluster` starts a cluster of several
+raylets on one machine to try it.
 
 Importing this package does not import Ray; using the backend does.
 """
 
 from __future__ import annotations
 
+from ._link import in_object_store
 from ._placement import PlacementError, RayUnavailable, parse_placement, parse_ray_options
 
-__all__ = ["PlacementError", "RayUnavailable", "parse_placement", "parse_ray_options"]
+__all__ = ["PlacementError", "RayUnavailable", "in_object_store", "parse_placement", "parse_ray_options"]

@@ -174,7 +174,9 @@ class CellActor:
     ``records`` as ``(module, qualname)`` names, ``paths`` (where the driver
     imports them from; used when they exist on this node), ``config`` (the
     :class:`ExtensionConfig` fields, services by name), ``manager`` (the
-    :class:`ExtensionManagerConfig` fields that apply on this node).
+    :class:`ExtensionManagerConfig` fields that apply on this node), ``gpus``
+    (the placement reserved GPUs: the worker gets them), ``torch`` (the driver
+    uses torch: import it while the cell starts).
     """
 
     def __init__(self, spec: Dict[str, Any]) -> None:
@@ -214,6 +216,11 @@ class CellActor:
         for p in reversed(spec.get("paths") or []):
             if os.path.isdir(p) and p not in sys.path:
                 sys.path.insert(0, p)
+        torch_import = None
+        if (spec.get("torch") or spec["config"].get("share_torch")) and "torch" not in sys.modules:
+            # The driver deals in torch tensors: have torch ready before the first one arrives
+            # (importing it then would stall that call for seconds); meanwhile the cell starts.
+            torch_import = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "torch")
         link = self.link = _ActorLink(self.name)
         root = logging.getLogger("nodecell")
         root.addHandler(_LogForwarder(link))
@@ -248,6 +255,11 @@ class CellActor:
         self.manager = ExtensionManager(ext_type, ExtensionManagerConfig(on_progress=on_progress, **mcfg))
         self.ext = self.manager.load_extension(config)
         await self.ext.start()
+        if torch_import is not None:
+            try:
+                await torch_import
+            except ImportError:
+                pass  # this node has no torch: tensors arrive as numpy arrays
         link.pin(EXTENSION_ID, _ExtensionTarget(self.ext))
         return self._info()
 

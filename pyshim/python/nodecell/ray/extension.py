@@ -315,6 +315,7 @@ class RayExtension(Extension):
             "paths": _import_dirs(mods),
             "manager": {k: mcfg[k] for k in ("venv_root_path", "python", "worker_uid") if mcfg.get(k) is not None},
             "gpus": bool((self.config.get("placement") or {}).get("num_gpus")),
+            "torch": "torch" in sys.modules,
         }
 
     async def _start_remote(self) -> None:
