@@ -66,15 +66,20 @@ class StudioHost:
     services every pack may use; ``reload=True`` turns on hot reload for every
     isolated pack. ``state``: where packs' writable layers live (default
     nodecell's state folder, ``nodecell state list``), or ``False`` to keep
-    packs' folders read-only. Other keyword arguments go to
+    packs' folders read-only. ``placement`` maps pack names to where their
+    cells run on a Ray cluster (with ``backend="ray"``, see :mod:`nodecell.ray`),
+    e.g. ``{"upscale_pack": {"num_gpus": 1}}``; ``load_custom_node(...,
+    placement=...)`` overrides it for one load. Other keyword arguments go to
     :class:`nodecell.ExtensionManagerConfig`.
     """
 
     def __init__(self, venv_root_path: Optional[str] = None, *, app: Any = None, app_root: Optional[str] = None,
                  api_packages: Optional[Iterable[str]] = None, hooks: Iterable[str] = (),
                  apis: Optional[List[type]] = None, reload: bool = False, state: Any = None,
-                 **manager_kw: Any) -> None:
+                 placement: Optional[Dict[str, Any]] = None, **manager_kw: Any) -> None:
         self.manager = ExtensionManager(StudioExtension, ExtensionManagerConfig(venv_root_path, **manager_kw))
+        #: Pack name -> placement on a Ray cluster (``backend="ray"``).
+        self.placement: Dict[str, Any] = dict(placement or {})
         self.profile: Optional[_apps.AppProfile] = _profile(app, app_root)
         if api_packages is not None:
             self.api_packages = tuple(api_packages)
@@ -157,6 +162,8 @@ class StudioHost:
         data["apis"] = list(cfg["apis"]) + [a for a in self.apis if a not in cfg["apis"]]
         if self.reload and "reload" not in overrides:
             data["reload"] = True
+        if "placement" not in overrides and self.placement.get(cfg["name"]) is not None:
+            data["placement"] = self.placement[cfg["name"]]
         return ExtensionConfig(data)
 
     def _state_layer(self, pack: str, pack_dir: str, ro: List[str], rw: List[str]) -> Dict[str, str]:
