@@ -1,6 +1,6 @@
 """The nodecell demo: a Studio-style workflow across four isolated node packs.
 
-    python -m nodecell.studio.demo [--packs examples/packs] [--workflow examples/workflow.json]
+    python -m nodecell.studio.demo [--packs examples/packs] [--workflow examples/workflow.json] [--ray]
 
 Provisions the packs' venvs (progress shown), loads each pack into its own
 cell, runs the workflow and prints one row per node: its pack, the numpy/torch
@@ -9,7 +9,8 @@ pack, what each attempt met. A pack whose worker died is given a fresh worker
 and its nodes that did not run are run again ("run 2"). The outputs of the
 well-behaved nodes are checked against the same nodes run in the host without
 isolation. Exits 0 when the host survived, the outputs are right and every
-misbehaviour was contained; 1 otherwise.
+misbehaviour was contained; 1 otherwise. With ``--ray`` the packs are spread
+over a local Ray cluster of several raylets (``nodecell[ray]``).
 """
 
 from __future__ import annotations
@@ -198,7 +199,17 @@ async def main_async(args: argparse.Namespace) -> int:
               f"numpy {numpy.__version__}, pid {os.getpid()}")
     except ImportError as e:
         print(f"host: python {sys.version.split()[0]} ({e.name} is not installed here)")
-    host = StudioHost(venv_root)
+    cluster = None
+    if args.ray:
+        from ..ray.local_cluster import LocalCluster
+
+        t = time.perf_counter()
+        cluster = LocalCluster(workers=args.ray_nodes)
+        print(f"Ray: a local cluster, a head and {args.ray_nodes} raylets, up in {time.perf_counter() - t:.1f}s; "
+              "the packs are spread over the raylets")
+        host = StudioHost(venv_root, backend="ray", placement=cluster.spread(packs))
+    else:
+        host = StudioHost(venv_root)
 
     print("\n[1/5] what this machine can enforce (nodecell check)")
     try:
@@ -253,6 +264,8 @@ async def main_async(args: argparse.Namespace) -> int:
             if ext.config["timeout"]:
                 lim.append(f"timeout {ext.config['timeout']:g}s")
             lim.append("network" if ext.config["sandbox"]["network"] else "no network")
+            if cluster is not None:
+                lim.append(f"on {cluster.node_name(getattr(ext, 'placement', {}).get('node_id'))}")
             print(f"   {name:<14} {time.perf_counter() - t:5.2f}s  {active} walls active, {', '.join(lim)}; "
                   f"nodes: {', '.join(names)}")
 
@@ -338,7 +351,13 @@ async def main_async(args: argparse.Namespace) -> int:
                                     f"{vm[0] if vm else '?'}"))
         if "GaussianBlur" in by_type and ok(by_type["GaussianBlur"]):
             img = records[by_type["GaussianBlur"]].outputs[0]
-            checks.append((is_shared(img), "the IMAGE crossed packs zero-copy (it lives in a shared, sealed arena)"))
+            if cluster is None:
+                checks.append((is_shared(img), "the IMAGE crossed packs zero-copy (it lives in a shared, sealed arena)"))
+            else:
+                from ..ray import in_object_store
+
+                checks.append((in_object_store(img), "the IMAGE crossed nodes through Ray's object store "
+                                                     "(mapped on arrival, not copied)"))
         if "ReadSecrets" in by_type:
             r = records[by_type["ReadSecrets"]]
             text = r.outputs[0] if r.error is None and r.outputs else ""
@@ -384,6 +403,8 @@ async def main_async(args: argparse.Namespace) -> int:
         srv.close()
         shutil.rmtree(decoy_dir, ignore_errors=True)
         await host.stop()
+        if cluster is not None:
+            cluster.shutdown()
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -396,6 +417,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--venv-root", default=_default_venv_root(),
                    help="venv cache (default: $NODECELL_VENV_ROOT, /var/cache/nodecell/venvs as root, "
                         "else ~/.cache/nodecell/venvs)")
+    p.add_argument("--ray", action="store_true",
+                   help="spread the packs over a local Ray cluster of several raylets (nodecell[ray])")
+    p.add_argument("--ray-nodes", type=int, default=2, help="worker raylets for --ray (default 2)")
     p.add_argument("-v", "--verbose", action="store_true", help="show the packs' log output")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL,
