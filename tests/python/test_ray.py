@@ -17,7 +17,10 @@ import pytest
 
 import ray  # the dev environment has it (scripts/setup.sh): a missing Ray fails, never skips
 from ray.cluster_utils import Cluster
-from studio_support import studio_files, studio_venv_root  # noqa: F401 - fixtures
+import studio_support
+
+studio_files = studio_support.studio_files  # fixtures of test_studio.py, shared
+studio_venv_root = studio_support.studio_venv_root
 
 STORE = 200 << 20  # object store per raylet: small, the machine is shared
 
@@ -26,9 +29,9 @@ STORE = 200 << 20  # object store per raylet: small, the machine is shared
 def cluster(support_dir):
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"head": 1}, "object_store_memory": STORE})
-    nodes = {
-        "w1": c.add_node(num_cpus=1, resources={"w1": 1}, object_store_memory=STORE),
-        "w2": c.add_node(num_cpus=1, resources={"w2": 1}, object_store_memory=STORE),
+    nodes = {  # each cell placed by resource takes one unit: room for several per raylet
+        "w1": c.add_node(num_cpus=1, resources={"w1": 10}, object_store_memory=STORE),
+        "w2": c.add_node(num_cpus=1, resources={"w2": 10}, object_store_memory=STORE),
     }
     ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
     c.wait_for_nodes()
