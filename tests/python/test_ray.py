@@ -17,10 +17,9 @@ import pytest
 
 import ray  # the dev environment has it (scripts/setup.sh): a missing Ray fails, never skips
 from ray.cluster_utils import Cluster
-import studio_support
 
-studio_files = studio_support.studio_files  # fixtures of test_studio.py, shared
-studio_venv_root = studio_support.studio_venv_root
+# The fixtures studio_files and studio_venv_root (shared with test_studio.py).
+pytest_plugins = ["studio_fixtures"]
 
 STORE = 200 << 20  # object store per raylet: small, the machine is shared
 
