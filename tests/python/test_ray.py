@@ -446,6 +446,30 @@ def test_killed_raylet_fails_the_call_in_flight_and_the_next_call_replaces_the_c
     aloop.run(ext.stop())
 
 
+def test_killed_actor_fails_the_call_in_flight_and_the_next_call_starts_a_new_one(aloop, rmanager, nc, support_dir):
+    async def go():
+        ext = await rmanager.load_extension(nc.ExtensionConfig(
+            name="ray_actor_kill", module_path=_pack(support_dir, "basic"), placement={"resources": {"w2": 1}}))
+        try:
+            first = ext._actor
+            call = asyncio.ensure_future(ext.sleep(60))
+            await asyncio.sleep(1)
+            ray.kill(first, no_restart=True)
+            try:
+                await asyncio.wait_for(call, 60)
+                err = None
+            except nc.WorkerCrashed as e:
+                err = e
+            again = await ext.double(2)
+            return err, again, ext._actor is not first and ext._actor is not None, ext.restarts
+        finally:
+            await ext.stop()
+
+    err, again, replaced, restarts = aloop.run(go())
+    assert err is not None and err.reason == "lost"
+    assert again == 4 and replaced and restarts == 1
+
+
 def test_stop_ends_the_remote_cell(aloop, rmanager, nc, support_dir):
     async def go():
         ext = await rmanager.load_extension(nc.ExtensionConfig(
