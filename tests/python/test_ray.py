@@ -367,11 +367,17 @@ def test_worker_crash_timeout_and_memory_limit_as_locally(aloop, rmanager, nc, s
             max_memory="300MB", placement={"resources": {"w2": 1}}))
         out = {}
         try:
+            pids = ext.worker_pids
             try:
                 await ext.exit_now(3)
             except nc.WorkerCrashed as e:
                 out["exit"] = (e.reason, e.exit_code)
             out["after_exit"] = await ext.double(4)
+            for _ in range(100):  # the node's new worker shows up in worker_pids
+                if ext.worker_pids and ext.worker_pids != pids:
+                    break
+                await asyncio.sleep(0.1)
+            out["new_pids"] = bool(ext.worker_pids) and ext.worker_pids != pids
             try:
                 await ext.sleep(30)
             except nc.CallTimeout as e:
@@ -390,7 +396,7 @@ def test_worker_crash_timeout_and_memory_limit_as_locally(aloop, rmanager, nc, s
 
     out = aloop.run(go())
     assert out["remote"]
-    assert out["exit"] == ("exited", 3) and out["after_exit"] == 8
+    assert out["exit"] == ("exited", 3) and out["after_exit"] == 8 and out["new_pids"]
     assert out["timeout"] == 3 and out["after_timeout"] == 10
     assert out["memory"] == "memory" and out["after_memory"] == 12
     assert out["restarts"] == 3

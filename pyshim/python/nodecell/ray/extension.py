@@ -202,6 +202,7 @@ class RayExtension(Extension):
         self._pump: Optional[asyncio.Task] = None
         self._info: Dict[str, Any] = {}
         self._place_lock: Optional[asyncio.Lock] = None
+        self._info_stale = False
 
     def __repr__(self) -> str:
         where = self._where.get("node_ip", "not placed")
@@ -224,18 +225,22 @@ class RayExtension(Extension):
 
     @property
     def walls(self) -> List[Dict[str, Any]]:
+        """The sandbox's walls and their state, as the cell's node reports them."""
         if self._mode == "remote":
             return [dict(w) for w in self._info.get("walls", [])]
         return super().walls
 
     @property
     def worker_versions(self) -> Dict[str, str]:
+        """Python / numpy / torch versions the worker sees (on its node)."""
         if self._mode == "remote":
             return dict(self._info.get("versions", {}))
         return super().worker_versions
 
     @property
     def worker_pids(self) -> List[int]:
+        """Pids of the live workers inside the sandbox's pid namespace (on its node; refreshed
+        after a worker failure)."""
         if self._mode == "remote":
             return list(self._info.get("pids", []))
         return super().worker_pids
@@ -417,7 +422,11 @@ class RayExtension(Extension):
             raise asyncio.CancelledError() from None
         except ray.exceptions.RayError as e:
             raise self._lost(actor, e) from None
-        return self._result(link, res)
+        out = self._result(link, res)
+        if self._info_stale:
+            self._info_stale = False
+            asyncio.get_running_loop().create_task(self._refresh_info(actor))
+        return out
 
     def _result(self, link: _DriverLink, res: Any) -> Any:
         if isinstance(res, tuple) and len(res) == 3 and res[0] == "frame":
@@ -431,8 +440,18 @@ class RayExtension(Extension):
             if isinstance(err, (WorkerCrashed, CallTimeout)):
                 self.restarts += 1
                 self.last_crash = err
+                self._info_stale = True  # the node starts a new worker on the next call
             raise err
         raise ProtocolError(f"pack {self.name!r}: malformed reply from its cell {self._where_text()}")
+
+    async def _refresh_info(self, actor: Any) -> None:
+        """Walls and worker pids again, once the node has started a new worker."""
+        try:
+            info = await actor.info.remote()
+        except Exception:  # noqa: BLE001 - the actor is gone: _lost handles it
+            return
+        if actor is self._actor and isinstance(info, dict) and info:
+            self._info = dict(info)
 
     def _lost(self, actor: Any, e: BaseException) -> WorkerCrashed:
         """The actor (or its node) is gone: forget the placement; the next call places again."""
