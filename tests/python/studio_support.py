@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+import asyncio
+import json
+import threading
+import time
 from typing import Any, Dict
 
 
@@ -59,3 +63,51 @@ def same_value(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     return a == b
+
+
+# -- the stand-in app (tests/fixtures/studio_app) ------------------------------------------------
+
+PACKS = ("NC-Showcase", "NC-Entry")
+
+
+class App:
+    """The stand-in app with both packs loaded both ways."""
+
+
+def _run_prompt(loop_thread_run, srv, prompt, outputs, extra=None):
+    """Run a prompt through the app's executor on a thread of its own (as the app's prompt worker)."""
+    import execution
+
+    ex = execution.PromptExecutor(srv)
+    t = threading.Thread(target=ex.execute, args=(prompt, f"p{time.monotonic_ns()}", extra or {}, outputs))
+    t.start()
+
+    async def wait():
+        while t.is_alive():
+            await asyncio.sleep(0.01)
+
+    loop_thread_run(wait())
+    return ex
+
+
+def _node_infos(names):
+    import server
+
+    return {n: json.loads(json.dumps(server.node_info(n))) for n in names}
+
+
+PROMPT = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 96, "seed": 5}},
+    "2": {"class_type": "SC Invert", "inputs": {"image": ["1", 0], "steps": 3, "delay": 0.0}},
+    "3": {"class_type": "SCv3Brighten", "inputs": {"image": ["2", 0], "amount": 0.2, "mode": "add", "n": 2}},
+    "4": {"class_type": "SC Save", "inputs": {"image": ["3", 0], "filename_prefix": "sc/run"}},
+    "5": {"class_type": "SC Hidden", "inputs": {"tag": "t"}},
+    "6": {"class_type": "NCTint", "inputs": {"image": ["1", 0], "amount": 0.3, "mode": "soft"}},
+    "7": {"class_type": "SC ModelInfo", "inputs": {"ckpt_name": "tiny.safetensors"}},
+    "8": {"class_type": "SCv3Expand", "inputs": {"count": 2}},
+    "9": {"class_type": "SCv3Block", "inputs": {"block": True}},
+    "10": {"class_type": "SC Invert", "inputs": {"image": ["9", 0], "steps": 1, "delay": 0.0}},
+    "11": {"class_type": "SC Checked", "inputs": {"threshold": 0.25, "label": "x"}},
+    "12": {"class_type": "SC Conditioned", "inputs": {"strength": 0.7}},
+}
+TARGETS = ["4", "5", "6", "7", "8", "10", "11", "12"]

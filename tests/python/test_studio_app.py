@@ -15,150 +15,15 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from studio_support import FIXTURES, same_value, world_readable_copy
+from studio_support import FIXTURES, PROMPT, TARGETS, _node_infos, _run_prompt, same_value
 
-# The fixture studio_venv_root.
+# The fixtures app (the stand-in app with its packs loaded both ways) and studio_venv_root.
 pytest_plugins = ["studio_fixtures"]
-
-PACKS = ("NC-Showcase", "NC-Entry")
-
-
-class App:
-    """The stand-in app with both packs loaded both ways."""
-
-
-def _run_prompt(loop_thread_run, srv, prompt, outputs, extra=None):
-    """Run a prompt through the app's executor on a thread of its own (as the app's prompt worker)."""
-    import execution
-
-    ex = execution.PromptExecutor(srv)
-    t = threading.Thread(target=ex.execute, args=(prompt, f"p{time.monotonic_ns()}", extra or {}, outputs))
-    t.start()
-
-    async def wait():
-        while t.is_alive():
-            await asyncio.sleep(0.01)
-
-    loop_thread_run(wait())
-    return ex
-
-
-def _node_infos(names):
-    import server
-
-    return {n: json.loads(json.dumps(server.node_info(n))) for n in names}
-
-
-PROMPT = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 96, "seed": 5}},
-    "2": {"class_type": "SC Invert", "inputs": {"image": ["1", 0], "steps": 3, "delay": 0.0}},
-    "3": {"class_type": "SCv3Brighten", "inputs": {"image": ["2", 0], "amount": 0.2, "mode": "add", "n": 2}},
-    "4": {"class_type": "SC Save", "inputs": {"image": ["3", 0], "filename_prefix": "sc/run"}},
-    "5": {"class_type": "SC Hidden", "inputs": {"tag": "t"}},
-    "6": {"class_type": "NCTint", "inputs": {"image": ["1", 0], "amount": 0.3, "mode": "soft"}},
-    "7": {"class_type": "SC ModelInfo", "inputs": {"ckpt_name": "tiny.safetensors"}},
-    "8": {"class_type": "SCv3Expand", "inputs": {"count": 2}},
-    "9": {"class_type": "SCv3Block", "inputs": {"block": True}},
-    "10": {"class_type": "SC Invert", "inputs": {"image": ["9", 0], "steps": 1, "delay": 0.0}},
-    "11": {"class_type": "SC Checked", "inputs": {"threshold": 0.25, "label": "x"}},
-    "12": {"class_type": "SC Conditioned", "inputs": {"strength": 0.7}},
-}
-TARGETS = ["4", "5", "6", "7", "8", "10", "11", "12"]
-
-
-@pytest.fixture(scope="module")
-def app(aloop, studio_venv_root):
-    d = Path(tempfile.mkdtemp(prefix="nodecell-app-", dir="/var/tmp"))
-    os.chmod(d, 0o755)
-    root = world_readable_copy(FIXTURES / "studio_app", d / "ComfyUI")
-    direct = d / "direct"
-    for p in PACKS:
-        world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
-        world_readable_copy(FIXTURES / "packs" / p, direct / p)
-    os.chmod(direct, 0o755)
-    for sub in ("output", "temp", "input", "user"):
-        (root / sub).mkdir(mode=0o755)
-        os.chmod(root / sub, 0o755)
-    model = root / "models" / "checkpoints" / "tiny.safetensors"
-    model.parent.mkdir(parents=True, exist_ok=True)
-    for p in (root / "models", model.parent):
-        os.chmod(p, 0o755)
-    model.write_bytes(os.urandom(4096))
-    os.chmod(model, 0o644)
-    state = d / "state"
-    sys.path.insert(0, str(root))
-    import comfy.cli_args
-    import comfy.model_management
-    import comfy.utils
-    import nodes
-    import server
-
-    comfy.cli_args.args.cpu = True
-    progress = []
-    comfy.utils.set_progress_bar_global_hook(lambda v, t, p, prompt_id=None, node_id=None:
-                                             progress.append((v, t, node_id)))
-    a = App()
-    a.root, a.direct, a.state, a.progress, a.model = root, direct, state, progress, model
-    base = set(nodes.NODE_CLASS_MAPPINGS)
-
-    # The app's own way: the packs imported into this process.
-    async def load_direct():
-        srv = server.PromptServer(asyncio.get_running_loop())
-        for p in PACKS:
-            assert await nodes.load_custom_node(str(direct / p), base)
-        return srv
-
-    a.direct_server = aloop.run(load_direct())
-    a.direct_nodes = {n: c for n, c in nodes.NODE_CLASS_MAPPINGS.items() if n not in base}
-    a.direct_info = _node_infos(a.direct_nodes)
-    a.direct_run = _run_prompt(aloop.run, a.direct_server, PROMPT, TARGETS, {"extra_pnginfo": {"workflow": "wf"}})
-    assert a.direct_run.success, a.direct_run.errors
-    for n in a.direct_nodes:
-        del nodes.NODE_CLASS_MAPPINGS[n]
-        nodes.NODE_DISPLAY_NAME_MAPPINGS.pop(n, None)
-    nodes.EXTENSION_WEB_DIRS.clear()
-    nodes.LOADED_MODULE_DIRS.clear()
-
-    # Isolated: StudioHost into the app's own mappings, a fresh server.
-    from nodecell import studio
-
-    async def load_isolated():
-        srv = server.PromptServer(asyncio.get_running_loop())
-        host = studio.StudioHost(str(studio_venv_root), state=str(state))
-        t0 = time.perf_counter()
-        names = {}
-        for p in PACKS:
-            names[p] = await host.load_custom_node(str(root / "custom_nodes" / p), nodes.NODE_CLASS_MAPPINGS,
-                                                   nodes.NODE_DISPLAY_NAME_MAPPINGS)
-        a.load_s = time.perf_counter() - t0
-        srv.add_routes()
-        await srv.start()
-        return srv, host, names
-
-    a.server, a.host, a.names = aloop.run(load_isolated())
-    a.isolated_nodes = {n: nodes.NODE_CLASS_MAPPINGS[n] for names in a.names.values() for n in names}
-    yield a
-
-    async def stop():
-        await a.host.stop()
-        await a.server.stop()
-
-    aloop.run(stop())
-    for n in a.isolated_nodes:
-        nodes.NODE_CLASS_MAPPINGS.pop(n, None)
-    sys.path.remove(str(root))
-    for m in [m for m in sys.modules if m.split(".")[0] in (
-            "comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "server", "execution", "node_helpers",
-            "utils", "app") or m.startswith(str(direct))]:
-        del sys.modules[m]
-    shutil.rmtree(d, ignore_errors=True)
-
 
 def test_the_app_is_detected_and_every_node_loads_isolated(app):
     from nodecell import studio
@@ -207,17 +72,13 @@ def test_outputs_through_the_apps_executor_equal_the_direct_ones(app):
     assert nodecell.is_shared(run.outputs["2"][0])
 
 
-@pytest.fixture(autouse=True)
-def _loop(app, aloop):
-    app.aloop = aloop
-
-
 def test_ui_files_are_where_the_host_looks(app):
     run = _run_prompt(app.aloop.run, app.server, PROMPT, ["4", "3"])
     ui = run.ui_outputs["4"]["images"]
-    assert ui[0]["type"] == "output" and ui[0]["subfolder"] == "nc-showcase/sc", ui
+    assert ui[0]["type"] == "output" and ui[0]["subfolder"] == "sc", ui
     out = app.root / "output" / ui[0]["subfolder"] / ui[0]["filename"]
     assert out.is_file(), "the host sees the pack's output where the UI entry says"
+    assert ui[0]["filename"].startswith("run_")
     prev = run.ui_outputs["3"]["images"][0]
     assert prev["type"] == "temp" and (app.root / "temp" / prev["subfolder"] / prev["filename"]).is_file()
 
@@ -274,7 +135,7 @@ def test_routes_are_served_by_the_hosts_server_and_handled_in_the_worker(app):
     hello = json.loads(body)
     assert status == 200 and ctype.startswith("application/json")
     assert hello["app_utils"] == "the app's utils package" and hello["helper"] == "pack helper saw 1"
-    assert hello["query"] == {"a": "1"} and hello["checkpoints"] == ["tiny.safetensors"]
+    assert hello["query"] == {"a": "1"} and hello["checkpoints"] == ["extra.ckpt", "tiny.safetensors"]
     assert out["/api/showcase/hello"][0] == 200, "the app's /api twin of the route"
     assert out["/showcase/file"][:2] == (200, b"static file of the showcase pack\n")
     assert out["/showcase/missing"][0] == 404 and b"no such thing" in out["/showcase/missing"][1]
@@ -285,11 +146,6 @@ def test_routes_are_served_by_the_hosts_server_and_handled_in_the_worker(app):
 
 def test_folder_paths_in_the_worker_answer_from_the_host(app):
     import aiohttp
-    import folder_paths
-
-    extra = app.root / "extra_models"
-    extra.mkdir(mode=0o755, exist_ok=True)
-    folder_paths.add_model_folder_path("checkpoints", str(app.root / "models" / "checkpoints"))
 
     async def hello():
         async with aiohttp.ClientSession() as s:
@@ -297,13 +153,17 @@ def test_folder_paths_in_the_worker_answer_from_the_host(app):
                 return await r.json()
 
     (app.root / "models" / "checkpoints" / "second.ckpt").write_bytes(b"x")
-    assert app.aloop.run(hello())["checkpoints"] == ["second.ckpt", "tiny.safetensors"], \
+    assert app.aloop.run(hello())["checkpoints"] == ["extra.ckpt", "second.ckpt", "tiny.safetensors"], \
         "a file the host sees now is listed in the worker (no second copy of the app's state)"
     (app.root / "models" / "checkpoints" / "second.ckpt").unlink()
     run = _run_prompt(app.aloop.run, app.server, {"7": PROMPT["7"]}, ["7"])
     import hashlib
 
     assert run.outputs["7"] == (hashlib.sha256(app.model.read_bytes()).hexdigest(), 4096)
+    # a model in a folder outside the app (extra_model_paths), read inside the worker
+    extra = {"7": {"class_type": "SC ModelInfo", "inputs": {"ckpt_name": "extra.ckpt"}}}
+    run = _run_prompt(app.aloop.run, app.server, extra, ["7"])
+    assert run.outputs["7"] == (hashlib.sha256(b"extra model").hexdigest(), 11)
 
 
 def test_import_fidelity_neutral_cwd_and_app_modules_first(app):
@@ -314,7 +174,8 @@ def test_import_fidelity_neutral_cwd_and_app_modules_first(app):
     assert w["app_nodes"] == os.path.join(root, "nodes.py"), "the pack's own nodes.py does not shadow the app's"
     assert w["app_utils"] == os.path.join(root, "utils", "__init__.py")
     assert w["module"] == str(app.root / "custom_nodes" / "NC-Showcase").replace(".", "_x_") + ".nodes"
-    assert w["output"] == os.path.join(root, "output", "nc-showcase")
+    assert w["output"] == os.path.join(root, "output") and w["temp"] == os.path.join(root, "temp"), \
+        "the app's own folders, at the same paths"
 
 
 def test_pack_writes_land_in_its_state_layer(app):
@@ -461,3 +322,4 @@ def test_schema_classes_cross_by_their_identity(app):
                        (({"__obj__": {"t": "comfy_api.latest._io:Int"}, "state": []}), "state must be")):
         with pytest.raises(ValueError, match=match):
             schema.from_data(bad, allowed)
+

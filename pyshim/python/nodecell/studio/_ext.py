@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import importlib
 import importlib.util
@@ -83,9 +82,8 @@ class StudioContext:
         #: The ``sys.modules`` name of the pack's package and its ``RELATIVE_PYTHON_MODULE``.
         self.module_name: Optional[str] = data.get("module_name")
         self.relative_module: Optional[str] = data.get("relative_module")
-        #: The pack's own folders (output, temp: writable) and the host's.
+        #: The app's folders (output, temp, input: bound writable; user).
         self.dirs: Dict[str, str] = dict(data.get("dirs") or {})
-        self.host_dirs: Dict[str, str] = dict(data.get("host_dirs") or {})
         #: Hooks run before the pack is imported (after the profile's own).
         self.hooks: List[str] = list(data.get("hooks") or [])
         #: The pack's writable layer: where its folder's source and sync record are seen.
@@ -351,10 +349,7 @@ class StudioExtension(ExtensionBase):
         return self._outgoing(out)
 
     def _outgoing(self, out: Any) -> Any:
-        data = to_data(out, self.allowed)
-        if self.ctx.dirs and self.ctx.host_dirs:
-            data = _host_subfolders(data, self.ctx.dirs, self.ctx.host_dirs)
-        return data
+        return to_data(out, self.allowed)
 
     async def _run_node(self, fn: Any, inputs: Dict[str, Any], call: Dict[str, Any]) -> Any:
         """Run a node function on the node thread's own event loop (sync ones block it: one node at a
@@ -421,32 +416,6 @@ def _loop_thread(name: str) -> asyncio.AbstractEventLoop:
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name=name, daemon=True).start()
     return loop
-
-
-def _host_subfolders(data: Any, dirs: Dict[str, str], host_dirs: Dict[str, str], _depth: int = 0) -> Any:
-    """UI file entries (``{"filename", "subfolder", "type"}``) as the host sees them: the pack's
-    own output/temp folders are subfolders of the host's."""
-    if _depth > 64:
-        return data
-    if isinstance(data, dict):
-        t = data.get("type")
-        if isinstance(t, enum.Enum):
-            t = t.value
-        if set(data) >= {"filename", "subfolder", "type"} and isinstance(t, str) and t in dirs \
-                and t in host_dirs and isinstance(data.get("subfolder"), str):
-            full = os.path.normpath(os.path.join(dirs[t], data["subfolder"]))
-            rel = os.path.relpath(full, host_dirs[t])
-            if not rel.startswith(".."):
-                out = dict(data)
-                out["subfolder"] = "" if rel == "." else rel
-                return out
-            return data
-        return {k: _host_subfolders(v, dirs, host_dirs, _depth + 1) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_host_subfolders(v, dirs, host_dirs, _depth + 1) for v in data]
-    if isinstance(data, tuple):
-        return tuple(_host_subfolders(v, dirs, host_dirs, _depth + 1) for v in data)
-    return data
 
 
 def _is_async(fn: Any) -> bool:

@@ -114,6 +114,7 @@ class StudioHost:
         self._generation: Dict[str, int] = {}
         self._refreshing: Dict[str, asyncio.Lock] = {}
         self._pack_dirs: Dict[str, str] = {}
+        self._app_requirements: Optional[List[str]] = None
 
     # -- configuration --------------------------------------------------------------------
 
@@ -137,13 +138,12 @@ class StudioHost:
                        relative_module=p.relative_module(pack_dir), cli_args=self._cli_args())
             for entry in p.code_entries():
                 _add(ro, entry)
-            dirs, host_dirs, data_ro = self._app_dirs(cfg["name"])
-            ctx.update(dirs=dirs, host_dirs=host_dirs)
+            dirs, data_rw, data_ro = self._app_dirs()
+            ctx.update(dirs=dirs)
             for d in data_ro:
                 _add(ro, d)
-            for what in ("output", "temp"):
-                if what in dirs:
-                    _add(rw, dirs[what])
+            for d in data_rw:
+                _add(rw, d)
             data["cwd"] = p.root
             if "share" not in overrides:
                 data["share"] = list(dict.fromkeys(list(cfg["share"]) + self.app_requirements()))
@@ -190,10 +190,16 @@ class StudioHost:
         return {"source": _SOURCE_IN, "record": f"{_STATE_IN}/{_state.RECORD}"}
 
     def app_requirements(self) -> List[str]:
-        """The app's own requirements (names), shared from the host into every pack venv."""
+        """The app's own requirements (names), shared from the host into every pack venv: its
+        requirements file, and the distributions of the modules the app process has imported (a
+        requirement it imports without listing it, such as ComfyUI's ``requests``)."""
         if self.profile is None or self.profile.root is None:
             return []
-        return list(_nodecell.requirement_names(os.path.join(self.profile.root, self.profile.requirements_file)))
+        if self._app_requirements is None:
+            names = list(_nodecell.requirement_names(os.path.join(self.profile.root,
+                                                                  self.profile.requirements_file)))
+            self._app_requirements = list(dict.fromkeys(names + _imported_distributions()))
+        return list(self._app_requirements)
 
     def _cli_args(self) -> Dict[str, Any]:
         p = self.profile
@@ -209,39 +215,45 @@ class StudioHost:
                 out[k] = enc
         return out
 
-    def _app_dirs(self, pack: str) -> Tuple[Dict[str, str], Dict[str, str], List[str]]:
-        """(the pack's folders, the host's, host data folders bound read-only)."""
+    def _app_dirs(self) -> Tuple[Dict[str, str], List[str], List[str]]:
+        """(the app's folders by kind, folders bound writable, folders bound read-only).
+
+        The app's output, temp and input folders are bound writable at their own
+        paths: what a pack writes is where the app (and its UI) looks, and
+        ``folder_paths`` answers the same paths inside as outside. As root,
+        cells run as uids leased per launch, so those folders are made
+        writable by any uid with the sticky bit (``1777``, like ``/tmp``): a
+        cell can add files but not remove or replace the app's or another
+        cell's. Model folders (``extra_model_paths`` included) are bound
+        read-only.
+        """
         p = self.profile
         assert p is not None
         fp = sys.modules.get(p.paths_module)
         if fp is None:
-            return {}, {}, []
-        host_dirs: Dict[str, str] = {}
+            return {}, [], []
+        dirs: Dict[str, str] = {}
         for what in ("output", "temp", "input", "user"):
             getter = getattr(fp, f"get_{what}_directory", None)
             if getter is not None:
-                host_dirs[what] = os.path.abspath(getter())
-        dirs = dict(host_dirs)
-        for what in ("output", "temp"):
-            if what in host_dirs:
-                dirs[what] = _own_folder(host_dirs[what], pack, self._cell_uid())
+                dirs[what] = os.path.abspath(getter())
+        rw: List[str] = []
+        for what in ("output", "temp", "input"):
+            d = dirs.get(what)
+            if d is None:
+                continue
+            os.makedirs(d, exist_ok=True)
+            if os.geteuid() == 0:
+                _open_for_cells(d)
+            rw.append(d)
         ro: List[str] = []
-        for what in ("output", "input"):
-            if what in host_dirs and os.path.isdir(host_dirs[what]):
-                ro.append(host_dirs[what])
-        # Model folders (extra_model_paths included): readable at the host's paths.
         for name, entry in sorted(getattr(fp, "folder_names_and_paths", {}).items()):
             if name == "custom_nodes":
                 continue
             for path in entry[0]:
                 if os.path.isdir(path):
                     ro.append(os.path.abspath(path))
-        return dirs, {k: v for k, v in host_dirs.items() if k in ("output", "temp")}, ro
-
-    def _cell_uid(self) -> Optional[int]:
-        if os.geteuid() != 0:
-            return None
-        return int(self.manager.config.get("worker_uid") or 65534)
+        return dirs, rw, ro
 
     async def provision(self, pack_dirs: Iterable[str], on_event: Optional[Callable[[Dict[str, Any]], Any]] = None,
                         **overrides: Any) -> Dict[str, Dict[str, Any]]:
@@ -500,15 +512,18 @@ def _profile(app: Any, app_root: Optional[str]) -> Optional[_apps.AppProfile]:
     return _apps.detect()
 
 
-def _own_folder(host_dir: str, pack: str, uid: Optional[int]) -> str:
-    """``<host_dir>/<pack>``: the pack's writable folder inside one of the app's (the host sees it)."""
-    path = os.path.join(host_dir, pack)
-    os.makedirs(path, mode=0o755, exist_ok=True)
-    if uid is not None:
-        st = os.stat(path)
-        if st.st_uid != uid:
-            os.chown(path, uid, uid)
-    return path
+def _open_for_cells(path: str) -> None:
+    """Let any cell uid add files to an app folder and its subfolders (sticky: none removes
+    another's files). Subfolders the app creates later with its own mode stay closed to cells."""
+    changed = 0
+    for root, dirs, _files in os.walk(path):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        st = os.stat(root)
+        if st.st_mode & 0o1777 != 0o1777:
+            os.chmod(root, st.st_mode | 0o1777)
+            changed += 1
+    if changed:
+        log.info("made %s (%d folder(s)) writable for sandboxed packs (mode 1777, sticky, as /tmp)", path, changed)
 
 
 def _pyproject_web(profile: _apps.AppProfile, pack_dir: str) -> Optional[Tuple[str, str]]:
@@ -531,6 +546,34 @@ def _pyproject_web(profile: _apps.AppProfile, pack_dir: str) -> Optional[Tuple[s
         return None
     full = os.path.join(pack_dir, web)
     return (name, full) if os.path.isdir(full) else None
+
+
+def _imported_distributions() -> List[str]:
+    """Normalized names of the distributions whose top-level modules this process has imported
+    from site-packages (nodecell's own left out), sorted."""
+    import importlib.metadata
+    import re
+    import site
+
+    sites = [os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]]
+    try:
+        owners = importlib.metadata.packages_distributions()
+    except Exception:  # noqa: BLE001 - broken metadata: only the requirements file counts
+        return []
+    out = set()
+    for name, mod in list(sys.modules.items()):
+        if "." in name or name == "nodecell" or mod is None:
+            continue
+        f = getattr(mod, "__file__", None)
+        if not f:
+            continue
+        real = os.path.realpath(f)
+        if not any(real.startswith(s + os.sep) for s in sites):
+            continue
+        for dist in owners.get(name, []):
+            out.add(re.sub(r"[-_.]+", "-", dist).lower())
+    out.discard("nodecell")
+    return sorted(out)
 
 
 def _add(lst: List[str], item: str) -> None:

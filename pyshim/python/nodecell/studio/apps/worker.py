@@ -11,8 +11,8 @@ Studio). It runs before the pack is imported and:
 
   - ``folder_paths``: model lookups, ``folder_names_and_paths`` and annotated
     paths answer from the host (paths are the same inside: the model folders are
-    bound read-only); the output and temp folders are the pack's own writable
-    subfolders of the host's, which the host sees;
+    bound read-only, the output, temp and input folders writable, so what a pack
+    saves is where the app and its UI look);
   - ``model_management``: the interrupt flag is the host's (Cancel works);
   - ``utils``: progress bars reach the host's progress hook (its UI);
   - ``server``: ``PromptServer.instance`` is a :class:`WorkerServer`: messages go
@@ -207,7 +207,7 @@ def _install_paths(fp: Any, services: AppServices, ctx: "StudioContext") -> None
             setattr(fp, name, forward(name))
     fp.folder_names_and_paths = _HostTable(services)
     dirs = ctx.dirs
-    # The pack's own writable folders; everything else stays the host's.
+    # The app's folders, at the same paths inside (output, temp and input are bound writable).
     fp.output_directory = dirs.get("output", fp.output_directory)
     fp.temp_directory = dirs.get("temp", fp.temp_directory)
     fp.input_directory = dirs.get("input", fp.input_directory)
@@ -216,7 +216,7 @@ def _install_paths(fp: Any, services: AppServices, ctx: "StudioContext") -> None
     def refuse(what: str) -> Callable[..., None]:
         def setter(path: str) -> None:
             raise PermissionError(f"folder_paths.set_{what}_directory: an isolated pack cannot move the host "
-                                  f"app's {what} folder (its own is {dirs.get(what)})")
+                                  f"app's {what} folder ({dirs.get(what)})")
         return setter
 
     for what in ("output", "temp", "input", "user"):
