@@ -386,3 +386,99 @@ fn migrate_rejects_a_path_that_is_not_a_folder() {
     let r = migrate(&dir.join("missing"), &[]);
     assert_eq!(r.code, 1, "{r:?}");
 }
+
+/// `--app`: what the host app's requirements provide is written under
+/// `shared:`; a pack inside `<app>/custom_nodes/` finds its app by itself.
+#[test]
+fn app_provided_requirements_are_shared() {
+    let (t, dir) = pack(
+        "pack",
+        &[(
+            "requirements.txt",
+            "Pillow>=10.3.0\ncolor-matcher\ngit+https://example.org/x/y.git\n",
+        )],
+    );
+    let app = t.path().join("App");
+    std::fs::create_dir_all(app.join("custom_nodes")).unwrap();
+    std::fs::write(app.join("folder_paths.py"), "").unwrap();
+    std::fs::write(app.join("requirements.txt"), "torch\npillow\naiohttp\n").unwrap();
+    let r = migrate_json(&dir, &["--dry-run", "--app", app.to_str().unwrap()]);
+    let shared: Vec<&str> = r["shared"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(shared, ["Pillow>=10.3.0"], "{r}");
+    let check = r["check"].as_array().unwrap();
+    assert!(
+        check
+            .iter()
+            .any(|f| f["kind"] == "vcs" && f["message"].as_str().unwrap().contains("example.org")),
+        "{r}"
+    );
+    // Inside the app's custom_nodes, without --app.
+    let inside = app.join("custom_nodes").join("pack");
+    std::fs::rename(&dir, &inside).unwrap();
+    let r = migrate(&inside, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let p = load(&inside);
+    assert_eq!(p.manifest.shared.len(), 1);
+    assert_eq!(
+        p.manifest.sandbox.max_pids,
+        Some(512),
+        "default limits written"
+    );
+    assert!(r.stderr.contains("host app:"), "{r:?}");
+}
+
+/// `nodecell state list|rm|gc` on a state folder.
+#[test]
+fn state_list_remove_and_gc() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    for p in ["alpha", "beta"] {
+        std::fs::create_dir_all(root.join("packs").join(p).join("layer")).unwrap();
+        std::fs::write(root.join("packs").join(p).join("layer/x.json"), "{}").unwrap();
+        std::fs::write(root.join("packs").join(p).join("synced.json"), "{}").unwrap();
+    }
+    let r = run(&["state", "list", "--json", "--root", root.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let packs: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(packs.len(), 2);
+    assert_eq!(packs[0]["pack"], "alpha");
+    let r = run(&["state", "rm", "alpha", "--root", root.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!root.join("packs/alpha").exists());
+    let r = run(&["state", "rm", "../etc", "--root", root.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let r = run(&[
+        "state",
+        "gc",
+        "--keep-days",
+        "0",
+        "--dry-run",
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(
+        r.stderr.contains("would remove beta") && root.join("packs/beta").exists(),
+        "{r:?}"
+    );
+    let r = run(&[
+        "state",
+        "gc",
+        "--keep-days",
+        "0",
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(
+        r.stderr.contains("removed beta") && !root.join("packs/beta").exists(),
+        "{r:?}"
+    );
+}
