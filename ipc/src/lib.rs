@@ -61,7 +61,7 @@ pub mod ring;
 pub mod sys;
 
 pub use arena::{Arena, ArenaError, ArenaState, TensorView};
-pub use channel::{Channel, ChannelConfig, WorkerFds};
+pub use channel::{Channel, ChannelConfig, WeakChannel, WorkerFds};
 pub use channel::{DeviceMemory, DeviceSlot};
 pub use doorbell::SpinPolicy;
 pub use frame::{
@@ -71,6 +71,12 @@ pub use frame::{
 pub use reactor::{Backend, Event, EventKind, Reactor, Token};
 
 use std::sync::Arc;
+
+/// A close-on-exec copy of a descriptor known only by its number (e.g. a pidfd
+/// handed over from Python). The caller keeps (and closes) the original.
+pub fn dup_raw_fd(raw: std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    sys::dup_number(raw)
+}
 
 /// A peer broke the protocol. The channel is poisoned; the host drops the worker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +93,30 @@ pub enum Violation {
         tail: u64,
         /// slots
         capacity: u64,
+    },
+    /// The consumer's tail moved backwards (a ring made to look full) or past the head.
+    #[error("ring {ring} tail moved from {was} to {now}, outside [{was}, head {head}]")]
+    TailMoved {
+        /// ring index (0 host→worker, 1 worker→host)
+        ring: usize,
+        /// tail last seen
+        was: u64,
+        /// tail seen now
+        now: u64,
+        /// the producer's head
+        head: u64,
+    },
+    /// The peer consumed nothing while frames waited for ring space for too long.
+    #[error(
+        "the peer read nothing from ring {ring} for {waited_ms} ms while {queued} bytes waited"
+    )]
+    Stalled {
+        /// ring index
+        ring: usize,
+        /// how long nothing moved
+        waited_ms: u64,
+        /// bytes waiting in the outbox
+        queued: u64,
     },
     /// Unknown record kind or non-zero reserved bits.
     #[error("bad record header: kind {kind}, reserved {reserved}")]
@@ -254,6 +284,15 @@ pub enum ChannelError {
         field: &'static str,
         /// value
         value: u64,
+    },
+    /// A non-blocking send found the outbox full: the peer reads too slowly. Nothing
+    /// of this frame was sent; the channel stays usable.
+    #[error("{queued} bytes already wait for the peer to read them (limit {limit})")]
+    Backlog {
+        /// bytes waiting
+        queued: u64,
+        /// the limit
+        limit: u64,
     },
     /// The caller used the API wrongly (not a peer fault).
     #[error("{what}")]

@@ -15,6 +15,12 @@
 //! `cb` calls [`Reactor::drain`] and, for each [`EventKind::Readable`], calls the
 //! channel's `try_recv()` until it returns `None` — which re-arms the channel. A
 //! channel reports `Readable` once and is not watched again until then.
+//!
+//! Channels with `nonblocking_send` queue what does not fit; the reactor then also
+//! waits on their "space freed" doorbell and pushes the outbox on itself
+//! ([`Channel::flush_out`]), re-checking at least every 10 ms (a full socket, and
+//! the stall clock). A channel whose flush fails (poisoned: a stalled or hostile
+//! peer) is reported `Readable`, so its owner's next `try_recv` returns the error.
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -93,11 +99,17 @@ const STORM_LIMIT: u32 = 100_000;
 /// Doorbells per FUTEX_WAITV (the kernel allows 128; one slot is the control word).
 const GROUP: usize = 127;
 const FALLBACK_POLL: Duration = Duration::from_millis(10);
+/// How often a channel with a waiting outbox is flushed even without a doorbell.
+const WRITE_POLL: Duration = Duration::from_millis(10);
+/// Which doorbell of a channel a wait names.
+const BELL_DATA: u8 = 0;
+const BELL_SPACE: u8 = 1;
 
 enum Cmd {
     Register(Token, Channel, Arc<AtomicBool>),
     Deregister(Token),
     Rearm(Token),
+    WantWrite(Token),
     Deadline(Token, u64, Instant),
     CancelDeadline(Token, u64),
 }
@@ -133,6 +145,11 @@ impl Shared {
                 self.push(Cmd::Rearm(t));
             }
         }
+    }
+
+    /// Called by a channel that queued frames in its outbox: flush it as space frees.
+    pub(crate) fn want_write(&self, t: Token) {
+        self.push(Cmd::WantWrite(t));
     }
 
     fn emit(&self, evs: &mut Vec<Event>) {
@@ -320,6 +337,8 @@ struct Entry {
     spurious: u32,
     pid_done: bool,
     sock_done: bool,
+    /// The outbox holds frames: wait on the space doorbell and flush.
+    want_write: bool,
 }
 
 struct State {
@@ -364,6 +383,7 @@ impl State {
             match c {
                 Cmd::Register(t, ch, reported) => {
                     let pidfd = ch.peer_pidfd();
+                    let want_write = ch.has_outbox();
                     self.entries.insert(
                         t,
                         Entry {
@@ -376,6 +396,7 @@ impl State {
                             spurious: 0,
                             pid_done: false,
                             sock_done: false,
+                            want_write,
                         },
                     );
                     added.push(t);
@@ -397,6 +418,11 @@ impl State {
                         e.armed = true;
                     }
                 }
+                Cmd::WantWrite(t) => {
+                    if let Some(e) = self.entries.get_mut(&t) {
+                        e.want_write = true;
+                    }
+                }
                 Cmd::Deadline(t, id, at) => {
                     self.live_deadlines.insert((t.0, id));
                     self.deadlines.push(std::cmp::Reverse((at, t.0, id)));
@@ -410,10 +436,41 @@ impl State {
     }
 
     /// For every armed channel: announce the sleep and re-check; readable ones become
-    /// events (and disarm), the rest are returned as (token, futex word, expected).
-    fn arm(&mut self) -> Vec<(Token, *const AtomicU32, u32)> {
+    /// events (and disarm), the rest are returned as (token, bell, futex word,
+    /// expected). Channels with a waiting outbox are flushed here and, if frames still
+    /// wait, their "space freed" doorbell is waited on too.
+    fn arm(&mut self) -> Vec<(Token, u8, *const AtomicU32, u32)> {
         let mut waiters = Vec::new();
         for (t, e) in self.entries.iter_mut() {
+            if e.want_write && !e.muted {
+                let shm = e.ch.shm().clone();
+                let bell = shm.space_bell(e.ch.outbound_ring());
+                let seq = bell.prepare();
+                match e.ch.flush_out() {
+                    Ok(true) => {
+                        bell.cancel();
+                        e.want_write = false;
+                    }
+                    Ok(false) => {
+                        waiters.push((*t, BELL_SPACE, bell.seq_word() as *const AtomicU32, seq));
+                    }
+                    Err(_) => {
+                        // Poisoned (stalled or hostile peer): the owner's next receive
+                        // returns the error.
+                        bell.cancel();
+                        e.want_write = false;
+                        if e.armed {
+                            e.armed = false;
+                            e.reported.store(true, Ordering::Release);
+                            self.out.push(Event {
+                                token: *t,
+                                kind: EventKind::Readable,
+                            });
+                            continue;
+                        }
+                    }
+                }
+            }
             if !e.armed || e.muted {
                 continue;
             }
@@ -445,10 +502,19 @@ impl State {
                 }
             }
             e.last_seq = Some(seq);
-            waiters.push((*t, bell.seq_word() as *const AtomicU32, seq));
+            waiters.push((*t, BELL_DATA, bell.seq_word() as *const AtomicU32, seq));
         }
-        waiters.sort_by_key(|w| w.0);
+        waiters.sort_by_key(|w| (w.0, w.1));
         waiters
+    }
+
+    /// When to look at waiting outboxes again even without a doorbell.
+    fn write_tick(&self, next: Option<Instant>) -> Option<Instant> {
+        if !self.entries.values().any(|e| e.want_write && !e.muted) {
+            return next;
+        }
+        let at = Instant::now() + WRITE_POLL;
+        Some(next.map_or(at, |n| n.min(at)))
     }
 
     fn expire(&mut self) -> Option<Instant> {
@@ -476,7 +542,7 @@ impl State {
         let mut gen: u64 = 0;
         // What is submitted now: (token, expected) list, and per group its waiter array
         // (kept alive until the group's completion arrives).
-        let mut submitted: Vec<(Token, u32)> = Vec::new();
+        let mut submitted: Vec<(Token, u8, u32)> = Vec::new();
         let mut control_seen = u32::MAX;
         let mut groups: HashMap<u64, Vec<types::FutexWaitV>> = HashMap::new();
         let mut outstanding_gen: Option<u64> = None;
@@ -516,7 +582,7 @@ impl State {
                 }
             }
             let waiters = self.arm();
-            let want: Vec<(Token, u32)> = waiters.iter().map(|w| (w.0, w.2)).collect();
+            let want: Vec<(Token, u8, u32)> = waiters.iter().map(|w| (w.0, w.1, w.3)).collect();
             if outstanding_gen.is_none() || want != submitted || control != control_seen {
                 if let Some(g) = outstanding_gen.take() {
                     for gi in 0..groups_in(submitted.len()) {
@@ -527,7 +593,7 @@ impl State {
                     }
                 }
                 gen += 1;
-                let chunks: Vec<&[(Token, *const AtomicU32, u32)]> = if waiters.is_empty() {
+                let chunks: Vec<&[(Token, u8, *const AtomicU32, u32)]> = if waiters.is_empty() {
                     vec![&[]]
                 } else {
                     waiters.chunks(GROUP).collect()
@@ -535,7 +601,7 @@ impl State {
                 for (gi, chunk) in chunks.iter().enumerate() {
                     let mut v = Vec::with_capacity(chunk.len() + 1);
                     v.push(futexv(&self.shared.control, control));
-                    for (_, w, s) in chunk.iter() {
+                    for (_, _, w, s) in chunk.iter() {
                         // SAFETY: each pointer is a doorbell word inside the channel
                         // memfd mapping that the Entry's Channel keeps mapped.
                         v.push(futexv(unsafe { &**w }, *s));
@@ -552,6 +618,7 @@ impl State {
                 control_seen = control;
             }
             let next = self.expire();
+            let next = self.write_tick(next);
             let mut evs = std::mem::take(&mut self.out);
             self.shared.emit(&mut evs);
             self.out = evs;
@@ -670,6 +737,7 @@ impl State {
                 self.out.push(Event { token: t, kind: k });
             }
             let next = self.expire();
+            let next = self.write_tick(next);
             let mut evs = std::mem::take(&mut self.out);
             self.shared.emit(&mut evs);
             self.out = evs;
@@ -679,7 +747,7 @@ impl State {
             }
             if backend == Backend::FutexWaitv && waiters.len() < GROUP + 1 {
                 let mut v = vec![sys::FutexWaitv::new(&self.shared.control, control)];
-                for (_, w, s) in &waiters {
+                for (_, _, w, s) in &waiters {
                     // SAFETY: the word lives in a channel mapping kept alive by its Entry.
                     v.push(sys::FutexWaitv::new(unsafe { &**w }, *s));
                 }

@@ -273,24 +273,42 @@ impl Producer {
         Ok(Push::Done)
     }
 
-    /// Free slots as seen now: reads the consumer's tail (once) and checks it.
+    /// Free slots as seen now: reads the consumer's tail (once) and checks it. A
+    /// consumer only ever moves its tail forward, up to the head: a tail that went
+    /// backwards (a ring made to look full), passed the head, or wrapped is a
+    /// violation, noticed the first time it is read.
     pub fn free_slots(&mut self) -> Result<u64, Violation> {
         let tail = self
             .shm
             .ctl64(self.ring, layout::CTL_TAIL)
             .load(Ordering::Acquire);
-        let used = self.head.wrapping_sub(tail);
         let cap = u64::from(self.shm.geo.slot_count);
-        if used > cap {
-            return Err(Violation::RingIndex {
+        // Valid tails lie in [cached_tail, head] (wrapping): the consumer cannot un-read
+        // records, nor read what was not published.
+        if tail.wrapping_sub(self.cached_tail) > self.head.wrapping_sub(self.cached_tail) {
+            let used = self.head.wrapping_sub(tail);
+            if used > cap {
+                return Err(Violation::RingIndex {
+                    ring: self.ring,
+                    head: self.head,
+                    tail,
+                    capacity: cap,
+                });
+            }
+            return Err(Violation::TailMoved {
                 ring: self.ring,
+                was: self.cached_tail,
+                now: tail,
                 head: self.head,
-                tail,
-                capacity: cap,
             });
         }
         self.cached_tail = tail;
-        Ok(cap - used)
+        Ok(cap - self.head.wrapping_sub(tail))
+    }
+
+    /// The consumer's tail as last read and checked (it only moves forward).
+    pub fn seen_tail(&self) -> u64 {
+        self.cached_tail
     }
 
     /// The shared memory.
@@ -454,4 +472,87 @@ impl Consumer {
 /// A full fence, exported for the doorbell protocol.
 pub(crate) fn full_fence() {
     fence(Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn producer() -> (Producer, Arc<Shm>) {
+        let geo = Geometry {
+            slot_count: 16,
+            slot_size: 64,
+            max_inline: 256,
+        };
+        let shm = Arc::new(Shm::create(geo).unwrap());
+        (Producer::new(shm.clone(), 0), shm)
+    }
+
+    fn set_tail(shm: &Shm, t: u64) {
+        shm.ctl64(0, layout::CTL_TAIL).store(t, Ordering::Release);
+    }
+
+    #[test]
+    fn tail_may_only_move_forward_up_to_the_head() {
+        let (mut p, shm) = producer();
+        for _ in 0..10 {
+            assert_eq!(
+                p.try_push(layout::RECORD_INLINE, &[&[7u8; 8]]),
+                Ok(Push::Done)
+            );
+        }
+        // A consumer that read 4 records: fine, and the tail is remembered.
+        set_tail(&shm, 4);
+        assert_eq!(p.free_slots(), Ok(10));
+        assert_eq!(p.seen_tail(), 4);
+        // Made to look full by moving the tail back: refused at once.
+        set_tail(&shm, 10u64.wrapping_sub(16));
+        assert!(matches!(
+            p.free_slots(),
+            Err(Violation::TailMoved {
+                was: 4,
+                head: 10,
+                ..
+            })
+        ));
+        // Back by one, still within the ring's capacity of the head: refused too.
+        set_tail(&shm, 3);
+        assert!(matches!(p.free_slots(), Err(Violation::TailMoved { .. })));
+        // Past the head, or half the counter space away: impossible indices.
+        for t in [11, 10 + (1 << 63), u64::MAX] {
+            set_tail(&shm, t);
+            assert!(
+                matches!(
+                    p.free_slots(),
+                    Err(Violation::RingIndex { .. } | Violation::TailMoved { .. })
+                ),
+                "tail {t}"
+            );
+        }
+        // The real tail again: fine (the producer kept its last good view).
+        set_tail(&shm, 10);
+        assert_eq!(p.free_slots(), Ok(16));
+    }
+
+    #[test]
+    fn counters_wrap_around_u64() {
+        let (mut p, shm) = producer();
+        // Start just below the wrap: head and tail both at 2^64 - 3.
+        let start = u64::MAX - 2;
+        shm.ctl64(0, layout::CTL_HEAD)
+            .store(start, Ordering::Release);
+        set_tail(&shm, start);
+        let (mut p2, _) = (Producer::new(shm.clone(), 0), ());
+        std::mem::swap(&mut p, &mut p2);
+        for _ in 0..8 {
+            assert_eq!(
+                p.try_push(layout::RECORD_INLINE, &[&[1u8; 8]]),
+                Ok(Push::Done)
+            );
+        }
+        set_tail(&shm, start.wrapping_add(5));
+        assert_eq!(p.free_slots(), Ok(13));
+        set_tail(&shm, start.wrapping_add(8));
+        assert_eq!(p.free_slots(), Ok(16));
+    }
 }

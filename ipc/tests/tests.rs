@@ -5,9 +5,11 @@
 //! * `tensors`: arenas, seals, zero-copy hand-off, output buffers, release/retire.
 //! * `reactor`: every backend: readable events, peer death via pidfd, deadlines.
 //! * `hostile`: a worker that breaks the protocol at the byte level, case by case.
+//! * `outbox`: the host's non-blocking sends: queue, order, reactor flushing, stalls.
 mod util;
 
 mod hostile;
+mod outbox;
 mod reactor;
 mod roundtrip;
 mod tensors;

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use nodecell_ipc::{Arena as IpcArena, ArenaState, Channel, TensorDesc, TensorView};
+use nodecell_ipc::{Arena as IpcArena, ArenaState, TensorDesc, TensorView, WeakChannel};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -168,8 +168,10 @@ impl PyArena {
 pub struct ViewKeep {
     /// The mapping and validated descriptor.
     pub(crate) view: TensorView,
-    /// The channel it came from and the descriptor to release (None: nothing to release).
-    pub(crate) release: Option<(Channel, TensorDesc)>,
+    /// The channel it came from and the descriptor to release (None: nothing to
+    /// release). Weak: a tensor kept by user code must not keep a dead worker's
+    /// channel open.
+    pub(crate) release: Option<(WeakChannel, TensorDesc)>,
     /// The channel's id (echoing back is only possible on that channel).
     pub(crate) channel_id: u64,
     /// The descriptor to base an echo on (None: cannot be echoed).
@@ -181,7 +183,9 @@ impl Drop for ViewKeep {
         if let Some((ch, desc)) = self.release.take() {
             // Gives the reference back with the next frame this side sends (or the
             // next idle flush): no extra doorbell for the peer per tensor.
-            let _ = ch.release_lazy(&desc);
+            if let Some(ch) = ch.upgrade() {
+                let _ = ch.release_lazy(&desc);
+            }
         }
     }
 }

@@ -4,55 +4,71 @@
 //!
 //! | kind | payload |
 //! |---|---|
-//! | CALL / CALLBACK | `(target, method, args_tuple, kwargs_dict)` |
+//! | CALL / CALLBACK | `(target, method, args_tuple, kwargs_dict, parent_call_id or None)`; when the arguments cannot be built here, `args` is the exception and `kwargs` None |
 //! | REPLY | the value |
 //! | ERROR | whatever the `decode_error` hook returns |
 //! | CANCEL, HEARTBEAT | `None` |
 //! | RELEASE | list of released handle ids (one entry per reference) |
 //! | LOG | `(levelno, logger, message)` |
 //!
-//! Python values are converted in [`crate::values`] (shared with `Wire`); this
-//! file adds what only the ring transport knows: tensors as arenas shared over
-//! the channel (`tensor_value`) and mapped on arrival (`tensor_to_py`).
+//! Python values are converted in [`crate::values`] (shared with other transports);
+//! this file adds what only the ring transport knows: tensors as arenas shared over
+//! the channel (`tensor_value`) and mapped on arrival (`tensor_to_py`). Errors are
+//! typed:
+//! `ProtocolViolation` (the peer broke the protocol; the channel is poisoned),
+//! `PeerGone` (the peer exited or closed its end), `ChannelClosed` (this end was
+//! closed: every resource it held is already released), `ChannelBacklog` (a
+//! non-blocking send found too much waiting for the peer).
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use nodecell_ipc::{
-    Channel, ChannelConfig, ChannelError, DType, Limits, Origin, Record as IpcRecord, Side,
-    TensorDesc, Value, WorkerFds,
+    Call, Channel, ChannelConfig, ChannelError, DType, Frame, Limits, Origin, Record as IpcRecord,
+    Side, TensorDesc, Value, WorkerFds,
 };
-use pyo3::exceptions::{PyEOFError, PyOSError, PyTimeoutError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::arena::{PyArena, PyView, ViewKeep};
 use crate::dlpack::Keep;
 use crate::markers::TensorRef;
 use crate::values::{Hooks, ValueCodec, TENSOR_RECORD};
-use crate::ProtocolViolation;
+use crate::{ChannelBacklog, ChannelClosed, PeerGone, ProtocolViolation};
 
 static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One end of a channel (rings in a sealed memfd + a socket for fds).
 #[pyclass(name = "Channel", module = "nodecell._nodecell", frozen)]
 pub struct PyChannel {
-    ch: Channel,
+    /// None once closed: closing drops everything the channel holds.
+    ch: RwLock<Option<Channel>>,
+    closed_reason: Mutex<Option<String>>,
     id: u64,
+    side: Side,
+    cuda: bool,
     hooks: Mutex<Option<Hooks>>,
     peer: Mutex<Option<WorkerFds>>,
     /// Our arenas shared on this channel, by slot (to hand the same memory back).
     own: Mutex<HashMap<u64, Weak<nodecell_ipc::Arena>>>,
 }
 
+/// The Python exception for a channel error.
 pub(crate) fn channel_err(e: ChannelError) -> PyErr {
     match e {
         ChannelError::Violation(v) => ProtocolViolation::new_err(v.to_string()),
-        ChannelError::PeerGone { reason } => PyEOFError::new_err(format!("peer gone: {reason}")),
-        ChannelError::Closed { reason } => PyEOFError::new_err(format!("channel closed: {reason}")),
+        ChannelError::PeerGone { reason } => PeerGone::new_err(format!("peer gone: {reason}")),
+        ChannelError::Closed { reason } => {
+            ChannelClosed::new_err(format!("channel closed: {reason}"))
+        }
         ChannelError::Timeout { op } => PyTimeoutError::new_err(format!("timed out: {op}")),
+        ChannelError::Backlog { queued, limit } => ChannelBacklog::new_err(format!(
+            "{queued} bytes already wait for the peer to read them (limit {limit}); nothing was sent"
+        )),
         ChannelError::Encode(e) => PyValueError::new_err(format!("cannot encode frame: {e}")),
         ChannelError::Config { field, value } => {
             PyValueError::new_err(format!("bad channel config {field}: {value}"))
@@ -62,13 +78,14 @@ pub(crate) fn channel_err(e: ChannelError) -> PyErr {
     }
 }
 
-fn host_config(max_frame: usize, send_timeout: f64) -> ChannelConfig {
+fn config(max_frame: usize, send_timeout: f64, nonblocking_send: bool) -> ChannelConfig {
     ChannelConfig {
         limits: Limits {
             max_frame,
             ..Limits::default()
         },
         send_timeout: Duration::from_secs_f64(send_timeout.max(0.001)),
+        nonblocking_send,
         ..ChannelConfig::default()
     }
 }
@@ -76,25 +93,29 @@ fn host_config(max_frame: usize, send_timeout: f64) -> ChannelConfig {
 #[pymethods]
 impl PyChannel {
     /// Host side: a new channel. `peer_fds()` gives the worker's two fds. `cuda`:
-    /// CUDA memory may cross it (`share_cuda_ipc`; the worker learns it from the channel).
+    /// CUDA memory may cross it (`share_cuda_ipc`; the worker learns it from the
+    /// channel). Sends never block: what does not fit waits in an outbox that the
+    /// reactor flushes as the worker frees space; a worker that reads nothing for
+    /// `stall_timeout` seconds while frames wait poisons the channel.
     #[staticmethod]
-    #[pyo3(signature = (max_frame = 256 << 20, send_timeout = 5.0, cuda = false))]
-    fn create(max_frame: usize, send_timeout: f64, cuda: bool) -> PyResult<Self> {
+    #[pyo3(signature = (max_frame = 256 << 20, stall_timeout = 10.0, cuda = false))]
+    fn create(max_frame: usize, stall_timeout: f64, cuda: bool) -> PyResult<Self> {
         let cfg = ChannelConfig {
             cuda,
-            ..host_config(max_frame, send_timeout)
+            ..config(max_frame, stall_timeout, true)
         };
         let (ch, fds) = Channel::create(cfg).map_err(channel_err)?;
         Ok(PyChannel::wrap(ch, Some(fds)))
     }
 
     /// Worker side: opens the channel from the host's fds (taking ownership of them).
+    /// Sends wait up to `send_timeout` seconds for ring space.
     #[staticmethod]
     #[pyo3(signature = (ring_fd, sock_fd, max_frame = 256 << 20, send_timeout = 60.0))]
     fn open(ring_fd: i32, sock_fd: i32, max_frame: usize, send_timeout: f64) -> PyResult<Self> {
         let fds = WorkerFds::from_raw(ring_fd, sock_fd)
             .map_err(|e| PyOSError::new_err(format!("channel fds: {e}")))?;
-        let ch = Channel::open(fds, host_config(max_frame, send_timeout))
+        let ch = Channel::open(fds, config(max_frame, send_timeout, false))
             .map_err(|e| ProtocolViolation::new_err(format!("cannot open channel: {e}")))?;
         Ok(PyChannel::wrap(ch, None))
     }
@@ -115,17 +136,9 @@ impl PyChannel {
 
     /// Watches the peer's process through `pidfd` (duplicated; the caller keeps its own).
     fn set_peer_pidfd(&self, pidfd: i32) -> PyResult<()> {
-        // SAFETY: F_DUPFD_CLOEXEC on a caller-provided fd number only creates a new
-        // descriptor (or fails); it never touches memory.
-        let dup = unsafe { libc::fcntl(pidfd, libc::F_DUPFD_CLOEXEC, 3) };
-        if dup < 0 {
-            return Err(PyOSError::new_err(format!(
-                "dup pidfd {pidfd}: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        // SAFETY: `dup` is a fresh descriptor we own.
-        self.ch.set_peer_pidfd(unsafe { OwnedFd::from_raw_fd(dup) });
+        let dup = nodecell_ipc::dup_raw_fd(pidfd)
+            .map_err(|e| PyOSError::new_err(format!("dup pidfd {pidfd}: {e}")))?;
+        self.ch()?.set_peer_pidfd(dup);
         Ok(())
     }
 
@@ -156,45 +169,96 @@ impl PyChannel {
     /// Whether CUDA memory may cross this channel (`share_cuda_ipc`).
     #[getter]
     fn cuda(&self) -> bool {
-        self.ch.config().cuda
+        self.cuda
     }
 
     /// `host` or `worker`.
     #[getter]
     fn side(&self) -> &'static str {
-        match self.ch.side() {
+        match self.side {
             Side::Host => "host",
             Side::Worker => "worker",
         }
     }
 
-    /// Sends one frame (see the module docs for payloads).
+    /// Whether this end was closed (its resources are released).
+    #[getter]
+    fn closed(&self) -> bool {
+        self.ch.read().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Sends one frame (see the module docs for payloads). Returns True when it is in
+    /// the ring, False when it (or what was sent before it) waits in the outbox for the
+    /// peer to make room: a host send never blocks.
     fn send(
         &self,
         py: Python<'_>,
         kind: u8,
         call_id: u64,
         payload: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let frame = self.build_frame(py, kind, call_id, payload)?;
+    ) -> PyResult<bool> {
+        let ch = self.ch()?;
+        let frame = self.codec(&ch).build_frame(py, kind, call_id, payload)?;
         crate::cuda::before_send(py, self.id, kind)?;
-        let ch = self.ch.clone();
-        py.detach(move || ch.send(&frame)).map_err(channel_err)
+        self.push(py, ch, frame)
+    }
+
+    /// Sends a call: `target`'s `method` with `args` (a tuple) and `kwargs` (a dict);
+    /// `parent`: the id of the peer's call this one is made while serving (so the
+    /// peer can run it on the thread that waits for that call). Returns like `send`.
+    #[pyo3(signature = (call_id, target, method, args, kwargs, parent = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send_call(
+        &self,
+        py: Python<'_>,
+        call_id: u64,
+        target: u64,
+        method: String,
+        args: &Bound<'_, PyTuple>,
+        kwargs: &Bound<'_, PyDict>,
+        parent: Option<u64>,
+    ) -> PyResult<bool> {
+        let ch = self.ch()?;
+        let codec = self.codec(&ch);
+        let mut a = Vec::with_capacity(args.len());
+        for x in args.iter() {
+            a.push(codec.to_value(py, &x, 0)?);
+        }
+        let mut kw = Vec::with_capacity(kwargs.len());
+        for (key, v) in kwargs.iter() {
+            let name: String = key
+                .extract()
+                .map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
+            kw.push((name, codec.to_value(py, &v, 0)?));
+        }
+        let frame = Frame::Call(Call {
+            id: call_id,
+            parent,
+            target,
+            method,
+            args: a,
+            kwargs: kw,
+            deadline_ns: 0,
+        });
+        crate::cuda::before_send(py, self.id, nodecell_ipc::frame::kind::CALL)?;
+        self.push(py, ch, frame)
     }
 
     /// The next frame if one is ready, else None (never blocks).
     fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let f = self.ch.try_recv().map_err(channel_err)?;
-        f.map(|f| self.frame_to_py(py, f)).transpose()
+        let ch = self.ch()?;
+        let f = ch.try_recv().map_err(channel_err)?;
+        f.map(|f| self.codec(&ch).frame_to_py(py, f)).transpose()
     }
 
     /// Waits up to `timeout` seconds (None: forever) for a frame; None on timeout.
     #[pyo3(signature = (timeout = None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
-        let ch = self.ch.clone();
+        let ch = self.ch()?;
         let t = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
-        match py.detach(move || ch.recv(t)) {
-            Ok(f) => self.frame_to_py(py, f).map(Some),
+        let c = ch.clone();
+        match py.detach(move || c.recv(t)) {
+            Ok(f) => self.codec(&ch).frame_to_py(py, f).map(Some),
             Err(ChannelError::Timeout { .. }) => Ok(None),
             Err(e) => Err(channel_err(e)),
         }
@@ -202,54 +266,80 @@ impl PyChannel {
 
     /// Spins (without sleeping) up to `max_us` microseconds for a frame.
     fn spin_recv(&self, py: Python<'_>, max_us: u64) -> PyResult<Option<Py<PyAny>>> {
-        let ch = self.ch.clone();
+        let ch = self.ch()?;
+        let c = ch.clone();
         let f = py
-            .detach(move || ch.recv_spin(Duration::from_micros(max_us)))
+            .detach(move || c.recv_spin(Duration::from_micros(max_us)))
             .map_err(channel_err)?;
-        f.map(|f| self.frame_to_py(py, f)).transpose()
+        f.map(|f| self.codec(&ch).frame_to_py(py, f)).transpose()
     }
 
     /// Host: the caller polls for replies itself for a while (see ``spin_recv``): the
     /// worker need not ring the reactor's doorbell. Pair with ``resume_doorbell``.
-    fn quiet_doorbell(&self) {
-        self.ch.quiet_doorbell();
+    fn quiet_doorbell(&self) -> PyResult<()> {
+        self.ch()?.quiet_doorbell();
+        Ok(())
     }
 
     /// Host: hand waiting back to the reactor; True if frames arrived meanwhile
     /// (receive them with ``try_recv``, then call again).
-    fn resume_doorbell(&self) -> bool {
-        self.ch.resume_doorbell()
+    fn resume_doorbell(&self) -> PyResult<bool> {
+        Ok(self.ch()?.resume_doorbell())
     }
 
     /// Sends queued releases now, if the ring has room.
     fn flush(&self) -> PyResult<()> {
-        self.ch.flush().map_err(channel_err)
+        self.ch()?.flush().map_err(channel_err)
     }
 
-    /// Whether the peer is alive (pidfd and socket), raising EOFError if not.
+    /// Pushes what waits in the outbox as far as the peer made room (the reactor does
+    /// this by itself); True when nothing waits any more.
+    fn flush_out(&self) -> PyResult<bool> {
+        self.ch()?.flush_out().map_err(channel_err)
+    }
+
+    /// Bytes of frames waiting in the outbox for the peer to make room.
+    #[getter]
+    fn outbox_bytes(&self) -> PyResult<usize> {
+        Ok(self.ch()?.outbox_bytes())
+    }
+
+    /// Whether the peer is alive (pidfd and socket), raising PeerGone if not.
     fn check_alive(&self) -> PyResult<()> {
-        self.ch.check_alive().map_err(channel_err)
+        self.ch()?.check_alive().map_err(channel_err)
     }
 
     /// The error that poisoned the channel, as text (None if healthy).
     fn failure(&self) -> Option<String> {
-        self.ch.failure().map(|e| e.to_string())
+        match self.ch() {
+            Ok(ch) => ch.failure().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
     }
 
-    /// Closes this end; returns the ids of our calls still pending.
+    /// Closes this end and releases everything it holds (ring memfd and mapping,
+    /// socket, received descriptors and their mappings, shared arenas): received
+    /// tensors stay valid, nothing else of the channel outlives this call except in
+    /// the reactor until it lets go. Returns the ids of our calls still pending.
     #[pyo3(signature = (reason = "closed"))]
     fn close(&self, reason: &str) -> Vec<u64> {
         // Drop the hooks (bound methods of the endpoint, which holds this channel:
         // a reference cycle the GC cannot see through this class) and our arena table.
         self.own.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.hooks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.peer.lock().unwrap_or_else(|e| e.into_inner()).take();
         crate::cuda::forget_channel(self.id);
-        self.ch.close(reason)
+        let ch = self.ch.write().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(ch) = ch else {
+            return Vec::new();
+        };
+        *self.closed_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_owned());
+        ch.close(reason)
     }
 
     /// (peer arena slot, descriptors still held) for received tensors not yet released.
-    fn held_tensors(&self) -> Vec<(u64, u64)> {
-        self.ch.held_tensors()
+    fn held_tensors(&self) -> PyResult<Vec<(u64, u64)>> {
+        Ok(self.ch()?.held_tensors())
     }
 
     fn __repr__(&self) -> String {
@@ -260,31 +350,71 @@ impl PyChannel {
 impl PyChannel {
     fn wrap(ch: Channel, peer: Option<WorkerFds>) -> PyChannel {
         let id = NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed);
-        if ch.config().cuda {
+        let cuda = ch.config().cuda;
+        if cuda {
             crate::cuda::register_channel(id);
         }
         PyChannel {
-            ch,
+            side: ch.side(),
+            ch: RwLock::new(Some(ch)),
+            closed_reason: Mutex::new(None),
             id,
+            cuda,
             hooks: Mutex::new(None),
             peer: Mutex::new(peer),
             own: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The underlying channel (for the reactor).
-    pub(crate) fn channel(&self) -> &Channel {
-        &self.ch
+    /// The channel, or ChannelClosed once this end was closed.
+    pub(crate) fn ch(&self) -> PyResult<Channel> {
+        if let Some(ch) = self.ch.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(ch.clone());
+        }
+        let reason = self
+            .closed_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "closed".into());
+        Err(ChannelClosed::new_err(format!("channel closed: {reason}")))
+    }
+
+    fn codec<'a>(&'a self, ch: &'a Channel) -> Codec<'a> {
+        Codec {
+            ch,
+            id: self.id,
+            hooks: &self.hooks,
+            own: &self.own,
+        }
+    }
+
+    fn push(&self, py: Python<'_>, ch: Channel, frame: Frame) -> PyResult<bool> {
+        let c = ch.clone();
+        py.detach(move || c.send(&frame)).map_err(channel_err)?;
+        Ok(!ch.has_outbox())
     }
 }
 
-impl ValueCodec for PyChannel {
+/// The ring transport's [`ValueCodec`] for one operation on an open channel end.
+struct Codec<'a> {
+    /// The channel (a clone taken for this operation).
+    ch: &'a Channel,
+    /// The Python channel object's id.
+    id: u64,
+    /// The Python hooks.
+    hooks: &'a Mutex<Option<Hooks>>,
+    /// Our arenas shared on this channel, by slot.
+    own: &'a Mutex<HashMap<u64, Weak<nodecell_ipc::Arena>>>,
+}
+
+impl ValueCodec for Codec<'_> {
     fn side(&self) -> Side {
         self.ch.side()
     }
 
     fn hooks(&self) -> &Mutex<Option<Hooks>> {
-        &self.hooks
+        self.hooks
     }
 
     fn tensor_value(&self, py: Python<'_>, t: &TensorRef) -> PyResult<Value> {
@@ -303,7 +433,7 @@ impl ValueCodec for PyChannel {
         }
         let arena = t.arena.bind(py);
         let desc = if let Some(d) =
-            crate::cuda::tensor_desc(py, &self.ch, self.id, arena, t, dtype, &strides)?
+            crate::cuda::tensor_desc(py, self.ch, self.id, arena, t, dtype, &strides)?
         {
             d
         } else if let Ok(a) = arena.cast::<PyArena>() {
@@ -381,7 +511,7 @@ impl ValueCodec for PyChannel {
     /// writable)` hook, which makes the numpy array or torch tensor.
     fn tensor_to_py(&self, py: Python<'_>, d: &TensorDesc, kind: &str) -> PyResult<Py<PyAny>> {
         if d.device.is_cuda() {
-            return crate::cuda::tensor_to_py(py, &self.ch, self.id, d);
+            return crate::cuda::tensor_to_py(py, self.ch, self.id, d);
         }
         let hook = self.hook(py, |h| &h.tensor)?;
         let shape: Vec<u64> = d.shape().to_vec();
@@ -422,7 +552,7 @@ impl ValueCodec for PyChannel {
         let keep = if d.origin == Origin::Sender {
             ViewKeep {
                 view,
-                release: Some((self.ch.clone(), d.clone())),
+                release: Some((self.ch.downgrade(), d.clone())),
                 channel_id: self.id,
                 echo: Some(d.clone()),
             }

@@ -499,7 +499,7 @@ impl Drop for CudaImport {
 /// when the last tensor over it dies.
 pub struct CudaViewKeep {
     import: Arc<CudaImport>,
-    release: Option<(Channel, TensorDesc)>,
+    release: Option<(nodecell_ipc::WeakChannel, TensorDesc)>,
     channel_id: u64,
     desc: TensorDesc,
 }
@@ -514,7 +514,9 @@ impl Drop for CudaViewKeep {
     fn drop(&mut self) {
         unregister(self.start());
         if let Some((ch, desc)) = self.release.take() {
-            let _ = ch.release_lazy(&desc);
+            if let Some(ch) = ch.upgrade() {
+                let _ = ch.release_lazy(&desc);
+            }
         }
     }
 }
@@ -770,7 +772,7 @@ pub fn tensor_to_py(
             let (ptr, ordinal) = (import.ptr, import.ordinal);
             let keep = Arc::new(CudaViewKeep {
                 import,
-                release: Some((ch.clone(), d.clone())),
+                release: Some((ch.downgrade(), d.clone())),
                 channel_id,
                 desc: d.clone(),
             });

@@ -34,6 +34,24 @@ pyo3::create_exception!(
     pyo3::exceptions::PyValueError,
     "The peer broke the channel protocol; the channel is poisoned."
 );
+pyo3::create_exception!(
+    _nodecell,
+    PeerGone,
+    pyo3::exceptions::PyEOFError,
+    "The peer process exited or closed its end of the channel."
+);
+pyo3::create_exception!(
+    _nodecell,
+    ChannelClosed,
+    pyo3::exceptions::PyEOFError,
+    "This end of the channel was closed (its resources are released)."
+);
+pyo3::create_exception!(
+    _nodecell,
+    ChannelBacklog,
+    pyo3::exceptions::PyBufferError,
+    "Too much already waits for the peer to read it; the frame was not sent."
+);
 
 /// What this kernel offers the channel (the rows `nodecell check` prints for ipc).
 #[pyfunction]
@@ -58,6 +76,9 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_LOG", kind::LOG)?;
     m.add("KIND_HEARTBEAT", kind::HEARTBEAT)?;
     m.add("ProtocolViolation", m.py().get_type::<ProtocolViolation>())?;
+    m.add("PeerGone", m.py().get_type::<PeerGone>())?;
+    m.add("ChannelClosed", m.py().get_type::<ChannelClosed>())?;
+    m.add("ChannelBacklog", m.py().get_type::<ChannelBacklog>())?;
     m.add_class::<channel::PyChannel>()?;
     m.add_class::<arena::PyArena>()?;
     m.add_class::<arena::PyView>()?;

@@ -34,8 +34,8 @@ impl PyReactor {
     }
 
     /// Starts watching a host channel (its doorbell, and its peer's pidfd if set). Returns a token.
-    fn register(&self, channel: &Bound<'_, PyChannel>) -> u64 {
-        self.r.register(channel.get().channel()).0
+    fn register(&self, channel: &Bound<'_, PyChannel>) -> PyResult<u64> {
+        Ok(self.r.register(&channel.get().ch()?).0)
     }
 
     /// Stops watching.

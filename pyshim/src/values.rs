@@ -110,11 +110,16 @@ pub(crate) trait ValueCodec {
                 let t = payload.cast::<PyTuple>().map_err(|_| {
                     PyTypeError::new_err("call payload must be (target, method, args, kwargs)")
                 })?;
-                if t.len() != 4 {
+                if t.len() != 4 && t.len() != 5 {
                     return Err(PyTypeError::new_err(
-                        "call payload must be (target, method, args, kwargs)",
+                        "call payload must be (target, method, args, kwargs[, parent])",
                     ));
                 }
+                let parent: Option<u64> = if t.len() == 5 {
+                    t.get_item(4)?.extract()?
+                } else {
+                    None
+                };
                 let target: u64 = t.get_item(0)?.extract()?;
                 let method: String = t.get_item(1)?.extract()?;
                 let args_obj = t.get_item(2)?;
@@ -136,10 +141,11 @@ pub(crate) trait ValueCodec {
                         .map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
                     kwargs.push((name, self.to_value(py, &v, 0)?));
                 }
-                // Both directions send plain calls; the Python layer routes replies by id.
+                // Both directions send calls; `parent` names the peer's call this one is
+                // nested in (the peer routes it to the thread waiting for that call).
                 Frame::Call(Call {
                     id: call_id,
-                    parent: None,
+                    parent,
                     target,
                     method,
                     args,
@@ -327,11 +333,21 @@ pub(crate) trait ValueCodec {
                     k::CALL
                 };
                 let id = c.id;
+                let (target, parent) = (c.target, c.parent);
+                let method = c.method.clone();
                 // A value this side cannot build (e.g. an array without numpy here) fails
-                // this call only: the payload is then the exception, to be answered as an error.
+                // this call only: `args` is then the exception, to be answered as an
+                // error, and `kwargs` None.
                 let payload = match self.call_payload(py, c) {
                     Ok(p) => p,
-                    Err(e) => e.into_value(py).into_any(),
+                    Err(e) => (
+                        target,
+                        method,
+                        e.into_value(py).into_any(),
+                        py.None(),
+                        parent,
+                    )
+                        .into_py_any(py)?,
                 };
                 (kind, id, payload)
             }
@@ -377,7 +393,7 @@ pub(crate) trait ValueCodec {
         for (name, v) in c.kwargs {
             kw.set_item(name, self.to_py(py, v)?)?;
         }
-        (c.target, c.method, PyTuple::new(py, args)?, kw).into_py_any(py)
+        (c.target, c.method, PyTuple::new(py, args)?, kw, c.parent).into_py_any(py)
     }
 
     fn to_py(&self, py: Python<'_>, v: Value) -> PyResult<Py<PyAny>> {

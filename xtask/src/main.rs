@@ -6,6 +6,7 @@
 //! * `cargo xtask fuzz ipc --runs N` — the ipc fuzz targets (`fuzz.rs`).
 //! * `cargo xtask pyisolate-suite --src DIR` — pyisolate 0.10.2's tests against
 //!   nodecell's pyisolate layer (`pyisolate_suite.rs`).
+//! * `cargo xtask soak` — the Python API under a long fault soak, with leak accounting (`soak.rs`).
 use clap::{Parser, Subcommand};
 
 mod bench_ipc;
@@ -16,6 +17,7 @@ mod bench_ray;
 mod fuzz;
 mod pyisolate_suite;
 mod sandbox_test;
+mod soak;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "nodecell developer tasks")]
@@ -37,6 +39,8 @@ enum Cmd {
     Fuzz(fuzz::Args),
     /// pyisolate 0.10.2's own tests against nodecell.compat.pyisolate.
     PyisolateSuite(pyisolate_suite::Args),
+    /// Calls, crashes and start/stop cycles through the Python API, with leak accounting.
+    Soak(soak::Args),
 }
 
 #[derive(Subcommand)]
@@ -66,5 +70,6 @@ fn main() -> anyhow::Result<()> {
         },
         Cmd::Fuzz(a) => fuzz::main(a),
         Cmd::PyisolateSuite(a) => pyisolate_suite::main(a),
+        Cmd::Soak(a) => soak::main(a),
     }
 }

@@ -63,8 +63,18 @@ pub struct ChannelConfig {
     pub limits: Limits,
     /// Spinning before sleeping, for blocking receives and full rings.
     pub spin: SpinPolicy,
-    /// How long a send waits for ring or socket space.
+    /// How long a send waits for ring or socket space. With `nonblocking_send`: how
+    /// long the peer may read nothing while frames wait in the outbox before the
+    /// channel is poisoned ([`Violation::Stalled`]).
     pub send_timeout: Duration,
+    /// Sends never wait (the host: its event loop must not block on a worker). What
+    /// does not fit in the ring or the socket waits, in order, in an outbox that
+    /// [`Channel::flush_out`] (called by the [`crate::Reactor`] when the peer frees
+    /// space) pushes on.
+    pub nonblocking_send: bool,
+    /// Most bytes of frames the outbox may hold (spilled frames count their full
+    /// size); a send beyond it fails with [`ChannelError::Backlog`].
+    pub max_outbox_bytes: usize,
     /// A blocking wait wakes at least this often to check the peer is alive
     /// (pidfd and socket); None: only on doorbells. (The reactor notices death at
     /// once; this bounds how late a plain blocking `recv` notices it.)
@@ -91,6 +101,8 @@ impl Default for ChannelConfig {
             limits: Limits::default(),
             spin: SpinPolicy::default(),
             send_timeout: Duration::from_secs(30),
+            nonblocking_send: false,
+            max_outbox_bytes: 1 << 30,
             liveness_slice: Some(Duration::from_millis(100)),
             max_received_fds: 4096,
             max_queued_bytes: 512 << 20,
@@ -143,6 +155,24 @@ struct Tx {
     buf: Vec<u8>,
     next_slot: u64,
     spinner: Spinner,
+    /// Non-blocking sends: what waits for ring or socket space, in order.
+    outbox: VecDeque<Out>,
+    /// Bytes of frames in `outbox`.
+    outbox_bytes: usize,
+    /// When the outbox last shrank (or started filling): the stall clock.
+    last_progress: Instant,
+}
+
+/// One item waiting in the outbox.
+enum Out {
+    /// A ring record (inline frame or spill reference); `cost`: the frame's bytes.
+    Record {
+        kind: u16,
+        bytes: Vec<u8>,
+        cost: usize,
+    },
+    /// An fd message for the socket (it precedes the records naming its slot).
+    Fd { msg: Vec<u8>, fd: OwnedFd },
 }
 
 struct Rx {
@@ -285,6 +315,8 @@ pub(crate) struct Inner {
     queued: AtomicBool,
     /// Set when releases or retirements wait in `exports`/`imports` to be sent.
     control_pending: AtomicBool,
+    /// Set while the outbox holds anything (read by the reactor without the lock).
+    outbox_pending: AtomicBool,
     pub(crate) reactor: Mutex<Option<ReactorLink>>,
 }
 
@@ -292,6 +324,19 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Channel {
     inner: Arc<Inner>,
+}
+
+/// A [`Channel`] reference that does not keep it alive ([`Channel::downgrade`]).
+#[derive(Clone, Debug)]
+pub struct WeakChannel {
+    inner: Weak<Inner>,
+}
+
+impl WeakChannel {
+    /// The channel, while someone else still holds it.
+    pub fn upgrade(&self) -> Option<Channel> {
+        self.inner.upgrade().map(|inner| Channel { inner })
+    }
 }
 
 impl std::fmt::Debug for Channel {
@@ -397,6 +442,9 @@ impl Channel {
                 buf: Vec::with_capacity(256),
                 next_slot: 1,
                 spinner: Spinner::new(cfg.spin),
+                outbox: VecDeque::new(),
+                outbox_bytes: 0,
+                last_progress: Instant::now(),
             }),
             rx: Mutex::new(Rx {
                 consumer,
@@ -420,6 +468,7 @@ impl Channel {
             inbound_tail,
             queued: AtomicBool::new(false),
             control_pending: AtomicBool::new(false),
+            outbox_pending: AtomicBool::new(false),
             reactor: Mutex::new(None),
         };
         Channel {
@@ -548,11 +597,43 @@ impl Channel {
     /// Closes this end: every later operation fails with `Closed` (unless it already
     /// failed), and the ids of calls still awaiting an answer are returned so the
     /// caller can fail them.
+    ///
+    /// Everything held for the peer goes at once, whoever still holds a clone of this
+    /// channel: descriptors and mappings received from it, arenas shared with it,
+    /// queued frames, its pidfd. (The ring memfd and the socket go with the last
+    /// clone; received tensors keep only a [`WeakChannel`].)
     pub fn close(&self, reason: &str) -> Vec<u64> {
         self.fail(ChannelError::Closed {
             reason: reason.to_owned(),
         });
+        // Storage is dropped after the locks are released (a CUDA unmap may block).
+        let fds = std::mem::take(&mut *lock(&self.inner.fds));
+        let exports = std::mem::take(&mut *lock(&self.inner.exports));
+        let imports = std::mem::take(&mut *lock(&self.inner.imports));
+        let outbox = {
+            let mut tx = lock(&self.inner.tx);
+            tx.outbox_bytes = 0;
+            std::mem::take(&mut tx.outbox)
+        };
+        self.inner.outbox_pending.store(false, Ordering::Release);
+        let queued = {
+            let mut rx = lock(&self.inner.rx);
+            rx.queued_bytes = 0;
+            std::mem::take(&mut rx.queue)
+        };
+        self.inner.queued.store(false, Ordering::Release);
+        let stash = std::mem::take(&mut *lock(&self.inner.stash));
+        let pidfd = lock(&self.inner.peer_pidfd).take();
+        drop((fds, exports, imports, outbox, queued, stash, pidfd));
         self.take_pending()
+    }
+
+    /// A reference that does not keep the channel's resources alive (for received
+    /// tensors, which only need it to give their descriptor back).
+    pub fn downgrade(&self) -> WeakChannel {
+        WeakChannel {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// Calls this side sent that have no reply or error yet.

@@ -35,7 +35,7 @@ impl Channel {
         let slot = tx.next_slot;
         tx.next_slot += 1;
         let fd = sys::dup_cloexec(arena.fd()).map_err(ioerr("dup arena"))?;
-        self.send_fd(slot, kind, 0, &fd)?;
+        self.send_fd_locked(&mut tx, slot, kind, 0, fd)?;
         let mut ex = lock(&self.inner.exports);
         ex.by_arena.insert(arena.id(), slot);
         ex.slots.insert(
@@ -81,7 +81,7 @@ impl Channel {
         let fd = mem.export_fd().map_err(ioerr("export CUDA allocation"))?;
         let slot = tx.next_slot;
         tx.next_slot += 1;
-        self.send_fd(slot, layout::FD_KIND_CUDA, size, &fd)?;
+        self.send_fd_locked(&mut tx, slot, layout::FD_KIND_CUDA, size, fd)?;
         let mut ex = lock(&self.inner.exports);
         ex.by_device.insert(device_key(mem), slot);
         ex.slots.insert(

@@ -22,8 +22,8 @@ from . import _nodecell
 from ._rpc import RemoteCallable, RemoteObject, register_type
 from ._tensors import empty, is_shared
 from .config import ExtensionConfig, ExtensionManagerConfig, SandboxConfig, SandboxMode, parse_size
-from .errors import (CallTimeout, ConfigError, ExtensionStopped, NodecellError, ProtocolError, ProvisionError,
-                     RemoteError, SandboxUnavailable, WorkerCrashed)
+from .errors import (CallTimeout, ChannelFull, ConfigError, ExtensionStopped, NodecellError, ProtocolError,
+                     ProvisionError, RemoteError, SandboxUnavailable, WorkerCrashed)
 from .host import Extension, ExtensionManager
 from .shared import ExtensionBase, ExtensionLocal, ProxiedSingleton, local_execution
 
@@ -31,6 +31,7 @@ __version__ = _nodecell.__version__
 
 __all__ = [
     "CallTimeout",
+    "ChannelFull",
     "ConfigError",
     "Extension",
     "ExtensionBase",

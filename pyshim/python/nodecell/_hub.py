@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 from . import _nodecell
 
@@ -41,7 +41,7 @@ class LoopBridge:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.r = reactor()
-        self.handlers: Dict[int, Tuple[Callable[[], None], Callable[[], None]]] = {}
+        self.handlers: Dict[int, Callable[[str], None]] = {}
         self._armed = False
 
     @classmethod
@@ -53,12 +53,13 @@ class LoopBridge:
             cls._bridges[id(loop)] = b
         return b
 
-    def register(self, channel: Any, pidfd: int, on_readable: Callable[[], None],
-                 on_died: Callable[[], None]) -> int:
+    def register(self, channel: Any, pidfd: int, on_event: Callable[[str], None]) -> int:
+        """Watch ``channel``; ``on_event(kind)`` runs on this loop for each event
+        (``readable``, ``died``, ``storm``)."""
         if pidfd >= 0:
             channel.set_peer_pidfd(pidfd)
         token = self.r.register(channel)
-        self.handlers[token] = (on_readable, on_died)
+        self.handlers[token] = on_event
         _owners[token] = self
         if not self._armed:
             self.loop.add_reader(self.r.fileno(), self._drain)
@@ -97,7 +98,7 @@ class LoopBridge:
         if h is None:
             return
         try:
-            (h[0] if kind == "readable" else h[1])()
+            h(kind)
         except Exception:  # noqa: BLE001 - one worker's failure must not stop the others
             import logging
 

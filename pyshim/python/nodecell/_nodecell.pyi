@@ -7,6 +7,8 @@ __all__ = [
     "Arena",
     "CallStats",
     "Channel",
+    "ChannelBacklog",
+    "ChannelClosed",
     "CudaBuffer",
     "CudaView",
     "DLSource",
@@ -20,6 +22,7 @@ __all__ = [
     "KIND_LOG",
     "KIND_RELEASE",
     "KIND_REPLY",
+    "PeerGone",
     "ProtocolViolation",
     "Reactor",
     "Record",
@@ -52,14 +55,24 @@ KIND_HEARTBEAT: int
 class ProtocolViolation(ValueError):
     """The peer broke the channel protocol; the channel is poisoned."""
 
+class PeerGone(EOFError):
+    """The peer process exited or closed its end of the channel."""
+
+class ChannelClosed(EOFError):
+    """This end of the channel was closed (its resources are released)."""
+
+class ChannelBacklog(BufferError):
+    """Too much already waits for the peer to read it; the frame was not sent."""
+
 @final
 class Channel:
     """One end of a host/worker channel (rings in a sealed memfd + a socket for fds)."""
 
     @staticmethod
-    def create(max_frame: int = ..., send_timeout: float = ..., cuda: bool = False) -> Channel:
+    def create(max_frame: int = ..., stall_timeout: float = ..., cuda: bool = False) -> Channel:
         """Host side: a new channel; ``peer_fds()`` gives the worker's two fds. ``cuda``:
-        CUDA memory may cross it (``share_cuda_ipc``)."""
+        CUDA memory may cross it (``share_cuda_ipc``). Sends never block; a worker that
+        reads nothing for ``stall_timeout`` seconds while frames wait poisons it."""
     @staticmethod
     def open(ring_fd: int, sock_fd: int, max_frame: int = ..., send_timeout: float = ...) -> Channel:
         """Worker side: opens the channel from the host's fds (taking ownership of them)."""
@@ -85,8 +98,17 @@ class Channel:
     @property
     def cuda(self) -> bool:
         """Whether CUDA memory may cross this channel (``share_cuda_ipc``)."""
-    def send(self, kind: int, call_id: int, payload: Any) -> None:
-        """Sends one frame."""
+    @property
+    def closed(self) -> bool:
+        """Whether this end was closed (its resources are released)."""
+    @property
+    def outbox_bytes(self) -> int:
+        """Bytes of frames waiting in the outbox for the peer to make room."""
+    def send(self, kind: int, call_id: int, payload: Any) -> bool:
+        """Sends one frame; False when it waits in the outbox (a host send never blocks)."""
+    def send_call(self, call_id: int, target: int, method: str, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                  parent: Optional[int] = None) -> bool:
+        """Sends a call (``parent``: the peer's call this one is nested in); returns like ``send``."""
     def try_recv(self) -> Optional[Tuple[int, int, Any]]:
         """The next frame if one is ready, else None (never blocks)."""
     def recv(self, timeout: Optional[float] = None) -> Optional[Tuple[int, int, Any]]:
@@ -99,8 +121,10 @@ class Channel:
         """Host: hand waiting back to the reactor; True if frames arrived meanwhile."""
     def flush(self) -> None:
         """Sends queued releases now, if the ring has room."""
+    def flush_out(self) -> bool:
+        """Pushes what waits in the outbox as far as the peer made room; True when empty."""
     def check_alive(self) -> None:
-        """Raises EOFError if the peer is gone."""
+        """Raises PeerGone if the peer is gone."""
     def failure(self) -> Optional[str]:
         """The error that poisoned the channel, as text (None if healthy)."""
     def close(self, reason: str = ...) -> List[int]:

@@ -15,18 +15,14 @@ fd ``[pidfd]``; ``{"op": "exited", "wid", "pid", "code" | "signal"}``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import importlib.util
 import json
-import logging
 import os
 import selectors
 import signal
 import socket
 import sys
-import threading
-import time
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 

@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from . import _nodecell
 from ._rpc import (CALLBACK, CONTROL_ID, ERROR, EXTENSION_ID, LOG, REPLY, Endpoint, error_value,
@@ -207,11 +207,11 @@ class WorkerEndpoint(Endpoint):
     def _run_incoming(self, call_id: int, payload: Any) -> None:
         if self.call_hook is not None:
             self.call_hook(call_id, payload)
-        if isinstance(payload, BaseException):  # its arguments could not be built here
-            self._reply_error(call_id, payload)
-            return
         try:
-            target, method, args, kwargs = payload
+            target, method, args, kwargs, _parent = payload
+            if kwargs is None and isinstance(args, BaseException):  # its arguments could not be built here
+                self._reply_error(call_id, args)
+                return
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("malformed call frame")
             key = (target, method)

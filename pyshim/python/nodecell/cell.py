@@ -25,6 +25,9 @@ from ._rpc import CONTROL_ID, ERROR, REPLY, Endpoint, error_value, is_async_call
 from .errors import RemoteError, SandboxUnavailable, WorkerCrashed
 from .tools import hooks as _tools
 
+#: Transport errors that mean "the worker is gone" (its death gives the real reason).
+GONE = (_nodecell.PeerGone, _nodecell.ChannelClosed)
+
 if TYPE_CHECKING:
     from .extension import Extension
 
@@ -39,6 +42,13 @@ _BOOTSTRAP = (
 )
 _SINGLETON_BASE_ID = 16
 _MAX_FRAME = 256 << 20
+#: A worker that reads nothing for this long while the host's frames wait for ring
+#: space is treated as hostile (its channel is poisoned, it is killed and replaced).
+STALL_TIMEOUT = 10.0
+#: Frames (and seconds) handled per loop turn for one worker before yielding the loop:
+#: a flooding worker cannot hold the host's event loop.
+PUMP_FRAMES = 128
+PUMP_SECONDS = 0.002
 
 
 def _human(n: Optional[int]) -> str:
@@ -67,6 +77,55 @@ def _wait_reaped(pidfd: int, timeout: float = 0.5) -> None:
         time.sleep(0.001)
 
 
+class _LogLimiter:
+    """Rate limit for what one extension's workers log into the host (LOG frames and
+    stdout/stderr lines): ``RATE`` records a second sustained, ``BURST`` at once. The
+    excess is counted and summarized in one warning a second later (with the last
+    suppressed line), never dropped silently."""
+
+    RATE = 200.0
+    BURST = 1000.0
+
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self.loop = loop
+        self.tokens = self.BURST
+        self.stamp = time.monotonic()
+        self.dropped = 0
+        self.since = 0.0
+        self.last = ""
+        self.pending = False
+
+    def allow(self, text: str) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.BURST, self.tokens + (now - self.stamp) * self.RATE)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        if not self.dropped:
+            self.since = now
+        self.dropped += 1
+        self.last = text
+        if not self.pending:
+            self.pending = True
+            try:
+                self.loop.call_later(1.0, self.summarize)
+            except RuntimeError:  # the loop is closed: nothing will read the summary
+                self.pending = False
+        return False
+
+    def summarize(self) -> None:
+        self.pending = False
+        if not self.dropped:
+            return
+        n, self.dropped = self.dropped, 0
+        logging.getLogger(f"nodecell.{self.name}").warning(
+            "%d log records from the worker were suppressed in the last %.1f s (rate limit %g/s, "
+            "burst %g); the last one: %s", n, time.monotonic() - self.since, self.RATE, self.BURST,
+            self.last[:2000])
+
+
 class _HostEndpoint(Endpoint):
     """The host's end of one worker's channel."""
 
@@ -93,13 +152,13 @@ class _HostEndpoint(Endpoint):
             fut.set_result(value)
 
     def _run_incoming(self, call_id: int, payload: Any) -> None:
-        if isinstance(payload, BaseException):  # its arguments could not be built here
-            self._send_error(call_id, payload)
-            return
         try:
-            if not (isinstance(payload, tuple) and len(payload) == 4):
+            if not (isinstance(payload, tuple) and len(payload) == 5):
                 raise TypeError("malformed call frame")
-            target, method, args, kwargs = payload
+            target, method, args, kwargs, _parent = payload
+            if kwargs is None and isinstance(args, BaseException):  # its arguments could not be built here
+                self._send_error(call_id, args)
+                return
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("malformed call frame")
             if not all(isinstance(k, str) for k in kwargs):
@@ -147,6 +206,8 @@ class _HostEndpoint(Endpoint):
             return
         try:
             self.channel.send(REPLY, call_id, value)
+        except (*GONE, _nodecell.ProtocolViolation):
+            return  # the worker's death (or violation) is handled where it is noticed
         except Exception as e:  # noqa: BLE001 - e.g. a value that cannot cross
             self._send_error(call_id, e)
 
@@ -164,9 +225,12 @@ class _HostEndpoint(Endpoint):
             level = int(level)
         except Exception:  # noqa: BLE001
             return
+        msg = str(msg)
+        if not self.worker.cell.log_limit.allow(msg):
+            return
         name = str(name)[:200].replace("\n", " ")
         logging.getLogger(f"nodecell.{self.worker.cell.name}" + ("" if name == "root" else f".{name}")).log(
-            level, "%s", str(msg))
+            level, "%s", msg)
 
     def _schedule_release_flush(self) -> None:
         if self._flush_scheduled or self.closed:
@@ -189,7 +253,8 @@ class _Worker:
     def __init__(self, cell: "_Cell", wid: int) -> None:
         self.cell = cell
         self.wid = wid
-        self.channel = _nodecell.Channel.create(_MAX_FRAME, cuda=bool(cell.ext.config["share_cuda_ipc"]))
+        self.channel = _nodecell.Channel.create(_MAX_FRAME, STALL_TIMEOUT,
+                                                cuda=bool(cell.ext.config["share_cuda_ipc"]))
         self.ep = _HostEndpoint(self.channel, self)
         self.pid: Optional[int] = None
         self.pidfd = -1
@@ -204,22 +269,65 @@ class _Worker:
         self.init_info: Dict[str, Any] = {}
         #: Debugger state (stopped? for how long?) and the host tools object pinned in the channel.
         self.tools = _tools.attach_worker(self)
+        self.timed_out = False
+        self.violation: Optional[str] = None
+        self.death: Optional[WorkerCrashed] = None
+        self._drain_scheduled = False
         # The host's singletons, reachable from this worker under fixed ids.
         for i, api in enumerate(cell.ext.config["apis"]):
             self.ep.pin(_SINGLETON_BASE_ID + i, api())
 
-    def pump(self) -> None:
-        """Handle every frame waiting in the worker's ring."""
+    def pump(self, bounded: bool = True) -> bool:
+        """Handle the frames waiting in the worker's ring: at most ``PUMP_FRAMES`` (and
+        ``PUMP_SECONDS``) when ``bounded``, then a later loop turn goes on (see
+        :meth:`drain`). Returns True when the ring was found empty."""
         ch = self.channel
+        handle = self.ep.handle_frame
+        n = 0
+        t_end = time.perf_counter() + PUMP_SECONDS
         while True:
             try:
                 f = ch.try_recv()
+            except GONE:
+                self.on_died()
+                return True
             except Exception as e:  # noqa: BLE001 - protocol violation: drop this worker
                 self.cell.protocol_violation(self, e)
-                return
+                return True
             if f is None:
-                return
-            self.ep.handle_frame(*f)
+                return True
+            handle(*f)
+            n += 1
+            if bounded and (n >= PUMP_FRAMES or (n & 15 == 0 and time.perf_counter() > t_end)):
+                self._schedule_drain()
+                return False
+
+    def drain(self) -> None:
+        """Handle what the worker sent (bounded per loop turn) and hand waiting back to
+        the reactor: the doorbell is armed again once the ring is found empty."""
+        self._drain_scheduled = False
+        if self.dead:
+            return
+        if self.pump() and not self.dead:
+            try:
+                if self.channel.resume_doorbell():  # frames arrived meanwhile
+                    self._schedule_drain()
+            except GONE:
+                self.on_died()
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.cell.loop.call_soon(self.drain)
+
+    def on_event(self, kind: str) -> None:
+        """A reactor event for this worker's channel."""
+        if kind == "readable":
+            self.drain()
+        elif kind == "storm":
+            self.cell.protocol_violation(self, "it rang its doorbell over and over with nothing to read")
+        else:
+            self.on_died()
 
     def spin_for(self, fut: asyncio.Future) -> None:
         """Spin briefly (GIL released) for the reply to land, to skip a loop wake-up."""
@@ -234,6 +342,9 @@ class _Worker:
                 break
             try:
                 f = ch.spin_recv(left // 1000 + 1)
+            except GONE:
+                self.on_died()
+                return
             except Exception as e:  # noqa: BLE001
                 self.cell.protocol_violation(self, e)
                 return
@@ -257,12 +368,20 @@ class _Worker:
         self.cell.loop.create_task(self.cell.worker_died(self))
 
     def close(self) -> None:
-        self.ep.closed = True
-        for fut in self.ep.pending.values():
+        """Release everything the worker held in the host at once: its channel (ring
+        memfd, mapping, socket, received descriptors), pidfd, reactor registration and
+        the host objects it was given. What user code keeps (an exception, a proxy, a
+        received tensor) keeps none of these."""
+        ep = self.ep
+        ep.closed = True
+        for fut in ep.pending.values():
             if not fut.done():
                 fut.set_exception(WorkerCrashed(f"pack {self.cell.name!r}: worker stopped",
                                                 reason="exited", extension=self.cell.name))
-        self.ep.pending.clear()
+        ep.pending.clear()
+        for t in ep.tasks.values():
+            t.cancel()
+        ep.tasks.clear()
         if self.token is not None:
             self.cell.bridge.unregister(self.token)
             self.token = None
@@ -273,9 +392,14 @@ class _Worker:
                 pass
             self.pidfd = -1
         try:
-            self.channel.close()
+            self.channel.close("worker gone")
         except Exception:  # noqa: BLE001
             pass
+        with ep._lock:
+            ep.exported.clear()
+            ep._export_ids.clear()
+        ep.pinned.clear()
+        ep._release_queue.clear()
 
 
 class _Cell:
@@ -301,6 +425,7 @@ class _Cell:
         self._status_fd = -1
         self.stderr_tail: List[str] = []
         self.tasks: List[asyncio.Task] = []
+        self.log_limit = _LogLimiter(name, self.loop)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -339,7 +464,8 @@ class _Cell:
             text = line.decode("utf-8", "replace").rstrip("\n")
             if what == "stderr":
                 self.stderr_tail = (self.stderr_tail + [text])[-40:]
-            lg.log(level, "%s", text, extra={"nodecell_stream": what})
+            if self.log_limit.allow(text):
+                lg.log(level, "%s", text, extra={"nodecell_stream": what})
 
     def _on_status(self) -> None:
         try:
@@ -484,7 +610,7 @@ class _Cell:
             w.close()
             raise
         w.pid, w.pidfd = pid, pidfd
-        w.token = self.bridge.register(w.channel, pidfd, w.pump, w.on_died)
+        w.token = self.bridge.register(w.channel, pidfd, w.on_event)
         w.alive = True
         return w
 
@@ -495,23 +621,25 @@ class _Cell:
                 await asyncio.wait_for(w.exit_event.wait(), 0.5)
             except asyncio.TimeoutError:
                 pass
-        w.pump()  # frames sent just before death still count
+        if not w.channel.closed:
+            w.pump(bounded=False)  # frames sent just before death still count (a dead worker sends no more)
         err = self.describe_death(w)
         for fut in list(w.ep.pending.values()):
             if not fut.done():
                 fut.set_exception(err)
         w.ep.pending.clear()
         self.workers.pop(w.wid, None)
+        w.death = err
         w.close()
         self.ext._worker_gone(w, err)
 
     def describe_death(self, w: _Worker) -> WorkerCrashed:
         info = w.exit_info or {}
-        if getattr(w, "timed_out", None):
+        if w.timed_out:
             return WorkerCrashed(f"pack {self.name!r}: worker killed after a call timed out",
                                  reason="timeout", signal=9, extension=self.name)
-        if getattr(w, "violation", None):
-            return WorkerCrashed(f"pack {self.name!r}: worker dropped: {w.violation}",  # type: ignore[attr-defined]
+        if w.violation:
+            return WorkerCrashed(f"pack {self.name!r}: worker dropped for breaking the protocol: {w.violation}",
                                  reason="protocol", extension=self.name)
         sb = info.get("sandbox")
         if sb is not None:
@@ -563,9 +691,12 @@ class _Cell:
                 continue
         return False
 
-    def protocol_violation(self, w: _Worker, e: BaseException) -> None:
+    def protocol_violation(self, w: _Worker, e: Any) -> None:
+        """``w`` broke the protocol (or stalled): retire it, kill it, fail its calls."""
+        if w.dead or w.violation:
+            return
         log.error("pack %r worker #%d broke the protocol: %s; dropping it", self.name, w.wid, e)
-        w.violation = str(e)  # type: ignore[attr-defined]
+        w.violation = str(e)
         if self.ext is not None:
             self.ext._retire(w)
         w.kill()

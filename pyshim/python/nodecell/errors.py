@@ -18,6 +18,7 @@ __all__ = [
     "ProtocolError",
     "ExtensionStopped",
     "ConfigError",
+    "ChannelFull",
 ]
 
 
@@ -28,9 +29,12 @@ class NodecellError(Exception):
 class WorkerCrashed(NodecellError):
     """The worker process died while a call was pending.
 
-    ``reason`` is one of ``"exited"``, ``"signal"``, ``"memory"``, ``"timeout"``,
-    ``"protocol"``, ``"setup"``; ``exit_code`` and ``signal`` give the details
-    where known. The next call restarts the worker.
+    ``reason`` says how, as it really was: ``"exited"`` (it exited; ``exit_code``),
+    ``"signal"`` (killed by ``signal``), ``"memory"`` (killed by its memory limit),
+    ``"timeout"`` (killed because a call ran past its deadline), ``"protocol"``
+    (dropped for breaking the channel protocol, e.g. impossible ring counters, or for
+    reading nothing for a long time while the host's frames waited), ``"setup"``
+    (its sandbox could not start). The next call restarts the worker.
     """
 
     def __init__(
@@ -94,6 +98,15 @@ class ProvisionError(NodecellError):
 
 class ProtocolError(NodecellError):
     """The worker sent something that breaks the protocol; it was dropped and will be restarted."""
+
+
+class ChannelFull(NodecellError):
+    """Too much already waits for the worker to read it (it is not keeping up); this
+    call was not sent. The worker is fine: retry later, or send less at once."""
+
+    def __init__(self, message: str, *, extension: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.extension = extension
 
 
 class ExtensionStopped(NodecellError):

@@ -9,10 +9,10 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, Generic, List, Optional, TypeVar
 
 from . import _nodecell, _reload
-from ._rpc import CALL, CANCEL, CONTROL_ID, EXTENSION_ID
-from .cell import _Cell, _Worker
+from ._rpc import CANCEL, CONTROL_ID, EXTENSION_ID
+from .cell import GONE, _Cell, _Worker
 from .config import ExtensionConfig
-from .errors import CallTimeout, ExtensionStopped, WorkerCrashed
+from .errors import CallTimeout, ChannelFull, ExtensionStopped, WorkerCrashed
 from .shared import ExtensionBase
 from .tools import hooks as _tools
 
@@ -173,7 +173,7 @@ class Extension(Generic[T]):
             self._workers.remove(w)
         if _reload.is_retired(w):  # replaced by a hot reload: an expected end
             return
-        self.last_crash = err
+        self.last_crash = _detached(err)
         self.restarts += 1
         logging.getLogger(f"nodecell.{self.name}").warning("%s; the next call starts a new worker", err)
 
@@ -259,6 +259,8 @@ class Extension(Generic[T]):
     async def _call_on(self, w: _Worker, target: int, method: str, args: tuple, kwargs: dict,
                        internal: bool = False, timeout: Optional[float] = None) -> Any:
         if w.dead:
+            if w.death is not None:
+                raise _detached(w.death)
             raise WorkerCrashed(f"pack {self.name!r}: worker is gone", extension=self.name)
         ep = w.ep
         loop = w.cell.loop
@@ -266,14 +268,29 @@ class Extension(Generic[T]):
         call_id = next(ep._call_ids)
         ep.pending[call_id] = fut
         spinning = w.spin_ns > 0
-        if spinning:
-            w.channel.quiet_doorbell()  # we poll for the reply ourselves: no reactor wake-up
+        ch = w.channel
         try:
-            w.channel.send(CALL, call_id, (target, method, tuple(args), dict(kwargs)))
-        except BaseException:
-            ep.pending.pop(call_id, None)
             if spinning:
-                w.channel.resume_doorbell()
+                ch.quiet_doorbell()  # we poll for the reply ourselves: no reactor wake-up
+            # Never blocks: what does not fit waits in the channel's outbox (the reactor
+            # pushes it on as the worker frees space), bounded by this call's deadline.
+            if not ch.send_call(call_id, target, method, tuple(args), dict(kwargs)):
+                spinning = False  # queued: no reply can come before the worker reads it
+        except GONE:
+            # The worker is gone (maybe unnoticed so far): its death, described with the
+            # real reason, fails this call like every other pending one.
+            w.on_died()
+        except _nodecell.ProtocolViolation as e:
+            w.cell.protocol_violation(w, e)
+        except _nodecell.ChannelBacklog as e:
+            ep.pending.pop(call_id, None)
+            w.drain()
+            raise ChannelFull(f"pack {self.name!r}: {method}() was not sent: {e}",
+                              extension=self.name) from None
+        except BaseException:
+            ep.pending.pop(call_id, None)  # e.g. an argument that cannot cross: nothing was sent
+            if spinning:
+                w.drain()
             raise
         if ep._release_queue:
             ep.flush_releases()
@@ -281,11 +298,11 @@ class Extension(Generic[T]):
         failed = False
         t0 = time.perf_counter_ns()
         try:
-            if spinning:
+            if spinning and not w.dead:
                 w.spin_for(fut)
-                # Hand waiting back to the reactor; take what arrived in between.
-                while not w.dead and w.channel.resume_doorbell():
-                    w.pump()
+                # Hand waiting back to the reactor; take what arrived in between (bounded
+                # per loop turn: a flooding worker cannot hold the loop here either).
+                w.drain()
             if fut.done():
                 return fut.result()
             if timeout is None and not internal:
@@ -309,7 +326,7 @@ class Extension(Generic[T]):
                 if deadline <= loop.time():
                     break
             ep.pending.pop(call_id, None)
-            w.timed_out = True  # type: ignore[attr-defined]
+            w.timed_out = True
             self._retire(w)
             w.kill()
             raise CallTimeout(
@@ -320,8 +337,8 @@ class Extension(Generic[T]):
             if not fut.done() and not w.dead:
                 ep.pending.pop(call_id, None)
                 try:
-                    w.channel.send(CANCEL, call_id, None)
-                except Exception:  # noqa: BLE001
+                    ch.send(CANCEL, call_id, None)
+                except Exception:  # noqa: BLE001 - a dead worker needs no cancel
                     pass
             raise
         except BaseException:
@@ -403,3 +420,17 @@ class ExtensionMethods:
 async def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
     """Run ``coro`` on ``loop`` (running in another thread) and wait for it here."""
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+
+def _detached(err: BaseException) -> BaseException:
+    """A copy of ``err`` without its traceback (whose frames hold the call's worker and
+    channel): what ``Extension.last_crash`` keeps."""
+    try:
+        copy = type(err).__new__(type(err))
+        copy.__dict__.update(err.__dict__)
+        copy.args = err.args
+    except Exception:  # noqa: BLE001 - an exotic exception type: keep its text only
+        return RuntimeError(str(err))
+    copy.__traceback__ = None
+    copy.__cause__ = copy.__context__ = None
+    return copy

@@ -20,7 +20,7 @@ from ._find_launcher import find_launcher
 from ._rpc import registered_types
 from .cell import _BOOTSTRAP, _SINGLETON_BASE_ID, SANDBOX_HOST, SANDBOX_LIB, _Cell
 from .config import ExtensionConfig, ExtensionManagerConfig, SandboxMode
-from .errors import ProvisionError
+from .errors import ConfigError, ProvisionError
 from .extension import Extension
 from .shared import ExtensionBase
 from .tools import hooks as _tools
@@ -189,7 +189,8 @@ class ExtensionManager(Generic[T]):
             config = ExtensionConfig(config)
         name = config["name"]
         if name in self.extensions:
-            raise ValueError(f"extension {name!r} is already loaded")
+            raise ConfigError("name", f"an extension named {name!r} is already loaded in this manager; "
+                                      "stop it first or pick another name")
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
