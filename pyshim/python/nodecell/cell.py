@@ -271,6 +271,7 @@ class _Worker:
         self.tools = _tools.attach_worker(self)
         self.timed_out = False
         self.violation: Optional[str] = None
+        self.stopping = False
         self.death: Optional[WorkerCrashed] = None
         self._drain_scheduled = False
         # The host's singletons, reachable from this worker under fixed ids.
@@ -631,7 +632,8 @@ class _Cell:
         self.workers.pop(w.wid, None)
         w.death = err
         w.close()
-        self.ext._worker_gone(w, err)
+        if not w.stopping:
+            self.ext._worker_gone(w, err)
 
     def describe_death(self, w: _Worker) -> WorkerCrashed:
         info = w.exit_info or {}
@@ -706,6 +708,7 @@ class _Cell:
 
     async def stop(self, grace: float = 2.0) -> None:
         for w in list(self.workers.values()):
+            w.stopping = True  # its exit from here on is the expected end, not a crash
             if w.alive and not w.dead:
                 try:
                     await asyncio.wait_for(self.ext._call_on(w, CONTROL_ID, "stop", (), {}, internal=True), grace)
