@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from . import _nodecell
 from ._rpc import (CALLBACK, CONTROL_ID, ERROR, EXTENSION_ID, LOG, REPLY, Endpoint, error_value,
