@@ -295,9 +295,9 @@ class CellActor:
             return "fault", fault_record(WorkerCrashed(f"pack {self.name!r}: expected a call frame, got kind {kind}",
                                                        reason="protocol"))
         try:
-            if isinstance(payload, BaseException):
-                raise payload
-            target, method, args, kwargs = payload
+            target, method, args, kwargs, _parent = payload
+            if kwargs is None and isinstance(args, BaseException):  # its arguments could not be built here
+                raise args
             fn = link.resolve_target(target, method)
             result = fn(*args, **kwargs)
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):

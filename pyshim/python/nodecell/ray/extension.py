@@ -131,11 +131,11 @@ class _DriverLink(Link):
     def _run_incoming(self, call_id: int, payload: Any) -> None:
         """A call from the cell (a service, a callback): run it here, answer with a frame."""
         try:
-            if isinstance(payload, BaseException):
-                raise payload
-            if not (isinstance(payload, tuple) and len(payload) == 4):
+            if not (isinstance(payload, tuple) and len(payload) == 5):
                 raise TypeError("malformed call frame")
-            target, method, args, kwargs = payload
+            target, method, args, kwargs, _parent = payload
+            if kwargs is None and isinstance(args, BaseException):  # its arguments could not be built here
+                raise args
             if not isinstance(args, tuple) or not isinstance(kwargs, dict):
                 raise TypeError("malformed call frame")
             fn = self.resolve_target(target, method)
