@@ -33,7 +33,9 @@ __all__ = [
     "serve",
     "socket_path",
     "start_profile",
+    "start_profile_async",
     "stop_profile",
+    "stop_profile_async",
     "stop_serving",
 ]
 
@@ -66,14 +68,30 @@ def socket_path() -> Optional[str]:
 
 
 def start_profile(path: str) -> None:
-    """Record a profile of every call from now on; :func:`stop_profile` writes it to ``path``."""
+    """Record a profile of every call from now on (all extensions of this process);
+    :func:`stop_profile` writes it to ``path`` (Chrome trace / Perfetto JSON)."""
     from . import profile
 
     profile.start(path)
 
 
 def stop_profile() -> Optional[str]:
-    """Stop recording and write the trace file (workers' spans included); returns its path."""
+    """Stop recording and write the trace file (workers' spans included); returns its path.
+    From a thread that runs no cell's event loop; inside one, await :func:`stop_profile_async`."""
     from . import profile
 
     return profile.stop_sync()
+
+
+async def start_profile_async(path: str) -> None:
+    """:func:`start_profile` for coroutines: returns once every worker records."""
+    from . import profile
+
+    await profile.start_async(path)
+
+
+async def stop_profile_async() -> Optional[str]:
+    """:func:`stop_profile` for coroutines."""
+    from . import profile
+
+    return await profile.stop_async()

@@ -467,9 +467,12 @@ def clear_breaks() -> None:
 class Debugger:
     """A worker's debugger: breakpoints, the session mode, the engines (made on first use)."""
 
-    def __init__(self, ep: Any) -> None:
+    def __init__(self, ep: Any, refresh_hooks: Any = None) -> None:
         self.ep = ep
         self.host = HostLink(ep)
+        #: What the endpoint's ``call_hook`` should run for the debugger (None: nothing).
+        self.call_hook: Any = None
+        self._refresh = refresh_hooks
         self.mode: Optional[str] = None
         self.dap: Optional[DapEngine] = None
         self._local = threading.local()
@@ -506,7 +509,11 @@ class Debugger:
             self.dap = DapEngine(self)
         self.mode = mode
         armed = bool(_BREAKS) or mode == "dap"
-        self.ep.call_hook = self._on_call if armed else self._disarm_on_call
+        self.call_hook = self._on_call if armed else self._disarm_on_call
+        if self._refresh is not None:
+            self._refresh()
+        else:
+            self.ep.call_hook = self.call_hook
         threading.settrace(self._thread_start if armed else None)  # type: ignore[arg-type]
         if armed:
             self._arm_here()

@@ -30,9 +30,10 @@ _managers: "weakref.WeakSet[ExtensionManager]" = weakref.WeakSet()
 def register_manager(manager: "ExtensionManager") -> None:
     """List ``manager`` for the stats snapshot and make sure the tools socket is served."""
     _managers.add(manager)
-    from . import server
+    from . import profile, server
 
     server.serve()
+    profile.start_from_env()
 
 
 def managers() -> List["ExtensionManager"]:
@@ -44,7 +45,8 @@ class WorkerTools:
     """The tools' state for one worker, on the host: whether (and how long) it has
     been stopped in a debugger. Read by the call path when a timeout expires."""
 
-    __slots__ = ("worker", "stopped", "stopped_since", "paused_ns", "host_pid", "_resumed", "__weakref__")
+    __slots__ = ("worker", "stopped", "stopped_since", "paused_ns", "host_pid", "profile_key", "_resumed",
+                 "__weakref__")
 
     def __init__(self, worker: "_Worker") -> None:
         self.worker = worker
@@ -55,6 +57,8 @@ class WorkerTools:
         self.paused_ns = 0
         #: The worker's pid as the host sees it (filled in by the stats snapshot).
         self.host_pid: Optional[int] = None
+        #: The worker's name in profiles (set by the profiler).
+        self.profile_key: Optional[str] = None
         self._resumed: Optional[asyncio.Event] = None
 
     def paused(self) -> int:
@@ -117,6 +121,13 @@ async def worker_ready(ext: "Extension", worker: "_Worker") -> None:
 
     await debug.hub().worker_ready(ext, worker)
     await profile.worker_ready(ext, worker)
+
+
+async def manager_stopping(exts: List[Any]) -> None:
+    """A manager is about to stop ``exts``: the profiler takes their workers' last records."""
+    from . import profile
+
+    await profile.manager_stopping(exts)
 
 
 def extensions() -> List[Any]:

@@ -3,13 +3,16 @@ every worker: the host configures the debugger and the profiler through it.
 
 Kept light: the debugger (:mod:`nodecell.tools.debugee`, which imports pdb) and
 the profiler's worker half are imported on first use, so a worker that is never
-debugged or profiled pays nothing but this object.
+debugged or profiled pays nothing but this object. Both use the endpoint's
+``call_hook`` (before a call runs) and the profiler its ``reply_hook`` (around
+sending a reply); :meth:`WorkerTools.refresh_hooks` sets them to exactly what
+is switched on (None when nothing is).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import WORKER_TOOLS_ID
 
@@ -26,7 +29,7 @@ class WorkerTools:
         if self._debugger is None:
             from .debugee import Debugger
 
-            self._debugger = Debugger(self._ep)
+            self._debugger = Debugger(self._ep, self.refresh_hooks)
         return self._debugger
 
     def debug_config(self, cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -37,23 +40,51 @@ class WorkerTools:
         """Serve one Debug Adapter Protocol request (this worker's ids)."""
         return self._debug().dap_request(command, args)
 
-    def profile(self, on: bool) -> bool:
-        """Turn span recording on or off; returns whether it is on."""
+    def profile(self, on: bool) -> Dict[str, Any]:
+        """Turn span recording on or off; returns this worker's pid and thread names."""
         from .profile_worker import profiler
 
-        p = profiler(self._ep)
-        p.enable(on)
-        return on
+        p = self._profiler = profiler(self._ep)
+        p.on = bool(on)
+        if hasattr(self._ep.channel, "set_profiling"):
+            self._ep.channel.set_profiling(p.on)
+        self.refresh_hooks()
+        import os
+
+        return {"pid": os.getpid(), "on": p.on}
 
     def profile_drain(self) -> List[Any]:
-        """The spans recorded since the last drain (and forget them)."""
-        from .profile_worker import profiler
-
-        return profiler(self._ep).drain()
+        """The span records since the last drain (and forget them)."""
+        if self._profiler is None:
+            return []
+        return self._profiler.drain()
 
     def breakpointhook(self, *args: Any, **kwargs: Any) -> None:
         """``sys.breakpointhook``: stop the caller in the debugger."""
         self._debug().break_in(sys._getframe(1))
+
+    def refresh_hooks(self) -> None:
+        """Point the endpoint's hooks at what is on now."""
+        hooks: List[Callable[[int, Any], None]] = []
+        dbg = self._debugger.call_hook if self._debugger is not None else None
+        if dbg is not None:
+            hooks.append(dbg)
+        prof = self._profiler if self._profiler is not None and self._profiler.on else None
+        if prof is not None:
+            hooks.append(prof.begin)
+        if not hooks:
+            self._ep.call_hook = None
+        elif len(hooks) == 1:
+            self._ep.call_hook = hooks[0]
+        else:
+            first, second = hooks
+
+            def both(call_id: int, payload: Any) -> None:
+                first(call_id, payload)
+                second(call_id, payload)
+
+            self._ep.call_hook = both
+        self._ep.reply_hook = prof.replied if prof is not None else None
 
 
 def install(ep: Any) -> WorkerTools:
