@@ -110,6 +110,9 @@ class WorkerEndpoint(Endpoint):
         #: Called as ``call_hook(call_id, payload)`` before each incoming call when set
         #: (the debugger makes the serving thread trace; the profiler stamps the start).
         self.call_hook: Any = None
+        #: Called as ``reply_hook(call_id, started_ns, sent_ns)`` after a reply (or error) was
+        #: sent, when set (the profiler; time.monotonic_ns() when encoding began and ended).
+        self.reply_hook: Any = None
         self.pin(CONTROL_ID, _Control(self))
         _tools.install(self)  # breakpoint(), debugger and profiler control (nodecell.tools)
 
@@ -388,17 +391,25 @@ class WorkerEndpoint(Endpoint):
             self._loop.call_soon_threadsafe(task.cancel)
 
     def _reply(self, call_id: int, value: Any) -> None:
+        hook = self.reply_hook
+        t0 = time.monotonic_ns() if hook is not None else 0
         try:
             self.channel.send(REPLY, call_id, value)
         except Exception as e:  # noqa: BLE001 - e.g. a value that cannot cross
             self._reply_error(call_id, e)
+        if hook is not None:
+            hook(call_id, t0, time.monotonic_ns())
         self.flush_releases()
 
     def _reply_error(self, call_id: int, e: BaseException) -> None:
+        hook = self.reply_hook
+        t0 = time.monotonic_ns() if hook is not None else 0
         try:
             self.channel.send(ERROR, call_id, error_value(e))
         except Exception as e2:  # noqa: BLE001
             self.channel.send(ERROR, call_id, _nodecell.ErrorValue(type(e2).__name__, str(e2)[:4096], ""))
+        if hook is not None:
+            hook(call_id, t0, time.monotonic_ns())
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop

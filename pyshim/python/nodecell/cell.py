@@ -24,6 +24,7 @@ from . import _hub, _nodecell
 from ._rpc import CONTROL_ID, ERROR, REPLY, Endpoint, error_value, is_async_callable
 from .errors import RemoteError, SandboxUnavailable, WorkerCrashed
 from .tools import hooks as _tools
+from .tools import profile as _profile
 
 #: Transport errors that mean "the worker is gone" (its death gives the real reason).
 GONE = (_nodecell.PeerGone, _nodecell.ChannelClosed)
@@ -146,6 +147,8 @@ class _HostEndpoint(Endpoint):
         fut = self.pending.pop(call_id, None)
         if fut is None or fut.done():
             return
+        if _profile.ACTIVE:
+            _profile.delivered(self.worker, call_id, self.channel)
         if error is not None:
             fut.set_exception(error)
         else:

@@ -15,6 +15,7 @@ from .config import ExtensionConfig
 from .errors import CallTimeout, ChannelFull, ExtensionStopped, WorkerCrashed
 from .shared import ExtensionBase
 from .tools import hooks as _tools
+from .tools import profile as _profile
 
 if TYPE_CHECKING:
     from .manager import ExtensionManager
@@ -208,6 +209,7 @@ class Extension(Generic[T]):
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` of the extension object in a worker and return its result."""
+        queued = time.monotonic_ns() if _profile.ACTIVE else 0  # the profiler's "queue" starts here
         if self._stopped:
             raise ExtensionStopped(f"extension {self.name!r} was stopped")
         if not self.config["isolated"]:
@@ -226,7 +228,7 @@ class Extension(Generic[T]):
         if self.config["reload"]:
             await _reload.maybe_reload(self)
         w = await self._pick_worker()
-        return await self._call_on(w, EXTENSION_ID, method, args, kwargs)
+        return await self._call_on(w, EXTENSION_ID, method, args, kwargs, queued_at=queued)
 
     def call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Blocking form of :meth:`call` for threads other than the manager's event loop."""
@@ -257,7 +259,7 @@ class Extension(Generic[T]):
         return w
 
     async def _call_on(self, w: _Worker, target: int, method: str, args: tuple, kwargs: dict,
-                       internal: bool = False, timeout: Optional[float] = None) -> Any:
+                       internal: bool = False, timeout: Optional[float] = None, queued_at: int = 0) -> Any:
         if w.dead:
             if w.death is not None:
                 raise _detached(w.death)
@@ -269,6 +271,8 @@ class Extension(Generic[T]):
         ep.pending[call_id] = fut
         spinning = w.spin_ns > 0
         ch = w.channel
+        profiled = _profile.ACTIVE and not internal
+        send_ns = time.monotonic_ns() if profiled else 0
         try:
             if spinning:
                 ch.quiet_doorbell()  # we poll for the reply ourselves: no reactor wake-up
@@ -292,6 +296,7 @@ class Extension(Generic[T]):
             if spinning:
                 w.drain()
             raise
+        sent_ns = time.monotonic_ns() if profiled else 0
         if ep._release_queue:
             ep.flush_releases()
         w.inflight += 1
@@ -348,7 +353,9 @@ class Extension(Generic[T]):
             w.inflight -= 1
             rtt = time.perf_counter_ns() - t0
             if not internal:
-                self._stats.record(rtt, not failed)
+                (self._stats.record_error if failed else self._stats.record)(rtt)
+                if profiled:
+                    _profile.host_call(self, w, call_id, method, queued_at, send_ns, sent_ns, failed)
             # Adapt the spin window: spin when replies usually come back quickly.
             if rtt < 400_000:
                 w.spin_ns = min(max(2 * rtt, 50_000), 400_000)

@@ -219,6 +219,7 @@ class ExtensionManager(Generic[T]):
         self.extensions.clear()
 
         async def stop_all() -> None:
+            await _tools.manager_stopping(exts)  # the profiler takes the workers' last records
             await asyncio.gather(*(e.stop() for e in exts), *(_stop_cell(c) for c in warm),
                                  return_exceptions=True)
 
