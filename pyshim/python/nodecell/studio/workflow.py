@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import CallTimeout, RemoteError, WorkerCrashed
+from ..tools import profile as _profile
 
 __all__ = ["run_workflow", "WorkflowResult", "NodeExecutionError", "NodeRecord"]
 
@@ -87,6 +88,9 @@ class WorkflowResult:
     seconds: float = 0.0
     #: Packs whose worker died during the run, with the error.
     crashed: Dict[str, BaseException] = field(default_factory=dict)
+    #: Per-node phases of the run's calls when a profile was being recorded
+    #: (``nodecell.tools.profile.summary``), else None.
+    profile: Optional[List[Dict[str, Any]]] = None
 
     @property
     def ok(self) -> bool:
@@ -201,6 +205,7 @@ async def run_workflow(graph: Dict[str, Any], node_class_mappings: Dict[str, Any
     lanes: Dict[str, asyncio.Semaphore] = {}
     host_thread: List[concurrent.futures.ThreadPoolExecutor] = []
     t_start = time.perf_counter()
+    prof_run = _profile.run_begin()  # None unless a profile is being recorded (nodecell.tools)
 
     def now() -> float:
         return time.perf_counter() - t_start
@@ -257,7 +262,8 @@ async def run_workflow(graph: Dict[str, Any], node_class_mappings: Dict[str, Any
                         pack=pack, exception_type="PackCrashed", not_run=True)
                 rec.started = now()
                 try:
-                    out = await call_node(cls, inputs, lane)
+                    with _profile.node(nid, ct, pack, prof_run):
+                        out = await call_node(cls, inputs, lane)
                 finally:
                     rec.finished = now()
                     rec.seconds = rec.finished - rec.started
@@ -286,4 +292,5 @@ async def run_workflow(graph: Dict[str, Any], node_class_mappings: Dict[str, Any
         for ex in host_thread:
             ex.shutdown(wait=False)
     result.seconds = now()
+    result.profile = await _profile.workflow_done(prof_run)
     return result
