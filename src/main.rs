@@ -1,5 +1,5 @@
 //! The `nodecell` command line: `check`, `run`, `provision`, `venv`, `migrate`,
-//! `state`, and the developer tools `top` and `debug`.
+//! `state`, and the developer tools `top`, `debug` and `profile`.
 //!
 //! Each subcommand lives in its own module under `src/cli/` and returns the
 //! process exit status; this file only parses the command line and exits.
@@ -38,6 +38,9 @@ enum Command {
     /// List or remove the per-pack state layers (what isolated packs write
     /// into their own folder).
     State(cli::state::StateArgs),
+    /// Record a profile (Chrome trace / Perfetto JSON) of a running host's
+    /// calls across the host and its cells.
+    Profile(cli::profile::ProfileArgs),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Command::Top(args) => cli::top::main(args),
         Command::Debug(args) => cli::debug::main(args),
         Command::State(args) => cli::state::main(args),
+        Command::Profile(args) => cli::profile::main(args),
     };
     std::process::exit(code);
 }

@@ -30,13 +30,16 @@ impl PyCallStats {
         }
     }
 
-    /// Count one finished call that took `ns` nanoseconds (`ok`: it returned, not raised).
-    fn record(&self, ns: u64, ok: bool) {
+    /// Count one finished call that took `ns` nanoseconds.
+    fn record(&self, ns: u64) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        }
         self.hist.record(ns);
+    }
+
+    /// Count one finished call that took `ns` nanoseconds and raised.
+    fn record_error(&self, ns: u64) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.record(ns);
     }
 
     /// Calls counted.

@@ -2,6 +2,7 @@
 pub mod check;
 pub mod debug;
 pub mod migrate;
+pub mod profile;
 pub mod provision;
 pub mod run;
 pub mod state;

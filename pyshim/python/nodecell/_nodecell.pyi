@@ -358,8 +358,10 @@ def ipc_probe() -> List[Tuple[str, bool, str]]:
 class CallStats:
     """Call counters of one extension: calls, errors, a latency histogram (lock-free)."""
     def __new__(cls) -> CallStats: ...
-    def record(self, ns: int, ok: bool) -> None:
+    def record(self, ns: int) -> None:
         """Count one finished call that took ``ns`` nanoseconds."""
+    def record_error(self, ns: int) -> None:
+        """Count one finished call that took ``ns`` nanoseconds and raised."""
     @property
     def calls(self) -> int: ...
     @property

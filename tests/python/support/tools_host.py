@@ -96,7 +96,7 @@ async def main() -> None:
             loops.clear()
             print("STOPPED", flush=True)
         elif cmd == "profile":
-            nodecell.tools.start_profile(rest[0])
+            await nodecell.tools.start_profile_async(rest[0])
             print("PROFILING", flush=True)
         elif cmd == "endprofile":
             print("PROFILE", await nodecell.tools.stop_profile_async(), flush=True)
