@@ -33,6 +33,9 @@ use crate::manifest::Pack;
 use crate::shared::HostShare;
 use crate::uv::{display_command, parse_line, run_streaming, Line, Progress, Uv, UV_INDEX_ENV};
 
+/// The interpreter venvs are built on when neither the manifest nor the host names one.
+pub const FALLBACK_PYTHON: &str = "/usr/bin/python3";
+
 /// File written into every finished venv: its [`VenvInfo`].
 pub const INFO_FILE: &str = "nodecell-venv.json";
 /// Version of the venv layout; part of the key.
@@ -348,7 +351,7 @@ impl Provisioner {
     }
 
     /// The interpreter a pack's venv is built on: the manifest's `python:`,
-    /// else the host's interpreter, else `/usr/bin/python3`. As root, only
+    /// else the host's interpreter, else [`FALLBACK_PYTHON`]. As root, only
     /// interpreters an unprivileged uid can run qualify.
     pub fn select_interpreter(&self, pack: &Pack) -> Result<Interpreter> {
         let need = running_as_root();
@@ -364,7 +367,7 @@ impl Provisioner {
                 (true, Err(why)) => why_not_host = Some(why),
             }
         }
-        let fallback = Path::new("/usr/bin/python3");
+        let fallback = Path::new(FALLBACK_PYTHON);
         let i = Interpreter::query(fallback, Some(&cache)).map_err(|e| match &why_not_host {
             Some(why) => Error::Interpreter {
                 spec: "host".into(),

@@ -122,6 +122,19 @@ fn scan_site(site: &Path) -> Vec<DistInfo> {
     out
 }
 
+/// Every distribution installed in the host interpreter's site-packages:
+/// normalized name -> version (the first found in `sys.path` order wins, as
+/// Python's import would).
+pub fn installed(host: &Interpreter) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for site in &host.site_packages {
+        for d in scan_site(site) {
+            out.entry(normalize_name(&d.name)).or_insert(d.version);
+        }
+    }
+    out
+}
+
 impl HostShare {
     /// Finds the `roots` (distribution names) in the host interpreter's
     /// site-packages and walks their dependencies. With `require_torch`,

@@ -8,7 +8,7 @@ use crate::requirement::{Requirement, Source};
 
 /// Distributions whose wheels before the given version were built against
 /// numpy 1.x only (the version is the first one built against numpy 2).
-pub(super) const NUMPY1_WHEELS: [(&str, &str); 9] = [
+pub(crate) const NUMPY1_WHEELS: [(&str, &str); 9] = [
     ("opencv-python", "4.10.0.82"),
     ("opencv-python-headless", "4.10.0.82"),
     ("opencv-contrib-python", "4.10.0.82"),
@@ -22,7 +22,7 @@ pub(super) const NUMPY1_WHEELS: [(&str, &str); 9] = [
 
 /// When `req` allows only releases built against numpy 1.x, the first
 /// numpy-2 build it excludes (`4.10.0.82` for `opencv-python<=4.7.0.72`).
-pub(super) fn numpy1_only(req: &Requirement) -> Option<&'static str> {
+pub(crate) fn numpy1_only(req: &Requirement) -> Option<&'static str> {
     let name = req.name.as_deref()?;
     let (_, first) = NUMPY1_WHEELS.iter().find(|(n, _)| *n == name)?;
     let Source::Index(specs) = &req.source else {
@@ -48,7 +48,7 @@ pub(super) fn numpy1_only(req: &Requirement) -> Option<&'static str> {
 }
 
 /// Whether `req` (on numpy) already keeps numpy below 2.
-pub(super) fn keeps_numpy1(req: &Requirement) -> bool {
+pub(crate) fn keeps_numpy1(req: &Requirement) -> bool {
     if req.name.as_deref() != Some("numpy") {
         return false;
     }
@@ -64,7 +64,7 @@ pub(super) fn keeps_numpy1(req: &Requirement) -> bool {
 }
 
 /// Whether `req` (on numpy) asks for numpy 2 or later only.
-pub(super) fn needs_numpy2(req: &Requirement) -> bool {
+pub(crate) fn needs_numpy2(req: &Requirement) -> bool {
     if req.name.as_deref() != Some("numpy") {
         return false;
     }

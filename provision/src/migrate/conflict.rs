@@ -4,7 +4,7 @@
 use crate::pep440::{Op, Version};
 
 /// Whether no version can satisfy all of `specs` (false when unsure).
-pub(super) fn unsatisfiable(specs: &[(Op, String)]) -> bool {
+pub(crate) fn unsatisfiable(specs: &[(Op, String)]) -> bool {
     // A pin must satisfy everything else.
     for (op, v) in specs {
         if *op == Op::Eq && !v.ends_with(".*") {

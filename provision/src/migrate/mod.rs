@@ -48,10 +48,10 @@
 //! PEP 440 conflict checker), `scan` (source scans), `yaml` (the writer),
 //! `report` (what the user is told).
 
-mod abi;
+pub(crate) mod abi;
 pub mod app;
 mod collect;
-mod conflict;
+pub(crate) mod conflict;
 mod install_py;
 mod pyproject;
 mod report;
