@@ -1,5 +1,5 @@
 //! The `nodecell` command line: `check`, `run`, `provision`, `venv`, `migrate`,
-//! `state`, and the developer tools `top`, `debug` and `profile`.
+//! `state`, and the developer tools `top`, `debug`, `profile` and `deps`.
 //!
 //! Each subcommand lives in its own module under `src/cli/` and returns the
 //! process exit status; this file only parses the command line and exits.
@@ -41,6 +41,9 @@ enum Command {
     /// Record a profile (Chrome trace / Perfetto JSON) of a running host's
     /// calls across the host and its cells.
     Profile(cli::profile::ProfileArgs),
+    /// Check node packs' requirements against each other and the host:
+    /// conflicts, shared venvs, numpy-ABI hazards, network needs.
+    Deps(cli::deps::DepsArgs),
 }
 
 fn main() {
@@ -55,6 +58,7 @@ fn main() {
         Command::Debug(args) => cli::debug::main(args),
         Command::State(args) => cli::state::main(args),
         Command::Profile(args) => cli::profile::main(args),
+        Command::Deps(args) => cli::deps::main(args),
     };
     std::process::exit(code);
 }

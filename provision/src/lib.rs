@@ -15,6 +15,8 @@
 //! * [`Event`] / [`EventSink`] — progress (resolving, downloading,
 //!   installing, done) as values or JSON lines.
 //! * [`VenvCache`] — listing and garbage collection of a cache root.
+//! * [`deps`] — `nodecell deps`: how packs' requirements fit together and
+//!   with the host (conflicts, shared venvs, numpy-ABI hazards, network needs).
 //! * [`migrate`] — `nodecell migrate`: writes a `manifest.yaml` for an
 //!   existing ComfyUI-style pack from its requirements.txt, pyproject.toml
 //!   and install.py, and a [`migrate::MigrateReport`] of what it inferred.
@@ -30,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod deps;
 pub mod error;
 pub mod events;
 pub mod interpreter;
@@ -50,7 +53,8 @@ pub use interpreter::Interpreter;
 pub use launch::LaunchSettings;
 pub use manifest::{IndexOptions, Manifest, ManifestFormat, Pack, SandboxSettings};
 pub use provision::{
-    default_root, Options, Package, Plan, Provisioner, SharedTorchInfo, Venv, VenvInfo, INFO_FILE,
+    default_root, Options, Package, Plan, Provisioner, SharedTorchInfo, Venv, VenvInfo,
+    FALLBACK_PYTHON, INFO_FILE,
 };
 pub use requirement::Requirement;
 pub use shared::HostShare;

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each exposes `Args` (clap) and `main(args) -> i32`.
 pub mod check;
 pub mod debug;
+pub mod deps;
 pub mod migrate;
 pub mod profile;
 pub mod provision;
