@@ -36,7 +36,9 @@ pub struct ProfileArgs {
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.01..=86_400.0).contains(&v) => Ok(v),
-        _ => Err(format!("expected seconds between 0.01 and 86400, got {s:?}")),
+        _ => Err(format!(
+            "expected seconds between 0.01 and 86400, got {s:?}"
+        )),
     }
 }
 
