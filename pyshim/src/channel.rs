@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -55,6 +55,10 @@ pub struct PyChannel {
     peer: Mutex<Option<WorkerFds>>,
     /// Our arenas shared on this channel, by slot (to hand the same memory back).
     own: Mutex<HashMap<u64, Weak<nodecell_ipc::Arena>>>,
+    /// The profiler's switch: time the decoding of received frames.
+    profiling: AtomicBool,
+    /// Nanoseconds the last received frame took to become Python values (when profiling).
+    last_decode_ns: AtomicU64,
 }
 
 /// The Python exception for a channel error.
@@ -248,7 +252,19 @@ impl PyChannel {
     fn try_recv(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         let ch = self.ch()?;
         let f = ch.try_recv().map_err(channel_err)?;
-        f.map(|f| self.codec(&ch).frame_to_py(py, f)).transpose()
+        f.map(|f| self.decode(py, &ch, f)).transpose()
+    }
+
+    /// Profiling: time the decoding of each received frame into Python values
+    /// (read with `last_decode_ns`); off by default (then nothing is timed).
+    fn set_profiling(&self, on: bool) {
+        self.profiling.store(on, Ordering::Relaxed);
+    }
+
+    /// Nanoseconds the last received frame took to decode (0 unless profiling).
+    #[getter]
+    fn last_decode_ns(&self) -> u64 {
+        self.last_decode_ns.load(Ordering::Relaxed)
     }
 
     /// Waits up to `timeout` seconds (None: forever) for a frame; None on timeout.
@@ -258,7 +274,7 @@ impl PyChannel {
         let t = timeout.map(|s| Duration::from_secs_f64(s.max(0.0)));
         let c = ch.clone();
         match py.detach(move || c.recv(t)) {
-            Ok(f) => self.codec(&ch).frame_to_py(py, f).map(Some),
+            Ok(f) => self.decode(py, &ch, f).map(Some),
             Err(ChannelError::Timeout { .. }) => Ok(None),
             Err(e) => Err(channel_err(e)),
         }
@@ -271,7 +287,7 @@ impl PyChannel {
         let f = py
             .detach(move || c.recv_spin(Duration::from_micros(max_us)))
             .map_err(channel_err)?;
-        f.map(|f| self.codec(&ch).frame_to_py(py, f)).transpose()
+        f.map(|f| self.decode(py, &ch, f)).transpose()
     }
 
     /// Host: the caller polls for replies itself for a while (see ``spin_recv``): the
@@ -363,6 +379,8 @@ impl PyChannel {
             hooks: Mutex::new(None),
             peer: Mutex::new(peer),
             own: Mutex::new(HashMap::new()),
+            profiling: AtomicBool::new(false),
+            last_decode_ns: AtomicU64::new(0),
         }
     }
 
@@ -387,6 +405,18 @@ impl PyChannel {
             hooks: &self.hooks,
             own: &self.own,
         }
+    }
+
+    /// A received frame as Python values; timed when profiling (`last_decode_ns`).
+    fn decode(&self, py: Python<'_>, ch: &Channel, f: Frame) -> PyResult<Py<PyAny>> {
+        if !self.profiling.load(Ordering::Relaxed) {
+            return self.codec(ch).frame_to_py(py, f);
+        }
+        let t = std::time::Instant::now();
+        let r = self.codec(ch).frame_to_py(py, f);
+        self.last_decode_ns
+            .store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
     }
 
     fn push(&self, py: Python<'_>, ch: Channel, frame: Frame) -> PyResult<bool> {

@@ -111,6 +111,11 @@ class Channel:
         """Sends a call (``parent``: the peer's call this one is nested in); returns like ``send``."""
     def try_recv(self) -> Optional[Tuple[int, int, Any]]:
         """The next frame if one is ready, else None (never blocks)."""
+    def set_profiling(self, on: bool) -> None:
+        """Time the decoding of received frames (the profiler's switch)."""
+    @property
+    def last_decode_ns(self) -> int:
+        """Nanoseconds the last received frame took to decode (0 unless profiling)."""
     def recv(self, timeout: Optional[float] = None) -> Optional[Tuple[int, int, Any]]:
         """Waits up to ``timeout`` seconds (None: forever) for a frame; None on timeout."""
     def spin_recv(self, max_us: int) -> Optional[Tuple[int, int, Any]]:
