@@ -11,8 +11,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from studio_support import studio_files, studio_venv_root  # noqa: F401 - fixtures
 from tools_support import Host, env_with, host_argv, launcher, tools_dir
+
+# The fixtures studio_files and studio_venv_root.
+pytest_plugins = ["studio_fixtures"]
 
 SCHEMA = json.loads((Path(__file__).parent / "trace_event.schema.json").read_text())
 
@@ -81,8 +83,8 @@ def test_profile_spans_from_both_sides(host, tmp_path):
     assert sum(1 for e in calls if e["args"].get("failed")) == 1
     host_phases = {e["name"] for e in ev if e["ph"] == "X" and e["cat"] == "phase" and e["pid"] == host.pid}
     worker_phases = {e["name"] for e in ev if e["ph"] == "X" and e["cat"] == "phase" and e["pid"] == wpid}
-    assert {"queue", "encode", "wait"} <= host_phases, host_phases
-    assert {"execute", "encode"} <= worker_phases, worker_phases
+    assert {"queue", "encode", "wait", "decode", "resume"} <= host_phases, host_phases
+    assert {"decode", "execute", "encode"} <= worker_phases, worker_phases
     # One clock: each call's worker span lies inside the host's span of the same call.
     by_call = {e["args"]["call_id"]: e for e in calls}
     for w in served:
@@ -129,7 +131,7 @@ def test_env_var_profiles_a_host_until_it_stops(support_dir, venv_root, tmp_path
     assert len(served) == 3  # the last records were drained when the manager stopped
 
 
-def test_studio_workflow_summary_per_node(aloop, studio_files, studio_venv_root, tmp_path):  # noqa: F811
+def test_studio_workflow_summary_per_node(aloop, studio_files, studio_venv_root, tmp_path):
     from nodecell import studio, tools
 
     out = str(tmp_path / "workflow.json")

@@ -10,11 +10,12 @@ Every call is cut into phases, each a span in the trace:
 
 * **queue** — host: from ``ext.method(...)`` to sending (picking or starting a worker)
 * **encode** — host: encoding the arguments into the ring; worker: the reply
-* **transfer** — between the processes: the frame waits in the ring, the peer
-  wakes up and (unless the channel can tell decode time apart) decodes it;
-  both directions
+* **transfer** — between the processes: the frame waits in the ring and the
+  peer wakes up to take it; both directions
 * **execute** — worker: the method itself
-* **decode** — decoding a received frame into Python values (when the channel reports it)
+* **decode** — turning a received frame into Python values (the channel times
+  it while profiling: ``Channel.last_decode_ns``); the arguments in the
+  worker, the reply in the host
 
 Host spans sit on the host's process track, worker spans on one track per
 worker (its host pid), joined by flow arrows; workflow nodes of a Studio run
@@ -167,6 +168,8 @@ def node(node_id: str, class_type: str, pack: Optional[str], run: Optional[int])
 # -- switching workers on, draining them ------------------------------------------------------------
 
 async def _set_worker(ext: Any, w: Any, on: bool) -> None:
+    if hasattr(w.channel, "set_profiling"):
+        w.channel.set_profiling(on)  # the host's end: time decoding the worker's replies
     try:
         await ext._call_on(w, WORKER_TOOLS_ID, "profile", (on,), {}, internal=True, timeout=30)
     except Exception as e:  # noqa: BLE001 - a worker that is going away has nothing to record

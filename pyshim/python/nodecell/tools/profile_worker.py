@@ -10,7 +10,7 @@ no time namespace).
 
 A record is a tuple ``(call_id, method, thread, run_ns, decode_ns, reply_ns,
 sent_ns)``: ``run_ns`` the call starts running, ``decode_ns`` how long
-decoding its frame took when the channel can tell (else 0), ``reply_ns`` the
+decoding its frame took (``Channel.last_decode_ns``), ``reply_ns`` the
 method returned and encoding the reply starts, ``sent_ns`` the reply is in
 the ring.
 """
