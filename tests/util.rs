@@ -113,13 +113,17 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The worker's host uid for a default `nodecell run` by this user.
-pub fn worker_uid() -> u32 {
+/// The default pool root launchers lease each cell's uid from.
+pub const UID_POOL: std::ops::RangeInclusive<u32> = 0x7000_0000..=0x7000_0000 + 65535;
+
+/// Whether `uid` is what a default `nodecell run` by this user gives a
+/// worker: a uid of the default pool as root, the caller's own rootless.
+pub fn is_worker_uid(uid: u32) -> bool {
     if is_root() {
-        65534
+        UID_POOL.contains(&uid)
     } else {
-        // SAFETY: as above.
-        unsafe { libc::geteuid() }
+        // SAFETY: geteuid has no arguments and cannot fail.
+        uid == unsafe { libc::geteuid() }
     }
 }
 

@@ -1,8 +1,13 @@
 //! The capability wall: every set cleared (ambient, then bounding while
 //! `CAP_SETPCAP` is still effective, then inheritable, effective and
 //! permitted), then `no_new_privs`, then a check through `/proc/self/status`.
+//!
+//! A cell that owns several uids (`--uid-range`) is the exception: its
+//! command (a zygote) keeps [`ZYGOTE_CAPS`] inside the sandbox's user
+//! namespace, raised as ambient capabilities so they survive `execve`, and
+//! each worker it forks drops them ([`crate::confine`]).
 
-use caps::CapSet;
+use caps::{CapSet, Capability};
 
 use crate::sys;
 
@@ -14,14 +19,39 @@ pub fn last_cap() -> u32 {
         .unwrap_or(63)
 }
 
+/// What a zygote keeps (in its own user namespace only): switching a forked
+/// worker to another of the cell's uids, and dropping its bounding set.
+pub const ZYGOTE_CAPS: [Capability; 3] = [
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETPCAP,
+];
+
+/// The bit mask of `caps` as in `/proc/self/status`.
+pub fn mask(caps: &[Capability]) -> u64 {
+    caps.iter().fold(0, |m, c| m | c.bitmask())
+}
+
 /// Clears every capability set of the calling thread and sets
 /// `no_new_privs`.
 pub fn drop_all() -> Result<(), CapsError> {
+    drop_all_except(&[])
+}
+
+/// Clears every capability set of the calling thread except `keep`, which
+/// stays in the bounding, permitted, effective and inheritable sets and is
+/// raised in the ambient set (so it survives `execve`); then sets
+/// `no_new_privs`.
+pub fn drop_all_except(keep: &[Capability]) -> Result<(), CapsError> {
     caps::clear(None, CapSet::Ambient).map_err(|e| CapsError::Clear {
         set: "ambient",
         why: e.to_string(),
     })?;
+    let kept = mask(keep);
     for cap in 0..=last_cap() {
+        if cap < 64 && kept & (1u64 << cap) != 0 {
+            continue;
+        }
         match sys::drop_bounding_cap(cap) {
             Ok(()) => {}
             // Not a capability of this kernel.
@@ -34,14 +64,21 @@ pub fn drop_all() -> Result<(), CapsError> {
             }
         }
     }
+    let keep_set: caps::CapsHashSet = keep.iter().copied().collect();
     for (set, name) in [
         (CapSet::Inheritable, "inheritable"),
         (CapSet::Effective, "effective"),
         (CapSet::Permitted, "permitted"),
     ] {
-        caps::clear(None, set).map_err(|e| CapsError::Clear {
+        caps::set(None, set, &keep_set).map_err(|e| CapsError::Clear {
             set: name,
             why: e.to_string(),
+        })?;
+    }
+    for &c in keep {
+        caps::raise(None, CapSet::Ambient, c).map_err(|e| CapsError::Clear {
+            set: "ambient",
+            why: format!("raising {c}: {e}"),
         })?;
     }
     sys::set_no_new_privs().map_err(|e| CapsError::NoNewPrivs(e.to_string()))?;
@@ -90,7 +127,21 @@ impl CapStatus {
 
     /// Whether every set is empty and `no_new_privs` is on.
     pub fn all_clear(&self) -> bool {
-        self.inheritable | self.permitted | self.effective | self.bounding | self.ambient == 0
+        self.only(0)
+    }
+
+    /// Whether every set holds exactly `mask` (bounding, permitted,
+    /// effective, inheritable, ambient) and `no_new_privs` is on.
+    pub fn only(&self, mask: u64) -> bool {
+        [
+            self.inheritable,
+            self.permitted,
+            self.effective,
+            self.bounding,
+            self.ambient,
+        ]
+        .iter()
+        .all(|&s| s == mask)
             && self.no_new_privs
     }
 }
@@ -143,6 +194,20 @@ mod tests {
             ..CapStatus::default()
         };
         assert!(clear.all_clear());
+    }
+
+    #[test]
+    fn drop_all_except_keeps_the_zygote_set_in_every_set() {
+        in_child(
+            "capabilities::tests::drop_all_except_keeps_the_zygote_set_in_every_set",
+            || {
+                drop_all_except(&ZYGOTE_CAPS).unwrap();
+                let s = current().unwrap();
+                assert!(s.only(mask(&ZYGOTE_CAPS)), "{s:?}");
+                assert!(!s.all_clear());
+                assert_eq!(mask(&ZYGOTE_CAPS), (1 << 6) | (1 << 7) | (1 << 8));
+            },
+        );
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! namespace, so background children never outlive the sandbox.
 //!
 //! Also here: the last steps of the command's own process before `execve`
-//! (signal mask, fds, working directory, `PATH` search).
+//! (signal mask, fds, working directory, `PATH` search). That process never
+//! holds the report pipe: when a step fails it leaves the step and the
+//! errno in memory it shares with the init (`CLONE_VM`) and exits, and the
+//! init, the pipe's only writer, reports it.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 use crate::fds;
 use crate::report::{Message, Wall};
@@ -32,8 +35,9 @@ static COMMAND_PID: AtomicI32 = AtomicI32::new(0);
 extern "C" fn forward(sig: libc::c_int) {
     let pid = COMMAND_PID.load(Ordering::Relaxed);
     if pid > 0 {
-        // SAFETY: kill is async-signal-safe and takes plain integers.
-        unsafe { libc::kill(pid, sig) };
+        // kill(2) is async-signal-safe; the error (the command is gone) needs
+        // no handling.
+        let _ = sys::kill(pid, sig);
     }
 }
 
@@ -63,11 +67,28 @@ struct Prepared<'a> {
     candidates: Vec<CString>,
     cwd: CString,
     close: Vec<(u32, u32)>,
-    report: RawFd,
+    /// Set by the command's process when a step before exec fails
+    /// ([`Step`] as u8; 0 = none), with the errno and whether `EACCES` was
+    /// met on the way (for the message).
+    failed_step: AtomicU8,
+    failed_errno: AtomicI32,
+    saw_eacces: AtomicU8,
+}
+
+/// The command's steps before exec, as recorded on failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Step {
+    Cwd = 1,
+    CloseFds = 2,
+    KeepFds = 3,
+    Exec = 4,
 }
 
 impl<'a> Prepared<'a> {
     fn new(plan: &'a ExecPlan, report: RawFd) -> Result<Prepared<'a>, String> {
+        // The report pipe is the init's alone: the command's process closes
+        // it with every other fd that is not kept.
         let prog = plan.argv[0].as_bytes();
         let candidates = if prog.contains(&b'/') {
             vec![plan.argv[0].clone()]
@@ -86,8 +107,12 @@ impl<'a> Prepared<'a> {
         };
         let cwd =
             sys::cpath(&plan.cwd).map_err(|e| format!("--cwd {}: {e}", plan.cwd.display()))?;
-        let mut keep = plan.keep_fds.clone();
-        keep.push(report); // close-on-exec: gone once exec succeeds
+        let keep: Vec<RawFd> = plan
+            .keep_fds
+            .iter()
+            .copied()
+            .filter(|&fd| fd != report)
+            .collect();
         Ok(Prepared {
             plan,
             argv: plan
@@ -105,7 +130,9 @@ impl<'a> Prepared<'a> {
             candidates,
             cwd,
             close: fds::close_ranges(&keep),
-            report,
+            failed_step: AtomicU8::new(0),
+            failed_errno: AtomicI32::new(0),
+            saw_eacces: AtomicU8::new(0),
         })
     }
 }
@@ -152,6 +179,18 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
         Err(e) => return fail(format!("starting the command: {e}")),
     };
     drop(stack);
+    // CLONE_VFORK: the command has exec'd or exited by now. A failure it
+    // recorded is reported by us; its exit status is only the code.
+    if let Some((why, code)) = prepared.failure() {
+        let _ = sys::wait(pid, 0);
+        Message::Setup {
+            wall: Wall::Exec.as_str().into(),
+            why,
+            code,
+        }
+        .send(report);
+        return code;
+    }
     COMMAND_PID.store(pid, Ordering::Relaxed);
     // The command holds the kept fds now; the init lets go of them so the
     // caller sees EOF as soon as the command is gone.
@@ -191,8 +230,8 @@ extern "C" fn command_main(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// In the command's process: restore signals, keep only the wanted fds,
-/// enter the working directory and exec. Never returns. Allocates only
-/// on the failure path.
+/// enter the working directory and exec. Never returns. Allocates nothing
+/// and writes nothing but the failure record in `p`.
 fn exec_command(p: &Prepared) -> ! {
     for &sig in &FORWARDED {
         let _ = sys::set_signal_default(sig);
@@ -201,34 +240,30 @@ fn exec_command(p: &Prepared) -> ! {
     let _ = sys::set_signal_default(libc::SIGPIPE);
     let _ = sys::sigprocmask(libc::SIG_SETMASK, &sys::sigset(&[]));
 
-    let fail = |why: String, code: i32| -> ! {
-        Message::Setup {
-            wall: Wall::Exec.as_str().into(),
-            why,
-            code,
-        }
-        .send(p.report);
-        sys::exit(code)
+    let fail = |step: Step, e: std::io::Error| -> ! {
+        p.failed_errno
+            .store(e.raw_os_error().unwrap_or(0), Ordering::Relaxed);
+        p.failed_step.store(step as u8, Ordering::Release);
+        sys::exit(if step == Step::Exec { 127 } else { 125 })
     };
     if let Err(e) = sys::chdir_c(&p.cwd) {
-        fail(format!("--cwd {}: {e}", p.plan.cwd.display()), 125);
+        fail(Step::Cwd, e);
     }
     for &(first, last) in &p.close {
         if let Err(e) = sys::close_range(first, last) {
-            fail(format!("closing inherited fds: {e}"), 125);
+            fail(Step::CloseFds, e);
         }
     }
     if let Err(e) = fds::make_inheritable(&p.plan.keep_fds) {
-        fail(format!("keeping fds: {e}"), 125);
+        fail(Step::KeepFds, e);
     }
 
     let mut err = std::io::Error::from_raw_os_error(libc::ENOENT);
-    let mut saw_eacces = false;
     for c in &p.candidates {
         let e = sys::execve(c, &p.argv, &p.envp);
         match e.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
-            Some(libc::EACCES) => saw_eacces = true,
+            Some(libc::EACCES) => p.saw_eacces.store(1, Ordering::Relaxed),
             _ => {
                 err = e;
                 break;
@@ -236,22 +271,48 @@ fn exec_command(p: &Prepared) -> ! {
         }
         err = e;
     }
-    if saw_eacces && matches!(err.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) {
-        err = std::io::Error::from_raw_os_error(libc::EACCES);
+    fail(Step::Exec, err)
+}
+
+impl Prepared<'_> {
+    /// The failure the command's process recorded, as a message and an exit
+    /// code (125 setup, 126 not executable, 127 not found), or `None`.
+    fn failure(&self) -> Option<(String, i32)> {
+        let step = self.failed_step.load(Ordering::Acquire);
+        if step == 0 {
+            return None;
+        }
+        let mut errno = self.failed_errno.load(Ordering::Relaxed);
+        let e = std::io::Error::from_raw_os_error(errno);
+        let name = self.plan.argv[0].to_string_lossy();
+        Some(match step {
+            s if s == Step::Cwd as u8 => (format!("--cwd {}: {e}", self.plan.cwd.display()), 125),
+            s if s == Step::CloseFds as u8 => (format!("closing inherited fds: {e}"), 125),
+            s if s == Step::KeepFds as u8 => (format!("keeping fds: {e}"), 125),
+            _ => {
+                if self.saw_eacces.load(Ordering::Relaxed) == 1
+                    && matches!(errno, libc::ENOENT | libc::ENOTDIR)
+                {
+                    errno = libc::EACCES;
+                }
+                let code = if errno == libc::ENOENT { 127 } else { 126 };
+                let why = match errno {
+                    libc::ENOENT if !name.contains('/') => format!(
+                        "{name}: not found in PATH ({}) inside the sandbox",
+                        self.plan.path
+                    ),
+                    libc::ENOENT => format!(
+                        "{name}: no such file inside the sandbox (is it under a --ro path?)"
+                    ),
+                    libc::EACCES => format!(
+                        "{name}: permission denied (not executable by the worker, or under a writable/noexec path)"
+                    ),
+                    _ => format!("{name}: {}", std::io::Error::from_raw_os_error(errno)),
+                };
+                (why, code)
+            }
+        })
     }
-    let code = if err.raw_os_error() == Some(libc::ENOENT) {
-        127
-    } else {
-        126
-    };
-    let name = p.plan.argv[0].to_string_lossy();
-    let why = match err.raw_os_error() {
-        Some(libc::ENOENT) if !name.contains('/') => format!("{name}: not found in PATH ({}) inside the sandbox", p.plan.path),
-        Some(libc::ENOENT) => format!("{name}: no such file inside the sandbox (is it under a --ro path?)"),
-        Some(libc::EACCES) => format!("{name}: permission denied (not executable by the worker, or under a writable/noexec path)"),
-        _ => format!("{name}: {err}"),
-    };
-    fail(why, code)
 }
 
 #[cfg(test)]

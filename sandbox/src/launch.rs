@@ -1,14 +1,15 @@
 //! The launch sequence, top to bottom.
 //!
 //! The launcher (this process) decides everything it can before `clone`
-//! (mount plan, seccomp program, environment, cgroups), then clones one
-//! child into new user, mount, pid, net, ipc and uts namespaces. The child
-//! becomes the sandbox's pid 1: it waits for its uid/gid maps, drops to the
-//! worker's credentials, builds the root, raises the remaining walls in the
-//! order of [`sandbox_main`], reports them, and starts the command as its
-//! only child ([`crate::init`]). The launcher stays outside as supervisor:
-//! it forwards signals, enforces `--timeout`, writes the `--status-fd`
-//! lines, removes the cgroups and returns how the command ended.
+//! (the cell's host identity, mount plan, seccomp program, environment,
+//! cgroups), then clones one child into new user, mount, pid, net, ipc and
+//! uts namespaces. The child becomes the sandbox's pid 1 and runs
+//! [`CHILD_STEPS`] in order (the order is data: each step says why it comes
+//! where it does), reports the walls, and starts the command as its only
+//! child ([`crate::init`]). The launcher stays outside as supervisor
+//! ([`crate::supervise`]): it forwards signals, enforces `--timeout`, writes
+//! the `--status-fd` lines, removes the cgroups and returns how the command
+//! ended.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::RawFd;
@@ -20,15 +21,16 @@ use crate::cgroup::{Controller, Limits, SandboxCgroup};
 use crate::error::Error;
 use crate::init::{self, ExecPlan};
 use crate::landlock as landlock_wall;
+use crate::memfd::MemfdPlan;
 use crate::mounts::MountPlan;
 use crate::namespaces::{self, Identity};
 use crate::policy::{show_bytes, Mode, Policy, PolicyError};
 use crate::report::{
-    write_status, Exit, ExitLine, ExitReason, Message, MessageReader, UpLine, Wall, WallReport,
-    WallState,
+    write_status, Exit, ExitLine, ExitReason, Message, Wall, WallReport, WallState,
 };
 use crate::rlimits::RlimitPlan;
-use crate::{capabilities, env, fds, seccomp, sys};
+use crate::supervise::{decide_exit, Supervision, Watch};
+use crate::{capabilities, env, fds, pid1, seccomp, sys};
 
 /// The command to run and how it connects to its caller.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +102,12 @@ pub struct Outcome {
     pub cgroup: Option<PathBuf>,
     /// Host pid of the sandbox's init.
     pub pid: i32,
+    /// Host uid (and gid) the cell ran as; the first of `uids`.
+    pub uid: u32,
+    /// Host gid the cell ran as.
+    pub gid: u32,
+    /// Number of host uids the cell owned (`--uid-range`).
+    pub uids: u32,
 }
 
 impl Outcome {
@@ -114,7 +122,10 @@ impl Outcome {
 struct ChildPlan<'a> {
     policy: &'a Policy,
     identity: &'a Identity,
+    /// The launcher's supplementary groups (what a rootless child keeps).
+    launcher_groups: &'a [u32],
     mounts: &'a MountPlan,
+    memfd: &'a MemfdPlan,
     landlock_abi: Result<i32, String>,
     seccomp: &'a seccompiler::BpfProgram,
     rlimits: &'a RlimitPlan,
@@ -209,26 +220,74 @@ fn check_command(cmd: &Command) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// What the launcher holds while the sandbox runs, released in one place
+/// (also on every early error): pipe and signal fds, the caller's signal
+/// mask, the cgroups. The cloned child never runs this (it leaves with
+/// `_exit`).
+#[derive(Default)]
+struct Held {
+    fds: Vec<RawFd>,
+    old_mask: Option<libc::sigset_t>,
+    cgroup: Option<SandboxCgroup>,
+}
+
+impl Held {
+    fn close(&mut self, fd: RawFd) {
+        self.fds.retain(|&f| f != fd);
+        sys::close(fd);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(m) = self.old_mask.take() {
+            let _ = sys::sigprocmask(libc::SIG_SETMASK, &m);
+        }
+        for fd in self.fds.drain(..) {
+            sys::close(fd);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.destroy();
+        }
+    }
+}
+
+fn setup_err(wall: Wall, why: impl Into<String>) -> Error {
+    Error::Setup {
+        wall: wall.as_str().to_string(),
+        why: why.into(),
+    }
+}
+
 fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     let start = Instant::now();
     policy.validate()?;
     check_command(cmd)?;
+    // User namespaces need a single-threaded caller.
+    let threads = sys::thread_count().unwrap_or(0);
+    if threads != 1 {
+        return Err(Error::NotSingleThreaded { threads });
+    }
     let required = policy.mode == Mode::Required;
-    let setup = |wall: Wall, why: String| Error::Setup {
-        wall: wall.as_str().to_string(),
-        why,
-    };
 
-    // Who the worker is: never host uid 0.
-    let identity = Identity::for_launcher(policy.worker_uid)
-        .map_err(|e| setup(Wall::UserNamespace, e.to_string()))?;
+    // Who the worker is: never host uid 0; a root launcher leases this
+    // cell's own uid, held until the sandbox is gone.
+    let (identity, _lease) = Identity::for_launcher(policy)
+        .map_err(|e| setup_err(Wall::UserNamespace, e.to_string()))?;
+    let launcher_groups: Vec<u32> = sys::groups()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|&g| g != sys::getgid())
+        .collect();
 
     // Walls known before clone.
     let landlock_abi = landlock_wall::requested_abi();
     if let (true, Err(why)) = (required, &landlock_abi) {
-        return Err(setup(Wall::Landlock, why.clone()));
+        return Err(setup_err(Wall::Landlock, why.clone()));
     }
-    let program = seccomp::build().map_err(|e| setup(Wall::Seccomp, e.to_string()))?;
+    let memfd = MemfdPlan::for_launcher(identity.launcher_is_root);
+    let program = seccomp::build(&memfd.filter_options())
+        .map_err(|e| setup_err(Wall::Seccomp, e.to_string()))?;
     let mounts = MountPlan::new(policy, identity.uid, identity.gid);
     let env_map = env::build(policy, std::env::vars_os());
     let exec = ExecPlan {
@@ -242,25 +301,136 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         cwd: policy.cwd.clone().unwrap_or_else(|| PathBuf::from("/")),
         keep_fds: cmd.keep_fds.clone(),
     };
+    let mut held = Held::default();
+    let (limit_walls, rlimits) = prepare_limits(policy, &mut held)?;
 
-    // cgroups, only when a limit is asked for.
+    let fail_launcher =
+        |what: &str, e: std::io::Error| setup_err(Wall::Launcher, format!("{what}: {e}"));
+    let (sync_read, sync_write) = sys::pipe_cloexec().map_err(|e| fail_launcher("pipe", e))?;
+    held.fds.extend([sync_read, sync_write]);
+    let (report_read, report_write) = sys::pipe_cloexec().map_err(|e| fail_launcher("pipe", e))?;
+    held.fds.extend([report_read, report_write]);
+    let supervised = sys::sigset(&SUPERVISED);
+    held.old_mask = Some(
+        sys::sigprocmask(libc::SIG_BLOCK, &supervised)
+            .map_err(|e| fail_launcher("sigprocmask", e))?,
+    );
+    let sigfd = sys::signalfd(&supervised).map_err(|e| fail_launcher("signalfd", e))?;
+    held.fds.push(sigfd);
+
+    let plan = ChildPlan {
+        policy,
+        identity: &identity,
+        launcher_groups: &launcher_groups,
+        mounts: &mounts,
+        memfd: &memfd,
+        landlock_abi,
+        seccomp: &program,
+        rlimits: &rlimits,
+        exec: &exec,
+        sync_read,
+        report_write,
+    };
+
+    // SAFETY: the process was checked to be single-threaded just above.
+    let child = match unsafe { sys::clone_fork(namespaces::clone_flags(policy.net)) } {
+        Ok(0) => sandbox_main(&plan),
+        Ok(pid) => pid,
+        Err(e) => {
+            return Err(setup_err(
+                Wall::UserNamespace,
+                namespaces::NamespaceError::clone_failed(e).to_string(),
+            ))
+        }
+    };
+    held.close(sync_read);
+    held.close(report_write);
+
+    // Maps, cgroups, then let the child go.
+    let go = identity
+        .write_maps(child)
+        .map_err(|e| setup_err(Wall::UserNamespace, e.to_string()))
+        .and_then(|()| match held.cgroup.as_ref() {
+            Some(cg) if !cg.is_empty() => cg.add(child).map_err(|why| setup_err(Wall::Memory, why)),
+            _ => Ok(()),
+        })
+        .and_then(|()| {
+            sys::write_all(sync_write, b"g").map_err(|e| fail_launcher("starting the sandbox", e))
+        });
+    if let Err(e) = go {
+        let _ = sys::kill(child, libc::SIGKILL);
+        let _ = sys::wait(child, 0);
+        return Err(e);
+    }
+
+    let cgroup_path = held
+        .cgroup
+        .as_ref()
+        .and_then(|c| c.report_path().map(|p| p.to_path_buf()));
+    let watch = Watch {
+        child,
+        report: report_read,
+        sigfd,
+        deadline: policy.timeout.map(|t| start + Duration::from_secs_f64(t)),
+        cmd,
+        policy,
+        launcher_walls: &limit_walls,
+        cgroup: cgroup_path.as_deref(),
+        uid: identity.uid,
+        gid: identity.gid,
+        uids: identity.count,
+        early_return: cmd.skip_teardown_wait && held.cgroup.as_ref().is_none_or(|c| c.is_empty()),
+    };
+    let mut sup = Supervision::default();
+    watch.run(&mut sup);
+    // The init is reaped: the whole pid namespace is gone. Collect the last
+    // messages, then release everything (mask, fds, cgroups).
+    watch.drain(&mut sup);
+    let oom_kills = held.cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0);
+    drop(held);
+
+    let walls = sup.walls.clone().unwrap_or_default();
+    if sup.exit.is_none() && sup.broken.is_none() {
+        if let Some((wall, why, code)) = sup.setup.take() {
+            return Err(if wall == Wall::Exec.as_str() && code != 125 {
+                Error::Exec { why, code }
+            } else {
+                Error::Setup { wall, why }
+            });
+        }
+    }
+    let exit = decide_exit(&sup, policy, oom_kills);
+    Ok(Outcome {
+        exit,
+        walls,
+        cgroup: cgroup_path,
+        pid: child,
+        uid: identity.uid,
+        gid: identity.gid,
+        uids: identity.count,
+    })
+}
+
+/// The cgroups (only when a limit is asked for) and their walls, and the
+/// rlimits that stand in for a missing controller in best-effort mode.
+fn prepare_limits(
+    policy: &Policy,
+    held: &mut Held,
+) -> Result<(Vec<WallReport>, RlimitPlan), Error> {
+    let required = policy.mode == Mode::Required;
     let limits = Limits {
         memory: policy.memory,
         pids: policy.pids,
         cpu: policy.cpu,
     };
-    let (cgroup, results) = if limits.any() {
-        SandboxCgroup::create(&limits, &format!("nodecell-{}", sys::getpid()))
+    let results = if limits.any() {
+        let (cg, results) = SandboxCgroup::create(&limits, &format!("nodecell-{}", sys::getpid()));
+        held.cgroup = Some(cg);
+        results
     } else {
-        (SandboxCgroup::default(), Vec::new())
+        Vec::new()
     };
-    let mut cgroup = Some(cgroup);
-    let cleanup = |cg: &mut Option<SandboxCgroup>| {
-        if let Some(cg) = cg.take() {
-            let _ = cg.destroy();
-        }
-    };
-    let mut limit_walls = Vec::new();
+    let mut walls = Vec::new();
     let (mut memory_missing, mut pids_missing) = (false, false);
     for (wall, ctrl, asked, shown) in [
         (
@@ -283,7 +453,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         ),
     ] {
         if !asked {
-            limit_walls.push(WallReport::new(wall, WallState::Off, "no limit asked"));
+            walls.push(WallReport::new(wall, WallState::Off, "no limit asked"));
             continue;
         }
         let shown = shown.unwrap_or_default();
@@ -293,14 +463,13 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
             .map(|(_, r)| r.clone())
             .unwrap_or_else(|| Err("not created".into()));
         match result {
-            Ok(dir) => limit_walls.push(WallReport::new(
+            Ok(dir) => walls.push(WallReport::new(
                 wall,
                 WallState::Active,
                 format!("{shown} in {}", dir.display()),
             )),
             Err(why) if required => {
-                cleanup(&mut cgroup);
-                return Err(setup(
+                return Err(setup_err(
                     wall,
                     format!("cannot limit {} to {shown}: {why}", ctrl.name()),
                 ));
@@ -317,7 +486,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
                     }
                     Controller::Cpu => String::new(),
                 };
-                limit_walls.push(WallReport::new(
+                walls.push(WallReport::new(
                     wall,
                     WallState::Missing,
                     format!("{why}{fallback}"),
@@ -325,627 +494,358 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
             }
         }
     }
-    let rlimits = RlimitPlan::new(policy, memory_missing, pids_missing);
     if policy.gpu {
         let n = crate::mounts::gpu_device_count();
-        let detail = if n == 0 {
-            "no NVIDIA device nodes on this host".to_string()
+        let (state, detail) = if n == 0 {
+            (
+                WallState::Off,
+                "no NVIDIA device nodes on this host".to_string(),
+            )
         } else {
-            format!("{n} device nodes and a read-only /sys")
+            (
+                WallState::Active,
+                format!("{n} device nodes and a read-only /sys"),
+            )
         };
-        limit_walls.push(WallReport::new(
-            Wall::Gpu,
-            if n == 0 {
-                WallState::Off
-            } else {
-                WallState::Active
-            },
-            detail,
-        ));
+        walls.push(WallReport::new(Wall::Gpu, state, detail));
     }
-
-    // User namespaces need a single-threaded caller.
-    let threads = sys::thread_count().unwrap_or(0);
-    if threads != 1 {
-        cleanup(&mut cgroup);
-        return Err(Error::NotSingleThreaded { threads });
-    }
-
-    let fail_launcher =
-        |what: &str, e: std::io::Error| setup(Wall::Launcher, format!("{what}: {e}"));
-    let (sync_read, sync_write) = match sys::pipe_cloexec() {
-        Ok(p) => p,
-        Err(e) => {
-            cleanup(&mut cgroup);
-            return Err(fail_launcher("pipe", e));
-        }
-    };
-    let (report_read, report_write) = match sys::pipe_cloexec() {
-        Ok(p) => p,
-        Err(e) => {
-            sys::close(sync_read);
-            sys::close(sync_write);
-            cleanup(&mut cgroup);
-            return Err(fail_launcher("pipe", e));
-        }
-    };
-    let supervised = sys::sigset(&SUPERVISED);
-    let old_mask = match sys::sigprocmask(libc::SIG_BLOCK, &supervised) {
-        Ok(m) => m,
-        Err(e) => {
-            for fd in [sync_read, sync_write, report_read, report_write] {
-                sys::close(fd);
-            }
-            cleanup(&mut cgroup);
-            return Err(fail_launcher("sigprocmask", e));
-        }
-    };
-    let sigfd = match sys::signalfd(&supervised) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = sys::sigprocmask(libc::SIG_SETMASK, &old_mask);
-            for fd in [sync_read, sync_write, report_read, report_write] {
-                sys::close(fd);
-            }
-            cleanup(&mut cgroup);
-            return Err(fail_launcher("signalfd", e));
-        }
-    };
-    let close_all = |fds: &[RawFd]| fds.iter().for_each(|&fd| sys::close(fd));
-
-    let plan = ChildPlan {
-        policy,
-        identity: &identity,
-        mounts: &mounts,
-        landlock_abi,
-        seccomp: &program,
-        rlimits: &rlimits,
-        exec: &exec,
-        sync_read,
-        report_write,
-    };
-
-    // SAFETY: the process was checked to be single-threaded just above.
-    let child = match unsafe { sys::clone_fork(namespaces::clone_flags(policy.net)) } {
-        Ok(0) => sandbox_main(&plan),
-        Ok(pid) => pid,
-        Err(e) => {
-            let _ = sys::sigprocmask(libc::SIG_SETMASK, &old_mask);
-            close_all(&[sync_read, sync_write, report_read, report_write, sigfd]);
-            cleanup(&mut cgroup);
-            return Err(setup(
-                Wall::UserNamespace,
-                namespaces::NamespaceError::clone_failed(e).to_string(),
-            ));
-        }
-    };
-    close_all(&[sync_read, report_write]);
-
-    // Maps, cgroups, then let the child go.
-    let go = identity
-        .write_maps(child)
-        .map_err(|e| setup(Wall::UserNamespace, e.to_string()))
-        .and_then(|()| match cgroup.as_ref() {
-            Some(cg) if !cg.is_empty() => cg.add(child).map_err(|why| setup(Wall::Memory, why)),
-            _ => Ok(()),
-        })
-        .and_then(|()| {
-            sys::write_all(sync_write, b"g").map_err(|e| fail_launcher("starting the sandbox", e))
-        });
-    if let Err(e) = go {
-        let _ = sys::kill(child, libc::SIGKILL);
-        let _ = sys::wait(child, 0);
-        let _ = sys::sigprocmask(libc::SIG_SETMASK, &old_mask);
-        close_all(&[sync_write, report_read, sigfd]);
-        cleanup(&mut cgroup);
-        return Err(e);
-    }
-
-    let deadline = policy.timeout.map(|t| start + Duration::from_secs_f64(t));
-    let cgroup_path = cgroup
-        .as_ref()
-        .and_then(|c| c.report_path().map(|p| p.to_path_buf()));
-    let mut sup = Supervision::default();
-    let early_return = cmd.skip_teardown_wait && cgroup.as_ref().is_none_or(|c| c.is_empty());
-    supervise(
-        child,
-        report_read,
-        sigfd,
-        deadline,
-        cmd,
-        policy,
-        &limit_walls,
-        cgroup_path.as_deref(),
-        early_return,
-        &mut sup,
-    );
-
-    // The init is reaped: the whole pid namespace is gone. Collect the
-    // last messages, restore the caller's signal mask, remove the cgroups.
-    drain(
-        report_read,
-        &mut sup,
-        cmd,
-        policy,
-        &limit_walls,
-        cgroup_path.as_deref(),
-        child,
-    );
-    let _ = sys::sigprocmask(libc::SIG_SETMASK, &old_mask);
-    close_all(&[sync_write, report_read, sigfd]);
-    let oom_kills = cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0);
-    cleanup(&mut cgroup);
-
-    let walls = sup.walls.clone().unwrap_or_default();
-    if let Some((wall, why, code)) = sup.setup {
-        return Err(if wall == Wall::Exec.as_str() && code != 125 {
-            Error::Exec { why, code }
-        } else {
-            Error::Setup { wall, why }
-        });
-    }
-    let exit = decide_exit(&sup, policy, oom_kills);
-    Ok(Outcome {
-        exit,
-        walls,
-        cgroup: cgroup_path,
-        pid: child,
-    })
+    Ok((walls, RlimitPlan::new(policy, memory_missing, pids_missing)))
 }
 
-/// What the supervisor learned.
-#[derive(Default)]
-struct Supervision {
-    walls: Option<Vec<WallReport>>,
-    setup: Option<(String, String, i32)>,
-    exit: Option<(Option<i32>, Option<i32>)>,
-    init_status: Option<sys::WaitStatus>,
-    timed_out: bool,
-    killed_by: Option<i32>,
-    reader: MessageReader,
-    report_eof: bool,
+// ------------------------------------------------------------ the child
+
+/// Why the child stops: a wall that could not be raised (reported, exit
+/// 125), or the launcher gone (nobody to tell).
+enum Stop {
+    Wall(Wall, String),
+    Quiet,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn handle_bytes(
-    bytes: &[u8],
-    sup: &mut Supervision,
-    cmd: &Command,
-    policy: &Policy,
-    launcher_walls: &[WallReport],
-    cgroup: Option<&std::path::Path>,
-    child: libc::pid_t,
-) {
-    for m in sup.reader.push(bytes) {
-        match m {
-            Message::Walls { mut walls } => {
-                walls.extend(launcher_walls.iter().cloned());
-                walls.sort_by_key(|w| Wall::rank(&w.name));
-                write_status(
-                    cmd.status_fd,
-                    &UpLine {
-                        walls: &walls,
-                        cgroup: cgroup.map(|p| p.display().to_string()),
-                        pid: child,
-                    },
-                );
-                if cmd.warn_missing && policy.mode == Mode::BestEffort {
-                    let missing: Vec<String> = walls
-                        .iter()
-                        .filter(|w| w.state == WallState::Missing)
-                        .map(|w| format!("{} ({})", w.name, w.detail))
-                        .collect();
-                    if !missing.is_empty() {
-                        eprintln!(
-                            "nodecell: best-effort: running without {}",
-                            missing.join("; ")
-                        );
-                    }
-                }
-                sup.walls = Some(walls);
-            }
-            Message::Setup { wall, why, code } => {
-                if sup.setup.is_none() {
-                    sup.setup = Some((wall, why, code));
-                }
-            }
-            Message::Exit { code, signal } => sup.exit = Some((code, signal)),
+/// The child's running state: the walls so far, and whether a missing wall
+/// is fatal.
+struct Child {
+    walls: Vec<WallReport>,
+    required: bool,
+}
+
+impl Child {
+    fn active(&mut self, w: Wall, detail: impl Into<String>) {
+        self.walls
+            .push(WallReport::new(w, WallState::Active, detail));
+    }
+    fn off(&mut self, w: Wall, detail: impl Into<String>) {
+        self.walls.push(WallReport::new(w, WallState::Off, detail));
+    }
+    /// A wall that could not be raised: fatal in required mode, reported in
+    /// best-effort mode.
+    fn wall(&mut self, w: Wall, r: Result<String, String>) -> Result<(), Stop> {
+        match r {
+            Ok(detail) => self.active(w, detail),
+            Err(why) if self.required => return Err(Stop::Wall(w, why)),
+            Err(why) => self.walls.push(WallReport::new(w, WallState::Missing, why)),
         }
+        Ok(())
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn supervise(
-    child: libc::pid_t,
-    report: RawFd,
-    sigfd: RawFd,
-    deadline: Option<Instant>,
-    cmd: &Command,
-    policy: &Policy,
-    launcher_walls: &[WallReport],
-    cgroup: Option<&std::path::Path>,
-    early_return: bool,
-    sup: &mut Supervision,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    while sup.init_status.is_none() {
-        // The init reported the command's end and closed its end of the
-        // pipe: it is exiting, and the kernel kills what is left.
-        if early_return
-            && sup.exit.is_some()
-            && sup.report_eof
-            && !sup.timed_out
-            && sup.killed_by.is_none()
-        {
-            if let Ok(Some((_, status))) = sys::wait(child, libc::WNOHANG) {
-                sup.init_status = Some(status);
-            }
-            return;
-        }
-        let timeout_ms = match (deadline, sup.timed_out) {
-            (Some(d), false) => {
-                let left = d.saturating_duration_since(Instant::now());
-                (left.as_millis() as i64 + 1).min(i32::MAX as i64) as i32
-            }
-            _ => -1,
-        };
-        let mut fds = [
-            libc::pollfd {
-                fd: sigfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if sup.report_eof { -1 } else { report },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let _ = sys::poll(&mut fds, timeout_ms);
-        if let (Some(d), false) = (deadline, sup.timed_out) {
-            if Instant::now() >= d {
-                // Killing pid 1 takes the whole pid namespace with it.
-                let _ = sys::kill(child, libc::SIGKILL);
-                sup.timed_out = true;
-            }
-        }
-        if fds[1].revents != 0 {
-            match sys::read(report, &mut buf) {
-                Ok(0) | Err(_) => sup.report_eof = true,
-                Ok(n) => handle_bytes(&buf[..n], sup, cmd, policy, launcher_walls, cgroup, child),
-            }
-        }
-        if fds[0].revents != 0 {
-            while let Ok(Some(sig)) = sys::read_signalfd(sigfd) {
-                let sig = sig as libc::c_int;
-                if sig == libc::SIGCHLD {
-                    continue;
-                }
-                if sup.walls.is_none() {
-                    // Still setting up: the init has no handlers yet and
-                    // would drop the signal. Abort the sandbox instead.
-                    let _ = sys::kill(child, libc::SIGKILL);
-                    sup.killed_by = Some(sig);
-                } else {
-                    let _ = sys::kill(child, sig);
-                }
-            }
-        }
-        if let Ok(Some((_, status))) = sys::wait(child, libc::WNOHANG) {
-            sup.init_status = Some(status);
-        }
-    }
+/// One step of the sandbox's pid 1 before the command runs.
+struct ChildStep {
+    /// What it does.
+    name: &'static str,
+    /// Why it comes where it does.
+    why: &'static str,
+    run: fn(&ChildPlan, &mut Child) -> Result<(), Stop>,
 }
 
-fn drain(
-    report: RawFd,
-    sup: &mut Supervision,
-    cmd: &Command,
-    policy: &Policy,
-    launcher_walls: &[WallReport],
-    cgroup: Option<&std::path::Path>,
-    child: libc::pid_t,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    while !sup.report_eof {
-        let mut fds = [libc::pollfd {
-            fd: report,
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // Every writer is gone once the pid namespace is; never block long.
-        if sys::poll(&mut fds, 1000).unwrap_or(0) == 0 {
-            break;
-        }
-        match sys::read(report, &mut buf) {
-            Ok(0) | Err(_) => sup.report_eof = true,
-            Ok(n) => handle_bytes(&buf[..n], sup, cmd, policy, launcher_walls, cgroup, child),
-        }
-    }
-}
-
-fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGSYS => "SIGSYS",
-        _ => return format!("signal {sig}"),
-    };
-    name.to_string()
-}
-
-fn decide_exit(sup: &Supervision, policy: &Policy, oom_kills: u64) -> Exit {
-    if sup.timed_out {
-        let t = policy.timeout.unwrap_or(0.0);
-        return Exit {
-            code: 124,
-            reason: ExitReason::Timeout,
-            detail: format!("killed after {t}s (--timeout); the whole process tree was killed"),
-        };
-    }
-    let memory_kill = |detail_sig: i32| Exit {
-        code: 137,
-        reason: ExitReason::Memory,
-        detail: format!(
-            "killed by the memory limit (--memory {}, {} bytes) with {}",
-            policy.memory.map(show_bytes).unwrap_or_default(),
-            policy.memory.unwrap_or(0),
-            signal_name(detail_sig)
-        ),
-    };
-    if let Some(sig) = sup.killed_by {
-        return Exit {
-            code: 128 + sig,
-            reason: ExitReason::Signal,
-            detail: format!("the launcher received {} during setup", signal_name(sig)),
-        };
-    }
-    match sup.exit {
-        Some((_, Some(sig))) if sig == libc::SIGKILL && oom_kills > 0 => memory_kill(sig),
-        Some((_, Some(sig))) => Exit {
-            code: 128 + sig,
-            reason: ExitReason::Signal,
-            detail: format!("killed by {}", signal_name(sig)),
+/// The steps of the sandbox's pid 1, in order.
+const CHILD_STEPS: &[ChildStep] = &[
+    ChildStep {
+        name: "close inherited fds",
+        why: "first of all, so no host handle (status fd, signalfd, other pipe ends) survives",
+        run: step_close_fds,
+    },
+    ChildStep {
+        name: "die with the launcher",
+        why: "before anything can block, even before the maps exist",
+        run: |_, _| {
+            let _ = sys::set_parent_death_signal(libc::SIGKILL);
+            Ok(())
         },
-        Some((Some(code), _)) => Exit {
-            code,
-            reason: ExitReason::Exited,
-            detail: format!("exited with status {code}"),
+    },
+    ChildStep {
+        name: "wait for the maps and the cgroup",
+        why: "the launcher writes our uid/gid maps and moves us into the cell's cgroup",
+        run: step_wait_for_launcher,
+    },
+    ChildStep {
+        name: "hide pid 1",
+        why: "before the worker exists; after the maps (a rootless launcher writes them through our /proc entries, which become host root's when not dumpable)",
+        run: |_, c| c.wall(Wall::Pid1, pid1::hide().map_err(|e| e.to_string())),
+    },
+    ChildStep {
+        name: "cgroup namespace",
+        why: "now that the launcher placed us: the namespace's root is the cell's own cgroup",
+        run: |_, c| {
+            let r = namespaces::enter_cgroup_namespace()
+                .map(|()| "host cgroup paths hidden (/proc/self/cgroup shows /)".to_string())
+                .map_err(|e| e.to_string());
+            c.wall(Wall::CgroupNamespace, r)
         },
-        _ => match sup.init_status {
-            Some(sys::WaitStatus::Signaled(sig)) if oom_kills > 0 => memory_kill(sig),
-            Some(sys::WaitStatus::Signaled(sig)) => Exit {
-                code: 128 + sig,
-                reason: ExitReason::Signal,
-                detail: format!("the sandbox's init was killed by {}", signal_name(sig)),
-            },
-            Some(sys::WaitStatus::Exited(code)) => Exit {
-                code,
-                reason: ExitReason::Exited,
-                detail: format!("the sandbox's init exited with status {code} without a report"),
-            },
-            None => Exit {
-                code: 125,
-                reason: ExitReason::Setup,
-                detail: "the sandbox vanished".into(),
-            },
+    },
+    ChildStep {
+        name: "memfd exec",
+        why: "vm.memfd_noexec needs host root's ids, which the next step drops",
+        run: |p, c| c.wall(Wall::MemfdExec, p.memfd.apply()),
+    },
+    ChildStep {
+        name: "become the worker",
+        why: "a map alone leaves the launcher's host uid in place: switch every id before touching any file",
+        run: step_become_worker,
+    },
+    ChildStep {
+        name: "hostname",
+        why: "cosmetic, in the UTS namespace",
+        run: |_, c| {
+            let uts = sys::sethostname("nodecell").map(|()| "hostname nodecell".to_string());
+            c.active(
+                Wall::UtsNamespace,
+                uts.unwrap_or_else(|e| format!("own namespace (sethostname: {e})")),
+            );
+            Ok(())
         },
-    }
+    },
+    ChildStep {
+        name: "filesystem",
+        why: "a fresh read-only root, pivot, old root detached; with the worker's ids so host paths open with its permissions",
+        run: step_filesystem,
+    },
+    ChildStep {
+        name: "network",
+        why: "loopback up in the fresh namespace (needs the namespace's capabilities)",
+        run: step_network,
+    },
+    ChildStep {
+        name: "own session",
+        why: "no controlling terminal to inject input into",
+        run: |_, _| {
+            let _ = sys::setsid();
+            Ok(())
+        },
+    },
+    ChildStep {
+        name: "rlimits",
+        why: "while hard limits may still be lowered freely",
+        run: |p, c| c.wall(Wall::Rlimits, p.rlimits.apply().map(|()| p.rlimits.describe())),
+    },
+    ChildStep {
+        name: "landlock",
+        why: "on the new root's paths (sets no_new_privs)",
+        run: step_landlock,
+    },
+    ChildStep {
+        name: "capabilities",
+        why: "every set cleared (a zygote keeps CAP_SETUID/SETGID/SETPCAP), no_new_privs on",
+        run: step_capabilities,
+    },
+    ChildStep {
+        name: "seccomp",
+        why: "last: after it only the command's own syscalls remain",
+        run: |p, c| {
+            let r = seccomp::install(p.seccomp)
+                .map(|()| {
+                    format!(
+                        "allow-list of {} syscalls; argument checks on clone, socket, ioctl, prctl, memfd_create, execveat, chmod/open/mknod modes (no set-id bits); clone3/openat2 ENOSYS; x32 refused",
+                        seccomp::allowed_count()
+                    )
+                })
+                .map_err(|e| e.to_string());
+            c.wall(Wall::Seccomp, r)
+        },
+    },
+];
+
+fn step_close_fds(p: &ChildPlan, _: &mut Child) -> Result<(), Stop> {
+    let mut keep = p.exec.keep_fds.clone();
+    keep.extend([p.sync_read, p.report_write]);
+    fds::close_all_except(&keep)
+        .map_err(|e| Stop::Wall(Wall::Launcher, format!("closing inherited fds: {e}")))
 }
 
-/// The sandbox's pid 1, from the moment `clone` returns until the command
-/// runs. Each step says why it comes where it does. Never returns.
-fn sandbox_main(plan: &ChildPlan) -> ! {
-    let report = plan.report_write;
-    let policy = plan.policy;
-    let required = policy.mode == Mode::Required;
-    let fail = |wall: Wall, why: String| -> ! {
-        Message::Setup {
-            wall: wall.as_str().to_string(),
-            why,
-            code: 125,
-        }
-        .send(report);
-        sys::exit(125)
-    };
-    let mut walls: Vec<WallReport> = Vec::new();
-    // A wall that could not be raised: fatal in required mode, reported in
-    // best-effort mode.
-    let wall = |w: Wall, r: Result<String, String>, walls: &mut Vec<WallReport>| match r {
-        Ok(detail) => walls.push(WallReport::new(w, WallState::Active, detail)),
-        Err(why) if required => fail(w, why),
-        Err(why) => walls.push(WallReport::new(w, WallState::Missing, why)),
-    };
-
-    // 1. Let go of every launcher fd we do not need (status fd, signalfd,
-    //    the other pipe ends, anything else inherited), first of all, so no
-    //    host handle survives into the sandbox.
-    let mut keep = plan.exec.keep_fds.clone();
-    keep.extend([plan.sync_read, report]);
-    if let Err(e) = fds::close_all_except(&keep) {
-        fail(Wall::Launcher, format!("closing inherited fds: {e}"));
-    }
-    // 2. Die with the launcher, even before the maps exist.
-    let _ = sys::set_parent_death_signal(libc::SIGKILL);
-    // 3. Wait until the launcher wrote our uid/gid maps and cgroups.
+fn step_wait_for_launcher(p: &ChildPlan, _: &mut Child) -> Result<(), Stop> {
     let mut b = [0u8; 1];
-    match sys::read(plan.sync_read, &mut b) {
-        Ok(1) => {}
-        _ => sys::exit(125), // the launcher is gone or gave up
+    match sys::read(p.sync_read, &mut b) {
+        Ok(1) => Ok(()),
+        _ => Err(Stop::Quiet), // the launcher is gone or gave up
     }
-    // 4. Become the worker: a map alone leaves the launcher's host uid in
-    //    place, so switch every id now, before touching any file.
-    if let Err(e) = plan.identity.become_worker() {
-        fail(Wall::UserNamespace, e.to_string());
-    }
-    // 5. Changing credentials cleared PDEATHSIG: set it again, then check
-    //    the launcher did not die in between (its end of the sync pipe
-    //    would be closed).
+}
+
+fn step_become_worker(p: &ChildPlan, c: &mut Child) -> Result<(), Stop> {
+    p.identity
+        .become_worker()
+        .map_err(|e| Stop::Wall(Wall::UserNamespace, e.to_string()))?;
+    // Changing credentials cleared PDEATHSIG: set it again, then check the
+    // launcher did not die in between (its end of the sync pipe would be
+    // closed).
     let _ = sys::set_parent_death_signal(libc::SIGKILL);
     let mut pfd = [libc::pollfd {
-        fd: plan.sync_read,
+        fd: p.sync_read,
         events: libc::POLLIN,
         revents: 0,
     }];
     if sys::poll(&mut pfd, 0).unwrap_or(0) > 0
         && pfd[0].revents & (libc::POLLHUP | libc::POLLERR) != 0
     {
-        sys::exit(125);
+        return Err(Stop::Quiet);
     }
-    sys::close(plan.sync_read);
-    walls.push(WallReport::new(
-        Wall::UserNamespace,
-        WallState::Active,
-        format!(
-            "worker runs as host uid {} gid {}{}",
-            plan.identity.uid,
-            plan.identity.gid,
-            if plan.identity.launcher_is_root {
-                ""
-            } else {
-                " (the caller's own ids)"
-            }
-        ),
-    ));
+    sys::close(p.sync_read);
+    c.active(Wall::UserNamespace, p.identity.describe());
+    // The worker's own gid in the list (`initgroups` puts the primary group
+    // there) grants nothing more.
+    let left = sys::groups()
+        .map(|g| g.into_iter().filter(|&x| x != p.identity.gid).count())
+        .unwrap_or(usize::MAX);
+    let groups = if left == 0 {
+        Ok("no supplementary groups".to_string())
+    } else if p.identity.launcher_is_root {
+        Err(format!("{left} supplementary groups left after setgroups"))
+    } else {
+        Err(format!(
+            "rootless: the caller's supplementary groups {:?} stay in effect for files inside the binds \
+             (the kernel lets only a process with CAP_SETGID over the host's user namespace drop them); \
+             run as root, as a user without supplementary groups, or with --mode best-effort",
+            p.launcher_groups
+        ))
+    };
+    c.wall(Wall::Groups, groups)
+}
 
-    // 6. Hostname of the UTS namespace.
-    let uts = sys::sethostname("nodecell").map(|()| "hostname nodecell".to_string());
-    walls.push(WallReport::new(
-        Wall::UtsNamespace,
-        WallState::Active,
-        uts.unwrap_or_else(|e| format!("own namespace (sethostname: {e})")),
-    ));
-    // 7. The filesystem: a fresh read-only root, pivot, old root detached.
-    if let Err(e) = plan.mounts.apply() {
-        fail(Wall::MountNamespace, e.to_string());
-    }
-    walls.push(WallReport::new(
+fn step_filesystem(p: &ChildPlan, c: &mut Child) -> Result<(), Stop> {
+    p.mounts
+        .apply()
+        .map_err(|e| Stop::Wall(Wall::MountNamespace, e.to_string()))?;
+    c.active(
         Wall::MountNamespace,
-        WallState::Active,
         format!(
-            "read-only root, {} --ro/--rw binds, private /tmp and /dev/shm ({} each), new /proc, minimal /dev",
-            plan.mounts.user_binds(),
-            show_bytes(policy.tmp_size)
+            "read-only root, {} --ro/--rw binds, private /tmp and /dev/shm ({} each), new /proc, minimal /dev, nodev everywhere but the device nodes",
+            p.mounts.user_binds(),
+            show_bytes(p.policy.tmp_size)
         ),
-    ));
-    walls.push(WallReport::new(
+    );
+    c.active(
         Wall::PidNamespace,
-        WallState::Active,
         "host processes invisible; pid 1 is nodecell's init",
-    ));
-    // 8. Network: a fresh namespace with loopback up, or the host's.
-    if policy.net {
-        walls.push(WallReport::new(
-            Wall::NetNamespace,
-            WallState::Off,
-            "host network kept (--net)",
-        ));
+    );
+    Ok(())
+}
+
+fn step_network(p: &ChildPlan, c: &mut Child) -> Result<(), Stop> {
+    if p.policy.net {
+        c.off(Wall::NetNamespace, "host network kept (--net)");
     } else {
         let lo = sys::interface_up("lo")
             .map(|()| "no network; loopback up".to_string())
             .unwrap_or_else(|e| format!("no network; loopback down ({e})"));
-        walls.push(WallReport::new(Wall::NetNamespace, WallState::Active, lo));
+        c.active(Wall::NetNamespace, lo);
     }
-    walls.push(WallReport::new(
-        Wall::IpcNamespace,
-        WallState::Active,
-        "own System V IPC and POSIX queues",
-    ));
-    // 9. Own session: no controlling terminal to inject input into.
-    let _ = sys::setsid();
-    // 10. rlimits, while we may still lower hard limits freely.
-    wall(
-        Wall::Rlimits,
-        plan.rlimits.apply().map(|()| plan.rlimits.describe()),
-        &mut walls,
-    );
-    // 11. Landlock on the new root's paths (sets no_new_privs).
-    match &plan.landlock_abi {
+    c.active(Wall::IpcNamespace, "own System V IPC and POSIX queues");
+    Ok(())
+}
+
+fn step_landlock(p: &ChildPlan, c: &mut Child) -> Result<(), Stop> {
+    match &p.landlock_abi {
         Ok(abi) => {
-            let r = landlock_wall::apply(&plan.mounts.access_rules(), *abi);
+            let r = landlock_wall::apply(&p.mounts.access_rules(), *abi);
             let scoped = matches!(&r, Ok(rep) if rep.scoped);
-            wall(
+            c.wall(
                 Wall::Landlock,
                 r.map(|rep| format!("ABI {}, fully enforced, {} path rules", rep.abi, rep.rules))
                     .map_err(|e| e.to_string()),
-                &mut walls,
-            );
+            )?;
             if scoped {
-                walls.push(WallReport::new(
+                c.active(
                     Wall::LandlockScope,
-                    WallState::Active,
                     "abstract unix sockets and signals scoped to the sandbox",
-                ));
-            } else if policy.net {
-                wall(Wall::LandlockScope, Err(format!("Landlock ABI {abi} has no scoping (needs 6): host abstract unix sockets are reachable with --net")), &mut walls);
-            } else {
-                walls.push(WallReport::new(
+                );
+            } else if p.policy.net {
+                c.wall(
                     Wall::LandlockScope,
-                    WallState::Off,
+                    Err(format!("Landlock ABI {abi} has no scoping (needs 6): host abstract unix sockets are reachable with --net")),
+                )?;
+            } else {
+                c.off(
+                    Wall::LandlockScope,
                     format!("ABI {abi} has no scoping; the net and pid namespaces cover it"),
-                ));
+                );
             }
         }
         Err(why) => {
-            wall(Wall::Landlock, Err(why.clone()), &mut walls);
-            walls.push(WallReport::new(
+            c.wall(Wall::Landlock, Err(why.clone()))?;
+            c.walls.push(WallReport::new(
                 Wall::LandlockScope,
                 WallState::Missing,
                 "no Landlock",
             ));
         }
     }
-    // 12. Capabilities: every set cleared, no_new_privs on.
-    let caps = capabilities::drop_all()
+    Ok(())
+}
+
+fn step_capabilities(p: &ChildPlan, c: &mut Child) -> Result<(), Stop> {
+    let keep: &[caps::Capability] = if p.identity.count > 1 {
+        &capabilities::ZYGOTE_CAPS
+    } else {
+        &[]
+    };
+    let caps = capabilities::drop_all_except(keep)
         .map_err(|e| e.to_string())
         .and_then(|()| {
             let s = capabilities::current().map_err(|e| e.to_string())?;
-            if s.all_clear() {
+            if !s.only(capabilities::mask(keep)) {
+                Err(capabilities::CapsError::Left(s).to_string())
+            } else if keep.is_empty() {
                 Ok("all sets empty".to_string())
             } else {
-                Err(capabilities::CapsError::Left(s).to_string())
+                Ok(format!(
+                    "all sets empty but CAP_SETUID, CAP_SETGID, CAP_SETPCAP inside the sandbox's user namespace, kept for the zygote of {} uids (its workers drop them)",
+                    p.identity.count
+                ))
             }
         });
-    wall(Wall::Capabilities, caps, &mut walls);
-    wall(
-        Wall::NoNewPrivs,
-        match sys::no_new_privs() {
-            Ok(true) => Ok("set".into()),
-            Ok(false) => Err("not set".into()),
-            Err(e) => Err(e.to_string()),
-        },
-        &mut walls,
-    );
-    // 13. seccomp last: after it, only the command's own syscalls remain.
-    wall(
-        Wall::Seccomp,
-        seccomp::install(plan.seccomp)
-            .map(|()| {
-                format!(
-                    "allow-list of {} syscalls; clone3 ENOSYS; x32 refused",
-                    seccomp::allowed_count()
-                )
-            })
-            .map_err(|e| e.to_string()),
-        &mut walls,
-    );
-    // 14. Tell the launcher, then become the init of the command.
-    Message::Walls { walls }.send(report);
+    c.wall(Wall::Capabilities, caps)?;
+    let nnp = match sys::no_new_privs() {
+        Ok(true) => Ok("set".into()),
+        Ok(false) => Err("not set".into()),
+        Err(e) => Err(e.to_string()),
+    };
+    c.wall(Wall::NoNewPrivs, nnp)
+}
+
+/// The sandbox's pid 1, from the moment `clone` returns until the command
+/// runs: [`CHILD_STEPS`] in order, then the walls report, then the init.
+/// Never returns.
+fn sandbox_main(plan: &ChildPlan) -> ! {
+    let report = plan.report_write;
+    let mut child = Child {
+        walls: Vec::new(),
+        required: plan.policy.mode == Mode::Required,
+    };
+    for step in CHILD_STEPS {
+        let _ = (step.name, step.why);
+        match (step.run)(plan, &mut child) {
+            Ok(()) => {}
+            Err(Stop::Quiet) => sys::exit(125),
+            Err(Stop::Wall(wall, why)) => {
+                Message::Setup {
+                    wall: wall.as_str().to_string(),
+                    why,
+                    code: 125,
+                }
+                .send(report);
+                sys::exit(125)
+            }
+        }
+    }
+    Message::Walls { walls: child.walls }.send(report);
     let code = init::run(plan.exec, report);
     sys::exit(code)
 }
@@ -953,31 +853,6 @@ fn sandbox_main(plan: &ChildPlan) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sup_with(exit: Option<(Option<i32>, Option<i32>)>) -> Supervision {
-        Supervision {
-            exit,
-            ..Supervision::default()
-        }
-    }
-
-    #[test]
-    fn exit_codes_follow_the_contract() {
-        let p = Policy::new().memory(64 << 20).timeout_secs(1.0);
-        let e = decide_exit(&sup_with(Some((Some(3), None))), &p, 0);
-        assert_eq!((e.code, e.reason), (3, ExitReason::Exited));
-        let e = decide_exit(&sup_with(Some((None, Some(libc::SIGKILL)))), &p, 1);
-        assert_eq!((e.code, e.reason), (137, ExitReason::Memory));
-        assert!(e.detail.contains("--memory 64M"), "{}", e.detail);
-        let e = decide_exit(&sup_with(Some((None, Some(libc::SIGKILL)))), &p, 0);
-        assert_eq!((e.code, e.reason), (137, ExitReason::Signal));
-        let e = decide_exit(&sup_with(Some((None, Some(libc::SIGTERM)))), &p, 0);
-        assert_eq!((e.code, e.reason), (143, ExitReason::Signal));
-        let mut s = sup_with(None);
-        s.timed_out = true;
-        let e = decide_exit(&s, &p, 0);
-        assert_eq!((e.code, e.reason), (124, ExitReason::Timeout));
-    }
 
     #[test]
     fn commands_are_checked() {
@@ -1004,6 +879,19 @@ mod tests {
             "--status-fd"
         );
         assert!(check_command(&Command::new(["true"]).keep_fd(2)).is_ok());
+    }
+
+    #[test]
+    fn child_steps_are_in_the_documented_order() {
+        let names: Vec<&str> = CHILD_STEPS.iter().map(|s| s.name).collect();
+        let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+        assert_eq!(names[0], "close inherited fds");
+        assert!(pos("wait for the maps and the cgroup") < pos("hide pid 1"));
+        assert!(pos("cgroup namespace") < pos("become the worker"));
+        assert!(pos("memfd exec") < pos("become the worker"));
+        assert!(pos("become the worker") < pos("filesystem"));
+        assert_eq!(*names.last().unwrap(), "seccomp");
+        assert!(CHILD_STEPS.iter().all(|s| !s.why.is_empty()));
     }
 
     #[test]

@@ -37,14 +37,18 @@ pub mod fds;
 pub mod init;
 pub mod landlock;
 pub mod launch;
+pub mod memfd;
 pub mod mounts;
 pub mod namespaces;
+pub mod pid1;
 pub mod policy;
 pub mod probe;
 pub mod report;
 pub mod rlimits;
 pub mod seccomp;
+mod supervise;
 mod sys;
+pub mod uids;
 
 pub use error::Error;
 pub use launch::{launch, Command, Outcome};

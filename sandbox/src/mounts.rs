@@ -2,6 +2,8 @@
 //! directories, a few generated or bound `/etc` files, the caller's `--ro`
 //! and `--rw` binds, a private size-capped `/tmp`, a new `/proc`, a minimal
 //! `/dev` (no host `/dev/shm`), then `pivot_root` and detach the host root.
+//! Every mount is `nosuid` and `nodev` except the device node binds of
+//! `/dev` (and the GPU nodes with `--gpu`), which keep device access.
 //!
 //! [`MountPlan::new`] decides everything from the policy (pure, run by the
 //! launcher before `clone`); [`MountPlan::apply`] performs it inside the new
@@ -395,9 +397,28 @@ impl MountPlan {
         }
 
         // Phase 2: one call makes the root, /usr, the /etc files and the
-        // device binds read-only and set-uid-free. (Writing a device node
-        // through a read-only mount still works.)
-        set_attrs(root, mount_attr::RDONLY | mount_attr::NOSUID, true)?;
+        // device binds read-only, set-uid-free and device-free; then the
+        // device node binds alone get device access back. (Writing a device
+        // node through a read-only mount still works.)
+        set_attrs(
+            root,
+            mount_attr::RDONLY | mount_attr::NOSUID | mount_attr::NODEV,
+            true,
+        )?;
+        for name in DEVICES {
+            allow_devices(&root.join("dev").join(name))?;
+        }
+        for e in &self.entries {
+            if let Entry::Bind {
+                dst,
+                access: Access::Device,
+                flag: None,
+                ..
+            } = e
+            {
+                allow_devices(&inside(root, dst))?;
+            }
+        }
 
         // Phase 3: the writable and special mounts on top.
         tmpfs(
@@ -629,10 +650,40 @@ fn bind(src: &Path, target: &Path) -> Result<(), MountError> {
     })
 }
 
+/// Clears `nodev` on the one mount at `target` (a device node bind).
+fn allow_devices(target: &Path) -> Result<(), MountError> {
+    match sys::mount_setattr(target, 0, mount_attr::NODEV, false) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            // A bind remount without MS_NODEV clears it (it was ours, not
+            // locked); keep the flags it has.
+            let have = sys::mount_flags(target).unwrap_or(0);
+            let mut flags = libc::MS_REMOUNT | libc::MS_BIND;
+            for (st, ms) in [
+                (libc::ST_NOSUID, libc::MS_NOSUID),
+                (libc::ST_NOEXEC, libc::MS_NOEXEC),
+                (libc::ST_RDONLY, libc::MS_RDONLY),
+            ] {
+                if have & st != 0 {
+                    flags |= ms;
+                }
+            }
+            sys::mount(None, target, None, flags, None).map_err(|source| MountError::Attrs {
+                target: target.to_path_buf(),
+                source,
+            })
+        }
+        Err(source) => Err(MountError::Attrs {
+            target: target.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Sets mount attributes with `mount_setattr`, falling back to a bind
 /// remount (which must repeat the flags the kernel locked) before 5.12.
 fn set_attrs(target: &Path, attrs: u64, recursive: bool) -> Result<(), MountError> {
-    match sys::mount_setattr(target, attrs, recursive) {
+    match sys::mount_setattr(target, attrs, 0, recursive) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
             let locked = sys::mount_flags(target).unwrap_or(0);

@@ -1,6 +1,13 @@
 //! Namespaces and identity: which namespaces the sandbox gets (in order, as
-//! data), the uid/gid maps the launcher writes, and the credential change
-//! the sandbox makes once the maps exist.
+//! data), who the worker is on the host (a uid leased per cell from a pool
+//! when the launcher is root, see [`crate::uids`]), the uid/gid maps the
+//! launcher writes, and the credential change the sandbox makes once the
+//! maps exist.
+//!
+//! The cgroup namespace is not created by `clone`: the init enters it with
+//! `unshare` once the launcher has moved it into its cgroup, so the
+//! namespace's root is the sandbox's own cgroup and `/proc/self/cgroup`
+//! shows `/` ([`enter_cgroup_namespace`]).
 //!
 //! A uid map alone does not take host root's power away: right after
 //! `clone(CLONE_NEWUSER)` the child still holds the launcher's host uid, so
@@ -11,8 +18,10 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::policy::Policy;
 use crate::report::Wall;
 use crate::sys;
+use crate::uids::{self, UidError, UidLease};
 
 /// The namespaces every sandbox gets, in the order they are listed in
 /// reports. All are created by one `clone` call; the user namespace comes
@@ -38,32 +47,56 @@ pub fn clone_flags(net: bool) -> libc::c_ulong {
 /// Who the worker is, inside and outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// Host uid of the worker (never 0).
+    /// Host uid of the worker (never 0); the first of `count` with
+    /// `--uid-range`.
     pub uid: u32,
     /// Host gid of the worker.
     pub gid: u32,
-    /// Whether the launcher is root (may map another uid, may keep
+    /// Number of consecutive uids (and gids) mapped into the sandbox, each
+    /// to itself (`--uid-range`; 1 otherwise).
+    pub count: u32,
+    /// Whether the launcher is root (may map other uids, may keep
     /// `setgroups` allowed so the child can drop root's groups).
     pub launcher_is_root: bool,
 }
 
 impl Identity {
-    /// The worker's identity: root launchers map `worker_uid` (default
-    /// 65534, gid = uid); rootless launchers map the caller's own ids.
-    pub fn for_launcher(worker_uid: Option<u32>) -> Result<Identity, NamespaceError> {
+    /// The worker's identity for `policy`. Root launchers lease
+    /// `policy.uid_range` consecutive ids from the pool (`--uid-pool`, default
+    /// [`uids::DEFAULT_POOL`]), or use `--worker-uid` as given; rootless
+    /// launchers map the caller's own ids (one uid). The lease must be kept
+    /// until the sandbox is gone.
+    pub fn for_launcher(policy: &Policy) -> Result<(Identity, UidLease), NamespaceError> {
+        let count = policy.uid_range.max(1);
         let euid = sys::geteuid();
         if euid == 0 {
-            let uid = worker_uid.unwrap_or(crate::policy::DEFAULT_WORKER_UID);
-            if uid == 0 {
-                return Err(NamespaceError::RootWorker);
-            }
-            Ok(Identity {
-                uid,
-                gid: uid,
-                launcher_is_root: true,
-            })
+            let lease = match policy.worker_uid {
+                Some(0) => return Err(NamespaceError::RootWorker),
+                Some(uid) => {
+                    if uid
+                        .checked_add(count - 1)
+                        .is_none_or(|last| last >= u32::MAX - 1)
+                    {
+                        return Err(NamespaceError::RangeOverflow { uid, count });
+                    }
+                    UidLease::explicit(uid, count)
+                }
+                None => uids::lease(&policy.uid_pool.unwrap_or(uids::DEFAULT_POOL), count)?,
+            };
+            Ok((
+                Identity {
+                    uid: lease.first,
+                    gid: lease.first,
+                    count,
+                    launcher_is_root: true,
+                },
+                lease,
+            ))
         } else {
-            if let Some(w) = worker_uid {
+            if count > 1 {
+                return Err(NamespaceError::RangeNeedsRoot { count });
+            }
+            if let Some(w) = policy.worker_uid {
                 if w != euid {
                     return Err(NamespaceError::WorkerUidNeedsRoot {
                         asked: w,
@@ -71,22 +104,50 @@ impl Identity {
                     });
                 }
             }
-            Ok(Identity {
-                uid: euid,
-                gid: sys::getgid(),
-                launcher_is_root: false,
-            })
+            if let Some(pool) = policy.uid_pool {
+                return Err(NamespaceError::PoolNeedsRoot {
+                    pool: pool.to_string(),
+                });
+            }
+            let gid = sys::getgid();
+            Ok((
+                Identity {
+                    uid: euid,
+                    gid,
+                    count: 1,
+                    launcher_is_root: false,
+                },
+                UidLease::explicit(euid, 1),
+            ))
+        }
+    }
+
+    /// How the identity reads in reports.
+    pub fn describe(&self) -> String {
+        let who = if self.count > 1 {
+            format!(
+                "host uids {}-{} (gids the same)",
+                self.uid,
+                self.uid + (self.count - 1)
+            )
+        } else {
+            format!("host uid {} gid {}", self.uid, self.gid)
+        };
+        if self.launcher_is_root {
+            format!("worker runs as {who}, this cell's own")
+        } else {
+            format!("worker runs as {who} (the caller's own ids)")
         }
     }
 
     /// The text of `/proc/<pid>/uid_map`: the worker's uid maps to itself.
     pub fn uid_map(&self) -> String {
-        format!("{0} {0} 1\n", self.uid)
+        format!("{0} {0} {1}\n", self.uid, self.count)
     }
 
     /// The text of `/proc/<pid>/gid_map`.
     pub fn gid_map(&self) -> String {
-        format!("{0} {0} 1\n", self.gid)
+        format!("{0} {0} {1}\n", self.gid, self.count)
     }
 
     /// Whether `setgroups` must be denied before writing the gid map
@@ -134,6 +195,14 @@ impl Identity {
     }
 }
 
+/// Enters a new cgroup namespace rooted at the caller's current cgroups.
+pub fn enter_cgroup_namespace() -> Result<(), NamespaceError> {
+    sys::unshare(libc::CLONE_NEWCGROUP).map_err(|source| NamespaceError::Credentials {
+        step: "unshare(CLONE_NEWCGROUP)",
+        source,
+    })
+}
+
 /// Errors of the namespace wall.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -167,6 +236,29 @@ pub enum NamespaceError {
     /// A root launcher was asked for worker uid 0.
     #[error("the worker never runs as host uid 0")]
     RootWorker,
+    /// No uid could be leased for the cell.
+    #[error(transparent)]
+    Lease(#[from] UidError),
+    /// `--worker-uid` plus `--uid-range` runs past the largest uid.
+    #[error("--worker-uid {uid} with --uid-range {count} runs past the largest valid uid")]
+    RangeOverflow {
+        /// The first uid.
+        uid: u32,
+        /// The range asked for.
+        count: u32,
+    },
+    /// A rootless launcher was asked for several uids.
+    #[error("--uid-range {count} needs root; a rootless launcher maps only its own uid (one uid; the zygote's workers then share it and are kept apart by Landlock, pid-1 style non-dumpable workers and signal scoping)")]
+    RangeNeedsRoot {
+        /// The range asked for.
+        count: u32,
+    },
+    /// A rootless launcher was given a pool.
+    #[error("--uid-pool {pool} needs root; a rootless launcher runs the worker as its own uid")]
+    PoolNeedsRoot {
+        /// The pool as given.
+        pool: String,
+    },
     /// A rootless launcher was asked for another uid.
     #[error(
         "--worker-uid {asked} needs root; a rootless launcher runs the worker as its own uid {uid}"
@@ -219,16 +311,24 @@ mod tests {
     #[test]
     fn maps_are_one_to_one_for_the_worker() {
         let root = Identity {
-            uid: 65534,
-            gid: 65534,
+            uid: 1879048200,
+            gid: 1879048200,
+            count: 1,
             launcher_is_root: true,
         };
-        assert_eq!(root.uid_map(), "65534 65534 1\n");
-        assert_eq!(root.gid_map(), "65534 65534 1\n");
+        assert_eq!(root.uid_map(), "1879048200 1879048200 1\n");
+        assert_eq!(root.gid_map(), "1879048200 1879048200 1\n");
         assert!(!root.deny_setgroups());
+        let zygote = Identity {
+            count: 8,
+            ..root.clone()
+        };
+        assert_eq!(zygote.uid_map(), "1879048200 1879048200 8\n");
+        assert!(zygote.describe().contains("1879048200-1879048207"));
         let user = Identity {
             uid: 1000,
             gid: 1001,
+            count: 1,
             launcher_is_root: false,
         };
         assert_eq!(user.gid_map(), "1001 1001 1\n");
@@ -236,22 +336,36 @@ mod tests {
     }
 
     #[test]
-    fn identity_never_maps_root() {
+    fn identity_never_maps_root_and_cells_get_their_own() {
         if sys::geteuid() == 0 {
-            let id = Identity::for_launcher(None).unwrap();
-            assert_eq!(id.uid, 65534);
-            assert!(id.launcher_is_root);
-            assert_eq!(Identity::for_launcher(Some(1234)).unwrap().uid, 1234);
+            let (a, la) = Identity::for_launcher(&Policy::new()).unwrap();
+            let (b, lb) = Identity::for_launcher(&Policy::new()).unwrap();
+            let pool = uids::DEFAULT_POOL;
+            for id in [&a, &b] {
+                assert!(id.launcher_is_root);
+                assert!((pool.first..=pool.last()).contains(&id.uid), "{id:?}");
+                assert_eq!(id.uid, id.gid);
+            }
+            assert_ne!(a.uid, b.uid, "two running cells share a uid");
+            drop((la, lb));
+            let (c, _l) = Identity::for_launcher(&Policy::new().worker_uid(1234)).unwrap();
+            assert_eq!(c.uid, 1234);
             assert!(matches!(
-                Identity::for_launcher(Some(0)),
+                Identity::for_launcher(&Policy::new().worker_uid(0)),
                 Err(NamespaceError::RootWorker)
             ));
+            let (z, _l) = Identity::for_launcher(&Policy::new().uid_range(8)).unwrap();
+            assert_eq!((z.count, (z.uid - pool.first) % 8), (8, 0));
         } else {
-            let id = Identity::for_launcher(None).unwrap();
+            let (id, _l) = Identity::for_launcher(&Policy::new()).unwrap();
             assert_eq!(id.uid, sys::geteuid());
             assert!(matches!(
-                Identity::for_launcher(Some(sys::geteuid() + 1)),
+                Identity::for_launcher(&Policy::new().worker_uid(sys::geteuid() + 1)),
                 Err(NamespaceError::WorkerUidNeedsRoot { .. })
+            ));
+            assert!(matches!(
+                Identity::for_launcher(&Policy::new().uid_range(2)),
+                Err(NamespaceError::RangeNeedsRoot { .. })
             ));
         }
     }

@@ -140,8 +140,8 @@ impl Default for Rlimits {
 /// Default size cap of the private `/tmp` (and `/dev/shm`): 256 MiB.
 pub const DEFAULT_TMP_SIZE: u64 = 256 << 20;
 
-/// Default host uid of the worker when the launcher runs as root.
-pub const DEFAULT_WORKER_UID: u32 = 65534;
+/// Most uids one cell may own (`--uid-range`).
+pub const MAX_UID_RANGE: u32 = 4096;
 
 /// Everything a sandbox allows. Build it with [`Policy::new`] and the chained
 /// setters, or deserialize it (unknown fields are refused).
@@ -182,9 +182,19 @@ pub struct Policy {
     pub gpu: bool,
     /// `--tmp-size`: size cap of the private `/tmp` and `/dev/shm` in bytes.
     pub tmp_size: u64,
-    /// `--worker-uid`: host uid of the worker when the launcher is root
-    /// (default 65534). Never 0. Rootless launches always use the caller's uid.
+    /// `--worker-uid`: host uid of the worker when the launcher is root, as
+    /// given (default: a uid leased for this cell from `uid_pool`). Never 0.
+    /// Rootless launches always use the caller's uid.
     pub worker_uid: Option<u32>,
+    /// `--uid-pool`: where root launchers lease each cell's host uid
+    /// (default [`crate::uids::DEFAULT_POOL`]).
+    pub uid_pool: Option<crate::uids::UidPool>,
+    /// `--uid-range`: number of consecutive host uids the cell owns (root
+    /// launchers; default 1). With more than one, the command keeps
+    /// `CAP_SETUID`/`CAP_SETGID` (and `CAP_SETPCAP`) inside its user
+    /// namespace so a zygote can give each forked worker its own uid
+    /// ([`crate::confine`]).
+    pub uid_range: u32,
     /// rlimits applied in every sandbox.
     pub rlimits: Rlimits,
 }
@@ -205,6 +215,8 @@ impl Default for Policy {
             gpu: false,
             tmp_size: DEFAULT_TMP_SIZE,
             worker_uid: None,
+            uid_pool: None,
+            uid_range: 1,
             rlimits: Rlimits::default(),
         }
     }
@@ -297,6 +309,16 @@ impl Policy {
         self.worker_uid = Some(uid);
         self
     }
+    /// Sets the pool cells' uids are leased from (root launches only).
+    pub fn uid_pool(mut self, pool: crate::uids::UidPool) -> Self {
+        self.uid_pool = Some(pool);
+        self
+    }
+    /// Sets the number of host uids the cell owns (root launches only).
+    pub fn uid_range(mut self, n: u32) -> Self {
+        self.uid_range = n;
+        self
+    }
 
     /// Checks every field; the error names the flag and the value.
     /// Bind sources must exist; destinations must be absolute, normalised,
@@ -362,6 +384,23 @@ impl Policy {
                 0,
                 "the worker never runs as host uid 0; pick an unprivileged uid",
             ));
+        }
+        if self.uid_range == 0 || self.uid_range > MAX_UID_RANGE {
+            return Err(PolicyError::new(
+                "--uid-range",
+                self.uid_range,
+                format!("must be between 1 and {MAX_UID_RANGE}"),
+            ));
+        }
+        if let Some(pool) = &self.uid_pool {
+            pool.validate()?;
+            if pool.count < self.uid_range {
+                return Err(PolicyError::new(
+                    "--uid-range",
+                    self.uid_range,
+                    format!("larger than the pool ({pool})"),
+                ));
+            }
         }
         if self.rlimits.open_files < 16 {
             return Err(PolicyError::new(

@@ -33,6 +33,11 @@ impl Feature {
     }
 }
 
+/// The effective uid of the calling process (who the probe ran as).
+pub fn effective_uid() -> u32 {
+    sys::geteuid()
+}
+
 /// Probes everything. Never panics; each failure is a feature with
 /// `available: false` and the reason.
 pub fn probe() -> Vec<Feature> {
@@ -43,8 +48,8 @@ pub fn probe() -> Vec<Feature> {
         true,
         if euid == 0 {
             format!(
-                "root: workers run as host uid {} (--worker-uid)",
-                crate::policy::DEFAULT_WORKER_UID
+                "root: each cell runs as its own host uid leased from {} (--uid-pool, --worker-uid)",
+                crate::uids::DEFAULT_POOL
             )
         } else {
             format!("uid {euid} (rootless): workers run as uid {euid}")
@@ -65,6 +70,7 @@ pub fn probe() -> Vec<Feature> {
         (libc::CLONE_NEWNET, "net namespace"),
         (libc::CLONE_NEWIPC, "ipc namespace"),
         (libc::CLONE_NEWUTS, "uts namespace"),
+        (libc::CLONE_NEWCGROUP, "cgroup namespace"),
     ] {
         let r = try_unshare(libc::CLONE_NEWUSER | flag);
         out.push(Feature::new(
@@ -117,6 +123,9 @@ pub fn probe() -> Vec<Feature> {
         }
     }
 
+    out.extend(identity_features(euid));
+    out.push(memfd_feature(euid == 0));
+    out.push(pid1_feature());
     out.push(seccomp_feature());
     let nnp = sys::no_new_privs();
     out.push(Feature::new(
@@ -172,6 +181,96 @@ fn try_unshare(flags: libc::c_int) -> Result<(), i32> {
         Ok(Some((_, sys::WaitStatus::Exited(errno)))) => Err(errno),
         _ => Err(libc::ECHILD),
     }
+}
+
+/// Per-cell uids (root) and supplementary groups (rootless).
+fn identity_features(euid: u32) -> Vec<Feature> {
+    if euid == 0 {
+        let pool = crate::uids::DEFAULT_POOL;
+        let r = crate::uids::check_host_files(&pool);
+        vec![
+            Feature::new(
+                "per-cell uids",
+                r.is_ok(),
+                match r {
+                    Ok(()) => format!(
+                        "pool {pool} is free of host accounts and subordinate ranges; leases in {}",
+                        crate::uids::LEASE_FILE
+                    ),
+                    Err(e) => e.to_string(),
+                },
+                true,
+            ),
+            Feature::new(
+                "supplementary groups",
+                true,
+                "dropped (root launcher)",
+                true,
+            ),
+        ]
+    } else {
+        let gid = sys::getgid();
+        let extra: Vec<u32> = sys::groups()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&g| g != gid)
+            .collect();
+        vec![
+            Feature::new(
+                "per-cell uids",
+                false,
+                format!("rootless: every cell runs as uid {euid} (the kernel maps only the caller's own uid without a setuid helper)"),
+                false,
+            ),
+            Feature::new(
+                "supplementary groups",
+                extra.is_empty(),
+                if extra.is_empty() {
+                    "none to drop".to_string()
+                } else {
+                    format!("rootless: groups {extra:?} cannot be dropped (needs CAP_SETGID over the host's user namespace); they stay in effect for files inside the binds")
+                },
+                true,
+            ),
+        ]
+    }
+}
+
+/// Whether memfds can be kept from being executed.
+fn memfd_feature(root: bool) -> Feature {
+    match crate::memfd::MemfdPlan::for_launcher(root) {
+        crate::memfd::MemfdPlan::Sysctl => Feature::new(
+            "memfd exec",
+            true,
+            "vm.memfd_noexec=2 in each sandbox's pid namespace, plus seccomp",
+            true,
+        ),
+        crate::memfd::MemfdPlan::SealRequired => Feature::new(
+            "memfd exec",
+            true,
+            "rootless: seccomp requires MFD_NOEXEC_SEAL (only host root may set vm.memfd_noexec); libraries must create sealed memfds",
+            true,
+        ),
+        crate::memfd::MemfdPlan::Missing(why) => Feature::new("memfd exec", false, why, true),
+    }
+}
+
+/// Whether the init can hide its argv and environment.
+fn pid1_feature() -> Feature {
+    let ok = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| crate::pid1::string_areas(&s))
+        .is_some();
+    Feature::new(
+        "pid 1 hiding",
+        ok,
+        if ok {
+            "not dumpable; argv and environment scrubbed"
+        } else {
+            "/proc/self/stat has no argv/environment addresses (Linux < 3.5)"
+        },
+        true,
+    )
 }
 
 fn seccomp_feature() -> Feature {
@@ -315,6 +414,11 @@ mod tests {
         let f = probe();
         for name in [
             "user namespaces",
+            "cgroup namespace",
+            "memfd exec",
+            "pid 1 hiding",
+            "per-cell uids",
+            "supplementary groups",
             "mount namespace",
             "pid namespace",
             "net namespace",

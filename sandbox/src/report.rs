@@ -1,6 +1,13 @@
 //! What the sandbox tells its launcher, and what the launcher tells the
 //! caller: wall reports, the child-to-launcher messages, and the two JSON
 //! lines written to `--status-fd`.
+//!
+//! The report pipe is written by the sandbox's init alone (the command's
+//! process never holds it, and pid 1 is not dumpable, so the worker has no
+//! path to it). The launcher still reads it as untrusted input:
+//! [`ReportReader`] accepts one exact sequence (`walls` then `exit`, or a
+//! `setup` failure before or right after `walls`), bounds every line and the
+//! message count, and calls anything else a broken protocol.
 
 use std::os::fd::RawFd;
 
@@ -24,6 +31,13 @@ pub enum Wall {
     IpcNamespace,
     /// The UTS namespace (hostname).
     UtsNamespace,
+    /// The cgroup namespace (the host's cgroup paths hidden).
+    CgroupNamespace,
+    /// The sandbox's pid 1 unreadable by the worker, its argv and
+    /// environment scrubbed.
+    Pid1,
+    /// Supplementary groups dropped.
+    Groups,
     /// Landlock filesystem rules.
     Landlock,
     /// Landlock scoping of abstract unix sockets and signals.
@@ -34,6 +48,11 @@ pub enum Wall {
     NoNewPrivs,
     /// The seccomp allow-list.
     Seccomp,
+    /// No execution of memfds (`vm.memfd_noexec`, seccomp).
+    MemfdExec,
+    /// Overlay mounts for `--overlay` (a pack's own folder, writes kept
+    /// in its state directory).
+    Overlay,
     /// Memory cgroup limit.
     Memory,
     /// Pids cgroup limit.
@@ -52,18 +71,23 @@ pub enum Wall {
 
 impl Wall {
     /// Every wall in report order.
-    pub const ALL: [Wall; 18] = [
+    pub const ALL: [Wall; 23] = [
         Wall::UserNamespace,
         Wall::MountNamespace,
         Wall::PidNamespace,
         Wall::NetNamespace,
         Wall::IpcNamespace,
         Wall::UtsNamespace,
+        Wall::CgroupNamespace,
+        Wall::Pid1,
+        Wall::Groups,
+        Wall::Overlay,
         Wall::Landlock,
         Wall::LandlockScope,
         Wall::Capabilities,
         Wall::NoNewPrivs,
         Wall::Seccomp,
+        Wall::MemfdExec,
         Wall::Memory,
         Wall::Pids,
         Wall::Cpu,
@@ -90,6 +114,11 @@ impl Wall {
             Wall::NetNamespace => "net-namespace",
             Wall::IpcNamespace => "ipc-namespace",
             Wall::UtsNamespace => "uts-namespace",
+            Wall::CgroupNamespace => "cgroup-namespace",
+            Wall::Pid1 => "pid1",
+            Wall::Groups => "groups",
+            Wall::Overlay => "overlay",
+            Wall::MemfdExec => "memfd-exec",
             Wall::Landlock => "landlock",
             Wall::LandlockScope => "landlock-scope",
             Wall::Capabilities => "capabilities",
@@ -149,8 +178,8 @@ impl WallReport {
 
 /// Messages from inside the sandbox to the launcher, one JSON line each,
 /// written with a single `write` (shorter than `PIPE_BUF`, so atomic).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase", deny_unknown_fields)]
 pub(crate) enum Message {
     /// Every wall is up; the command is about to start.
     Walls { walls: Vec<WallReport> },
@@ -223,6 +252,12 @@ pub(crate) struct UpLine<'a> {
     pub walls: &'a [WallReport],
     pub cgroup: Option<String>,
     pub pid: i32,
+    /// Host uid of the cell (the first of `uids` with `--uid-range`).
+    pub uid: u32,
+    /// Host gid of the cell.
+    pub gid: u32,
+    /// Number of consecutive host uids (and gids) the cell owns.
+    pub uids: u32,
 }
 
 /// The last `--status-fd` line.
@@ -241,25 +276,91 @@ pub(crate) fn write_status<T: Serialize>(fd: Option<RawFd>, value: &T) {
     }
 }
 
-/// Splits a stream of bytes into complete JSON messages.
-#[derive(Default)]
-pub(crate) struct MessageReader {
-    buf: Vec<u8>,
+/// Longest line the launcher accepts on the report pipe (the walls
+/// message is a few kilobytes).
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+
+/// Where the report protocol stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Stage {
+    /// Nothing yet: `walls` or `setup` may come.
+    #[default]
+    Start,
+    /// `walls` came: `exit`, or a `setup` failure of the exec, may come.
+    Up,
+    /// The last message came: nothing more may.
+    Done,
 }
 
-impl MessageReader {
-    /// Adds bytes; returns the messages completed by them. Lines that do not
-    /// parse are dropped (only our own code writes to this pipe).
+/// Reads the report pipe: splits it into lines, parses each, and accepts
+/// only the protocol's sequence. After a violation it accepts nothing more
+/// and [`ReportReader::broken`] says what happened.
+#[derive(Default)]
+pub(crate) struct ReportReader {
+    buf: Vec<u8>,
+    stage: Stage,
+    broken: Option<String>,
+}
+
+impl ReportReader {
+    /// Adds bytes; returns the messages they complete, in order, as long as
+    /// the protocol holds.
     pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<Message> {
-        self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
+        if self.broken.is_some() {
+            return out;
+        }
+        self.buf.extend_from_slice(bytes);
         while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=nl).collect();
-            if let Ok(m) = serde_json::from_slice::<Message>(&line[..line.len() - 1]) {
-                out.push(m);
+            match self.accept(&line[..line.len() - 1]) {
+                Ok(m) => out.push(m),
+                Err(why) => {
+                    self.broken = Some(why);
+                    self.buf.clear();
+                    return out;
+                }
             }
         }
+        if self.buf.len() > MAX_LINE {
+            self.broken = Some(format!("a line longer than {MAX_LINE} bytes"));
+            self.buf.clear();
+        }
         out
+    }
+
+    fn accept(&mut self, line: &[u8]) -> Result<Message, String> {
+        if line.len() > MAX_LINE {
+            return Err(format!("a line longer than {MAX_LINE} bytes"));
+        }
+        let m: Message =
+            serde_json::from_slice(line).map_err(|e| format!("an unreadable line ({e})"))?;
+        let next = match (&self.stage, &m) {
+            (Stage::Start, Message::Walls { .. }) => Stage::Up,
+            (Stage::Start, Message::Setup { .. }) => Stage::Done,
+            (Stage::Up, Message::Exit { .. }) => Stage::Done,
+            (Stage::Up, Message::Setup { wall, .. }) if wall == Wall::Exec.as_str() => Stage::Done,
+            (stage, m) => {
+                let what = match m {
+                    Message::Walls { .. } => "walls",
+                    Message::Setup { .. } => "setup",
+                    Message::Exit { .. } => "exit",
+                };
+                let when = match stage {
+                    Stage::Start => "before the walls",
+                    Stage::Up => "after the walls",
+                    Stage::Done => "after the last message",
+                };
+                return Err(format!("an unexpected `{what}` message {when}"));
+            }
+        };
+        self.stage = next;
+        Ok(m)
+    }
+
+    /// Why the protocol broke, if it did.
+    pub(crate) fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
     }
 }
 
@@ -267,26 +368,45 @@ impl MessageReader {
 mod tests {
     use super::*;
 
-    #[test]
-    fn messages_round_trip_line_by_line() {
-        let (r, w) = sys::pipe_cloexec().unwrap();
+    fn line(m: &Message) -> Vec<u8> {
+        let mut l = serde_json::to_vec(m).unwrap();
+        l.push(b'\n');
+        l
+    }
+
+    fn walls() -> Message {
         Message::Walls {
             walls: vec![WallReport::new(Wall::Seccomp, WallState::Active, "x")],
         }
-        .send(w);
+    }
+
+    fn exit(code: i32) -> Message {
+        Message::Exit {
+            code: Some(code),
+            signal: None,
+        }
+    }
+
+    fn setup(wall: &str) -> Message {
         Message::Setup {
-            wall: "mount-namespace".into(),
-            why: "y".repeat(10_000),
+            wall: wall.into(),
+            why: "y".into(),
             code: 125,
         }
-        .send(w);
-        Message::Exit {
-            code: Some(3),
-            signal: None,
+    }
+
+    #[test]
+    fn messages_round_trip_through_a_pipe_in_pieces() {
+        let (r, w) = sys::pipe_cloexec().unwrap();
+        walls().send(w);
+        Message::Setup {
+            wall: "exec".into(),
+            why: "y".repeat(10_000),
+            code: 127,
         }
         .send(w);
         sys::close(w);
-        let mut rd = MessageReader::default();
+        let mut rd = ReportReader::default();
         let mut all = Vec::new();
         let mut buf = [0u8; 333];
         loop {
@@ -297,16 +417,73 @@ mod tests {
             all.extend(rd.push(&buf[..n]));
         }
         sys::close(r);
-        assert_eq!(all.len(), 3);
+        assert_eq!(all.len(), 2, "{:?}", rd.broken());
         assert!(matches!(&all[0], Message::Walls { walls } if walls[0].name == "seccomp"));
-        assert!(matches!(&all[1], Message::Setup { why, .. } if why.len() == 1000));
-        assert!(matches!(
-            &all[2],
-            Message::Exit {
-                code: Some(3),
-                signal: None
+        assert!(matches!(&all[1], Message::Setup { why, code: 127, .. } if why.len() == 1000));
+        assert!(rd.broken().is_none());
+    }
+
+    #[test]
+    fn the_protocol_accepts_its_three_shapes() {
+        for seq in [
+            vec![walls(), exit(3)],
+            vec![setup("mount-namespace")],
+            vec![walls(), setup("exec")],
+        ] {
+            let mut rd = ReportReader::default();
+            let bytes: Vec<u8> = seq.iter().flat_map(line).collect();
+            assert_eq!(rd.push(&bytes), seq);
+            assert!(rd.broken().is_none());
+        }
+    }
+
+    #[test]
+    fn anything_else_breaks_the_protocol() {
+        let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
+            // The forgery of issue 11: a setup record after the walls, then exit.
+            (
+                vec![
+                    line(&walls()),
+                    line(&setup("mount-namespace")),
+                    line(&exit(0)),
+                ],
+                "unexpected `setup` message after the walls",
+            ),
+            (
+                vec![line(&exit(0))],
+                "unexpected `exit` message before the walls",
+            ),
+            (
+                vec![line(&walls()), line(&walls())],
+                "unexpected `walls` message after the walls",
+            ),
+            (
+                vec![line(&walls()), line(&exit(3)), line(&exit(0))],
+                "after the last message",
+            ),
+            (
+                vec![b"{\"t\":\"exit\",\"code\":0,\"signal\":null,\"x\":1}\n".to_vec()],
+                "unreadable",
+            ),
+            (vec![b"garbage\n".to_vec()], "unreadable"),
+            (vec![vec![b'a'; MAX_LINE + 10]], "longer than"),
+        ];
+        for (chunks, want) in cases {
+            let mut rd = ReportReader::default();
+            let mut got = Vec::new();
+            for c in &chunks {
+                got.extend(rd.push(c));
             }
-        ));
+            let why = rd.broken().unwrap_or_else(|| panic!("accepted {got:?}"));
+            assert!(why.contains(want), "{why} (wanted {want})");
+            // Nothing is accepted after a violation.
+            assert!(rd.push(&line(&exit(0))).is_empty());
+            assert!(
+                !got.iter()
+                    .any(|m| matches!(m, Message::Exit { code: Some(0), .. }))
+                    || want.contains("after the last")
+            );
+        }
     }
 
     #[test]
@@ -320,11 +497,14 @@ mod tests {
             walls: &walls,
             cgroup: None,
             pid: 42,
+            uid: 1879048200,
+            gid: 1879048200,
+            uids: 1,
         })
         .unwrap();
         assert_eq!(
             up,
-            serde_json::json!({"walls":[{"name":"net-namespace","state":"off","detail":"host network"}],"cgroup":null,"pid":42})
+            serde_json::json!({"walls":[{"name":"net-namespace","state":"off","detail":"host network"}],"cgroup":null,"pid":42,"uid":1879048200,"gid":1879048200,"uids":1})
         );
         let exit = Exit {
             code: 124,
@@ -336,5 +516,14 @@ mod tests {
             line,
             serde_json::json!({"exit":{"code":124,"reason":"timeout","detail":"after 1s"}})
         );
+    }
+
+    #[test]
+    fn every_wall_has_a_distinct_name_in_report_order() {
+        let names: std::collections::HashSet<&str> = Wall::ALL.iter().map(|w| w.as_str()).collect();
+        assert_eq!(names.len(), Wall::ALL.len());
+        for (i, w) in Wall::ALL.iter().enumerate() {
+            assert_eq!(Wall::rank(w.as_str()), i);
+        }
     }
 }

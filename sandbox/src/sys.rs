@@ -271,13 +271,14 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// `mount_setattr(2)` on `path`, setting `attrs` (on the whole subtree when
-/// `recursive`). Returns `ENOSYS` on kernels before 5.12.
-pub fn mount_setattr(path: &Path, attrs: u64, recursive: bool) -> io::Result<()> {
+/// `mount_setattr(2)` on `path`, setting `attrs` and clearing `clear` (on
+/// the whole subtree when `recursive`). Returns `ENOSYS` on kernels before
+/// 5.12.
+pub fn mount_setattr(path: &Path, attrs: u64, clear: u64, recursive: bool) -> io::Result<()> {
     let c = cpath(path)?;
     let mut attr = MountAttr {
         attr_set: attrs,
-        attr_clr: 0,
+        attr_clr: clear,
         propagation: 0,
         userns_fd: 0,
     };
@@ -641,4 +642,92 @@ pub fn landlock_abi() -> Result<i32, i32> {
         LANDLOCK_CREATE_RULESET_VERSION,
     )
     .map(|v| v as i32)
+}
+
+/// `prctl(PR_SET_DUMPABLE, on)`. A process that is not dumpable cannot be
+/// inspected through `/proc/<pid>/{mem,environ,fd,maps,...}` or ptraced by
+/// processes without `CAP_SYS_PTRACE` over its memory's user namespace.
+pub fn set_dumpable(on: bool) -> io::Result<()> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, on as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// `prctl(PR_GET_DUMPABLE)`.
+pub fn dumpable() -> io::Result<bool> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }).map(|v| v != 0)
+}
+
+/// `prctl(PR_SET_NAME, name)`: the thread's `comm` (at most 15 bytes used).
+pub fn set_thread_name(name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is a valid NUL-terminated string the kernel copies.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) })
+        .map(drop)
+}
+
+/// Overwrites `len` bytes at address `start` of this process with `fill`
+/// followed by zeros (used on the process's own argv and environment
+/// strings, whose addresses come from `/proc/self/stat`).
+///
+/// # Safety
+/// `[start, start + len)` must be writable memory of this process that no
+/// live Rust reference points into (the initial argv/environment strings
+/// qualify: Rust and glibc only keep raw pointers to them, which stay valid
+/// and read as the new bytes).
+pub unsafe fn overwrite_bytes(start: usize, len: usize, fill: &[u8]) {
+    let p = start as *mut u8;
+    let head = fill.len().min(len);
+    // SAFETY: the caller guarantees the range is writable and unaliased;
+    // `head <= len`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(fill.as_ptr(), p, head);
+        std::ptr::write_bytes(p.add(head), 0, len - head);
+    }
+}
+
+/// `getgroups(2)`: the supplementary group ids of this process.
+pub fn groups() -> io::Result<Vec<u32>> {
+    // SAFETY: a zero size with a NULL list only returns the count.
+    let n = cvt(unsafe { libc::getgroups(0, std::ptr::null_mut()) })?;
+    let mut v = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: `v` holds room for `n` gids.
+    let m = cvt(unsafe { libc::getgroups(n, v.as_mut_ptr()) })?;
+    v.truncate(m as usize);
+    Ok(v)
+}
+
+/// Takes an open-file-description write lock on bytes `[start, start + len)`
+/// of `fd` without waiting: `Ok(true)` when taken, `Ok(false)` when another
+/// open file description holds part of the range. The lock goes away when
+/// the last fd of this open file description is closed (for instance when
+/// the process dies).
+pub fn try_lock_range(fd: RawFd, start: u64, len: u64) -> io::Result<bool> {
+    // SAFETY: flock is plain data; zeroed is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    // SAFETY: `fl` is a valid flock for F_OFD_SETLK.
+    match cvt(unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &fl) }) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, mode)`.
+pub fn open_rw_create(path: &Path, mode: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            mode as libc::c_uint,
+        )
+    })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }

@@ -45,8 +45,7 @@ pub fn main(args: CheckArgs) -> i32 {
         })
         .collect();
     let ok = probe::default_policy_ok(&sandbox);
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = probe::effective_uid();
     let report = Report {
         ok,
         uid,

@@ -16,7 +16,8 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use nodecell_sandbox::policy::{parse_bytes, parse_env, parse_positive};
+use nodecell_sandbox::policy::{parse_bytes, parse_env, parse_positive, MAX_UID_RANGE};
+use nodecell_sandbox::uids::UidPool;
 use nodecell_sandbox::{launch, Bind, Command, Error, ExitReason, Mode, Policy, PolicyError};
 
 /// Arguments of `nodecell run`.
@@ -79,9 +80,18 @@ pub struct SandboxFlags {
     /// Size cap of the private /tmp and /dev/shm (default 256M).
     #[arg(long = "tmp-size", value_name = "BYTES", value_parser = parse_tmp_size)]
     pub tmp_size: Option<u64>,
-    /// Host uid of the worker when running as root (default 65534; never 0).
+    /// Host uid of the worker when running as root (default: a uid of its own
+    /// leased from --uid-pool; never 0).
     #[arg(long = "worker-uid", value_name = "UID", value_parser = parse_uid)]
     pub worker_uid: Option<u32>,
+    /// Where root launchers lease each cell's host uid (default 1879048192:65536).
+    #[arg(long = "uid-pool", value_name = "FIRST:COUNT", value_parser = parse_uid_pool)]
+    pub uid_pool: Option<UidPool>,
+    /// Give the cell N consecutive host uids (root only): the command keeps
+    /// CAP_SETUID/SETGID in its namespace so a zygote can confine each worker
+    /// it forks to a uid of its own.
+    #[arg(long = "uid-range", value_name = "N", value_parser = parse_uid_range)]
+    pub uid_range: Option<u32>,
     /// Keep fd N open, at the same number, in the command. Repeatable.
     #[arg(long = "keep-fd", value_name = "N", value_parser = parse_fd_keep)]
     pub keep_fd: Vec<RawFd>,
@@ -148,6 +158,17 @@ fn parse_uid(s: &str) -> Result<u32, String> {
         Err(_) => Err("expected a numeric uid".into()),
     }
 }
+fn parse_uid_pool(s: &str) -> Result<UidPool, String> {
+    s.parse::<UidPool>().map_err(|e| e.reason)
+}
+fn parse_uid_range(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if (1..=MAX_UID_RANGE).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected a number of uids between 1 and {MAX_UID_RANGE}"
+        )),
+    }
+}
 fn parse_fd(s: &str) -> Result<RawFd, String> {
     s.parse::<RawFd>()
         .ok()
@@ -201,6 +222,12 @@ impl SandboxFlags {
         }
         if let Some(u) = self.worker_uid {
             p.worker_uid = Some(u);
+        }
+        if let Some(pool) = self.uid_pool {
+            p.uid_pool = Some(pool);
+        }
+        if let Some(n) = self.uid_range {
+            p.uid_range = n;
         }
         p.validate()?;
         Ok(p)

@@ -1080,6 +1080,74 @@ static CASES: &[Case] = cases![
         }
         family_case(c, "x32")
     },
+    // ---- pid 1, the report channel, memfds, identities
+    "read pid 1's environment" => |c| {
+        let ctl = both(c.outside(&["proc-peek", &c.sleeper_pid(), "environ"]), c.inside(&[], &["proc-peek-child", "environ"]));
+        judge(&ctl, &c.inside(&[], &["proc-peek", "1", "environ"]), denied_with(&["EACCES"]))
+    },
+    "read pid 1's memory" => |c| {
+        let ctl = both(c.outside(&["mem-read", &c.sleeper_pid()]), c.inside(&[], &["mem-read-child"]));
+        judge(&ctl, &c.inside(&[], &["mem-read", "1"]), denied_with(&["EACCES"]))
+    },
+    "pid 1's command line" => |c| {
+        // Outside, a process's command line shows its host paths.
+        let ctl = c.outside(&["proc-peek", &c.sleeper_pid(), "cmdline"]);
+        let ctl = if ctl.out.contains("/bin/sleep") { ctl } else { Res { code: 1, ..ctl } };
+        let a = c.inside(&[], &["proc-peek", "1", "cmdline"]);
+        let shown = a.out.split_once(": ").map(|(_, t)| t.trim().to_string()).unwrap_or_default();
+        judge(&ctl, &a, |r| r.ok() && shown == "nodecell-init")
+    },
+    "forge the report pipe" => |c| {
+        let a = c.inside(&[], &["forge-report"]);
+        let ctl = Res { code: if a.out.contains("control=ok") { 0 } else { 1 }, out: "ok a pipe of the worker's own child is writable through /proc/<pid>/fd".into(), ..a.clone() };
+        let line = format!("{}; nodecell exit {}", a.line(), a.code);
+        judge(&ctl, &Res { out: line, ..a.clone() }, |_| a.code == 3 && a.out.contains("opened=0") && !a.err.contains("forged"))
+    },
+    "exec a memfd" => |c| {
+        let ctl = c.outside(&["memfd-exec"]);
+        judge(&ctl, &c.inside(&[], &["memfd-exec"]), probe_denied)
+    },
+    "host cgroup paths" => |c| {
+        let ctl = c.outside(&["cgroup-paths"]);
+        let a = c.inside(&[], &["cgroup-paths"]);
+        let b = c.inside(&["--memory", "256M", "--pids", "64"], &["cgroup-paths"]);
+        judge(&ctl, if probe_denied(&a) { &b } else { &a }, denied_with(&["ENOENT"]))
+    },
+    "another cell's files" => |c| {
+        if !c.root {
+            return Outcome::skip("rootless launchers map only the caller's uid: every rootless cell is the same user (kept apart by what each is given)");
+        }
+        let rw = c.rw.display().to_string();
+        let f = format!("{rw}/cell-a-private");
+        let _ = std::fs::remove_file(&f);
+        let ctl = c.inside(&["--rw", &rw], &["write-private", &f]);
+        let a = c.inside(&["--rw", &rw], &["read", &f]);
+        let _ = std::fs::remove_file(&f);
+        judge(&ctl, &a, denied_with(&["EACCES"]))
+    },
+    "set-uid bits in a writable bind" => |c| {
+        let rw = c.rw.display().to_string();
+        let ctl = c.outside(&["setid", &rw]);
+        judge(&ctl, &c.inside(&["--rw", &rw], &["setid", &rw]), probe_denied)
+    },
+    "device nodes through a bind" => |c| {
+        let ctl = both(c.outside(&["open", "/dev/null"]), c.inside(&[], &["open", "/dev/null"]));
+        judge(&ctl, &c.inside(&["--ro", "/dev:/hostdev"], &["open", "/hostdev/null"]), denied_with(&["EACCES"]))
+    },
+    "prctl beyond the allow-list" => |c| family_case(c, "prctl"),
+    "page cache state (cachestat)" => |c| family_case(c, "pagecache"),
+    "netlink beyond NETLINK_ROUTE" => |c| {
+        let ctl = both(c.outside(&["socket", "netlink-uevent"]), c.inside(&[], &["socket", "netlink"]));
+        for fam in ["netlink-uevent", "netlink-generic", "netlink-diag"] {
+            let r = c.inside(&[], &["socket", fam]);
+            if !denied_with(&["EPERM"])(&r) {
+                return judge(&ctl, &r, |_| false);
+            }
+        }
+        judge(&ctl, &Res { code: 1, out: "err EPERM uevent generic sock_diag refused".into(), err: String::new(), secs: 0.0 }, |_| true)
+    },
+    "tty ioctls on an inherited tty" => |c| tty_case(c),
+    "supplementary groups" => |c| groups_case(c),
     // ---- environment, fds
     "inherited fds" => |c| inherited_fds(c),
     "host environment" => |c| {
@@ -1303,6 +1371,124 @@ fn inherited_fds(c: &Ctx) -> Outcome {
     judge(&ctl, &a, |r| {
         probe_denied(r) && r.out.contains(&format!("fd {stray} closed"))
     })
+}
+
+/// A pty slave kept into the sandbox: terminal requests outside the
+/// allow-list are refused, the allowed ones work; outside, the refused
+/// ones reach the kernel.
+fn tty_case(c: &Ctx) -> Outcome {
+    // SAFETY: plain calls on the fds we open here.
+    let (master, slave) = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if m < 0 || libc::grantpt(m) != 0 || libc::unlockpt(m) != 0 {
+            return Outcome::fail("-", "no pty on this host");
+        }
+        let name = libc::ptsname(m);
+        let s = if name.is_null() {
+            -1
+        } else {
+            libc::open(name, libc::O_RDWR | libc::O_NOCTTY)
+        };
+        (m, s)
+    };
+    if slave < 0 {
+        return Outcome::fail("-", "cannot open the pty slave");
+    }
+    let fd = slave.to_string();
+    let ctl = c.outside(&["tty", &fd]);
+    let a = c.inside(&["--keep-fd", &fd], &["tty", &fd]);
+    // SAFETY: closing the fds opened above.
+    unsafe {
+        libc::close(slave);
+        libc::close(master);
+    }
+    // The control must show the refused requests reaching the kernel.
+    let reached = ctl.out.contains("TIOCSWINSZ=ok") || ctl.out.contains("TIOCSETD=ok");
+    judge(
+        &Res {
+            code: if reached { 0 } else { 1 },
+            ..ctl
+        },
+        &a,
+        denied_with(&["EPERM"]),
+    )
+}
+
+/// Root launchers drop every supplementary group; a rootless launcher
+/// cannot, so required mode refuses to run and best-effort says so.
+fn groups_case(c: &Ctx) -> Outcome {
+    if !c.root {
+        return Outcome::skip("the rootless half runs without supplementary groups; the root half checks a rootless launcher that has one");
+    }
+    let (uid, gid) = match ensure_user() {
+        Ok(x) => x,
+        Err(e) => return Outcome::fail("-", e.to_string()),
+    };
+    // Runs `argv` with the extra group OTHER_UID, as root or as the test user.
+    let with_group = |argv: Vec<String>, as_user: bool| {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        let extra = [OTHER_UID as libc::gid_t];
+        // SAFETY: async-signal-safe calls only.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setgroups(1, extra.as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if as_user && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0) {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.exec(&mut cmd)
+    };
+    let probe = |op: &str| {
+        vec![
+            c.probe.display().to_string(),
+            "sandbox-test".into(),
+            "--probe".into(),
+            op.into(),
+        ]
+    };
+    let run = |flags: &[&str], tail: Vec<String>| {
+        let mut v = vec![c.nodecell.display().to_string()];
+        v.extend(c.run_args(flags));
+        v.push("--".into());
+        v.extend(tail);
+        v
+    };
+    // Control: a process with the extra group shows it.
+    let ctl = with_group(probe("groups"), false);
+    // A root launcher that has the group: its worker has none.
+    let a = with_group(run(&[], probe("groups")), false);
+    // A rootless launcher with the group cannot drop it: required refuses.
+    let echo = vec!["/bin/echo".to_string(), "ran".into()];
+    let req = with_group(run(&["--mode", "required"], echo.clone()), true);
+    let best = with_group(run(&["--mode", "best-effort"], echo), true);
+    let named = req.err.contains("groups:") && req.err.contains(&OTHER_UID.to_string());
+    let ok = probe_denied(&a)
+        && req.code == 125
+        && named
+        && best.ok()
+        && best.out.contains("ran")
+        && best.err.contains("groups (");
+    judge(
+        &ctl,
+        &Res {
+            code: 1,
+            out: format!(
+                "{}; rootless with group {OTHER_UID}: required exit {} ({}), best-effort exit {}",
+                a.line(),
+                req.code,
+                req.err.trim().chars().take(50).collect::<String>(),
+                best.code
+            ),
+            err: String::new(),
+            secs: 0.0,
+        },
+        |_| ok,
+    )
 }
 
 fn launcher_death(c: &Ctx) -> Outcome {
@@ -1792,6 +1978,26 @@ mod probe {
                 ("iopl", || call!(libc::SYS_iopl, 99)),
             ],
             "clone3" => vec![("clone3", || call!(libc::SYS_clone3, 0usize, 0))],
+            "pagecache" => vec![("cachestat", || call!(451, -1, 0usize, 0usize, 0))],
+            "prctl" => vec![
+                ("PR_GET_TSC", || {
+                    let mut v = 0i32;
+                    call!(libc::SYS_prctl, 25, &mut v as *mut i32, 0, 0, 0)
+                }),
+                ("PR_MCE_KILL_GET", || call!(libc::SYS_prctl, 34, 0, 0, 0, 0)),
+                ("PR_GET_IO_FLUSHER", || {
+                    call!(libc::SYS_prctl, 58, 0, 0, 0, 0)
+                }),
+                ("PR_GET_MEMORY_MERGE", || {
+                    call!(libc::SYS_prctl, 68, 0, 0, 0, 0)
+                }),
+                ("PR_SET_PTRACER", || {
+                    call!(libc::SYS_prctl, 0x5961_6d61, 0, 0, 0, 0)
+                }),
+                ("PR_SET_MM", || {
+                    call!(libc::SYS_prctl, libc::PR_SET_MM, 999, 0, 0, 0)
+                }),
+            ],
             "tty" => vec![
                 ("TIOCSTI", || {
                     let (r, w) = super::pipe();
@@ -1877,7 +2083,7 @@ mod probe {
             let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
             // SAFETY: getpid cannot fail.
             let me = unsafe { libc::getpid() };
-            if init.trim() != "nodecell" || me > 1000 {
+            if init.trim() != "nodecell-init" || me > 1000 {
                 return Err(format!("pid 1 is {:?}, not nodecell's init", init.trim()));
             }
         }
@@ -2042,6 +2248,62 @@ mod probe {
                     Err(e) => io(Err(e)),
                 }
             }
+            ["proc-peek", pid, file] => proc_peek(pid, file),
+            ["proc-peek-child", file] => with_child(|pid| proc_peek(&pid.to_string(), file)),
+            ["mem-read", pid] => mem_read(pid),
+            ["mem-read-child"] => with_child(|pid| mem_read(&pid.to_string())),
+            ["forge-report"] => forge_report(),
+            ["memfd-exec"] => memfd_exec(),
+            ["cgroup-paths"] => {
+                let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+                let mut paths: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.splitn(3, ':').nth(2))
+                    .collect();
+                paths.sort_unstable();
+                paths.dedup();
+                if paths.iter().all(|p| *p == "/") {
+                    println!(
+                        "err ENOENT only / in /proc/self/cgroup ({} lines)",
+                        text.lines().count()
+                    );
+                    1
+                } else {
+                    println!("ok cgroup paths shown: {}", paths.join(" "));
+                    0
+                }
+            }
+            ["setid", dir] => setid(dir),
+            ["write-private", p] => io((|| {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(p)?;
+                f.write_all(b"private")?;
+                let back = std::fs::read_to_string(p)?;
+                Ok(format!(
+                    "wrote {p} (0600) and read back {} bytes",
+                    back.len()
+                ))
+            })()),
+            ["tty", fd] => tty(fd.parse().unwrap_or(-1)),
+            ["groups"] => {
+                // SAFETY: a zero size with a NULL list only returns the count.
+                let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+                let mut v = vec![0 as libc::gid_t; n.max(0) as usize];
+                // SAFETY: `v` has room for `n` gids.
+                let m = unsafe { libc::getgroups(n, v.as_mut_ptr()) };
+                v.truncate(m.max(0) as usize);
+                if v.is_empty() {
+                    println!("err ENOENT no supplementary groups");
+                    1
+                } else {
+                    println!("ok supplementary groups {v:?}");
+                    0
+                }
+            }
             ["whoami"] => {
                 // SAFETY: these calls cannot fail.
                 let (u, e) = unsafe { (libc::getuid(), libc::geteuid()) };
@@ -2098,6 +2360,13 @@ mod probe {
                     "key" => (libc::AF_KEY, libc::SOCK_RAW, 2),
                     "alg" => (libc::AF_ALG, libc::SOCK_SEQPACKET, 0),
                     "bluetooth" => (libc::AF_BLUETOOTH, libc::SOCK_RAW, 0),
+                    "netlink-uevent" => (
+                        libc::AF_NETLINK,
+                        libc::SOCK_RAW,
+                        libc::NETLINK_KOBJECT_UEVENT,
+                    ),
+                    "netlink-generic" => (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_GENERIC),
+                    "netlink-diag" => (libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_SOCK_DIAG),
                     _ => (-1, 0, 0),
                 };
                 // SAFETY: socket takes plain integers.
@@ -2413,6 +2682,320 @@ mod probe {
                 2
             }
         }
+    }
+
+    /// Runs `f` with the pid of a child of ours that sleeps (dumpable, same
+    /// uid: the positive control for the pid-1 cases).
+    fn with_child(f: impl FnOnce(i32) -> i32) -> i32 {
+        // SAFETY: the child only sleeps and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: sleep then _exit.
+            unsafe {
+                libc::sleep(10);
+                libc::_exit(0);
+            }
+        }
+        let r = f(pid);
+        // SAFETY: kill and reap our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        r
+    }
+
+    /// Reads up to 4 KiB of `/proc/PID/FILE`.
+    fn proc_peek(pid: &str, file: &str) -> i32 {
+        let p = format!("/proc/{pid}/{file}");
+        io(std::fs::File::open(&p).and_then(|f| {
+            let mut b = Vec::new();
+            f.take(4096).read_to_end(&mut b)?;
+            let shown: String = String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .chars()
+                .take(60)
+                .collect();
+            Ok(format!("read {} bytes of {p}: {}", b.len(), shown.trim()))
+        }))
+    }
+
+    /// Reads 8 bytes of `/proc/PID/mem` at the first mapped address.
+    fn mem_read(pid: &str) -> i32 {
+        io((|| {
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+            let addr = maps
+                .lines()
+                .next()
+                .and_then(|l| l.split('-').next())
+                .and_then(|a| u64::from_str_radix(a, 16).ok())
+                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+            let f = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+            let mut b = [0u8; 8];
+            std::os::unix::fs::FileExt::read_exact_at(&f, &mut b, addr)?;
+            Ok(format!("read 8 bytes of /proc/{pid}/mem at {addr:#x}"))
+        })())
+    }
+
+    /// Tries to write a forged report line into pid 1's fds, then exits 3:
+    /// the launcher must exit 3 whatever was written. The control inside:
+    /// the same write into a pipe of our own child through /proc works.
+    fn forge_report() -> i32 {
+        let forged = b"{\"t\":\"setup\",\"wall\":\"exec\",\"why\":\"forged by the worker\",\"code\":0}\n{\"t\":\"exit\",\"code\":0,\"signal\":null}\n";
+        let (r, w) = super::pipe();
+        let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+        let ctl = with_child(|pid| {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/{pid}/fd/{wfd}"))
+            {
+                Ok(mut f) => i32::from(f.write_all(b"x").is_err()),
+                Err(_) => 1,
+            }
+        });
+        drop((r, w));
+        let mut opened = 0;
+        let mut errs = std::collections::BTreeSet::new();
+        for fd in 0..64 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/1/fd/{fd}"))
+            {
+                Ok(mut f) => {
+                    opened += 1;
+                    let _ = f.write_all(forged);
+                }
+                Err(e) => {
+                    errs.insert(errno_name(e.raw_os_error().unwrap_or(0)));
+                }
+            }
+        }
+        let errs: Vec<String> = errs.into_iter().collect();
+        println!(
+            "{} control={} opened={opened} errors={} (exiting 3)",
+            if opened == 0 { "err" } else { "ok" },
+            if ctl == 0 { "ok" } else { "FAILED" },
+            errs.join(",")
+        );
+        let _ = std::io::stdout().flush();
+        // SAFETY: leaving at once with the status under test.
+        unsafe { libc::_exit(3) }
+    }
+
+    /// Writes /bin/true into memfds and tries to execute them: a plain
+    /// memfd through execveat(AT_EMPTY_PATH) and through /proc/self/fd, and
+    /// an MFD_EXEC one. Prints `name=ran|ERRNO` per attempt.
+    fn memfd_exec() -> i32 {
+        const MFD_EXEC: u32 = 0x10;
+        let prog = match std::fs::read("/bin/true") {
+            Ok(b) => b,
+            Err(e) => return io(Err(e)),
+        };
+        let mut parts = Vec::new();
+        let mut ran = false;
+        for (name, flags, via_fd) in [
+            ("plain+execveat", 0u32, true),
+            ("plain+/proc/self/fd", 0, false),
+            ("MFD_EXEC+execveat", MFD_EXEC, true),
+        ] {
+            // SAFETY: a valid name and plain flags.
+            let fd = unsafe { libc::memfd_create(c"x".as_ptr(), flags) };
+            if fd < 0 {
+                parts.push(format!("{name}=create:{}", errno_name(last_errno())));
+                continue;
+            }
+            let mut f = unsafe_file(fd);
+            let chmod = if f.write_all(&prog).is_ok() {
+                // SAFETY: fchmod on our own fd.
+                unsafe { libc::fchmod(fd, 0o755) }
+            } else {
+                -1
+            };
+            let chmod = if chmod == 0 {
+                String::new()
+            } else {
+                format!("chmod:{},", errno_name(last_errno()))
+            };
+            // SAFETY: the child only execs or exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let argv = [c"true".as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null()];
+                // SAFETY: valid NULL-terminated arrays; the child leaves
+                // with the errno when the exec fails.
+                unsafe {
+                    if via_fd {
+                        libc::syscall(
+                            libc::SYS_execveat,
+                            fd,
+                            c"".as_ptr(),
+                            argv.as_ptr(),
+                            envp.as_ptr(),
+                            libc::AT_EMPTY_PATH,
+                        );
+                    } else {
+                        let p = CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+                        libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                    }
+                    libc::_exit(100 + (*libc::__errno_location()).min(99));
+                }
+            }
+            let mut st = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid, &mut st, 0) };
+            let code = libc::WEXITSTATUS(st);
+            if code == 0 {
+                ran = true;
+                parts.push(format!("{name}={chmod}ran"));
+            } else {
+                parts.push(format!("{name}={chmod}{}", errno_name(code - 100)));
+            }
+        }
+        println!(
+            "{} {}",
+            if ran { "ok" } else { "err EACCES" },
+            parts.join(" ")
+        );
+        i32::from(!ran)
+    }
+
+    /// Tries to leave set-uid/set-gid files in `dir`.
+    fn setid(dir: &str) -> i32 {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let f = format!("{dir}/setid-f");
+        let _ = std::fs::remove_file(&f);
+        if let Err(e) = std::fs::write(&f, "x") {
+            return io(Err(e));
+        }
+        let mut parts = Vec::new();
+        let mut got = false;
+        let mut note = |name: &str, r: std::io::Result<()>| match r {
+            Ok(()) => {
+                got = true;
+                parts.push(format!("{name}=ok"));
+            }
+            Err(e) => parts.push(format!(
+                "{name}={}",
+                errno_name(e.raw_os_error().unwrap_or(0))
+            )),
+        };
+        note(
+            "chmod(04755)",
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)),
+        );
+        note(
+            "chmod(02755)",
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o2755)),
+        );
+        let g = format!("{dir}/setid-g");
+        let _ = std::fs::remove_file(&g);
+        note(
+            "open(O_CREAT,04755)",
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o4755)
+                .open(&g)
+                .map(drop),
+        );
+        let h = CString::new(format!("{dir}/setid-h")).unwrap();
+        // SAFETY: valid path, plain mode.
+        let r = unsafe { libc::mknod(h.as_ptr(), libc::S_IFREG | 0o4755, 0) };
+        note(
+            "mknod(S_IFREG|04755)",
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            },
+        );
+        // Whatever was created: does any file carry a set-id bit?
+        let mut modes = Vec::new();
+        for p in [&f, &g, &format!("{dir}/setid-h")] {
+            if let Ok(m) = std::fs::metadata(p) {
+                if m.permissions().mode() & 0o6000 != 0 {
+                    got = true;
+                    modes.push(format!("{p}={:o}", m.permissions().mode() & 0o7777));
+                }
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        println!(
+            "{} {} {}",
+            if got { "ok" } else { "err EPERM" },
+            parts.join(" "),
+            modes.join(" ")
+        );
+        i32::from(!got)
+    }
+
+    /// Terminal requests on an inherited tty `fd`: the refused ones, then the
+    /// allowed ones.
+    fn tty(fd: i32) -> i32 {
+        let mut ws: libc::winsize = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let mut tio = [0u8; 256];
+        let ldisc: libc::c_int = 0; // N_TTY
+        let c = b' ';
+        let errno_of = |r: libc::c_int| {
+            if r < 0 {
+                errno_name(last_errno())
+            } else {
+                "ok".into()
+            }
+        };
+        // SAFETY: each request gets a valid buffer of its type.
+        let allowed = unsafe {
+            [
+                (
+                    "TCGETS",
+                    errno_of(libc::ioctl(fd, libc::TCGETS, tio.as_mut_ptr())),
+                ),
+                (
+                    "TIOCGWINSZ",
+                    errno_of(libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws)),
+                ),
+            ]
+        };
+        // SAFETY: as above.
+        let refused = unsafe {
+            [
+                (
+                    "TIOCSETD",
+                    errno_of(libc::ioctl(fd, libc::TIOCSETD, &ldisc)),
+                ),
+                (
+                    "TIOCSWINSZ",
+                    errno_of(libc::ioctl(fd, libc::TIOCSWINSZ, &ws)),
+                ),
+                ("TIOCEXCL", errno_of(libc::ioctl(fd, libc::TIOCEXCL))),
+                ("TIOCNXCL", errno_of(libc::ioctl(fd, libc::TIOCNXCL))),
+                ("TIOCSTI", errno_of(libc::ioctl(fd, libc::TIOCSTI, &c))),
+            ]
+        };
+        let all_refused = refused.iter().all(|(_, e)| e == "EPERM");
+        let all_allowed = allowed.iter().all(|(_, e)| e == "ok");
+        let show = |v: &[(&str, String)]| {
+            v.iter()
+                .map(|(n, e)| format!("{n}={e}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "{} refused: {}; allowed: {}",
+            if all_refused && all_allowed {
+                "err EPERM"
+            } else {
+                "ok"
+            },
+            show(&refused),
+            show(&allowed)
+        );
+        i32::from(all_refused && all_allowed)
     }
 
     fn unsafe_file(fd: i32) -> std::fs::File {
