@@ -118,6 +118,141 @@ fn worker_uid_flag_maps_another_uid() {
 }
 
 #[test]
+fn cells_get_distinct_uids_and_the_status_line_names_them() {
+    let (mut a, mut sa) = spawn_with_status(&[], &["/bin/sleep", "5"]);
+    let (mut b, mut sb) = spawn_with_status(&[], &["/bin/sleep", "5"]);
+    let (ua, ub) = (status_line(&mut sa), status_line(&mut sb));
+    let uid = |v: &serde_json::Value| v["uid"].as_u64().unwrap() as u32;
+    assert!(
+        is_worker_uid(uid(&ua)) && is_worker_uid(uid(&ub)),
+        "{ua} {ub}"
+    );
+    if is_root() {
+        assert_ne!(uid(&ua), uid(&ub), "two running cells share a host uid");
+    }
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn uid_range_maps_a_block_and_keeps_only_the_zygote_caps() {
+    if !is_root() {
+        let r = run(&["run", "--uid-range", "4", "--", "/bin/true"]);
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("--uid-range 4 needs root"),
+            "{}",
+            r.stderr
+        );
+        return;
+    }
+    let r = sh(
+        &["--uid-range", "4"],
+        "cat /proc/self/uid_map; grep -E '^Cap(Eff|Bnd|Amb):' /proc/self/status; \
+         u=$(($(id -u) + 3)); setpriv --reuid=$u --regid=$u --clear-groups --inh-caps=-all --ambient-caps=-all \
+           --bounding-set=-all sh -c 'id -u; grep -E \"^Cap(Eff|Bnd|Amb):\" /proc/self/status'",
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let mut lines = r.stdout.lines();
+    let map: Vec<u64> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(
+        (map[0], map[1], map[2]),
+        (map[0], map[0], 4),
+        "{}",
+        r.stdout
+    );
+    assert!(is_worker_uid(map[0] as u32));
+    // CAP_SETGID, CAP_SETUID, CAP_SETPCAP: bits 6, 7, 8.
+    for _ in 0..3 {
+        assert!(
+            lines.next().unwrap().ends_with("00000000000001c0"),
+            "{}",
+            r.stdout
+        );
+    }
+    // The zygote gave a "worker" the last uid of the block; it dropped all.
+    assert_eq!(
+        lines.next().unwrap(),
+        (map[0] + 3).to_string(),
+        "{}",
+        r.stdout
+    );
+    for _ in 0..3 {
+        assert!(
+            lines.next().unwrap().ends_with("0000000000000000"),
+            "{}",
+            r.stdout
+        );
+    }
+    // A uid outside the block does not exist in the cell.
+    let r = sh(
+        &["--uid-range", "2"],
+        "setpriv --reuid=$(($(id -u) + 2)) id -u",
+    );
+    assert_ne!(r.code, 0, "{}", r.stdout);
+}
+
+#[test]
+fn uid_pools_that_overlap_host_accounts_are_refused() {
+    let r = run(&["run", "--uid-pool", "0:10", "--", "/bin/true"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--uid-pool"), "{}", r.stderr);
+    if !is_root() {
+        return;
+    }
+    // uid 1 (daemon) is in every Debian /etc/passwd.
+    let r = run(&["run", "--uid-pool", "1:100", "--", "/bin/true"]);
+    assert_eq!(r.code, 125, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/etc/passwd:") && r.stderr.contains("lies inside the pool"),
+        "{}",
+        r.stderr
+    );
+    let r = sh(&["--uid-pool", "3000000000:8"], "id -u");
+    let uid: u64 = r.stdout.trim().parse().unwrap();
+    assert!((3000000000..3000000008).contains(&uid), "{}", r.stdout);
+}
+
+#[test]
+fn a_forged_report_cannot_change_the_exit_status() {
+    // The worker writes fake records into every fd of pid 1 it can open,
+    // then exits 3: nodecell exits 3 and the status line says so.
+    let forged = r#"{"t":"setup","wall":"exec","why":"forged","code":0}"#;
+    let script = format!(
+        "for f in /proc/1/fd/*; do echo '{forged}' > $f; done 2>/dev/null; \
+         cat /proc/1/environ >/dev/null 2>&1 && echo ENVIRON-READABLE; exit 3"
+    );
+    let (mut child, mut status) = spawn_with_status(&[], &["/bin/sh", "-c", &script]);
+    let up = status_line(&mut status);
+    assert!(
+        up["walls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["name"] == "pid1" && w["state"] == "active"),
+        "{up}"
+    );
+    let exit = status_line(&mut status);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ENVIRON-READABLE"));
+    assert_eq!(exit["exit"]["code"], 3, "{exit}");
+    assert_eq!(exit["exit"]["reason"], "exited", "{exit}");
+}
+
+#[test]
 fn capabilities_seccomp_and_no_new_privs() {
     let r = sh(
         &[],

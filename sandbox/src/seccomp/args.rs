@@ -76,6 +76,7 @@ pub const PRCTL_OPTIONS: &[(&str, u64)] = &[
     ("PR_GET_DUMPABLE", 3),         //
     ("PR_SET_DUMPABLE", 4),         // the zygote's workers make themselves unreadable
     ("PR_GET_KEEPCAPS", 7),         // libcap
+    ("PR_SET_KEEPCAPS", 8),         // setpriv, libcap: keep caps across setuid
     ("PR_SET_NAME", 15),            // thread names
     ("PR_GET_NAME", 16),            //
     ("PR_GET_SECCOMP", 21),         //
