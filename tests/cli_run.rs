@@ -229,7 +229,7 @@ fn a_forged_report_cannot_change_the_exit_status() {
         "for f in /proc/1/fd/*; do echo '{forged}' > $f; done 2>/dev/null; \
          cat /proc/1/environ >/dev/null 2>&1 && echo ENVIRON-READABLE; exit 3"
     );
-    let (mut child, mut status) = spawn_with_status(&[], &["/bin/sh", "-c", &script]);
+    let (child, mut status) = spawn_with_status(&[], &["/bin/sh", "-c", &script]);
     let up = status_line(&mut status);
     assert!(
         up["walls"]
