@@ -435,11 +435,12 @@ mod tests {
                 .unwrap_or_else(|| panic!("{name} missing"));
             assert!(!item.detail.is_empty(), "{name}");
         }
-        // The default policy needs no cgroup.
+        // The default policy needs no cgroup limits (the namespace it needs).
         assert!(f
             .iter()
-            .filter(|x| x.name.starts_with("cgroup"))
+            .filter(|x| x.name.starts_with("cgroup") && x.name != "cgroup namespace")
             .all(|x| !x.default_wall));
+        assert!(f.iter().any(|x| x.name == "cgroup namespace" && x.default_wall));
     }
 
     #[test]
