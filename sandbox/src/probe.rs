@@ -440,7 +440,9 @@ mod tests {
             .iter()
             .filter(|x| x.name.starts_with("cgroup") && x.name != "cgroup namespace")
             .all(|x| !x.default_wall));
-        assert!(f.iter().any(|x| x.name == "cgroup namespace" && x.default_wall));
+        assert!(f
+            .iter()
+            .any(|x| x.name == "cgroup namespace" && x.default_wall));
     }
 
     #[test]
