@@ -1,6 +1,6 @@
 //! `nodecell top` and `nodecell debug` against a scripted host on a tools
 //! socket (the Python tests run them against real cells): the protocol, the
-//! derived figures, the errors.
+//! derived figures, the errors; and `--help` of each developer tool.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -193,4 +193,45 @@ fn debug_console_relays_a_session() {
     assert!(stdout.contains("(Pdb) ") && stdout.contains("42\n--- resumed ---"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("breakpoint /x/a.py:3: set"));
     assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn each_tool_explains_itself_with_help() {
+    let tools: [(&str, &[&str]); 4] = [
+        (
+            "top",
+            &["--once", "--json", "--screen", "--interval", "--pid"],
+        ),
+        (
+            "debug",
+            &["--break", "--dap", "--listen", "--pack", "--pid"],
+        ),
+        (
+            "profile",
+            &["--output", "--seconds", "--start", "--stop", "--pid"],
+        ),
+        (
+            "deps",
+            &[
+                "PACK_DIR",
+                "--json",
+                "--offline",
+                "--no-resolve",
+                "--strict",
+                "--python",
+            ],
+        ),
+    ];
+    for (tool, options) in tools {
+        let out = nodecell(&[tool, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{tool} --help: {text}");
+        assert!(text.contains(&format!("Usage: nodecell {tool}")), "{text}");
+        for o in options {
+            assert!(
+                text.contains(o),
+                "{tool} --help does not mention {o}:\n{text}"
+            );
+        }
+    }
 }
