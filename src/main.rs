@@ -21,7 +21,7 @@ enum Command {
     /// Show what this kernel and this user can enforce.
     Check(cli::check::CheckArgs),
     /// Run a command inside a sandbox.
-    Run(cli::run::RunArgs),
+    Run(Box<cli::run::RunArgs>),
     /// Build (or find) the venv of each pack.
     Provision(cli::provision::ProvisionArgs),
     /// List or garbage-collect cached venvs.
@@ -50,7 +50,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check(args) => cli::check::main(args),
-        Command::Run(args) => cli::run::main(args),
+        Command::Run(args) => cli::run::main(*args),
         Command::Provision(args) => cli::provision::main(args),
         Command::Venv(args) => cli::venv::main(args),
         Command::Migrate(args) => cli::migrate::main(args),

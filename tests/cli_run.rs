@@ -323,6 +323,139 @@ fn ro_and_rw_binds() {
 }
 
 #[test]
+fn overlay_keeps_a_packs_writes_in_its_state_dir() {
+    let d = world_dir();
+    let pack = d.path().join("pack");
+    std::fs::create_dir(&pack).unwrap();
+    std::fs::write(pack.join("shipped.txt"), "shipped").unwrap();
+    let state = d.path().join("state");
+    if !is_root() {
+        world_writable(d.path());
+    }
+    let p = pack.to_str().unwrap();
+    let spec = format!("{p}:{}", state.display());
+    let script = format!(
+        "cat {p}/shipped.txt; echo; echo cfg > {p}/config.json && cat {p}/config.json; \
+         rm {p}/shipped.txt 2>/dev/null; test -e {p}/shipped.txt || echo removed-inside"
+    );
+    let (child, mut status) = spawn_with_status(&["--overlay", &spec], &["/bin/sh", "-c", &script]);
+    let up = status_line(&mut status);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("shipped\ncfg\n"), "{stdout}");
+    let ov = up["walls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "overlay")
+        .unwrap();
+    assert_eq!(ov["state"], "active", "{ov}");
+    // The host's folder is untouched; the write is in the state directory,
+    // which belongs to the cell and nobody else may enter.
+    assert!(!pack.join("config.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(pack.join("shipped.txt")).unwrap(),
+        "shipped"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("upper/config.json")).unwrap(),
+        "cfg\n"
+    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = std::fs::metadata(&state).unwrap();
+    assert_eq!(m.uid() as u64, up["uid"].as_u64().unwrap());
+    assert_eq!(m.permissions().mode() & 0o777, 0o700);
+    // A second run sees what the first wrote (handed over to its uid).
+    let r = sh(
+        &["--overlay", &spec],
+        &format!("cat {p}/config.json; echo more >> {p}/config.json"),
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "cfg\n"), "{}", r.stderr);
+    // Bad values name the flag.
+    let r = run(&["run", "--overlay", p, "--", "/bin/true"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--overlay"), "{}", r.stderr);
+}
+
+/// An overlay the kernel refuses (here: `work/` is another filesystem than
+/// `upper/`, made with a tmpfs in a private mount namespace of the
+/// launcher) is a missing wall: `required` refuses to start, `best-effort`
+/// binds the lower folder read-only and says so. As root, both the root
+/// launcher and a rootless one (the test user) are checked.
+#[test]
+fn an_overlay_that_cannot_mount_fails_closed_or_runs_read_only() {
+    assert!(
+        is_root(),
+        "this test needs root: it mounts a tmpfs in a private mount namespace"
+    );
+    let (tuid, tgid) = test_user();
+    for rootless in [false, true] {
+        let d = world_dir();
+        let pack = d.path().join("pack");
+        std::fs::create_dir(&pack).unwrap();
+        std::fs::write(pack.join("shipped.txt"), "shipped").unwrap();
+        let state = d.path().join("state");
+        for sub in ["", "upper", "work"] {
+            std::fs::create_dir(state.join(sub)).unwrap();
+            if rootless {
+                std::os::unix::fs::chown(state.join(sub), Some(tuid), Some(tgid)).unwrap();
+            }
+        }
+        let p = pack.to_str().unwrap();
+        let spec = format!("{p}:{}", state.display());
+        let script = format!(
+            "cat {p}/shipped.txt; echo; echo x > {p}/new 2>/dev/null && echo WROTE || echo read-only"
+        );
+        let run_mode = |mode: &str| -> Ran {
+            let launcher = format!(
+                "{}{} run --mode {mode} --overlay {spec} -- /bin/sh -c '{script}'",
+                if rootless {
+                    format!("setpriv --reuid {tuid} --regid {tgid} --clear-groups ")
+                } else {
+                    String::new()
+                },
+                nodecell_bin().display()
+            );
+            let mount = format!(
+                "mount -t tmpfs -o size=1m,mode=0700,uid={u},gid={g} nodecell-it {w} && exec {launcher}",
+                u = if rootless { tuid } else { 0 },
+                g = if rootless { tgid } else { 0 },
+                w = state.join("work").display()
+            );
+            std::process::Command::new("unshare")
+                .args(["-m", "--propagation", "private", "/bin/sh", "-c", &mount])
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+                .into()
+        };
+        let who = if rootless { "rootless" } else { "root" };
+        let r = run_mode("required");
+        assert_eq!(r.code, 125, "{who}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("overlay"), "{who}: {}", r.stderr);
+        assert!(!r.stdout.contains("shipped"), "{who}: {}", r.stdout);
+        let r = run_mode("best-effort");
+        assert_eq!(r.code, 0, "{who}: {}", r.stderr);
+        assert_eq!(r.stdout, "shipped\nread-only\n", "{who}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("best-effort")
+                && r.stderr.contains("overlay")
+                && r.stderr.contains("read-only"),
+            "{who}: {}",
+            r.stderr
+        );
+        assert!(!pack.join("new").exists(), "{who}");
+    }
+}
+
+#[test]
 fn bind_errors_name_the_flag() {
     let r = run(&["run", "--ro", "/nonexistent/nodecell-x", "--", "/bin/true"]);
     assert_eq!(r.code, 2);

@@ -289,6 +289,10 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     let program = seccomp::build(&memfd.filter_options())
         .map_err(|e| setup_err(Wall::Seccomp, e.to_string()))?;
     let mounts = MountPlan::new(policy, identity.uid, identity.gid);
+    for o in &policy.overlay {
+        crate::overlay::prepare_state(o, identity.uid, identity.gid, identity.launcher_is_root)
+            .map_err(|e| setup_err(Wall::Overlay, e.to_string()))?;
+    }
     let env_map = env::build(policy, std::env::vars_os());
     let exec = ExecPlan {
         argv: cmd
@@ -720,14 +724,29 @@ fn step_become_worker(p: &ChildPlan, c: &mut Child) -> Result<(), Stop> {
 }
 
 fn step_filesystem(p: &ChildPlan, c: &mut Child) -> Result<(), Stop> {
-    p.mounts
-        .apply()
-        .map_err(|e| Stop::Wall(Wall::MountNamespace, e.to_string()))?;
+    let overlays = p.mounts.apply(c.required).map_err(|e| match e {
+        crate::mounts::MountError::Overlay { .. } => Stop::Wall(Wall::Overlay, e.to_string()),
+        e => Stop::Wall(Wall::MountNamespace, e.to_string()),
+    })?;
+    if overlays.is_empty() {
+        c.off(Wall::Overlay, "no --overlay");
+    } else {
+        let (ok, missing): (Vec<_>, Vec<_>) = overlays.into_iter().partition(|r| r.is_ok());
+        let ok: Vec<String> = ok.into_iter().filter_map(Result::ok).collect();
+        let missing: Vec<String> = missing.into_iter().filter_map(Result::err).collect();
+        let r = if missing.is_empty() {
+            Ok(ok.join("; "))
+        } else {
+            Err(missing.join("; "))
+        };
+        c.wall(Wall::Overlay, r)?;
+    }
     c.active(
         Wall::MountNamespace,
         format!(
-            "read-only root, {} --ro/--rw binds, private /tmp and /dev/shm ({} each), new /proc, minimal /dev, nodev everywhere but the device nodes",
+            "read-only root, {} --ro/--rw binds, {} overlays, private /tmp and /dev/shm ({} each), new /proc, minimal /dev, nodev everywhere but the device nodes",
             p.mounts.user_binds(),
+            p.mounts.overlays(),
             show_bytes(p.policy.tmp_size)
         ),
     );

@@ -40,6 +40,7 @@ pub mod launch;
 pub mod memfd;
 pub mod mounts;
 pub mod namespaces;
+pub mod overlay;
 pub mod pid1;
 pub mod policy;
 pub mod probe;

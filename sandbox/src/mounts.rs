@@ -94,6 +94,8 @@ pub enum Entry {
         /// Link text.
         target: PathBuf,
     },
+    /// An `--overlay`: its lower folder seen at `dst`, writes in its state.
+    Overlay(crate::overlay::Overlay),
     /// A small generated file (`/etc/passwd`, `/etc/hosts`, ...).
     File {
         /// Path inside.
@@ -213,6 +215,9 @@ impl MountPlan {
                 ));
             }
         }
+        for o in &policy.overlay {
+            user.push((o.dst.components().count(), Entry::Overlay(o.clone())));
+        }
         user.sort_by_key(|(depth, _)| *depth);
         entries.extend(user.into_iter().map(|(_, e)| e));
 
@@ -265,8 +270,21 @@ impl MountPlan {
                     rules.push((dst.clone(), *access, *dir));
                 }
             }
+            // Read and write, never execve (mmap of the pack's own native
+            // libraries stays possible: the mount is not noexec).
+            if let Entry::Overlay(o) = e {
+                rules.push((o.dst.clone(), Access::ReadWrite, true));
+            }
         }
         rules
+    }
+
+    /// Number of `--overlay` mounts.
+    pub fn overlays(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Overlay(_)))
+            .count()
     }
 
     /// Number of `--ro`/`--rw` binds.
@@ -279,8 +297,11 @@ impl MountPlan {
 
     /// Builds the new root and pivots into it. Runs inside the new mount
     /// namespace with the worker's credentials and the namespace's
-    /// capabilities.
-    pub fn apply(&self) -> Result<(), MountError> {
+    /// capabilities. Returns, per `--overlay`, what was mounted or (when not
+    /// `required`) why the lower folder was bound read-only instead; in
+    /// `required` mode an overlay that cannot be mounted is
+    /// [`MountError::Overlay`].
+    pub fn apply(&self, required: bool) -> Result<Vec<Result<String, String>>, MountError> {
         // Nothing we do here may propagate back to the host.
         sys::mount(
             None,
@@ -309,6 +330,20 @@ impl MountPlan {
                 _ => guard.0.push(None),
             }
         }
+        // Overlays: lower, upper, work.
+        let mut ovfds = Vec::new();
+        for e in &self.entries {
+            if let Entry::Overlay(o) = e {
+                for p in [o.lower.clone(), o.upper(), o.work()] {
+                    let fd = sys::open_path(&p).map_err(|source| MountError::Source {
+                        what: format!("--overlay {}", p.display()),
+                        source,
+                    })?;
+                    ovfds.push(fd);
+                }
+            }
+        }
+        let ovfds = FdList(ovfds);
         let mut devices = Vec::new();
         for d in DEVICES {
             let host = Path::new("/dev").join(d);
@@ -380,7 +415,7 @@ impl MountPlan {
                         .map_err(|err| err.for_bind(describe(None, src, dst)))?;
                     binds_so_far.push(at);
                 }
-                Entry::Bind { .. } => {}
+                Entry::Bind { .. } | Entry::Overlay(_) => {}
             }
         }
         for e in &self.entries {
@@ -393,6 +428,9 @@ impl MountPlan {
             {
                 // Errors are reported by the real attempt below.
                 let _ = make_mount_point(root, &inside(root, dst), *dir, &binds_so_far);
+            }
+            if let Entry::Overlay(o) = e {
+                let _ = make_mount_point(root, &inside(root, &o.dst), true, &binds_so_far);
             }
         }
 
@@ -464,7 +502,16 @@ impl MountPlan {
             )?;
         }
         drop(sys_fd);
+        let mut overlays = Vec::new();
+        let mut next_overlay = ovfds.0.chunks(3);
         for (e, fd) in self.entries.iter().zip(guard.0.iter()) {
+            if let Entry::Overlay(o) = e {
+                let fds = next_overlay.next().expect("three fds per overlay");
+                let at = inside(root, &o.dst);
+                overlays.push(mount_overlay(root, &at, o, fds, required, &binds_so_far)?);
+                binds_so_far.push(at);
+                continue;
+            }
             let Entry::Bind {
                 src,
                 dst,
@@ -492,6 +539,7 @@ impl MountPlan {
             binds_so_far.push(at);
         }
         drop(guard);
+        drop(ovfds);
 
         // pivot_root(".", ".") stacks the old root under the new one;
         // detaching it leaves no path back to the host's tree.
@@ -501,7 +549,7 @@ impl MountPlan {
         sys::umount2(Path::new("."), libc::MNT_DETACH)
             .map_err(|e| MountError::step("detach the old root", e))?;
         sys::chdir(Path::new("/")).map_err(|e| MountError::step("chdir /", e))?;
-        Ok(())
+        Ok(overlays)
     }
 
     /// `/dev` (a directory of the read-only root): bound device nodes and the
@@ -527,6 +575,67 @@ impl MountPlan {
             })?;
         }
         Ok(())
+    }
+}
+
+/// Mounts one overlay at `at` (`fds`: lower, upper, work, opened `O_PATH`
+/// before the host tree was hidden). On failure: an error in `required`
+/// mode, otherwise the lower folder bound read-only and the reason.
+fn mount_overlay(
+    root: &Path,
+    at: &Path,
+    o: &crate::overlay::Overlay,
+    fds: &[RawFd],
+    required: bool,
+    binds: &[PathBuf],
+) -> Result<Result<String, String>, MountError> {
+    let shown = format!(
+        "{}:{}:{}",
+        o.lower.display(),
+        o.state.display(),
+        o.dst.display()
+    );
+    make_mount_point(root, at, true, binds)
+        .map_err(|err| err.for_bind(format!("--overlay {shown}")))?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        fd_path(fds[0]).display(),
+        fd_path(fds[1]).display(),
+        fd_path(fds[2]).display()
+    );
+    let data = std::ffi::CString::new(opts).expect("no NUL in fd paths");
+    let mounted = sys::mount(
+        Some(c"overlay"),
+        at,
+        Some(c"overlay"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(data.as_c_str()),
+    );
+    match mounted {
+        Ok(()) => Ok(Ok(format!(
+            "{} at {} (writes in {})",
+            o.lower.display(),
+            o.dst.display(),
+            o.upper().display()
+        ))),
+        Err(e) if required => Err(MountError::Overlay {
+            what: shown,
+            source: e,
+        }),
+        Err(e) => {
+            bind(&fd_path(fds[0]), at).map_err(|err| err.for_bind(format!("--overlay {shown}")))?;
+            set_attrs(
+                at,
+                mount_attr::RDONLY | mount_attr::NOSUID | mount_attr::NODEV,
+                true,
+            )
+            .map_err(|err| err.for_bind(format!("--overlay {shown}")))?;
+            Ok(Err(format!(
+                "overlay of {} at {}: {e}; bound read-only instead",
+                o.lower.display(),
+                o.dst.display()
+            )))
+        }
     }
 }
 
@@ -917,6 +1026,14 @@ pub enum MountError {
         path: PathBuf,
         /// Whether a directory was needed.
         want_dir: bool,
+    },
+    /// An `--overlay` could not be mounted (required mode).
+    #[error("--overlay {what}: mounting overlayfs in the sandbox's user namespace: {source} (needs Linux 5.11+)")]
+    Overlay {
+        /// The flag's value.
+        what: String,
+        /// The errno.
+        source: io::Error,
     },
     /// Any of the above, for a named bind.
     #[error("{what}: {source}")]

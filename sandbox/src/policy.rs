@@ -164,6 +164,9 @@ pub struct Policy {
     pub ro: Vec<Bind>,
     /// `--rw`: writable binds (no exec, no setuid, no devices).
     pub rw: Vec<Bind>,
+    /// `--overlay`: a folder seen read-write through an overlay whose writes
+    /// land in a state directory (see [`crate::overlay`]).
+    pub overlay: Vec<crate::overlay::Overlay>,
     /// `--net`: keep the host network (default: a fresh network namespace with only loopback).
     pub net: bool,
     /// `--memory`: memory cgroup limit in bytes.
@@ -205,6 +208,7 @@ impl Default for Policy {
             mode: Mode::Required,
             ro: Vec::new(),
             rw: Vec::new(),
+            overlay: Vec::new(),
             net: false,
             memory: None,
             pids: None,
@@ -255,6 +259,20 @@ impl Policy {
     pub fn rw_at(mut self, src: impl Into<PathBuf>, dst: impl Into<PathBuf>) -> Self {
         self.rw.push(Bind {
             src: src.into(),
+            dst: dst.into(),
+        });
+        self
+    }
+    /// Adds an overlay of `lower` at `dst` whose writes go to `state`.
+    pub fn overlay(
+        mut self,
+        lower: impl Into<PathBuf>,
+        state: impl Into<PathBuf>,
+        dst: impl Into<PathBuf>,
+    ) -> Self {
+        self.overlay.push(crate::overlay::Overlay {
+            lower: lower.into(),
+            state: state.into(),
             dst: dst.into(),
         });
         self
@@ -332,6 +350,10 @@ impl Policy {
                 }
                 check_dst(&b.dst).map_err(|why| PolicyError::new(flag, &shown, why))?;
             }
+        }
+        for o in &self.overlay {
+            o.validate()?;
+            check_dst(&o.dst).map_err(|why| PolicyError::new("--overlay", o.dst.display(), why))?;
         }
         if let Some(cwd) = &self.cwd {
             if !cwd.is_absolute() {

@@ -126,6 +126,16 @@ pub fn probe() -> Vec<Feature> {
     out.extend(identity_features(euid));
     out.push(memfd_feature(euid == 0));
     out.push(pid1_feature());
+    let ov = crate::overlay::probe();
+    out.push(Feature::new(
+        "overlay",
+        ov.is_ok(),
+        match ov {
+            Ok(()) => "overlayfs mounts in a user namespace (--overlay)".to_string(),
+            Err(e) => e,
+        },
+        false,
+    ));
     out.push(seccomp_feature());
     let nnp = sys::no_new_privs();
     out.push(Feature::new(

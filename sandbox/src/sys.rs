@@ -731,3 +731,137 @@ pub fn open_rw_create(path: &Path, mode: u32) -> io::Result<std::os::fd::OwnedFd
     // SAFETY: `fd` was just opened and is owned by nobody else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// Opens the directory `path` (relative to `parent` when given) with
+/// `O_NOFOLLOW`: a symlink is refused (`ELOOP`), never followed.
+pub fn open_dir_nofollow(parent: Option<RawFd>, path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated string; the fd is ours.
+    let fd = cvt(unsafe {
+        libc::openat(
+            parent.unwrap_or(libc::AT_FDCWD),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fchmod(2)`.
+pub fn fchmod(fd: RawFd, mode: u32) -> io::Result<()> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(drop)
+}
+
+/// `fchown(2)`.
+pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::fchown(fd, uid, gid) }).map(drop)
+}
+
+/// Owner (uid, gid) of an open file.
+pub fn fstat_owner(fd: RawFd) -> io::Result<(u32, u32)> {
+    // SAFETY: stat is plain data; zeroed is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer.
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok((st.st_uid, st.st_gid))
+}
+
+/// `fchownat(dirfd, name, uid, gid, AT_SYMLINK_NOFOLLOW)`.
+pub fn fchownat_nofollow(
+    dirfd: RawFd,
+    name: &std::ffi::OsStr,
+    uid: u32,
+    gid: u32,
+) -> io::Result<()> {
+    let c = cpath(Path::new(name))?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    cvt(unsafe { libc::fchownat(dirfd, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+}
+
+/// The entries of the open directory `fd` (without `.` and `..`), each
+/// with whether it is a directory (not following symlinks).
+pub fn dir_entries(fd: RawFd) -> io::Result<Vec<(std::ffi::OsString, bool)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/self/fd/{fd}"))? {
+        let e = e?;
+        out.push((e.file_name(), e.file_type()?.is_dir()));
+    }
+    Ok(out)
+}
+
+/// Tries, in a forked child, to mount an overlay inside a new user and
+/// mount namespace (on a private tmpfs, so nothing of the host is touched).
+/// Everything the child uses is prepared before `fork`, and it only makes
+/// system calls, so a multi-threaded caller is fine.
+pub fn probe_userns_overlay() -> io::Result<()> {
+    let uid_map = format!("0 {} 1", geteuid());
+    let gid_map = format!("0 {} 1", getgid());
+    let dirs = [c"/tmp/l", c"/tmp/u", c"/tmp/w", c"/tmp/m"];
+    let opts = c"lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w,userxattr";
+    let step = |ok: bool, code: i32| if ok { 0 } else { code };
+    // SAFETY: the child only makes system calls on data prepared above and
+    // leaves with _exit.
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid == 0 {
+        let write = |path: &CStr, text: &str| -> bool {
+            // SAFETY: valid string; the fd is closed before returning.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return false;
+                }
+                let ok = libc::write(fd, text.as_ptr().cast(), text.len()) == text.len() as isize;
+                libc::close(fd);
+                ok
+            }
+        };
+        // SAFETY: plain system calls with valid strings.
+        let code = unsafe {
+            let errno = || *libc::__errno_location();
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                errno()
+            } else if !(write(c"/proc/self/setgroups", "deny")
+                && write(c"/proc/self/uid_map", &uid_map)
+                && write(c"/proc/self/gid_map", &gid_map))
+            {
+                step(false, libc::EPERM)
+            } else if libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    c"tmpfs".as_ptr(),
+                    c"/tmp".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                ) != 0
+                || dirs.iter().any(|d| libc::mkdir(d.as_ptr(), 0o755) != 0)
+                || libc::mount(
+                    c"overlay".as_ptr(),
+                    c"/tmp/m".as_ptr(),
+                    c"overlay".as_ptr(),
+                    0,
+                    opts.as_ptr().cast(),
+                ) != 0
+            {
+                errno()
+            } else {
+                0
+            }
+        };
+        exit(code.clamp(0, 255));
+    }
+    match wait(pid, 0)? {
+        Some((_, WaitStatus::Exited(0))) => Ok(()),
+        Some((_, WaitStatus::Exited(e))) => Err(io::Error::from_raw_os_error(e)),
+        _ => Err(io::Error::from_raw_os_error(libc::ECHILD)),
+    }
+}

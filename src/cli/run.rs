@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
+use nodecell_sandbox::overlay::Overlay;
 use nodecell_sandbox::policy::{parse_bytes, parse_env, parse_positive, MAX_UID_RANGE};
 use nodecell_sandbox::uids::UidPool;
 use nodecell_sandbox::{launch, Bind, Command, Error, ExitReason, Mode, Policy, PolicyError};
@@ -50,6 +51,11 @@ pub struct SandboxFlags {
     /// Bind SRC writable (no exec) at DST (default: the same path). Repeatable.
     #[arg(long = "rw", value_name = "SRC[:DST]", value_parser = parse_rw)]
     pub rw: Vec<Bind>,
+    /// See LOWER at DST (default LOWER) through an overlay: reads come from
+    /// LOWER, which is never written; writes land in STATE_DIR/upper (owned
+    /// by the cell's uid, created if missing). Repeatable.
+    #[arg(long = "overlay", value_name = "LOWER:STATE_DIR[:DST]", value_parser = parse_overlay)]
+    pub overlay: Vec<Overlay>,
     /// Keep the host network (default: a new network namespace with only loopback).
     #[arg(long)]
     pub net: bool,
@@ -158,6 +164,11 @@ fn parse_uid(s: &str) -> Result<u32, String> {
         Err(_) => Err("expected a numeric uid".into()),
     }
 }
+fn parse_overlay(s: &str) -> Result<Overlay, String> {
+    let mut o = Overlay::parse(s).map_err(|e| e.reason)?;
+    o.lower = std::fs::canonicalize(&o.lower).map_err(|e| format!("{}: {e}", o.lower.display()))?;
+    Ok(o)
+}
 fn parse_uid_pool(s: &str) -> Result<UidPool, String> {
     s.parse::<UidPool>().map_err(|e| e.reason)
 }
@@ -190,6 +201,7 @@ impl SandboxFlags {
         let mut p = base;
         p.ro.extend(self.ro.iter().cloned());
         p.rw.extend(self.rw.iter().cloned());
+        p.overlay.extend(self.overlay.iter().cloned());
         if self.net {
             p.net = true;
         }

@@ -1147,6 +1147,7 @@ static CASES: &[Case] = cases![
         judge(&ctl, &Res { code: 1, out: "err EPERM uevent generic sock_diag refused".into(), err: String::new(), secs: 0.0 }, |_| true)
     },
     "tty ioctls on an inherited tty" => |c| tty_case(c),
+    "--overlay: writes stay out" => |c| overlay_case(c),
     "supplementary groups" => |c| groups_case(c),
     // ---- environment, fds
     "inherited fds" => |c| inherited_fds(c),
@@ -1375,6 +1376,78 @@ fn inherited_fds(c: &Ctx) -> Outcome {
     judge(&ctl, &a, |r| {
         probe_denied(r) && r.out.contains(&format!("fd {stray} closed"))
     })
+}
+
+/// `--overlay LOWER:STATE`: the pack writes into its folder; the writes land
+/// in STATE, LOWER stays as it was, and (root) another cell cannot read STATE.
+fn overlay_case(c: &Ctx) -> Outcome {
+    let lower = c.fx.join("ro");
+    let state = c.rw.join(format!("overlay-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let spec = format!("{}:{}", lower.display(), state.display());
+    let target = lower.join("written-by-pack.txt");
+    let t = target.display().to_string();
+    let a = c.inside(&["--overlay", &spec], &["write", &t]);
+    let in_state = state.join("upper/written-by-pack.txt");
+    // Control: the write worked inside and is kept in the state directory.
+    let ctl = Res {
+        code: if a.ok() && in_state.exists() { 0 } else { 1 },
+        out: format!(
+            "ok inside: {}; kept in {}: {}",
+            a.line(),
+            in_state.display(),
+            in_state.exists()
+        ),
+        ..a.clone()
+    };
+    let reached_lower = target.exists();
+    let _ = std::fs::remove_file(&target);
+    // Another cell given the state directory cannot read it (its own uid);
+    // a cell with the owner's uid (--worker-uid) can: the uid is the wall.
+    let (other, owner_reads) = if c.root {
+        use std::os::unix::fs::MetadataExt;
+        let st = state.display().to_string();
+        let f = in_state.display().to_string();
+        let owner = std::fs::metadata(&state)
+            .map(|m| m.uid().to_string())
+            .unwrap_or_default();
+        let r = c.inside(&["--ro", &st], &["read", &f]);
+        let o = c.inside(&["--worker-uid", &owner, "--ro", &st], &["read", &f]);
+        (Some(r), o.ok())
+    } else {
+        (None, true)
+    };
+    let ctl = if owner_reads {
+        ctl
+    } else {
+        Res {
+            code: 1,
+            out: format!("{}; the owner's uid could NOT read it", ctl.out),
+            ..ctl
+        }
+    };
+    let other_denied = other.as_ref().is_none_or(denied_with(&["EACCES"]));
+    let _ = std::fs::remove_dir_all(&state);
+    judge(
+        &ctl,
+        &Res {
+            code: 1,
+            out: format!(
+                "lower folder {}; another cell reading the state: {}",
+                if reached_lower {
+                    "WRITTEN"
+                } else {
+                    "untouched"
+                },
+                other
+                    .map(|r| r.line())
+                    .unwrap_or_else(|| "n/a rootless (one uid)".into())
+            ),
+            err: String::new(),
+            secs: 0.0,
+        },
+        |_| !reached_lower && other_denied,
+    )
 }
 
 /// A pty slave kept into the sandbox: terminal requests outside the
