@@ -317,43 +317,10 @@ impl<'de> Deserialize<'de> for IndexUrl {
     }
 }
 
-/// Parses a size: `8GB`, `512MiB`, `1.5G`, `1024` (bytes).
-///
-/// `KB/MB/GB/TB` are powers of 1000; `K/M/G/T` and `KiB/MiB/GiB/TiB` are
-/// powers of 1024 (as in `docker --memory` and `ulimit`).
+/// Parses a size: `8GB`, `512MiB`, `1.5G`, `1024` (bytes), by nodecell's one
+/// size table ([`nodecell_units::parse_size`]).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let expected = "expected a size such as \"8GB\", \"512MiB\", \"2G\" or a number of bytes";
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let unit = unit.trim();
-    if num.is_empty() || num.matches('.').count() > 1 || num.starts_with('.') || num.ends_with('.')
-    {
-        return Err(format!("{s:?}: {expected}"));
-    }
-    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "k" | "ki" | "kib" => 1024.0,
-        "m" | "mi" | "mib" => 1024.0 * 1024.0,
-        "g" | "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}: {expected}")),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?}: {expected}"))?;
-    let bytes = n * mult;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("{s:?} is too large: {expected}"));
-    }
-    if bytes < 1.0 {
-        return Err(format!("{s:?} is zero: expected a size greater than 0"));
-    }
-    Ok(bytes as u64)
+    nodecell_units::parse_size(s).map_err(|e| e.to_string())
 }
 
 struct ByteSize(u64);

@@ -62,6 +62,21 @@ fn ipc_probe() -> Vec<(String, bool, String)> {
         .collect()
 }
 
+/// Bytes in a size such as `"8GB"`, `"512MiB"`, `"1.5G"` or `"4096"`: nodecell's one size
+/// table (`KB`/`MB`/`GB`/`TB` powers of 1000, `K`/`M`/`G`/`T` and `KiB`... powers of 1024).
+/// Raises `ValueError` saying what is wrong.
+#[pyfunction]
+fn parse_size(text: &str) -> PyResult<u64> {
+    nodecell_units::parse_size(text)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
+/// A byte count as nodecell prints sizes (`256 MiB`, `8 GB`, `1.5 GiB`).
+#[pyfunction]
+fn format_size(bytes: u64) -> String {
+    nodecell_units::format_size(bytes)
+}
+
 /// The private extension module behind the `nodecell` Python package.
 #[pymodule]
 fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -93,6 +108,8 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(provision::requirement_names, m)?)?;
     m.add_function(wrap_pyfunction!(provision::state_root, m)?)?;
     m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_size, m)?)?;
+    m.add_function(wrap_pyfunction!(format_size, m)?)?;
     m.add_function(wrap_pyfunction!(arena::locate, m)?)?;
     Ok(())
 }

@@ -519,33 +519,11 @@ impl PolicyError {
     }
 }
 
-/// Parses a byte count: digits with an optional binary suffix `K`, `M`, `G`,
-/// `T` (also `KiB`, `KB`, ...; all mean powers of 1024). `flag` names the
-/// flag in errors.
+/// Parses a byte count by nodecell's one size table
+/// ([`nodecell_units::parse_size`]: `512M`, `2G`, `1GiB` are powers of 1024,
+/// `8GB` of 1000, as in manifests). `flag` names the flag in errors.
 pub fn parse_bytes(flag: &'static str, s: &str) -> Result<u64, PolicyError> {
-    let t = s.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(digits_end);
-    if num.is_empty() {
-        return Err(PolicyError::new(
-            flag,
-            s,
-            "expected a number of bytes such as 512M or 2G",
-        ));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| PolicyError::new(flag, s, "number too large"))?;
-    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(PolicyError::new(flag, s, "unknown unit; use K, M, G or T")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| PolicyError::new(flag, s, "number too large"))
+    nodecell_units::parse_size(s).map_err(|e| PolicyError::new(flag, s, e.to_string()))
 }
 
 /// Parses a positive decimal number (`--cpu 0.5`, `--timeout 30`).
@@ -596,11 +574,13 @@ mod tests {
         assert_eq!(parse_bytes("--memory", "2g").unwrap(), 2 << 30);
         assert_eq!(parse_bytes("--memory", "1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_bytes("--memory", "3T").unwrap(), 3 << 40);
+        assert_eq!(parse_bytes("--memory", "1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("--memory", "8GB").unwrap(), 8_000_000_000);
     }
 
     #[test]
     fn bad_bytes_name_the_flag() {
-        for bad in ["", "M", "12Q", "-5M", "1.5G", "99999999999999999999"] {
+        for bad in ["", "M", "12Q", "-5M", "0", "99999999999999999999"] {
             let e = parse_bytes("--memory", bad).unwrap_err();
             assert_eq!(e.flag, "--memory", "{bad}");
             assert!(e.to_string().starts_with("--memory "), "{e}");

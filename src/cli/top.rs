@@ -115,20 +115,9 @@ fn once(pid: Option<u32>, interval: f64) -> Result<Vec<HostView>, ToolsError> {
     Ok(out)
 }
 
-/// `1.2 GiB`, `340 MiB`, `12 KiB`.
+/// `1.2 GiB`, `340 MiB`, `12.0 KiB` (nodecell's table format for sizes).
 pub fn bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (u, s) in UNITS {
-        if n >= s {
-            let v = n as f64 / s as f64;
-            return if v >= 100.0 {
-                format!("{v:.0} {u}")
-            } else {
-                format!("{v:.1} {u}")
-            };
-        }
-    }
-    format!("{n} B")
+    nodecell_units::approx_size(n)
 }
 
 /// `850 us`, `12.3 ms`, `2.1 s`.

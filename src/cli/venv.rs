@@ -38,21 +38,6 @@ pub enum VenvCommand {
     },
 }
 
-fn human_size(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// `YYYY-MM-DD HH:MM UTC` from seconds since the epoch (civil-from-days).
 fn utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
@@ -79,7 +64,7 @@ fn print_table(venvs: &[CachedVenv]) {
         println!(
             "{:<32}  {:>10}  {:<20}  {}",
             v.key,
-            human_size(v.size_bytes),
+            nodecell_units::approx_size(v.size_bytes),
             utc(v.last_used_unix),
             v.packs.join(",")
         );
@@ -134,7 +119,7 @@ pub fn main(args: VenvArgs) -> i32 {
                             "{verb} {} ({}, {}, last used {})",
                             v.key,
                             v.packs.join(","),
-                            human_size(v.size_bytes),
+                            nodecell_units::approx_size(v.size_bytes),
                             utc(v.last_used_unix)
                         );
                     }
@@ -145,7 +130,7 @@ pub fn main(args: VenvArgs) -> i32 {
                     println!(
                         "{verb} {} venv(s), {}; kept {}; {} stale build(s)",
                         r.removed.len(),
-                        human_size(freed),
+                        nodecell_units::approx_size(freed),
                         r.kept,
                         r.stale_builds
                     );
@@ -165,10 +150,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_and_sizes() {
+    fn dates() {
         assert_eq!(utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(utc(1_700_000_000), "2023-11-14 22:13 UTC");
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(3 << 20), "3.0 MiB");
     }
 }

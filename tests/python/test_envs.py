@@ -1,6 +1,8 @@
 """Each pack imports its own dependencies; the host's never shadow them."""
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -35,6 +37,25 @@ def test_shared_torch_is_the_hosts(aloop, basic_ext):
     torch = pytest.importorskip("torch")
     v = aloop.run(basic_ext.versions())
     assert v["torch"] == torch.__version__
+
+
+def test_sizes_read_by_the_one_table(nc, tmp_path):
+    from nodecell._find_launcher import find_launcher
+
+    """Python configs, manifests and the launcher's flags read sizes by the same Rust table."""
+    cases = {"8GB": 8_000_000_000, "512MiB": 512 << 20, "2G": 2 << 30, "1.5g": 3 << 29, "4096": 4096}
+    for text, want in cases.items():
+        assert nc.parse_size(text, "max_memory") == want
+        cfg = nc.ExtensionConfig(name="x", module_path="/tmp", max_memory=text)
+        assert cfg["max_memory"] == want
+        (tmp_path / "manifest.yaml").write_text(f"name: p\nsandbox:\n  max_memory: {text}\n")
+        assert nc.ExtensionConfig.from_manifest(str(tmp_path))["max_memory"] == want
+    with pytest.raises(nc.ConfigError) as e:
+        nc.ExtensionConfig(name="x", module_path="/tmp", sandbox={"tmp_size": "12 parsecs"})
+    assert e.value.field == "sandbox.tmp_size" and "parsecs" in str(e.value)
+    run = subprocess.run([find_launcher(), "run", "--mode", "best-effort", "--memory", "12 parsecs", "--", "/bin/true"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "parsecs" in run.stderr, run.stderr
 
 
 def test_config_errors_name_the_field(nc, support_dir):

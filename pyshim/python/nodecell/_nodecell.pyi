@@ -341,6 +341,13 @@ def requirement_names(path: str) -> List[str]:
 def state_root() -> str:
     """nodecell's state folder (pack layers)."""
 
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``"8GB"``, ``"512MiB"``, ``"1.5G"``, ``"4096"`` (nodecell's one
+    size table); ``ValueError`` saying what is wrong."""
+
+def format_size(bytes: int) -> str:
+    """A byte count as nodecell prints sizes (``256 MiB``, ``8 GB``, ``1.5 GiB``)."""
+
 def locate(address: int, nbytes: int) -> Optional[Tuple[Any, int]]:
     """Where the memory at ``address`` lives: ``(Arena or View, byte offset)``, or None."""
 

@@ -53,17 +53,8 @@ PUMP_SECONDS = 0.002
 
 
 def _human(n: Optional[int]) -> str:
-    """``268435456`` -> ``256 MiB`` (and ``256000000`` -> ``244.1 MiB (256000000 bytes)``)."""
-    if not n:
-        return "none"
-    for unit, size in (("GB", 10**9), ("MB", 10**6)):
-        if n >= size and n % size == 0:
-            return f"{n // size} {unit}"
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            v = n / size
-            return f"{v:g} {unit}" if v == int(v) else f"{v:.1f} {unit} ({n} bytes)"
-    return f"{n} bytes"
+    """``268435456`` -> ``256 MiB`` (nodecell's one size format); ``none`` for no limit."""
+    return _nodecell.format_size(n) if n else "none"
 
 
 def _wait_reaped(pidfd: int, timeout: float = 0.5) -> None:

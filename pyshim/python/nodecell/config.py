@@ -45,23 +45,12 @@ class SandboxMode(enum.Enum):
         raise ConfigError(field, f"expected one of 'required', 'best-effort', 'disabled', got {value!r}")
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "k": 1 << 10, "ki": 1 << 10, "kib": 1 << 10,
-    "m": 1 << 20, "mi": 1 << 20, "mib": 1 << 20,
-    "g": 1 << 30, "gi": 1 << 30, "gib": 1 << 30,
-    "t": 1 << 40, "ti": 1 << 40, "tib": 1 << 40,
-}
-
-
 def parse_size(value: Any, field: str) -> int:
     """Parse a byte size: an int, or a string such as ``"8GB"``, ``"512MiB"``, ``"1.5G"``, ``"4096"``.
 
-    Same rules as ``manifest.yaml``: ``KB``/``MB``/``GB``/``TB`` are powers of
-    1000; ``K``/``M``/``G``/``T`` and ``KiB``/``MiB``/``GiB``/``TiB`` powers of 1024
-    (as ``docker --memory`` and ``ulimit`` count).
+    The one size table of nodecell (Rust's ``nodecell-units``, also behind manifests and the
+    CLI): ``KB``/``MB``/``GB``/``TB`` are powers of 1000; ``K``/``M``/``G``/``T`` and
+    ``KiB``/``MiB``/``GiB``/``TiB`` powers of 1024. Errors name ``field``.
     """
     if isinstance(value, bool):
         raise ConfigError(field, f"expected a size such as '8GB' or a number of bytes, got {value!r}")
@@ -70,12 +59,12 @@ def parse_size(value: Any, field: str) -> int:
             raise ConfigError(field, f"must be positive, got {value}")
         return value
     if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m and m.group(2).lower() in _UNITS:
-            n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-            if n <= 0:
-                raise ConfigError(field, f"must be positive, got {value!r}")
-            return n
+        from . import _nodecell
+
+        try:
+            return _nodecell.parse_size(value)
+        except ValueError as e:
+            raise ConfigError(field, str(e)) from None
     raise ConfigError(field, f"expected a size such as '8GB', '512MiB', '2G' or a number of bytes, got {value!r}")
 
 
