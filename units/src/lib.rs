@@ -157,7 +157,7 @@ pub fn format_size(bytes: u64) -> String {
         ("GB", 1_000_000_000),
         ("MB", 1_000_000),
     ] {
-        if bytes >= size && bytes % size == 0 && bytes % (1 << 20) != 0 {
+        if bytes >= size && bytes.is_multiple_of(size) && !bytes.is_multiple_of(1 << 20) {
             return format!("{} {unit}", bytes / size);
         }
     }
@@ -169,7 +169,7 @@ pub fn format_size(bytes: u64) -> String {
     ] {
         if bytes >= size {
             let value = bytes as f64 / size as f64;
-            if bytes % size == 0 {
+            if bytes.is_multiple_of(size) {
                 return format!("{} {unit}", bytes / size);
             }
             let tenths = (value * 10.0).round() / 10.0;
