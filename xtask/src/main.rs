@@ -7,6 +7,8 @@
 //! * `cargo xtask pyisolate-suite --src DIR` — pyisolate 0.10.2's tests against
 //!   nodecell's pyisolate layer (`pyisolate_suite.rs`).
 //! * `cargo xtask soak` — the Python API under a long fault soak, with leak accounting (`soak.rs`).
+//! * `cargo xtask realpacks --app DIR --packs DIR` — real packs in a real app, direct vs
+//!   isolated (`realpacks.rs`).
 use clap::{Parser, Subcommand};
 
 mod bench_ipc;
@@ -16,6 +18,7 @@ mod bench_py;
 mod bench_ray;
 mod fuzz;
 mod pyisolate_suite;
+mod realpacks;
 mod sandbox_test;
 mod soak;
 
@@ -41,6 +44,8 @@ enum Cmd {
     PyisolateSuite(pyisolate_suite::Args),
     /// Calls, crashes and start/stop cycles through the Python API, with leak accounting.
     Soak(soak::Args),
+    /// Real node packs in a real app (ComfyUI), loaded directly and isolated, compared.
+    Realpacks(realpacks::Args),
 }
 
 #[derive(Subcommand)]
@@ -71,5 +76,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fuzz(a) => fuzz::main(a),
         Cmd::PyisolateSuite(a) => pyisolate_suite::main(a),
         Cmd::Soak(a) => soak::main(a),
+        Cmd::Realpacks(a) => realpacks::main(a),
     }
 }

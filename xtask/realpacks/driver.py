@@ -1,0 +1,320 @@
+"""One side of `cargo xtask realpacks`: a real app process loading real packs, directly or isolated.
+
+    <app venv>/bin/python driver.py --app DIR --mode direct|isolated --out FILE PACK_DIR...
+
+Starts the app the way its own ``main.py`` does (its modules, its nodes, its
+``PromptServer`` on a local port), loads each pack (``direct``: the app's own
+``nodes.load_custom_node``; ``isolated``: ``nodecell.studio.StudioHost().load_custom_node``
+into the app's ``NODE_CLASS_MAPPINGS`` with no other glue), then records for
+each pack: load time and errors, ``/object_info`` of its nodes (over HTTP,
+from the app's server), the answers of its GET routes without parameters
+(over HTTP), and the outputs of every node whose inputs can be made up
+(widgets with their defaults, images, masks and latents from seeded helper
+nodes) executed through the app's own ``PromptExecutor`` after its own
+``validate_prompt``. The comparison and the table are the xtask's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+import urllib.request
+from typing import Any, Dict, Optional, Tuple
+
+NODE_TIMEOUT = 120.0
+ROUTE_TIMEOUT = 20.0
+
+
+def digest(v: Any, depth: int = 0) -> Any:
+    """A comparable fingerprint of a node output (tensors by dtype, shape and bytes)."""
+    if depth > 20:
+        return "<deep>"
+    mods = sys.modules
+    torch = mods.get("torch")
+    np = mods.get("numpy")
+    if torch is not None and isinstance(v, torch.Tensor):
+        t = v.detach().cpu().contiguous()
+        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        return ["tensor", str(t.dtype), list(t.shape), hashlib.sha256(raw).hexdigest()[:16]]
+    if np is not None and isinstance(v, np.ndarray):
+        a = np.ascontiguousarray(v)
+        return ["ndarray", str(a.dtype), list(a.shape), hashlib.sha256(a.tobytes()).hexdigest()[:16]]
+    if isinstance(v, dict):
+        return {str(k): digest(x, depth + 1) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(v, (list, tuple)):
+        return [digest(x, depth + 1) for x in v]
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    if isinstance(v, float):
+        return repr(v)
+    name = type(v).__name__
+    if name in ("RemoteObject", "RemoteCallable"):
+        return ["object"]  # a handle: the host holds the object
+    return ["object"]
+
+
+def synth_inputs(info: Dict[str, Any]) -> Optional[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(inputs, helper nodes) for a node from its /object_info, or None when an input cannot be made up."""
+    inputs: Dict[str, Any] = {}
+    helpers: Dict[str, Any] = {}
+    req = (info.get("input") or {}).get("required") or {}
+    for name, spec in req.items():
+        if not isinstance(spec, (list, tuple)) or not spec:
+            return None
+        kind = spec[0]
+        opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+        if isinstance(kind, list):
+            if not kind:
+                return None
+            inputs[name] = opts.get("default", kind[0]) if opts.get("default") in kind else kind[0]
+        elif kind == "COMBO":
+            options = opts.get("options") or []
+            if not options:
+                return None
+            inputs[name] = opts.get("default", options[0]) if opts.get("default") in options else options[0]
+        elif kind in ("INT", "FLOAT"):
+            d = opts.get("default", opts.get("min", 0))
+            inputs[name] = d if d is not None else 0
+        elif kind == "BOOLEAN":
+            inputs[name] = bool(opts.get("default", False))
+        elif kind == "STRING":
+            inputs[name] = opts.get("default", "") or ""
+        elif kind in ("IMAGE", "MASK", "LATENT"):
+            hid = f"nc_{kind.lower()}"
+            helpers[hid] = {"class_type": f"NCTest{kind.title()}", "inputs": {"seed": 7}}
+            inputs[name] = [hid, 0]
+        else:
+            return None
+    return inputs, helpers
+
+
+def helper_nodes() -> Dict[str, Any]:
+    import torch
+
+    class NCTestImage:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"seed": ("INT", {"default": 7})}}
+
+        RETURN_TYPES = ("IMAGE",)
+        FUNCTION = "run"
+        CATEGORY = "nodecell/test"
+
+        def run(self, seed):
+            g = torch.Generator().manual_seed(seed)
+            return (torch.rand(1, 64, 80, 3, generator=g),)
+
+    class NCTestMask(NCTestImage):
+        RETURN_TYPES = ("MASK",)
+
+        def run(self, seed):
+            g = torch.Generator().manual_seed(seed + 1)
+            return ((torch.rand(1, 64, 80, generator=g) > 0.5).float(),)
+
+    class NCTestLatent(NCTestImage):
+        RETURN_TYPES = ("LATENT",)
+
+        def run(self, seed):
+            g = torch.Generator().manual_seed(seed + 2)
+            return ({"samples": torch.randn(1, 4, 8, 10, generator=g)},)
+
+    class NCSink:
+        """An output node taking anything: the app's validation wants one in every prompt."""
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"value": ("*", {})}}
+
+        RETURN_TYPES = ()
+        FUNCTION = "run"
+        OUTPUT_NODE = True
+        CATEGORY = "nodecell/test"
+
+        def run(self, value):
+            return {}
+
+    return {"NCTestImage": NCTestImage, "NCTestMask": NCTestMask, "NCTestLatent": NCTestLatent, "NCSink": NCSink}
+
+
+def http(port: int, path: str, timeout: float) -> Tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--app", required=True)
+    ap.add_argument("--mode", choices=["direct", "isolated"], required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--port", type=int, default=8190)
+    ap.add_argument("--venv-root", default=None)
+    ap.add_argument("--state", default=None)
+    ap.add_argument("packs", nargs="+")
+    a = ap.parse_args()
+
+    app = os.path.realpath(a.app)
+    work = os.path.realpath(a.work)
+    for sub in ("output", "temp", "input", "user"):
+        os.makedirs(os.path.join(work, sub), exist_ok=True)
+    sys.argv = ["main.py", "--cpu", "--disable-auto-launch", "--port", str(a.port), "--listen", "127.0.0.1",
+                "--output-directory", os.path.join(work, "output"), "--temp-directory", work,
+                "--input-directory", os.path.join(work, "input"), "--user-directory", os.path.join(work, "user"),
+                "--database-url", "sqlite:///:memory:", "--disable-api-nodes"]
+    os.chdir(app)
+    sys.path.insert(0, app)
+    t_boot = time.perf_counter()
+    import main as app_main  # the app's own start-up (logging, prestartup, args)
+    import folder_paths
+
+    # main.py applies --temp-directory only when run as a script: set it here, so neither
+    # side writes into (or opens up) the app checkout's own temp folder.
+    folder_paths.set_temp_directory(os.path.join(work, "temp"))
+
+    import execution
+    import nodes
+    import server
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    srv = server.PromptServer(loop)
+    loop.run_until_complete(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    boot_s = time.perf_counter() - t_boot
+    base = set(nodes.NODE_CLASS_MAPPINGS)
+    from aiohttp import web
+
+    result: Dict[str, Any] = {"mode": a.mode, "boot_s": boot_s, "packs": {}}
+    host = None
+    if a.mode == "isolated":
+        from nodecell import studio
+
+        host = studio.StudioHost(a.venv_root, state=a.state)
+        result["app_profile"] = host.profile.name if host.profile else None
+    for pack_dir in a.packs:
+        pack_dir = os.path.realpath(pack_dir)
+        name = os.path.basename(pack_dir)
+        before_nodes = set(nodes.NODE_CLASS_MAPPINGS)
+        before_routes = {(r.method, r.path) for r in srv.routes if isinstance(r, web.RouteDef)}
+        rec: Dict[str, Any] = {"loaded": False, "error": None}
+        t0 = time.perf_counter()
+        try:
+            if a.mode == "direct":
+                ok = loop.run_until_complete(nodes.load_custom_node(pack_dir, base))
+                if not ok:
+                    raise RuntimeError("the app's loader failed (see its log)")
+            else:
+                assert host is not None
+                loop.run_until_complete(host.load_custom_node(pack_dir, nodes.NODE_CLASS_MAPPINGS,
+                                                              nodes.NODE_DISPLAY_NAME_MAPPINGS))
+            rec["loaded"] = True
+        except Exception as e:  # noqa: BLE001
+            rec["error"] = f"{type(e).__name__}: {e}"[-4000:]
+            traceback.print_exc()
+        rec["load_s"] = time.perf_counter() - t0
+        rec["nodes"] = sorted(n for n in nodes.NODE_CLASS_MAPPINGS if n not in before_nodes)
+        rec["routes"] = sorted(f"{m} {p}" for m, p in ({(r.method, r.path) for r in srv.routes
+                                                        if isinstance(r, web.RouteDef)} - before_routes))
+        result["packs"][name] = rec
+    for k, v in helper_nodes().items():
+        nodes.NODE_CLASS_MAPPINGS[k] = v
+
+    srv.add_routes()
+    app_main.hijack_progress(srv)
+    loop.run_until_complete(srv.setup())
+    loop.run_until_complete(srv.start_multi_address([("127.0.0.1", a.port)], None, False))
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    status, _, body = http(a.port, "/object_info", 120)
+    infos = json.loads(body) if status == 200 else {}
+    status, _, body = http(a.port, "/object_info", 120)
+    again = json.loads(body) if status == 200 else {}
+    for name, rec in result["packs"].items():
+        rec["object_info"] = {n: infos.get(n) for n in rec["nodes"]}
+        # INPUT_TYPES that change from one call to the next (random defaults) cannot be compared.
+        rec["object_info_unstable"] = sorted(n for n in rec["nodes"] if infos.get(n) != again.get(n))
+        answers = {}
+        for r in rec["routes"]:
+            method, path = r.split(" ", 1)
+            if method != "GET" or "{" in path:
+                continue
+            t0 = time.perf_counter()
+            try:
+                st, ctype, data = http(a.port, path, ROUTE_TIMEOUT)
+                answers[path] = {"status": st, "type": ctype.split(";")[0],
+                                 "sha": hashlib.sha256(data).hexdigest()[:16], "bytes": len(data),
+                                 "ms": (time.perf_counter() - t0) * 1000}
+            except Exception as e:  # noqa: BLE001
+                answers[path] = {"status": None, "error": f"{type(e).__name__}: {e}"}
+        rec["route_answers"] = answers
+        outs = {}
+        for node in rec["nodes"]:
+            info = infos.get(node)
+            made = synth_inputs(info) if isinstance(info, dict) else None
+            if made is None:
+                continue
+            inputs, helpers = made
+            prompt = dict(helpers)
+            prompt["target"] = {"class_type": node, "inputs": inputs}
+            target = "target"
+            if not info.get("output_node") and info.get("output"):
+                prompt["sink"] = {"class_type": "NCSink", "inputs": {"value": ["target", 0]}}
+                target = "sink"
+            outs[node] = run_node(execution.PromptExecutor(srv, cache_args={"lru": 0, "ram": 0.0}), prompt, node,
+                                  target)
+        rec["outputs"] = outs
+    with open(a.out, "w") as f:
+        json.dump(result, f)
+    if host is not None:
+        asyncio.run_coroutine_threadsafe(host.stop(), loop).result(60)
+    os._exit(0)
+
+
+def run_node(executor: Any, prompt: Dict[str, Any], node: str, target: str) -> Dict[str, Any]:
+    """Validate and execute one node through the app's own machinery, on a thread of its own."""
+    import execution
+
+    box: Dict[str, Any] = {}
+
+    def go() -> None:
+        t0 = time.perf_counter()
+        try:
+            valid = asyncio.run(execution.validate_prompt("nc", prompt, [target]))
+            if not valid[0]:
+                box["error"] = f"invalid: {json.dumps(valid[1])[:300]} {json.dumps(valid[3])[:600]}"
+                return
+            executor.execute(prompt, f"nc-{node}", {}, [target])
+            if not executor.success:
+                msgs = [m for m in executor.status_messages if m[0] == "execution_error"]
+                err = msgs[-1][1] if msgs else {}
+                box["error"] = f"{err.get('exception_type')}: {str(err.get('exception_message'))[:500]}"
+                return
+            cached = executor.caches.outputs.get("target")
+            box["digest"] = digest(cached.outputs if cached is not None else None)
+            box["ui"] = sorted((executor.history_result.get("outputs") or {}).get("target", {}) or {})
+        except Exception as e:  # noqa: BLE001
+            box["error"] = f"{type(e).__name__}: {e}"[:600]
+        finally:
+            box["ms"] = (time.perf_counter() - t0) * 1000
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    t.join(NODE_TIMEOUT)
+    if t.is_alive():
+        return {"error": f"timeout after {NODE_TIMEOUT:g} s", "ms": NODE_TIMEOUT * 1000}
+    return box
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()

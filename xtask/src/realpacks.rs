@@ -1,0 +1,511 @@
+//! `cargo xtask realpacks --app DIR --packs DIR`: real node packs in a real
+//! app, loaded directly and isolated, compared.
+//!
+//! For each pack folder under `--packs`: two world-readable copies (one per
+//! side, so the packs' own writes on one side cannot reach the other),
+//! `nodecell migrate --app APP` on the isolated copy (as a user would), then
+//! two app processes run `xtask/realpacks/driver.py` with the app's own
+//! interpreter: one loads every pack the app's own way, one through
+//! `nodecell.studio.StudioHost().load_custom_node` with no other glue. The
+//! table compares, per pack: loads, `/object_info` of every node (over the
+//! app's HTTP server), the outputs of every node whose inputs can be made up,
+//! executed through the app's own `validate_prompt` + `PromptExecutor`, the
+//! GET routes the pack registered (over HTTP), and load times. Results:
+//! `target/realpacks/{direct,isolated}.json`, `report.json`, `table.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Arguments of `cargo xtask realpacks`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The app's checkout (ComfyUI's folder: main.py, nodes.py, folder_paths.py).
+    #[arg(long, value_name = "DIR")]
+    app: PathBuf,
+    /// A folder holding the pack folders to try.
+    #[arg(long, value_name = "DIR")]
+    packs: PathBuf,
+    /// The app's interpreter (a venv with its requirements) [default: APP/../venv/bin/python,
+    /// APP/venv/bin/python or APP/.venv/bin/python, whichever exists].
+    #[arg(long, value_name = "PYTHON")]
+    python: Option<PathBuf>,
+    /// Only these packs (folder names, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Seconds each app process may take.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+    /// Run nothing: compare the results of the last run again and print the table.
+    #[arg(long)]
+    report_only: bool,
+    /// Run only this side (`direct` or `isolated`); the other side's last results are compared.
+    #[arg(long, value_parser = ["direct", "isolated"])]
+    side: Option<String>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: cannot start"))?;
+    Ok(out)
+}
+
+fn world_readable_copy(src: &Path, dst: &Path) -> Result<()> {
+    if dst.exists() {
+        std::fs::remove_dir_all(dst).with_context(|| format!("remove {}", dst.display()))?;
+    }
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .context("cp")?;
+    if !st.success() {
+        bail!("copying {} failed", src.display());
+    }
+    let st = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dst)
+        .status()?;
+    if !st.success() {
+        bail!("chmod {} failed", dst.display());
+    }
+    Ok(())
+}
+
+/// Runs the xtask.
+pub fn main(a: Args) -> Result<()> {
+    let repo = repo();
+    let app =
+        std::fs::canonicalize(&a.app).with_context(|| format!("--app {}", a.app.display()))?;
+    if !app.join("folder_paths.py").is_file() || !app.join("main.py").is_file() {
+        bail!(
+            "--app {}: not an app checkout (no main.py / folder_paths.py)",
+            app.display()
+        );
+    }
+    let python = match a.python.clone() {
+        Some(p) => p,
+        None => [
+            app.parent().map(|p| p.join("venv/bin/python")),
+            Some(app.join("venv/bin/python")),
+            Some(app.join(".venv/bin/python")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| p.exists())
+        .context("no app interpreter found: pass --python (a venv with the app's requirements)")?,
+    };
+    let work = repo.join("target/realpacks");
+    std::fs::create_dir_all(&work)?;
+    let mut names: Vec<String> = std::fs::read_dir(&a.packs)
+        .with_context(|| format!("--packs {}", a.packs.display()))?
+        .flatten()
+        .filter(|e| e.path().join("__init__.py").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| a.only.is_empty() || a.only.contains(n))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        bail!(
+            "no pack folders (with __init__.py) under {}",
+            a.packs.display()
+        );
+    }
+
+    let vcs_dropped = if a.report_only {
+        let last: Value = std::fs::read(work.join("report.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        last["vcs_left_out"].clone()
+    } else {
+        json!(run_sides(&a, &repo, &app, &python, &work, &names)?)
+    };
+    let mut results = BTreeMap::new();
+    for side in ["direct", "isolated"] {
+        let v: Value = std::fs::read(work.join(format!("{side}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        results.insert(side, v);
+    }
+    let mut report = compare(&names, &results["direct"], &results["isolated"]);
+    report["vcs_left_out"] = vcs_dropped;
+    std::fs::write(
+        work.join("report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    let table = table(&report);
+    std::fs::write(work.join("table.md"), &table)?;
+    print!("{table}");
+    Ok(())
+}
+
+/// Migrates the packs' copies and runs both sides; returns the VCS requirements
+/// left out per pack.
+fn run_sides(
+    a: &Args,
+    repo: &Path,
+    app: &Path,
+    python: &Path,
+    work: &Path,
+    names: &[String],
+) -> Result<BTreeMap<String, Vec<String>>> {
+    // The nodecell package the isolated side imports: the wheel installed in .venv.
+    let venv_py = repo.join(".venv/bin/python");
+    let out = run(
+        Command::new(&venv_py).args([
+            "-c",
+            "import nodecell, os; print(os.path.dirname(nodecell.__file__))",
+        ]),
+        "find nodecell",
+    )?;
+    if !out.status.success() {
+        bail!("nodecell is not installed in .venv: run scripts/build-wheel.sh");
+    }
+    let pkg = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let pylib = work.join("pylib");
+    std::fs::create_dir_all(&pylib)?;
+    let link = pylib.join("nodecell");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&pkg, &link)?;
+    let nodecell_bin = pkg.join("bin/nodecell");
+
+    let mut migrate_notes: BTreeMap<String, String> = BTreeMap::new();
+    let mut vcs_dropped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Both sides load the packs from the same paths (paths show in /object_info defaults):
+    // fresh copies before each side, so one side's writes cannot reach the other.
+    let packs_dir = work.join("packs");
+    let manifests = work.join("manifests");
+    std::fs::create_dir_all(&packs_dir)?;
+    std::fs::create_dir_all(&manifests)?;
+    for n in names {
+        world_readable_copy(&a.packs.join(n), &packs_dir.join(n))?;
+    }
+    for n in names {
+        let copy = packs_dir.join(n);
+        let _ = std::fs::remove_file(copy.join("manifest.yaml"));
+        let out = run(
+            Command::new(&nodecell_bin)
+                .arg("migrate")
+                .arg(&copy)
+                .arg("--app")
+                .arg(app),
+            "nodecell migrate",
+        )?;
+        if !out.status.success() {
+            bail!(
+                "nodecell migrate {n} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut note = String::from_utf8_lossy(&out.stderr).into_owned();
+        for dropped in drop_unreachable_vcs(&copy.join("manifest.yaml"))? {
+            note.push_str(&format!(
+                "realpacks: left out {dropped}: its host is unreachable from this machine\n"
+            ));
+            vcs_dropped.entry(n.clone()).or_default().push(dropped);
+        }
+        std::fs::copy(
+            copy.join("manifest.yaml"),
+            manifests.join(format!("{n}.yaml")),
+        )
+        .with_context(|| format!("keep the manifest nodecell migrate wrote for {n}"))?;
+        migrate_notes.insert(n.clone(), note);
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&copy)
+            .status();
+    }
+    std::fs::write(
+        work.join("migrate.txt"),
+        migrate_notes
+            .iter()
+            .map(|(k, v)| format!("== {k}\n{v}"))
+            .collect::<String>(),
+    )?;
+
+    for (i, side) in ["direct", "isolated"].iter().enumerate() {
+        if a.side.as_deref().is_some_and(|only| only != *side) {
+            continue;
+        }
+        for n in names {
+            world_readable_copy(&a.packs.join(n), &packs_dir.join(n))?;
+            if *side == "isolated" {
+                let m = packs_dir.join(n).join("manifest.yaml");
+                std::fs::copy(manifests.join(format!("{n}.yaml")), &m)?;
+                let _ = Command::new("chmod").arg("a+r").arg(&m).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(work.join("state"));
+        let out_json = work.join(format!("{side}.json"));
+        let _ = std::fs::remove_file(&out_json);
+        let run_dir = work.join(format!("run-{side}"));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(&run_dir)?;
+        let mut cmd = Command::new(python);
+        cmd.arg(repo.join("xtask/realpacks/driver.py"))
+            .arg("--app")
+            .arg(app)
+            .args(["--mode", side])
+            .arg("--out")
+            .arg(&out_json)
+            .arg("--work")
+            .arg(&run_dir)
+            .args(["--port", &(8291 + i).to_string()])
+            .arg("--venv-root")
+            .arg(work.join("venvs"))
+            .arg("--state")
+            .arg(work.join("state"));
+        for n in names {
+            cmd.arg(packs_dir.join(n));
+        }
+        if *side == "isolated" {
+            cmd.env("PYTHONPATH", &pylib);
+            if std::env::var_os("NODECELL_UV").is_none() {
+                cmd.env("NODECELL_UV", repo.join(".venv/bin/uv"));
+            }
+        }
+        cmd.stdout(std::fs::File::create(work.join(format!("{side}.log")))?);
+        cmd.stderr(std::fs::File::create(work.join(format!("{side}.err.log")))?);
+        eprintln!(
+            "realpacks: {side}: {} pack(s) in {}",
+            names.len(),
+            app.display()
+        );
+        let t0 = Instant::now();
+        let mut child = cmd.spawn().context("start the app")?;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break Some(s);
+            }
+            if t0.elapsed() > Duration::from_secs(a.timeout) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        eprintln!(
+            "realpacks: {side}: {} in {:.0} s",
+            match status {
+                Some(s) => format!("exited {s}"),
+                None => "timed out".into(),
+            },
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(vcs_dropped)
+}
+
+/// Comments out the manifest's VCS requirements whose host this machine
+/// cannot reach (a sandboxed development machine); returns them.
+fn drop_unreachable_vcs(manifest: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(manifest)?;
+    let mut out = String::new();
+    let mut dropped = Vec::new();
+    for line in text.lines() {
+        let req = line
+            .trim_start()
+            .strip_prefix("- ")
+            .map(|r| r.split("  #").next().unwrap_or(r).trim());
+        let host = req
+            .filter(|r| r.starts_with("git+"))
+            .and_then(|r| r.split("://").nth(1))
+            .and_then(|r| r.split(['/', '@', ':']).next());
+        if let (Some(r), Some(h)) = (req, host) {
+            let reachable = std::net::ToSocketAddrs::to_socket_addrs(&(h, 443))
+                .ok()
+                .and_then(|mut a| a.next())
+                .is_some_and(|a| {
+                    std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok()
+                });
+            if !reachable {
+                dropped.push(r.to_string());
+                out.push_str(&format!(
+                    "  # {r}  # left out by cargo xtask realpacks: {h} is unreachable here\n"
+                ));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    std::fs::write(manifest, out)?;
+    Ok(dropped)
+}
+
+/// Whether two output digests are equal, where paths into each side's own
+/// working folder (`run-direct`, `run-isolated`) count as the same.
+fn same_output(a: &Value, b: &Value) -> bool {
+    let norm = |v: &Value| {
+        v.to_string()
+            .replace("/run-direct/", "/run/")
+            .replace("/run-isolated/", "/run/")
+    };
+    a == b || norm(a) == norm(b)
+}
+
+fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur
+}
+
+/// Per-pack comparison of the two sides.
+fn compare(names: &[String], direct: &Value, isolated: &Value) -> Value {
+    let mut packs = serde_json::Map::new();
+    for n in names {
+        let d = get(direct, &["packs", n]);
+        let i = get(isolated, &["packs", n]);
+        let nodes_d: Vec<String> = serde_json::from_value(d["nodes"].clone()).unwrap_or_default();
+        let nodes_i: Vec<String> = serde_json::from_value(i["nodes"].clone()).unwrap_or_default();
+        let unstable: Vec<String> =
+            serde_json::from_value(d["object_info_unstable"].clone()).unwrap_or_default();
+        let mut info_equal = 0;
+        let mut info_diff = Vec::new();
+        for node in nodes_d.iter().filter(|n| !unstable.contains(n)) {
+            let a = &d["object_info"][node];
+            let b = &i["object_info"][node];
+            if !a.is_null() && a == b {
+                info_equal += 1;
+            } else {
+                info_diff.push(node.clone());
+            }
+        }
+        let (mut out_equal, mut out_both_fail, mut out_compared) = (0, 0, 0);
+        let mut out_diff = Vec::new();
+        let (mut ms_d, mut ms_i) = (0.0, 0.0);
+        if let Some(outs) = d["outputs"].as_object() {
+            for (node, a) in outs {
+                let b = &i["outputs"][node];
+                if b.is_null() {
+                    continue;
+                }
+                out_compared += 1;
+                match (a.get("digest"), b.get("digest")) {
+                    (Some(x), Some(y)) if same_output(x, y) => {
+                        out_equal += 1;
+                        ms_d += a["ms"].as_f64().unwrap_or(0.0);
+                        ms_i += b["ms"].as_f64().unwrap_or(0.0);
+                    }
+                    (None, None) => {
+                        let ea = a["error"]
+                            .as_str()
+                            .unwrap_or("")
+                            .split(':')
+                            .next()
+                            .unwrap_or("");
+                        let eb = b["error"]
+                            .as_str()
+                            .unwrap_or("")
+                            .split(':')
+                            .next()
+                            .unwrap_or("");
+                        if ea == eb {
+                            out_both_fail += 1;
+                        } else {
+                            out_diff.push(json!({"node": node, "direct": a, "isolated": b}));
+                        }
+                    }
+                    _ => out_diff.push(json!({"node": node, "direct": a, "isolated": b})),
+                }
+            }
+        }
+        let (mut routes_ok, mut routes_n) = (0, 0);
+        let mut route_diff = Vec::new();
+        if let Some(ans) = d["route_answers"].as_object() {
+            for (path, a) in ans {
+                routes_n += 1;
+                let b = &i["route_answers"][path];
+                if a["status"] == b["status"] && a["sha"] == b["sha"] && !a["status"].is_null() {
+                    routes_ok += 1;
+                } else {
+                    route_diff.push(json!({"path": path, "direct": a, "isolated": b}));
+                }
+            }
+        }
+        packs.insert(
+            n.clone(),
+            json!({
+                "loaded_direct": d["loaded"], "loaded_isolated": i["loaded"],
+                "error_direct": d["error"], "error_isolated": i["error"],
+                "nodes_direct": nodes_d.len(), "nodes_isolated": nodes_i.len(),
+                "object_info_equal": info_equal, "object_info_differ": info_diff,
+                "object_info_unstable": unstable,
+                "outputs_compared": out_compared, "outputs_equal": out_equal,
+                "outputs_fail_both": out_both_fail, "outputs_differ": out_diff,
+                "exec_ms_direct": ms_d, "exec_ms_isolated": ms_i,
+                "routes_registered_direct": d["routes"].as_array().map_or(0, |r| r.len()),
+                "routes_registered_isolated": i["routes"].as_array().map_or(0, |r| r.len()),
+                "get_routes": routes_n, "get_routes_equal": routes_ok, "routes_differ": route_diff,
+                "load_s_direct": d["load_s"], "load_s_isolated": i["load_s"],
+            }),
+        );
+    }
+    json!({"boot_s_direct": direct["boot_s"], "boot_s_isolated": isolated["boot_s"], "packs": packs})
+}
+
+fn table(r: &Value) -> String {
+    let mut s = String::new();
+    s.push_str("| pack | loads (direct / isolated) | nodes | /object_info equal | outputs equal (PromptExecutor) | GET routes equal (host server) | load time direct / isolated |\n");
+    s.push_str("|---|---|---|---|---|---|---|\n");
+    let yes = |v: &Value| {
+        if v.as_bool() == Some(true) {
+            "yes"
+        } else {
+            "NO"
+        }
+    };
+    if let Some(packs) = r["packs"].as_object() {
+        for (n, p) in packs {
+            let outs = format!(
+                "{} / {}{}",
+                p["outputs_equal"],
+                p["outputs_compared"],
+                match p["outputs_fail_both"].as_u64() {
+                    Some(0) | None => String::new(),
+                    Some(k) => format!(" ({k} fail the same way in both)"),
+                }
+            );
+            let unstable = p["object_info_unstable"].as_array().map_or(0, |u| u.len());
+            let info = if unstable > 0 {
+                format!(
+                    "{} / {} ({unstable} with random defaults left out)",
+                    p["object_info_equal"],
+                    p["nodes_direct"].as_u64().unwrap_or(0) - unstable as u64
+                )
+            } else {
+                format!("{} / {}", p["object_info_equal"], p["nodes_direct"])
+            };
+            s.push_str(&format!(
+                "| {n} | {} / {} | {} / {} | {info} | {outs} | {} / {} ({} registered) | {:.2} s / {:.2} s |\n",
+                yes(&p["loaded_direct"]),
+                yes(&p["loaded_isolated"]),
+                p["nodes_isolated"],
+                p["nodes_direct"],
+                p["get_routes_equal"],
+                p["get_routes"],
+                p["routes_registered_isolated"],
+                p["load_s_direct"].as_f64().unwrap_or(f64::NAN),
+                p["load_s_isolated"].as_f64().unwrap_or(f64::NAN),
+            ));
+        }
+    }
+    s
+}
