@@ -68,6 +68,7 @@ def app(aloop, studio_venv_root):
     os.chmod(model, 0o644)
     state = d / "state"
     sys.path.insert(0, str(root))
+    import utils  # noqa: F401 - first, as the app's main.py (its nodes.py puts comfy/ first on sys.path)
     import comfy.cli_args
     import comfy.model_management
     import comfy.utils

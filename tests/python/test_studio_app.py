@@ -211,6 +211,7 @@ HANZO_SCRIPT = r'''
 import asyncio, json, os, sys
 root, pack, direct, venvs, state = sys.argv[1:6]
 sys.path.insert(0, root)
+import utils  # first, as the app's main.py
 import folder_paths, nodes, server, studio.cli_args
 import studio_api.latest
 from nodecell import studio as nstudio

@@ -44,6 +44,11 @@ class AppProfile:
       bound into workers (other packs, user settings, outputs, models are
       reached only through the app's services and their own binds).
     * ``requirements_file``: the app's requirements, shared into pack venvs.
+    * ``preload``: top-level packages of the app that its own entry point
+      imports before ``nodes`` (ComfyUI's ``main.py`` imports ``utils``; its
+      ``nodes.py`` then puts ``comfy/`` first on ``sys.path``, where
+      ``comfy/utils.py`` would shadow the ``utils`` package): the worker
+      imports them first, from the app root, as the app does.
     * ``worker_hooks``: ``"module:function"`` names run in each worker before
       the pack is imported (they install the app's services); the function
       receives the worker's :class:`nodecell.studio._ext.StudioContext`.
@@ -62,6 +67,7 @@ class AppProfile:
     data_dirs: Tuple[str, ...] = ("custom_nodes", "user", "output", "input", "temp", "models", ".git", ".github",
                                   ".venv", "venv", "tests", "tests-unit", "script_examples")
     requirements_file: str = "requirements.txt"
+    preload: Tuple[str, ...] = ("utils",)
     worker_hooks: Tuple[str, ...] = ("nodecell.studio.apps.worker:install",)
     extra: Dict[str, str] = field(default_factory=dict)
 

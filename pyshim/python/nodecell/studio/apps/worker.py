@@ -114,6 +114,7 @@ def install(ctx: "StudioContext") -> None:
         sys.path[sys.path.index("")] = root
     elif root not in sys.path:
         sys.path.insert(0, root)
+    _preload(profile.preload, root)
     services = AppServices()
 
     after_import(profile.cli_args_module, lambda m: _apply_args(m, ctx.cli_args))
@@ -121,6 +122,25 @@ def install(ctx: "StudioContext") -> None:
     after_import(profile.model_management_module, lambda m: _install_interrupts(m, services))
     after_import(profile.utils_module, lambda m: _install_progress(m, services, ctx))
     after_import(profile.server_module, lambda m: _install_server(m, services, ctx))
+
+
+def _preload(names: Any, root: str) -> None:
+    """Import the app's own packages its entry point imports early (see ``AppProfile.preload``),
+    only where they resolve into the app root; one that fails is left to fail where it is used."""
+    import importlib
+    import importlib.util
+
+    for name in names:
+        if name in sys.modules:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+            origin = getattr(spec, "origin", None) or ""
+            if spec is None or not os.path.realpath(origin).startswith(os.path.realpath(root) + os.sep):
+                continue
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - the pack's own import reports it where it matters
+            log.debug("preloading the app's %r failed: %s", name, e)
 
 
 def _apply_args(mod: Any, values: Dict[str, Any]) -> None:
