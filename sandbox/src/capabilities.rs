@@ -85,6 +85,51 @@ pub fn drop_all_except(keep: &[Capability]) -> Result<(), CapsError> {
     Ok(())
 }
 
+/// Clears the sets a process passes on: ambient, inheritable and (with
+/// `bounding`, which needs `CAP_SETPCAP` effective) the bounding set. The
+/// permitted and effective sets stay, so a confining worker can still switch
+/// ids ([`crate::confine`]).
+pub fn clear_transferable(bounding: bool) -> Result<(), CapsError> {
+    caps::clear(None, CapSet::Ambient).map_err(|e| CapsError::Clear {
+        set: "ambient",
+        why: e.to_string(),
+    })?;
+    if bounding {
+        for cap in 0..=last_cap() {
+            match sys::drop_bounding_cap(cap) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => {
+                    return Err(CapsError::Clear {
+                        set: "bounding",
+                        why: format!("cap {cap}: {e}"),
+                    })
+                }
+            }
+        }
+    }
+    caps::clear(None, CapSet::Inheritable).map_err(|e| CapsError::Clear {
+        set: "inheritable",
+        why: e.to_string(),
+    })
+}
+
+/// Clears the inheritable, effective and permitted sets (dropping needs no
+/// privilege) and sets `no_new_privs`.
+pub fn drop_all_sets() -> Result<(), CapsError> {
+    for (set, name) in [
+        (CapSet::Inheritable, "inheritable"),
+        (CapSet::Effective, "effective"),
+        (CapSet::Permitted, "permitted"),
+    ] {
+        caps::clear(None, set).map_err(|e| CapsError::Clear {
+            set: name,
+            why: e.to_string(),
+        })?;
+    }
+    sys::set_no_new_privs().map_err(|e| CapsError::NoNewPrivs(e.to_string()))
+}
+
 /// The capability lines of `/proc/self/status`, for a check after dropping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CapStatus {

@@ -31,6 +31,7 @@
 
 pub mod capabilities;
 pub mod cgroup;
+pub mod confine;
 pub mod env;
 mod error;
 pub mod fds;
