@@ -127,8 +127,42 @@ impl Side {
 pub enum HandleKind {
     /// An object whose methods can be called.
     Object,
-    /// A callable.
+    /// A callable (a plain function: calling it through the handle returns its value).
     Callable,
+    /// An `async def` callable (calling it through the handle gives an awaitable).
+    AsyncCallable,
+}
+
+impl HandleKind {
+    /// Every kind, in wire-code order.
+    pub const ALL: [HandleKind; 3] = [
+        HandleKind::Object,
+        HandleKind::Callable,
+        HandleKind::AsyncCallable,
+    ];
+
+    /// The kind's name as Python sees it (`object`, `callable`, `async-callable`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HandleKind::Object => "object",
+            HandleKind::Callable => "callable",
+            HandleKind::AsyncCallable => "async-callable",
+        }
+    }
+
+    /// The kind named `name` (see [`HandleKind::name`]), if any.
+    pub fn from_name(name: &str) -> Option<HandleKind> {
+        HandleKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind's code on the wire.
+    fn code(self) -> u8 {
+        match self {
+            HandleKind::Object => 0,
+            HandleKind::Callable => 1,
+            HandleKind::AsyncCallable => 2,
+        }
+    }
 }
 
 /// An object that stays on its owner's side and is named by id.
@@ -1329,10 +1363,7 @@ impl Writer<'_> {
                     Side::Host => 0,
                     Side::Worker => 1,
                 });
-                self.out.push(match h.kind {
-                    HandleKind::Object => 0,
-                    HandleKind::Callable => 1,
-                });
+                self.out.push(h.kind.code());
             }
             Value::Record(r) => {
                 self.out.push(tag::RECORD);
@@ -1591,6 +1622,7 @@ impl<'a> Reader<'a> {
                 let kind = match self.u8()? {
                     0 => HandleKind::Object,
                     1 => HandleKind::Callable,
+                    2 => HandleKind::AsyncCallable,
                     v => {
                         return Err(DecodeError::Field {
                             field: "handle kind",
@@ -1704,6 +1736,23 @@ mod tests {
         ] {
             assert_eq!(rt(&f), f);
         }
+    }
+
+    #[test]
+    fn handle_kinds_round_trip_by_code_and_name() {
+        for kind in HandleKind::ALL {
+            assert_eq!(HandleKind::from_name(kind.name()), Some(kind));
+            let f = Frame::Reply {
+                id: 7,
+                value: Value::Handle(RemoteHandle {
+                    id: 42,
+                    owner: Side::Worker,
+                    kind,
+                }),
+            };
+            assert_eq!(rt(&f), f);
+        }
+        assert_eq!(HandleKind::from_name("coroutine"), None);
     }
 
     #[test]

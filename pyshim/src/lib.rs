@@ -80,7 +80,7 @@ fn format_size(bytes: u64) -> String {
 /// The private extension module behind the `nodecell` Python package.
 #[pymodule]
 fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    use nodecell_ipc::frame::kind;
+    use nodecell_ipc::frame::{kind, HandleKind};
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("KIND_CALL", kind::CALL)?;
     m.add("KIND_REPLY", kind::REPLY)?;
@@ -90,6 +90,10 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_RELEASE", kind::RELEASE)?;
     m.add("KIND_LOG", kind::LOG)?;
     m.add("KIND_HEARTBEAT", kind::HEARTBEAT)?;
+    // Handle kinds, by name (the wire's codes stay in `nodecell_ipc::frame`).
+    m.add("HANDLE_OBJECT", HandleKind::Object.name())?;
+    m.add("HANDLE_CALLABLE", HandleKind::Callable.name())?;
+    m.add("HANDLE_ASYNC_CALLABLE", HandleKind::AsyncCallable.name())?;
     m.add("ProtocolViolation", m.py().get_type::<ProtocolViolation>())?;
     m.add("PeerGone", m.py().get_type::<PeerGone>())?;
     m.add("ChannelClosed", m.py().get_type::<ChannelClosed>())?;

@@ -271,11 +271,9 @@ pub(crate) trait ValueCodec {
             let h = h.get();
             let me = self.side();
             let owner = if h.sender_owns { me } else { me.peer() };
-            let kind = if h.kind == "callable" {
-                HandleKind::Callable
-            } else {
-                HandleKind::Object
-            };
+            let kind = HandleKind::from_name(&h.kind).ok_or_else(|| {
+                PyValueError::new_err(format!("unknown handle kind {:?}", h.kind))
+            })?;
             return Ok(Value::Handle(RemoteHandle {
                 id: h.id,
                 owner,
@@ -442,11 +440,7 @@ pub(crate) trait ValueCodec {
             Value::Handle(h) => {
                 let hook = self.hook(py, |h| &h.handle)?;
                 let sender_owns = h.owner != self.side();
-                let kind = match h.kind {
-                    HandleKind::Callable => "callable",
-                    HandleKind::Object => "object",
-                };
-                hook.call1((h.id, sender_owns, kind))?.unbind()
+                hook.call1((h.id, sender_owns, h.kind.name()))?.unbind()
             }
             Value::Record(r) => {
                 let IpcRecord { name, fields } = *r;

@@ -14,6 +14,9 @@ __all__ = [
     "DLSource",
     "ErrorValue",
     "HandleRef",
+    "HANDLE_ASYNC_CALLABLE",
+    "HANDLE_CALLABLE",
+    "HANDLE_OBJECT",
     "KIND_CALL",
     "KIND_CALLBACK",
     "KIND_CANCEL",
@@ -44,6 +47,10 @@ __all__ = [
 ]
 
 KIND_CALL: int
+#: Handle kind names (``HandleRef.kind``): an object, a plain callable, an ``async def`` callable.
+HANDLE_OBJECT: str
+HANDLE_CALLABLE: str
+HANDLE_ASYNC_CALLABLE: str
 KIND_REPLY: int
 KIND_ERROR: int
 KIND_CALLBACK: int

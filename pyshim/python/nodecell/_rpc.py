@@ -55,8 +55,9 @@ EXTENSION_ID = 0
 CONTROL_ID = 1
 _FIRST_DYNAMIC_ID = 1024
 
-KIND_OBJECT = "object"
-KIND_CALLABLE = "callable"
+KIND_OBJECT = _nodecell.HANDLE_OBJECT
+KIND_CALLABLE = _nodecell.HANDLE_CALLABLE
+KIND_ASYNC_CALLABLE = _nodecell.HANDLE_ASYNC_CALLABLE
 
 
 # -- the registry of types the host allows to cross by value ------------------------------
@@ -114,16 +115,19 @@ class RemoteObject:
     """A proxy for an object that lives in the other process.
 
     Attribute and method calls run in the owning process: in a worker, they block
-    and return the value; in the host, they return awaitables. The object is
-    released in its owner when the last proxy is collected.
+    and return the value (from any thread, also inside the worker's event loop); in
+    the host, they return awaitables (the host's API is async-first: ``await
+    obj.method()``). The object is released in its owner when the last proxy is
+    collected.
     """
 
-    __slots__ = ("_nc_endpoint", "_nc_id", "_nc_count", "__weakref__")
+    __slots__ = ("_nc_endpoint", "_nc_id", "_nc_count", "_nc_async", "__weakref__")
 
-    def __init__(self, endpoint: "Endpoint", hid: int) -> None:
+    def __init__(self, endpoint: "Endpoint", hid: int, is_async: bool = False) -> None:
         object.__setattr__(self, "_nc_endpoint", endpoint)
         object.__setattr__(self, "_nc_id", hid)
         object.__setattr__(self, "_nc_count", 0)
+        object.__setattr__(self, "_nc_async", is_async)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
@@ -144,15 +148,39 @@ class RemoteObject:
 
 
 class RemoteCallable(RemoteObject):
-    """A proxy for a function owned by the other process (a callback)."""
+    """A proxy for a function owned by the other process (a callback, a patch).
+
+    Calling it does what calling the function itself would: the handle says whether
+    the remote function is ``async def`` (:attr:`is_async`). A plain function blocks
+    the calling thread and returns its value — on any thread, with or without an
+    event loop running in it; calls the other side makes back meanwhile run on this
+    same thread. An ``async def`` one returns a coroutine (await it on any loop).
+    :meth:`call_sync` / :meth:`call_async` force either form.
+    """
 
     __slots__ = ()
 
+    @property
+    def is_async(self) -> bool:
+        """Whether the remote function is ``async def`` (calling it gives an awaitable)."""
+        return self._nc_async
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._nc_endpoint.call_remote(self._nc_id, "__call__", args, kwargs)
+        if self._nc_async:
+            return self._nc_endpoint.call_remote_async(self._nc_id, "__call__", args, kwargs)
+        return self._nc_endpoint.call_remote_sync(self._nc_id, "__call__", args, kwargs)
+
+    def call_sync(self, *args: Any, **kwargs: Any) -> Any:
+        """Call it and return the value, blocking this thread (also for an ``async def`` function)."""
+        return self._nc_endpoint.call_remote_sync(self._nc_id, "__call__", args, kwargs)
+
+    def call_async(self, *args: Any, **kwargs: Any) -> Any:
+        """Call it and return an awaitable of the value (also for a plain function)."""
+        return self._nc_endpoint.call_remote_async(self._nc_id, "__call__", args, kwargs)
 
     def __repr__(self) -> str:
-        return f"<nodecell.RemoteCallable #{self._nc_id} in {self._nc_endpoint.peer_name}>"
+        kind = "async " if self._nc_async else ""
+        return f"<nodecell.RemoteCallable {kind}#{self._nc_id} in {self._nc_endpoint.peer_name}>"
 
 
 class _RemoteMethod:
@@ -163,6 +191,14 @@ class _RemoteMethod:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._ep.call_remote(self._hid, self._name, args, kwargs)
+
+    def call_sync(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the method and return the value, blocking this thread (host or worker)."""
+        return self._ep.call_remote_sync(self._hid, self._name, args, kwargs)
+
+    def call_async(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the method and return an awaitable of the value (host or worker)."""
+        return self._ep.call_remote_async(self._hid, self._name, args, kwargs)
 
     def __repr__(self) -> str:
         return f"<remote method {self._name} of #{self._hid}>"
@@ -237,7 +273,10 @@ class Endpoint:
         if self.restrict_exports and isinstance(obj, (types.ModuleType, type)):
             raise TypeError(
                 f"{obj!r} cannot be sent to a worker: modules and classes never cross as handles")
-        kind = KIND_CALLABLE if callable(obj) and not isinstance(obj, type) else KIND_OBJECT
+        if callable(obj) and not isinstance(obj, type):
+            kind = KIND_ASYNC_CALLABLE if is_async_callable(obj) else KIND_CALLABLE
+        else:
+            kind = KIND_OBJECT
         with self._lock:
             hid = self._export_ids.get(id(obj))
             if hid is None or self.exported.get(hid, [None])[0] is not obj:
@@ -269,7 +308,10 @@ class Endpoint:
         with self._lock:
             p = self.proxies.get(hid)
             if p is None:
-                p = (RemoteCallable if kind == KIND_CALLABLE else RemoteObject)(self, hid)
+                if kind == KIND_OBJECT:
+                    p = RemoteObject(self, hid)
+                else:
+                    p = RemoteCallable(self, hid, kind == KIND_ASYNC_CALLABLE)
                 self.proxies[hid] = p
             object.__setattr__(p, "_nc_count", p._nc_count + 1)
         return p
@@ -376,7 +418,17 @@ class Endpoint:
         raise NotImplementedError
 
     def call_remote(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        """A method call on a peer object (blocking in a worker, an awaitable in the host)."""
         raise NotImplementedError
+
+    def call_remote_sync(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        """Call the peer and return the value, blocking this thread (nested calls from the
+        peer are served on it meanwhile)."""
+        return self.call_remote(target, method, args, kwargs)
+
+    def call_remote_async(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        """Call the peer and return an awaitable of the value."""
+        return self.call_remote(target, method, args, kwargs)
 
     def _deliver(self, call_id: int, value: Any, error: Optional[BaseException]) -> None:
         raise NotImplementedError

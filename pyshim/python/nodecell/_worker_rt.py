@@ -12,6 +12,7 @@ worker -> host -> worker re-entrancy works.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import importlib.util
 import inspect
@@ -23,13 +24,18 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import _nodecell
-from ._rpc import (CALLBACK, CONTROL_ID, ERROR, EXTENSION_ID, LOG, REPLY, Endpoint, error_value,
+from ._rpc import (CONTROL_ID, ERROR, EXTENSION_ID, LOG, REPLY, Endpoint, error_value,
                    is_async_callable, register_type)
 from .errors import ProtocolError, RemoteError
 from .shared import ProxiedSingleton, SingletonMetaclass
 from .tools import worker as _tools
 
 _MAX_THREADS = 32
+
+#: The id of the host's call this code runs for (thread or task): calls to the host
+#: made meanwhile carry it as their parent, so the host serves them on the thread
+#: that waits for that call.
+_SERVING: "contextvars.ContextVar[Optional[int]]" = contextvars.ContextVar("nodecell_serving", default=None)
 
 #: Set-up hooks run by :meth:`WorkerEndpoint.init` (see :func:`add_init_hook`).
 _INIT_HOOKS: List[Any] = []
@@ -102,6 +108,8 @@ class WorkerEndpoint(Endpoint):
         self._loop_lock = threading.Lock()
         self._loop_owner = threading.Lock()
         self._queued = 0
+        #: Synchronous calls to the host waiting on the thread that drives the loop.
+        self._loop_blocked = 0
         self._live_tasks: set = set()
         self._resolved: Dict[tuple, tuple] = {}
         self._async_tasks: Dict[int, Any] = {}
@@ -229,17 +237,45 @@ class WorkerEndpoint(Endpoint):
             self._reply_error(call_id, e)
             return
         if is_async:
-            self._submit(self._start_async, call_id, fn, args, kwargs)
+            if self._loop_blocked:
+                self._run_detached(call_id, fn, args, kwargs)
+            else:
+                self._submit(self._start_async, call_id, fn, args, kwargs)
             return
+        token = _SERVING.set(call_id)
         try:
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
-                self._submit(self._start_awaitable, call_id, result)
+                if self._loop_blocked:
+                    self._run_detached(call_id, _as_coro, (result,), {})
+                else:
+                    self._submit(self._start_awaitable, call_id, result)
                 return
         except BaseException as e:  # noqa: BLE001
             self._reply_error(call_id, e)
             return
+        finally:
+            _SERVING.reset(token)
         self._reply(call_id, result)
+
+    def _run_detached(self, call_id: int, fn: Any, args: tuple, kwargs: dict) -> None:
+        """An async call that arrives while the thread driving the worker's loop is blocked
+        in a synchronous call to the host (which may be waiting for this very call): run
+        it to completion on a private loop in a thread of its own, and reply from there."""
+
+        def run() -> None:
+            _SERVING.set(call_id)
+            loop = asyncio.new_event_loop()
+            try:
+                result = loop.run_until_complete(fn(*args, **kwargs))
+            except BaseException as e:  # noqa: BLE001
+                self._reply_error(call_id, e)
+                return
+            finally:
+                loop.close()
+            self._reply(call_id, result)
+
+        threading.Thread(target=run, name="nodecell-nested-async", daemon=True).start()
 
     # The worker's one event loop has no thread of its own: whichever dispatcher
     # thread has async work drives it (run_until_complete) until no task is left,
@@ -370,6 +406,7 @@ class WorkerEndpoint(Endpoint):
         return holder.get("value")
 
     async def _await_then_reply(self, call_id: int, aw: Any) -> None:
+        _SERVING.set(call_id)  # in this task's own context
         try:
             try:
                 result = await aw
@@ -423,20 +460,30 @@ class WorkerEndpoint(Endpoint):
     # -- calling the host -----------------------------------------------------------------
 
     def call_remote(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
-        """Call the host synchronously (blocks this thread; keeps serving while waiting)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not None and loop is self._loop:
-            # Inside an async method: hand back an awaitable instead of blocking the loop.
-            return self._call_async(target, method, args, kwargs)
+        """Call the host and return the value, blocking this thread — also inside the
+        worker's event loop (a sync host method called from code an async method runs).
+        Nested calls from the host are served meanwhile: by this thread, or, for async
+        ones arriving while it blocks the loop, on a private loop of their own."""
+        on_loop = False
+        if self._loop is not None:
+            try:
+                on_loop = asyncio.get_running_loop() is self._loop
+            except RuntimeError:
+                pass
         w = _Waiter()
         call_id = self._send_call(w, target, method, args, kwargs)
-        self._wait(call_id, w)
+        if on_loop:
+            self._loop_blocked += 1
+        try:
+            self._wait(call_id, w)
+        finally:
+            if on_loop:
+                self._loop_blocked -= 1
         if w.error is not None:
             raise w.error
         return w.value
+
+    call_remote_sync = call_remote
 
     async def _call_async(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
         w = _Waiter(asyncio.get_running_loop())
@@ -463,7 +510,7 @@ class WorkerEndpoint(Endpoint):
         call_id = next(self._call_ids)
         self._waiters[call_id] = w
         try:
-            self.channel.send(CALLBACK, call_id, (target, method, tuple(args), dict(kwargs)))
+            self.channel.send_call(call_id, target, method, tuple(args), dict(kwargs), _SERVING.get())
         except BaseException:
             self._waiters.pop(call_id, None)
             raise

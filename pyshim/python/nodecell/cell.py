@@ -17,11 +17,12 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from . import _hub, _nodecell
-from ._rpc import CONTROL_ID, ERROR, REPLY, Endpoint, error_value, is_async_callable
+from . import _hub, _nodecell, _sync
+from ._rpc import CALLBACK, CONTROL_ID, ERROR, REPLY, Endpoint, error_value, is_async_callable
 from .errors import RemoteError, SandboxUnavailable, WorkerCrashed
 from .tools import hooks as _tools
 from .tools import profile as _profile
@@ -132,7 +133,23 @@ class _HostEndpoint(Endpoint):
         self._flush_scheduled = False
 
     def call_remote(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
-        return self.worker.cell.ext._call_on(self.worker, target, method, args, kwargs)
+        return self.worker.cell.ext._call_anywhere(self.worker, target, method, args, kwargs)
+
+    call_remote_async = call_remote
+
+    def call_remote_sync(self, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        return _sync.call(self.worker.cell.ext, self.worker, target, method, args, kwargs)
+
+    def handle_frame(self, kind: int, call_id: int, payload: Any) -> None:
+        if kind == CALLBACK:
+            # A call the worker makes while serving one of ours: if a thread waits for
+            # that one synchronously, the call runs on that thread (see _sync).
+            parent = payload[4] if isinstance(payload, tuple) and len(payload) == 5 else None
+            sw = self.pending.get(parent)
+            if type(sw) is _sync.SyncWaiter and sw.thread != threading.get_ident():
+                sw.hand((kind, call_id, payload))
+                return
+        Endpoint.handle_frame(self, kind, call_id, payload)
 
     def _deliver(self, call_id: int, value: Any, error: Optional[BaseException]) -> None:
         fut = self.pending.pop(call_id, None)
@@ -175,6 +192,17 @@ class _HostEndpoint(Endpoint):
         self._send_reply(call_id, result)
 
     def _spawn(self, call_id: int, aw: Any) -> None:
+        loop_thread = self.worker.cell.loop_thread
+        if threading.get_ident() != loop_thread:  # a thread waiting synchronously runs this call
+            try:
+                self.loop.call_soon_threadsafe(self._spawn, call_id, aw)
+            except RuntimeError:
+                _sync.run_detached(self, call_id, aw)
+            return
+        if _sync.loop_blocked(loop_thread):  # this loop waits in a synchronous call
+            _sync.run_detached(self, call_id, aw)
+            return
+
         async def run() -> None:
             try:
                 result = await aw
@@ -268,6 +296,9 @@ class _Worker:
         self.stopping = False
         self.death: Optional[WorkerCrashed] = None
         self._drain_scheduled = False
+        #: Held by whoever receives from the channel: the loop's pump, or a thread that
+        #: waits for a synchronous call's reply (see _sync).
+        self.rx = threading.Lock()
         # The host's singletons, reachable from this worker under fixed ids.
         for i, api in enumerate(cell.ext.config["apis"]):
             self.ep.pin(_SINGLETON_BASE_ID + i, api())
@@ -280,22 +311,32 @@ class _Worker:
         handle = self.ep.handle_frame
         n = 0
         t_end = time.perf_counter() + PUMP_SECONDS
-        while True:
-            try:
-                f = ch.try_recv()
-            except GONE:
-                self.on_died()
-                return True
-            except Exception as e:  # noqa: BLE001 - protocol violation: drop this worker
-                self.cell.protocol_violation(self, e)
-                return True
-            if f is None:
-                return True
-            handle(*f)
-            n += 1
-            if bounded and (n >= PUMP_FRAMES or (n & 15 == 0 and time.perf_counter() > t_end)):
-                self._schedule_drain()
-                return False
+        rx = self.rx
+        if not rx.acquire(blocking=not bounded, timeout=1.0 if not bounded else -1):
+            return False  # a thread waiting synchronously receives; it hands back when done
+        try:
+            while True:
+                try:
+                    f = ch.try_recv()
+                except GONE:
+                    self.on_died()
+                    return True
+                except Exception as e:  # noqa: BLE001 - protocol violation: drop this worker
+                    self.cell.protocol_violation(self, e)
+                    return True
+                if f is None:
+                    return True
+                rx.release()  # handling may wait synchronously itself (and receive)
+                try:
+                    handle(*f)
+                finally:
+                    rx.acquire()
+                n += 1
+                if bounded and (n >= PUMP_FRAMES or (n & 15 == 0 and time.perf_counter() > t_end)):
+                    self._schedule_drain()
+                    return False
+        finally:
+            rx.release()
 
     def drain(self) -> None:
         """Handle what the worker sent (bounded per loop turn) and hand waiting back to
@@ -331,10 +372,13 @@ class _Worker:
             return
         t0 = time.perf_counter_ns()
         ch = self.channel
+        rx = self.rx
         while not fut.done():
             left = budget - (time.perf_counter_ns() - t0)
             if left <= 0:
                 break
+            if not rx.acquire(blocking=False):
+                return  # a thread waiting synchronously receives (and routes our reply)
             try:
                 f = ch.spin_recv(left // 1000 + 1)
             except GONE:
@@ -343,6 +387,8 @@ class _Worker:
             except Exception as e:  # noqa: BLE001
                 self.cell.protocol_violation(self, e)
                 return
+            finally:
+                rx.release()
             if f is None:
                 break
             self.ep.handle_frame(*f)
@@ -405,6 +451,8 @@ class _Cell:
         self.name = name
         self.key: Optional[str] = None
         self.loop = asyncio.get_running_loop()
+        #: The thread that runs ``loop`` (synchronous calls made on it handle everything themselves).
+        self.loop_thread = threading.get_ident()
         self.bridge = _hub.LoopBridge.get(self.loop)
         self.proc: Optional[asyncio.subprocess.Process] = None
         self.ctl: Optional[socket.socket] = None
@@ -609,16 +657,72 @@ class _Cell:
         w.alive = True
         return w
 
+    def spawn_worker_now(self) -> _Worker:
+        """:meth:`spawn_worker` without the event loop, on its thread while a synchronous
+        call blocks it: reads the zygote's answer itself (up to 30 s)."""
+        if self.dead or self.ctl is None:
+            raise WorkerCrashed(f"pack {self.name!r}: sandbox is gone", reason="exited", extension=self.name)
+        wid = next(self._wids)
+        w = _Worker(self, wid)
+        self.workers[wid] = w
+        fut = self.loop.create_future()
+        self.spawned[wid] = fut
+        ring_fd, sock_fd = w.channel.peer_fds()
+        try:
+            self.ctl_send({"op": "spawn", "wid": wid}, (ring_fd, sock_fd))
+        finally:
+            os.close(ring_fd)
+            os.close(sock_fd)
+        deadline = time.monotonic() + 30
+        while not fut.done() and self.ctl is not None and not self.dead:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if select.select([self.ctl.fileno()], [], [], left)[0]:
+                self._on_ctl()
+        if not fut.done():
+            self.spawned.pop(wid, None)
+            self.workers.pop(wid, None)
+            w.close()
+            raise WorkerCrashed(f"pack {self.name!r}: the zygote did not start a worker", extension=self.name)
+        pid, pidfd = fut.result()
+        w.pid, w.pidfd = pid, pidfd
+        w.token = self.bridge.register(w.channel, pidfd, w.on_event)
+        w.alive = True
+        return w
+
     async def worker_died(self, w: _Worker) -> None:
+        if w.death is not None:
+            return  # finished already by a synchronous call on this loop's thread
         # The zygote reports the exit status just after the pidfd fires; give it a moment.
         if w.exit_info is None and not self.dead:
             try:
                 await asyncio.wait_for(w.exit_event.wait(), 0.5)
             except asyncio.TimeoutError:
                 pass
+        self._finish_death(w)
+
+    def finish_death_now(self, w: _Worker) -> None:
+        """:meth:`worker_died` without the event loop, for a synchronous call that blocks
+        this cell's loop thread: reads the zygote's exit report itself (up to 0.5 s)."""
+        if w.death is not None:
+            return
+        deadline = time.monotonic() + 0.5
+        while w.exit_info is None and not self.dead and self.ctl is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if select.select([self.ctl.fileno()], [], [], left)[0]:
+                self._on_ctl()
+        self._finish_death(w)
+
+    def _finish_death(self, w: _Worker) -> None:
+        if w.death is not None:
+            return
         if not w.channel.closed:
             w.pump(bounded=False)  # frames sent just before death still count (a dead worker sends no more)
         err = self.describe_death(w)
+        w.death = err
         for fut in list(w.ep.pending.values()):
             if not fut.done():
                 fut.set_exception(err)

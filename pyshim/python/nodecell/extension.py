@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, Generic, List, Optional, TypeVar
 
-from . import _nodecell, _reload
+from . import _nodecell, _reload, _sync
 from ._rpc import CANCEL, CONTROL_ID, EXTENSION_ID
 from .cell import GONE, _Cell, _Worker
 from .config import ExtensionConfig
@@ -231,17 +232,86 @@ class Extension(Generic[T]):
         return await self._call_on(w, EXTENSION_ID, method, args, kwargs, queued_at=queued)
 
     def call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Blocking form of :meth:`call` for threads other than the manager's event loop."""
-        loop = self._manager._loop
+        """Call ``method`` in a worker and return its value, blocking this thread: from any
+        thread, with or without an event loop running in it (also the manager's own loop:
+        its thread then serves the worker's calls back itself). Calls the worker makes
+        back meanwhile (host services, callbacks) run on this thread."""
+        if self._stopped:
+            raise ExtensionStopped(f"extension {self.name!r} was stopped")
+        if not self.config["isolated"]:
+            if self._local is None:
+                self._run_blocking(self.start())
+            r = getattr(self._local, method)(*args, **kwargs)
+            return self._run_blocking(r) if asyncio.iscoroutine(r) else r
+        return _sync.call(self, self._sync_worker(), EXTENSION_ID, method, args, kwargs)
+
+    def _sync_worker(self) -> _Worker:
+        """A live worker for a synchronous call, started here if need be."""
+        live = [w for w in self._workers if w.alive]
+        if live:  # (more are started by asynchronous calls, as configured)
+            w = min(live, key=lambda w: (w.inflight, w.last_used))
+            self._rr += 1
+            w.last_used = self._rr
+            return w
+        cell = self._cell
+        loop = cell.loop if cell is not None else self._manager._loop
         if loop is None:
-            raise RuntimeError("the manager has no running event loop yet; load the extension first")
+            raise RuntimeError("the manager has no event loop yet; load the extension first")
+        if _running_loop() is loop or (cell is not None and threading.get_ident() == cell.loop_thread):
+            # Sync code on the extension's own loop: that loop cannot run start(); start the
+            # worker from here (a new sandbox needs the loop: refused).
+            if cell is None or cell.dead:
+                raise WorkerCrashed(
+                    f"pack {self.name!r}: its sandbox is gone, and a new one cannot start from synchronous "
+                    f"code running on its own event loop; await the call instead", extension=self.name)
+            w = self._start_worker_blocking()
+            self._workers.append(w)
+            return w
+        if not loop.is_running():
+            raise RuntimeError(f"extension {self.name!r}: its event loop is not running")
+        return asyncio.run_coroutine_threadsafe(self._pick_worker(), loop).result()
+
+    def _start_worker_blocking(self) -> _Worker:
+        """:meth:`_start_worker` on the cell's loop thread while that loop is blocked."""
+        assert self._cell is not None
+        w = self._cell.spawn_worker_now()
         try:
-            if asyncio.get_running_loop() is loop:
-                raise RuntimeError("call_sync() would deadlock on the manager's own event loop; await call()")
-        except RuntimeError as e:
-            if "deadlock" in str(e):
-                raise
-        return asyncio.run_coroutine_threadsafe(self.call(method, *args, **kwargs), loop).result()
+            w.init_info = _sync.call(self, w, CONTROL_ID, "init", (self._manager._init_config(self),), {},
+                                     internal=True, timeout=max(60.0, self.config["timeout"] or 0))
+        except BaseException:
+            w.kill()
+            raise
+        _sync.run_now(_tools.worker_ready(self, w))
+        return w
+
+    def _run_blocking(self, coro: Any) -> Any:
+        """Run a coroutine to its end from synchronous code (for the in-process mode)."""
+        loop = self._manager._loop
+        if loop is not None and loop.is_running() and _running_loop() is not loop:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        if _running_loop() is None:
+            return asyncio.run(coro)
+        out: Dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                out["v"] = asyncio.run(coro)
+            except BaseException as e:  # noqa: BLE001
+                out["e"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join()
+        if "e" in out:
+            raise out["e"]
+        return out.get("v")
+
+    async def _call_anywhere(self, w: _Worker, target: int, method: str, args: tuple, kwargs: dict) -> Any:
+        """:meth:`_call_on` awaited on any loop (a proxy's awaitable in the host)."""
+        loop = w.cell.loop
+        if _running_loop() is loop:
+            return await self._call_on(w, target, method, args, kwargs)
+        return await _on_loop(loop, self._call_on(w, target, method, args, kwargs))
 
     async def _pick_worker(self) -> _Worker:
         ws = self._workers
@@ -422,6 +492,13 @@ class ExtensionMethods:
 
     def __repr__(self) -> str:
         return f"<methods of {self._ext!r}>"
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
