@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, Optional, Tuple
 from . import _nodecell
 from ._rpc import CALLBACK, ERROR, RELEASE, REPLY
 from .errors import CallTimeout, ChannelFull, WorkerCrashed
+from .tools import profile as _profile
 
 if TYPE_CHECKING:
     from .cell import _Worker
@@ -105,6 +106,8 @@ def call(ext: "Extension", w: "_Worker", target: int, method: str, args: tuple, 
     sw = SyncWaiter()
     call_id = next(ep._call_ids)
     ep.pending[call_id] = sw
+    profiled = _profile.ACTIVE and not internal
+    send_ns = time.monotonic_ns() if profiled else 0
     try:
         w.channel.send_call(call_id, target, method, tuple(args), dict(kwargs))
     except GONE:
@@ -117,6 +120,7 @@ def call(ext: "Extension", w: "_Worker", target: int, method: str, args: tuple, 
     except BaseException:
         ep.pending.pop(call_id, None)  # e.g. an argument that cannot cross: nothing was sent
         raise
+    sent_ns = time.monotonic_ns() if profiled else 0
     if ep._release_queue:
         ep.flush_releases()
     if timeout is None and not internal:
@@ -150,7 +154,9 @@ def call(ext: "Extension", w: "_Worker", target: int, method: str, args: tuple, 
             else:
                 _blocked_loops.pop(me, None)
         if not internal:
-            ext._stats.record(time.perf_counter_ns() - t0, not failed)
+            (ext._stats.record_error if failed else ext._stats.record)(time.perf_counter_ns() - t0)
+            if profiled:
+                _profile.host_call(ext, w, call_id, method, send_ns, send_ns, sent_ns, failed)
         hand_back(w, on_loop)
 
 

@@ -471,10 +471,10 @@ class WorkerEndpoint(Endpoint):
             except RuntimeError:
                 pass
         w = _Waiter()
-        call_id = self._send_call(w, target, method, args, kwargs)
-        if on_loop:
+        if on_loop:  # before sending: the host's nested calls may arrive at once
             self._loop_blocked += 1
         try:
+            call_id = self._send_call(w, target, method, args, kwargs)
             self._wait(call_id, w)
         finally:
             if on_loop:
