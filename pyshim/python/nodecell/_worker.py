@@ -7,7 +7,7 @@ control socket (a SOCK_SEQPACKET unix socket; JSON messages, fds by
 SCM_RIGHTS). Each worker serves one channel (rings + socket) to the host.
 
 Control messages (host -> zygote): ``{"op": "spawn", "wid": n}`` + fds
-``[ring, sock]``; ``{"op": "kill", "wid": n}``; ``{"op": "exit"}``.
+``[ring, sock]`` (in an app cell, with ``"pack": setup``: see :mod:`._pack_setup`); ``{"op": "kill", "wid": n}``; ``{"op": "exit"}``.
 (zygote -> host): ``{"op": "ready", ...}``; ``{"op": "spawned", "wid", "pid"}`` +
 fd ``[pidfd]``; ``{"op": "exited", "wid", "pid", "code" | "signal"}``.
 """
@@ -58,8 +58,10 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
         mod = sys.modules.get(m)
         if mod is not None:
             versions[m] = getattr(mod, "__version__", "?")
+    from ._pack_setup import apply as apply_pack, imported_modules
+
     _send_ctl(ctl, {"op": "ready", "pid": os.getpid(), "preloaded": loaded, "errors": errors,
-                    "versions": versions})
+                    "versions": versions, "modules": imported_modules()})
 
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wfd)
@@ -139,6 +141,8 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
                         os.close(rfd)
                         os.close(wfd)
                         ctl.close()
+                        if msg.get("pack") is not None:  # an app cell: this fork becomes the pack's
+                            apply_pack(msg["pack"])
                         worker_main(fds[0], fds[1])
                     except BaseException:  # noqa: BLE001
                         traceback.print_exc()

@@ -104,6 +104,8 @@ class ExtensionManager(Generic[T]):
         self._launcher: Optional[str] = None
         self._progress: List[Any] = []
         self._warm: Dict[str, tuple] = {}
+        #: App cells shared by compatible packs (None: off; see :mod:`nodecell.appcell`).
+        self._app_cells: Any = None
         if config.get("on_progress"):
             self._progress.append(config["on_progress"])
         if config.get("backend") == "ray":
@@ -132,9 +134,10 @@ class ExtensionManager(Generic[T]):
         argv, env = self._launch_argv(cfg, venv)
         return json.dumps([cfg["name"], argv, sorted(env.items())])
 
-    async def _start_cell_for(self, cfg: ExtensionConfig) -> tuple:
+    async def _start_cell_for(self, cfg: ExtensionConfig, venv: Optional[Dict[str, Any]] = None) -> tuple:
         loop = asyncio.get_running_loop()
-        venv = await loop.run_in_executor(None, self._provision, cfg)
+        if venv is None:
+            venv = await loop.run_in_executor(None, self._provision, cfg)
         cell = _Cell(cfg["name"])
         argv, env = self._launch_argv(cfg, venv)
         cell.key = self._cell_key(cfg, venv)
@@ -146,6 +149,12 @@ class ExtensionManager(Generic[T]):
         return cell, venv
 
     async def _take_or_start_cell(self, cfg: ExtensionConfig) -> tuple:
+        if self._app_cells is not None:
+            venv = await asyncio.get_running_loop().run_in_executor(None, self._provision, cfg)
+            view = await self._app_cells.take(self, cfg, venv)
+            if view is not None:  # forked from a shared app cell's zygote
+                return view, venv
+            return await self._start_cell_for(cfg, venv)
         if self._warm:
             loop = asyncio.get_running_loop()
             venv = await loop.run_in_executor(None, self._provision, cfg)

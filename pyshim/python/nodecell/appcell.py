@@ -1,0 +1,486 @@
+"""App cells: one sandbox whose zygote has imported torch and the host app, shared by compatible packs.
+
+Without app cells every pack gets its own sandbox whose zygote imports torch and
+the app's modules again (seconds per pack). With them (``StudioHost(app_cell=True)``,
+or :func:`enable` on an :class:`~nodecell.ExtensionManager`), the first pack starts
+an **app cell**: the launcher with the mounts every pack of the same shape needs
+(the pack's folder widened to the folder of packs, its venv to the venv cache,
+its own output/temp subfolders to the app's), and a zygote that preloads torch
+and the app's modules. A later pack loads by **fork + pack import**: the zygote
+forks, the child takes the pack's environment, working directory and venv
+(:mod:`nodecell._pack_setup`) and imports the pack.
+
+A pack joins the app cell only when it is **compatible**, else it gets its own
+cell (today's path) and a log line says why:
+
+* same launcher flags (sandbox mode, network, GPU, memory/CPU/pid limits, uid);
+* every mount it needs is one the app cell has (mounts at other places than
+  their source, such as a pack's state layer, must be the same);
+* same interpreter;
+* every distribution the zygote imported resolves, in the pack's venv, to the
+  same file or the same version (a pack pinning ``numpy<2`` while the zygote
+  imported numpy 2 gets its own cell).
+
+Walls stay truthful: packs sharing an app cell share one sandbox, so they can
+reach each other's files, processes and memory; ``ext.walls`` of such a pack
+lists ``pack-separation`` as ``missing`` (per-worker confinement is not wired yet).
+The zygote's death ends every pack's worker in it (each reports the crash); the
+next call starts a fresh app cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import importlib.machinery
+import itertools
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from .cell import _Cell, _Worker
+from .config import ExtensionConfig, SandboxMode
+from .errors import WorkerCrashed
+
+if TYPE_CHECKING:
+    from .manager import ExtensionManager
+
+__all__ = ["AppCells", "enable", "LaunchShape"]
+
+log = logging.getLogger("nodecell")
+
+#: Environment variables that name one pack (never part of an app cell's own environment).
+PER_PACK_ENV = ("NODECELL_PACK", "NODECELL_STUDIO")
+_ids = itertools.count(1)
+
+
+def enable(manager: "ExtensionManager", preload: Optional[List[str]] = None,
+           siblings: Optional[Callable[[ExtensionConfig], List[ExtensionConfig]]] = None) -> "AppCells":
+    """Turn app cells on for ``manager``: its isolated packs share app cells when compatible.
+    ``preload``: modules the app cell's zygote imports besides each pack config's ``preload``
+    (the host app's modules). ``siblings(cfg)``: the configs of the packs that may join an app
+    cell started for ``cfg``: their mounts are added to it (a mount cannot be added later)."""
+    cells = AppCells(list(preload or []), siblings)
+    manager._app_cells = cells
+    return cells
+
+
+# -- launch shapes ----------------------------------------------------------------------------
+
+def _split(entry: str) -> Tuple[str, str]:
+    src, sep, dst = entry.partition(":")
+    return src, (dst if sep else src)
+
+
+def _general(entry: str, cfg: ExtensionConfig, venv: Dict[str, Any]) -> str:
+    """The shared form of one of a pack's mounts: its own folder -> the folder of packs, its venv
+    -> the venv cache, a folder named after the pack -> its parent; mounts elsewhere than their
+    source stay as they are (they must then be the same for every pack of the cell)."""
+    src, dst = _split(entry)
+    if dst != src:
+        return entry
+    for base in (cfg["module_path"], venv["path"]):
+        if src == base or src.startswith(base.rstrip("/") + "/"):
+            return os.path.dirname(base.rstrip("/"))
+    parts = src.split("/")
+    for name in (cfg["name"], cfg["normalized_name"]):
+        if name in parts[1:]:
+            return "/".join(parts[:parts.index(name)]) or "/"
+    return src
+
+
+class LaunchShape:
+    """A pack's launcher command line, taken apart: flags, mounts (in shared form), environment,
+    working directory, interpreter, preload."""
+
+    def __init__(self, argv: List[str], host_env: Dict[str, str], cfg: ExtensionConfig,
+                 venv: Dict[str, Any]) -> None:
+        self.host_env = host_env
+        self.flags: List[str] = []
+        self.ro: List[str] = []
+        self.rw: List[str] = []
+        self.env: Dict[str, str] = {}
+        self.cwd = ""
+        sep = argv.index("--")
+        head, tail = argv[:sep], argv[sep + 1:]
+        i = 1  # head[0] is the launcher
+        while i < len(head):
+            a = head[i]
+            if a in ("--ro", "--rw", "--env", "--cwd") and i + 1 < len(head):
+                v = head[i + 1]
+                if a == "--ro":
+                    self.ro.append(_general(v, cfg, venv))
+                elif a == "--rw":
+                    self.rw.append(_general(v, cfg, venv))
+                elif a == "--env":
+                    k, _, val = v.partition("=")
+                    self.env[k] = val
+                else:
+                    self.cwd = v
+                i += 2
+                continue
+            self.flags.append(a)
+            i += 1
+        self.launcher = head[0]
+        self.python = tail[0]
+        self.python_args = tail[1:tail.index("--preload")] if "--preload" in tail else tail[1:]
+        self.preload = [m for m in tail[tail.index("--preload") + 1].split(",") if m] if "--preload" in tail else []
+
+    def add_mounts_of(self, cfg: ExtensionConfig) -> None:
+        """Add the mounts another pack's config asks for (its sandbox section and folder)."""
+        nowhere = {"path": "/nonexistent-venv"}
+        self.ro.append(_general(cfg["module_path"], cfg, nowhere))
+        self.ro += [_general(m, cfg, nowhere) for m in cfg["sandbox"]["readonly_paths"]]
+        self.rw += [_general(m, cfg, nowhere) for m in cfg["sandbox"]["writable_paths"]]
+
+    def mounts(self) -> Tuple[List[str], List[str]]:
+        """(read-only, writable) mounts, de-duplicated; a folder both read-only and writable is writable."""
+        rw = list(dict.fromkeys(self.rw))
+        ro = [m for m in dict.fromkeys(self.ro) if m not in rw]
+        return ro, rw
+
+    def argv(self, preload: List[str], name: str) -> List[str]:
+        """The app cell's own command line (its environment without any one pack's names)."""
+        out = [self.launcher] + list(self.flags)
+        ro, rw = self.mounts()
+        for m in ro:
+            out += ["--ro", m]
+        for m in rw:
+            out += ["--rw", m]
+        env = {k: v for k, v in self.env.items() if k not in PER_PACK_ENV}
+        env["NODECELL_PACK"] = name
+        for k, v in env.items():
+            out += ["--env", f"{k}={v}"]
+        out += ["--cwd", self.cwd, "--", self.python] + list(self.python_args) + ["--preload", ",".join(preload)]
+        return out
+
+
+# -- venv facts ---------------------------------------------------------------------------------
+
+def site_dirs(venv_path: str) -> List[str]:
+    """The venv's site-packages folders."""
+    return sorted(glob.glob(os.path.join(venv_path, "lib", "python*", "site-packages")))
+
+
+def site_paths(venv_path: str) -> List[str]:
+    """What the venv puts on ``sys.path``: its site-packages folders and the folders their
+    ``.pth`` files add (shared host distributions such as torch)."""
+    out: List[str] = []
+    for d in site_dirs(venv_path):
+        out.append(d)
+        for pth in sorted(glob.glob(os.path.join(d, "*.pth"))):
+            try:
+                with open(pth, encoding="utf-8", errors="replace") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith("#") or line.startswith(("import ", "import\t")):
+                    continue
+                p = line if os.path.isabs(line) else os.path.join(d, line)
+                if os.path.isdir(p):
+                    out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def _dist_version(path_entry: str, top: str) -> Optional[Tuple[str, str]]:
+    """(distribution, version) that installs top-level module ``top`` into ``path_entry``."""
+    for info in glob.glob(os.path.join(path_entry, "*.dist-info")):
+        names: List[str] = []
+        try:
+            with open(os.path.join(info, "top_level.txt"), encoding="utf-8") as f:
+                names = f.read().split()
+        except OSError:
+            try:
+                with open(os.path.join(info, "RECORD"), encoding="utf-8") as f:
+                    names = [line.split(",", 1)[0].split("/", 1)[0].removesuffix(".py") for line in f]
+            except OSError:
+                continue
+        if top in names:
+            base = os.path.basename(info)[:-len(".dist-info")]
+            dist, _, version = base.partition("-")
+            return dist, version
+    return None
+
+
+def _version_of(path: str, top: str, entry: Optional[str]) -> Optional[Tuple[str, str]]:
+    """(distribution, version) of the top-level module loaded from ``path``: from the dist-info
+    beside it in ``entry``, else beside its real location (shared distributions are symlinks)."""
+    found = _dist_version(entry, top) if entry else None
+    if found is None:
+        top_dir = os.path.dirname(path) if os.path.basename(path) == "__init__.py" else path
+        found = _dist_version(os.path.dirname(os.path.realpath(top_dir)), top)
+    return found
+
+
+def _entry_of(path: str, paths: List[str]) -> Optional[str]:
+    """The entry of ``paths`` that ``path`` lies in (as written, else once symlinks are resolved:
+    shared distributions are symlinks into the host's environment)."""
+    for norm in (os.path.normpath, os.path.realpath):
+        f = norm(path)
+        for p in paths:
+            if f.startswith(norm(p).rstrip("/") + "/"):
+                return p
+    return None
+
+
+# -- the app cell -----------------------------------------------------------------------------
+
+class AppCell:
+    """One shared sandbox + zygote, and the packs' views of it."""
+
+    def __init__(self, cell: _Cell, shape: LaunchShape, venv: Dict[str, Any], preload: List[str]) -> None:
+        self.cell = cell
+        self.shape = shape
+        self.venv = venv
+        self.preload = preload
+        self.paths = site_paths(venv["path"])
+        self.views: Dict[str, "PackView"] = {}
+
+    @property
+    def alive(self) -> bool:
+        return not self.cell.dead
+
+    def why_not(self, cfg: ExtensionConfig, shape: LaunchShape, venv: Dict[str, Any]) -> Optional[str]:
+        """None when the pack may share this app cell, else why not (for the log)."""
+        if shape.flags != self.shape.flags:
+            diff = sorted(set(shape.flags) ^ set(self.shape.flags))
+            return f"its sandbox settings differ ({' '.join(diff) or 'order'})"
+        ro, rw = self.shape.mounts()
+        pro, prw = shape.mounts()
+        for m in prw:
+            if m not in rw:
+                return f"it needs the writable mount {m} the app cell does not have"
+        for m in pro:
+            if m not in ro and m not in rw:
+                return f"it needs the mount {m} the app cell does not have"
+        if os.path.realpath(venv["python"]) != os.path.realpath(self.venv["python"]) or \
+                venv.get("python_version") != self.venv.get("python_version"):
+            return (f"its interpreter ({venv.get('python_version')}, {os.path.realpath(venv['python'])}) is not "
+                    f"the app cell's ({self.venv.get('python_version')})")
+        modules = self.cell.zygote_info.get("modules") or {}
+        pack_paths = site_paths(venv["path"])
+        for top, f in sorted(modules.items()):
+            if not isinstance(f, str):
+                continue
+            entry = _entry_of(f, self.paths)
+            if entry is None:
+                continue  # not from the zygote's venv (the app's code, nodecell)
+            spec = importlib.machinery.PathFinder.find_spec(top, pack_paths)
+            if spec is None or not spec.origin:
+                continue  # the pack's venv lacks it: it sees the zygote's
+            if os.path.realpath(spec.origin) == os.path.realpath(f):
+                continue
+            mine = _version_of(f, top, entry)
+            theirs = _version_of(spec.origin, top, _entry_of(spec.origin, pack_paths))
+            if mine is None or theirs is None or mine[1] != theirs[1]:
+                return (f"its venv has {top} {theirs[1] if theirs else '(unknown version)'} while the app cell's "
+                        f"zygote imported {mine[1] if mine else '(unknown version)'}")
+        return None
+
+    def view(self, ext_name: str, cfg: ExtensionConfig, shape: LaunchShape, venv: Dict[str, Any]) -> "PackView":
+        drop = list(dict.fromkeys(self.paths + site_paths(venv["path"])))
+        setup = {
+            "env": dict(shape.env),
+            "unset": [k for k in self.shape.env if k not in shape.env] + [
+                k for k in PER_PACK_ENV if k not in shape.env],
+            "cwd": shape.cwd,
+            "drop": drop,
+            "site": site_dirs(venv["path"]),
+        }
+        v = PackView(self, ext_name, setup)
+        self.views[ext_name] = v
+        return v
+
+
+class AppCells:
+    """The app cells of one manager (see the module docs)."""
+
+    def __init__(self, preload: List[str],
+                 siblings: Optional[Callable[[ExtensionConfig], List[ExtensionConfig]]] = None) -> None:
+        self.preload = preload
+        self.siblings = siblings
+        self.cells: List[AppCell] = []
+        #: Pack name -> why it got a cell of its own (last decision), for the host to show.
+        self.own_cell: Dict[str, str] = {}
+
+    async def take(self, manager: "ExtensionManager", cfg: ExtensionConfig,
+                   venv: Dict[str, Any]) -> Optional[_Cell]:
+        """A view of a compatible app cell for ``cfg`` (starting the first), or None: the pack
+        gets its own cell (the reason is logged and kept in :attr:`own_cell`)."""
+        if cfg["sandbox_mode"] is SandboxMode.DISABLED:
+            return None
+        loop = asyncio.get_running_loop()
+        argv, host_env = manager._launch_argv(cfg, venv)
+        shape = LaunchShape(argv, host_env, cfg, venv)
+        self.cells = [c for c in self.cells if c.alive and c.cell.loop is loop]
+        reasons = []
+        for ac in self.cells:
+            why = ac.why_not(cfg, shape, venv)
+            if why is None:
+                self.own_cell.pop(cfg["name"], None)
+                return ac.view(cfg["name"], cfg, shape, venv)
+            reasons.append(why)
+        if reasons:
+            self.own_cell[cfg["name"]] = "; ".join(reasons)
+            logging.getLogger(f"nodecell.{cfg['name']}").info(
+                "pack %r gets its own cell, not the app cell: %s", cfg["name"], self.own_cell[cfg["name"]])
+            return None
+        preload = list(dict.fromkeys(shape.preload + self.preload))
+        name = f"app-cell-{next(_ids)}"
+        cell_shape = LaunchShape(argv, host_env, cfg, venv)
+        if self.siblings is not None:
+            for other in self.siblings(cfg):
+                cell_shape.add_mounts_of(other)
+        cell = _Cell(name)
+        cell.key = name
+        try:
+            await cell.start(cell_shape.argv(preload, name), host_env)
+        except BaseException:
+            await cell.stop(grace=0.5)
+            raise
+        ac = AppCell(cell, cell_shape, venv, preload)
+        self.cells.append(ac)
+        # Stopped with the manager's warm cells (stop_all_extensions).
+        manager._warm[f"{name}"] = (cell, venv)
+        return ac.view(cfg["name"], cfg, shape, venv)
+
+
+# -- one pack's view of an app cell ------------------------------------------------------------
+
+class PackView(_Cell):
+    """What an :class:`~nodecell.Extension` sees as its cell when it shares an app cell: its own
+    workers (forked from the shared zygote with the pack's setup), the shared sandbox's status
+    (walls plus ``pack-separation``), stop/kill of its own workers only."""
+
+    def __init__(self, app: AppCell, name: str, setup: Dict[str, Any]) -> None:
+        self._app = app
+        self._closed = False
+        super().__init__(name)
+        self.setup = setup
+        self.key = app.cell.key
+
+    # Shared state, read through to the app cell.
+    @property  # type: ignore[override]
+    def dead(self) -> bool:
+        return self._closed or self._app.cell.dead
+
+    @dead.setter
+    def dead(self, value: bool) -> None:
+        if value:
+            self._closed = True
+
+    @property  # type: ignore[override]
+    def status(self) -> Dict[str, Any]:
+        st = dict(self._app.cell.status)
+        others = sorted(n for n in self._app.views if n != self.name)
+        walls = list(st.get("walls", []))
+        walls.append({"name": "pack-separation", "state": "missing",
+                      "detail": f"shares app cell {self._app.cell.name!r} (forked from its zygote) with "
+                                f"{', '.join(others) or 'the packs that join it'}: one sandbox, no per-pack walls"})
+        st["walls"] = walls
+        return st
+
+    @status.setter
+    def status(self, value: Dict[str, Any]) -> None:
+        pass
+
+    @property  # type: ignore[override]
+    def zygote_info(self) -> Dict[str, Any]:
+        return self._app.cell.zygote_info
+
+    @zygote_info.setter
+    def zygote_info(self, value: Dict[str, Any]) -> None:
+        pass
+
+    @property
+    def app_cell(self) -> str:
+        """The name of the app cell this pack shares."""
+        return self._app.cell.name
+
+    @property
+    def zygote_pid(self) -> Optional[int]:
+        """The shared zygote's pid (inside the sandbox's pid namespace)."""
+        return self._app.cell.zygote_info.get("pid")
+
+    def ctl_send(self, msg: Dict[str, Any], fds: tuple = ()) -> None:
+        self._app.cell.ctl_send(msg, fds)
+
+    def oom_killed(self) -> bool:
+        return self._app.cell.oom_killed()
+
+    async def start(self, argv: List[str], env: Dict[str, str]) -> None:  # pragma: no cover - never
+        raise RuntimeError("a pack's view of an app cell is not started on its own")
+
+    async def spawn_worker(self) -> _Worker:
+        shared = self._app.cell
+        if self.dead:
+            raise WorkerCrashed(f"pack {self.name!r}: app cell {shared.name!r} is gone", reason="exited",
+                                extension=self.name)
+        wid = next(shared._wids)
+        w = _Worker(self, wid)
+        self.workers[wid] = w
+        shared.workers[wid] = w
+        fut = shared.loop.create_future()
+        shared.spawned[wid] = fut
+        ring_fd, sock_fd = w.channel.peer_fds()
+        try:
+            shared.ctl_send({"op": "spawn", "wid": wid, "pack": self.setup}, (ring_fd, sock_fd))
+        finally:
+            os.close(ring_fd)
+            os.close(sock_fd)
+        try:
+            pid, pidfd = await asyncio.wait_for(fut, 30)
+        except BaseException:
+            self.workers.pop(wid, None)
+            shared.workers.pop(wid, None)
+            w.close()
+            raise
+        w.pid, w.pidfd = pid, pidfd
+        w.token = self.bridge.register(w.channel, pidfd, w.pump, w.on_died)
+        w.alive = True
+        return w
+
+    async def worker_died(self, w: _Worker) -> None:
+        self._app.cell.workers.pop(w.wid, None)
+        await super().worker_died(w)
+
+    def _forget(self) -> None:
+        self._closed = True
+        if self._app.views.get(self.name) is self:
+            del self._app.views[self.name]
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop this pack's workers (their ``stop()`` hooks run); the app cell stays for the others."""
+        from ._rpc import CONTROL_ID
+
+        for w in list(self.workers.values()):
+            if w.alive and not w.dead and self.ext is not None:
+                try:
+                    await asyncio.wait_for(self.ext._call_on(w, CONTROL_ID, "stop", (), {}, internal=True), grace)
+                except BaseException:  # noqa: BLE001 - stopping anyway
+                    pass
+        self.kill_now(grace)
+
+    def kill_now(self, grace: float = 2.0) -> None:
+        """Kill this pack's workers now, from any thread; the app cell stays."""
+        workers = list(self.workers.values())
+        self.workers.clear()
+        for w in workers:
+            self._app.cell.workers.pop(w.wid, None)
+            w.dead = True
+            w.alive = False
+            if w.pidfd >= 0:
+                try:
+                    import signal
+
+                    signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
+            self._app.cell.ctl_send({"op": "kill", "wid": w.wid})
+            try:
+                w.close()
+            except Exception:  # noqa: BLE001 - futures of a closed loop
+                pass
+        self._forget()
