@@ -70,14 +70,22 @@ class StudioHost:
     cells run on a Ray cluster (with ``backend="ray"``, see :mod:`nodecell.ray`),
     e.g. ``{"upscale_pack": {"num_gpus": 1}}``; ``load_custom_node(...,
     placement=...)`` overrides it for one load. Other keyword arguments go to
-    :class:`nodecell.ExtensionManagerConfig`.
+    :class:`nodecell.ExtensionManagerConfig`. ``app_cell=True``: compatible packs
+    share one sandbox whose zygote imported torch and ``app_preload`` (the app's
+    modules, e.g. ``["nodes"]``) once; a pack then loads by fork + import, and its
+    walls list ``pack-separation`` as missing (see :mod:`nodecell.appcell`).
     """
 
     def __init__(self, venv_root_path: Optional[str] = None, *, app: Any = None, app_root: Optional[str] = None,
                  api_packages: Optional[Iterable[str]] = None, hooks: Iterable[str] = (),
                  apis: Optional[List[type]] = None, reload: bool = False, state: Any = None,
-                 placement: Optional[Dict[str, Any]] = None, **manager_kw: Any) -> None:
+                 placement: Optional[Dict[str, Any]] = None, app_cell: bool = False,
+                 app_preload: Iterable[str] = (), **manager_kw: Any) -> None:
         self.manager = ExtensionManager(StudioExtension, ExtensionManagerConfig(venv_root_path, **manager_kw))
+        if app_cell:  # packs share an app cell whose zygote preloaded torch + app_preload (nodecell.appcell)
+            from .. import appcell
+
+            appcell.enable(self.manager, [str(m) for m in app_preload], self._sibling_configs)
         #: Pack name -> placement on a Ray cluster (``backend="ray"``).
         self.placement: Dict[str, Any] = dict(placement or {})
         self.profile: Optional[_apps.AppProfile] = _profile(app, app_root)
@@ -166,6 +174,24 @@ class StudioHost:
             data["placement"] = self.placement[cfg["name"]]
         return ExtensionConfig(data)
 
+    def _sibling_configs(self, cfg: ExtensionConfig) -> List[ExtensionConfig]:
+        """The isolated packs beside ``cfg``'s (same folder): an app cell started for ``cfg`` also
+        mounts what they need (their folders, state layers, output/temp), so they can join it."""
+        parent = os.path.dirname(cfg["module_path"])
+        out = []
+        for entry in sorted(os.listdir(parent)):
+            d = os.path.join(parent, entry)
+            if d == cfg["module_path"] or not os.path.isdir(d) or not _has_manifest(d):
+                continue
+            try:
+                c = self.config_for(d)
+            except (NodecellError, OSError, ValueError) as e:
+                log.info("pack folder %s: not prepared for the app cell: %s", d, e)
+                continue
+            if c is not None and c["isolated"]:
+                out.append(c)
+        return out
+
     def _state_layer(self, pack: str, pack_dir: str, ro: List[str], rw: List[str]) -> Dict[str, str]:
         """The pack's writable layer (see :mod:`nodecell.studio.state`), at the pack's own path."""
         root = self.state or _state.state_root()
@@ -185,9 +211,12 @@ class StudioHost:
             _state.open_for_cells(layer)
         log.debug("pack %r: state layer %s (%s)", pack, layer, counts)
         _add(rw, f"{layer}:{pack_dir}")
-        _add(rw, f"{pack_state}:{_STATE_IN}")
-        _add(ro, f"{pack_dir}:{_SOURCE_IN}")
-        return {"source": _SOURCE_IN, "record": f"{_STATE_IN}/{_state.RECORD}"}
+        state_in, source_in = _STATE_IN, _SOURCE_IN
+        if self.manager._app_cells is not None:  # packs may share a sandbox: each its own place there
+            state_in, source_in = f"{_STATE_IN}/{pack}", f"{_SOURCE_IN}/{pack}"
+        _add(rw, f"{pack_state}:{state_in}")
+        _add(ro, f"{pack_dir}:{source_in}")
+        return {"source": source_in, "record": f"{state_in}/{_state.RECORD}"}
 
     def app_requirements(self) -> List[str]:
         """The app's own requirements (names), shared from the host into every pack venv: its
