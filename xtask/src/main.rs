@@ -1,7 +1,7 @@
 //! `cargo xtask`: nodecell's developer tasks.
 //!
 //! * `cargo xtask sandbox-test` — the escape and containment suite (`sandbox_test.rs`).
-//! * `cargo xtask bench launch|ipc|provision|py|ray` — benchmarks; each prints a table
+//! * `cargo xtask bench launch|ipc|provision|py|ray|cells` — benchmarks; each prints a table
 //!   and writes `target/bench/<name>.json` (`bench_*.rs`).
 //! * `cargo xtask fuzz ipc --runs N` — the ipc fuzz targets (`fuzz.rs`).
 //! * `cargo xtask pyisolate-suite --src DIR` — pyisolate 0.10.2's tests against
@@ -11,6 +11,7 @@
 //!   isolated (`realpacks.rs`).
 use clap::{Parser, Subcommand};
 
+mod bench_cells;
 mod bench_ipc;
 mod bench_launch;
 mod bench_provision;
@@ -60,6 +61,8 @@ enum Bench {
     Py(bench_py::Args),
     /// Cells on a Ray cluster: local cell vs cell on another raylet vs a plain Ray actor.
     Ray(bench_ray::Args),
+    /// Packs of a host app: own cell per pack vs app cells (fork from a zygote with the app).
+    Cells(bench_cells::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Provision(a) => bench_provision::main(a),
             Bench::Py(a) => bench_py::main(a),
             Bench::Ray(a) => bench_ray::main(a),
+            Bench::Cells(a) => bench_cells::main(a),
         },
         Cmd::Fuzz(a) => fuzz::main(a),
         Cmd::PyisolateSuite(a) => pyisolate_suite::main(a),
