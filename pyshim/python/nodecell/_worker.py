@@ -60,6 +60,10 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
             versions[m] = getattr(mod, "__version__", "?")
     from ._pack_setup import apply as apply_pack, imported_modules
 
+    import gc
+
+    gc.freeze()  # what the preload built stays shared with forked workers (no GC copy-on-write)
+
     _send_ctl(ctl, {"op": "ready", "pid": os.getpid(), "preloaded": loaded, "errors": errors,
                     "versions": versions, "modules": imported_modules()})
 

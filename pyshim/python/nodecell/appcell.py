@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .cell import _Cell, _Worker
 from .config import ExtensionConfig, SandboxMode
-from .errors import WorkerCrashed
 
 if TYPE_CHECKING:
     from .manager import ExtensionManager
@@ -327,7 +326,12 @@ class AppCells:
             logging.getLogger(f"nodecell.{cfg['name']}").info(
                 "pack %r gets its own cell, not the app cell: %s", cfg["name"], self.own_cell[cfg["name"]])
             return None
-        preload = list(dict.fromkeys(shape.preload + self.preload))
+        # nodecell's side of every worker too: the extension type, the services, the record types.
+        from ._rpc import registered_types
+
+        ours = [manager.extension_type.__module__] + [a.__module__ for a in cfg["apis"]] + [
+            t.__module__ for t in registered_types().values()]
+        preload = list(dict.fromkeys(shape.preload + self.preload + [m for m in ours if m != "__main__"]))
         name = f"app-cell-{next(_ids)}"
         cell_shape = LaunchShape(argv, host_env, cfg, venv)
         if self.siblings is not None:
@@ -360,6 +364,9 @@ class PackView(_Cell):
         super().__init__(name)
         self.setup = setup
         self.key = app.cell.key
+        # Worker ids and spawn replies are the app cell's (its zygote answers them).
+        self._wids = app.cell._wids
+        self.spawned = app.cell.spawned
 
     # Shared state, read through to the app cell.
     @property  # type: ignore[override]
@@ -405,6 +412,11 @@ class PackView(_Cell):
         return self._app.cell.zygote_info.get("pid")
 
     def ctl_send(self, msg: Dict[str, Any], fds: tuple = ()) -> None:
+        if msg.get("op") == "spawn":
+            w = self.workers.get(msg.get("wid"))
+            if w is not None:
+                self._app.cell.workers[w.wid] = w  # its "exited" report comes to the app cell
+            msg = dict(msg, pack=self.setup)
         self._app.cell.ctl_send(msg, fds)
 
     def oom_killed(self) -> bool:
@@ -414,33 +426,15 @@ class PackView(_Cell):
         raise RuntimeError("a pack's view of an app cell is not started on its own")
 
     async def spawn_worker(self) -> _Worker:
+        """Fork a worker from the shared zygote (the base class's spawn, with the pack's setup
+        added to the spawn message and the worker known to the app cell for its exit reports)."""
         shared = self._app.cell
-        if self.dead:
-            raise WorkerCrashed(f"pack {self.name!r}: app cell {shared.name!r} is gone", reason="exited",
-                                extension=self.name)
-        wid = next(shared._wids)
-        w = _Worker(self, wid)
-        self.workers[wid] = w
-        shared.workers[wid] = w
-        fut = shared.loop.create_future()
-        shared.spawned[wid] = fut
-        ring_fd, sock_fd = w.channel.peer_fds()
         try:
-            shared.ctl_send({"op": "spawn", "wid": wid, "pack": self.setup}, (ring_fd, sock_fd))
-        finally:
-            os.close(ring_fd)
-            os.close(sock_fd)
-        try:
-            pid, pidfd = await asyncio.wait_for(fut, 30)
+            return await super().spawn_worker()
         except BaseException:
-            self.workers.pop(wid, None)
-            shared.workers.pop(wid, None)
-            w.close()
+            for wid in [k for k, w in shared.workers.items() if w.cell is self and k not in self.workers]:
+                del shared.workers[wid]
             raise
-        w.pid, w.pidfd = pid, pidfd
-        w.token = self.bridge.register(w.channel, pidfd, w.pump, w.on_died)
-        w.alive = True
-        return w
 
     async def worker_died(self, w: _Worker) -> None:
         self._app.cell.workers.pop(w.wid, None)
