@@ -119,7 +119,8 @@ def app(aloop, studio_venv_root):
 
     async def load():
         srv = server.PromptServer(asyncio.get_running_loop())
-        host = studio.StudioHost(str(studio_venv_root), state=str(d / "state"), app_cell=True, app_preload=["nodes", "numpy"])
+        host = studio.StudioHost(str(studio_venv_root), state=str(d / "state"), app_cell=True,
+                                 app_preload=["nodes", "server", "numpy"])
         names = {}
         for p in PACKS:
             names[p] = await host.load_custom_node(str(root / "custom_nodes" / p), nodes.NODE_CLASS_MAPPINGS,
@@ -156,7 +157,7 @@ def test_compatible_packs_are_forked_from_one_zygote_that_preloaded_the_app(app)
     cmd = _cmdline(zygote)
     assert "nodecell._worker" in cmd and "--preload" in cmd and "nodes" in cmd, cmd
     info = show._cell.zygote_info
-    assert {"torch", "nodes", "numpy"} <= set(info["preloaded"]) and not info["errors"], info
+    assert {"torch", "nodes", "server", "numpy", "nodecell.studio._ext"} <= set(info["preloaded"]) and not info["errors"], info
     # each worker is its pack's: its own environment and name
     assert show.worker_versions["numpy"].startswith("2.")
     walls = {w["name"]: w for w in show.walls}

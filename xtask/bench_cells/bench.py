@@ -7,7 +7,7 @@ in one run:
 * direct: the app's own loader (``nodes.load_custom_node``) in this process, which has
   imported the app and torch (the baseline of the targets);
 * own cell: ``StudioHost`` today, one sandbox + zygote per pack;
-* app cell: ``StudioHost(app_cell=True, app_preload=["nodes", "numpy"])``: the first pack
+* app cell: ``StudioHost(app_cell=True, app_preload=["nodes", "server", "numpy"])``: the first pack
   starts the app cell (sandbox + zygote importing torch and the app), later packs are
   fork + pack import; warm reload = ``ext.restart()`` (stop the pack's worker, fork a new one).
 
@@ -141,7 +141,8 @@ async def main_async(a) -> dict:
                             "reload_median_ms": ms(statistics.median(r_own)), "worker": m_own}
 
         # app cell
-        app = studio.StudioHost(str(VENV_ROOT), state=str(d / "state-app"), app_cell=True, app_preload=["nodes", "numpy"])
+        app = studio.StudioHost(str(VENV_ROOT), state=str(d / "state-app"), app_cell=True,
+                                app_preload=["nodes", "server", "numpy"])
         try:
             t_app = await load_all(app, names)
             exts = list(app.packs.values())
