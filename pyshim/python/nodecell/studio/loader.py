@@ -82,13 +82,14 @@ class StudioHost:
                  placement: Optional[Dict[str, Any]] = None, app_cell: bool = False,
                  app_preload: Iterable[str] = (), **manager_kw: Any) -> None:
         self.manager = ExtensionManager(StudioExtension, ExtensionManagerConfig(venv_root_path, **manager_kw))
-        if app_cell:  # packs share an app cell whose zygote preloaded torch + app_preload (nodecell.appcell)
-            from .. import appcell
-
-            appcell.enable(self.manager, [str(m) for m in app_preload], self._sibling_configs)
         #: Pack name -> placement on a Ray cluster (``backend="ray"``).
         self.placement: Dict[str, Any] = dict(placement or {})
         self.profile: Optional[_apps.AppProfile] = _profile(app, app_root)
+        if app_cell:  # packs share an app cell whose zygote preloaded torch + app_preload (nodecell.appcell)
+            from .. import appcell
+
+            early = list(self.profile.preload) if self.profile is not None else []  # as the app's entry point
+            appcell.enable(self.manager, early + [str(m) for m in app_preload], self._sibling_configs)
         if api_packages is not None:
             self.api_packages = tuple(api_packages)
         elif self.profile is not None:
