@@ -104,6 +104,7 @@ def app(aloop, studio_venv_root):
         (root / sub).mkdir(mode=0o755)
         os.chmod(root / sub, 0o755)
     sys.path.insert(0, str(root))
+    import utils  # noqa: F401 - first, as the app's main.py (its nodes.py puts comfy/ first on sys.path)
     import comfy.cli_args
     import nodes
     import server

@@ -88,6 +88,7 @@ async def main_async(a) -> dict:
     for sub in ("output", "temp", "input", "user"):
         (root / sub).mkdir(mode=0o755)
     sys.path.insert(0, str(root))
+    import utils  # noqa: F401 - first, as the app's main.py (its nodes.py puts comfy/ first on sys.path)
     import comfy.cli_args
     import nodes
     import server
