@@ -58,7 +58,7 @@ pub mod layout;
 pub mod probe;
 pub mod reactor;
 pub mod ring;
-pub mod sys;
+mod sys;
 
 pub use arena::{Arena, ArenaError, ArenaState, TensorView};
 pub use channel::{Channel, ChannelConfig, WeakChannel, WorkerFds};

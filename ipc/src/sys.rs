@@ -1,5 +1,6 @@
-//! Thin syscall wrappers: the only place in the crate that calls libc (public so
-//! that tests and tools can act as a raw peer).
+//! Thin syscall wrappers: the only place in the crate that calls libc. Private to
+//! the crate; the integration tests compile this same file into their own crate
+//! (`tests/tests.rs`) to act as a raw peer.
 //!
 //! Every kernel call sits in a small function that returns `io::Result` (or a
 //! plain value when the call cannot fail). Raw pointers into mappings leave this
@@ -697,8 +698,6 @@ pub const POLLHUP: i16 = libc::POLLHUP;
 pub const POLLERR: i16 = libc::POLLERR;
 /// `POLLRDHUP`: the peer closed its end.
 pub const POLLRDHUP: i16 = libc::POLLRDHUP;
-/// `POLLNVAL`.
-pub const POLLNVAL: i16 = libc::POLLNVAL;
 
 /// `pidfd_open(pid, 0)` (5.3+).
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
@@ -757,14 +756,6 @@ pub fn dup_number(fd: RawFd) -> io::Result<OwnedFd> {
     owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })
 }
 
-/// Clears close-on-exec on `fd` so a child started with `exec` (e.g. `pass_fds`) keeps it.
-pub fn clear_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain fcntl on a valid descriptor.
-    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC) }).map(drop)
-}
-
 /// Reads a small text file (used by the probe for sysfs).
 pub fn read_small_file(path: &str) -> io::Result<String> {
     std::fs::read_to_string(path)
@@ -787,18 +778,12 @@ pub mod errno {
     pub const ENOSYS: i32 = libc::ENOSYS;
     /// Try again (futex value changed).
     pub const EAGAIN: i32 = libc::EAGAIN;
-    /// Timed out.
-    pub const ETIMEDOUT: i32 = libc::ETIMEDOUT;
     /// Interrupted.
     pub const EINTR: i32 = libc::EINTR;
     /// Invalid argument.
     pub const EINVAL: i32 = libc::EINVAL;
-    /// Operation not permitted.
-    pub const EPERM: i32 = libc::EPERM;
     /// Timer expired (io_uring wait timeout).
     pub const ETIME: i32 = libc::ETIME;
     /// Operation canceled.
     pub const ECANCELED: i32 = libc::ECANCELED;
-    /// No such process.
-    pub const ESRCH: i32 = libc::ESRCH;
 }

@@ -6,10 +6,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::sys::{self, Mapping, Protection};
 use nodecell_ipc::doorbell::Doorbell;
 use nodecell_ipc::frame::{kind, tag};
 use nodecell_ipc::layout::{self, Geometry};
-use nodecell_ipc::sys::{self, Mapping, Protection};
 use nodecell_ipc::{
     Arena, ChannelConfig, ChannelError, DecodeError, Frame, Limits, TensorError, Value, Violation,
     WorkerFds,

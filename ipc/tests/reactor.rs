@@ -112,7 +112,8 @@ fn killed_worker_is_noticed_via_pidfd_and_pending_calls_fail() {
         let gt = r.register(&good);
         // The doomed worker starts a reply record, then dies before publishing it.
         let (ch, w) = util::spawn_raw(ChannelConfig::default(), |fds| {
-            use nodecell_ipc::{layout, sys};
+            use crate::sys;
+            use nodecell_ipc::layout;
             use std::os::fd::AsFd;
             let geo_len = nodecell_ipc::ChannelConfig::default();
             let total =

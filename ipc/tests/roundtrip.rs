@@ -345,7 +345,8 @@ fn idle_worker_sleeps_without_spinning() {
 
 #[test]
 fn worker_rejects_bad_channel_memfds() {
-    use nodecell_ipc::{sys, Channel, OpenError, WorkerFds};
+    use crate::sys;
+    use nodecell_ipc::{Channel, OpenError, WorkerFds};
     use std::os::fd::AsFd;
     // Unsealed memfd.
     let fd = sys::memfd_create("t").unwrap();

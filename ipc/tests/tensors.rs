@@ -3,10 +3,9 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use nodecell_ipc::{
-    sys, Arena, ArenaState, Channel, ChannelConfig, DType, Frame, TensorDesc, Value,
-};
+use nodecell_ipc::{Arena, ArenaState, Channel, ChannelConfig, DType, Frame, TensorDesc, Value};
 
+use crate::sys;
 use crate::util::{child_say, spawn_worker};
 
 fn pattern(i: usize) -> u8 {

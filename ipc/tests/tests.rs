@@ -8,6 +8,13 @@
 //! * `outbox`: the host's non-blocking sends: queue, order, reactor flushing, stalls.
 mod util;
 
+// The crate's private syscall wrappers, compiled into the tests too: a raw peer
+// (the hostile worker, tampered memfds) needs memfds, seals and mappings without
+// the channel's checks.
+#[allow(dead_code)]
+#[path = "../src/sys.rs"]
+mod sys;
+
 mod hostile;
 mod outbox;
 mod reactor;
