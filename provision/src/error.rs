@@ -128,10 +128,11 @@ pub enum Error {
         reason: String,
     },
     /// uv was not found.
-    #[error("uv not found: looked at {} (install it with `pip install uv`, put it on PATH, or set NODECELL_UV)", list(tried))]
+    #[error("uv not found; looked at:\n  {}\n(install it with `pip install uv`, put it on PATH, or set NODECELL_UV)", tried.join("\n  "))]
     UvNotFound {
-        /// Every path tried, in order.
-        tried: Vec<PathBuf>,
+        /// Every place searched, in order: paths, and what the host Python's
+        /// `uv` package answered.
+        tried: Vec<String>,
     },
     /// uv ran and failed; `stderr` is uv's own error text.
     #[error("{pack}: `{command}` failed ({status}):\n{stderr}")]

@@ -1,21 +1,15 @@
-//! Finding and running uv.
-//!
-//! uv comes from the `uv` package on PyPI. It is looked for, in order: the
-//! path given in [`crate::Options::uv`], `$NODECELL_UV`, `uv` on `PATH`, and
-//! next to the host's Python (`<dir of host python>/uv`, then
-//! `<host sys.prefix>/bin/uv`, which is where `pip install uv` puts it).
+//! Finding ([`Uv::find`], in `uv/find.rs`) and running uv.
 //!
 //! Every run gets `UV_PYTHON_DOWNLOADS=never`, an absolute interpreter path,
 //! `--no-config` (index settings come from the manifest, or uv's `UV_*`
 //! variables, which are part of the cache key) and no inherited
 //! `VIRTUAL_ENV`/`CONDA_PREFIX`.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+mod find;
 
-use crate::error::{Error, Result};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 
 /// Environment variables that would point uv at another environment.
 const UV_ENV_REMOVE: [&str; 8] = [
@@ -48,54 +42,7 @@ pub struct Uv {
     pub path: PathBuf,
 }
 
-fn is_executable(p: &Path) -> bool {
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
 impl Uv {
-    /// Finds uv (see the module docs for the order). `host_python` is the
-    /// interpreter running the host, if known; `host_prefix` its `sys.prefix`.
-    pub fn find(
-        explicit: Option<&Path>,
-        host_python: Option<&Path>,
-        host_prefix: Option<&Path>,
-    ) -> Result<Uv> {
-        let mut tried = Vec::new();
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        if let Some(p) = explicit {
-            candidates.push(p.to_path_buf());
-        }
-        if let Some(p) = std::env::var_os("NODECELL_UV").filter(|v| !v.is_empty()) {
-            candidates.push(PathBuf::from(p));
-        }
-        if let Some(path) = std::env::var_os("PATH") {
-            for d in std::env::split_paths(&path) {
-                if d.is_absolute() {
-                    candidates.push(d.join("uv"));
-                }
-            }
-        }
-        if let Some(py) = host_python {
-            if let Some(d) = py.parent() {
-                candidates.push(d.join("uv"));
-            }
-        }
-        if let Some(prefix) = host_prefix {
-            candidates.push(prefix.join("bin").join("uv"));
-        }
-        for c in candidates {
-            if is_executable(&c) {
-                return Ok(Uv { path: c });
-            }
-            if !tried.contains(&c) {
-                tried.push(c);
-            }
-        }
-        Err(Error::UvNotFound { tried })
-    }
-
     /// A `uv` command with nodecell's fixed environment.
     pub fn command(&self) -> Command {
         let mut c = Command::new(&self.path);
@@ -270,24 +217,5 @@ mod tests {
             Line::Other
         );
         assert_eq!(parse_line(" Downloaded numpy"), Line::Other);
-    }
-
-    #[test]
-    fn not_found_lists_every_path_tried() {
-        let e = Uv::find(
-            Some(Path::new("/nonexistent/uv")),
-            Some(Path::new("/nowhere/bin/python")),
-            None,
-        )
-        .map(|_| ())
-        .or_else(|e| match e {
-            Error::UvNotFound { tried } => {
-                assert!(tried.contains(&PathBuf::from("/nonexistent/uv")));
-                Ok(())
-            }
-            other => Err(other),
-        });
-        // uv may also be on PATH here; either way nothing panicked and the explicit path came first.
-        e.unwrap();
     }
 }

@@ -9,7 +9,8 @@
 //!   buffers, for transports between machines (the Ray backend).
 //! * [`cuda`] (`CudaBuffer`, `CudaView`, `cuda_available`, ...): CUDA tensors across
 //!   the sandbox as fd-exported allocations (driver loaded at run time).
-//! * [`provision::read_manifest`], [`provision::provision`]: pack environments.
+//! * [`provision::read_manifest`], [`provision::provision`]: pack environments;
+//!   [`find_uv::find_uv`]: the uv they are built with.
 //! * [`tools`] (`CallStats`, `tools_socket_path`): what `nodecell top` / `debug` / `profile` need.
 //!
 //! The Python package (`pyshim/python/nodecell`) builds the user-facing API on top.
@@ -21,6 +22,7 @@ pub mod arena;
 pub mod channel;
 pub mod cuda;
 pub mod dlpack;
+pub mod find_uv;
 pub mod markers;
 pub mod provision;
 pub mod reactor;
@@ -114,6 +116,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(format_size, m)?)?;
+    m.add_function(wrap_pyfunction!(find_uv::find_uv, m)?)?;
     m.add_function(wrap_pyfunction!(arena::locate, m)?)?;
     Ok(())
 }

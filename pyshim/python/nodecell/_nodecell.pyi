@@ -37,6 +37,7 @@ __all__ = [
     "cuda_channel",
     "cuda_locate",
     "cuda_status",
+    "find_uv",
     "ipc_probe",
     "locate",
     "provision",
@@ -369,6 +370,9 @@ def cuda_channel(channel_id: int) -> bool:
 
 def cuda_locate(address: int, nbytes: int) -> Optional[Tuple[Any, int]]:
     """Where the CUDA memory at ``address`` lives: ``(CudaBuffer or CudaView, byte offset)``, or None."""
+
+def find_uv(host_python: Optional[str] = None, host_prefix: Optional[str] = None) -> str:
+    """The uv executable nodecell builds venvs with; FileNotFoundError lists every place searched."""
 
 def ipc_probe() -> List[Tuple[str, bool, str]]:
     """What this kernel offers the channel."""
