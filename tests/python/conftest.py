@@ -4,6 +4,9 @@ coroutines run on, so extensions loaded once can serve many tests.
 
 Sandboxed workers run as host uid 65534 when the tests run as root, so every file
 they read must be world-readable: pytest's own tmp dirs (mode 0700) are not.
+
+The skip policy (skip_policy.py) is loaded here: a skip not on its short, justified
+list is reported as a failure.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
