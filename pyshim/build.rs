@@ -35,16 +35,18 @@ fn main() {
     let target = env::var("TARGET").expect("TARGET");
     let release = env::var("PROFILE").as_deref() == Ok("release");
 
-    // Everything the launcher is built from: rebuild it when any of it changes.
-    for p in [
-        "Cargo.toml",
-        "Cargo.lock",
-        "src",
-        "sandbox",
-        "ipc",
-        "provision",
-    ] {
+    // Everything the launcher is built from: rebuild it when any of it changes
+    // (the root package and every workspace crate: each folder with a Cargo.toml).
+    for p in ["Cargo.toml", "Cargo.lock", "src"] {
         println!("cargo:rerun-if-changed={}", workspace.join(p).display());
+    }
+    let crates = std::fs::read_dir(&workspace)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", workspace.display()));
+    for entry in crates.flatten() {
+        let dir = entry.path();
+        if dir != manifest_dir && dir.join("Cargo.toml").is_file() {
+            println!("cargo:rerun-if-changed={}", dir.display());
+        }
     }
 
     let target_dir = launcher_target_dir(&out_dir, &target);
