@@ -1148,6 +1148,7 @@ static CASES: &[Case] = cases![
     },
     "tty ioctls on an inherited tty" => |c| tty_case(c),
     "--overlay: writes stay out" => |c| overlay_case(c),
+    "zygote workers confined" => |c| zygote_case(c),
     "supplementary groups" => |c| groups_case(c),
     // ---- environment, fds
     "inherited fds" => |c| inherited_fds(c),
@@ -1448,6 +1449,96 @@ fn overlay_case(c: &Ctx) -> Outcome {
         },
         |_| !reached_lower && other_denied,
     )
+}
+
+/// A zygote forks two workers and confines each to its own pack with
+/// `nodecell_sandbox::confine` (each its own uid from `--uid-range` as
+/// root): the worker reads its pack and writes its rw dir, and cannot read
+/// the other pack, write elsewhere, signal or read the memory of the zygote
+/// or its sibling; unconfined (the control) it could.
+fn zygote_case(c: &Ctx) -> Outcome {
+    let base = c.rw.join(format!("zygote-{}", std::process::id()));
+    let (pa, pb, rw) = (base.join("a"), base.join("b"), base.join("rw"));
+    let mk = || -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&base, &pa, &pb, &rw] {
+            std::fs::create_dir_all(d)?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+        }
+        std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777))?;
+        std::fs::set_permissions(&pa, std::fs::Permissions::from_mode(0o777))?;
+        std::fs::write(pa.join("code.py"), "a")?;
+        std::fs::write(pb.join("secret.txt"), "b")
+    };
+    if let Err(e) = mk() {
+        let r = Res {
+            code: 1,
+            out: format!("err fixture: {e}"),
+            err: String::new(),
+            secs: 0.0,
+        };
+        return judge(&r, &r, |_| false);
+    }
+    let (a, b, w) = (
+        pa.display().to_string(),
+        pb.display().to_string(),
+        rw.display().to_string(),
+    );
+    // Pack A is bound writable: only the confinement keeps the worker from
+    // planting files in its own code.
+    let mut flags = vec!["--rw", &a, "--ro", &b, "--rw", &w];
+    if c.root {
+        flags.extend(["--uid-range", "3"]);
+    }
+    let r = c.inside(
+        &flags,
+        &["zygote", &a, &b, &w, if c.root { "1" } else { "0" }],
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    let kv: std::collections::HashMap<&str, &str> = r
+        .out
+        .split_whitespace()
+        .filter_map(|t| t.split_once('='))
+        .collect();
+    let is = |k: &str, v: &str| kv.get(k) == Some(&v);
+    let ctl_ok = r.ok()
+        && [
+            "ctl-read-b",
+            "ctl-write-tmp",
+            "ctl-signal-zygote",
+            "ctl-zygote-mem",
+        ]
+        .iter()
+        .all(|k| is(k, "ok"));
+    let ctl = Res {
+        code: if ctl_ok { 0 } else { 1 },
+        out: format!(
+            "ok unconfined: {}",
+            r.out.split(" uid=").next().unwrap_or("").trim()
+        ),
+        ..r.clone()
+    };
+    let attempt = Res {
+        out: r
+            .out
+            .split_once(" uid=")
+            .map(|(_, t)| format!("uid={t}"))
+            .unwrap_or(r.out.clone()),
+        ..r
+    };
+    judge(&ctl, &attempt, move |_| {
+        is("read-a", "ok")
+            && is("write-rw", "ok")
+            && is("uid", if c.root { "+1" } else { "+0" })
+            && is("landlock-scoped", "true")
+            && is("read-b", "EACCES")
+            && is("write-a", "EACCES")
+            && is("write-tmp", "EACCES")
+            && is("signal-zygote", "EPERM")
+            && is("signal-sibling", "EPERM")
+            && !is("zygote-mem", "ok")
+            && !is("sibling-mem", "ok")
+    })
 }
 
 /// A pty slave kept into the sandbox: terminal requests outside the
@@ -2754,11 +2845,135 @@ mod probe {
                 println!("ok {cpu:.3} s of CPU in {secs} s");
                 0
             }
+            ["zygote", pa, pb, rw, own] => zygote(pa, pb, rw, *own == "1"),
             _ => {
                 println!("err EINVAL unknown probe {a:?}");
                 2
             }
         }
+    }
+
+    /// A zygote (this process, the sandbox's command) forks a sibling worker
+    /// confined to pack B, then a worker that tries the attempts once
+    /// unconfined (the controls) and once confined to pack A. With `own`,
+    /// each worker gets its own uid of the cell's `--uid-range` block.
+    /// Prints `ok key=value ...` (exit 0) or `err ...`.
+    fn zygote(pa: &str, pb: &str, rw: &str, own: bool) -> i32 {
+        use nodecell_sandbox::confine::{confine_forked_worker, ConfineSpec};
+        // SAFETY: getuid/getpid have no arguments and cannot fail.
+        let (base, zygote) = unsafe { (libc::getuid(), libc::getpid()) };
+        let spec = |pack: &str, rw: Option<&str>, k: u32| ConfineSpec {
+            uid: own.then_some(base + k),
+            gid: own.then_some(base + k),
+            ro_paths: vec![pack.into()],
+            rw_paths: rw.map(|r| vec![r.into()]).unwrap_or_default(),
+            system: true,
+        };
+        let err = |r: std::io::Result<()>| match r {
+            Ok(()) => "ok".to_string(),
+            Err(e) => errno_name(e.raw_os_error().unwrap_or(0)),
+        };
+        let kill0 = |pid: i32| {
+            // SAFETY: signal 0 only checks permission.
+            err(if unsafe { libc::kill(pid, 0) } == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            })
+        };
+        let (mut fds, mut wfds) = ([0; 2], [0; 2]);
+        // SAFETY: valid arrays of two ints.
+        unsafe {
+            libc::pipe(fds.as_mut_ptr());
+            libc::pipe(wfds.as_mut_ptr())
+        };
+        let sb = spec(pb, None, 2);
+        // SAFETY: this probe is single-threaded; the child confines itself,
+        // reports and sleeps until killed.
+        let sibling = unsafe { libc::fork() };
+        if sibling == 0 {
+            let msg = match confine_forked_worker(&sb) {
+                Ok(_) => "ready".to_string(),
+                Err(e) => e.to_string(),
+            };
+            // SAFETY: valid buffer; then sleep and _exit.
+            unsafe {
+                libc::write(fds[1], msg.as_ptr().cast(), msg.len());
+                libc::close(fds[1]);
+                libc::sleep(30);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: our end of the pipe.
+        unsafe { libc::close(fds[1]) };
+        let ready = read_fd(fds[0]);
+        if ready != "ready" {
+            println!("err sibling: {ready}");
+            return 1;
+        }
+        let sa = spec(pa, Some(rw), 1);
+        let (pa, pb, rw) = (pa.to_string(), pb.to_string(), rw.to_string());
+        // SAFETY: as above; the worker reports through the pipe and _exits.
+        let worker = unsafe { libc::fork() };
+        if worker == 0 {
+            let mem = |pid: i32| err(std::fs::File::open(format!("/proc/{pid}/mem")).map(drop));
+            let rd = |p: String| err(std::fs::read(p).map(drop));
+            let wr = |p: String| err(std::fs::write(p, "x"));
+            let mut out = vec![
+                format!("ctl-read-b={}", rd(format!("{pb}/secret.txt"))),
+                format!("ctl-write-tmp={}", wr("/tmp/zygote-ctl".into())),
+                format!("ctl-signal-zygote={}", kill0(zygote)),
+                format!("ctl-zygote-mem={}", mem(zygote)),
+            ];
+            match confine_forked_worker(&sa) {
+                Ok(r) => out.push(format!(
+                    "uid=+{} landlock-scoped={}",
+                    r.uid.wrapping_sub(base),
+                    r.landlock.scoped
+                )),
+                Err(e) => out.push(format!(
+                    "confine=FAILED:{}",
+                    e.to_string().replace(' ', "_")
+                )),
+            }
+            out.extend([
+                format!("read-a={}", rd(format!("{pa}/code.py"))),
+                format!("write-rw={}", wr(format!("{rw}/by-worker"))),
+                format!("read-b={}", rd(format!("{pb}/secret.txt"))),
+                format!("write-a={}", wr(format!("{pa}/planted"))),
+                format!("write-tmp={}", wr("/tmp/zygote-n".into())),
+                format!("signal-zygote={}", kill0(zygote)),
+                format!("signal-sibling={}", kill0(sibling)),
+                format!("zygote-mem={}", mem(zygote)),
+                format!("sibling-mem={}", mem(sibling)),
+            ]);
+            let msg = out.join(" ");
+            // SAFETY: valid buffer; then _exit.
+            unsafe {
+                libc::write(wfds[1], msg.as_ptr().cast(), msg.len());
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: our end of the pipe.
+        unsafe { libc::close(wfds[1]) };
+        let report = read_fd(wfds[0]);
+        // SAFETY: our children.
+        unsafe {
+            libc::waitpid(worker, std::ptr::null_mut(), 0);
+            libc::kill(sibling, libc::SIGKILL);
+            libc::waitpid(sibling, std::ptr::null_mut(), 0);
+        }
+        println!("ok {report}");
+        0
+    }
+
+    fn read_fd(fd: i32) -> String {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let mut s = String::new();
+        // SAFETY: `fd` is a pipe end we own.
+        let _ = unsafe { std::fs::File::from_raw_fd(fd) }.read_to_string(&mut s);
+        s
     }
 
     /// Runs `f` with the pid of a child of ours that sleeps (dumpable, same
