@@ -133,7 +133,9 @@ async def main_async(a) -> dict:
         own = studio.StudioHost(str(VENV_ROOT), state=str(d / "state-own"))
         try:
             t_own = await load_all(own, names[:a.own])
-            ext = next(iter(own.packs.values()))
+            # NC-Entry: a pack that does not write into its folder (a restarted own cell runs as a
+            # newly leased uid, which cannot rewrite the files the last one wrote into its layer)
+            ext = [e for n, e in own.packs.items() if "entry" in n][0]
             m_own = worker_memory(ext)
             r_own = await reloads(ext, a.reloads)
         finally:
@@ -148,7 +150,7 @@ async def main_async(a) -> dict:
             t_app = await load_all(app, names)
             exts = list(app.packs.values())
             shared = [e for e in exts if type(e._cell).__name__ == "PackView"]
-            ext = exts[-1]
+            ext = [e for e in exts if "entry" in e.name][-1]
             m_app = worker_memory(ext)
             r_app = await reloads(ext, a.reloads)
         finally:
