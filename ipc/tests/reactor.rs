@@ -9,17 +9,26 @@ use nodecell_ipc::{
 
 use crate::util::{self, child_say, spawn_worker};
 
+/// Every backend, each one required: the machines nodecell is tested on (Linux >= 6.7)
+/// have futex_waitv and io_uring futex ops, so a missing one fails here, naming what
+/// is missing, instead of quietly testing fewer backends.
 fn backends() -> Vec<Backend> {
-    let mut v = vec![Backend::Polling];
-    if nodecell_ipc::probe::futex_waitv_syscall() {
-        v.push(Backend::FutexWaitv);
+    assert!(
+        nodecell_ipc::probe::futex_waitv_syscall(),
+        "futex_waitv(2) is unavailable (Linux >= 5.16): the FutexWaitv backend cannot be tested"
+    );
+    match nodecell_ipc::probe::io_uring_futex_ops() {
+        Ok(true) => {}
+        Ok(false) => panic!(
+            "io_uring has no futex ops (Linux >= 6.7): the IoUring backend cannot be tested"
+        ),
+        Err(e) => panic!(
+            "io_uring is unavailable ({e}; kernel.io_uring_disabled?): the IoUring backend cannot be tested"
+        ),
     }
-    if nodecell_ipc::probe::io_uring_futex_ops().unwrap_or(false) {
-        v.push(Backend::IoUring);
-    }
-    // The best backend must be tested here: this kernel has io_uring futex ops.
-    assert_eq!(Backend::detect(), *v.last().unwrap());
-    v
+    // With every backend available, the reactor picks the best one.
+    assert_eq!(Backend::detect(), Backend::IoUring);
+    vec![Backend::Polling, Backend::FutexWaitv, Backend::IoUring]
 }
 
 fn wait_for(r: &Reactor, what: impl Fn(&Event) -> bool, timeout: Duration) -> Vec<Event> {
