@@ -161,6 +161,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8190)
     ap.add_argument("--venv-root", default=None)
     ap.add_argument("--state", default=None)
+    ap.add_argument("--no-outputs", action="store_true", help="load, /object_info and routes only")
     ap.add_argument("packs", nargs="+")
     a = ap.parse_args()
 
@@ -257,6 +258,10 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001
                 answers[path] = {"status": None, "error": f"{type(e).__name__}: {e}"}
         rec["route_answers"] = answers
+    save(a.out, result)  # what is known so far survives a run stopped while nodes execute
+    for name, rec in result["packs"].items():
+        if a.no_outputs:
+            break
         outs = {}
         for node in rec["nodes"]:
             info = infos.get(node)
@@ -273,11 +278,18 @@ def main() -> None:
             outs[node] = run_node(execution.PromptExecutor(srv, cache_args={"lru": 0, "ram": 0.0}), prompt, node,
                                   target)
         rec["outputs"] = outs
-    with open(a.out, "w") as f:
-        json.dump(result, f)
+        save(a.out, result)
+    save(a.out, result)
     if host is not None:
         asyncio.run_coroutine_threadsafe(host.stop(), loop).result(60)
     os._exit(0)
+
+
+def save(path: str, result: Dict[str, Any]) -> None:
+    """Write the results so far (atomically)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
 
 
 def run_node(executor: Any, prompt: Dict[str, Any], node: str, target: str) -> Dict[str, Any]:

@@ -43,6 +43,9 @@ pub struct Args {
     /// Run nothing: compare the results of the last run again and print the table.
     #[arg(long)]
     report_only: bool,
+    /// Load, compare /object_info and routes only: execute no nodes (quick).
+    #[arg(long)]
+    no_outputs: bool,
     /// Run only this side (`direct` or `isolated`); the other side's last results are compared.
     #[arg(long, value_parser = ["direct", "isolated"])]
     side: Option<String>,
@@ -270,6 +273,9 @@ fn run_sides(
             .arg(work.join("venvs"))
             .arg("--state")
             .arg(work.join("state"));
+        if a.no_outputs {
+            cmd.arg("--no-outputs");
+        }
         for n in names {
             cmd.arg(packs_dir.join(n));
         }
@@ -451,6 +457,11 @@ fn compare(names: &[String], direct: &Value, isolated: &Value) -> Value {
                 "outputs_compared": out_compared, "outputs_equal": out_equal,
                 "outputs_fail_both": out_both_fail, "outputs_differ": out_diff,
                 "exec_ms_direct": ms_d, "exec_ms_isolated": ms_i,
+                "outputs_run_isolated": i["outputs"].is_object(),
+                "outputs_direct": d["outputs"].as_object().map_or(0, |o| o.len()),
+                "outputs_direct_ok": d["outputs"].as_object().map_or(0, |o| {
+                    o.values().filter(|v| v.get("digest").is_some()).count()
+                }),
                 "routes_registered_direct": d["routes"].as_array().map_or(0, |r| r.len()),
                 "routes_registered_isolated": i["routes"].as_array().map_or(0, |r| r.len()),
                 "get_routes": routes_n, "get_routes_equal": routes_ok, "routes_differ": route_diff,
@@ -474,15 +485,22 @@ fn table(r: &Value) -> String {
     };
     if let Some(packs) = r["packs"].as_object() {
         for (n, p) in packs {
-            let outs = format!(
-                "{} / {}{}",
-                p["outputs_equal"],
-                p["outputs_compared"],
-                match p["outputs_fail_both"].as_u64() {
-                    Some(0) | None => String::new(),
-                    Some(k) => format!(" ({k} fail the same way in both)"),
-                }
-            );
+            let outs = if p["outputs_run_isolated"].as_bool() != Some(true) {
+                format!(
+                    "not run isolated (--no-outputs); direct: {} of {} ran",
+                    p["outputs_direct_ok"], p["outputs_direct"]
+                )
+            } else {
+                format!(
+                    "{} / {}{}",
+                    p["outputs_equal"],
+                    p["outputs_compared"],
+                    match p["outputs_fail_both"].as_u64() {
+                        Some(0) | None => String::new(),
+                        Some(k) => format!(" ({k} fail the same way in both)"),
+                    }
+                )
+            };
             let unstable = p["object_info_unstable"].as_array().map_or(0, |u| u.len());
             let info = if unstable > 0 {
                 format!(
