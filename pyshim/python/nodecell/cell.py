@@ -773,10 +773,8 @@ class _Cell:
         cg = self.status.get("cgroup")
         if not cg:
             return False
+        # The launcher reports the memory controller's directory as "cgroup" (v1 and v2).
         paths = [os.path.join(cg, "memory.events"), os.path.join(cg, "memory.oom_control")]
-        mem = self.status.get("memory_cgroup")
-        if mem:
-            paths = [os.path.join(mem, "memory.events"), os.path.join(mem, "memory.oom_control")] + paths
         for p in paths:
             try:
                 with open(p) as f:
