@@ -176,13 +176,14 @@ class StudioHost:
         return ExtensionConfig(data)
 
     def _sibling_configs(self, cfg: ExtensionConfig) -> List[ExtensionConfig]:
-        """The isolated packs beside ``cfg``'s (same folder): an app cell started for ``cfg`` also
-        mounts what they need (their folders, state layers, output/temp), so they can join it."""
+        """The isolated packs in ``cfg``'s folder, its own included: an app cell started for ``cfg``
+        also mounts what they need (their folders, state layers, output/temp), so they can join
+        it; building their configs again opens their layers to the uid this launch leases."""
         parent = os.path.dirname(cfg["module_path"])
         out = []
         for entry in sorted(os.listdir(parent)):
             d = os.path.join(parent, entry)
-            if d == cfg["module_path"] or not os.path.isdir(d) or not _has_manifest(d):
+            if not os.path.isdir(d) or not _has_manifest(d):
                 continue
             try:
                 c = self.config_for(d)
