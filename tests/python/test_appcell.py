@@ -212,3 +212,33 @@ def test_a_restart_is_a_fork_of_the_same_zygote(app):
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "seed": 1}},
         "2": {"class_type": "NCTint", "inputs": {"image": ["1", 0], "amount": 0.1, "mode": "hard"}}}, ["2"])
     assert run.success, run.errors
+
+
+def test_the_zygotes_death_fails_its_packs_calls_and_the_next_call_starts_a_fresh_app_cell(app):
+    import signal
+
+    from nodecell import WorkerCrashed
+    from nodecell.appcell import PackView
+
+    show, entry = app.host.packs["nc-showcase"], app.host.packs["nc-entry"]
+    (zygote,) = _parents(show) | _parents(entry)
+    old_cell = show._cell.app_cell
+    os.kill(zygote, signal.SIGKILL)
+
+    async def settle():
+        for _ in range(500):
+            if show._cell.dead and entry._cell.dead and not show._workers and not entry._workers:
+                return
+            await asyncio.sleep(0.01)
+
+    app.aloop.run(settle())
+    assert show._cell.dead and entry._cell.dead
+    assert isinstance(show.last_crash, WorkerCrashed) and isinstance(entry.last_crash, WorkerCrashed)
+    # the next call starts a fresh app cell, shared again
+    run = _run_prompt(app.aloop, app.server, {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "seed": 1}},
+        "2": {"class_type": "SC Invert", "inputs": {"image": ["1", 0], "steps": 1, "delay": 0.0}},
+        "3": {"class_type": "NCTint", "inputs": {"image": ["2", 0], "amount": 0.1, "mode": "hard"}}}, ["3"])
+    assert run.success, run.errors
+    assert isinstance(show._cell, PackView) and show._cell.app_cell == entry._cell.app_cell != old_cell
+    assert len(_parents(show) | _parents(entry)) == 1 and zygote not in _parents(show)
