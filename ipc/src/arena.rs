@@ -9,14 +9,18 @@
 //!   again, so receivers map it read-only or copy-on-write.
 //! * [`Arena::seal_output`] (host output buffers): `SHRINK|GROW|SEAL`, no write seal:
 //!   the worker may map it writable-shared and fill it.
-//! * [`Arena::freeze`] (worker outputs): unmaps the writable mapping, seals
-//!   `WRITE|SHRINK|GROW|SEAL` (immutable), and maps it read-only again.
+//! * [`Arena::freeze`] (worker outputs on channels that want them immutable): unmaps
+//!   the writable mapping, seals `WRITE|SHRINK|GROW|SEAL` (immutable), and maps it
+//!   read-only again.
+//! * [`Arena::seal_pooled`] (a worker's pooled outputs): `SHRINK|GROW|SEAL`. The owner
+//!   keeps writing it and reuses it for later outputs once every descriptor naming it
+//!   came back; receivers map it copy-on-write. See [`crate::pool`].
 //!
 //! The receiver side is [`TensorView`]: a mapping of a received arena plus the
 //! validated descriptor, with its address and length for numpy/torch to wrap.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::frame::TensorDesc;
@@ -35,6 +39,9 @@ pub enum ArenaState {
     Output,
     /// `WRITE|SHRINK|GROW|SEAL`: immutable.
     Frozen,
+    /// `SHRINK|GROW|SEAL`: a worker's pooled output arena, written by its owner only
+    /// and reused once released; receivers map it copy-on-write.
+    Pooled,
 }
 
 /// Errors from creating or sealing an arena.
@@ -78,6 +85,11 @@ pub struct Arena {
     state: Mutex<ArenaState>,
     prefault: Option<Prefault>,
     hugepage: bool,
+    /// Id of the channel whose pool holds this arena (0: not pooled).
+    pool_owner: AtomicU64,
+    /// Set once the arena was shared on a channel other than `pool_owner`: its
+    /// bytes were seen by another peer, so the pool must never recycle it.
+    foreign: AtomicBool,
 }
 
 impl Arena {
@@ -111,6 +123,8 @@ impl Arena {
             state: Mutex::new(ArenaState::Open),
             prefault,
             hugepage,
+            pool_owner: AtomicU64::new(0),
+            foreign: AtomicBool::new(false),
         }))
     }
 
@@ -238,6 +252,47 @@ impl Arena {
         }
     }
 
+    /// Seals `SHRINK|GROW|SEAL` for a worker's pooled outputs: this process keeps its
+    /// writable mapping and reuses the arena; peers map it copy-on-write.
+    pub fn seal_pooled(&self) -> Result<(), ArenaError> {
+        self.seal(
+            sys::SEAL_SHRINK | sys::SEAL_GROW | sys::SEAL_SEAL,
+            ArenaState::Pooled,
+        )
+    }
+
+    /// Marks the arena as held by the pool of channel `channel_id` (see [`crate::pool`]).
+    pub(crate) fn set_pool_owner(&self, channel_id: u64) {
+        self.pool_owner.store(channel_id, Ordering::Relaxed);
+    }
+
+    /// The channel whose pool holds this arena (None: not pooled).
+    pub fn pool_owner(&self) -> Option<u64> {
+        match self.pool_owner.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// Called when the arena is shared on channel `channel_id`: true when that channel
+    /// owns the pool holding it (its slot may stay pinned), false otherwise; a pooled
+    /// arena shared on any other channel is marked foreign and never recycled.
+    pub fn pin_for(&self, channel_id: u64) -> bool {
+        match self.pool_owner() {
+            None => false,
+            Some(owner) if owner == channel_id => true,
+            Some(_) => {
+                self.foreign.store(true, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Whether a peer other than the pool's owner has seen this arena.
+    pub fn is_foreign(&self) -> bool {
+        self.foreign.load(Ordering::Relaxed)
+    }
+
     /// Seals `SHRINK|GROW|SEAL`: an output buffer the peer may write.
     pub fn seal_output(&self) -> Result<(), ArenaError> {
         self.seal(
@@ -334,6 +389,26 @@ impl TensorView {
     /// How it is mapped.
     pub fn protection(&self) -> Protection {
         self.map.protection()
+    }
+
+    /// Whether this process wrote into `[off, off + len)` of the view (bytes from
+    /// [`TensorView::as_ptr`]) through its copy-on-write mapping: those pages are
+    /// private copies now, so the owner's arena no longer holds what this process
+    /// sees there, and echoing the descriptor back would send stale bytes. Always
+    /// false for shared mappings. Errors are reported as "written" (the safe answer).
+    pub fn written_locally(&self, off: u64, len: u64) -> bool {
+        if self.map.protection() != Protection::CopyOnWrite || len == 0 {
+            return false;
+        }
+        let start = self.desc.offset.checked_add(off);
+        let end = start.and_then(|s| s.checked_add(len));
+        match (start, end) {
+            (Some(s), Some(e)) if e <= self.map.len() as u64 => self
+                .map
+                .has_private_pages(s as usize, (e - s) as usize)
+                .unwrap_or(true),
+            _ => true,
+        }
     }
 
     /// Copies `dst.len()` bytes starting `off` bytes into the view.

@@ -22,8 +22,10 @@
 //! 40    u64  ring[1] offset (worker→host) = 4096 + slot_count * slot_size
 //! 48    u32  max_inline   largest record payload in bytes; <= slot_count*slot_size/2 - 8
 //! 52    u32  flags        bit 0 (HEADER_FLAG_CUDA): the host lets CUDA memory cross this
-//!                         channel (`share_cuda_ipc`); other bits 0. Informs the worker
-//!                         only: the host never reads it back, it keeps its own config.
+//!                         channel (`share_cuda_ipc`); bit 1 (HEADER_FLAG_FROZEN_OUTPUTS):
+//!                         the host accepts only immutable (write-sealed) output arenas,
+//!                         no pooled ones; other bits 0. Informs the worker only: the
+//!                         host never reads it back, it keeps its own config.
 //! 56..  zero
 //! 512   control block for ring 0 (host→worker)
 //! 1024  control block for ring 1 (worker→host)
@@ -70,6 +72,10 @@
 //! Kinds: [`FD_KIND_SPILL`] (a spilled frame, used once), [`FD_KIND_ARENA`] (tensor
 //! storage the receiver maps read-only or copy-on-write), [`FD_KIND_OUTPUT`] (tensor
 //! storage the receiver may map writable-shared; only the host sends these),
+//! [`FD_KIND_POOL`] (a worker's pooled output arena: reused for later outputs once
+//! every descriptor naming it was released, so it carries no write seal; only a
+//! worker sends these, and only on a channel whose header lacks
+//! [`HEADER_FLAG_FROZEN_OUTPUTS`]),
 //! [`FD_KIND_CUDA`] (a CUDA allocation exported with `cuMemExportToShareableHandle`
 //! as a POSIX fd; either side may send one, only on a channel whose host enabled
 //! CUDA: header flag above). Slot ids are chosen by the sender, unique per direction,
@@ -78,7 +84,18 @@
 //! Seals the receiver requires (checked with `F_GET_SEALS` and `fstat` before mapping):
 //! SPILL: `WRITE|SHRINK|GROW`; ARENA from the worker: `WRITE|SHRINK|GROW`; ARENA from
 //! the host: `SHRINK|GROW` plus `WRITE` or `FUTURE_WRITE`; OUTPUT: `SHRINK|GROW` and
-//! neither write seal.
+//! neither write seal; POOL (from the worker): `SHRINK|GROW`. The receiver maps POOL
+//! arenas copy-on-write only: the bytes of a tensor in one may still change (the
+//! worker can write its own memory) until the receiver releases the descriptor, but
+//! the file can never shrink under a mapping, so reading it never faults.
+//!
+//! # Pinned slots
+//!
+//! A sender may keep a slot whose references all came back instead of retiring it
+//! (a pooled arena: the peer keeps the fd and its mapping, and the next tensor in
+//! that arena needs no new fd). While no reference to it is outstanding the peer
+//! must not name it: a descriptor naming a slot of the receiver's own (origin
+//! receiver) is valid only while the peer holds a reference to that slot.
 //!
 //! A CUDA descriptor is not a memfd and has no seals or file size. The receiver
 //! checks instead that the channel carries CUDA, that the fd is a character device
@@ -162,6 +179,8 @@ pub const FD_KIND_ARENA: u8 = 2;
 pub const FD_KIND_OUTPUT: u8 = 3;
 /// Socket descriptor kind: an exported CUDA allocation (POSIX fd handle).
 pub const FD_KIND_CUDA: u8 = 4;
+/// Socket descriptor kind: a worker's pooled, reusable output arena (no write seal).
+pub const FD_KIND_POOL: u8 = 5;
 /// Largest size the 7-byte `extra` field can carry (2^56 - 1).
 pub const FD_EXTRA_MAX: u64 = (1 << 56) - 1;
 /// Character-device major number of the NVIDIA driver (`/dev/nvidia*`).
@@ -170,6 +189,9 @@ pub const NVIDIA_MAJOR: u32 = 195;
 pub const OFF_FLAGS: usize = 52;
 /// Header flag: CUDA memory may cross this channel.
 pub const HEADER_FLAG_CUDA: u32 = 1;
+/// Header flag: the host wants immutable outputs: the worker must send write-sealed
+/// (frozen) arenas, and the host refuses [`FD_KIND_POOL`] descriptors.
+pub const HEADER_FLAG_FROZEN_OUTPUTS: u32 = 2;
 
 /// Byte offset of control field `field` of ring `ring`.
 pub const fn ctl(ring: usize, field: usize) -> usize {

@@ -12,7 +12,8 @@
 //! * [`Channel`]: one end of a host↔worker channel ([`channel`]).
 //! * [`Frame`], [`Value`], [`TensorDesc`]: the wire format ([`frame`]); byte layout of
 //!   the memfd and socket messages in [`layout`]; futex protocol in [`doorbell`].
-//! * [`Arena`], [`TensorView`]: tensor storage and received tensors ([`arena`]).
+//! * [`Arena`], [`TensorView`]: tensor storage and received tensors ([`arena`]);
+//!   [`ArenaPool`]: arenas reused for the tensors a process sends ([`pool`]).
 //! * [`Reactor`]: the host's event loop thread ([`reactor`]).
 //! * [`probe::probe`]: what this kernel supports (`nodecell check`).
 //!
@@ -47,7 +48,9 @@
 //! [`Value::Tensor`]. The receiver calls [`Channel::import`] (or `import_cow`) for a
 //! [`TensorView`] (`as_ptr()`, `len()`) and [`Channel::release`] once per descriptor
 //! received when done; the owner then retires the arena by itself (no timers). A
-//! worker returns results in its own arena, sealed with [`Arena::freeze`].
+//! worker returns results in arenas from [`ArenaPool::take`] (sealed
+//! [`Arena::seal_pooled`] and reused once released), or sealed immutable with
+//! [`Arena::freeze`] on channels created with `frozen_outputs`.
 #![deny(missing_docs)]
 
 pub mod arena;
@@ -55,6 +58,7 @@ pub mod channel;
 pub mod doorbell;
 pub mod frame;
 pub mod layout;
+pub mod pool;
 pub mod probe;
 pub mod reactor;
 pub mod ring;
@@ -64,6 +68,7 @@ pub use arena::{Arena, ArenaError, ArenaState, TensorView};
 pub use channel::{Channel, ChannelConfig, WeakChannel, WorkerFds};
 pub use channel::{DeviceMemory, DeviceSlot};
 pub use doorbell::SpinPolicy;
+pub use pool::{ArenaPool, PoolStats};
 pub use frame::{
     Call, DType, DecodeError, Device, EncodeError, ErrorValue, Frame, HandleKind, Limits, LogLevel,
     Origin, Record, Release, RemoteHandle, Side, TensorDesc, TensorError, Value,

@@ -14,6 +14,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
+#[path = "sys/pagemap.rs"]
+mod pagemap;
+
 /// `F_SEAL_SEAL`: no more seals can be added.
 pub const SEAL_SEAL: u32 = 0x0001;
 /// `F_SEAL_SHRINK`: the file cannot shrink.
@@ -249,6 +252,16 @@ impl Mapping {
         } else {
             Err(io::Error::last_os_error())
         }
+    }
+
+    /// For a copy-on-write mapping: whether any page overlapping `[off, off + len)`
+    /// is this process's private copy (written since mapped or since the last
+    /// [`Mapping::discard_private`]). Reads `/proc/self/pagemap`.
+    pub fn has_private_pages(&self, off: usize, len: usize) -> io::Result<bool> {
+        if off.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        pagemap::private_pages(self.ptr() as usize + off, len)
     }
 
     /// `madvise(MADV_HUGEPAGE)`; Ok(false) when the kernel refuses (no THP).

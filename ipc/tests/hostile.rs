@@ -546,6 +546,80 @@ fn cases() -> Vec<Case> {
             }),
         },
         Case {
+            name: "pooled arena without shrink/grow seals (could SIGBUS the host)",
+            act: |p| {
+                let fd = memfd(&[1u8; 4096], 0);
+                p.send_fds(&[(6, layout::FD_KIND_POOL)], &[&fd]);
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 64, 1, &[64], &[1], 0),
+                );
+                0
+            },
+            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::Seals { slot: 6, .. }))),
+        },
+        Case {
+            name: "pooled arena of size 0",
+            act: |p| {
+                let fd = memfd(&[], sys::SEAL_SHRINK | sys::SEAL_GROW);
+                p.send_fds(&[(6, layout::FD_KIND_POOL)], &[&fd]);
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 1, 1, &[1], &[1], 0),
+                );
+                0
+            },
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::ArenaSize { slot: 6, .. }))
+            }),
+        },
+        Case {
+            name: "tensor reaching past a pooled arena",
+            act: |p| {
+                let fd = memfd(&[0u8; 4096], sys::SEAL_SHRINK | sys::SEAL_GROW);
+                p.send_fds(&[(6, layout::FD_KIND_POOL)], &[&fd]);
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 4090, 64, 1, &[64], &[1], 0),
+                );
+                0
+            },
+            expect: Expect::RecvError(|e| {
+                matches!(
+                    v(e),
+                    Some(Violation::Tensor(TensorError::OutOfArena { .. }))
+                )
+            }),
+        },
+        Case {
+            name: "tensor asking to be writable in a pooled arena",
+            act: |p| {
+                let fd = memfd(&[0u8; 4096], sys::SEAL_SHRINK | sys::SEAL_GROW);
+                p.send_fds(&[(6, layout::FD_KIND_POOL)], &[&fd]);
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 64, 1, &[64], &[1], 1),
+                );
+                0
+            },
+            expect: Expect::RecvError(|e| {
+                matches!(v(e), Some(Violation::SlotKind { slot: 6, .. }))
+            }),
+        },
+        Case {
+            name: "a pipe sent as a pooled arena (not a memfd)",
+            act: |p| {
+                let (a, _b) = sys::seqpacket_pair().unwrap();
+                p.send_fds(&[(6, layout::FD_KIND_POOL)], &[&a]);
+                p.push(
+                    layout::RECORD_INLINE,
+                    &tensor_reply(6, 0, 8, 1, &[8], &[1], 0),
+                );
+                0
+            },
+            expect: Expect::RecvError(|e| matches!(v(e), Some(Violation::NotMemfd { slot: 6 }))),
+        },
+        Case {
             name: "too many fds in one message (MSG_CTRUNC)",
             act: |p| {
                 let fds: Vec<OwnedFd> = (0..20).map(|_| memfd(&[0u8; 64], IMMUTABLE)).collect();

@@ -4,6 +4,8 @@
 //!   millions of frames through a small ring, idle workers sleeping.
 //! * `tensors`: arenas, seals, zero-copy hand-off, output buffers, release/retire.
 //! * `reactor`: every backend: readable events, peer death via pidfd, deadlines.
+//! * `pool`: pooled output arenas: reuse without new fds, what a worker can still do
+//!   to an output it sent, what the host refuses.
 //! * `hostile`: a worker that breaks the protocol at the byte level, case by case.
 //! * `outbox`: the host's non-blocking sends: queue, order, reactor flushing, stalls.
 mod util;
@@ -17,6 +19,7 @@ mod sys;
 
 mod hostile;
 mod outbox;
+mod pool;
 mod reactor;
 mod roundtrip;
 mod tensors;
