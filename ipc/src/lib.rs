@@ -68,11 +68,11 @@ pub use arena::{Arena, ArenaError, ArenaState, TensorView};
 pub use channel::{Channel, ChannelConfig, WeakChannel, WorkerFds};
 pub use channel::{DeviceMemory, DeviceSlot};
 pub use doorbell::SpinPolicy;
-pub use pool::{ArenaPool, PoolStats};
 pub use frame::{
     Call, DType, DecodeError, Device, EncodeError, ErrorValue, Frame, HandleKind, Limits, LogLevel,
     Origin, Record, Release, RemoteHandle, Side, TensorDesc, TensorError, Value,
 };
+pub use pool::{ArenaPool, PoolStats};
 pub use reactor::{Backend, Event, EventKind, Reactor, Token};
 
 use std::sync::Arc;

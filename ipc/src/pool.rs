@@ -262,11 +262,7 @@ fn sweep(g: &mut Inner) -> Vec<Entry> {
     let mut i = 0;
     while i < g.entries.len() {
         let e = &g.entries[i];
-        let dead = || {
-            e.channel
-                .upgrade()
-                .is_none_or(|c| c.failure().is_some())
-        };
+        let dead = || e.channel.upgrade().is_none_or(|c| c.failure().is_some());
         if e.is_free() && (e.arena.is_foreign() || dead()) {
             gone.push(g.entries.swap_remove(i));
         } else {
@@ -385,6 +381,10 @@ mod tests {
         a.close("test");
         let z = pool.take(&b, 8192).unwrap();
         assert_ne!(z.id(), yid);
-        assert_eq!(pool.stats().arenas, 1, "the closed channel's arena was dropped");
+        assert_eq!(
+            pool.stats().arenas,
+            1,
+            "the closed channel's arena was dropped"
+        );
     }
 }

@@ -81,7 +81,10 @@ fn pool_worker(ch: Channel) -> i32 {
                     .map_err(|e| e.to_string())?;
                 let id = a.id() as i64;
                 last = Some(a);
-                Ok(Value::Tuple(vec![Value::Tensor(Box::new(d)), Value::Int(id)]))
+                Ok(Value::Tuple(vec![
+                    Value::Tensor(Box::new(d)),
+                    Value::Int(id),
+                ]))
             })(),
             "forget" => {
                 last = None;
@@ -226,14 +229,22 @@ fn pooled_outputs_reuse_the_arena_and_slot_once_released() {
             d.slot == d1.slot || d.slot == d2.slot,
             "round {round}: the same slot (no new fd)"
         );
-        assert_eq!(read_all(&ch, &d), vec![10 + round; n as usize], "round {round}");
+        assert_eq!(
+            read_all(&ch, &d),
+            vec![10 + round; n as usize],
+            "round {round}"
+        );
         ch.release(&d).unwrap();
         call(&ch, "forget", vec![]).unwrap();
     }
     let Value::Tuple(s) = call(&ch, "stats", vec![]).unwrap() else {
         panic!()
     };
-    assert_eq!((int(&s[0]), int(&s[1]), int(&s[2])), (5, 2, 2), "hits, misses, arenas");
+    assert_eq!(
+        (int(&s[0]), int(&s[1]), int(&s[2])),
+        (5, 2, 2),
+        "hits, misses, arenas"
+    );
     call(&ch, "exit", vec![]).unwrap();
     assert_eq!(w.wait(Duration::from_secs(5)), 0);
 }
@@ -253,7 +264,10 @@ fn a_worker_can_change_an_output_until_released_but_never_truncate_it() {
     // The worker scribbles over the arena it sent (allowed: it owns that memory).
     call(&ch, "scribble", vec![Value::Int(0x55)]).unwrap();
     view.read(0, &mut b);
-    assert!(b[..page].iter().all(|&x| x == 9), "the host's own copy stays");
+    assert!(
+        b[..page].iter().all(|&x| x == 9),
+        "the host's own copy stays"
+    );
     assert!(
         b[page..].iter().all(|&x| x == 0x55),
         "pages the host did not write show the worker's later bytes"
@@ -262,7 +276,11 @@ fn a_worker_can_change_an_output_until_released_but_never_truncate_it() {
     let v = call(&ch, "truncate", vec![]).unwrap();
     assert_eq!(
         v,
-        Value::Tuple(vec![Value::Bool(false), Value::Bool(false), Value::Bool(false)])
+        Value::Tuple(vec![
+            Value::Bool(false),
+            Value::Bool(false),
+            Value::Bool(false)
+        ])
     );
     view.read(0, &mut b);
     drop(view);
@@ -298,7 +316,11 @@ fn many_outputs_held_at_once_grow_the_pool_then_it_trims() {
     let Value::Tuple(s) = call(&ch, "stats", vec![]).unwrap() else {
         panic!()
     };
-    assert!(int(&s[3]) <= 4 << 20, "free bytes {} over the limit", int(&s[3]));
+    assert!(
+        int(&s[3]) <= 4 << 20,
+        "free bytes {} over the limit",
+        int(&s[3])
+    );
     assert!(int(&s[2]) <= 6, "{} arenas kept", int(&s[2]));
     assert!(ch.held_tensors().len() <= 1);
     call(&ch, "exit", vec![]).unwrap();
@@ -321,12 +343,19 @@ fn a_host_pool_slot_is_parked_when_given_back_and_retired_when_dropped() {
     assert_eq!(tensor(&t[0]).origin, Origin::Receiver);
     // The worker's release rides on its next frame; the slot is parked, not retired.
     let fds = int(&call(&ch, "fds", vec![]).unwrap());
-    assert_eq!(ch.shared_refs(&a), Some(0), "pinned slot kept with no reference");
+    assert_eq!(
+        ch.shared_refs(&a),
+        Some(0),
+        "pinned slot kept with no reference"
+    );
     assert!(fds >= 1, "the worker keeps the fd");
     let gone = Arc::downgrade(&a);
     drop(a);
     pool.clear();
-    assert!(gone.upgrade().is_none(), "the pool let go, and the parked slot does not hold it");
+    assert!(
+        gone.upgrade().is_none(),
+        "the pool let go, and the parked slot does not hold it"
+    );
     // The retirement rides on the next frame: the worker closes its fd.
     call(&ch, "stats", vec![]).unwrap();
     assert_eq!(int(&call(&ch, "fds", vec![]).unwrap()), fds - 1);

@@ -118,6 +118,9 @@ impl Channel {
                 sys::SEAL_SHRINK | sys::SEAL_GROW,
                 sys::SEAL_WRITE | sys::SEAL_FUTURE_WRITE,
             ),
+            layout::FD_KIND_POOL if !from_host && !self.inner.cfg.frozen_outputs => {
+                (sys::SEAL_SHRINK | sys::SEAL_GROW, 0)
+            }
             _ => return Err(self.violation(Violation::SlotKind { slot, kind })),
         };
         // Seals first, size second: once SHRINK|GROW are seen the size cannot change

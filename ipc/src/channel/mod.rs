@@ -90,6 +90,10 @@ pub struct ChannelConfig {
     pub max_cuda_fds: usize,
     /// Largest CUDA allocation, in bytes, a peer may announce.
     pub max_cuda_bytes: u64,
+    /// Whether the host wants immutable outputs: a worker must send write-sealed
+    /// (frozen) arenas, never pooled ones. The host sets it; a worker takes it from
+    /// the channel header (see [`crate::layout`]).
+    pub frozen_outputs: bool,
 }
 
 impl Default for ChannelConfig {
@@ -109,6 +113,7 @@ impl Default for ChannelConfig {
             cuda: false,
             max_cuda_fds: 256,
             max_cuda_bytes: 1 << 40,
+            frozen_outputs: false,
         }
     }
 }
@@ -249,6 +254,9 @@ pub struct DeviceSlot {
 enum Stored {
     Arena(Arc<Arena>),
     Device(Arc<dyn DeviceMemory>),
+    /// A pinned arena slot with no reference outstanding: the peer keeps the fd, this
+    /// side does not keep the arena alive (its pool does).
+    Parked(std::sync::Weak<Arena>, u64),
 }
 
 impl Stored {
@@ -256,6 +264,7 @@ impl Stored {
         match self {
             Stored::Arena(a) => a.len() as u64,
             Stored::Device(d) => d.size(),
+            Stored::Parked(_, len) => *len,
         }
     }
 
@@ -267,6 +276,8 @@ impl Stored {
 struct Export {
     stored: Stored,
     refs: u64,
+    /// Kept (parked) instead of retired when `refs` drops to 0: a pooled arena.
+    pinned: bool,
 }
 
 /// The key of a device allocation in `Exports::by_device` (its address; stable while
@@ -296,6 +307,8 @@ pub(crate) struct ReactorLink {
 }
 
 pub(crate) struct Inner {
+    /// Process-unique id of this channel end (see [`Channel::id`]).
+    id: u64,
     side: Side,
     shm: Arc<Shm>,
     sock: OwnedFd,
@@ -351,6 +364,8 @@ impl std::fmt::Debug for Channel {
 /// Copy-on-write mappings kept per received arena for reuse.
 const COW_CACHE: usize = 4;
 
+static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -381,13 +396,18 @@ impl Channel {
         let shm = Arc::new(Shm::create(geo).map_err(ioerr("create channel memfd"))?);
         let (host_sock, worker_sock) = sys::seqpacket_pair().map_err(ioerr("socketpair"))?;
         let ring = sys::dup_cloexec(shm.fd()).map_err(ioerr("dup channel memfd"))?;
-        if cfg.cuda {
-            sys::pwrite_all(
-                shm.fd(),
-                &layout::HEADER_FLAG_CUDA.to_le_bytes(),
-                layout::OFF_FLAGS as u64,
-            )
-            .map_err(ioerr("write channel header flags"))?;
+        let flags = if cfg.cuda {
+            layout::HEADER_FLAG_CUDA
+        } else {
+            0
+        } | if cfg.frozen_outputs {
+            layout::HEADER_FLAG_FROZEN_OUTPUTS
+        } else {
+            0
+        };
+        if flags != 0 {
+            sys::pwrite_all(shm.fd(), &flags.to_le_bytes(), layout::OFF_FLAGS as u64)
+                .map_err(ioerr("write channel header flags"))?;
         }
         let ch = Channel::from_parts(Side::Host, shm, host_sock, cfg);
         Ok((
@@ -421,13 +441,14 @@ impl Channel {
                 .map_err(io)?;
             u32::from_le_bytes(b)
         };
-        if flags & !layout::HEADER_FLAG_CUDA != 0 {
+        if flags & !(layout::HEADER_FLAG_CUDA | layout::HEADER_FLAG_FROZEN_OUTPUTS) != 0 {
             return Err(OpenError::Header {
                 field: "flags",
                 value: u64::from(flags),
             });
         }
         cfg.cuda = flags & layout::HEADER_FLAG_CUDA != 0;
+        cfg.frozen_outputs = flags & layout::HEADER_FLAG_FROZEN_OUTPUTS != 0;
         Ok(Channel::from_parts(Side::Worker, shm, fds.sock, cfg))
     }
 
@@ -436,6 +457,7 @@ impl Channel {
         let consumer = Consumer::new(shm.clone(), inp);
         let inbound_tail = consumer.local_tail();
         let inner = Inner {
+            id: NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed),
             side,
             tx: Mutex::new(Tx {
                 producer: Producer::new(shm.clone(), out),
@@ -478,6 +500,11 @@ impl Channel {
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
+    }
+
+    /// Process-unique id of this channel end (pools key arenas by it).
+    pub fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// Which side this end is.

@@ -186,7 +186,9 @@ impl Channel {
                 }
                 Origin::Receiver => {
                     let ex = lock(&self.inner.exports);
-                    let Some(e) = ex.slots.get(&d.slot) else {
+                    // A parked (pinned, unreferenced) slot cannot be named either: the
+                    // peer gave every reference to it back.
+                    let Some(e) = ex.slots.get(&d.slot).filter(|e| e.refs > 0) else {
                         drop(ex);
                         return Err(self.violation(Violation::UnknownSlot { slot: d.slot }));
                     };
@@ -219,6 +221,7 @@ impl Channel {
     fn apply_release(&self, r: &Release) -> Result<(), ChannelError> {
         // Storage let go of here is dropped after the locks (a CUDA unmap may block).
         let mut gone_exports: Vec<Export> = Vec::new();
+        let mut parked: Vec<Arc<Arena>> = Vec::new();
         let mut gone_imports: Vec<Incoming> = Vec::new();
         if !r.tensors.is_empty() {
             let mut ex = lock(&self.inner.exports);
@@ -228,11 +231,24 @@ impl Channel {
                     Some(h) if count <= h && count > 0 => {
                         let e = ex.slots.get_mut(&slot).expect("present");
                         e.refs -= count;
-                        if e.refs == 0 {
+                        if e.refs == 0 && e.pinned {
+                            // A pooled arena: keep the slot (the peer keeps its fd and
+                            // mapping), stop keeping the arena alive.
+                            let len = e.stored.len();
+                            if let Stored::Arena(a) = &e.stored {
+                                let w = Arc::downgrade(a);
+                                if let Stored::Arena(a) =
+                                    std::mem::replace(&mut e.stored, Stored::Parked(w, len))
+                                {
+                                    parked.push(a);
+                                }
+                            }
+                        } else if e.refs == 0 {
                             if let Some(e) = ex.slots.remove(&slot) {
                                 match &e.stored {
                                     Stored::Arena(a) => ex.by_arena.remove(&a.id()),
                                     Stored::Device(d) => ex.by_device.remove(&device_key(d)),
+                                    Stored::Parked(..) => None,
                                 };
                                 gone_exports.push(e);
                             }
@@ -278,6 +294,11 @@ impl Channel {
         }
         drop(gone_exports);
         drop(gone_imports);
+        if !parked.is_empty() {
+            drop(parked);
+            // Pooled arenas may be free now: let the pool drop what is over its limit.
+            crate::pool::ArenaPool::global().trim();
+        }
         Ok(())
     }
 

@@ -115,7 +115,14 @@ impl Channel {
                 .map_err(|e| ChannelError::Misuse {
                     what: e.to_string(),
                 })?;
-            if let Stored::Arena(a) = &e.stored {
+            let arena = match &e.stored {
+                Stored::Arena(a) => Some(a.clone()),
+                Stored::Parked(w, _) => Some(w.upgrade().ok_or_else(|| ChannelError::Misuse {
+                    what: format!("arena slot {} names an arena that is gone", d.slot),
+                })?),
+                Stored::Device(_) => None,
+            };
+            if let Some(a) = arena {
                 if d.writable && a.state() != ArenaState::Output {
                     return Err(ChannelError::Misuse {
                         what: format!("slot {} is not an output buffer", d.slot),
@@ -125,6 +132,13 @@ impl Channel {
         }
         for d in descs {
             if let Some(e) = ex.slots.get_mut(&d.slot) {
+                if let Stored::Parked(w, _) = &e.stored {
+                    // Checked above (and the caller holds the arena): the peer is
+                    // about to name it again, so keep it alive while it does.
+                    if let Some(a) = w.upgrade() {
+                        e.stored = Stored::Arena(a);
+                    }
+                }
                 e.refs += 1;
             }
         }

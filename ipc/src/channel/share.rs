@@ -22,9 +22,23 @@ impl Channel {
             }
             (Side::Host, ArenaState::ReadOnly) | (_, ArenaState::Frozen) => layout::FD_KIND_ARENA,
             (Side::Host, ArenaState::Output) => layout::FD_KIND_OUTPUT,
+            (Side::Worker, ArenaState::Pooled) if !self.inner.cfg.frozen_outputs => {
+                layout::FD_KIND_POOL
+            }
+            (Side::Worker, ArenaState::Pooled) => {
+                return Err(ChannelError::Misuse {
+                    what: "this channel takes only immutable (frozen) outputs, not pooled arenas"
+                        .into(),
+                })
+            }
+            (Side::Host, ArenaState::Pooled) => {
+                return Err(ChannelError::Misuse {
+                    what: "a host arena must be sealed read-only or as an output buffer".into(),
+                })
+            }
             (Side::Worker, s) => {
                 return Err(ChannelError::Misuse {
-                    what: format!("a worker can only share frozen arenas, not {s:?}"),
+                    what: format!("a worker can only share frozen or pooled arenas, not {s:?}"),
                 })
             }
         };
@@ -32,6 +46,7 @@ impl Channel {
         if let Some(slot) = lock(&self.inner.exports).by_arena.get(&arena.id()) {
             return Ok(*slot);
         }
+        let pinned = arena.pin_for(self.inner.id);
         let slot = tx.next_slot;
         tx.next_slot += 1;
         let fd = sys::dup_cloexec(arena.fd()).map_err(ioerr("dup arena"))?;
@@ -43,9 +58,33 @@ impl Channel {
             Export {
                 stored: Stored::Arena(arena.clone()),
                 refs: 0,
+                pinned,
             },
         );
         Ok(slot)
+    }
+
+    /// Stops keeping `arena`'s slot for reuse (its pool let go of it): retired now if
+    /// the peer holds no reference, else once the last one comes back.
+    pub fn unpin(&self, arena: &Arena) {
+        let mut ex = lock(&self.inner.exports);
+        let Some(&slot) = ex.by_arena.get(&arena.id()) else {
+            return;
+        };
+        let parked = match ex.slots.get_mut(&slot) {
+            Some(e) if e.refs == 0 => true,
+            Some(e) => {
+                e.pinned = false;
+                false
+            }
+            None => false,
+        };
+        if parked {
+            ex.slots.remove(&slot);
+            ex.by_arena.remove(&arena.id());
+            ex.retire.push(slot);
+            self.inner.control_pending.store(true, Ordering::Release);
+        }
     }
 
     /// Makes CUDA memory available to the peer, like [`Channel::share`] for an arena:
@@ -89,6 +128,7 @@ impl Channel {
             Export {
                 stored: Stored::Device(mem.clone()),
                 refs: 0,
+                pinned: false,
             },
         );
         Ok(slot)

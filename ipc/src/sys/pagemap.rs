@@ -80,7 +80,9 @@ pub(crate) fn private_pages(addr: usize, len: usize) -> io::Result<bool> {
             scan: true,
         });
     }
-    let pm = g.as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    let pm = g
+        .as_mut()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
     if pm.scan {
         match scan(&pm.file, start, end) {
             Ok(found) => return Ok(found),
@@ -113,13 +115,7 @@ fn scan(file: &File, start: usize, end: usize) -> io::Result<bool> {
     // SAFETY: `arg` is a correctly sized pm_scan_arg whose `vec` points at one
     // PageRegion living on this stack frame for the whole call; the kernel writes
     // at most `vec_len` regions there and updates `walk_end` in `arg`.
-    let r = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            PAGEMAP_SCAN,
-            std::ptr::addr_of_mut!(arg),
-        )
-    };
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), PAGEMAP_SCAN, std::ptr::addr_of_mut!(arg)) };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -175,9 +171,15 @@ mod tests {
         assert!(!private_pages(base, 16 * page).unwrap(), "read only");
         m.write_from(5 * page + 3, &[1]);
         assert!(private_pages(base, 16 * page).unwrap(), "written");
-        assert!(private_pages(base + 5 * page + 100, 1).unwrap(), "the written page");
+        assert!(
+            private_pages(base + 5 * page + 100, 1).unwrap(),
+            "the written page"
+        );
         assert!(!private_pages(base, 5 * page).unwrap(), "pages before it");
-        assert!(!private_pages(base + 6 * page, 10 * page).unwrap(), "pages after it");
+        assert!(
+            !private_pages(base + 6 * page, 10 * page).unwrap(),
+            "pages after it"
+        );
         m.discard_private().unwrap();
         assert!(!private_pages(base, 16 * page).unwrap(), "discarded");
     }
