@@ -217,6 +217,21 @@ impl ArenaPool {
         release(gone);
     }
 
+    /// Stops holding the arenas of channel `channel_id` (closed): free ones are
+    /// dropped now, the others once the tensors over them are gone.
+    pub fn forget_channel(&self, channel_id: u64) {
+        let gone: Vec<Entry> = {
+            let mut g = self.lock();
+            let (gone, keep) = std::mem::take(&mut g.entries)
+                .into_iter()
+                .partition(|e| e.channel_id == channel_id);
+            g.entries = keep;
+            g.dropped += gone.len() as u64;
+            gone
+        };
+        drop(gone);
+    }
+
     /// Drops every free arena (and those of closed channels once free).
     pub fn clear(&self) {
         let gone = {

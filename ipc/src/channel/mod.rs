@@ -652,6 +652,8 @@ impl Channel {
         let stash = std::mem::take(&mut *lock(&self.inner.stash));
         let pidfd = lock(&self.inner.peer_pidfd).take();
         drop((fds, exports, imports, outbox, queued, stash, pidfd));
+        // The pool stops holding arenas for this peer (tensors over them keep theirs).
+        crate::pool::ArenaPool::global().forget_channel(self.inner.id);
         self.take_pending()
     }
 
