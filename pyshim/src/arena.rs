@@ -143,7 +143,7 @@ impl PyArena {
         self.inner.state() != ArenaState::Frozen
     }
 
-    /// `open`, `read-only`, `output` or `frozen`.
+    /// `open`, `read-only`, `output`, `frozen` or `pooled`.
     #[getter]
     fn state(&self) -> &'static str {
         match self.inner.state() {
@@ -151,6 +151,7 @@ impl PyArena {
             ArenaState::ReadOnly => "read-only",
             ArenaState::Output => "output",
             ArenaState::Frozen => "frozen",
+            ArenaState::Pooled => "pooled",
         }
     }
 
@@ -176,6 +177,9 @@ pub struct ViewKeep {
     pub(crate) channel_id: u64,
     /// The descriptor to base an echo on (None: cannot be echoed).
     pub(crate) echo: Option<TensorDesc>,
+    /// When the storage is one of our own arenas that came back (mapped
+    /// copy-on-write): that arena and the view's byte offset in it, to share again.
+    pub(crate) own: Option<(Arc<IpcArena>, u64)>,
 }
 
 impl Drop for ViewKeep {

@@ -12,9 +12,8 @@
 //! | LOG | `(levelno, logger, message)` |
 //!
 //! Python values are converted in [`crate::values`] (shared with other transports);
-//! this file adds what only the ring transport knows: tensors as arenas shared over
-//! the channel (`tensor_value`) and mapped on arrival (`tensor_to_py`). Errors are
-//! typed:
+//! tensors shared over the channel and mapped on arrival are [`crate::tensor`]'s.
+//! Errors are typed:
 //! `ProtocolViolation` (the peer broke the protocol; the channel is poisoned),
 //! `PeerGone` (the peer exited or closed its end), `ChannelClosed` (this end was
 //! closed: every resource it held is already released), `ChannelBacklog` (a
@@ -23,21 +22,18 @@
 use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use nodecell_ipc::{
-    Call, Channel, ChannelConfig, ChannelError, DType, Frame, Limits, Origin, Record as IpcRecord,
-    Side, TensorDesc, Value, WorkerFds,
+    Call, Channel, ChannelConfig, ChannelError, Frame, Limits, Side, TensorDesc, Value, WorkerFds,
 };
 use pyo3::exceptions::{PyOSError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::arena::{PyArena, PyView, ViewKeep};
-use crate::dlpack::Keep;
 use crate::markers::TensorRef;
-use crate::values::{Hooks, ValueCodec, TENSOR_RECORD};
+use crate::values::{Hooks, ValueCodec};
 use crate::{ChannelBacklog, ChannelClosed, PeerGone, ProtocolViolation};
 
 static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
@@ -54,7 +50,7 @@ pub struct PyChannel {
     hooks: Mutex<Option<Hooks>>,
     peer: Mutex<Option<WorkerFds>>,
     /// Our arenas shared on this channel, by slot (to hand the same memory back).
-    own: Mutex<HashMap<u64, Weak<nodecell_ipc::Arena>>>,
+    own: crate::tensor::OwnArenas,
     /// The profiler's switch: time the decoding of received frames.
     profiling: AtomicBool,
     /// Nanoseconds the last received frame took to become Python values (when profiling).
@@ -101,11 +97,18 @@ impl PyChannel {
     /// channel). Sends never block: what does not fit waits in an outbox that the
     /// reactor flushes as the worker frees space; a worker that reads nothing for
     /// `stall_timeout` seconds while frames wait poisons the channel.
+    /// `frozen_outputs`: the worker must send immutable (write-sealed) tensors.
     #[staticmethod]
-    #[pyo3(signature = (max_frame = 256 << 20, stall_timeout = 10.0, cuda = false))]
-    fn create(max_frame: usize, stall_timeout: f64, cuda: bool) -> PyResult<Self> {
+    #[pyo3(signature = (max_frame = 256 << 20, stall_timeout = 10.0, cuda = false, frozen_outputs = false))]
+    fn create(
+        max_frame: usize,
+        stall_timeout: f64,
+        cuda: bool,
+        frozen_outputs: bool,
+    ) -> PyResult<Self> {
         let cfg = ChannelConfig {
             cuda,
+            frozen_outputs,
             ..config(max_frame, stall_timeout, true)
         };
         let (ch, fds) = Channel::create(cfg).map_err(channel_err)?;
@@ -174,6 +177,13 @@ impl PyChannel {
     #[getter]
     fn cuda(&self) -> bool {
         self.cuda
+    }
+
+    /// Whether the worker's tensors must be immutable copies (`frozen_outputs`; the
+    /// worker learns it from the channel).
+    #[getter]
+    fn frozen_outputs(&self) -> PyResult<bool> {
+        Ok(self.ch()?.config().frozen_outputs)
     }
 
     /// `host` or `worker`.
@@ -435,7 +445,18 @@ struct Codec<'a> {
     /// The Python hooks.
     hooks: &'a Mutex<Option<Hooks>>,
     /// Our arenas shared on this channel, by slot.
-    own: &'a Mutex<HashMap<u64, Weak<nodecell_ipc::Arena>>>,
+    own: &'a crate::tensor::OwnArenas,
+}
+
+impl Codec<'_> {
+    /// This end as the tensor code sees it.
+    fn tensor_end(&self) -> crate::tensor::End<'_> {
+        crate::tensor::End {
+            ch: self.ch,
+            id: self.id,
+            own: self.own,
+        }
+    }
 }
 
 impl ValueCodec for Codec<'_> {
@@ -448,168 +469,17 @@ impl ValueCodec for Codec<'_> {
     }
 
     fn tensor_value(&self, py: Python<'_>, t: &TensorRef) -> PyResult<Value> {
-        let dtype = DType::from_name(&t.dtype)
-            .ok_or_else(|| PyTypeError::new_err(format!("unknown dtype {:?}", t.dtype)))?;
-        let item = dtype.itemsize() as i64;
-        let mut strides = Vec::with_capacity(t.strides.len());
-        for &s in &t.strides {
-            if s < 0 || s % item != 0 {
-                return Err(PyValueError::new_err(format!(
-                    "stride {s} bytes is negative or not a multiple of the {} item size; make the array contiguous",
-                    t.dtype
-                )));
-            }
-            strides.push(s / item);
-        }
-        let arena = t.arena.bind(py);
-        let desc = if let Some(d) =
-            crate::cuda::tensor_desc(py, self.ch, self.id, arena, t, dtype, &strides)?
-        {
-            d
-        } else if let Ok(a) = arena.cast::<PyArena>() {
-            let inner = &a.get().inner;
-            let d = self
-                .ch
-                .share_tensor(inner, t.offset, dtype, &t.shape, Some(&strides))
-                .map_err(channel_err)?;
-            self.own
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(d.slot, Arc::downgrade(inner));
-            d
-        } else if let Ok(v) = arena.cast::<PyView>() {
-            let v = &v.get().keep;
-            let base = match (&v.echo, v.channel_id == self.id) {
-                (Some(d), true) => d,
-                _ => return Err(PyValueError::new_err(
-                    "this tensor's storage belongs to another channel; copy it into an arena first",
-                )),
-            };
-            let offset = base
-                .offset
-                .checked_add(t.offset)
-                .ok_or_else(|| PyValueError::new_err("tensor offset overflows"))?;
-            let probe = TensorDesc::new(
-                base.slot,
-                Origin::Receiver,
-                offset,
-                u64::MAX - offset,
-                dtype,
-                &t.shape,
-                &strides,
-                false,
-            )
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            let span = probe
-                .span()
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            if t.offset
-                .checked_add(span)
-                .is_none_or(|end| end > base.nbytes)
-            {
-                return Err(PyValueError::new_err(
-                    "tensor reaches outside the storage it was received in",
-                ));
-            }
-            TensorDesc::new(
-                base.slot,
-                Origin::Receiver,
-                offset,
-                span,
-                dtype,
-                &t.shape,
-                &strides,
-                false,
-            )
-            .map_err(|e| PyValueError::new_err(e.to_string()))?
-        } else {
-            return Err(PyTypeError::new_err(
-                "TensorRef.arena must be an Arena, a View, a CudaBuffer or a CudaView",
-            ));
-        };
-        Ok(Value::Record(Box::new(IpcRecord {
-            name: TENSOR_RECORD.to_string(),
-            fields: vec![
-                ("kind".to_string(), Value::Str(t.kind.clone())),
-                ("t".to_string(), Value::Tensor(Box::new(desc))),
-            ],
-        })))
+        crate::tensor::tensor_value(&self.tensor_end(), py, t)
     }
 
-    /// Builds the received tensor: a DLPack capsule over our own arena (echoed back)
-    /// or over a mapping of the peer's, handed to the `decode_tensor(capsule, kind,
-    /// writable)` hook, which makes the numpy array or torch tensor.
+    /// Builds the received tensor (see [`crate::tensor::tensor_to_py`]): a DLPack
+    /// source over our own arena or over a mapping of the peer's, handed to the
+    /// `decode_tensor(src, kind, writable)` hook.
     fn tensor_to_py(&self, py: Python<'_>, d: &TensorDesc, kind: &str) -> PyResult<Py<PyAny>> {
         if d.device.is_cuda() {
             return crate::cuda::tensor_to_py(py, self.ch, self.id, d);
         }
         let hook = self.hook(py, |h| &h.tensor)?;
-        let shape: Vec<u64> = d.shape().to_vec();
-        let strides: Vec<i64> = d.strides().to_vec();
-        if d.origin == Origin::Receiver {
-            // One of our own arenas coming back: the same memory, so data pointers match.
-            let own = self
-                .own
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&d.slot)
-                .cloned();
-            if let Some(a) = own.and_then(|w| w.upgrade()) {
-                if a.state() != nodecell_ipc::ArenaState::Frozen {
-                    let data = a.as_ptr().wrapping_add(d.offset as usize);
-                    let src = crate::dlpack::DLSource::new(
-                        Keep::Arena(a.clone()),
-                        data,
-                        d.dtype,
-                        shape,
-                        strides,
-                        false,
-                    );
-                    return Ok(hook.call1((Bound::new(py, src)?, kind, true))?.unbind());
-                }
-            }
-        }
-        // The peer's arena (or a frozen one of ours): a fresh mapping. Output buffers
-        // are mapped writable-shared; everything else copy-on-write, so no tensor made
-        // here can fault on a write or reach the sender's memory.
-        let view = if d.writable && d.origin == Origin::Sender {
-            self.ch.import(d)
-        } else {
-            self.ch.import_cow(d)
-        }
-        .map_err(channel_err)?;
-        let shared_writable = d.writable && view.writable();
-        let keep = if d.origin == Origin::Sender {
-            ViewKeep {
-                view,
-                release: Some((self.ch.downgrade(), d.clone())),
-                channel_id: self.id,
-                echo: Some(d.clone()),
-            }
-        } else {
-            ViewKeep {
-                view,
-                release: None,
-                channel_id: self.id,
-                echo: None,
-            }
-        };
-        let keep = Arc::new(keep);
-        crate::dlpack::register_view(&keep);
-        let data = keep
-            .view
-            .as_mut_ptr()
-            .unwrap_or(keep.view.as_ptr() as *mut u8);
-        let src = crate::dlpack::DLSource::new(
-            Keep::View(keep),
-            data,
-            d.dtype,
-            shape,
-            strides,
-            !shared_writable,
-        );
-        Ok(hook
-            .call1((Bound::new(py, src)?, kind, shared_writable))?
-            .unbind())
+        crate::tensor::tensor_to_py(&self.tensor_end(), py, &hook, d, kind)
     }
 }

@@ -14,7 +14,7 @@ use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, Weak};
 
 use nodecell_ipc::{Arena as IpcArena, DType};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::arena::ViewKeep;
@@ -87,6 +87,8 @@ pub enum Keep {
     View(Arc<ViewKeep>),
     /// CUDA memory: an allocation of ours or a received one (see [`crate::cuda`]).
     Device(Arc<dyn std::any::Any + Send + Sync>),
+    /// The bytes of a small tensor received inline (see [`crate::tensor`]).
+    Bytes(Arc<crate::tensor::Bytes>),
 }
 
 struct Ctx {
@@ -112,12 +114,9 @@ fn dl_dtype(d: DType) -> PyResult<DLDataType> {
         DType::BF16 => (4, 16),
         DType::Complex64 => (5, 64),
         DType::Complex128 => (5, 128),
-        other => {
-            return Err(PyTypeError::new_err(format!(
-                "dtype {} has no DLPack code here",
-                other.name()
-            )))
-        }
+        // DLPack 1.1: kDLFloat8_e4m3fn = 10, kDLFloat8_e5m2 = 12.
+        DType::F8E4M3FN => (10, 8),
+        DType::F8E5M2 => (12, 8),
     };
     Ok(DLDataType {
         code,
@@ -354,6 +353,34 @@ impl DLSource {
     #[getter]
     fn readonly(&self) -> bool {
         self.readonly
+    }
+
+    /// The wire name of the element type.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dtype.name()
+    }
+
+    /// The same memory as elements of `dtype`, which must have the same item size
+    /// (for consumers that do not know a DLPack code: float8 as uint8, then viewed).
+    fn retyped(&self, dtype: &str) -> PyResult<DLSource> {
+        let to = self::dtype(dtype)?;
+        if to.itemsize() != self.dtype.itemsize() {
+            return Err(PyValueError::new_err(format!(
+                "{} and {} differ in item size",
+                self.dtype.name(),
+                to.name()
+            )));
+        }
+        Ok(DLSource {
+            keep: self.keep.clone(),
+            data: self.data,
+            dtype: to,
+            shape: self.shape.clone(),
+            strides: self.strides.clone(),
+            readonly: self.readonly,
+            device: self.device,
+        })
     }
 }
 

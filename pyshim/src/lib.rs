@@ -3,7 +3,8 @@
 //! * [`channel::PyChannel`] (`Channel`): frames over the ipc crate's rings, with
 //!   Python values converted here and hooks for everything else.
 //! * [`arena::PyArena`] / [`arena::PyView`] (`Arena`, `View`): tensor storage
-//!   owned here / received from the peer.
+//!   owned here / received from the peer; [`tensor`]: tensors on the channel, the
+//!   pooled arenas sent tensors are copied into, the inline record, the dtype table.
 //! * [`reactor::PyReactor`] (`Reactor`): the host's io_uring event thread.
 //! * [`wire::PyWire`] (`Wire`): the same frames as bytes plus out-of-band tensor
 //!   buffers, for transports between machines (the Ray backend).
@@ -26,6 +27,7 @@ pub mod find_uv;
 pub mod markers;
 pub mod provision;
 pub mod reactor;
+pub mod tensor;
 pub mod tools;
 pub mod values;
 pub mod wire;
@@ -118,5 +120,10 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(format_size, m)?)?;
     m.add_function(wrap_pyfunction!(find_uv::find_uv, m)?)?;
     m.add_function(wrap_pyfunction!(arena::locate, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::pool_arena, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::set_tensor_pool, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::tensor_pool_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::inline_tensor, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::dtypes, m)?)?;
     Ok(())
 }

@@ -447,6 +447,11 @@ pub(crate) trait ValueCodec {
                 if name == TENSOR_RECORD {
                     return self.tensor_record_to_py(py, fields);
                 }
+                if name == crate::tensor::INLINE_RECORD {
+                    let (src, kind) = crate::tensor::inline_source(fields)?;
+                    let hook = self.hook(py, |h| &h.tensor)?;
+                    return Ok(hook.call1((Bound::new(py, src)?, kind, true))?.unbind());
+                }
                 let d = PyDict::new(py);
                 for (k, v) in fields {
                     d.set_item(k, self.to_py(py, v)?)?;

@@ -37,15 +37,20 @@ __all__ = [
     "cuda_channel",
     "cuda_locate",
     "cuda_status",
+    "dtypes",
     "find_uv",
     "format_size",
+    "inline_tensor",
     "ipc_probe",
     "locate",
     "parse_size",
+    "pool_arena",
     "provision",
     "read_manifest",
     "requirement_names",
+    "set_tensor_pool",
     "state_root",
+    "tensor_pool_stats",
     "tools_socket_path",
 ]
 
@@ -79,10 +84,13 @@ class Channel:
     """One end of a host/worker channel (rings in a sealed memfd + a socket for fds)."""
 
     @staticmethod
-    def create(max_frame: int = ..., stall_timeout: float = ..., cuda: bool = False) -> Channel:
+    def create(max_frame: int = ..., stall_timeout: float = ..., cuda: bool = False,
+               frozen_outputs: bool = False) -> Channel:
         """Host side: a new channel; ``peer_fds()`` gives the worker's two fds. ``cuda``:
         CUDA memory may cross it (``share_cuda_ipc``). Sends never block; a worker that
-        reads nothing for ``stall_timeout`` seconds while frames wait poisons it."""
+        reads nothing for ``stall_timeout`` seconds while frames wait poisons it.
+        ``frozen_outputs``: the worker must send immutable (write-sealed) tensors, not
+        pooled ones."""
     @staticmethod
     def open(ring_fd: int, sock_fd: int, max_frame: int = ..., send_timeout: float = ...) -> Channel:
         """Worker side: opens the channel from the host's fds (taking ownership of them)."""
@@ -108,6 +116,9 @@ class Channel:
     @property
     def cuda(self) -> bool:
         """Whether CUDA memory may cross this channel (``share_cuda_ipc``)."""
+    @property
+    def frozen_outputs(self) -> bool:
+        """Whether the worker's tensors must be immutable copies (``frozen_outputs``)."""
     @property
     def closed(self) -> bool:
         """Whether this end was closed (its resources are released)."""
@@ -235,6 +246,11 @@ class DLSource:
     @property
     def readonly(self) -> bool:
         """Whether consumers should treat the memory as read-only."""
+    @property
+    def dtype(self) -> str:
+        """The wire name of the element type."""
+    def retyped(self, dtype: str) -> DLSource:
+        """The same memory as elements of ``dtype`` (same item size)."""
 
 @final
 class CudaBuffer:
@@ -398,3 +414,18 @@ class CallStats:
 
 def tools_socket_path(pid: int) -> Optional[str]:
     """Where process ``pid`` publishes its tools socket (directory created, mode 0700), or None when off."""
+def pool_arena(channel: Channel, nbytes: int, src_address: int = 0) -> Arena:
+    """An arena for a tensor about to be sent on ``channel``, from this process's pool
+    (reused once free), filled with the ``nbytes`` at ``src_address`` when given."""
+
+def set_tensor_pool(limit: int) -> None:
+    """The most bytes of free pooled arenas this process keeps (0: none)."""
+
+def tensor_pool_stats() -> Dict[str, int]:
+    """``hits``, ``misses``, ``dropped``, ``arenas``, ``bytes``, ``free_bytes``, ``limit``."""
+
+def inline_tensor(kind: str, dtype: str, shape: List[int], address: int, nbytes: int) -> Record:
+    """The ``nodecell.ndarray`` record for a small C-contiguous tensor (bytes copied)."""
+
+def dtypes() -> List[Tuple[str, int, int, Optional[str], str]]:
+    """The wire dtypes: ``(name, code, item size, numpy name or None, torch name)``."""
