@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from . import _nodecell
 from ._rpc import RemoteCallable, RemoteObject, register_type
-from ._tensors import empty, is_shared
+from ._tensors import empty, is_shared, set_tensor_pool, tensor_pool_stats
 from .config import ExtensionConfig, ExtensionManagerConfig, SandboxConfig, SandboxMode, parse_size
 from .errors import (CallTimeout, ChannelFull, ConfigError, ExtensionStopped, NodecellError, ProtocolError,
                      ProvisionError, RemoteError, SandboxUnavailable, WorkerCrashed)
@@ -58,6 +58,8 @@ __all__ = [
     "parse_size",
     "register_type",
     "run_sync",
+    "set_tensor_pool",
+    "tensor_pool_stats",
 ]
 
 

@@ -49,13 +49,13 @@ def _torch() -> Any:
     return torch
 
 
-def encode_cuda(t: Any, frozen: bool = False, channel_id: int = 0) -> Any:
-    """Wire marker for a CUDA tensor sent on channel ``channel_id``: its storage in an
+def encode_cuda(t: Any, channel: Any) -> Any:
+    """Wire marker for a CUDA tensor sent on ``channel``: its storage in an
     exportable allocation (copied there once, then re-pointed), or a clear TypeError.
 
-    ``frozen`` is accepted for symmetry with CPU tensors and ignored: CUDA memory
-    cannot be made immutable, a worker's CUDA outputs stay writable by it."""
-    del frozen
+    CUDA memory cannot be made immutable: a worker's CUDA outputs stay writable by
+    it, whatever ``frozen_outputs`` says for CPU tensors."""
+    channel_id = channel.id
     where = f"a CUDA tensor on {t.device}"
     if t.device.type != "cuda":
         raise TypeError(f"a tensor on {t.device} cannot cross: only CPU and CUDA tensors can; use .cpu()")

@@ -8,30 +8,47 @@ descriptor (arena, offset, dtype, shape, strides) in a frame.
   workers see them read-only (numpy) or copy-on-write (torch): a worker cannot
   change a host tensor unless the host hands it one made with
   ``nodecell.empty(..., shared_writable=True)``.
-* A private torch tensor is copied into an arena once and re-pointed there when
-  nothing else shares its storage, so the next send is free (like
-  ``share_memory_()``). numpy arrays cannot be re-pointed: allocate them with
+* A private tensor or array is copied once into a *pooled* arena: one already
+  mapped and faulted in, reused once nothing needs it any more (nothing here holds
+  a tensor over it and the peer gave back every descriptor naming it). Each pooled
+  arena serves one channel only (see ``ipc/src/pool.rs``).
+* In the host, a private torch tensor is re-pointed into that arena when nothing
+  else shares its storage, so the next send is free (like ``share_memory_()``).
+  numpy arrays cannot be re-pointed: allocate them with
   ``nodecell.empty(..., kind="numpy")`` to send them without a copy.
-* Tensors a worker makes are copied once into an immutable (write-sealed) memfd.
-* Small tensors (under ``INLINE_LIMIT`` bytes) travel inline in the frame.
+* In a worker, outputs are copied into the pool and never re-pointed: the worker's
+  code keeps its own tensor, so changing it later never changes what it returned.
+  A channel made with ``frozen_outputs`` gets immutable (write-sealed) copies
+  instead (see SECURITY.md for what each guarantees).
+* A received tensor the receiver wrote into (copy-on-write) is copied when sent on,
+  so the peer gets what the receiver sees, not its own stale bytes.
+* Small tensors (under ``INLINE_LIMIT`` bytes) travel inline in the frame, as the
+  ``nodecell.ndarray`` record that ``_nodecell`` builds and checks.
 
-Storage is freed by reference counts: when the last local reference to an
-arena goes, the peers that mapped it are told to drop their mapping.
+The dtype table (wire names, item sizes, numpy names) comes from ``_nodecell``.
+Storage is freed by reference counts: when the last local reference to an arena
+goes, the peers that mapped it are told to drop their mapping.
 """
 
 from __future__ import annotations
 
-import ctypes
 import sys
-import weakref
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from . import _nodecell
 
-__all__ = ["empty", "is_shared", "INLINE_LIMIT"]
+__all__ = ["empty", "is_shared", "INLINE_LIMIT", "DTYPES", "tensor_pool_stats", "set_tensor_pool"]
 
 #: Tensors smaller than this many bytes are copied into the frame instead of an arena.
 INLINE_LIMIT = 64 * 1024
+
+#: The wire dtypes: name -> (code, item size, numpy name or None), from ``_nodecell``.
+DTYPES: Dict[str, Tuple[int, int, Optional[str]]] = {
+    name: (code, size, np_name) for name, code, size, np_name, _torch in _nodecell.dtypes()
+}
+_ITEMSIZE = {name: v[1] for name, v in DTYPES.items()}
+_NP_TO_NAME = {v[2]: name for name, v in DTYPES.items() if v[2] is not None}
+_TORCH_ATTR = {name: torch_name for name, _c, _s, _n, torch_name in _nodecell.dtypes()}
 
 _np: Any = None
 _torch: Any = None
@@ -57,23 +74,22 @@ def _torch_mod() -> Any:
     return _torch
 
 
-# Canonical dtype names shared with the wire (ipc's dtype enum).
-_NP_TO_NAME = {
-    "b1": "bool", "i1": "int8", "i2": "int16", "i4": "int32", "i8": "int64",
-    "u1": "uint8", "u2": "uint16", "u4": "uint32", "u8": "uint64",
-    "f2": "float16", "f4": "float32", "f8": "float64", "c8": "complex64", "c16": "complex128",
-}
-_NAME_TO_NP = {v: k for k, v in _NP_TO_NAME.items()}
-_TORCH_NAMES = (
-    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float16", "bfloat16", "float32", "float64", "complex64", "complex128",
-)
+def set_tensor_pool(max_free_bytes: int) -> None:
+    """Keep at most ``max_free_bytes`` of free pooled arenas in this process (0: none).
+    Workers read ``NODECELL_TENSOR_POOL`` (bytes) from their environment at start."""
+    _nodecell.set_tensor_pool(int(max_free_bytes))
+
+
+def tensor_pool_stats() -> Dict[str, int]:
+    """This process's tensor pool: ``hits``, ``misses``, ``dropped``, ``arenas``,
+    ``bytes``, ``free_bytes``, ``limit``."""
+    return dict(_nodecell.tensor_pool_stats())
 
 
 def _np_dtype_name(dt: Any) -> Optional[str]:
-    if dt.byteorder == ">" or dt.hasobject or dt.fields is not None:
+    if not dt.isnative or dt.hasobject or dt.fields is not None:
         return None
-    return _NP_TO_NAME.get(f"{dt.kind}{dt.itemsize}")
+    return _NP_TO_NAME.get(dt.name)
 
 
 _HAVE_TORCH: Optional[bool] = None
@@ -95,24 +111,49 @@ def _want_torch(kind: str) -> bool:
     return not _HAVE_NUMPY and _HAVE_TORCH
 
 
-def _torch_dtype(name: str) -> Any:
-    t = _torch_mod()
-    dt = getattr(t, name, None)
-    if dt is None or not isinstance(dt, t.dtype):
-        raise TypeError(f"torch has no dtype {name!r}")
-    return dt
+_TORCH_DT: Dict[Any, Tuple[str, int]] = {}
+
+
+def _torch_dt(dt: Any) -> Optional[Tuple[str, int]]:
+    """(wire name, item size) of a torch dtype, cached (this runs on every send)."""
+    hit = _TORCH_DT.get(dt)
+    if hit is None:
+        name = str(dt).replace("torch.", "")
+        if name not in _ITEMSIZE:
+            return None
+        hit = _TORCH_DT[dt] = (name, _ITEMSIZE[name])
+    return hit
 
 
 def _torch_dtype_name(dt: Any) -> Optional[str]:
-    name = str(dt).replace("torch.", "")
-    return name if name in _TORCH_NAMES else None
+    hit = _torch_dt(dt)
+    return None if hit is None else hit[0]
+
+
+def _torch_from(src: Any) -> Any:
+    """A torch tensor over a ``DLSource``; dtypes this torch's DLPack reader does not
+    know (float8 before DLPack 1.1 support) are read as bytes and viewed."""
+    try:
+        return _torch_mod()._C._from_dlpack(src.__dlpack__())
+    except (RuntimeError, TypeError, BufferError):
+        name = src.dtype
+        if _ITEMSIZE.get(name) != 1 or name in ("uint8", "int8", "bool"):
+            raise
+        tm = _torch_mod()
+        dt = getattr(tm, _TORCH_ATTR[name], None)
+        if dt is None:
+            raise TypeError(f"a {name} tensor arrived but this torch has no {name} dtype") from None
+        return tm._C._from_dlpack(src.retyped("uint8").__dlpack__()).view(dt)
 
 
 def _from_source(src: Any, kind: str, writable: bool) -> Any:
     """A torch tensor or numpy array over the memory a ``DLSource`` describes (no copy)."""
     if _want_torch(kind):
-        return _torch_mod()._C._from_dlpack(src.__dlpack__())
+        return _torch_from(src)
     np = _numpy()
+    if DTYPES.get(src.dtype, (0, 0, None))[2] is None:
+        raise TypeError(f"a {src.dtype} tensor cannot become a numpy array (numpy has no {src.dtype} "
+                        "dtype); send it to a process with torch, or convert it first")
     a = np.from_dlpack(src)  # numpy 2 asks for a versioned capsule: writable unless flagged
     if not writable and a.flags.writeable:
         a.flags.writeable = False
@@ -147,16 +188,11 @@ def empty(shape: Sequence[int], dtype: str = "float32", *, kind: str = "torch",
         return np.from_dlpack(arena.dlsource(0, name, shape))
     if kind == "torch":
         name = str(dtype).replace("torch.", "")
-        if name not in _TORCH_NAMES:
+        if name not in _ITEMSIZE:
             raise TypeError(f"unsupported dtype {dtype!r}")
         arena = _new_arena(n * _ITEMSIZE[name], shared_writable)
-        return _torch_mod()._C._from_dlpack(arena.dlpack(0, name, shape))
+        return _torch_from(arena.dlsource(0, name, shape))
     raise ValueError(f"kind must be 'torch' or 'numpy', got {kind!r}")
-
-
-_ITEMSIZE = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "float16": 2, "bfloat16": 2,
-             "int32": 4, "uint32": 4, "float32": 4, "int64": 8, "uint64": 8, "float64": 8,
-             "complex64": 8, "complex128": 16}
 
 
 def is_shared(obj: Any) -> bool:
@@ -192,48 +228,30 @@ def _usable_here(arena: Any, channel_id: int) -> bool:
 
 # -- encoding ---------------------------------------------------------------------------
 
-def encode_numpy(arr: Any, frozen: bool, channel_id: int) -> Any:
+def encode_numpy(arr: Any, channel: Any) -> Any:
+    """The wire marker for a numpy array sent on ``channel``."""
     np = _numpy()
     name = _np_dtype_name(arr.dtype)
     if name is None:
         raise TypeError(f"numpy arrays of dtype {arr.dtype} cannot cross (object, structured or big-endian)")
     if arr.nbytes < INLINE_LIMIT:
-        return _nodecell.Record("nodecell.ndarray", {
-            "kind": "numpy", "dtype": name, "shape": list(arr.shape),
-            "data": np.ascontiguousarray(arr).tobytes(),
-        })
+        c = np.ascontiguousarray(arr)
+        return _nodecell.inline_tensor("numpy", name, list(c.shape),
+                                       c.__array_interface__["data"][0] if c.nbytes else 0, c.nbytes)
     arena, off = _arena_of(arr)
-    if arena is not None and _usable_here(arena, channel_id) and all(s >= 0 for s in arr.strides):
+    if arena is not None and _usable_here(arena, channel.id) and all(s >= 0 for s in arr.strides):
         return _nodecell.TensorRef(arena, off, name, list(arr.shape), list(arr.strides), "numpy")
     c = np.ascontiguousarray(arr)
-    if frozen:
-        arena = _nodecell.Arena.frozen_copy_from(c.__array_interface__["data"][0], c.nbytes)
-    else:
-        arena = _new_arena(c.nbytes)
-        dst = np.from_dlpack(arena.dlsource(0, "uint8", [c.nbytes]))
-        dst[:] = c.reshape(-1).view(np.uint8)
+    arena = _nodecell.pool_arena(channel, c.nbytes, c.__array_interface__["data"][0])
     return _nodecell.TensorRef(arena, 0, name, list(c.shape), list(c.strides), "numpy")
 
 
-_TORCH_DT: Dict[Any, Tuple[str, int]] = {}
-
-
-def _torch_dt(dt: Any) -> Optional[Tuple[str, int]]:
-    """(wire name, item size) of a torch dtype, cached (this runs on every send)."""
-    hit = _TORCH_DT.get(dt)
-    if hit is None:
-        name = _torch_dtype_name(dt)
-        if name is None:
-            return None
-        hit = _TORCH_DT[dt] = (name, _ITEMSIZE[name])
-    return hit
-
-
-def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
+def encode_torch(t: Any, channel: Any) -> Any:
+    """The wire marker for a torch tensor sent on ``channel``."""
     if not t.is_cpu:
         from . import _cuda
 
-        return _cuda.encode_cuda(t, frozen, channel_id)
+        return _cuda.encode_cuda(t, channel)
     tm = _torch_mod()
     if t.layout is not tm.strided:
         raise TypeError(f"torch tensors with layout {t.layout} cannot cross; use .to_dense()")
@@ -247,26 +265,22 @@ def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
     nbytes = t.numel() * item
     if nbytes < INLINE_LIMIT:
         c = t.contiguous()
-        raw = ctypes.string_at(c.data_ptr(), nbytes) if nbytes else b""
-        return _nodecell.Record("nodecell.ndarray", {
-            "kind": "torch", "dtype": name, "shape": list(shape), "data": raw,
-        })
+        return _nodecell.inline_tensor("torch", name, list(shape), c.data_ptr() if nbytes else 0, nbytes)
     # Fast path, a tensor already in an arena: one pointer lookup (torch strides are never negative).
     loc = _nodecell.locate(t.data_ptr(), 1)
-    if loc is not None and (isinstance(loc[0], _nodecell.Arena) or loc[0].channel_id == channel_id):
+    if loc is not None and (isinstance(loc[0], _nodecell.Arena) or loc[0].channel_id == channel.id):
         return _nodecell.TensorRef(loc[0], loc[1], name, list(shape), [s * item for s in t.stride()], "torch")
-    if frozen:
+    if channel.side == "worker":
+        # An output: copied into the pool, the worker's own tensor left where it is.
         c = t.contiguous()
-        arena = _nodecell.Arena.frozen_copy_from(c.data_ptr(), c.numel() * item)
+        arena = _nodecell.pool_arena(channel, nbytes, c.data_ptr())
         return _nodecell.TensorRef(arena, 0, name, list(c.shape), [s * item for s in c.stride()], "torch")
-    # Host: copy the whole storage into a fresh arena once, then re-point this tensor
+    # Host: copy the whole storage into a pooled arena once, then re-point this tensor
     # there if nothing else shares the storage (views would silently stop aliasing).
     st = t.untyped_storage()
     snb = st.nbytes()
-    arena = _new_arena(snb)
-    dst_u8 = tm._C._from_dlpack(arena.dlpack(0, "uint8", [snb]))
-    dst_u8.copy_(tm.empty(0, dtype=tm.uint8).set_(st, 0, (snb,), (1,)))
-    dst = dst_u8.untyped_storage()
+    arena = _nodecell.pool_arena(channel, snb, st.data_ptr())
+    dst = _torch_from(arena.dlsource(0, "uint8", [snb])).untyped_storage()
     # Re-point the tensor (and the tensor it is a view of, e.g. after .reshape())
     # when they are the storage's only users: views elsewhere would silently stop aliasing.
     holders = [t] if t._base is None else [t, t._base]
@@ -281,33 +295,22 @@ def encode_torch(t: Any, frozen: bool, channel_id: int) -> Any:
 
 # -- decoding ---------------------------------------------------------------------------
 
-def decode_inline(fields: Dict[str, Any]) -> Any:
-    kind, dtype, shape, data = fields["kind"], fields["dtype"], tuple(fields["shape"]), fields["data"]
-    if not _want_torch(kind):
-        np = _numpy()
-        if dtype not in _NAME_TO_NP:
-            raise TypeError(f"unknown dtype {dtype!r}")
-        a = np.frombuffer(bytearray(data), dtype=np.dtype("<" + _NAME_TO_NP[dtype] if dtype != "bool" else "?"))
-        return a.reshape(shape)
-    tm = _torch_mod()
-    dt = _torch_dtype(dtype)
-    if not data:
-        return tm.empty(shape, dtype=dt)
-    return tm.frombuffer(bytearray(data), dtype=tm.uint8).view(dt).reshape(shape).clone()
-
-
 _FROM_DLPACK: Any = None
 
 
-def decode_tensor(capsule: Any, kind: str, writable: bool) -> Any:
-    """Wrap a received tensor (a DLPack capsule over its validated storage) as a torch
-    tensor or numpy array without copying. Inputs from a peer are copy-on-write
-    mappings: numpy arrays are marked read-only, torch tensors may be written (the
-    writes stay here). A torch tensor sent to a process without torch arrives as a
-    numpy array, and a numpy array sent to one with torch but no numpy as a tensor."""
+def decode_tensor(src: Any, kind: str, writable: bool) -> Any:
+    """Wrap a received tensor (a ``DLSource`` over its validated storage, or over the
+    bytes of an inline record) as a torch tensor or numpy array without copying.
+    Inputs from a peer are copy-on-write mappings: numpy arrays are marked read-only,
+    torch tensors may be written (the writes stay here). A torch tensor sent to a
+    process without torch arrives as a numpy array, and a numpy array sent to one with
+    torch but no numpy as a tensor."""
     global _FROM_DLPACK
     if kind == "torch" and _HAVE_TORCH:  # the hot path: torch here, torch sent
         if _FROM_DLPACK is None:
             _FROM_DLPACK = _torch_mod()._C._from_dlpack
-        return _FROM_DLPACK(capsule.__dlpack__())
-    return _from_source(capsule, kind, writable)
+        try:
+            return _FROM_DLPACK(src.__dlpack__())
+        except (RuntimeError, TypeError, BufferError):
+            return _torch_from(src)
+    return _from_source(src, kind, writable)
