@@ -213,8 +213,6 @@ class Endpoint:
     the worker) via :meth:`call_remote`, :meth:`_deliver` and :meth:`_run_incoming`.
     """
 
-    #: Whether tensors this side sends are frozen copies (workers) or host arenas.
-    frozen_outputs = False
     #: Whether this side refuses to export modules and classes as handles (the host).
     restrict_exports = False
 
@@ -244,12 +242,12 @@ class Endpoint:
         np = mods.get("numpy")
         if np is not None:
             if isinstance(obj, np.ndarray):
-                return _tensors.encode_numpy(obj, self.frozen_outputs, self.channel.id)
+                return _tensors.encode_numpy(obj, self.channel)
             if isinstance(obj, np.generic):
                 return obj.item()
         tm = mods.get("torch")
         if tm is not None and isinstance(obj, tm.Tensor):
-            return _tensors.encode_torch(obj, self.frozen_outputs, self.channel.id)
+            return _tensors.encode_torch(obj, self.channel)
         cls = type(obj)
         name = _RECORD_NAMES.get(cls)
         if name is not None:
@@ -317,8 +315,6 @@ class Endpoint:
         return p
 
     def decode_record(self, name: str, fields: Dict[str, Any]) -> Any:
-        if name == "nodecell.ndarray":
-            return _tensors.decode_inline(fields)
         cls = _RECORD_TYPES.get(name)
         if cls is None:
             raise ValueError(f"record type {name!r} is not registered on this side (nodecell.register_type)")

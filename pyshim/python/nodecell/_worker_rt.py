@@ -86,8 +86,6 @@ class _LogHandler(logging.Handler):
 class WorkerEndpoint(Endpoint):
     """The worker's endpoint: serves calls from the host, proxies calls to it."""
 
-    frozen_outputs = True
-
     def __init__(self, channel: Any) -> None:
         super().__init__(channel, "host")
         self._rx = threading.Lock()

@@ -276,7 +276,8 @@ class _Worker:
         self.cell = cell
         self.wid = wid
         self.channel = _nodecell.Channel.create(_MAX_FRAME, STALL_TIMEOUT,
-                                                cuda=bool(cell.ext.config["share_cuda_ipc"]))
+                                                cuda=bool(cell.ext.config["share_cuda_ipc"]),
+                                                frozen_outputs=bool(cell.ext.config["frozen_outputs"]))
         self.ep = _HostEndpoint(self.channel, self)
         self.pid: Optional[int] = None
         self.pidfd = -1

@@ -223,7 +223,10 @@ class ExtensionConfig(dict):
     ``share`` (names of host distributions shared with their dependency
     closure and never installed: a host app's own requirements), ``cwd`` (the
     worker's working directory; default the pack folder), ``placement`` (where
-    a Ray backend runs the cell, see :mod:`nodecell.ray`).
+    a Ray backend runs the cell, see :mod:`nodecell.ray`), ``frozen_outputs``
+    (the worker's CPU tensor outputs are immutable, write-sealed copies instead
+    of pooled arenas it could still write until the host releases them; slower:
+    see SECURITY.md).
     """
 
     _DEFAULTS: Dict[str, Any] = {
@@ -232,6 +235,7 @@ class ExtensionConfig(dict):
         "apis": [],
         "share_torch": False,
         "share_cuda_ipc": False,
+        "frozen_outputs": False,
         "env": {},
         "extra_index_urls": [],
         "timeout": None,
@@ -279,7 +283,7 @@ class ExtensionConfig(dict):
         out["module_path"] = mp
         for k, d in self._DEFAULTS.items():
             out[k] = merged.get(k, d)
-        for k in ("isolated", "share_torch", "share_cuda_ipc", "gpu", "reload"):
+        for k in ("isolated", "share_torch", "share_cuda_ipc", "frozen_outputs", "gpu", "reload"):
             if not isinstance(out[k], bool):
                 raise ConfigError(k, f"expected true or false, got {out[k]!r}")
         out["dependencies"] = _str_list(out["dependencies"], "dependencies")
