@@ -57,7 +57,7 @@ def test_refusal_without_share_cuda_ipc_is_clear(nc):
     ch = _nodecell.Channel.create()
     assert not ch.cuda
     with pytest.raises(TypeError, match=r"share_cuda_ipc=True.*\.cpu\(\)"):
-        _cuda.encode_cuda(_FakeCudaTensor(), False, ch.id)
+        _cuda.encode_cuda(_FakeCudaTensor(), ch)
     ch.close()
 
 
@@ -71,7 +71,7 @@ def test_refusal_without_a_device_is_clear(nc):
     ch = _nodecell.Channel.create(cuda=True)
     assert ch.cuda and _nodecell.cuda_channel(ch.id)
     with pytest.raises(TypeError, match="cannot export CUDA memory") as e:
-        _cuda.encode_cuda(_FakeCudaTensor(), False, ch.id)
+        _cuda.encode_cuda(_FakeCudaTensor(), ch)
     assert reason in str(e.value) and ".cpu()" in str(e.value)
     with pytest.raises(RuntimeError, match="CUDA buffer"):
         _nodecell.CudaBuffer(MiB, 0)

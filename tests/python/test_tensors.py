@@ -151,3 +151,174 @@ def test_arenas_are_released(aloop, basic_ext, nc):
         if memfds() - start <= 2:
             break
     assert memfds() - start <= 2, f"{memfds() - start} arena fds left open"
+
+
+# -- pooled arenas, in-place changes, float8, the inline record (issues 10 and 13) ----------
+
+@pytest.fixture(scope="module")
+def other_ext(aloop, manager, nc, support_dir):
+    """A second torch worker (another channel), to forward tensors to."""
+
+    async def load():
+        if "basic_b" in manager.extensions:
+            return manager.extensions["basic_b"]
+        return await manager.load_extension(nc.ExtensionConfig(
+            name="basic_b", module_path=pack(support_dir, "basic"), share_torch=True, timeout=60))
+
+    return aloop.run(load())
+
+
+def test_an_input_changed_in_place_comes_back_changed(aloop, basic_ext):
+    """A node that scales its input in place and returns it: the host gets the scaled
+    tensor (the worker's copy-on-write pages), and its own tensor is untouched."""
+    t = torch.ones(1 << 18)  # 1 MiB: an arena, not inline
+    back = aloop.run(basic_ext.inplace_return(t, 3.0))
+    assert float(back[0]) == 3.0 and float(back.sum()) == 3.0 * (1 << 18)
+    assert float(t.sum()) == float(1 << 18), "the host's tensor stays as it was"
+    # Unchanged inputs still come back as the host's own memory.
+    assert aloop.run(basic_ext.echo(t)).data_ptr() == t.data_ptr()
+
+
+def test_an_output_changed_by_the_host_goes_back_changed(aloop, basic_ext):
+    out = aloop.run(basic_ext.make_tensor(1 << 18, 2))
+    out[:10] = 7.0  # copy-on-write here
+    info = aloop.run(basic_ext.tensor_info(out))
+    assert info["sum"] == 2.0 * ((1 << 18) - 10) + 70.0
+    # Unchanged, the worker's own pooled arena goes back without a copy.
+    out2 = aloop.run(basic_ext.make_tensor(1 << 18, 5))
+    assert aloop.run(basic_ext.tensor_info(out2))["sum"] == 5.0 * (1 << 18)
+    assert torch.equal(aloop.run(basic_ext.echo(out2)), out2)
+
+
+def test_worker_outputs_reuse_pooled_arenas(aloop, basic_ext):
+    """Fresh outputs every call: after the first calls the worker copies into arenas the
+    host already maps (pool hits), and no memfds pile up in the host."""
+    def memfds():
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += "nodecell-arena" in os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        return n
+
+    for _ in range(3):
+        del _  # warm up
+        aloop.run(basic_ext.make_tensor(36864, 1))
+    before = aloop.run(basic_ext.pool_stats())
+    fds0 = memfds()
+    for i in range(20):
+        t = aloop.run(basic_ext.make_tensor(36864, i))  # 147 KB, an IMAGE-sized output
+        assert float(t[0]) == float(i) and float(t[-1]) == float(i)
+        del t
+    after = aloop.run(basic_ext.pool_stats())
+    assert after["hits"] - before["hits"] >= 18, (before, after)
+    assert after["misses"] - before["misses"] <= 2, (before, after)
+    assert memfds() - fds0 <= 2, "no new arena fd per output"
+
+
+def test_a_worker_rewriting_its_sent_outputs_cannot_reach_forwarded_copies(aloop, basic_ext, other_ext):
+    """What SECURITY.md promises for pooled outputs: a worker can still change an output
+    it sent until the host releases it (pages the host did not write), but a tensor the
+    host forwards to another pack is a copy made then, and the host stays up."""
+    out = aloop.run(basic_ext.make_tensor(1 << 18, 4))
+    kept = aloop.run(basic_ext.make_tensor(1 << 18, 4))
+    assert float(out.sum()) == 4.0 * (1 << 18)
+    # Sent to another pack: copied into a host arena for it (and `out` re-pointed there).
+    forwarded = aloop.run(other_ext.echo(out))
+    assert aloop.run(basic_ext.scribble_outputs(0)) >= 1
+    assert float(kept.abs().sum()) == 0.0, "the worker's later writes show through (documented)"
+    assert float(out.sum()) == 4.0 * (1 << 18), "a forwarded tensor is the host's own copy"
+    assert float(forwarded.sum()) == 4.0 * (1 << 18), "the other pack's copy did not change"
+    assert aloop.run(other_ext.tensor_info(forwarded))["sum"] == 4.0 * (1 << 18)
+    assert aloop.run(basic_ext.double(21)) == 42
+
+
+def test_frozen_outputs_stay_immutable(aloop, manager, nc, support_dir):
+    async def load():
+        return await manager.load_extension(nc.ExtensionConfig(
+            name="basic_frozen", module_path=pack(support_dir, "basic"), share_torch=True,
+            frozen_outputs=True, timeout=60))
+
+    ext = aloop.run(load())
+    out = aloop.run(ext.make_tensor(1 << 18, 4))
+    assert aloop.run(ext.scribble_outputs(0)) == 0, "nothing it sent can be mapped writable"
+    assert float(out.sum()) == 4.0 * (1 << 18)
+    t = torch.ones(1 << 18)
+    assert float(aloop.run(ext.inplace_return(t, 2.0)).sum()) == 2.0 * (1 << 18)
+    aloop.run(ext.stop())
+
+
+def test_held_tensors_grow_the_pool_and_it_stays_bounded(aloop, basic_ext, nc):
+    """A worker that keeps every input it gets (the host cannot reuse those arenas) and
+    outputs the host keeps: both pools grow, everything stays correct, and once let go
+    the free arenas above the limit are dropped."""
+    nc.set_tensor_pool(8 << 20)
+    try:
+        ins = [np.full(1 << 18, i, dtype=np.float32) for i in range(12)]  # 1 MiB each
+        for a in ins:
+            aloop.run(basic_ext.keep(a))
+        outs = [aloop.run(basic_ext.make_tensor(1 << 18, i)) for i in range(12)]
+        for i, o in enumerate(outs):
+            assert float(o[0]) == float(i)
+        assert aloop.run(basic_ext.drop_kept())
+        del outs
+        gc.collect()
+        for _ in range(3):
+            aloop.run(basic_ext.make_tensor(1 << 18, 0))  # releases ride on these calls
+        nc.tensor_pool_stats()
+        aloop.run(basic_ext.tensor_info(np.ones(1 << 18, dtype=np.float32)))
+        s = nc.tensor_pool_stats()
+        assert s["free_bytes"] <= 8 << 20, s
+    finally:
+        nc.set_tensor_pool(512 << 20)
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2"])
+def test_float8_tensors_cross(aloop, basic_ext, dtype):
+    dt = getattr(torch, dtype)
+    for n in (16, 1 << 17):  # inline and in an arena
+        t = torch.linspace(-2, 2, n).to(dt)
+        back = aloop.run(basic_ext.echo(t))
+        assert back.dtype == dt and torch.equal(back.view(torch.uint8), t.view(torch.uint8))
+        made = aloop.run(basic_ext.make_typed(n, dtype))
+        assert made.dtype == dt and torch.equal(made.view(torch.uint8), t.view(torch.uint8))
+
+
+def test_float8_to_a_numpy_only_worker_fails_that_call_clearly(aloop, np_ext):
+    t = torch.zeros(1 << 17, dtype=torch.float8_e4m3fn)
+    with pytest.raises(Exception, match="float8_e4m3fn.*numpy"):
+        aloop.run(np_ext.echo(t))
+    assert aloop.run(np_ext.echo(3)) == 3
+
+
+def test_the_dtype_table_is_rusts(nc):
+    from nodecell import _nodecell, _tensors
+
+    rows = _nodecell.dtypes()
+    assert len(rows) == 17 and {"float8_e4m3fn", "float8_e5m2", "bfloat16"} <= {r[0] for r in rows}
+    assert [r[1] for r in rows] == list(range(17)), "codes are the wire's"
+    for name, code, size, np_name, torch_name in rows:
+        assert _tensors.DTYPES[name] == (code, size, np_name)
+        assert getattr(torch, torch_name).itemsize == size, name
+        if np_name is not None:
+            assert np.dtype(np_name).itemsize == size, name
+
+
+@pytest.mark.parametrize("how", ["short", "dtype", "shape", "huge"])
+def test_a_lying_inline_record_fails_that_call_only(aloop, basic_ext, how):
+    with pytest.raises(Exception, match="nodecell.ndarray"):
+        aloop.run(basic_ext.bad_ndarray(how))
+    assert aloop.run(basic_ext.double(4)) == 8
+
+
+def test_inline_records_are_checked_when_built(nc):
+    from nodecell import _nodecell
+
+    a = np.arange(4, dtype=np.float32)
+    r = _nodecell.inline_tensor("numpy", "float32", [4], a.__array_interface__["data"][0], 16)
+    assert r.name == "nodecell.ndarray" and r.fields["data"] == a.tobytes()
+    with pytest.raises(ValueError, match="do not hold"):
+        _nodecell.inline_tensor("numpy", "float32", [5], a.__array_interface__["data"][0], 16)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        _nodecell.inline_tensor("numpy", "float128", [4], a.__array_interface__["data"][0], 16)

@@ -204,6 +204,64 @@ class TestExt(nodecell.ExtensionBase):
 
         return torch.full((n,), float(value))
 
+    def inplace_return(self, t, f):
+        """Changes its input in place and returns it (common in real nodes)."""
+        t.mul_(f)
+        return t
+
+    def pool_stats(self):
+        from nodecell import _tensors
+
+        return _tensors.tensor_pool_stats()
+
+    def keep(self, t):
+        self.kept.append(t)
+        return len(self.kept)
+
+    def drop_kept(self):
+        self.kept.clear()
+        gc.collect()
+        return True
+
+    def make_typed(self, n, dtype):
+        import torch
+
+        return torch.linspace(-2, 2, n).to(getattr(torch, dtype))
+
+    def bad_ndarray(self, how):
+        """A hostile reply: an inline tensor record whose fields lie."""
+        from nodecell import _nodecell
+
+        fields = {"kind": "torch", "dtype": "float32", "shape": [4], "data": b"\0" * 16}
+        if how == "short":
+            fields["data"] = b"\0" * 15
+        elif how == "dtype":
+            fields["dtype"] = "float128"
+        elif how == "shape":
+            fields["shape"] = [-1]
+        elif how == "huge":
+            fields["shape"] = [1 << 62, 1 << 62]
+        return _nodecell.Record("nodecell.ndarray", fields)
+
+    def scribble_outputs(self, value):
+        """Hostile: map every arena this process holds writable-shared (the pooled ones
+        it sent allow it; the host's refuse) and overwrite it. Returns how many."""
+        import mmap
+
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if "nodecell-arena" not in os.readlink(f"/proc/self/fd/{fd}"):
+                    continue
+                size = os.fstat(int(fd)).st_size
+                m = mmap.mmap(int(fd), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except (OSError, ValueError):
+                continue
+            m.write(bytes([value]) * size)
+            m.close()
+            n += 1
+        return n
+
     def rss_mb(self):
         with open("/proc/self/status") as f:
             for line in f:
