@@ -130,6 +130,28 @@ def _torch_dtype_name(dt: Any) -> Optional[str]:
     return None if hit is None else hit[0]
 
 
+def _torch_dtype(name: str) -> Any:
+    """The torch dtype of a wire dtype name (TypeError when this torch has none)."""
+    tm = _torch_mod()
+    dt = getattr(tm, _TORCH_ATTR.get(name, ""), None)
+    if dt is None or not isinstance(dt, tm.dtype):
+        raise TypeError(f"torch has no dtype {name!r}")
+    return dt
+
+
+def _inline_numpy(arr: Any, name: str) -> Any:
+    """The inline ``nodecell.ndarray`` record of a small numpy array (bytes copied)."""
+    c = _numpy().ascontiguousarray(arr)
+    return _nodecell.inline_tensor("numpy", name, list(c.shape),
+                                   c.__array_interface__["data"][0] if c.nbytes else 0, c.nbytes)
+
+
+def _inline_torch(t: Any, name: str, nbytes: int) -> Any:
+    """The inline ``nodecell.ndarray`` record of a small CPU torch tensor (bytes copied)."""
+    c = t.contiguous()
+    return _nodecell.inline_tensor("torch", name, list(c.shape), c.data_ptr() if nbytes else 0, nbytes)
+
+
 def _torch_from(src: Any) -> Any:
     """A torch tensor over a ``DLSource``; dtypes this torch's DLPack reader does not
     know (float8 before DLPack 1.1 support) are read as bytes and viewed."""
@@ -235,9 +257,7 @@ def encode_numpy(arr: Any, channel: Any) -> Any:
     if name is None:
         raise TypeError(f"numpy arrays of dtype {arr.dtype} cannot cross (object, structured or big-endian)")
     if arr.nbytes < INLINE_LIMIT:
-        c = np.ascontiguousarray(arr)
-        return _nodecell.inline_tensor("numpy", name, list(c.shape),
-                                       c.__array_interface__["data"][0] if c.nbytes else 0, c.nbytes)
+        return _inline_numpy(arr, name)
     arena, off = _arena_of(arr)
     if arena is not None and _usable_here(arena, channel.id) and all(s >= 0 for s in arr.strides):
         return _nodecell.TensorRef(arena, off, name, list(arr.shape), list(arr.strides), "numpy")
@@ -264,8 +284,7 @@ def encode_torch(t: Any, channel: Any) -> Any:
     shape = t.shape
     nbytes = t.numel() * item
     if nbytes < INLINE_LIMIT:
-        c = t.contiguous()
-        return _nodecell.inline_tensor("torch", name, list(shape), c.data_ptr() if nbytes else 0, nbytes)
+        return _inline_torch(t, name, nbytes)
     # Fast path, a tensor already in an arena: one pointer lookup (torch strides are never negative).
     loc = _nodecell.locate(t.data_ptr(), 1)
     if loc is not None and (isinstance(loc[0], _nodecell.Arena) or loc[0].channel_id == channel.id):

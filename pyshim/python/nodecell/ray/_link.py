@@ -37,11 +37,11 @@ def _encode_array(obj: Any) -> Any:
     else a ``TensorRef`` over a ``uint8`` view of its (contiguous) bytes."""
     np = _tensors._numpy()
     if isinstance(obj, np.ndarray):
-        if obj.nbytes < _tensors.INLINE_LIMIT:
-            return _tensors.encode_numpy(obj, True, 0)
         name = _tensors._np_dtype_name(obj.dtype)
         if name is None:
             raise TypeError(f"numpy arrays of dtype {obj.dtype} cannot cross (object, structured or big-endian)")
+        if obj.nbytes < _tensors.INLINE_LIMIT:
+            return _tensors._inline_numpy(obj, name)
         c = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
         return _nodecell.TensorRef(c.reshape(-1).view(np.uint8), 0, name, list(c.shape), list(c.strides), "numpy")
     tm = _tensors._torch_mod()
@@ -55,7 +55,7 @@ def _encode_array(obj: Any) -> Any:
         raise TypeError(f"torch tensors of dtype {t.dtype} cannot cross")
     name, item = dt
     if t.numel() * item < _tensors.INLINE_LIMIT:
-        return _tensors.encode_torch(t, True, 0)
+        return _tensors._inline_torch(t.resolve_conj().resolve_neg(), name, t.numel() * item)
     c = t.resolve_conj().resolve_neg().contiguous()
     raw = c.reshape(-1).view(tm.uint8).numpy()
     return _nodecell.TensorRef(raw, 0, name, list(c.shape), [s * item for s in c.stride()], "torch")
@@ -84,9 +84,10 @@ def _decode_array(buf: Any, offset: int, dtype: str, shape: List[int], strides: 
         usable = (flat.numel() - offset) // item * item
         elems = flat[offset:offset + usable].view(tdt)
         return elems.as_strided(shape, strides)
-    if dtype not in _tensors._NAME_TO_NP:
+    np_name = _tensors.DTYPES.get(dtype, (0, 0, None))[2]
+    if np_name is None:
         raise TypeError(f"dtype {dtype!r} has no numpy equivalent; send it with kind 'torch'")
-    npdt = np.dtype("?" if dtype == "bool" else "<" + _tensors._NAME_TO_NP[dtype])
+    npdt = np.dtype(np_name)
     a = np.ndarray(tuple(shape), dtype=npdt, buffer=buf, offset=offset,
                    strides=tuple(s * npdt.itemsize for s in strides))
     if a.flags.writeable:
