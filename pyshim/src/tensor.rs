@@ -433,9 +433,40 @@ fn numel(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |n, &s| n.checked_mul(s))
 }
 
-/// A received `nodecell.ndarray` record, checked (kind, dtype, shape against the byte
-/// count), as a DLPack source over its bytes for the tensor hook, and its kind.
-pub(crate) fn inline_source(fields: Vec<(String, Value)>) -> PyResult<(DLSource, String)> {
+/// A received `nodecell.ndarray` record, checked: its kind, dtype, shape and bytes
+/// (C-contiguous, exactly the bytes the shape needs).
+pub(crate) struct InlineTensor {
+    /// `numpy` or `torch`.
+    pub(crate) kind: String,
+    /// The element type.
+    pub(crate) dtype: DType,
+    /// The shape, in elements.
+    pub(crate) shape: Vec<u64>,
+    /// The elements.
+    pub(crate) data: Vec<u8>,
+}
+
+impl InlineTensor {
+    /// A DLPack source over the bytes (moved, not copied), for the channel's tensor hook.
+    pub(crate) fn into_source(self) -> (DLSource, String) {
+        let strides = crate::arena::contiguous(&self.shape);
+        let bytes = Arc::new(Bytes(self.data));
+        let ptr = bytes.0.as_ptr() as *mut u8;
+        let src = DLSource::new(
+            Keep::Bytes(bytes),
+            ptr,
+            self.dtype,
+            self.shape,
+            strides,
+            false,
+        );
+        (src, self.kind)
+    }
+}
+
+/// Checks the fields of a received `nodecell.ndarray` record (kind, dtype, shape
+/// against the byte count).
+pub(crate) fn inline_tensor_of(fields: Vec<(String, Value)>) -> PyResult<InlineTensor> {
     let bad =
         |why: &str| ProtocolViolation::new_err(format!("malformed {INLINE_RECORD} record: {why}"));
     let (mut kind, mut dtype, mut shape, mut data) = (None, None, None, None);
@@ -472,11 +503,12 @@ pub(crate) fn inline_source(fields: Vec<(String, Value)>) -> PyResult<(DLSource,
             data.len()
         )));
     }
-    let strides = crate::arena::contiguous(&shape);
-    let bytes = Arc::new(Bytes(data));
-    let ptr = bytes.0.as_ptr() as *mut u8;
-    let src = DLSource::new(Keep::Bytes(bytes), ptr, dt, shape, strides, false);
-    Ok((src, kind))
+    Ok(InlineTensor {
+        kind,
+        dtype: dt,
+        shape,
+        data,
+    })
 }
 
 /// Owned bytes a received inline tensor lives in (never moved after creation).

@@ -81,6 +81,15 @@ pub(crate) trait ValueCodec {
     /// A received tensor descriptor, as the Python object the tensor hook makes.
     fn tensor_to_py(&self, py: Python<'_>, d: &TensorDesc, kind: &str) -> PyResult<Py<PyAny>>;
 
+    /// A received small tensor (a checked `nodecell.ndarray` record), as the Python
+    /// object the tensor hook makes: by default the hook gets `(DLSource, kind,
+    /// writable=True)`, as for a channel's tensors.
+    fn inline_to_py(&self, py: Python<'_>, t: crate::tensor::InlineTensor) -> PyResult<Py<PyAny>> {
+        let (src, kind) = t.into_source();
+        let hook = self.hook(py, |h| &h.tensor)?;
+        Ok(hook.call1((Bound::new(py, src)?, kind, true))?.unbind())
+    }
+
     /// One of the hooks, or an error when they are not set.
     fn hook<'py>(
         &self,
@@ -448,9 +457,8 @@ pub(crate) trait ValueCodec {
                     return self.tensor_record_to_py(py, fields);
                 }
                 if name == crate::tensor::INLINE_RECORD {
-                    let (src, kind) = crate::tensor::inline_source(fields)?;
-                    let hook = self.hook(py, |h| &h.tensor)?;
-                    return Ok(hook.call1((Bound::new(py, src)?, kind, true))?.unbind());
+                    let t = crate::tensor::inline_tensor_of(fields)?;
+                    return self.inline_to_py(py, t);
                 }
                 let d = PyDict::new(py);
                 for (k, v) in fields {

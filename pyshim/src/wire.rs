@@ -20,7 +20,7 @@ use nodecell_ipc::{
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use crate::markers::TensorRef;
@@ -266,6 +266,16 @@ impl ValueCodec for PyWire {
         let shape = d.shape().to_vec();
         let strides = d.strides().to_vec();
         hook.call1((buf, d.offset, d.dtype.name(), shape, strides, kind))?
+            .into_py_any(py)
+    }
+
+    /// A small tensor that came inline: the hook gets its bytes as a `bytearray` (this
+    /// process's own copy), like an out-of-band buffer.
+    fn inline_to_py(&self, py: Python<'_>, t: crate::tensor::InlineTensor) -> PyResult<Py<PyAny>> {
+        let hook = self.hook(py, |h| &h.tensor)?;
+        let strides: Vec<i64> = crate::arena::contiguous(&t.shape);
+        let buf = PyByteArray::new(py, &t.data);
+        hook.call1((buf, 0u64, t.dtype.name(), t.shape, strides, t.kind))?
             .into_py_any(py)
     }
 }
