@@ -411,6 +411,18 @@ class PackView(_Cell):
         """The shared zygote's pid (inside the sandbox's pid namespace)."""
         return self._app.cell.zygote_info.get("pid")
 
+    @property  # type: ignore[override]
+    def ctl(self) -> Any:
+        """The app cell's control socket (spawn_worker_now reads the zygote's answers from it)."""
+        return self._app.cell.ctl
+
+    @ctl.setter
+    def ctl(self, value: Any) -> None:
+        pass
+
+    def _on_ctl(self) -> None:
+        self._app.cell._on_ctl()
+
     def ctl_send(self, msg: Dict[str, Any], fds: tuple = ()) -> None:
         if msg.get("op") == "spawn":
             w = self.workers.get(msg.get("wid"))
@@ -436,9 +448,9 @@ class PackView(_Cell):
                 del shared.workers[wid]
             raise
 
-    async def worker_died(self, w: _Worker) -> None:
+    def _finish_death(self, w: _Worker) -> None:
         self._app.cell.workers.pop(w.wid, None)
-        await super().worker_died(w)
+        super()._finish_death(w)
 
     def _forget(self) -> None:
         self._closed = True
