@@ -42,6 +42,9 @@ GiB = 1 << 30
 SCENARIOS = ["cold_start_shared_torch", "worker_rss_mb", "noop_rtt", "echo_small_rtt", "concurrent_noop_calls_per_s",
              "torch_1MiB_rtt", "torch_64MiB_rtt", "torch_1GiB_rtt", "numpy_1MiB_rtt", "numpy_64MiB_rtt"]
 
+#: Tensor scenarios of issue 10 (outputs, fresh sends), each a group of rows.
+TENSOR_SCENARIOS = ["image_node", "fresh_64MiB"]
+
 # Small arguments of a typical node call: what `echo_small_rtt` sends and gets back.
 SMALL = {"seed": 42, "steps": 20, "cfg": 7.5, "sampler": "euler_a", "size": [512, 512], "denoise": 1.0,
          "prompt": "a lighthouse on a cliff at dusk"}
@@ -181,8 +184,9 @@ class NodecellImpl:
 
     def __init__(self, work: str) -> None:
         import nodecell
-        from ext_nodecell import BenchExt
+        from ext_nodecell import BenchExt, image_node
 
+        self.image_node = image_node
         self.nc = nodecell
         self.venvs = os.path.join(work, "nodecell-venvs")
         os.makedirs(self.venvs, exist_ok=True)
@@ -253,6 +257,7 @@ class PyisolateImpl:
         import ext_pyisolate
 
         ext_pyisolate._quiet_pyisolate()
+        self.image_node = ext_pyisolate.image_node
         self.venvs = os.path.join(work, "pyisolate-venvs")
         os.makedirs(self.venvs, exist_ok=True)
         self.manager = None
@@ -500,6 +505,74 @@ class Bench:
             await self.rtt(f"numpy_{label}_arena_rtt", call_shared, iters, budget,
                            note="echo of an arena-allocated array (nodecell.empty(kind='numpy'))")
 
+    async def image_node_case(self) -> None:
+        """A node-like function producing a fresh IMAGE tensor, called directly in the host
+        and through the extension, in the same run: a 147 KB (1x128x96x3) and a 12.6 MB
+        (1x1024x1024x3) float32 image. The input is the same (already shared) tensor
+        every call, as a workflow passes one node's output to the next."""
+        import torch
+
+        node = self.impl.image_node
+        for label, shape, iters in (("147KB", (1, 128, 96, 3), self.n(2000, 300)),
+                                    ("12MB", (1, 1024, 1024, 3), self.n(100, 30))):
+            img = torch.rand(shape)
+            await self.ext.echo(img)  # shared once, as a previous node's output would be
+            expect = node(img)
+
+            async def direct(img=img) -> None:
+                node(img)
+
+            async def isolated(img=img) -> None:
+                (out,) = await self.ext.image_node(img)
+                if out.shape != img.shape:
+                    raise RuntimeError("wrong shape back")
+
+            (out,) = await self.ext.image_node(img)
+            if not torch.allclose(out, expect):
+                raise RuntimeError("the isolated node returned different data")
+            del out
+            await self.rtt(f"image_{label}_node_direct", direct, iters, self.n(4, 1),
+                           note=f"image_node on a {list(shape)} float32 image, called in the host")
+            await self.rtt(f"image_{label}_node_rtt", isolated, iters, self.n(4, 1),
+                           note=f"image_node on a {list(shape)} float32 image through the extension "
+                                "(a fresh output tensor every call)")
+            del img
+            gc.collect()
+
+    async def fresh_64MiB_case(self) -> None:
+        """A fresh private 64 MiB tensor every call (made before the clock starts), echoed:
+        its first send each time. Next to it, one memcpy of 64 MiB into memory already
+        faulted in, measured in this run, and a plain 64 MiB numpy echo (numpy_64MiB_rtt)."""
+        import numpy as np
+        import torch
+
+        n = 64 * MiB
+        src = np.random.default_rng(2).random(n // 4, dtype=np.float32)
+        dst = np.empty_like(src)
+        dst.fill(1.0)
+        copies = []
+        for _ in range(self.n(20, 8)):
+            t0 = time.perf_counter_ns()
+            np.copyto(dst, src)
+            copies.append(time.perf_counter_ns() - t0)
+        self.res.timing("memcpy_64MiB", copies, note="np.copyto of 64 MiB into a buffer already faulted in "
+                                                     "(the baseline of the fresh-send goals)")
+        del src, dst
+        samples = []
+        for i in range(self.n(12, 5)):
+            x = torch.empty(n // 4, dtype=torch.float32).fill_(float(i))
+            t0 = time.perf_counter_ns()
+            y = await self.ext.echo(x)
+            samples.append(time.perf_counter_ns() - t0)
+            if y.shape != x.shape or float(y[-1]) != float(i):
+                raise RuntimeError("echo returned different data")
+            del x, y
+            gc.collect()
+        self.res.timing("torch_64MiB_fresh_send", samples[1:] if len(samples) > 2 else samples,
+                        note="echo of a fresh private float32 tensor every call (its first send; nodecell: "
+                             "one copy into a pooled arena + re-point; pyisolate: share_memory_); the "
+                             "very first call of the run is left out (see torch_64MiB_first_send)")
+
     async def zygote_restart(self) -> None:
         """nodecell only: time from a worker crash to the next call returning (fresh worker forked
         by the cell's warm zygote)."""
@@ -555,6 +628,8 @@ class Bench:
             await self.guarded("numpy_64MiB_rtt", lambda: self.numpy_case(
                 "64MiB", 64 * MiB, self.n(100, 20), self.n(4, 1), warmup=0 if slow else 2,
                 min_iters=1 if slow else 3), 400)
+        await self.guarded("image_node", self.image_node_case, 400)
+        await self.guarded("fresh_64MiB", self.fresh_64MiB_case, 300)
         if self.impl.name == "nodecell":
             await self.guarded("worker_start_from_warm_zygote", self.zygote_restart, 120)
 

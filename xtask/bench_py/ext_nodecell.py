@@ -18,6 +18,13 @@ def _proc_kb(path, key):
     return -1
 
 
+def image_node(image, brightness=0.1, contrast=1.2):
+    """A node-like IMAGE operation (brightness/contrast as image packs write it): a few
+    elementwise ops over a [B, H, W, C] float tensor, returning a fresh tensor. The
+    benchmark runs it in the host (direct) and through the extension (isolated)."""
+    return ((image - 0.5) * contrast + 0.5 + brightness).clamp(0.0, 1.0)
+
+
 class BenchExt(nodecell.ExtensionBase):
     """Methods the scenarios call. ``async def`` in both extensions: pyisolate's proxy only
     forwards coroutine functions, so the same code runs on both sides."""
@@ -27,6 +34,10 @@ class BenchExt(nodecell.ExtensionBase):
 
     async def echo(self, x):
         return x
+
+    async def image_node(self, image):
+        """A node call: a fresh IMAGE tensor out (see image_node)."""
+        return (image_node(image),)
 
     async def mem(self):
         """This worker's memory: VmRSS and Pss in KiB (Pss = -1 where smaps_rollup is unreadable)."""

@@ -87,6 +87,13 @@ const EXTRAS: &[(&str, &str)] = &[
     ("stop_extension", "stop_extension"),
     ("worker_pss_mb", "worker_pss_mb"),
     ("tree_pss_mb", "tree_pss_mb"),
+    // Tensor rows of issue 10: fresh outputs of a node-like function, fresh sends.
+    ("image_147KB_node_direct", "image_147KB_node_direct"),
+    ("image_147KB_node_rtt", "image_147KB_node_rtt"),
+    ("image_12MB_node_direct", "image_12MB_node_direct"),
+    ("image_12MB_node_rtt", "image_12MB_node_rtt"),
+    ("memcpy_64MiB", "memcpy_64MiB"),
+    ("torch_64MiB_fresh_send", "torch_64MiB_fresh_send"),
 ];
 
 const PYISOLATE: &str = "pyisolate==0.10.2";
@@ -644,7 +651,8 @@ pub fn main(args: Args) -> anyhow::Result<()> {
             ),
         }
     }
-    println!("\ngoals (issue 5):");
+    tensor_goals(&find, &mut goal);
+    println!("\ngoals (issues 5, 10, 13):");
     for g in &goals {
         println!(
             "  [{}] {}: {}",
@@ -679,4 +687,74 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// The tensor goals of issues 10 and 13.
+fn tensor_goals<'a>(
+    find: &impl Fn(String) -> Option<&'a Value>,
+    goal: &mut impl FnMut(&str, Option<bool>, String),
+) {
+    let missing = |a: Option<&Value>, an: &str, b: Option<&Value>, bn: &str| {
+        format!("{}; {}", why_missing(a, an), why_missing(b, bn))
+    };
+    for label in ["147KB", "12MB"] {
+        let iso = find(format!("nodecell/image_{label}_node_rtt"));
+        let dir = find(format!("nodecell/image_{label}_node_direct"));
+        let text =
+            format!("image_{label}_node_rtt within 2x of the direct call + 0.1 ms (issue 10)");
+        match (median(iso), median(dir)) {
+            (Some(i), Some(d)) => goal(
+                &text,
+                Some(i <= 2.0 * d + 0.1e6),
+                format!(
+                    "{} isolated vs {} direct: limit {}",
+                    fmt_ns(i),
+                    fmt_ns(d),
+                    fmt_ns(2.0 * d + 0.1e6)
+                ),
+            ),
+            _ => goal(&text, None, missing(iso, "isolated", dir, "direct")),
+        }
+    }
+    let memcpy = find("nodecell/memcpy_64MiB".into());
+    for sc in ["torch_64MiB_fresh_send", "numpy_64MiB_rtt"] {
+        let nc = find(format!("nodecell/{sc}"));
+        let text = format!("{sc} at most 1.5x one memcpy of 64 MiB (issue 10)");
+        match (median(nc), median(memcpy)) {
+            (Some(a), Some(m)) => goal(
+                &text,
+                Some(a <= 1.5 * m),
+                format!("{:.2}x ({} vs memcpy {})", a / m, fmt_ns(a), fmt_ns(m)),
+            ),
+            _ => goal(&text, None, missing(nc, "nodecell", memcpy, "memcpy")),
+        }
+    }
+    {
+        let nc = find("nodecell/torch_64MiB_fresh_send".into());
+        let pi = find("pyisolate/torch_64MiB_fresh_send".into());
+        let text =
+            "torch_64MiB_fresh_send at least 3x faster than pyisolate's first send (issue 10)";
+        match (median(nc), median(pi)) {
+            (Some(a), Some(b)) => goal(
+                text,
+                Some(b / a >= 3.0),
+                format!("{:.1}x ({} vs {})", b / a, fmt_ns(a), fmt_ns(b)),
+            ),
+            _ => goal(text, None, missing(nc, "nodecell", pi, "pyisolate")),
+        }
+    }
+    for size in ["1MiB", "64MiB", "1GiB"] {
+        let sc = format!("torch_{size}_rtt");
+        let nc = find(format!("nodecell/{sc}"));
+        let pi = find(format!("pyisolate/{sc}"));
+        let text = format!("{sc} (already shared) at least 50x faster than pyisolate (issue 13)");
+        match (median(nc), median(pi)) {
+            (Some(a), Some(b)) => goal(
+                &text,
+                Some(b / a >= 50.0),
+                format!("{:.1}x ({} vs {})", b / a, fmt_ns(a), fmt_ns(b)),
+            ),
+            _ => goal(&text, None, missing(nc, "nodecell", pi, "pyisolate")),
+        }
+    }
 }
