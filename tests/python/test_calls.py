@@ -140,6 +140,22 @@ def test_remote_error_carries_type_and_traceback(aloop, basic_ext, nc):
     assert "def boom" in e.value.remote_traceback or "raise ValueError" in e.value.remote_traceback
 
 
+def test_builtin_errors_stay_catchable_as_themselves(aloop, basic_ext, nc):
+    """A remote builtin exception is also that builtin (only the name crosses), both ways."""
+    with pytest.raises(ValueError) as e:  # the worker's ValueError, caught as a ValueError here
+        aloop.run(basic_ext.boom("kaboom"))
+    assert isinstance(e.value, nc.RemoteError) and e.value.remote_type == "ValueError"
+    table = {"a": 1}
+
+    def lookup(key):
+        return table[key]
+
+    assert aloop.run(basic_ext.lookup_or_default(lookup, "a", 0)) == 1
+    assert aloop.run(basic_ext.lookup_or_default(lookup, "zz", -1)) == -1  # the worker caught KeyError
+    made_up = nc.errors.remote_error("os.system", "x")
+    assert type(made_up) is nc.RemoteError, "only builtins' exception names are mirrored"
+
+
 def test_ten_thousand_sequential_calls(aloop, basic_ext):
     async def go():
         out = []

@@ -38,7 +38,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _nodecell, _tensors
-from .errors import RemoteError
+from .errors import RemoteError, remote_error
 
 CALL = _nodecell.KIND_CALL
 REPLY = _nodecell.KIND_REPLY
@@ -327,7 +327,7 @@ class Endpoint:
         return cls(**fields)
 
     def decode_error(self, type_name: str, message: str, tb: str) -> Any:
-        return RemoteError(type_name, message, tb)
+        return remote_error(type_name, message, tb)
 
     # -- incoming frames -----------------------------------------------------------------------
 

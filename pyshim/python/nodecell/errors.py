@@ -6,7 +6,8 @@ can catch ``nodecell.NodecellError`` and know the worker, not the host, failed.
 
 from __future__ import annotations
 
-from typing import Optional
+import builtins
+from typing import Dict, Optional
 
 __all__ = [
     "NodecellError",
@@ -19,6 +20,7 @@ __all__ = [
     "ExtensionStopped",
     "ConfigError",
     "ChannelFull",
+    "remote_error",
 ]
 
 
@@ -78,6 +80,47 @@ class RemoteError(NodecellError):
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+
+
+# Builtin exception types a RemoteError may also be an instance of: code written for direct
+# calls (``except KeyError``, ``except FileNotFoundError``) keeps working across the wall.
+# Generator-control types are left out: a RemoteError must never end an iteration.
+_NOT_MIRRORED = (StopIteration, StopAsyncIteration)
+_MIRRORS: Dict[str, type] = {}
+
+
+def _mirror_class(type_name: str) -> type:
+    """``RemoteError`` + the builtin exception ``type_name`` names, or ``RemoteError`` itself.
+
+    Only a name of ``builtins`` bound to an ``Exception`` subclass is looked up; nothing is
+    imported or evaluated, and nothing of the remote object is constructed.
+    """
+    cls = _MIRRORS.get(type_name)
+    if cls is not None:
+        return cls
+    builtin = vars(builtins).get(type_name) if type_name.isidentifier() else None
+    if not (isinstance(builtin, type) and issubclass(builtin, Exception)) or issubclass(builtin, _NOT_MIRRORED):
+        return RemoteError  # not cached: names a peer makes up never grow this table
+    try:
+        cls = type(f"Remote{type_name}", (RemoteError, builtin),
+                   {"__module__": __name__, "__str__": BaseException.__str__,
+                    "__doc__": f"A RemoteError whose remote type was the builtin {type_name}."})
+        cls("t", "m", "")  # a builtin whose constructor wants more (UnicodeDecodeError) stays plain
+    except TypeError:
+        cls = RemoteError
+    _MIRRORS[type_name] = cls
+    return cls
+
+
+def remote_error(remote_type: str, remote_message: str, remote_traceback: str = "") -> RemoteError:
+    """The ``RemoteError`` for an exception the other side raised.
+
+    When the remote type is a builtin exception (``KeyError``, ``ValueError``,
+    ``FileNotFoundError``, ...), the error is also an instance of that builtin, so an
+    ``except KeyError`` written for a direct call still catches it (a pack's
+    ``folder_paths.get_filename_list`` lookup that the host answers, for one).
+    """
+    return _mirror_class(remote_type)(remote_type, remote_message, remote_traceback)
 
 
 class SandboxUnavailable(NodecellError):

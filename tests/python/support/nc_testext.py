@@ -156,6 +156,13 @@ class TestExt(nodecell.ExtensionBase):
     def call_back(self, fn, *args):
         return fn(*args)
 
+    def lookup_or_default(self, fn, key, default):
+        """Code written for a direct call: catches the KeyError the host's function raises."""
+        try:
+            return fn(key)
+        except KeyError:
+            return default
+
     def make_counter(self, start):
         c = Counter(start)
         self.kept.append(c)
