@@ -5,6 +5,7 @@
 #
 #   scripts/setup.sh            # Debian packages, .venv (uv, maturin, pytest, numpy, ray, torch), release build
 #   NODECELL_SKIP_TORCH=1 ...   # everything but torch (faster; torch tests then fail loudly, not skip)
+#   NODECELL_SETUP_BUILD=0 ...  # no release build (scripts/test.sh: its tests use the debug build and the wheel)
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -51,6 +52,10 @@ $UV pip install -q --python .venv/bin/python "${want[@]}"
 # Everything the venv and the sandboxed tests read must be readable by an unprivileged uid.
 chmod -R a+rX .venv 2>/dev/null || true
 
-say "building nodecell (release)"
-cargo build --release -q --workspace --bins
-say "ready: target/release/nodecell, .venv/bin/python"
+if [[ "${NODECELL_SETUP_BUILD:-1}" == 0 ]]; then
+  say "ready: .venv/bin/python (no release build: NODECELL_SETUP_BUILD=0)"
+else
+  say "building nodecell (release)"
+  cargo build --release -q --workspace --bins
+  say "ready: target/release/nodecell, .venv/bin/python"
+fi
