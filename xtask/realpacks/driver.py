@@ -29,7 +29,11 @@ import traceback
 import urllib.request
 from typing import Any, Dict, Optional, Tuple
 
-NODE_TIMEOUT = 120.0
+#: Seconds one node may run (validation + execution), the same on both sides (``--node-timeout``).
+NODE_TIMEOUT = 60.0
+#: Isolated side: how long past its call deadline the driver still waits for a node's thread
+#: (the runtime fails the call at the deadline and restarts the worker at the next call).
+ISOLATED_GRACE = 240.0
 ROUTE_TIMEOUT = 20.0
 
 
@@ -162,6 +166,11 @@ def main() -> None:
     ap.add_argument("--venv-root", default=None)
     ap.add_argument("--state", default=None)
     ap.add_argument("--no-outputs", action="store_true", help="load, /object_info and routes only")
+    ap.add_argument("--node-timeout", type=float, default=NODE_TIMEOUT,
+                    help="seconds one node may run, both sides (isolated: the packs' per-call timeout)")
+    ap.add_argument("--app-cell", action="store_true", help="isolated: StudioHost(app_cell=True)")
+    ap.add_argument("--app-preload", default="nodes,server",
+                    help="with --app-cell: the app's modules the app cell's zygote imports (comma-separated)")
     ap.add_argument("packs", nargs="+")
     a = ap.parse_args()
 
@@ -200,8 +209,11 @@ def main() -> None:
     if a.mode == "isolated":
         from nodecell import studio
 
-        host = studio.StudioHost(a.venv_root, state=a.state)
+        preload = [m for m in a.app_preload.split(",") if m] if a.app_cell else []
+        host = studio.StudioHost(a.venv_root, state=a.state, app_cell=a.app_cell, app_preload=preload)
         result["app_profile"] = host.profile.name if host.profile else None
+        result["app_cell"] = a.app_cell
+    result["node_timeout"] = a.node_timeout
     for pack_dir in a.packs:
         pack_dir = os.path.realpath(pack_dir)
         name = os.path.basename(pack_dir)
@@ -216,13 +228,18 @@ def main() -> None:
                     raise RuntimeError("the app's loader failed (see its log)")
             else:
                 assert host is not None
+                # The same per-node deadline as the direct side: a node that hangs fails with the
+                # runtime's CallTimeout and its worker is restarted, so later nodes do not wait.
                 loop.run_until_complete(host.load_custom_node(pack_dir, nodes.NODE_CLASS_MAPPINGS,
-                                                              nodes.NODE_DISPLAY_NAME_MAPPINGS))
+                                                              nodes.NODE_DISPLAY_NAME_MAPPINGS,
+                                                              timeout=a.node_timeout))
             rec["loaded"] = True
         except Exception as e:  # noqa: BLE001
             rec["error"] = f"{type(e).__name__}: {e}"[-4000:]
             traceback.print_exc()
         rec["load_s"] = time.perf_counter() - t0
+        if host is not None:
+            rec["cell"] = cell_of(host, name)
         rec["nodes"] = sorted(n for n in nodes.NODE_CLASS_MAPPINGS if n not in before_nodes)
         rec["routes"] = sorted(f"{m} {p}" for m, p in ({(r.method, r.path) for r in srv.routes
                                                         if isinstance(r, web.RouteDef)} - before_routes))
@@ -276,13 +293,33 @@ def main() -> None:
                 prompt["sink"] = {"class_type": "NCSink", "inputs": {"value": ["target", 0]}}
                 target = "sink"
             outs[node] = run_node(execution.PromptExecutor(srv, cache_args={"lru": 0, "ram": 0.0}), prompt, node,
-                                  target)
+                                  target, a.node_timeout, ISOLATED_GRACE if host is not None else 0.0)
+            log_node(name, node, outs[node])
         rec["outputs"] = outs
+        if host is not None:
+            ext = host.packs.get(name)
+            rec["restarts"] = getattr(ext, "restarts", None)
         save(a.out, result)
     save(a.out, result)
     if host is not None:
         asyncio.run_coroutine_threadsafe(host.stop(), loop).result(60)
     os._exit(0)
+
+
+def cell_of(host: Any, pack: str) -> Dict[str, Any]:
+    """Which cell a pack runs in (app cell or its own, and why)."""
+    cells = getattr(host.manager, "_app_cells", None)
+    if cells is None:
+        return {"app_cell": False}
+    ext = host.packs.get(pack)
+    own = getattr(cells, "own_cell", {}) or {}
+    name = ext.config["name"] if ext is not None else pack
+    return {"app_cell": name not in own, "own_cell_reason": own.get(name)}
+
+
+def log_node(pack: str, node: str, r: Dict[str, Any]) -> None:
+    what = "ok" if "digest" in r else f"FAIL {r.get('error', '')[:160]!r}"
+    print(f"[{time.strftime('%H:%M:%S')}] {pack} {node}: {r.get('ms', 0) / 1000:.1f} s {what}", flush=True)
 
 
 def save(path: str, result: Dict[str, Any]) -> None:
@@ -292,8 +329,14 @@ def save(path: str, result: Dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def run_node(executor: Any, prompt: Dict[str, Any], node: str, target: str) -> Dict[str, Any]:
-    """Validate and execute one node through the app's own machinery, on a thread of its own."""
+def run_node(executor: Any, prompt: Dict[str, Any], node: str, target: str, limit: float,
+             grace: float) -> Dict[str, Any]:
+    """Validate and execute one node through the app's own machinery, on a thread of its own.
+
+    ``limit``: the node's deadline (seconds). Directly (``grace`` 0) a node still running then
+    is recorded as timed out and left running on its thread (a thread cannot be stopped);
+    isolated, the packs' per-call timeout is ``limit``: the runtime fails the call
+    (``CallTimeout``) and kills the worker, so the driver waits ``grace`` seconds more for that."""
     import execution
 
     box: Dict[str, Any] = {}
@@ -310,6 +353,8 @@ def run_node(executor: Any, prompt: Dict[str, Any], node: str, target: str) -> D
                 msgs = [m for m in executor.status_messages if m[0] == "execution_error"]
                 err = msgs[-1][1] if msgs else {}
                 box["error"] = f"{err.get('exception_type')}: {str(err.get('exception_message'))[:500]}"
+                if "CallTimeout" in str(err.get("exception_type")):
+                    box["timeout"] = True
                 return
             cached = executor.caches.outputs.get("target")
             box["digest"] = digest(cached.outputs if cached is not None else None)
@@ -319,11 +364,12 @@ def run_node(executor: Any, prompt: Dict[str, Any], node: str, target: str) -> D
         finally:
             box["ms"] = (time.perf_counter() - t0) * 1000
 
-    t = threading.Thread(target=go, daemon=True)
+    t = threading.Thread(target=go, daemon=True, name=f"node-{node}")
     t.start()
-    t.join(NODE_TIMEOUT)
+    t.join(limit + grace)
     if t.is_alive():
-        return {"error": f"timeout after {NODE_TIMEOUT:g} s", "ms": NODE_TIMEOUT * 1000}
+        return {"error": f"timeout: still running after {limit + grace:g} s", "timeout": True,
+                "ms": (limit + grace) * 1000}
     return box
 
 

@@ -49,6 +49,19 @@ pub struct Args {
     /// Run only this side (`direct` or `isolated`); the other side's last results are compared.
     #[arg(long, value_parser = ["direct", "isolated"])]
     side: Option<String>,
+    /// Seconds one node may run, the same on both sides (isolated: the packs' per-call
+    /// timeout, after which the runtime fails the call and restarts the worker).
+    #[arg(long, default_value_t = 60)]
+    node_timeout: u64,
+    /// Isolated side: packs share app cells (`StudioHost(app_cell=True)`) where compatible.
+    #[arg(long)]
+    app_cell: bool,
+    /// One app process per pack and side (packs one at a time), instead of one per side.
+    #[arg(long)]
+    per_pack: bool,
+    /// With --app-cell: the app's modules the app cell's zygote imports (comma-separated).
+    #[arg(long, default_value = "nodes,server")]
+    app_preload: String,
 }
 
 fn repo() -> PathBuf {
@@ -253,68 +266,127 @@ fn run_sides(
                 let _ = Command::new("chmod").arg("a+r").arg(&m).status();
             }
         }
-        let _ = std::fs::remove_dir_all(work.join("state"));
-        let out_json = work.join(format!("{side}.json"));
-        let _ = std::fs::remove_file(&out_json);
-        let run_dir = work.join(format!("run-{side}"));
-        let _ = std::fs::remove_dir_all(&run_dir);
-        std::fs::create_dir_all(&run_dir)?;
-        let mut cmd = Command::new(python);
-        cmd.arg(repo.join("xtask/realpacks/driver.py"))
-            .arg("--app")
-            .arg(app)
-            .args(["--mode", side])
-            .arg("--out")
-            .arg(&out_json)
-            .arg("--work")
-            .arg(&run_dir)
-            .args(["--port", &(8291 + i).to_string()])
-            .arg("--venv-root")
-            .arg(work.join("venvs"))
-            .arg("--state")
-            .arg(work.join("state"));
-        if a.no_outputs {
-            cmd.arg("--no-outputs");
-        }
-        for n in names {
-            cmd.arg(packs_dir.join(n));
-        }
-        if *side == "isolated" {
-            cmd.env("PYTHONPATH", &pylib);
-            if std::env::var_os("NODECELL_UV").is_none() {
-                cmd.env("NODECELL_UV", repo.join(".venv/bin/uv"));
-            }
-        }
-        cmd.stdout(std::fs::File::create(work.join(format!("{side}.log")))?);
-        cmd.stderr(std::fs::File::create(work.join(format!("{side}.err.log")))?);
-        eprintln!(
-            "realpacks: {side}: {} pack(s) in {}",
-            names.len(),
-            app.display()
-        );
-        let t0 = Instant::now();
-        let mut child = cmd.spawn().context("start the app")?;
-        let status = loop {
-            if let Some(s) = child.try_wait()? {
-                break Some(s);
-            }
-            if t0.elapsed() > Duration::from_secs(a.timeout) {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        // One app process for all packs, or one per pack (`--per-pack`: a node left
+        // running past its deadline directly ends with its pack's process).
+        let groups: Vec<&[String]> = if a.per_pack {
+            names.chunks(1).collect()
+        } else {
+            vec![names]
         };
-        eprintln!(
-            "realpacks: {side}: {} in {:.0} s",
-            match status {
-                Some(s) => format!("exited {s}"),
-                None => "timed out".into(),
-            },
-            t0.elapsed().as_secs_f64()
-        );
+        for group in groups {
+            let tag = if a.per_pack {
+                format!("-{}", group[0])
+            } else {
+                String::new()
+            };
+            let _ = std::fs::remove_dir_all(work.join("state"));
+            // This run's results; merged into `{side}.json` afterwards (packs of other runs kept).
+            let out_json = work.join(format!("{side}.run.json"));
+            let _ = std::fs::remove_file(&out_json);
+            let run_dir = work.join(format!("run-{side}"));
+            let _ = std::fs::remove_dir_all(&run_dir);
+            std::fs::create_dir_all(&run_dir)?;
+            let mut cmd = Command::new(python);
+            cmd.arg(repo.join("xtask/realpacks/driver.py"))
+                .arg("--app")
+                .arg(app)
+                .args(["--mode", side])
+                .arg("--out")
+                .arg(&out_json)
+                .arg("--work")
+                .arg(&run_dir)
+                .args(["--port", &(8291 + i).to_string()])
+                .arg("--venv-root")
+                .arg(work.join("venvs"))
+                .arg("--state")
+                .arg(work.join("state"));
+            if a.no_outputs {
+                cmd.arg("--no-outputs");
+            }
+            cmd.args(["--node-timeout", &a.node_timeout.to_string()]);
+            if a.app_cell {
+                cmd.arg("--app-cell")
+                    .args(["--app-preload", &a.app_preload]);
+            }
+            for n in group {
+                cmd.arg(packs_dir.join(n));
+            }
+            if *side == "isolated" {
+                cmd.env("PYTHONPATH", &pylib);
+                if std::env::var_os("NODECELL_UV").is_none() {
+                    cmd.env("NODECELL_UV", repo.join(".venv/bin/uv"));
+                }
+            }
+            cmd.stdout(std::fs::File::create(
+                work.join(format!("{side}{tag}.log")),
+            )?);
+            cmd.stderr(std::fs::File::create(
+                work.join(format!("{side}{tag}.err.log")),
+            )?);
+            eprintln!(
+                "realpacks: {side}: {} in {}",
+                group.join(", "),
+                app.display()
+            );
+            let t0 = Instant::now();
+            let mut child = cmd.spawn().context("start the app")?;
+            let status = loop {
+                if let Some(s) = child.try_wait()? {
+                    break Some(s);
+                }
+                if t0.elapsed() > Duration::from_secs(a.timeout) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            eprintln!(
+                "realpacks: {side}{tag}: {} in {:.0} s",
+                match status {
+                    Some(s) => format!("exited {s}"),
+                    None => "timed out".into(),
+                },
+                t0.elapsed().as_secs_f64()
+            );
+            merge_side(&work.join(format!("{side}.json")), &out_json)?;
+        }
     }
     Ok(vcs_dropped)
+}
+
+/// Merges one run's results (`run`) into the side's results (`all`): the packs it
+/// ran replace their earlier entries; the others stay (packs may be run one at a time).
+fn merge_side(all: &Path, run: &Path) -> Result<()> {
+    let Some(new) = std::fs::read(run)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return Ok(()); // the app process wrote nothing: earlier results stay as they are
+    };
+    let mut merged: Value = std::fs::read(all)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({"packs": {}}));
+    if let (Some(packs), Some(new_packs)) =
+        (merged["packs"].as_object_mut(), new["packs"].as_object())
+    {
+        for (k, v) in new_packs {
+            packs.insert(k.clone(), v.clone());
+        }
+    } else {
+        merged["packs"] = new["packs"].clone();
+    }
+    if let Some(obj) = new.as_object() {
+        for (k, v) in obj.iter().filter(|(k, _)| k.as_str() != "packs") {
+            merged[k] = v.clone();
+        }
+    }
+    std::fs::write(all, serde_json::to_vec_pretty(&merged)?)
+        .with_context(|| format!("write {}", all.display()))?;
+    let _ = std::fs::remove_file(run);
+    Ok(())
 }
 
 /// Comments out the manifest's VCS requirements whose host this machine
@@ -373,6 +445,74 @@ fn get<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
     cur
 }
 
+/// Why a node's run failed, in one word: `timeout` (past the per-node deadline, on
+/// either side), `invalid` (the app's `validate_prompt` refused the prompt) or the
+/// exception's type name.
+fn failure_kind(r: &Value) -> String {
+    let err = r["error"].as_str().unwrap_or("");
+    if r["timeout"].as_bool() == Some(true)
+        || err.starts_with("timeout")
+        || err.contains("CallTimeout")
+    {
+        return "timeout".into();
+    }
+    if err.starts_with("invalid:") {
+        return "invalid".into();
+    }
+    let head = err.split(':').next().unwrap_or("").trim();
+    head.rsplit('.').next().unwrap_or(head).to_string()
+}
+
+/// Per node, the outputs of both sides compared: `equal` (the same digest), `differ`,
+/// `fail_both`, `fail_isolated` (runs directly, fails isolated: the reason),
+/// `fail_direct`, `direct_only` (not run isolated: the isolated run stopped early).
+fn compare_outputs(d: &Value, i: &Value) -> Value {
+    let mut nodes = serde_json::Map::new();
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut ms_d, mut ms_i) = (0.0, 0.0);
+    let Some(outs) = d.as_object() else {
+        return json!({"run": false});
+    };
+    for (node, a) in outs {
+        let b = &i[node];
+        let (class, detail) = if b.is_null() {
+            ("direct_only", Value::Null)
+        } else {
+            match (a.get("digest"), b.get("digest")) {
+                (Some(x), Some(y)) if same_output(x, y) => {
+                    ms_d += a["ms"].as_f64().unwrap_or(0.0);
+                    ms_i += b["ms"].as_f64().unwrap_or(0.0);
+                    ("equal", Value::Null)
+                }
+                (Some(_), Some(_)) => ("differ", json!({"direct": a, "isolated": b})),
+                (None, None) => (
+                    "fail_both",
+                    json!({"direct": failure_kind(a), "isolated": failure_kind(b),
+                           "direct_error": a["error"], "isolated_error": b["error"]}),
+                ),
+                (Some(_), None) => (
+                    "fail_isolated",
+                    json!({"kind": failure_kind(b), "error": b["error"], "ms": b["ms"]}),
+                ),
+                (None, Some(_)) => (
+                    "fail_direct",
+                    json!({"kind": failure_kind(a), "error": a["error"], "ms": a["ms"]}),
+                ),
+            }
+        };
+        *counts.entry(class).or_default() += 1;
+        nodes.insert(node.clone(), json!({"class": class, "detail": detail}));
+    }
+    let timeouts_both = nodes
+        .values()
+        .filter(|n| n["class"] == "fail_both" && n["detail"]["direct"] == "timeout")
+        .count();
+    json!({
+        "run": i.is_object(), "counts": counts, "nodes": nodes, "timeouts_both": timeouts_both,
+        "exec_ms_direct_equal": ms_d, "exec_ms_isolated_equal": ms_i,
+    })
+}
+
 /// Per-pack comparison of the two sides.
 fn compare(names: &[String], direct: &Value, isolated: &Value) -> Value {
     let mut packs = serde_json::Map::new();
@@ -394,45 +534,7 @@ fn compare(names: &[String], direct: &Value, isolated: &Value) -> Value {
                 info_diff.push(node.clone());
             }
         }
-        let (mut out_equal, mut out_both_fail, mut out_compared) = (0, 0, 0);
-        let mut out_diff = Vec::new();
-        let (mut ms_d, mut ms_i) = (0.0, 0.0);
-        if let Some(outs) = d["outputs"].as_object() {
-            for (node, a) in outs {
-                let b = &i["outputs"][node];
-                if b.is_null() {
-                    continue;
-                }
-                out_compared += 1;
-                match (a.get("digest"), b.get("digest")) {
-                    (Some(x), Some(y)) if same_output(x, y) => {
-                        out_equal += 1;
-                        ms_d += a["ms"].as_f64().unwrap_or(0.0);
-                        ms_i += b["ms"].as_f64().unwrap_or(0.0);
-                    }
-                    (None, None) => {
-                        let ea = a["error"]
-                            .as_str()
-                            .unwrap_or("")
-                            .split(':')
-                            .next()
-                            .unwrap_or("");
-                        let eb = b["error"]
-                            .as_str()
-                            .unwrap_or("")
-                            .split(':')
-                            .next()
-                            .unwrap_or("");
-                        if ea == eb {
-                            out_both_fail += 1;
-                        } else {
-                            out_diff.push(json!({"node": node, "direct": a, "isolated": b}));
-                        }
-                    }
-                    _ => out_diff.push(json!({"node": node, "direct": a, "isolated": b})),
-                }
-            }
-        }
+        let outs = compare_outputs(&d["outputs"], &i["outputs"]);
         let (mut routes_ok, mut routes_n) = (0, 0);
         let mut route_diff = Vec::new();
         if let Some(ans) = d["route_answers"].as_object() {
@@ -454,9 +556,7 @@ fn compare(names: &[String], direct: &Value, isolated: &Value) -> Value {
                 "nodes_direct": nodes_d.len(), "nodes_isolated": nodes_i.len(),
                 "object_info_equal": info_equal, "object_info_differ": info_diff,
                 "object_info_unstable": unstable,
-                "outputs_compared": out_compared, "outputs_equal": out_equal,
-                "outputs_fail_both": out_both_fail, "outputs_differ": out_diff,
-                "exec_ms_direct": ms_d, "exec_ms_isolated": ms_i,
+                "outputs": outs,
                 "outputs_run_isolated": i["outputs"].is_object(),
                 "outputs_direct": d["outputs"].as_object().map_or(0, |o| o.len()),
                 "outputs_direct_ok": d["outputs"].as_object().map_or(0, |o| {
@@ -466,15 +566,92 @@ fn compare(names: &[String], direct: &Value, isolated: &Value) -> Value {
                 "routes_registered_isolated": i["routes"].as_array().map_or(0, |r| r.len()),
                 "get_routes": routes_n, "get_routes_equal": routes_ok, "routes_differ": route_diff,
                 "load_s_direct": d["load_s"], "load_s_isolated": i["load_s"],
+                "cell_isolated": i["cell"], "restarts_isolated": i["restarts"],
             }),
         );
     }
-    json!({"boot_s_direct": direct["boot_s"], "boot_s_isolated": isolated["boot_s"], "packs": packs})
+    json!({
+        "boot_s_direct": direct["boot_s"], "boot_s_isolated": isolated["boot_s"],
+        "app_cell": isolated["app_cell"], "node_timeout": isolated["node_timeout"], "packs": packs,
+    })
+}
+
+/// The outputs column: equal of those run on both sides, then what else happened.
+fn outputs_cell(o: &Value) -> String {
+    let c = |k: &str| o["counts"][k].as_u64().unwrap_or(0);
+    let both = c("equal") + c("differ") + c("fail_both") + c("fail_isolated") + c("fail_direct");
+    let mut s = format!("{} / {} equal", c("equal"), both - c("fail_both"));
+    let mut more = Vec::new();
+    if c("differ") > 0 {
+        more.push(format!("{} differ", c("differ")));
+    }
+    if c("fail_isolated") > 0 {
+        more.push(format!("{} fail isolated only", c("fail_isolated")));
+    }
+    if c("fail_direct") > 0 {
+        more.push(format!("{} fail directly only", c("fail_direct")));
+    }
+    if c("fail_both") > 0 {
+        let t = o["timeouts_both"].as_u64().unwrap_or(0);
+        more.push(if t > 0 {
+            format!("{} fail both ({t} of them time out)", c("fail_both"))
+        } else {
+            format!("{} fail both", c("fail_both"))
+        });
+    }
+    if c("direct_only") > 0 {
+        more.push(format!("{} not reached isolated", c("direct_only")));
+    }
+    if !more.is_empty() {
+        s.push_str(&format!(" ({})", more.join("; ")));
+    }
+    s
+}
+
+/// The nodes whose outputs differ or that fail isolated only, with the reasons.
+fn output_details(r: &Value) -> String {
+    let mut s = String::new();
+    let Some(packs) = r["packs"].as_object() else {
+        return s;
+    };
+    for (n, p) in packs {
+        let Some(nodes) = p["outputs"]["nodes"].as_object() else {
+            continue;
+        };
+        for (node, v) in nodes {
+            let d = &v["detail"];
+            match v["class"].as_str() {
+                Some("fail_isolated") => s.push_str(&format!(
+                    "* {n} `{node}`: fails isolated only ({}): {}\n",
+                    d["kind"].as_str().unwrap_or("?"),
+                    d["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .replace('\n', " ")
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                )),
+                Some("fail_direct") => s.push_str(&format!(
+                    "* {n} `{node}`: fails directly only ({})\n",
+                    d["kind"].as_str().unwrap_or("?")
+                )),
+                Some("differ") => s.push_str(&format!("* {n} `{node}`: outputs differ\n")),
+                Some("fail_both") if d["direct"] != d["isolated"] => s.push_str(&format!(
+                    "* {n} `{node}`: fails both, differently (direct {}, isolated {})\n",
+                    d["direct"].as_str().unwrap_or("?"),
+                    d["isolated"].as_str().unwrap_or("?")
+                )),
+                _ => {}
+            }
+        }
+    }
+    s
 }
 
 fn table(r: &Value) -> String {
     let mut s = String::new();
-    s.push_str("| pack | loads (direct / isolated) | nodes | /object_info equal | outputs equal (PromptExecutor) | GET routes equal (host server) | load time direct / isolated |\n");
+    s.push_str("| pack | loads (direct / isolated) | nodes | /object_info equal | outputs through PromptExecutor (per node) | GET routes equal (host server) | load time direct / isolated |\n");
     s.push_str("|---|---|---|---|---|---|---|\n");
     let yes = |v: &Value| {
         if v.as_bool() == Some(true) {
@@ -491,15 +668,7 @@ fn table(r: &Value) -> String {
                     p["outputs_direct_ok"], p["outputs_direct"]
                 )
             } else {
-                format!(
-                    "{} / {}{}",
-                    p["outputs_equal"],
-                    p["outputs_compared"],
-                    match p["outputs_fail_both"].as_u64() {
-                        Some(0) | None => String::new(),
-                        Some(k) => format!(" ({k} fail the same way in both)"),
-                    }
-                )
+                outputs_cell(&p["outputs"])
             };
             let unstable = p["object_info_unstable"].as_array().map_or(0, |u| u.len());
             let info = if unstable > 0 {
@@ -512,7 +681,7 @@ fn table(r: &Value) -> String {
                 format!("{} / {}", p["object_info_equal"], p["nodes_direct"])
             };
             s.push_str(&format!(
-                "| {n} | {} / {} | {} / {} | {info} | {outs} | {} / {} ({} registered) | {:.2} s / {:.2} s |\n",
+                "| {n} | {} / {} | {} / {} | {info} | {outs} | {} / {} ({} registered) | {:.2} s / {:.2} s{} |\n",
                 yes(&p["loaded_direct"]),
                 yes(&p["loaded_isolated"]),
                 p["nodes_isolated"],
@@ -522,8 +691,74 @@ fn table(r: &Value) -> String {
                 p["routes_registered_isolated"],
                 p["load_s_direct"].as_f64().unwrap_or(f64::NAN),
                 p["load_s_isolated"].as_f64().unwrap_or(f64::NAN),
+                match p["cell_isolated"]["app_cell"].as_bool() {
+                    Some(true) => " (app cell)",
+                    Some(false) if r["app_cell"].as_bool() == Some(true) => " (own cell)",
+                    _ => "",
+                },
             ));
         }
     }
+    let details = output_details(r);
+    if !details.is_empty() {
+        s.push('\n');
+        s.push_str(&details);
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_classified_per_node() {
+        let d = json!({
+            "same": {"digest": ["tensor", "float32", [1], "ab"], "ms": 1.0},
+            "paths": {"digest": ["/x/run-direct/out.png"], "ms": 1.0},
+            "other": {"digest": [1], "ms": 1.0},
+            "hangs": {"error": "timeout: still running after 60 s", "timeout": true},
+            "both": {"error": "ValueError: No file"},
+            "iso": {"digest": [2]},
+            "dir": {"error": "RuntimeError: boom"},
+            "late": {"digest": [3]},
+        });
+        let i = json!({
+            "same": {"digest": ["tensor", "float32", [1], "ab"], "ms": 2.0},
+            "paths": {"digest": ["/x/run-isolated/out.png"], "ms": 1.0},
+            "other": {"digest": [9]},
+            "hangs": {"error": "nodecell.errors.CallTimeout: pack 'p': execute() did not return within 60 s"},
+            "both": {"error": "ValueError: No file"},
+            "iso": {"error": "nodecell.errors.WorkerCrashed: pack 'p': worker killed"},
+            "dir": {"digest": [4]},
+        });
+        let r = compare_outputs(&d, &i);
+        let class = |n: &str| r["nodes"][n]["class"].as_str().unwrap().to_string();
+        assert_eq!(class("same"), "equal");
+        assert_eq!(class("paths"), "equal");
+        assert_eq!(class("other"), "differ");
+        assert_eq!(class("hangs"), "fail_both");
+        assert_eq!(r["nodes"]["hangs"]["detail"]["isolated"], "timeout");
+        assert_eq!(r["timeouts_both"], 1);
+        assert_eq!(class("both"), "fail_both");
+        assert_eq!(class("iso"), "fail_isolated");
+        assert_eq!(r["nodes"]["iso"]["detail"]["kind"], "WorkerCrashed");
+        assert_eq!(class("dir"), "fail_direct");
+        assert_eq!(class("late"), "direct_only");
+        assert_eq!(
+            outputs_cell(&r),
+            "2 / 5 equal (1 differ; 1 fail isolated only; 1 fail directly only; \
+             2 fail both (1 of them time out); 1 not reached isolated)"
+        );
+    }
+
+    #[test]
+    fn failure_kinds() {
+        assert_eq!(failure_kind(&json!({"error": "invalid: {...}"})), "invalid");
+        assert_eq!(
+            failure_kind(&json!({"error": "nodecell.errors.RemoteError: x"})),
+            "RemoteError"
+        );
+        assert_eq!(failure_kind(&json!({"timeout": true})), "timeout");
+    }
 }
