@@ -9,7 +9,21 @@ export UV_CACHE_DIR="${UV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nodecell-de
 export UV_PYTHON_DOWNLOADS=never
 export PATH="$REPO/.venv/bin:$PATH"
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+T0=$SECONDS
+TLAST=$SECONDS
+TIMES=""
+# Prints a step's heading; the time the previous step took goes into the summary at the end.
+step() {
+  [ -n "${TNAME:-}" ] && TIMES+="$(printf '%6ss  %s' $((SECONDS - TLAST)) "$TNAME")"$'\n'
+  TNAME="$*"; TLAST=$SECONDS
+  printf '\n\033[1m== %s\033[0m\n' "$*"
+}
+summary() {
+  local rc=$?
+  step "time per step (exit status $rc)"
+  printf '%s%6ss  total\n' "$TIMES" $((SECONDS - T0))
+}
+trap summary EXIT
 
 step "set-up"
 NODECELL_SETUP_BUILD=0 scripts/setup.sh  # the tests below build what they run (debug binaries, the wheel)
@@ -28,4 +42,4 @@ step "Python wheel (maturin build: the extension, the package and the static lau
 scripts/build-wheel.sh
 
 step "pytest (the wheel in a fresh venv, its sdist; a skip not on tests/python/skip_policy.py's list fails)"
-.venv/bin/python -m pytest -q -rs tests/python
+.venv/bin/python -m pytest -q -rs --durations=15 tests/python

@@ -146,6 +146,8 @@ class Dap:
     def __init__(self, argv, env):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.q: "queue.Queue" = queue.Queue()
+        #: Messages read but not yet waited for, in arrival order.
+        self.backlog: list = []
         self.seq = 0
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -163,12 +165,17 @@ class Dap:
             self.q.put(json.loads(f.read(n)))
 
     def wait(self, pred, timeout=60):
+        """The first message (read earlier or arriving within ``timeout``) matching ``pred``."""
+        for i, m in enumerate(self.backlog):
+            if pred(m):
+                return self.backlog.pop(i)
         end = time.monotonic() + timeout
         while True:
             m = self.q.get(timeout=max(end - time.monotonic(), 0.1))
             assert m is not None, "nodecell debug --dap exited"
             if pred(m):
                 return m
+            self.backlog.append(m)
 
     def request(self, command, **args):
         self.seq += 1
@@ -226,6 +233,8 @@ def test_dap_session_over_stdio(host, support_dir):
         assert not r["success"] and "undefined_name" in r["message"]
         time.sleep(2.5)  # past the call timeout
         assert d.request("next", threadId=tid)["success"]
+        # DAP order: the response to `next` comes before the stop it leads to.
+        assert not any(m.get("event") == "stopped" for m in d.backlog), d.backlog
         ev = d.wait(lambda m: m.get("event") == "stopped")
         assert ev["body"]["reason"] == "step"
         frames = d.request("stackTrace", threadId=tid)["body"]["stackFrames"]

@@ -48,6 +48,10 @@ class DapError(Exception):
     """A request that cannot be served (sent back as an unsuccessful response)."""
 
 
+#: Requests that let a stopped thread run on: its next ``stopped`` event waits for their response.
+RESUMING = frozenset({"continue", "next", "stepIn", "stepOut"})
+
+
 def _find(pack: str, wid: int) -> Tuple[Any, Any]:
     for ext in hooks.extensions():
         if ext.name == pack:
@@ -88,6 +92,9 @@ class DapBridge:
         self._threads: Dict[int, _Key] = {}
         self._ids: Dict[int, _Key] = {}  # frame ids and variable references
         self._next_id = itertools.count(1)
+        #: Threads being resumed (client thread id -> stopped events held back): a client
+        #: sees the response to its continue/next/step before the thread's next stop.
+        self._resuming: Dict[int, List[Dict[str, Any]]] = {}
 
     # -- output --------------------------------------------------------------------------------
 
@@ -146,9 +153,14 @@ class DapBridge:
 
     def worker_stopped(self, ext: Any, w: Any, info: Dict[str, Any]) -> None:
         gid = self._thread_id((ext.name, w.wid, int(info.get("tid", 0))))
-        self.event("stopped", {"reason": info.get("reason", "breakpoint"), "threadId": gid,
-                               "allThreadsStopped": False,
-                               "description": f"{ext.name}#{w.wid} at {info.get('file')}:{info.get('line')}"})
+        body = {"reason": info.get("reason", "breakpoint"), "threadId": gid, "allThreadsStopped": False,
+                "description": f"{ext.name}#{w.wid} at {info.get('file')}:{info.get('line')}"}
+        with self._lock:
+            held = self._resuming.get(gid)
+            if held is not None:  # the response to the request that resumed it is not out yet
+                held.append(body)
+                return
+        self.event("stopped", body)
 
     def closed(self) -> None:
         """The client went away (the hub detaches it and resumes its workers)."""
@@ -250,6 +262,10 @@ class DapBridge:
         ext, w = _find(pack, wid)
         wargs = dict(args)
         wargs[arg] = local
+        gid = args[arg] if cmd in RESUMING else None
+        if gid is not None:
+            with self._lock:
+                self._resuming.setdefault(gid, [])
 
         async def run() -> None:
             try:
@@ -258,8 +274,14 @@ class DapBridge:
                 out = self._map_body(cmd, pack, wid, body or {})
             except Exception as e:  # noqa: BLE001 - answered as a failed request
                 self.respond(req, error=getattr(e, "remote_message", None) or str(e))
-                return
-            self.respond(req, out)
+            else:
+                self.respond(req, out)
+            finally:
+                if gid is not None:
+                    with self._lock:
+                        held = self._resuming.pop(gid, [])
+                    for body in held:
+                        self.event("stopped", body)
 
         asyncio.run_coroutine_threadsafe(run(), w.cell.loop)
 
