@@ -215,6 +215,11 @@ class Endpoint:
 
     #: Whether this side refuses to export modules and classes as handles (the host).
     restrict_exports = False
+    #: The proxy classes the peer's objects and callables are decoded as (subclasses of
+    #: :class:`RemoteObject` / :class:`RemoteCallable` with no new slots). A worker takes
+    #: its extension type's ``remote_proxy_types`` when set (nodecell.studio: host objects
+    #: with attribute access, whatever path they arrive by: node inputs, callback arguments).
+    proxy_types: Tuple[type, type] = (RemoteObject, RemoteCallable)
 
     def __init__(self, channel: Any, peer_name: str) -> None:
         self.channel = channel
@@ -306,10 +311,11 @@ class Endpoint:
         with self._lock:
             p = self.proxies.get(hid)
             if p is None:
+                obj_t, call_t = self.proxy_types
                 if kind == KIND_OBJECT:
-                    p = RemoteObject(self, hid)
+                    p = obj_t(self, hid)
                 else:
-                    p = RemoteCallable(self, hid, kind == KIND_ASYNC_CALLABLE)
+                    p = call_t(self, hid, kind == KIND_ASYNC_CALLABLE)
                 self.proxies[hid] = p
             object.__setattr__(p, "_nc_count", p._nc_count + 1)
         return p

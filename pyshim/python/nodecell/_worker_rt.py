@@ -581,6 +581,9 @@ class WorkerEndpoint(Endpoint):
         after_create = [a for a in (hook(self) for hook in _INIT_HOOKS) if callable(a)]
         et = cfg["extension_type"]
         ext_cls = _import_qualname(et["module"], et["qualname"])
+        proxies = getattr(ext_cls, "remote_proxy_types", None)
+        if proxies is not None:  # how the host's objects look to this extension (nodecell.studio)
+            self.proxy_types = (proxies[0], proxies[1])
         ext = ext_cls()
         self.extension = ext
         for a in after_create:
