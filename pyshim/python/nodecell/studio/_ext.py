@@ -33,7 +33,7 @@ from ..errors import RemoteError
 from ..shared import ExtensionBase
 from . import routes as _routes
 from .apps import AppProfile
-from .objects import adopt
+from .objects import PROXY_TYPES, adopt
 from .schema import DEFAULT_ALLOWED, to_data
 
 __all__ = ["StudioExtension", "StudioContext", "ENV"]
@@ -165,6 +165,10 @@ class StudioExtension(ExtensionBase):
     not be thread-safe and the worker stays responsive to other calls
     meanwhile; the pack's HTTP routes run on a thread and loop of their own.
     """
+
+    #: The host's objects (MODEL, CLIP, VAE, the sampler's callables...) arrive as handles with
+    #: attribute access and method calls, wherever they appear (see :mod:`nodecell.studio.objects`).
+    remote_proxy_types = PROXY_TYPES
 
     def __init__(self) -> None:
         super().__init__()

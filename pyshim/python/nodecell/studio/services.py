@@ -54,6 +54,15 @@ class AppServices(ProxiedSingleton):
             raise RuntimeError("no host app: nodecell.studio.services.AppServices.profile is not set")
         return _module(getattr(p, attr))
 
+    # -- model objects ------------------------------------------------------------------------
+
+    def types_of(self, objs: List[Any]) -> List[Tuple[str, str]]:
+        """The module and qualified name of each host object's class (a worker names its handles
+        after them: ``type(model.model).__name__`` reads as in the host)."""
+        if not isinstance(objs, list):
+            raise TypeError("types_of takes a list of the host's objects")
+        return [(str(type(o).__module__), str(type(o).__qualname__)) for o in objs]
+
     # -- folder_paths -------------------------------------------------------------------------
 
     def paths_call(self, fn: str, args: List[Any], kwargs: Dict[str, Any]) -> Any:

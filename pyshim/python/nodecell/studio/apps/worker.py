@@ -34,6 +34,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
+from .. import objects as _objects
 from ..services import PATHS_FORWARDED, AppServices
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def install(ctx: "StudioContext") -> None:
         sys.path.insert(0, root)
     _preload(profile.preload, root)
     services = AppServices()
+    _objects.set_type_lookup(services.types_of)  # handles named after the host's classes
 
     after_import(profile.cli_args_module, lambda m: _apply_args(m, ctx.cli_args))
     after_import(profile.paths_module, lambda m: _install_paths(m, services, ctx))
