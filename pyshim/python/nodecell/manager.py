@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import sys
-from typing import Any, Dict, Generic, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
 
 from . import _nodecell
 from ._find_launcher import find_launcher
@@ -106,6 +106,11 @@ class ExtensionManager(Generic[T]):
         self._warm: Dict[str, tuple] = {}
         #: App cells shared by compatible packs (None: off; see :mod:`nodecell.appcell`).
         self._app_cells: Any = None
+        #: Called as ``before_launch(config)`` (on an executor thread) before every launch of a
+        #: pack's own sandbox, first start and restarts alike: a launch leases a new uid when the
+        #: host is root, so what the pack's cell writes may need preparing for it (nodecell.studio
+        #: opens the pack's state layer to it).
+        self.before_launch: Optional[Callable[[ExtensionConfig], None]] = None
         if config.get("on_progress"):
             self._progress.append(config["on_progress"])
         if config.get("backend") == "ray":
@@ -138,6 +143,8 @@ class ExtensionManager(Generic[T]):
         loop = asyncio.get_running_loop()
         if venv is None:
             venv = await loop.run_in_executor(None, self._provision, cfg)
+        if self.before_launch is not None:
+            await loop.run_in_executor(None, self.before_launch, cfg)
         cell = _Cell(cfg["name"])
         argv, env = self._launch_argv(cfg, venv)
         cell.key = self._cell_key(cfg, venv)
