@@ -324,3 +324,22 @@ def test_schema_classes_cross_by_their_identity(app):
         with pytest.raises(ValueError, match=match):
             schema.from_data(bad, allowed)
 
+
+
+def test_a_restarted_pack_rewrites_its_state(app):
+    """As root, every launch of a pack's cell leases a new uid: a restarted pack must still rewrite
+    the state its last cell wrote (NC-Showcase rewrites showcase.json, which its first cell created,
+    at every import). Last in this module: it restarts the pack's cell."""
+    ext = app.host.packs["nc-showcase"]
+    layer = app.state / "packs" / "nc-showcase" / "layer" / "showcase.json"
+    starts = json.loads(layer.read_text())["starts"]
+    first = ext._cell.status.get("uid")
+    if os.geteuid() == 0:
+        assert layer.stat().st_uid == first, "the file is the first cell's"
+    app.aloop.run(ext.restart())  # the import at start rewrites the file
+    assert json.loads(layer.read_text())["starts"] == starts + 1, "the restarted pack rewrote its state"
+    if os.geteuid() == 0:
+        assert ext._cell.status.get("uid") != first, "a new uid for the new launch"
+    cls = app.isolated_nodes["SC Where"]
+    where = json.loads(app.aloop.run(getattr(cls(), cls.FUNCTION)(probe="x"))[0])
+    assert where["cwd"], "the restarted pack answers"

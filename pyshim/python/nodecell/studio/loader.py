@@ -85,6 +85,7 @@ class StudioHost:
         #: Pack name -> placement on a Ray cluster (``backend="ray"``).
         self.placement: Dict[str, Any] = dict(placement or {})
         self.profile: Optional[_apps.AppProfile] = _profile(app, app_root)
+        self.manager.before_launch = self._before_launch
         if app_cell:  # packs share an app cell whose zygote preloaded torch + app_preload (nodecell.appcell)
             from .. import appcell
 
@@ -219,6 +220,18 @@ class StudioHost:
         _add(rw, f"{pack_state}:{state_in}")
         _add(ro, f"{pack_dir}:{source_in}")
         return {"source": source_in, "record": f"{state_in}/{_state.RECORD}"}
+
+    def _before_launch(self, cfg: ExtensionConfig) -> None:
+        """Before every launch of a pack's own cell (restarts too): as root each launch leases a
+        new uid, so the pack's state layer (what the last cell wrote belongs to the last uid) is
+        opened to it again."""
+        if self.state is False or os.geteuid() != 0:
+            return
+        pack_state = os.path.join(self.state or _state.state_root(), "packs", cfg["name"])
+        layer = os.path.join(pack_state, "layer")
+        if os.path.isdir(layer) and not os.path.islink(pack_state):
+            os.chmod(pack_state, 0o777)
+            _state.open_for_cells(layer)
 
     def app_requirements(self) -> List[str]:
         """The app's own requirements (names), shared from the host into every pack venv: its

@@ -124,10 +124,25 @@ def sync(src: str, layer: str, record: Optional[str] = None) -> Dict[str, int]:
 
 
 def open_for_cells(layer: str) -> None:
-    """Let whichever uid the next cell gets write the layer (root hosts lease uids per launch)."""
+    """Let whichever uid the next cell gets write the layer (root hosts lease uids per launch):
+    directories ``0777``, files ``0666`` (their execute bits kept). Called before every launch
+    of the pack's cell, restarts too: what the last cell created belongs to the last uid. Never
+    follows a symlink a cell left (each entry is opened ``O_NOFOLLOW`` and changed by its fd)."""
     for root, dirs, files in os.walk(layer):
-        os.chmod(root, 0o777)
+        _chmod_nofollow(root, 0o777, directory=True)
         for f in files:
-            p = os.path.join(root, f)
-            if not os.path.islink(p):
-                os.chmod(p, 0o666 | (os.stat(p).st_mode & 0o111))
+            _chmod_nofollow(os.path.join(root, f), 0o666, directory=False)
+
+
+def _chmod_nofollow(path: str, mode: int, directory: bool) -> None:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # a symlink (ELOOP), or gone: nothing to open up
+        return
+    try:
+        st = os.fstat(fd)
+        if directory or stat.S_ISREG(st.st_mode):
+            os.fchmod(fd, mode | (st.st_mode & 0o111 if not directory else 0))
+    finally:
+        os.close(fd)
