@@ -12,6 +12,8 @@
 //!   the sandbox as fd-exported allocations (driver loaded at run time).
 //! * [`provision::read_manifest`], [`provision::provision`]: pack environments;
 //!   [`find_uv::find_uv`]: the uv they are built with.
+//! * [`confine`] (`confine_forked_worker`, `confine_probe`): an app cell's forked workers, each
+//!   walled to its own pack (uid, capabilities, Landlock).
 //! * [`tools`] (`CallStats`, `tools_socket_path`): what `nodecell top` / `debug` / `profile` need.
 //!
 //! The Python package (`pyshim/python/nodecell`) builds the user-facing API on top.
@@ -21,6 +23,7 @@ use pyo3::prelude::*;
 
 pub mod arena;
 pub mod channel;
+pub mod confine;
 pub mod cuda;
 pub mod dlpack;
 pub mod find_uv;
@@ -111,6 +114,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     markers::register(m)?;
     cuda::register_module(m)?;
     tools::register(m)?;
+    confine::register(m)?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
     m.add_function(wrap_pyfunction!(provision::requirement_names, m)?)?;

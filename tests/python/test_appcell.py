@@ -43,6 +43,61 @@ class NumpyVersion:
 NODE_CLASS_MAPPINGS = {"NP1 Version": NumpyVersion}
 '''
 NP1_MANIFEST = "name: nc-numpy1\nversion: 0.1.0\nisolated: true\nshare_torch: true\ndependencies:\n  - numpy==1.26.4\n"
+# Two packs that try things on each other's files and processes (pack-separation).
+PROBE_INIT = '''
+import errno
+import json
+import os
+import signal
+
+
+def _try(fn):
+    try:
+        out = fn()
+        return "ok" if out is None else out
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def _write(path):
+    with open(path, "w") as f:
+        f.write("x")
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        f.read(1)
+
+
+OPS = {
+    "pid": lambda _: os.getpid(),
+    "uid": lambda _: os.getuid(),
+    "read": _read,
+    "write": _write,
+    "list": lambda p: os.listdir(p) and None,
+    "signal": lambda pid: os.kill(int(pid), 0),
+    "mem": lambda pid: _read(f"/proc/{int(pid)}/mem"),
+    "tmp": lambda _: os.environ.get("TMPDIR", ""),
+}
+
+
+class Probe:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"ops": ("STRING", {"default": "[]"})}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+    CATEGORY = "probe"
+
+    def run(self, ops):
+        return (json.dumps([_try(lambda: OPS[op](arg)) for op, arg in json.loads(ops)]),)
+
+
+NODE_CLASS_MAPPINGS = {"%s Probe": Probe}
+'''
+PROBES = {"NC-ProbeA": "nc-probe-a", "NC-ProbeB": "nc-probe-b"}
+STATE_IN = "/run/nodecell/pack-state"
 
 
 def _host_pid(pidfd: int) -> int:
@@ -100,6 +155,15 @@ def app(aloop, studio_venv_root):
     (np1 / "manifest.yaml").write_text(NP1_MANIFEST)
     for f in np1.iterdir():
         os.chmod(f, 0o644)
+    for folder, name in PROBES.items():
+        probe = root / "custom_nodes" / folder
+        probe.mkdir(mode=0o755)
+        os.chmod(probe, 0o755)
+        (probe / "__init__.py").write_text(PROBE_INIT % folder)
+        (probe / "manifest.yaml").write_text(f"name: {name}\nversion: 0.1.0\nisolated: true\nshare_torch: true\n"
+                                             "dependencies: []\n")
+        for f in probe.iterdir():
+            os.chmod(f, 0o644)
     for sub in ("output", "temp", "input", "user"):
         (root / sub).mkdir(mode=0o755)
         os.chmod(root / sub, 0o755)
@@ -123,7 +187,7 @@ def app(aloop, studio_venv_root):
         host = studio.StudioHost(str(studio_venv_root), state=str(d / "state"), app_cell=True,
                                  app_preload=["nodes", "server", "numpy"])
         names = {}
-        for p in PACKS:
+        for p in PACKS + tuple(PROBES):
             names[p] = await host.load_custom_node(str(root / "custom_nodes" / p), nodes.NODE_CLASS_MAPPINGS,
                                                    nodes.NODE_DISPLAY_NAME_MAPPINGS)
         # The app's requirements are shared from the host: numpy 2 unless the pack is told otherwise.
@@ -163,7 +227,8 @@ def test_compatible_packs_are_forked_from_one_zygote_that_preloaded_the_app(app)
     assert show.worker_versions["numpy"].startswith("2.")
     walls = {w["name"]: w for w in show.walls}
     assert walls["seccomp"]["state"] == "active"
-    assert walls["pack-separation"]["state"] == "missing" and "nc-entry" in walls["pack-separation"]["detail"]
+    sep = walls["pack-separation"]
+    assert sep["state"] == "active" and "nc-entry" in sep["detail"] and "Landlock" in sep["detail"], sep
 
 
 def test_packs_in_the_app_cell_work_through_the_apps_executor(app):
@@ -242,3 +307,47 @@ def test_the_zygotes_death_fails_its_packs_calls_and_the_next_call_starts_a_fres
     assert run.success, run.errors
     assert isinstance(show._cell, PackView) and show._cell.app_cell == entry._cell.app_cell != old_cell
     assert len(_parents(show) | _parents(entry)) == 1 and zygote not in _parents(show)
+
+
+def _probe(app, folder, ops):
+    import json
+
+    run = _run_prompt(app.aloop, app.server, {"1": {"class_type": f"{folder} Probe",
+                                                    "inputs": {"ops": json.dumps(ops)}}}, ["1"])
+    assert run.success, run.errors
+    return json.loads(run.outputs["1"][0])
+
+
+def test_packs_in_one_app_cell_are_walled_apart(app):
+    """Each probe pack reads and writes its own folder, state and TMPDIR and signals itself
+    (the control), and cannot read, list or write the other's folder or state, signal it or
+    read its memory, although those files are readable and writable by any uid (the walls,
+    not permissions, stop it), from the same zygote."""
+    a, b = app.host.packs["nc-probe-a"], app.host.packs["nc-probe-b"]
+    assert a._cell.app_cell == b._cell.app_cell and _parents(a) == _parents(b)
+    dirs = {f: str(app.root / "custom_nodes" / f) for f in PROBES}
+    (pid_a, uid_a, tmp_a), (pid_b, uid_b, tmp_b) = (
+        _probe(app, f, [["pid", 0], ["uid", 0], ["tmp", 0]]) for f in PROBES)
+    if os.geteuid() == 0:  # each pack its own uid of the cell's leased range
+        assert uid_a != uid_b and 0 not in (uid_a, uid_b), (uid_a, uid_b)
+    assert tmp_a != tmp_b and tmp_a.startswith("/tmp/"), (tmp_a, tmp_b)
+    for me, other, pid_me, pid_other, tmp_other in (("NC-ProbeA", "NC-ProbeB", pid_a, pid_b, tmp_b),
+                                                      ("NC-ProbeB", "NC-ProbeA", pid_b, pid_a, tmp_a)):
+        mine, theirs = f"{STATE_IN}/{PROBES[me]}", f"{STATE_IN}/{PROBES[other]}"
+        got = _probe(app, me, [
+            ["read", f"{dirs[me]}/__init__.py"], ["write", f"{dirs[me]}/made-here"], ["write", f"{mine}/x"],
+            ["list", mine], ["write", f"{tmp_a if me == 'NC-ProbeA' else tmp_b}/t"], ["signal", pid_me],
+            ["read", f"{dirs[other]}/__init__.py"], ["list", dirs[other]], ["write", f"{dirs[other]}/planted"],
+            ["list", theirs], ["write", f"{theirs}/planted"], ["write", f"{tmp_other}/planted"],
+            ["signal", pid_other], ["mem", pid_other]])
+        control, attempts = got[:6], got[6:]
+        assert control == ["ok"] * 6, (me, got)
+        assert attempts[:6] == ["EACCES"] * 6, (me, got)
+        assert attempts[6] == "EPERM" and attempts[7] in ("EACCES", "EPERM"), (me, got)
+    # The other pack's folder and state are open to any uid: only the walls kept them out.
+    for f, name in PROBES.items():
+        assert os.stat(app.root / "custom_nodes" / f / "__init__.py").st_mode & 0o004
+        state = Path(app.host.state) / "packs" / name
+        if os.geteuid() == 0:
+            assert os.stat(state).st_mode & 0o777 == 0o777
+        assert not (state / "planted").exists() and not (state / "layer" / "planted").exists()

@@ -7,9 +7,13 @@ in one run:
 * direct: the app's own loader (``nodes.load_custom_node``) in this process, which has
   imported the app and torch (the baseline of the targets);
 * own cell: ``StudioHost`` today, one sandbox + zygote per pack;
-* app cell: ``StudioHost(app_cell=True, app_preload=["nodes", "server", "numpy"])``: the first pack
-  starts the app cell (sandbox + zygote importing torch and the app), later packs are
-  fork + pack import; warm reload = ``ext.restart()`` (stop the pack's worker, fork a new one).
+* app cell: ``StudioHost(app_cell=True, app_preload=["nodes", "server", "numpy"])`` starts the
+  app cell (sandbox + zygote importing torch and the app) in the background as it is made
+  (timed: "app cell cold start"); every pack, the first included, is then fork + pack import,
+  each walled off in its own uid and Landlock domain; warm reload = ``ext.restart()`` (stop the
+  pack's worker, fork a new one).
+* direct cold: a fresh interpreter importing torch and the app (``utils``, ``nodes``,
+  ``server``, ``numpy``) as the app's own start does: what the cold start is compared with.
 
 Memory: USS (private pages) and PSS of one pack's worker, from /proc/PID/smaps_rollup.
 Venvs are provisioned before anything is timed. Writes the rows to --out (JSON) and prints
@@ -23,6 +27,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,6 +116,14 @@ async def main_async(a) -> dict:
             t_direct.append(time.perf_counter() - t0)
         rows["direct"] = {"first_ms": ms(t_direct[0]), "median_ms": ms(statistics.median(t_direct)),
                           "max_ms": ms(max(t_direct))}
+        # direct cold: a fresh interpreter importing torch and the app (median of 3)
+        cold = []
+        code = ("import sys, time; t0 = time.perf_counter(); sys.path.insert(0, sys.argv[1]); import torch, numpy; "
+                "import utils, nodes, server; print(time.perf_counter() - t0)")
+        for _ in range(3):
+            out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, check=True)
+            cold.append(float(out.stdout.split()[-1]))
+        rows["direct"]["cold_import_ms"] = ms(statistics.median(cold))
         base = dict(nodes.NODE_CLASS_MAPPINGS)
 
         async def load_all(host, which):
@@ -144,10 +157,14 @@ async def main_async(a) -> dict:
                             "reload_median_ms": ms(statistics.median(r_own)), "worker": m_own}
 
         # app cell
+        t0 = time.perf_counter()
         app = studio.StudioHost(str(VENV_ROOT), state=str(d / "state-app"), app_cell=True,
                                 app_preload=["nodes", "server", "numpy"])
         try:
+            await app.manager._app_cells.wait_prewarmed()  # the app's own start-up would run meanwhile
+            t_cold = time.perf_counter() - t0
             t_app = await load_all(app, names)
+            walls = {n: [w["state"] for w in e.walls if w["name"] == "pack-separation"] for n, e in app.packs.items()}
             exts = list(app.packs.values())
             shared = [e for e in exts if type(e._cell).__name__ == "PackView"]
             ext = [e for e in exts if "entry" in e.name][-1]
@@ -157,7 +174,9 @@ async def main_async(a) -> dict:
             await app.stop()
         rows["app_cell"] = {"first_ms": ms(t_app[0]), "later_median_ms": ms(statistics.median(t_app[1:])),
                             "later_max_ms": ms(max(t_app[1:])), "reload_median_ms": ms(statistics.median(r_app)),
-                            "worker": m_app, "packs_in_app_cell": len(shared), "packs": len(exts)}
+                            "worker": m_app, "packs_in_app_cell": len(shared), "packs": len(exts),
+                            "cold_start_ms": ms(t_cold),
+                            "separated": sum(1 for v in walls.values() if v == ["active"])}
     finally:
         _ = srv
         sys.path.remove(str(root))
@@ -171,14 +190,20 @@ def table(r: dict) -> str:
     lines = [
         "| row | direct (app's loader, in process) | own cell per pack (today) | app cell | target (issue 10) |",
         "|---|---|---|---|---|",
-        f"| first pack ready | {d['first_ms']} ms | {o['first_ms']} ms | {p['first_ms']} ms | <= direct + 1000 ms |",
+        f"| cold start (fresh interpreter importing torch + the app / app cell started by StudioHost()) | "
+        f"{d['cold_import_ms']} ms | - | {p['cold_start_ms']} ms (in the background) | - |",
+        f"| first pack ready | {d['first_ms']} ms | {o['first_ms']} ms | {p['first_ms']} ms (after the cold start) "
+        f"| <= direct + 1000 ms |",
+        f"| cold start + first pack - direct cold import | - | - | "
+        f"{round(p['cold_start_ms'] + p['first_ms'] - d['cold_import_ms'] - d['first_ms'], 1)} ms | <= 1000 ms |",
         f"| later packs ready (median) | {d['median_ms']} ms | {o['later_median_ms']} ms | "
         f"{p['later_median_ms']} ms (max {p['later_max_ms']}) | <= 1000 ms |",
         f"| warm reload (ext.restart, median) | - | {o['reload_median_ms']} ms | {p['reload_median_ms']} ms | <= 100 ms |",
         f"| extra worker USS | - | {o['worker']['uss'] / mib:.1f} MiB | {p['worker']['uss'] / mib:.1f} MiB | <= 100 MB |",
         f"| extra worker PSS | - | {o['worker']['pss'] / mib:.1f} MiB | {p['worker']['pss'] / mib:.1f} MiB | <= 100 MB |",
     ]
-    return "\n".join(lines) + (f"\n\n{p['packs_in_app_cell']}/{p['packs']} packs in the app cell; "
+    return "\n".join(lines) + (f"\n\n{p['packs_in_app_cell']}/{p['packs']} packs in the app cell, "
+                               f"{p['separated']} with pack-separation active; "
                                f"packs: {', '.join(r['meta']['packs'])}")
 
 

@@ -429,3 +429,16 @@ def inline_tensor(kind: str, dtype: str, shape: List[int], address: int, nbytes:
 
 def dtypes() -> List[Tuple[str, int, int, Optional[str], str]]:
     """The wire dtypes: ``(name, code, item size, numpy name or None, torch name)``."""
+
+class ConfineError(RuntimeError):
+    """A forked worker could not be confined (the message names the wall); it must not run pack code."""
+
+def confine_forked_worker(uid: Optional[int], gid: Optional[int], ro_paths: List[str], rw_paths: List[str],
+                          system: bool = True) -> Dict[str, Any]:
+    """Confine this freshly forked, single-threaded process: no capabilities, ``uid``/``gid`` (None:
+    keep), no_new_privs, a stacked Landlock domain of ``ro_paths`` (read + exec), ``rw_paths`` (read +
+    write) and, with ``system``, the system's read-only paths; signals scoped to it. Returns
+    ``uid``, ``gid``, ``bounding_dropped``, ``landlock_abi``, ``scoped``, ``rules``; raises ConfineError."""
+
+def confine_probe() -> Tuple[bool, str]:
+    """Whether this kernel can wall forked workers apart: ``(True, detail)`` or ``(False, why)``."""

@@ -121,7 +121,7 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
                 for pid in list(children):
                     try:
                         os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
+                    except OSError:  # gone, or confined to a uid of its own (the host kills by pidfd)
                         pass
                 os._exit(0)
             if op == "kill":
@@ -129,7 +129,7 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
                     if wid == msg.get("wid"):
                         try:
                             os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
+                        except OSError:  # gone, or confined to a uid of its own (the host kills by pidfd)
                             pass
                 continue
             if op == "spawn" and len(fds) == 2:

@@ -21,9 +21,19 @@ cell (today's path) and a log line says why:
   same file or the same version (a pack pinning ``numpy<2`` while the zygote
   imported numpy 2 gets its own cell).
 
-Walls stay truthful: packs sharing an app cell share one sandbox, so they can
-reach each other's files, processes and memory; ``ext.walls`` of such a pack
-lists ``pack-separation`` as ``missing`` (per-worker confinement is not wired yet).
+Packs sharing an app cell are walled apart (``pack-separation``): each pack's
+worker, right after the fork and before the pack is imported, confines itself
+(:func:`nodecell._pack_setup.confine`, the sandbox's ``confine_forked_worker``):
+as root, its own uid of the cell's leased range (``--uid-range``, one uid per
+pack, kept across restarts); no capabilities, no_new_privs; a Landlock domain
+stacked on the cell's allowing only its own paths (its folder and state layer,
+its venv, the app's code and data folders, the zygote's venv, a private
+``TMPDIR``) and scoping signals and abstract sockets to itself, so it cannot
+read or write another pack's files, signal it or read its memory. Rootless,
+every pack keeps the caller's one uid and the Landlock domain is the wall.
+``ext.walls`` says which: ``pack-separation`` ``active`` with the pack's uid,
+or ``missing`` with the reason where the kernel has no Landlock scoping (ABI
+6); in ``SandboxMode.REQUIRED`` (the default) such a pack gets its own cell.
 The zygote's death ends every pack's worker in it (each reports the crash); the
 next call starts a fresh app cell.
 """
@@ -36,6 +46,8 @@ import importlib.machinery
 import itertools
 import logging
 import os
+import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .cell import _Cell, _Worker
@@ -50,6 +62,8 @@ log = logging.getLogger("nodecell")
 
 #: Environment variables that name one pack (never part of an app cell's own environment).
 PER_PACK_ENV = ("NODECELL_PACK", "NODECELL_STUDIO")
+#: Host uids an app cell leases as root (``--uid-range``): its zygote's, then one per pack.
+APP_CELL_UIDS = 64
 _ids = itertools.count(1)
 
 
@@ -99,6 +113,9 @@ class LaunchShape:
         self.ro: List[str] = []
         self.rw: List[str] = []
         self.env: Dict[str, str] = {}
+        #: The pack's own mounts as seen inside (their destinations), for its Landlock domain.
+        self.own_ro: List[str] = []
+        self.own_rw: List[str] = []
         self.cwd = ""
         sep = argv.index("--")
         head, tail = argv[:sep], argv[sep + 1:]
@@ -109,8 +126,10 @@ class LaunchShape:
                 v = head[i + 1]
                 if a == "--ro":
                     self.ro.append(_general(v, cfg, venv))
+                    self.own_ro.append(_split(v)[1])
                 elif a == "--rw":
                     self.rw.append(_general(v, cfg, venv))
+                    self.own_rw.append(_split(v)[1])
                 elif a == "--env":
                     k, _, val = v.partition("=")
                     self.env[k] = val
@@ -138,9 +157,10 @@ class LaunchShape:
         ro = [m for m in dict.fromkeys(self.ro) if m not in rw]
         return ro, rw
 
-    def argv(self, preload: List[str], name: str) -> List[str]:
-        """The app cell's own command line (its environment without any one pack's names)."""
-        out = [self.launcher] + list(self.flags)
+    def argv(self, preload: List[str], name: str, extra: Tuple[str, ...] = ()) -> List[str]:
+        """The app cell's own command line (its environment without any one pack's names);
+        ``extra``: launcher flags of the cell only (``--uid-range``)."""
+        out = [self.launcher] + list(self.flags) + list(extra)
         ro, rw = self.mounts()
         for m in ro:
             out += ["--ro", m]
@@ -236,6 +256,24 @@ class AppCell:
         self.preload = preload
         self.paths = site_paths(venv["path"])
         self.views: Dict[str, "PackView"] = {}
+        #: Whether forked workers can be walled apart here (``(ok, detail)``, probed once).
+        self.separation: Tuple[bool, str] = _separation()
+        #: Pack name -> its slot in the cell's uid range (1, 2, ...), kept across restarts.
+        self.slots: Dict[str, int] = {}
+
+    def uid_of(self, pack: str) -> Optional[int]:
+        """The host uid of ``pack``'s workers (None: the cell's one uid, rootless)."""
+        first, count = self.cell.status.get("uid"), self.cell.status.get("uids") or 1
+        if not isinstance(first, int) or count <= 1:
+            return None
+        slot = self.slots.get(pack)
+        if slot is None:
+            slot = self.slots[pack] = len(self.slots) + 1
+        return first + slot if slot < count else None
+
+    def uids_left(self) -> bool:
+        count = self.cell.status.get("uids") or 1
+        return count <= 1 or len(self.slots) + 1 < count
 
     @property
     def alive(self) -> bool:
@@ -243,6 +281,10 @@ class AppCell:
 
     def why_not(self, cfg: ExtensionConfig, shape: LaunchShape, venv: Dict[str, Any]) -> Optional[str]:
         """None when the pack may share this app cell, else why not (for the log)."""
+        if not self.separation[0] and cfg["sandbox_mode"] is SandboxMode.REQUIRED:
+            return f"packs in one app cell cannot be walled apart here ({self.separation[1]}) and its mode is required"
+        if cfg["name"] not in self.slots and not self.uids_left():
+            return f"the app cell's {self.cell.status.get('uids')} uids are all taken (one per pack)"
         if shape.flags != self.shape.flags:
             diff = sorted(set(shape.flags) ^ set(self.shape.flags))
             return f"its sandbox settings differ ({' '.join(diff) or 'order'})"
@@ -288,9 +330,34 @@ class AppCell:
             "drop": drop,
             "site": site_dirs(venv["path"]),
         }
+        if self.separation[0]:
+            setup["confine"] = self.confine_spec(ext_name, shape)
         v = PackView(self, ext_name, setup)
         self.views[ext_name] = v
         return v
+
+
+    def confine_spec(self, pack: str, shape: LaunchShape) -> Dict[str, Any]:
+        """What ``pack``'s forked workers may keep (see :func:`nodecell._pack_setup.confine`): its
+        uid, and its own mounts plus the zygote's venv (whose modules it shares) for Landlock."""
+        zyg = [self.venv["path"]] + list(self.venv.get("ro_paths", []))
+        ro = list(dict.fromkeys(shape.own_ro + [_split(p)[1] for p in zyg]))
+        rw = list(dict.fromkeys(shape.own_rw))
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in pack)
+        return {"uid": self.uid_of(pack), "ro": [p for p in ro if p not in rw], "rw": rw,
+                "tmp": f"/tmp/nodecell-pack-{safe}"}
+
+
+_probe: Optional[Tuple[bool, str]] = None
+
+
+def _separation() -> Tuple[bool, str]:
+    global _probe
+    if _probe is None:
+        from . import _nodecell
+
+        _probe = _nodecell.confine_probe()
+    return _probe
 
 
 class AppCells:
@@ -303,44 +370,66 @@ class AppCells:
         self.cells: List[AppCell] = []
         #: Pack name -> why it got a cell of its own (last decision), for the host to show.
         self.own_cell: Dict[str, str] = {}
+        self._locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
+        self._prewarm: Optional["asyncio.Task[None]"] = None
+        #: Seconds the last :meth:`prewarm` took to start the app cell (None: none did).
+        self.prewarm_s: Optional[float] = None
+
+    def _lock(self, loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
 
     async def take(self, manager: "ExtensionManager", cfg: ExtensionConfig,
                    venv: Dict[str, Any]) -> Optional[_Cell]:
-        """A view of a compatible app cell for ``cfg`` (starting the first), or None: the pack
-        gets its own cell (the reason is logged and kept in :attr:`own_cell`)."""
+        """A view of a compatible app cell for ``cfg`` (starting the first, or waiting for the
+        one :meth:`prewarm` is starting), or None: the pack gets its own cell (the reason is
+        logged and kept in :attr:`own_cell`)."""
         if cfg["sandbox_mode"] is SandboxMode.DISABLED:
             return None
         loop = asyncio.get_running_loop()
         argv, host_env = manager._launch_argv(cfg, venv)
         shape = LaunchShape(argv, host_env, cfg, venv)
-        self.cells = [c for c in self.cells if c.alive and c.cell.loop is loop]
-        reasons = []
-        for ac in self.cells:
-            why = ac.why_not(cfg, shape, venv)
-            if why is None:
-                self.own_cell.pop(cfg["name"], None)
-                return ac.view(cfg["name"], cfg, shape, venv)
-            reasons.append(why)
-        if reasons:
-            self.own_cell[cfg["name"]] = "; ".join(reasons)
-            logging.getLogger(f"nodecell.{cfg['name']}").info(
-                "pack %r gets its own cell, not the app cell: %s", cfg["name"], self.own_cell[cfg["name"]])
-            return None
+        async with self._lock(loop):
+            self.cells = [c for c in self.cells if c.alive and c.cell.loop is loop]
+            reasons = []
+            for ac in self.cells:
+                why = ac.why_not(cfg, shape, venv)
+                if why is None:
+                    self.own_cell.pop(cfg["name"], None)
+                    return ac.view(cfg["name"], cfg, shape, venv)
+                reasons.append(why)
+            if reasons:
+                self.own_cell[cfg["name"]] = "; ".join(reasons)
+                logging.getLogger(f"nodecell.{cfg['name']}").info(
+                    "pack %r gets its own cell, not the app cell: %s", cfg["name"], self.own_cell[cfg["name"]])
+                return None
+            ac = await self._start(manager, cfg, venv, argv, host_env)
+        return ac.view(cfg["name"], cfg, shape, venv)
+
+    async def _start(self, manager: "ExtensionManager", cfg: ExtensionConfig, venv: Dict[str, Any],
+                     argv: List[str], host_env: Dict[str, str],
+                     siblings: Optional[List[ExtensionConfig]] = None) -> AppCell:
+        """Start an app cell shaped for ``cfg`` (and, with :attr:`siblings`, its sibling packs)."""
         # nodecell's side of every worker too: the extension type, the services, the record types.
         from ._rpc import registered_types
 
         ours = [manager.extension_type.__module__] + [a.__module__ for a in cfg["apis"]] + [
             t.__module__ for t in registered_types().values()]
-        preload = list(dict.fromkeys(shape.preload + self.preload + [m for m in ours if m != "__main__"]))
+        first = LaunchShape(argv, host_env, cfg, venv)
+        preload = list(dict.fromkeys(first.preload + self.preload + [m for m in ours if m != "__main__"]))
         name = f"app-cell-{next(_ids)}"
         cell_shape = LaunchShape(argv, host_env, cfg, venv)
-        if self.siblings is not None:
-            for other in self.siblings(cfg):
-                cell_shape.add_mounts_of(other)
+        if siblings is None and self.siblings is not None:
+            siblings = self.siblings(cfg)
+        for other in siblings or []:
+            cell_shape.add_mounts_of(other)
         cell = _Cell(name)
         cell.key = name
         try:
-            await cell.start(cell_shape.argv(preload, name), host_env)
+            extra = ("--uid-range", str(APP_CELL_UIDS)) if os.geteuid() == 0 else ()
+            await cell.start(cell_shape.argv(preload, name, extra), host_env)
         except BaseException:
             await cell.stop(grace=0.5)
             raise
@@ -348,7 +437,67 @@ class AppCells:
         self.cells.append(ac)
         # Stopped with the manager's warm cells (stop_all_extensions).
         manager._warm[f"{name}"] = (cell, venv)
-        return ac.view(cfg["name"], cfg, shape, venv)
+        return ac
+
+    async def prewarm(self, manager: "ExtensionManager", cfg: ExtensionConfig,
+                      siblings: Optional[List[ExtensionConfig]] = None) -> None:
+        """Start the app cell for ``cfg``'s shape now (its venv provisioned, the zygote's
+        imports done), unless a live one is there: the first pack then only forks.
+        ``siblings``: the packs' configs when known (else :attr:`siblings` is asked)."""
+        if cfg["sandbox_mode"] is SandboxMode.DISABLED or not cfg["isolated"]:
+            return
+        loop = asyncio.get_running_loop()
+        manager._loop = manager._loop or loop
+        venv = await loop.run_in_executor(None, manager._provision, cfg)
+        argv, host_env = manager._launch_argv(cfg, venv)
+        async with self._lock(loop):
+            if any(c.alive and c.cell.loop is loop for c in self.cells):
+                return
+            t0 = time.perf_counter()
+            await self._start(manager, cfg, venv, argv, host_env, siblings)
+            self.prewarm_s = time.perf_counter() - t0
+
+    def prewarm_soon(self, manager: "ExtensionManager",
+                     configs: Callable[[], List[ExtensionConfig]]) -> Optional["asyncio.Task[None]"]:
+        """Start an app cell in the background on the running loop (None: no loop runs), shaped
+        for the pack with the fewest dependencies among ``configs()`` (the packs that may join,
+        read on the loop): the host app goes on starting meanwhile, and its first pack waits at
+        most for what is left.
+        A failure is logged; the first pack then starts the app cell itself."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+
+        async def run() -> None:
+            try:
+                cfgs = configs()
+                cands = [c for c in cfgs if c["isolated"] and c["sandbox_mode"] is not SandboxMode.DISABLED]
+                if cands:
+                    best = min(cands, key=lambda c: (len(c["dependencies"]), c["name"]))
+                    await self.prewarm(manager, best, cfgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the first pack starts the app cell itself
+                log.warning("app cell prewarm failed (the first pack starts it): %s", e)
+
+        self._prewarm = loop.create_task(run())
+        return self._prewarm
+
+    async def wait_prewarmed(self) -> None:
+        """Wait for the background start of :meth:`prewarm_soon` (if any) to end."""
+        if self._prewarm is not None:
+            await asyncio.shield(self._prewarm)
+
+    async def close(self) -> None:
+        """Cancel a background start still running (the host is stopping)."""
+        t, self._prewarm = self._prewarm, None
+        if t is not None and not t.done():
+            t.cancel()
+            try:
+                await t
+            except BaseException:  # noqa: BLE001 - cancelled or failed: stopping anyway
+                pass
 
 
 # -- one pack's view of an app cell ------------------------------------------------------------
@@ -383,9 +532,19 @@ class PackView(_Cell):
         st = dict(self._app.cell.status)
         others = sorted(n for n in self._app.views if n != self.name)
         walls = list(st.get("walls", []))
-        walls.append({"name": "pack-separation", "state": "missing",
-                      "detail": f"shares app cell {self._app.cell.name!r} (forked from its zygote) with "
-                                f"{', '.join(others) or 'the packs that join it'}: one sandbox, no per-pack walls"})
+        with_ = f"shares app cell {self._app.cell.name!r} with {', '.join(others) or 'the packs that join it'}"
+        ok, detail = self._app.separation
+        spec = self.setup.get("confine")
+        if ok and spec is not None:
+            who = (f"its own uid {spec['uid']}" if spec["uid"] is not None else
+                   f"the cell's one uid {st.get('uid')} (rootless: the Landlock domain is the wall)")
+            walls.append({"name": "pack-separation", "state": "active",
+                          "detail": f"{with_}; each worker confined after the fork: {who}, no capabilities, "
+                                    f"no_new_privs, Landlock of its own {len(spec['ro']) + len(spec['rw']) + 1} "
+                                    f"paths, {detail}"})
+        else:
+            walls.append({"name": "pack-separation", "state": "missing",
+                          "detail": f"{with_}: one sandbox, no per-pack walls ({detail})"})
         st["walls"] = walls
         return st
 

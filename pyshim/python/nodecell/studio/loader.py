@@ -72,8 +72,10 @@ class StudioHost:
     placement=...)`` overrides it for one load. Other keyword arguments go to
     :class:`nodecell.ExtensionManagerConfig`. ``app_cell=True``: compatible packs
     share one sandbox whose zygote imported torch and ``app_preload`` (the app's
-    modules, e.g. ``["nodes"]``) once; a pack then loads by fork + import, and its
-    walls list ``pack-separation`` as missing (see :mod:`nodecell.appcell`).
+    modules, e.g. ``["nodes"]``) once, started in the background as soon as the host
+    is made inside a running event loop (the app's packs folder tells its shape); a
+    pack then loads by fork + import and is walled off from the others in its own
+    uid and Landlock domain (``pack-separation`` in its walls; see :mod:`nodecell.appcell`).
     """
 
     def __init__(self, venv_root_path: Optional[str] = None, *, app: Any = None, app_root: Optional[str] = None,
@@ -125,6 +127,8 @@ class StudioHost:
         self._refreshing: Dict[str, asyncio.Lock] = {}
         self._pack_dirs: Dict[str, str] = {}
         self._app_requirements: Optional[List[str]] = None
+        if app_cell:
+            self.manager._app_cells.prewarm_soon(self.manager, self._app_pack_configs)
 
     # -- configuration --------------------------------------------------------------------
 
@@ -180,7 +184,19 @@ class StudioHost:
         """The isolated packs in ``cfg``'s folder, its own included: an app cell started for ``cfg``
         also mounts what they need (their folders, state layers, output/temp), so they can join
         it; building their configs again opens their layers to the uid this launch leases."""
-        parent = os.path.dirname(cfg["module_path"])
+        return self._configs_in(os.path.dirname(cfg["module_path"]))
+
+    def _app_pack_configs(self) -> List[ExtensionConfig]:
+        """The isolated packs of the app's packs folder (what an app cell is prewarmed for)."""
+        p = self.profile
+        if p is None or p.root is None:
+            return []
+        fp = sys.modules.get(p.paths_module)
+        dirs = (getattr(fp, "folder_names_and_paths", {}).get("custom_nodes") or [[]])[0] if fp else []
+        folder = dirs[0] if dirs else os.path.join(p.root, "custom_nodes")
+        return self._configs_in(folder) if os.path.isdir(folder) else []
+
+    def _configs_in(self, parent: str) -> List[ExtensionConfig]:
         out = []
         for entry in sorted(os.listdir(parent)):
             d = os.path.join(parent, entry)
@@ -513,6 +529,8 @@ class StudioHost:
 
     async def stop(self) -> None:
         """Stop every pack's sandbox."""
+        if self.manager._app_cells is not None:
+            await self.manager._app_cells.close()  # an app cell still starting in the background
         await self.manager.stop_all_extensions()
         self.packs.clear()
 
