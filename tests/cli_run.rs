@@ -621,6 +621,47 @@ fn environment_is_cleared() {
 }
 
 #[test]
+fn launch_trace_names_each_phase_and_stays_outside() {
+    // NODECELL_TRACE_LAUNCH=1: one stderr line per phase from the launcher
+    // and from the sandbox's init, times rising; the variable itself never
+    // reaches the command (the environment wall).
+    let r = nodecell(&["run", "--", "/usr/bin/env"])
+        .env("NODECELL_TRACE_LAUNCH", "1")
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(!out.contains("NODECELL_TRACE_LAUNCH"), "{out}");
+    let err = String::from_utf8_lossy(&r.stderr);
+    let phases: Vec<(f64, String)> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("nodecell-trace "))
+        .map(|l| {
+            let (t, rest) = l.trim_start().split_once(" ms ").unwrap();
+            (
+                t.parse().unwrap(),
+                rest.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect();
+    let at = |name: &str| {
+        phases
+            .iter()
+            .find(|(_, p)| p == name)
+            .unwrap_or_else(|| panic!("no phase {name:?} in:\n{err}"))
+            .0
+    };
+    assert!(at("launcher identity") <= at("launcher cloned"));
+    assert!(at("launcher cloned") <= at("init hide pid 1"));
+    assert!(at("init filesystem") <= at("init seccomp"));
+    assert!(at("init seccomp") <= at("init command exec'd"));
+    assert!(at("init command exited") <= at("launcher released"));
+    // Untraced runs print nothing of it.
+    let quiet = run(&["run", "--", "/bin/true"]);
+    assert!(!quiet.stderr.contains("nodecell-trace"), "{}", quiet.stderr);
+}
+
+#[test]
 fn only_kept_fds_reach_the_command() {
     let (r, mut w) = pipe();
     let (_r2, w2) = pipe();

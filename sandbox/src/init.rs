@@ -179,6 +179,7 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
         Err(e) => return fail(format!("starting the command: {e}")),
     };
     drop(stack);
+    crate::trace::mark("init", "command exec'd");
     // CLONE_VFORK: the command has exec'd or exited by now. A failure it
     // recorded is reported by us; its exit status is only the code.
     if let Some((why, code)) = prepared.failure() {
@@ -202,6 +203,7 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
     loop {
         match sys::wait(-1, 0) {
             Ok(Some((p, status))) if p == pid => {
+                crate::trace::mark("init", "command exited");
                 let msg = match status {
                     WaitStatus::Exited(c) => Message::Exit {
                         code: Some(c),
@@ -213,6 +215,11 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
                     },
                 };
                 msg.send(report);
+                // The exit record is the last one: closing the pipe now
+                // (rather than when the kernel closes it, after unmapping
+                // this process's memory on the way out) lets the launcher
+                // return as soon as it has read it.
+                sys::close(report);
                 return status.code();
             }
             Ok(_) => continue, // an orphan reparented to us

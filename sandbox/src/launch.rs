@@ -261,6 +261,7 @@ fn setup_err(wall: Wall, why: impl Into<String>) -> Error {
 
 fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     let start = Instant::now();
+    crate::trace::start();
     policy.validate()?;
     check_command(cmd)?;
     // User namespaces need a single-threaded caller.
@@ -274,6 +275,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     // cell's own uid, held until the sandbox is gone.
     let (identity, _lease) = Identity::for_launcher(policy)
         .map_err(|e| setup_err(Wall::UserNamespace, e.to_string()))?;
+    crate::trace::mark("launcher", "identity");
     let launcher_groups: Vec<u32> = sys::groups()
         .unwrap_or_default()
         .into_iter()
@@ -285,9 +287,11 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     if let (true, Err(why)) = (required, &landlock_abi) {
         return Err(setup_err(Wall::Landlock, why.clone()));
     }
+    crate::trace::mark("launcher", "landlock abi");
     let memfd = MemfdPlan::for_launcher(identity.launcher_is_root);
     let program = seccomp::build(&memfd.filter_options())
         .map_err(|e| setup_err(Wall::Seccomp, e.to_string()))?;
+    crate::trace::mark("launcher", "seccomp built");
     let mounts = MountPlan::new(policy, identity.uid, identity.gid);
     for o in &policy.overlay {
         crate::overlay::prepare_state(o, identity.uid, identity.gid, identity.launcher_is_root)
@@ -305,9 +309,11 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         cwd: policy.cwd.clone().unwrap_or_else(|| PathBuf::from("/")),
         keep_fds: cmd.keep_fds.clone(),
     };
+    crate::trace::mark("launcher", "mounts, env, exec planned");
     let mut held = Held::default();
     let (limit_walls, rlimits) = prepare_limits(policy, &mut held)?;
 
+    crate::trace::mark("launcher", "limits");
     let fail_launcher =
         |what: &str, e: std::io::Error| setup_err(Wall::Launcher, format!("{what}: {e}"));
     let (sync_read, sync_write) = sys::pipe_cloexec().map_err(|e| fail_launcher("pipe", e))?;
@@ -336,6 +342,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         report_write,
     };
 
+    crate::trace::mark("launcher", "pipes, signals");
     // SAFETY: the process was checked to be single-threaded just above.
     let child = match unsafe { sys::clone_fork(namespaces::clone_flags(policy.net)) } {
         Ok(0) => sandbox_main(&plan),
@@ -349,6 +356,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     };
     held.close(sync_read);
     held.close(report_write);
+    crate::trace::mark("launcher", "cloned");
 
     // Maps, cgroups, then let the child go.
     let go = identity
@@ -361,6 +369,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         .and_then(|()| {
             sys::write_all(sync_write, b"g").map_err(|e| fail_launcher("starting the sandbox", e))
         });
+    crate::trace::mark("launcher", "maps written, child released");
     if let Err(e) = go {
         let _ = sys::kill(child, libc::SIGKILL);
         let _ = sys::wait(child, 0);
@@ -389,6 +398,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     watch.run(&mut sup);
     // The init is reaped: the whole pid namespace is gone. Collect the last
     // messages, then release everything (mask, fds, cgroups).
+    crate::trace::mark("launcher", "init reaped or reported");
     watch.drain(&mut sup);
     let oom_kills = held.cgroup.as_ref().map(|c| c.oom_kills()).unwrap_or(0);
     drop(held);
@@ -404,6 +414,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         }
     }
     let exit = decide_exit(&sup, policy, oom_kills);
+    crate::trace::mark("launcher", "released");
     Ok(Outcome {
         exit,
         walls,
@@ -850,7 +861,9 @@ fn sandbox_main(plan: &ChildPlan) -> ! {
     };
     for step in CHILD_STEPS {
         let _ = (step.name, step.why);
-        match (step.run)(plan, &mut child) {
+        let r = (step.run)(plan, &mut child);
+        crate::trace::mark("init", step.name);
+        match r {
             Ok(()) => {}
             Err(Stop::Quiet) => sys::exit(125),
             Err(Stop::Wall(wall, why)) => {

@@ -50,6 +50,7 @@ pub mod rlimits;
 pub mod seccomp;
 mod supervise;
 mod sys;
+pub mod trace;
 pub mod uids;
 
 pub use error::Error;

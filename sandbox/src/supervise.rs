@@ -66,6 +66,7 @@ impl Watch<'_> {
         for m in sup.reader.push(bytes) {
             match m {
                 Message::Walls { mut walls } => {
+                    crate::trace::mark("launcher", "walls report read");
                     walls.extend(self.launcher_walls.iter().cloned());
                     walls.sort_by_key(|w| Wall::rank(&w.name));
                     write_status(
@@ -95,7 +96,10 @@ impl Watch<'_> {
                     sup.walls = Some(walls);
                 }
                 Message::Setup { wall, why, code } => sup.setup = Some((wall, why, code)),
-                Message::Exit { code, signal } => sup.exit = Some((code, signal)),
+                Message::Exit { code, signal } => {
+                    crate::trace::mark("launcher", "exit report read");
+                    sup.exit = Some((code, signal));
+                }
             }
         }
         if let (Some(why), None) = (sup.reader.broken(), &sup.broken) {
