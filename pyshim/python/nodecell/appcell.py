@@ -44,6 +44,7 @@ import asyncio
 import glob
 import importlib.machinery
 import itertools
+import json
 import logging
 import os
 import time
@@ -260,6 +261,8 @@ class AppCell:
         self.separation: Tuple[bool, str] = _separation()
         #: Pack name -> its slot in the cell's uid range (1, 2, ...), kept across restarts.
         self.slots: Dict[str, int] = {}
+        #: What :meth:`why_not` found per venv (packs sharing a venv, a restart: no second walk).
+        self._fits: Dict[str, Optional[str]] = {}
 
     def uid_of(self, pack: str) -> Optional[int]:
         """The host uid of ``pack``'s workers (None: the cell's one uid, rootless)."""
@@ -280,7 +283,8 @@ class AppCell:
         return not self.cell.dead
 
     def why_not(self, cfg: ExtensionConfig, shape: LaunchShape, venv: Dict[str, Any]) -> Optional[str]:
-        """None when the pack may share this app cell, else why not (for the log)."""
+        """None when the pack may share this app cell, else why not (for the log). The venv
+        check is remembered per venv (a warm reload does not walk it again)."""
         if not self.separation[0] and cfg["sandbox_mode"] is SandboxMode.REQUIRED:
             return f"packs in one app cell cannot be walled apart here ({self.separation[1]}) and its mode is required"
         if cfg["name"] not in self.slots and not self.uids_left():
@@ -296,6 +300,13 @@ class AppCell:
         for m in pro:
             if m not in ro and m not in rw:
                 return f"it needs the mount {m} the app cell does not have"
+        key = json.dumps([venv.get("path"), venv.get("python"), venv.get("python_version")])
+        if key not in self._fits:
+            self._fits[key] = self._venv_why_not(venv)
+        return self._fits[key]
+
+    def _venv_why_not(self, venv: Dict[str, Any]) -> Optional[str]:
+        """Whether the pack's interpreter and venv fit what the zygote imported."""
         if os.path.realpath(venv["python"]) != os.path.realpath(self.venv["python"]) or \
                 venv.get("python_version") != self.venv.get("python_version"):
             return (f"its interpreter ({venv.get('python_version')}, {os.path.realpath(venv['python'])}) is not "
