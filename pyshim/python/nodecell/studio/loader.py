@@ -92,6 +92,9 @@ class StudioHost:
             from .. import appcell
 
             early = list(self.profile.preload) if self.profile is not None else []  # as the app's entry point
+            # The worker hooks' modules too: each forked worker then only runs them (not imports them).
+            worker_hooks = list(self.profile.worker_hooks) if self.profile is not None else []
+            early += [str(h).partition(":")[0] for h in worker_hooks + list(hooks)]
             appcell.enable(self.manager, early + [str(m) for m in app_preload], self._sibling_configs)
         if api_packages is not None:
             self.api_packages = tuple(api_packages)
