@@ -212,9 +212,12 @@ impl PyChannel {
         payload: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let ch = self.ch()?;
-        let frame = self.codec(&ch).build_frame(py, kind, call_id, payload)?;
+        let codec = self.codec(&ch);
+        let frame = codec.build_frame(py, kind, call_id, payload)?;
         crate::cuda::before_send(py, self.id, kind)?;
-        self.push(py, ch, frame)
+        let sent = self.push(py, &ch, frame);
+        drop(codec); // the frame's arenas: the channel holds what the peer names now
+        sent
     }
 
     /// Sends a call: `target`'s `method` with `args` (a tuple) and `kwargs` (a dict);
@@ -255,7 +258,9 @@ impl PyChannel {
             deadline_ns: 0,
         });
         crate::cuda::before_send(py, self.id, nodecell_ipc::frame::kind::CALL)?;
-        self.push(py, ch, frame)
+        let sent = self.push(py, &ch, frame);
+        drop(codec); // the frame's arenas: the channel holds what the peer names now
+        sent
     }
 
     /// The next frame if one is ready, else None (never blocks).
@@ -414,6 +419,7 @@ impl PyChannel {
             id: self.id,
             hooks: &self.hooks,
             own: &self.own,
+            in_flight: Mutex::new(Vec::new()),
         }
     }
 
@@ -429,7 +435,7 @@ impl PyChannel {
         r
     }
 
-    fn push(&self, py: Python<'_>, ch: Channel, frame: Frame) -> PyResult<bool> {
+    fn push(&self, py: Python<'_>, ch: &Channel, frame: Frame) -> PyResult<bool> {
         let c = ch.clone();
         py.detach(move || c.send(&frame)).map_err(channel_err)?;
         Ok(!ch.has_outbox())
@@ -446,6 +452,8 @@ struct Codec<'a> {
     hooks: &'a Mutex<Option<Hooks>>,
     /// Our arenas shared on this channel, by slot.
     own: &'a crate::tensor::OwnArenas,
+    /// Our arenas the frame being built names, held until it is sent.
+    in_flight: crate::tensor::InFlight,
 }
 
 impl Codec<'_> {
@@ -455,6 +463,7 @@ impl Codec<'_> {
             ch: self.ch,
             id: self.id,
             own: self.own,
+            in_flight: &self.in_flight,
         }
     }
 }

@@ -39,6 +39,13 @@ pub(crate) const INLINE_RECORD: &str = "nodecell.ndarray";
 /// Our arenas shared on one channel, by slot (to hand the same memory back).
 pub(crate) type OwnArenas = Mutex<HashMap<u64, Weak<IpcArena>>>;
 
+/// Our arenas named by the frame being built, held until it is sent (the channel
+/// then counts the peer's references to them). Without this a pooled arena is free
+/// again as soon as its tensor's marker is encoded, and the pool hands it out for the
+/// next tensor of the same frame: two outputs of one result in one arena, the second
+/// written over the first (a node returning a mask and its inverse got two inverses).
+pub(crate) type InFlight = Mutex<Vec<Arc<IpcArena>>>;
+
 /// One channel end, as the tensor code needs it.
 pub(crate) struct End<'a> {
     /// The channel.
@@ -47,6 +54,8 @@ pub(crate) struct End<'a> {
     pub(crate) id: u64,
     /// Our arenas shared on it.
     pub(crate) own: &'a OwnArenas,
+    /// Our arenas the frame being built names (see [`InFlight`]).
+    pub(crate) in_flight: &'a InFlight,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +144,7 @@ fn share_own(
         .share_tensor(arena, offset, dtype, shape, Some(strides))
         .map_err(channel_err)?;
     lock(end.own).insert(d.slot, Arc::downgrade(arena));
+    lock(end.in_flight).push(arena.clone());
     Ok(d)
 }
 

@@ -217,6 +217,22 @@ def test_worker_outputs_reuse_pooled_arenas(aloop, basic_ext):
     assert memfds() - fds0 <= 2, "no new arena fd per output"
 
 
+def test_fresh_outputs_of_one_result_get_their_own_arenas(aloop, basic_ext):
+    """A node returning a mask and its inverse: both fresh outputs of one reply, the same
+    size. With the pool warm (a free arena of that size), each still gets its own arena:
+    the first is not free again before the reply is sent (KJNodes' CreateMagicMask came
+    back as two inverses)."""
+    shape = (1, 128, 160)  # 80 KB each: pooled, not inline
+    for i in range(3):  # warm the pool: free arenas of this size class
+        aloop.run(basic_ext.make_tensor(128 * 160, i))
+    for seed in range(3):
+        a, b = aloop.run(basic_ext.make_pair(list(shape), seed))
+        m = torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(a, m) and torch.equal(b, 1.0 - m), (seed, float(a.flatten()[0]), float(m.flatten()[0]))
+        assert a.data_ptr() != b.data_ptr()
+        del a, b
+
+
 def test_a_worker_rewriting_its_sent_outputs_cannot_reach_forwarded_copies(aloop, basic_ext, other_ext):
     """What SECURITY.md promises for pooled outputs: a worker can still change an output
     it sent until the host releases it (pages the host did not write), but a tensor the

@@ -211,6 +211,14 @@ class TestExt(nodecell.ExtensionBase):
 
         return torch.full((n,), float(value))
 
+    def make_pair(self, shape, seed):
+        """Two fresh tensors in one result (a mask and its inverse, as real nodes return)."""
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        m = torch.rand(*shape, generator=g)
+        return (m, 1.0 - m)
+
     def inplace_return(self, t, f):
         """Changes its input in place and returns it (common in real nodes)."""
         t.mul_(f)
