@@ -26,6 +26,17 @@ __all__ = ["Extension", "ExtensionMethods"]
 T = TypeVar("T", bound=ExtensionBase)
 
 
+#: Seconds a new worker may take to start (its ``init``: the pack's import) before it
+#: counts as hung. A start is not a call: the pack's per-call ``timeout`` raises this,
+#: never lowers it (a restart after a timed-out call on a loaded machine, importing a
+#: large pack, must not fail for the node deadline of the call that needs it).
+START_TIMEOUT = 300.0
+
+
+def _start_timeout(call_timeout: Optional[float]) -> float:
+    return max(START_TIMEOUT, call_timeout or 0.0)
+
+
 class Extension(Generic[T]):
     """The host's handle on one loaded extension.
 
@@ -157,7 +168,7 @@ class Extension(Generic[T]):
         w = await self._cell.spawn_worker()
         try:
             w.init_info = await self._call_on(w, CONTROL_ID, "init", (self._manager._init_config(self),), {},
-                                              internal=True, timeout=max(60.0, self.config["timeout"] or 0))
+                                              internal=True, timeout=_start_timeout(self.config["timeout"]))
         except BaseException:
             w.kill()
             raise
@@ -277,7 +288,7 @@ class Extension(Generic[T]):
         w = self._cell.spawn_worker_now()
         try:
             w.init_info = _sync.call(self, w, CONTROL_ID, "init", (self._manager._init_config(self),), {},
-                                     internal=True, timeout=max(60.0, self.config["timeout"] or 0))
+                                     internal=True, timeout=_start_timeout(self.config["timeout"]))
         except BaseException:
             w.kill()
             raise
