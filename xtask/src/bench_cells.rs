@@ -4,8 +4,10 @@
 //! stand-in app (tests/fixtures/studio_app) with several packs, three ways in one run: the
 //! app's own loader in process (the baseline), one cell per pack (today's path) and app
 //! cells (`StudioHost(app_cell=True)`: packs forked from one zygote that imported torch and
-//! the app). Rows: first pack ready, later packs ready (median), warm reload
-//! (`ext.restart()`, median), and USS/PSS of one pack's worker. It writes
+//! the app, started in the background when the host is made). Rows: cold start (a fresh
+//! interpreter importing torch + the app / the app cell's start), first pack ready,
+//! later packs ready (median), warm reload (`ext.restart()`, median), and USS/PSS of
+//! one pack's worker. It writes
 //! `target/bench/cells.json` and prints the table. The driver runs in its own process
 //! group, killed past `--timeout`.
 
