@@ -22,6 +22,9 @@ import threading
 import time
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
+#: Longest a drain waits for the records of calls still open (see WorkerProfiler.drain).
+DRAIN_SETTLE_S = 0.25
+
 #: Records kept between drains (the oldest go first beyond this).
 MAX_RECORDS = 200_000
 
@@ -38,6 +41,8 @@ class WorkerProfiler:
         self._open: Dict[int, Tuple[str, str, int, int]] = {}
         self._done: Deque[tuple] = collections.deque(maxlen=MAX_RECORDS)
         self._lock = threading.Lock()
+        #: Notified when a call's record is done (``drain`` waits briefly for replies in flight).
+        self._recorded = threading.Condition(self._lock)
         self.dropped = 0
 
     def begin(self, call_id: int, payload: Any) -> None:
@@ -62,10 +67,16 @@ class WorkerProfiler:
             if len(self._done) == self._done.maxlen:
                 self.dropped += 1
             self._done.append((call_id, method, thread, run, decode, reply_ns, sent))
+            self._recorded.notify_all()
 
-    def drain(self) -> List[tuple]:
-        """The records since the last drain."""
+    def drain(self, settle: float = DRAIN_SETTLE_S) -> List[tuple]:
+        """The records since the last drain. A call whose reply is already on its way is
+        recorded by its thread just after the send: calls still open get up to ``settle``
+        seconds to finish their records (the host drains right after its last reply)."""
         with self._lock:
+            end = time.monotonic() + settle
+            while self._open and (left := end - time.monotonic()) > 0:
+                self._recorded.wait(left)
             out = list(self._done)
             self._done.clear()
         return out
