@@ -25,9 +25,9 @@ use crate::memfd::MemfdPlan;
 use crate::mounts::MountPlan;
 use crate::namespaces::{self, Identity};
 use crate::policy::{show_bytes, Mode, Policy, PolicyError};
-use crate::report::{
-    write_status, Exit, ExitLine, ExitReason, Message, Wall, WallReport, WallState,
-};
+use nodecell_wire::status::Record;
+
+use crate::report::{write_status, Exit, ExitReason, Message, Wall, WallReport, WallState};
 use crate::rlimits::RlimitPlan;
 use crate::supervise::{decide_exit, Supervision, Watch};
 use crate::{capabilities, env, fds, pid1, seccomp, sys};
@@ -157,19 +157,14 @@ const SUPERVISED: [libc::c_int; 7] = [
 pub fn launch(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     let result = launch_inner(policy, cmd);
     match &result {
-        Ok(outcome) => write_status(
-            cmd.status_fd,
-            &ExitLine {
-                exit: &outcome.exit,
-            },
-        ),
+        Ok(outcome) => write_status(cmd.status_fd, &Record::Exit(outcome.exit.clone())),
         Err(e) => {
             let exit = Exit {
                 code: e.exit_code(),
                 reason: ExitReason::Setup,
                 detail: e.to_string(),
             };
-            write_status(cmd.status_fd, &ExitLine { exit: &exit });
+            write_status(cmd.status_fd, &Record::Exit(exit));
         }
     }
     result

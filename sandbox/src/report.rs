@@ -1,6 +1,6 @@
 //! What the sandbox tells its launcher, and what the launcher tells the
 //! caller: wall reports, the child-to-launcher messages, and the two JSON
-//! lines written to `--status-fd`.
+//! lines written to `--status-fd` (records defined in `nodecell_wire::status`).
 //!
 //! The report pipe is written by the sandbox's init alone (the command's
 //! process never holds it, and pid 1 is not dumpable, so the worker has no
@@ -11,6 +11,7 @@
 
 use std::os::fd::RawFd;
 
+use nodecell_wire::status::{encode_line, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::sys;
@@ -141,38 +142,11 @@ impl std::fmt::Display for Wall {
     }
 }
 
-/// Whether a wall stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WallState {
-    /// Set up and enforced.
-    Active,
-    /// Asked for (or part of every sandbox) but the kernel or user cannot
-    /// provide it. `required` mode never runs with a missing wall.
-    Missing,
-    /// Not asked for (`--net`, no `--memory`, ...).
-    Off,
-}
+pub use nodecell_wire::status::{Exit, ExitReason, WallReport, WallState};
 
-/// One line of the wall report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WallReport {
-    /// The wall's name ([`Wall::as_str`]).
-    pub name: String,
-    /// Its state.
-    pub state: WallState,
-    /// What was set up, or why it is missing.
-    pub detail: String,
-}
-
-impl WallReport {
-    /// Builds a report line.
-    pub fn new(wall: Wall, state: WallState, detail: impl Into<String>) -> Self {
-        WallReport {
-            name: wall.as_str().to_string(),
-            state,
-            detail: detail.into(),
-        }
+impl From<Wall> for String {
+    fn from(wall: Wall) -> String {
+        wall.as_str().to_string()
     }
 }
 
@@ -218,61 +192,11 @@ impl Message {
     }
 }
 
-/// Why a sandbox ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExitReason {
-    /// The command exited on its own.
-    Exited,
-    /// The command was killed by a signal (code = 128 + signal).
-    Signal,
-    /// `--timeout` expired; the whole tree was killed (code 124).
-    Timeout,
-    /// The memory limit killed it (code 137).
-    Memory,
-    /// The sandbox could not be set up (125), or the command could not be
-    /// executed inside it (126 not executable, 127 not found).
-    Setup,
-}
-
-/// How a sandbox ended: the launcher's exit status and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Exit {
-    /// The status `nodecell run` exits with.
-    pub code: i32,
-    /// Why.
-    pub reason: ExitReason,
-    /// Human-readable detail (signal name, limit, wall and error).
-    pub detail: String,
-}
-
-/// The first `--status-fd` line.
-#[derive(Serialize)]
-pub(crate) struct UpLine<'a> {
-    pub walls: &'a [WallReport],
-    pub cgroup: Option<String>,
-    pub pid: i32,
-    /// Host uid of the cell (the first of `uids` with `--uid-range`).
-    pub uid: u32,
-    /// Host gid of the cell.
-    pub gid: u32,
-    /// Number of consecutive host uids (and gids) the cell owns.
-    pub uids: u32,
-}
-
-/// The last `--status-fd` line.
-#[derive(Serialize)]
-pub(crate) struct ExitLine<'a> {
-    pub exit: &'a Exit,
-}
-
-/// Writes one JSON line to the status fd, ignoring errors (a caller that
-/// closed its end does not stop the sandbox).
-pub(crate) fn write_status<T: Serialize>(fd: Option<RawFd>, value: &T) {
+/// Writes one status record (`nodecell_wire::status`) to the status fd,
+/// ignoring errors (a caller that closed its end does not stop the sandbox).
+pub(crate) fn write_status(fd: Option<RawFd>, record: &Record) {
     if let Some(fd) = fd {
-        let mut line = serde_json::to_vec(value).unwrap_or_default();
-        line.push(b'\n');
-        let _ = sys::write_all(fd, &line);
+        let _ = sys::write_all(fd, &encode_line(record));
     }
 }
 
@@ -493,28 +417,28 @@ mod tests {
             WallState::Off,
             "host network",
         )];
-        let up = serde_json::to_value(UpLine {
-            walls: &walls,
+        let up = nodecell_wire::status::Up {
+            walls,
             cgroup: None,
             pid: 42,
             uid: 1879048200,
             gid: 1879048200,
             uids: 1,
-        })
-        .unwrap();
+        };
+        let line = encode_line(&Record::Up(up));
         assert_eq!(
-            up,
-            serde_json::json!({"walls":[{"name":"net-namespace","state":"off","detail":"host network"}],"cgroup":null,"pid":42,"uid":1879048200,"gid":1879048200,"uids":1})
+            serde_json::from_slice::<serde_json::Value>(&line).unwrap(),
+            serde_json::json!({"v":1,"walls":[{"name":"net-namespace","state":"off","detail":"host network"}],"cgroup":null,"pid":42,"uid":1879048200,"gid":1879048200,"uids":1})
         );
         let exit = Exit {
             code: 124,
             reason: ExitReason::Timeout,
             detail: "after 1s".into(),
         };
-        let line = serde_json::to_value(ExitLine { exit: &exit }).unwrap();
+        let line = encode_line(&Record::Exit(exit));
         assert_eq!(
-            line,
-            serde_json::json!({"exit":{"code":124,"reason":"timeout","detail":"after 1s"}})
+            serde_json::from_slice::<serde_json::Value>(&line).unwrap(),
+            serde_json::json!({"v":1,"exit":{"code":124,"reason":"timeout","detail":"after 1s"}})
         );
     }
 

@@ -16,8 +16,10 @@ use std::time::Instant;
 
 use crate::launch::Command;
 use crate::policy::{show_bytes, Mode, Policy};
+use nodecell_wire::status::{Record, Up};
+
 use crate::report::{
-    write_status, Exit, ExitReason, Message, ReportReader, UpLine, Wall, WallReport, WallState,
+    write_status, Exit, ExitReason, Message, ReportReader, Wall, WallReport, WallState,
 };
 use crate::sys;
 
@@ -71,14 +73,14 @@ impl Watch<'_> {
                     walls.sort_by_key(|w| Wall::rank(&w.name));
                     write_status(
                         self.cmd.status_fd,
-                        &UpLine {
-                            walls: &walls,
+                        &Record::Up(Up {
+                            walls: walls.clone(),
                             cgroup: self.cgroup.map(|p| p.display().to_string()),
                             pid: self.child,
                             uid: self.uid,
                             gid: self.gid,
                             uids: self.uids,
-                        },
+                        }),
                     );
                     if self.cmd.warn_missing && self.policy.mode == Mode::BestEffort {
                         let missing: Vec<String> = walls
