@@ -14,6 +14,8 @@
 //!   [`find_uv::find_uv`]: the uv they are built with.
 //! * [`confine`] (`confine_forked_worker`, `confine_probe`): an app cell's forked workers, each
 //!   walled to its own pack (uid, capabilities, Landlock).
+//! * [`control`] (`encode_zygote_request`, `decode_zygote_event`, `decode_status_line`, ...):
+//!   the zygote control messages and the launcher's status records of `nodecell_wire`.
 //! * [`tools`] (`CallStats`, `tools_socket_path`): what `nodecell top` / `debug` / `profile` need.
 //!
 //! The Python package (`pyshim/python/nodecell`) builds the user-facing API on top.
@@ -24,11 +26,13 @@ use pyo3::prelude::*;
 pub mod arena;
 pub mod channel;
 pub mod confine;
+pub mod control;
 pub mod cuda;
 pub mod dlpack;
 pub mod find_uv;
 pub mod markers;
 pub mod provision;
+mod pyjson;
 pub mod reactor;
 pub mod tensor;
 pub mod tools;
@@ -112,6 +116,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dlpack::DLSource>()?;
     m.add_class::<wire::PyWire>()?;
     markers::register(m)?;
+    control::register(m)?;
     cuda::register_module(m)?;
     tools::register(m)?;
     confine::register(m)?;

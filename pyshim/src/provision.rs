@@ -8,40 +8,9 @@ use nodecell_provision::{
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
-use pyo3::IntoPyObjectExt;
+use pyo3::types::PyDict;
 
-/// serde_json value -> Python object.
-fn json_to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
-    Ok(match v {
-        serde_json::Value::Null => py.None(),
-        serde_json::Value::Bool(b) => b.into_py_any(py)?,
-        serde_json::Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into_py_any(py)?
-            } else if let Some(u) = n.as_u64() {
-                u.into_py_any(py)?
-            } else {
-                n.as_f64().unwrap_or(f64::NAN).into_py_any(py)?
-            }
-        }
-        serde_json::Value::String(s) => s.into_py_any(py)?,
-        serde_json::Value::Array(a) => {
-            let mut out = Vec::with_capacity(a.len());
-            for x in a {
-                out.push(json_to_py(py, x)?);
-            }
-            PyList::new(py, out)?.into_any().unbind()
-        }
-        serde_json::Value::Object(o) => {
-            let d = PyDict::new(py);
-            for (k, x) in o {
-                d.set_item(k, json_to_py(py, x)?)?;
-            }
-            d.into_any().unbind()
-        }
-    })
-}
+use crate::pyjson::json_to_py;
 
 /// Reads a pack's manifest (`manifest.yaml`, `pyisolate.yaml` or `[tool.nodecell]`
 /// in `pyproject.toml`) from a folder or file path; returns it as a dict.

@@ -187,3 +187,74 @@ def test_installed_wheel_in_a_fresh_venv(tmp_path):
                        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert str(venv) in r.stdout, "the launcher comes from the installed wheel"
+
+
+def test_control_messages_and_status_records_are_checked_in_rust(nc):
+    """The zygote protocol and the launcher's status lines are nodecell_wire's: typed,
+    versioned, and a malformed one is refused naming its field."""
+    import json
+
+    from nodecell import _nodecell as N
+
+    data = N.encode_zygote_request({"op": "spawn", "wid": 3})
+    assert json.loads(data) == {"op": "spawn", "wid": 3, "v": N.CONTROL_VERSION}
+    assert N.decode_zygote_request(data) == {"op": "spawn", "wid": 3}
+    setup = {"env": {"A": "1"}, "unset": [], "cwd": "/p", "drop": [], "site": ["/s"],
+             "confine": {"uid": None, "ro": ["/p"], "rw": [], "tmp": "/tmp/x"}}
+    spawn = N.decode_zygote_request(N.encode_zygote_request({"op": "spawn", "wid": 4, "pack": setup}))
+    assert spawn["pack"] == setup
+    ev = N.decode_zygote_event(N.encode_zygote_event({"op": "exited", "wid": 2, "pid": 9, "signal": 9}))
+    assert ev == {"op": "exited", "wid": 2, "pid": 9, "signal": 9}
+    for bad, field in [({"op": "kill", "wid": "x"}, "wid"), ({"op": "kill"}, "wid"),
+                       ({"op": "spawn", "wid": 1, "pack": {"env": {"A": 1}}}, "pack.env.A"),
+                       ({"op": "spawn", "wid": 1, "extra": 0}, "extra"), ({"op": "fork"}, "op")]:
+        with pytest.raises(N.WireError, match=f"field `{field}`"):
+            N.encode_zygote_request(bad)
+    with pytest.raises(ValueError, match="pack.env.A"):
+        N.encode_zygote_request({"op": "spawn", "wid": 1, "pack": {"env": {"A": object()}}})
+    with pytest.raises(N.WireError, match="field `v`"):
+        N.decode_zygote_event(b'{"op": "spawned", "wid": 1, "pid": 2}')
+    with pytest.raises(N.WireError, match="field `op`"):
+        N.decode_zygote_event(data)  # a request is no event
+    with pytest.raises(N.WireError, match="not a JSON object"):
+        N.decode_zygote_event(b"\xff garbage")
+    kind, rec = N.decode_status_line(b'{"v": 1, "exit": {"code": 137, "reason": "memory", "detail": "x"}}\n')
+    assert (kind, rec) == ("exit", {"code": 137, "reason": "memory", "detail": "x"})
+    with pytest.raises(N.WireError, match="field `exit.reason`"):
+        N.decode_status_line(b'{"v": 1, "exit": {"code": 1, "reason": "bored", "detail": ""}}')
+
+
+def test_a_zygote_survives_malformed_control_messages(aloop, manager, nc, support_dir):
+    """Garbage on the control socket is reported by the zygote (naming the field) and
+    ignored; the next worker it forks serves as usual."""
+    import signal
+
+    async def go():
+        ext = await manager.load_extension(nc.ExtensionConfig(
+            name="ctlcheck", module_path=pack(support_dir, "basic")))
+        try:
+            pid0 = (await ext.whoami())["pid"]
+            cell = ext._cell
+            cell.ctl.send(b'{"op": "spawn", "wid": "nope", "v": 1}')
+            cell.ctl.send(b"not json")
+            cell.ctl.send(b'{"op": "kill", "wid": 1, "v": 99}')
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and sum("ignoring a control message" in t
+                                                      for t in cell.stderr_tail) < 3:
+                await asyncio.sleep(0.05)
+            tail = "\n".join(cell.stderr_tail)
+            for w in list(cell.workers.values()):
+                signal.pidfd_send_signal(w.pidfd, signal.SIGKILL)
+            for _ in range(100):  # the next call waits for the fresh worker
+                try:
+                    pid1 = (await ext.whoami())["pid"]
+                    break
+                except nc.WorkerCrashed:
+                    await asyncio.sleep(0.05)
+            return tail, pid0, pid1
+        finally:
+            await ext.stop()
+
+    tail, pid0, pid1 = aloop.run(go())
+    assert "field `wid`" in tail and "not a JSON object" in tail and "field `v`" in tail, tail
+    assert pid1 != pid0, "a fresh worker, forked by the same zygote, serves"

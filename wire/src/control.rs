@@ -84,6 +84,28 @@ pub struct PackSetup {
     /// Site directories to add (the pack venv's site-packages, `.pth` files honoured).
     #[serde(default)]
     pub site: Vec<String>,
+    /// How the forked worker walls itself off from the other packs of its app cell.
+    #[serde(default)]
+    pub confine: Option<Confine>,
+}
+
+/// [`PackSetup::confine`]: what a forked pack worker may keep once confined
+/// (`_nodecell.confine_forked_worker`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confine {
+    /// The host-side uid (and gid) the worker takes, from the cell's `--uid-range` (none: keep).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Paths it may read and execute.
+    #[serde(default)]
+    pub ro: Vec<String>,
+    /// Paths it may read and write.
+    #[serde(default)]
+    pub rw: Vec<String>,
+    /// Its private `TMPDIR` (a folder under `/tmp`).
+    #[serde(default)]
+    pub tmp: Option<String>,
 }
 
 /// A message from a zygote to the host.
@@ -291,6 +313,12 @@ mod tests {
             cwd: Some("/pack".into()),
             drop: vec!["/zyg/site".into()],
             site: vec!["/pack/.venv/site".into()],
+            confine: Some(Confine {
+                uid: Some(100_001),
+                ro: vec!["/pack".into()],
+                rw: vec![],
+                tmp: Some("/tmp/nc-p".into()),
+            }),
         };
         for msg in [
             Request::Spawn(Spawn { wid: 7, pack: None }),

@@ -442,3 +442,29 @@ def confine_forked_worker(uid: Optional[int], gid: Optional[int], ro_paths: List
 
 def confine_probe() -> Tuple[bool, str]:
     """Whether this kernel can wall forked workers apart: ``(True, detail)`` or ``(False, why)``."""
+
+# --- zygote control messages and launcher status records (nodecell_wire) ---------------------
+
+CONTROL_VERSION: int
+STATUS_VERSION: int
+MAX_CONTROL_BYTES: int
+
+class WireError(ValueError):
+    """A control message or status record is malformed (the message names the field)."""
+
+def encode_zygote_request(msg: Dict[str, Any]) -> bytes:
+    """Checks a host -> zygote message (``spawn`` {wid, pack?}, ``kill`` {wid}, ``exit``)
+    and encodes it with its version. Raises :class:`WireError` naming the field."""
+
+def decode_zygote_request(data: bytes) -> Dict[str, Any]:
+    """Reads a host -> zygote message: ``{"op": ..., fields}``. Raises :class:`WireError`."""
+
+def encode_zygote_event(msg: Dict[str, Any]) -> bytes:
+    """Checks a zygote -> host message (``ready``, ``spawned``, ``exited``) and encodes it."""
+
+def decode_zygote_event(data: bytes) -> Dict[str, Any]:
+    """Reads a zygote -> host message: ``{"op": ..., fields}``. Raises :class:`WireError`."""
+
+def decode_status_line(line: bytes) -> Tuple[str, Dict[str, Any]]:
+    """Reads one ``nodecell run --status-fd`` line: ``("up", {walls, cgroup, pid, uid, gid, uids})``
+    or ``("exit", {code, reason, detail})``. Raises :class:`WireError`."""

@@ -12,7 +12,7 @@ other packs (``_nodecell.confine_forked_worker``): its own uid (as root, from
 the cell's ``--uid-range``), no capabilities, no_new_privs, a Landlock domain of
 its own paths only, a private ``TMPDIR``, signals scoped to itself.
 
-Only plain data crosses: lists of strings and a string-to-string dict.
+Only plain data crosses: lists of strings and a string-to-string dict (types checked in Rust).
 """
 
 from __future__ import annotations
@@ -55,21 +55,16 @@ def apply(setup: Any) -> None:
     ``setup``: ``{"env": {k: v}, "unset": [k], "cwd": path, "drop": [path], "site": [path]}``
     (``drop``: the zygote's venv paths; ``site``: the pack venv's site-packages folders),
     optionally ``"confine": {"uid": n | None, "ro": [path], "rw": [path], "tmp": path}``.
-    Raises ``ValueError`` on a malformed setup, ``OSError`` when the folder is missing and
+    The zygote reads it from a ``spawn`` control message, whose fields and their types
+    ``nodecell_wire::control::PackSetup`` checks (a malformed one never gets here).
+    Raises ``ValueError`` on a malformed ``confine``, ``OSError`` when the folder is missing and
     ``_nodecell.ConfineError`` when a wall cannot be applied: the worker then exits and the
     host reports it.
     """
-    if not isinstance(setup, dict):
-        raise ValueError(f"pack setup: expected a dict, got {type(setup).__name__}")
     env = setup.get("env") or {}
     unset = setup.get("unset") or []
     drop = setup.get("drop") or []
     sites = setup.get("site") or []
-    if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
-        raise ValueError("pack setup: env must map strings to strings")
-    for field, value in (("unset", unset), ("drop", drop), ("site", sites)):
-        if not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
-            raise ValueError(f"pack setup: {field} must be a list of strings")
     for k in unset:
         os.environ.pop(k, None)
     os.environ.update(env)

@@ -3,13 +3,13 @@
 Started by the host as ``<venv>/bin/python -s -E -c <bootstrap> --ctl-fd N ...``
 inside ``nodecell run``. The **zygote** imports the pack's heavy modules once
 (``--preload torch``), then forks a **worker** for each ``spawn`` request on the
-control socket (a SOCK_SEQPACKET unix socket; JSON messages, fds by
-SCM_RIGHTS). Each worker serves one channel (rings + socket) to the host.
+control socket (a SOCK_SEQPACKET unix socket; fds by SCM_RIGHTS). Each worker
+serves one channel (rings + socket) to the host.
 
-Control messages (host -> zygote): ``{"op": "spawn", "wid": n}`` + fds
-``[ring, sock]`` (in an app cell, with ``"pack": setup``: see :mod:`._pack_setup`); ``{"op": "kill", "wid": n}``; ``{"op": "exit"}``.
-(zygote -> host): ``{"op": "ready", ...}``; ``{"op": "spawned", "wid", "pid"}`` +
-fd ``[pidfd]``; ``{"op": "exited", "wid", "pid", "code" | "signal"}``.
+The control messages (``spawn``/``kill``/``exit`` from the host; ``ready``/``spawned``/
+``exited`` to it) are defined once in Rust (``nodecell_wire::control``): this module
+builds and reads them only through ``_nodecell.encode_zygote_event`` and
+``_nodecell.decode_zygote_request``, which check every field and the protocol version.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import os
 import selectors
 import signal
@@ -26,13 +25,15 @@ import sys
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
-_CTL_MAX = 1 << 16
+from . import _nodecell
+
+_CTL_MAX = _nodecell.MAX_CONTROL_BYTES
 
 
 # ----------------------------------------------------------------------------- zygote
 
 def _send_ctl(sock: socket.socket, msg: Dict[str, Any], fds: Tuple[int, ...] = ()) -> None:
-    data = json.dumps(msg).encode()
+    data = _nodecell.encode_zygote_event(msg)
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:
@@ -51,7 +52,7 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
         except BaseException as e:  # noqa: BLE001 - report, do not die
             errors[mod] = f"{type(e).__name__}: {e}"
     # Import our own machinery once, so forked workers start warm.
-    from . import _nodecell, _rpc, _worker_rt  # noqa: F401
+    from . import _rpc, _worker_rt  # noqa: F401
 
     versions = {"python": sys.version.split()[0]}
     for m in ("numpy", "torch"):
@@ -111,12 +112,13 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
             if not data:
                 os._exit(0)  # the host closed the control socket
             try:
-                msg = json.loads(data)
-            except ValueError:
+                msg = _nodecell.decode_zygote_request(data)
+            except _nodecell.WireError as e:
+                print(f"nodecell zygote: ignoring a control message: {e}", file=sys.stderr, flush=True)
                 for fd in fds:
                     os.close(fd)
                 continue
-            op = msg.get("op")
+            op = msg["op"]
             if op == "exit":
                 for pid in list(children):
                     try:
@@ -126,14 +128,17 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
                 os._exit(0)
             if op == "kill":
                 for pid, wid in list(children.items()):
-                    if wid == msg.get("wid"):
+                    if wid == msg["wid"]:
                         try:
                             os.kill(pid, signal.SIGKILL)
                         except OSError:  # gone, or confined to a uid of its own (the host kills by pidfd)
                             pass
                 continue
+            if op == "spawn" and len(fds) != 2:
+                print(f"nodecell zygote: spawn {msg['wid']}: expected 2 fds (ring, socket), got {len(fds)}",
+                      file=sys.stderr, flush=True)
             if op == "spawn" and len(fds) == 2:
-                wid = msg.get("wid")
+                wid = msg["wid"]
                 pid = os.fork()
                 if pid == 0:
                     # The worker: drop the zygote's fds and signal setup, then serve.

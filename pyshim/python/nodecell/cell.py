@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import select
@@ -527,15 +526,14 @@ class _Cell:
         while b"\n" in self._status_buf:
             line, self._status_buf = self._status_buf.split(b"\n", 1)
             try:
-                msg = json.loads(line)
-            except ValueError:
+                kind, rec = _nodecell.decode_status_line(line)
+            except _nodecell.WireError as e:
+                log.warning("pack %r: unreadable launcher status line: %s", self.name, e)
                 continue
-            if not isinstance(msg, dict):
-                continue
-            if "exit" in msg:
-                self.exit = msg["exit"]
+            if kind == "exit":
+                self.exit = rec
             else:
-                self.status = msg
+                self.status = rec
 
     def _on_ctl(self) -> None:
         assert self.ctl is not None
@@ -550,14 +548,19 @@ class _Cell:
                 self.loop.remove_reader(self.ctl.fileno())
                 return
             try:
-                msg = json.loads(data)
-                if not isinstance(msg, dict):
-                    raise ValueError
-            except ValueError:
+                msg = _nodecell.decode_zygote_event(data)
+            except _nodecell.WireError as e:
+                if self.log_limit.allow(str(e)):  # a hostile zygote cannot flood the host's log
+                    log.warning("pack %r: dropping a control message from the zygote: %s", self.name, e)
                 for fd in fds:
                     os.close(fd)
                 continue
-            op = msg.get("op")
+            op = msg["op"]
+            pidfd = -1
+            if op == "spawned" and fds:
+                pidfd, fds = fds[0], fds[1:]
+            for fd in fds:  # only "spawned" carries one (its pidfd)
+                os.close(fd)
             if op == "ready":
                 self.zygote_info = msg
                 if msg.get("errors"):
@@ -566,21 +569,17 @@ class _Cell:
                 if not self.ready.done():
                     self.ready.set_result(True)
             elif op == "spawned":
-                fut = self.spawned.pop(msg.get("wid"), None)
+                fut = self.spawned.pop(msg["wid"], None)
                 if fut is not None and not fut.done():
-                    fut.set_result((msg.get("pid"), fds[0] if fds else -1))
-                else:
-                    for fd in fds:
-                        os.close(fd)
+                    fut.set_result((msg["pid"], pidfd))
+                elif pidfd >= 0:
+                    os.close(pidfd)
             elif op == "exited":
-                w = self.workers.get(msg.get("wid"))
+                w = self.workers.get(msg["wid"])
                 if w is not None:
                     w.exit_info = msg
                     w.exit_event.set()
                     w.on_died()
-            else:
-                for fd in fds:
-                    os.close(fd)
 
     async def _wait_exit(self) -> None:
         assert self.proc is not None
@@ -622,7 +621,7 @@ class _Cell:
     def ctl_send(self, msg: Dict[str, Any], fds: tuple = ()) -> None:
         if self.ctl is None or self.dead:
             return
-        data = json.dumps(msg).encode()
+        data = _nodecell.encode_zygote_request(msg)  # checks every field (WireError: a bug here)
         try:
             if fds:
                 socket.send_fds(self.ctl, [data], list(fds))
