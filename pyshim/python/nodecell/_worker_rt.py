@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _nodecell
 from ._rpc import (CONTROL_ID, ERROR, EXTENSION_ID, LOG, REPLY, Endpoint, error_value,
@@ -286,11 +286,20 @@ class WorkerEndpoint(Endpoint):
         if self._loop_owner.acquire(blocking=False):
             # Nobody drives the loop: start the task right here and run it (no wake-up).
             try:
-                task = start(*args, direct=True)
+                loop.hold_next_step()
+                try:
+                    task = start(*args, direct=True)
+                finally:
+                    held = loop.take_held_step()
                 # The common case: the call just started is the only task: run its first
                 # step right here; most calls finish in it (no loop turn at all).
-                fast = (task is not None and len(self._live_tasks) == 1 and _eager_step(loop, task)
-                        and self._queued == 0 and not self._live_tasks)
+                if held is not None and task is not None and len(self._live_tasks) == 1:
+                    loop.run_step(held)
+                    fast = task.done() and self._queued == 0 and not self._live_tasks
+                else:
+                    if held is not None:
+                        loop.release_step(held)
+                    fast = False
                 if not fast:
                     self._run_until_idle(loop)
             finally:
@@ -310,7 +319,6 @@ class WorkerEndpoint(Endpoint):
         callbacks other threads queued meanwhile (their first step then waits in the
         ready queue), and those must not be left without a driver.
         """
-        first = True
         while True:
             tasks = asyncio.all_tasks(loop)
             with self._state:
@@ -318,13 +326,10 @@ class WorkerEndpoint(Endpoint):
             if not tasks and not queued:
                 self._live_tasks.clear()
                 return
-            if first and len(tasks) == 1 and not queued:
-                task = next(iter(tasks))
-                if not _eager_step(loop, task):  # the common case: the one call just started
-                    loop.run_until_complete(task)
+            if len(tasks) == 1 and not queued:
+                loop.run_until_complete(next(iter(tasks)))
             else:
                 loop.run_until_complete(self._until_idle())
-            first = False
 
     def _drive_if_free(self) -> None:
         while self._loop_owner.acquire(blocking=False):
@@ -452,7 +457,7 @@ class WorkerEndpoint(Endpoint):
             return loop
         with self._loop_lock:
             if self._loop is None:
-                self._loop = asyncio.new_event_loop()
+                self._loop = _WorkerLoop()
             return self._loop
 
     # -- calling the host -----------------------------------------------------------------
@@ -646,32 +651,62 @@ class _Control:
         return os.getpid()
 
 
-def _eager_step(loop: asyncio.AbstractEventLoop, task: "asyncio.Task") -> bool:
-    """Run a just-created task's first step right here, as the loop would (the task is
-    current, the loop is the running loop), instead of spinning the loop for it.
-    Returns whether the task finished in that step. This thread owns the loop, which
-    is not running; only the handle for this task's first step is taken from the
-    loop's ready queue (``loop._ready``, a CPython detail: without it, False)."""
-    ready = getattr(loop, "_ready", None)
-    if ready is None:
-        return False
-    handle = None
-    for h in reversed(ready):
-        if getattr(getattr(h, "_callback", None), "__self__", None) is task:
-            handle = h
-            break
-    if handle is None:
-        return False
-    try:
-        ready.remove(handle)
-    except ValueError:
-        return False
-    asyncio.events._set_running_loop(loop)
-    try:
-        handle._run()
-    finally:
-        asyncio.events._set_running_loop(None)
-    return task.done()
+_Step = Tuple[Callable[..., Any], tuple, Optional[contextvars.Context]]
+
+
+class _WorkerLoop(asyncio.SelectorEventLoop):
+    """The worker's event loop: a stock selector loop that can start a task eagerly.
+
+    The loop has no thread of its own (see ``WorkerEndpoint._submit``): the dispatcher
+    thread that owns it creates a call's task and would then spin the loop for it. Instead
+    it runs the task's first step itself, as Python 3.12's eager tasks do (which need a
+    running loop, and this one is not running): ``hold_next_step`` makes the next
+    ``call_soon`` (the one ``Task.__init__`` makes for its first step) hand the step to
+    ``take_held_step`` instead of queueing it; ``run_step`` runs it in the task's context
+    with this loop set as the running one; ``release_step`` queues it as usual. Only the
+    public ``call_soon`` and the loop-implementer hook ``asyncio._set_running_loop`` (in
+    ``asyncio.events.__all__``) are used: no private attribute of the loop, task or handle.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._nc_hold = False
+        self._nc_held: Optional[_Step] = None
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any,
+                  context: Optional[contextvars.Context] = None) -> asyncio.Handle:
+        if self._nc_hold:
+            self._nc_hold = False
+            self._nc_held = (callback, args, context)
+            return asyncio.Handle(callback, args, self, context)  # never run: the step is run_step's
+        return super().call_soon(callback, *args, context=context)
+
+    def hold_next_step(self) -> None:
+        """Hold back the next callback queued with ``call_soon`` (owner thread only)."""
+        self._nc_hold = True
+        self._nc_held = None
+
+    def take_held_step(self) -> Optional[_Step]:
+        """The callback held since ``hold_next_step`` (None if none was queued); stops holding."""
+        held, self._nc_held, self._nc_hold = self._nc_held, None, False
+        return held
+
+    def run_step(self, step: _Step) -> None:
+        """Run a held step here, as the loop would: in its context, this loop running."""
+        callback, args, context = step
+        asyncio._set_running_loop(self)
+        try:
+            if context is None:
+                callback(*args)
+            else:
+                context.run(callback, *args)
+        finally:
+            asyncio._set_running_loop(None)
+
+    def release_step(self, step: _Step) -> None:
+        """Queue a held step as ``call_soon`` would have."""
+        callback, args, context = step
+        super().call_soon(callback, *args, context=context)
 
 
 def _run_hook(ep: WorkerEndpoint, fn: Any, *args: Any) -> Any:
