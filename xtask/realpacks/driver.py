@@ -297,8 +297,7 @@ def main() -> None:
             log_node(name, node, outs[node])
         rec["outputs"] = outs
         if host is not None:
-            ext = host.packs.get(name)
-            rec["restarts"] = getattr(ext, "restarts", None)
+            rec["restarts"] = getattr(ext_of(host, name), "restarts", None)
         save(a.out, result)
     save(a.out, result)
     if host is not None:
@@ -306,14 +305,22 @@ def main() -> None:
     os._exit(0)
 
 
-def cell_of(host: Any, pack: str) -> Dict[str, Any]:
+def ext_of(host: Any, folder: str) -> Any:
+    """The extension of the pack loaded from ``folder`` (packs are keyed by their manifest name)."""
+    for name, d in host._pack_dirs.items():
+        if os.path.basename(d.rstrip("/")) == folder:
+            return host.packs.get(name)
+    return None
+
+
+def cell_of(host: Any, folder: str) -> Dict[str, Any]:
     """Which cell a pack runs in (app cell or its own, and why)."""
     cells = getattr(host.manager, "_app_cells", None)
-    if cells is None:
+    ext = ext_of(host, folder)
+    if cells is None or ext is None:
         return {"app_cell": False}
-    ext = host.packs.get(pack)
     own = getattr(cells, "own_cell", {}) or {}
-    name = ext.config["name"] if ext is not None else pack
+    name = ext.config["name"]
     return {"app_cell": name not in own, "own_cell_reason": own.get(name)}
 
 
