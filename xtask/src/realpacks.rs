@@ -459,8 +459,15 @@ fn failure_kind(r: &Value) -> String {
     if err.starts_with("invalid:") {
         return "invalid".into();
     }
-    let head = err.split(':').next().unwrap_or("").trim();
-    head.rsplit('.').next().unwrap_or(head).to_string()
+    let mut parts = err.split(": ");
+    let name = |p: &str| p.trim().rsplit('.').next().unwrap_or("").to_string();
+    let head = name(parts.next().unwrap_or(""));
+    // An isolated node's exception arrives as nodecell's Remote<Type> (`RemoteError` for
+    // types that are not builtins): the pack's own type follows it.
+    match parts.next() {
+        Some(inner) if head.starts_with("Remote") && !inner.contains(' ') => name(inner),
+        _ => head,
+    }
 }
 
 /// Per node, the outputs of both sides compared: `equal` (the same digest), `differ`,
@@ -743,6 +750,7 @@ mod tests {
         assert_eq!(class("both"), "fail_both");
         assert_eq!(class("iso"), "fail_isolated");
         assert_eq!(r["nodes"]["iso"]["detail"]["kind"], "WorkerCrashed");
+        assert_eq!(r["nodes"]["both"]["detail"]["isolated"], "ValueError");
         assert_eq!(class("dir"), "fail_direct");
         assert_eq!(class("late"), "direct_only");
         assert_eq!(
@@ -756,9 +764,17 @@ mod tests {
     fn failure_kinds() {
         assert_eq!(failure_kind(&json!({"error": "invalid: {...}"})), "invalid");
         assert_eq!(
-            failure_kind(&json!({"error": "nodecell.errors.RemoteError: x"})),
+            failure_kind(&json!({"error": "nodecell.errors.RemoteError: boom happened"})),
             "RemoteError"
         );
         assert_eq!(failure_kind(&json!({"timeout": true})), "timeout");
+        assert_eq!(
+            failure_kind(&json!({"error": "nodecell.errors.RemoteError: JSONDecodeError: x: y"})),
+            "JSONDecodeError"
+        );
+        assert_eq!(
+            failure_kind(&json!({"error": "json.decoder.JSONDecodeError: Expecting value"})),
+            "JSONDecodeError"
+        );
     }
 }
