@@ -10,7 +10,8 @@ printing "RESULT <fn> <value>" or "ERROR <fn> <type> <message>". With
 
     call FN [ARG...]     run one call and print its result
     spawn FN [ARG...]    start a call in the background (its result is printed when it ends)
-    loop FN [ARG...]     call FN again and again in the background until "stop"
+    loop FN [ARG...]     call FN again and again (5 ms apart: a steady load whose profile
+                         stays small enough to validate) in the background until "stop"
     stop                 end the loops
     profile PATH         start a profile (nodecell.tools.start_profile)
     endprofile           stop it and print "PROFILE <path>"
@@ -86,6 +87,7 @@ async def main() -> None:
                 while True:
                     try:
                         await ext.run(fn, *args)
+                        await asyncio.sleep(0.005)
                     except Exception:  # noqa: BLE001 - a crash test may kill the worker meanwhile
                         await asyncio.sleep(0.01)
             loops.append(asyncio.ensure_future(forever()))
