@@ -22,6 +22,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .._rpc import CALL, ERROR, EXTENSION_ID, REPLY, is_async_callable, registered_types
@@ -54,6 +55,27 @@ def _actor_class() -> Any:
 
 async def _get(ref: Any) -> Any:
     return await ref
+
+
+#: Longest ``stop()`` waits for a killed actor to be gone (``ray.kill`` only asks for it).
+STOP_WAIT_S = 10.0
+
+
+async def _until_dead(actor: Any, timeout: float) -> None:
+    """Wait until calls on ``actor`` fail with ``RayActorError`` (it was killed), at most
+    ``timeout`` seconds: ``ray.kill`` returns before the actor is gone, and a call made
+    right after it could still be served."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.wait_for(_get(actor.where.remote()), max(deadline - time.monotonic(), 0.1))
+        except ray.exceptions.RayActorError:
+            return
+        except Exception:  # noqa: BLE001 - e.g. timed out: look again until the deadline
+            pass
+        await asyncio.sleep(0.05)
 
 
 def _first_line(e: BaseException) -> str:
@@ -505,5 +527,7 @@ class RayExtension(Extension):
             except BaseException:  # noqa: BLE001 - stopping anyway
                 pass
         await self._drop(kill=True)
+        if mode == "remote" and actor is not None:
+            await _until_dead(actor, STOP_WAIT_S)
         self._where = {}
         self._info = {}
