@@ -93,8 +93,9 @@ fn desc_at(
     Ok((d, span))
 }
 
-/// A `TensorRef` the encode hook returned, as the `nodecell.tensor` record.
-pub(crate) fn tensor_value(end: &End<'_>, py: Python<'_>, t: &TensorRef) -> PyResult<Value> {
+/// A `TensorRef`'s dtype and its byte strides in elements (a stride that is negative or
+/// not a multiple of the item size is refused: the array must be made contiguous).
+pub(crate) fn element_strides(t: &TensorRef) -> PyResult<(DType, Vec<i64>)> {
     let dtype = DType::from_name(&t.dtype)
         .ok_or_else(|| PyTypeError::new_err(format!("unknown dtype {:?}", t.dtype)))?;
     let item = dtype.itemsize() as i64;
@@ -108,6 +109,12 @@ pub(crate) fn tensor_value(end: &End<'_>, py: Python<'_>, t: &TensorRef) -> PyRe
         }
         strides.push(s / item);
     }
+    Ok((dtype, strides))
+}
+
+/// A `TensorRef` the encode hook returned, as the `nodecell.tensor` record.
+pub(crate) fn tensor_value(end: &End<'_>, py: Python<'_>, t: &TensorRef) -> PyResult<Value> {
+    let (dtype, strides) = element_strides(t)?;
     let arena = t.arena.bind(py);
     let desc =
         if let Some(d) = crate::cuda::tensor_desc(py, end.ch, end.id, arena, t, dtype, &strides)? {

@@ -15,9 +15,7 @@
 
 use std::sync::Mutex;
 
-use nodecell_ipc::{
-    DType, Device, Frame, Limits, Origin, Record as IpcRecord, Side, TensorDesc, Value,
-};
+use nodecell_ipc::{Device, Frame, Limits, Origin, Record as IpcRecord, Side, TensorDesc, Value};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
@@ -186,19 +184,7 @@ impl ValueCodec for PyWire {
     }
 
     fn tensor_value(&self, py: Python<'_>, t: &TensorRef) -> PyResult<Value> {
-        let dtype = DType::from_name(&t.dtype)
-            .ok_or_else(|| PyTypeError::new_err(format!("unknown dtype {:?}", t.dtype)))?;
-        let item = dtype.itemsize() as i64;
-        let mut strides = Vec::with_capacity(t.strides.len());
-        for &s in &t.strides {
-            if s < 0 || s % item != 0 {
-                return Err(PyValueError::new_err(format!(
-                    "stride {s} bytes is negative or not a multiple of the {} item size; make the array contiguous",
-                    t.dtype
-                )));
-            }
-            strides.push(s / item);
-        }
+        let (dtype, strides) = crate::tensor::element_strides(t)?;
         let buf = t.arena.bind(py);
         let len = buffer_len(py, buf)?;
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
