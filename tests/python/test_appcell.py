@@ -78,7 +78,16 @@ OPS = {
     "signal": lambda pid: os.kill(int(pid), 0),
     "mem": lambda pid: _read(f"/proc/{int(pid)}/mem"),
     "tmp": lambda _: os.environ.get("TMPDIR", ""),
+    # the pid of the process that imported the app's model_management (the zygote: preloaded)
+    "app_pid": lambda _: __import__("sys").modules["comfy.model_management"].IMPORTED_IN,
 }
+
+# A model folder of the pack's own (as KJNodes' "kjnodes_fonts"), registered at import.
+_FONTS = os.path.join(os.path.dirname(os.path.realpath(__file__)), "fonts")
+if os.path.isdir(_FONTS):
+    import folder_paths
+
+    folder_paths.add_model_folder_path("probe_fonts", _FONTS)
 
 
 class Probe:
@@ -98,6 +107,16 @@ NODE_CLASS_MAPPINGS = {"%s Probe": Probe}
 '''
 PROBES = {"NC-ProbeA": "nc-probe-a", "NC-ProbeB": "nc-probe-b"}
 STATE_IN = "/run/nodecell/pack-state"
+# As ComfyUI's model_management: the device is chosen at import, from the command line (without
+# --cpu on a machine with no GPU it fails); and who imported it (the app cell's zygote, or not).
+MM_NEEDS_ARGS = '''
+
+import os as _os
+
+if not args.cpu:
+    raise RuntimeError("Found no NVIDIA driver on your system (the stand-in app needs --cpu)")
+IMPORTED_IN = _os.getpid()
+'''
 
 
 def _host_pid(pidfd: int) -> int:
@@ -146,6 +165,10 @@ def app(aloop, studio_venv_root):
     d = Path(tempfile.mkdtemp(prefix="nodecell-appcell-", dir="/var/tmp"))
     os.chmod(d, 0o755)
     root = world_readable_copy(FIXTURES / "studio_app", d / "ComfyUI")
+    with open(root / "comfy" / "model_management.py", "a") as f:
+        f.write(MM_NEEDS_ARGS)
+    with open(root / "nodes.py", "a") as f:  # as ComfyUI's nodes.py (through comfy.sd and others)
+        f.write("\nimport comfy.model_management  # noqa: E402,F401\n")
     for p in PACKS:
         world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
     np1 = root / "custom_nodes" / "NC-Numpy1"
@@ -164,16 +187,21 @@ def app(aloop, studio_venv_root):
                                              "dependencies: []\n")
         for f in probe.iterdir():
             os.chmod(f, 0o644)
+        if folder == "NC-ProbeA":  # a model folder in its own folder, registered when it loads
+            (probe / "fonts").mkdir(mode=0o755)
+            os.chmod(probe / "fonts", 0o755)
+            (probe / "fonts" / "font.ttf").write_text("font")
+            os.chmod(probe / "fonts" / "font.ttf", 0o644)
     for sub in ("output", "temp", "input", "user"):
         (root / sub).mkdir(mode=0o755)
         os.chmod(root / sub, 0o755)
     sys.path.insert(0, str(root))
     import utils  # noqa: F401 - first, as the app's main.py (its nodes.py puts comfy/ first on sys.path)
     import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # the host's command line (before nodes, as the app's main.py)
     import nodes
     import server
-
-    comfy.cli_args.args.cpu = True
     from nodecell import studio
 
     class App:
@@ -351,3 +379,36 @@ def test_packs_in_one_app_cell_are_walled_apart(app):
         if os.geteuid() == 0:
             assert os.stat(state).st_mode & 0o777 == 0o777
         assert not (state / "planted").exists() and not (state / "layer" / "planted").exists()
+
+
+def test_the_app_cells_zygote_imported_the_app_with_the_hosts_command_line(app):
+    """The stand-in app's model_management fails to import without the host's --cpu (as
+    ComfyUI's does on a machine with no GPU): the zygote applied the host's command line before
+    its preload, imported ``nodes`` and its packs' workers use the zygote's modules (the app is
+    not imported again after the fork)."""
+    show = app.host.packs["nc-showcase"]
+    info = show._cell.zygote_info
+    assert "nodes" in info["preloaded"] and "server" in info["preloaded"] and not info["errors"], info
+    assert any(h.endswith(":prepare_zygote") for h in info["preloaded"]), info
+    for folder in PROBES:
+        pid, app_pid = _probe(app, folder, [["pid", 0], ["app_pid", 0]])
+        assert app_pid == info["pid"] != pid, (folder, pid, app_pid, info["pid"])
+
+
+def test_a_model_folder_inside_a_packs_folder_keeps_later_packs_in_the_app_cell(app):
+    """NC-ProbeA registers a model folder inside its own folder when it loads (as KJNodes'
+    fonts); NC-ProbeB, loaded after it, still joins the app cell (the folder is not one of its
+    mounts), and the folder stays ProbeA's: ProbeA reads it, ProbeB cannot."""
+    import folder_paths
+
+    from nodecell.appcell import PackView
+
+    fonts = app.root / "custom_nodes" / "NC-ProbeA" / "fonts"
+    assert folder_paths.folder_names_and_paths["probe_fonts"][0] == [str(fonts)]
+    a, b = app.host.packs["nc-probe-a"], app.host.packs["nc-probe-b"]
+    assert "nc-probe-b" not in app.host.manager._app_cells.own_cell
+    assert isinstance(b._cell, PackView) and b._cell.app_cell == a._cell.app_cell
+    ro = b.config["sandbox"]["readonly_paths"]
+    assert not any(str(fonts) in m for m in ro), ro
+    assert _probe(app, "NC-ProbeA", [["read", f"{fonts}/font.ttf"]]) == ["ok"]
+    assert _probe(app, "NC-ProbeB", [["read", f"{fonts}/font.ttf"]]) == ["EACCES"]

@@ -2,7 +2,8 @@
 
 Started by the host as ``<venv>/bin/python -s -E -c <bootstrap> --ctl-fd N ...``
 inside ``nodecell run``. The **zygote** imports the pack's heavy modules once
-(``--preload torch``), then forks a **worker** for each ``spawn`` request on the
+(``--preload torch``; an entry ``module:function`` also calls the function, in
+order), then forks a **worker** for each ``spawn`` request on the
 control socket (a SOCK_SEQPACKET unix socket; fds by SCM_RIGHTS). Each worker
 serves one channel (rings + socket) to the host.
 
@@ -47,7 +48,12 @@ def zygote_main(ctl_fd: int, preload: List[str]) -> None:
     loaded = []
     for mod in preload:
         try:
-            importlib.import_module(mod)
+            # "module:function": the module's function prepares what comes after (e.g. the
+            # host app's command line applied before the app's modules are imported).
+            name, _, fn = mod.partition(":")
+            m = importlib.import_module(name)
+            if fn:
+                getattr(m, fn)()
             loaded.append(mod)
         except BaseException as e:  # noqa: BLE001 - report, do not die
             errors[mod] = f"{type(e).__name__}: {e}"

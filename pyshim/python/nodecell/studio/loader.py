@@ -37,6 +37,7 @@ from . import apps as _apps
 from . import routes as _routes
 from . import state as _state
 from ._ext import ENV, StudioExtension
+from .apps.worker import APP_ENV
 from .proxies import is_proxy, make_proxy
 from .schema import DEFAULT_ALLOWED
 from .services import AppServices
@@ -91,7 +92,8 @@ class StudioHost:
         if app_cell:  # packs share an app cell whose zygote preloaded torch + app_preload (nodecell.appcell)
             from .. import appcell
 
-            early = list(self.profile.preload) if self.profile is not None else []  # as the app's entry point
+            # The host's command line first (its zygote hooks), then what the app's entry point imports.
+            early = list(self.profile.zygote_hooks) + list(self.profile.preload) if self.profile is not None else []
             # The worker hooks' modules too: each forked worker then only runs them (not imports them).
             worker_hooks = list(self.profile.worker_hooks) if self.profile is not None else []
             early += [str(h).partition(":")[0] for h in worker_hooks + list(hooks)]
@@ -155,7 +157,7 @@ class StudioHost:
                        relative_module=p.relative_module(pack_dir), cli_args=self._cli_args())
             for entry in p.code_entries():
                 _add(ro, entry)
-            dirs, data_rw, data_ro = self._app_dirs()
+            dirs, data_rw, data_ro = self._app_dirs(pack_dir)
             ctx.update(dirs=dirs)
             for d in data_ro:
                 _add(ro, d)
@@ -174,6 +176,8 @@ class StudioHost:
         if self.state is not False:
             ctx["layer"] = self._state_layer(cfg["name"], pack_dir, ro, rw)
         env[ENV] = json.dumps(ctx)
+        if self.profile is not None:  # the app-wide part: what an app cell's zygote applies before its preload
+            env[APP_ENV] = json.dumps({"app": ctx["app"], "cli_args": ctx["cli_args"]})
         data["sandbox"] = dict(cfg["sandbox"], readonly_paths=ro, writable_paths=rw)
         data["env"] = env
         data["apis"] = list(cfg["apis"]) + [a for a in self.apis if a not in cfg["apis"]]
@@ -278,8 +282,9 @@ class StudioHost:
                 out[k] = enc
         return out
 
-    def _app_dirs(self) -> Tuple[Dict[str, str], List[str], List[str]]:
-        """(the app's folders by kind, folders bound writable, folders bound read-only).
+    def _app_dirs(self, pack_dir: str) -> Tuple[Dict[str, str], List[str], List[str]]:
+        """(the app's folders by kind, folders bound writable, folders bound read-only), for the
+        pack in ``pack_dir``.
 
         The app's output, temp and input folders are bound writable at their own
         paths: what a pack writes is where the app (and its UI) looks, and
@@ -288,7 +293,11 @@ class StudioHost:
         writable by any uid with the sticky bit (``1777``, like ``/tmp``): a
         cell can add files but not remove or replace the app's or another
         cell's. Model folders (``extra_model_paths`` included) are bound
-        read-only.
+        read-only, except those inside a pack's folder (a pack registering
+        a folder of its own, such as KJNodes' ``kjnodes_fonts``): they are that
+        pack's files, which it sees through its own folder and the other packs
+        never do (walled apart in an app cell, not bound into their own cells),
+        so a pack loaded later still fits the app cell started before.
         """
         p = self.profile
         assert p is not None
@@ -310,13 +319,27 @@ class StudioHost:
                 _open_for_cells(d)
             rw.append(d)
         ro: List[str] = []
-        for name, entry in sorted(getattr(fp, "folder_names_and_paths", {}).items()):
+        table = getattr(fp, "folder_names_and_paths", {})
+        packs = self._packs_folders(pack_dir, table)
+        for name, entry in sorted(table.items()):
             if name == "custom_nodes":
                 continue
             for path in entry[0]:
-                if os.path.isdir(path):
-                    ro.append(os.path.abspath(path))
+                if not os.path.isdir(path):
+                    continue
+                real = os.path.realpath(path)
+                if any(real.startswith(f + os.sep) for f in packs):
+                    log.debug("model folder %s (%s) lies in a pack's folder: not bound for %s", path, name, pack_dir)
+                    continue
+                ro.append(os.path.abspath(path))
         return dirs, rw, ro
+
+    def _packs_folders(self, pack_dir: str, table: Dict[str, Any]) -> List[str]:
+        """The folders holding pack folders (real paths): the app's ``custom_nodes`` folders,
+        and the folders of ``pack_dir`` and of the packs loaded so far."""
+        out = [os.path.realpath(d) for d in (table.get("custom_nodes") or [[]])[0]]
+        out += [os.path.dirname(os.path.realpath(d)) for d in [pack_dir, *self._pack_dirs.values()]]
+        return [d for d in dict.fromkeys(out) if d != "/"]
 
     async def provision(self, pack_dirs: Iterable[str], on_event: Optional[Callable[[Dict[str, Any]], Any]] = None,
                         **overrides: Any) -> Dict[str, Dict[str, Any]]:

@@ -52,6 +52,10 @@ class AppProfile:
     * ``worker_hooks``: ``"module:function"`` names run in each worker before
       the pack is imported (they install the app's services); the function
       receives the worker's :class:`nodecell.studio._ext.StudioContext`.
+    * ``zygote_hooks``: ``"module:function"`` names an app cell's zygote calls
+      (no arguments) before it imports the app's modules: they set up what the
+      app's own start-up sets before its imports (the host's command line), from
+      the app-wide context in ``NODECELL_STUDIO_APP``.
     """
 
     name: str
@@ -69,6 +73,7 @@ class AppProfile:
     requirements_file: str = "requirements.txt"
     preload: Tuple[str, ...] = ("utils",)
     worker_hooks: Tuple[str, ...] = ("nodecell.studio.apps.worker:install",)
+    zygote_hooks: Tuple[str, ...] = ("nodecell.studio.apps.worker:prepare_zygote",)
     extra: Dict[str, str] = field(default_factory=dict)
 
     # -- derived names ----------------------------------------------------------------------
@@ -146,7 +151,7 @@ class AppProfile:
         if extra:
             raise ValueError(f"app profile: unknown keys {sorted(extra)}")
         kw = dict(data)
-        for k in ("api_packages", "markers", "data_dirs", "worker_hooks"):
+        for k in ("api_packages", "markers", "data_dirs", "worker_hooks", "zygote_hooks"):
             if k in kw:
                 kw[k] = tuple(kw[k])  # type: ignore[arg-type]
         return cls(**kw)  # type: ignore[arg-type]

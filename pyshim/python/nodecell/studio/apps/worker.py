@@ -40,7 +40,11 @@ from ..services import PATHS_FORWARDED, AppServices
 if TYPE_CHECKING:
     from .._ext import StudioContext
 
-__all__ = ["install", "WorkerServer", "after_import"]
+__all__ = ["install", "prepare_zygote", "WorkerServer", "after_import", "APP_ENV"]
+
+#: The environment variable carrying the app-wide part of the context (the app profile and the
+#: host's command line), the same for every pack: an app cell's zygote keeps it (JSON).
+APP_ENV = "NODECELL_STUDIO_APP"
 
 log = logging.getLogger("nodecell.studio")
 
@@ -124,6 +128,29 @@ def install(ctx: "StudioContext") -> None:
     after_import(profile.model_management_module, lambda m: _install_interrupts(m, services))
     after_import(profile.utils_module, lambda m: _install_progress(m, services, ctx))
     after_import(profile.server_module, lambda m: _install_server(m, services, ctx))
+
+
+def prepare_zygote() -> None:
+    """In an app cell's zygote, before it imports the app's modules (``AppProfile.zygote_hooks``):
+    the app's code first on ``sys.path`` and the host's command line applied to the app's
+    ``cli_args`` once imported, as the app's own start-up does before its imports. Without it
+    the zygote's ``nodes`` would pick devices from the defaults (ComfyUI without ``--cpu`` on a
+    machine with no GPU: "Found no NVIDIA driver") and every pack would import the app after
+    its fork. Nothing to do where the host set no app context."""
+    import json
+
+    from .._ext import StudioContext
+
+    raw = os.environ.get(APP_ENV)
+    ctx = StudioContext(json.loads(raw) if raw else {})
+    profile = ctx.profile
+    if profile is None or profile.root is None:
+        return
+    if "" in sys.path:
+        sys.path[sys.path.index("")] = profile.root
+    elif profile.root not in sys.path:
+        sys.path.insert(0, profile.root)
+    after_import(profile.cli_args_module, lambda m: _apply_args(m, ctx.cli_args))
 
 
 def _preload(names: Any, root: str) -> None:
