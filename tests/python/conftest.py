@@ -14,10 +14,12 @@ import asyncio
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import IO, Tuple
 
 import pytest
 from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401 (hooks)
@@ -133,6 +135,57 @@ def rss_mb(pid: str = "self") -> int:
             if line.startswith("VmRSS"):
                 return int(line.split()[1]) // 1024
     return -1
+
+
+# mypy's stubtest of the compiled module (test_stubs.py): about 50 s of one CPU, mostly
+# typeshed's analysis (stubtest turns mypy's cache off). It starts as soon as the tests are
+# collected and runs beside the tests before test_stubs.py, which waits for its result.
+STUBTEST = [sys.executable, "-m", "mypy.stubtest", "nodecell._nodecell"]
+STUBTEST_TEST = "test_stubs.py::test_stubtest_on_the_extension_module"
+STUBTEST_RUN = pytest.StashKey[Tuple[subprocess.Popen, IO[bytes]]]()
+
+
+def start_stubtest() -> Tuple[subprocess.Popen, IO[bytes]]:
+    """Starts stubtest (from /tmp, so this checkout's sources are not what it imports); its
+    output goes to a temporary file (a pipe nobody reads could fill and stall it)."""
+    out = tempfile.TemporaryFile()
+    return subprocess.Popen(STUBTEST, stdout=out, stderr=subprocess.STDOUT, cwd="/tmp"), out
+
+
+def _end(run: Tuple[subprocess.Popen, IO[bytes]]) -> None:
+    proc, out = run
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    out.close()
+
+
+def stubtest_result(config: pytest.Config, timeout: float = 600) -> Tuple[int, str, bool]:
+    """Stubtest's exit status, its output, and whether it was the run started after collection."""
+    early = config.stash.get(STUBTEST_RUN, None)
+    if early is not None:
+        del config.stash[STUBTEST_RUN]
+    proc, out = early or start_stubtest()
+    try:
+        rc = proc.wait(timeout)
+        out.seek(0)
+        return rc, out.read().decode(errors="replace"), early is not None
+    finally:
+        _end((proc, out))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start stubtest early when its test is among the selected ones."""
+    if any(item.nodeid.endswith(STUBTEST_TEST) for item in session.items):
+        session.config.stash[STUBTEST_RUN] = start_stubtest()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A stubtest whose test did not run (stopped early, -x) is ended, not left behind."""
+    run = session.config.stash.get(STUBTEST_RUN, None)
+    if run is not None:
+        del session.config.stash[STUBTEST_RUN]
+        _end(run)
 
 
 _ = stat

@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import inspect
-import subprocess
-import sys
 
 import pytest
+from conftest import stubtest_result
 
 
-def test_stubtest_on_the_extension_module():
+def test_stubtest_on_the_extension_module(request):
+    """mypy's stubtest; conftest.py starts it right after collection (it takes ~50 s of one CPU)."""
     pytest.importorskip("mypy")
-    r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "nodecell._nodecell"], capture_output=True,
-                       text=True, cwd="/tmp")
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    rc, out, early = stubtest_result(request.config)
+    assert rc == 0, out[-6000:]
+    assert early, "conftest.py did not start stubtest after collection (it then ran here, alone)"
 
 
 def test_every_public_name_has_a_docstring(nc):

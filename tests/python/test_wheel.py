@@ -161,19 +161,71 @@ def test_an_extension_with_a_dependency_runs_from_the_fresh_venv(fresh_venv, ven
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _sdist(out: Path) -> Path:
+    """`maturin sdist` of this checkout into ``out``, unpacked there; returns the unpacked folder."""
+    maturin = str(REPO / ".venv" / "bin" / "maturin")
+    r = subprocess.run([maturin, "sdist", "-o", str(out / "sdist")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sdist = next((out / "sdist").glob("nodecell-*.tar.gz"))
+    (out / "src").mkdir()
+    subprocess.run(["tar", "-xzf", str(sdist), "-C", str(out / "src")], check=True)
+    return next((out / "src").iterdir())
+
+
+def test_the_sdist_holds_what_the_wheel_is_built_from(wheel, tmp_path):
+    """The fast half of the sdist check (about 5 s; `cargo xtask wheel-check` runs the slow half,
+    test_the_sdist_builds_the_same_wheel, which compiles the sdist into a wheel): the sdist's metadata
+    is the wheel's, its Python sources are the wheel's, its Rust workspace resolves offline with its
+    own lock file, and every tracked file of each crate the extension and the launcher are built from
+    (pyshim's build script builds the `nodecell` package's launcher) is in it."""
+    src = _sdist(tmp_path)
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA")))
+        for n in z.namelist():
+            if n.endswith((".py", ".pyi", "py.typed")):
+                copy = src / "pyshim" / "python" / n
+                assert copy.is_file(), f"{n} of the wheel is not in the sdist"
+                assert copy.read_bytes() == z.read(n), f"{n} differs: is the wheel in target/wheels stale?"
+    assert (src / "PKG-INFO").read_bytes() == meta, "the sdist's PKG-INFO is not the wheel's METADATA"
+    r = subprocess.run(["cargo", "metadata", "--locked", "--offline", "--format-version", "1"], cwd=src,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = json.loads(r.stdout)
+    packages = {p["id"]: p for p in md["packages"]}
+    deps = {n["id"]: n["deps"] for n in md["resolve"]["nodes"]}
+    by_name = {p["name"]: p["id"] for p in md["packages"] if p["id"] in md["workspace_members"]}
+    need, todo = set(), [by_name["nodecell-pyshim"], by_name["nodecell"]]
+    while todo:
+        pid = todo.pop()
+        if pid in need or pid not in md["workspace_members"]:
+            continue
+        need.add(pid)
+        todo.extend(d["pkg"] for d in deps[pid])
+    assert {packages[p]["name"] for p in need} >= {"nodecell", "nodecell-pyshim", "nodecell-sandbox",
+                                                    "nodecell-ipc"}, sorted(packages[p]["name"] for p in need)
+    root = Path(md["workspace_root"])
+    for pid in need:
+        crate = Path(packages[pid]["manifest_path"]).parent.relative_to(root)
+        tracked = subprocess.run(["git", "ls-files", "-z", "--", str(crate)], cwd=REPO, capture_output=True,
+                                 check=True).stdout.decode().split("\0")
+        # the root package's folder is the whole repository: its sources are src/ and its manifest
+        tracked = [t for t in tracked if t and (str(crate) != "." or t.startswith("src/") or "/" not in t)]
+        missing = [t for t in tracked if not (src / t).exists()]
+        assert not missing, f"{packages[pid]['name']}: tracked files missing from the sdist: {missing[:20]}"
+    for f in ("Cargo.toml", "Cargo.lock", "pyproject.toml", "pyshim/build.rs"):
+        assert (src / f).is_file(), f"{f} is missing from the sdist"
+
+
+@pytest.mark.xtask
 def test_the_sdist_builds_the_same_wheel(wheel, tmp_path):
     """`maturin sdist` carries everything the launcher is built from; `pip wheel` of it gives the same
     files (the binaries are rebuilt, so only their presence is compared) and the same Python sources.
 
     The sdist's files are all touched after unpacking, so its own sources are compiled (and its build
-    script builds the launcher) while registry crates come from this checkout's target folder."""
-    maturin = str(REPO / ".venv" / "bin" / "maturin")
-    r = subprocess.run([maturin, "sdist", "-o", str(tmp_path / "sdist")], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    sdist = next((tmp_path / "sdist").glob("nodecell-*.tar.gz"))
-    (tmp_path / "src").mkdir()
-    subprocess.run(["tar", "-xzf", str(sdist), "-C", str(tmp_path / "src")], check=True)
-    src = next((tmp_path / "src").iterdir())
+    script builds the launcher) while registry crates come from this checkout's target folder.
+    About 150 s on 2 cores: `cargo xtask wheel-check` runs it (scripts/test.sh leaves it out:
+    test_the_sdist_holds_what_the_wheel_is_built_from is its fast half)."""
+    src = _sdist(tmp_path)
     for root, _, files in os.walk(src):
         for f in files:
             os.utime(os.path.join(root, f))
