@@ -37,6 +37,10 @@ pub struct Args {
     /// Run even in a debug build (numbers will be meaningless).
     #[arg(long)]
     allow_debug: bool,
+    /// Also chart the rows against their floors: ipc.svg next to the JSON
+    /// (`cargo xtask bench plot ipc` redraws it).
+    #[arg(long)]
+    plot: bool,
 }
 
 #[derive(serde::Serialize, Clone)]
@@ -630,5 +634,8 @@ pub fn main(args: Args) -> Result<()> {
         serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?,
     )?;
     println!("\nwrote {}", out.display());
+    if args.plot {
+        crate::bench_plot::plot_file("ipc", &out, &out.with_file_name("ipc.svg"))?;
+    }
     Ok(())
 }

@@ -50,10 +50,13 @@ pub struct Args {
     /// Time limit per side, in seconds; the side's process group is killed past it.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
+    /// Also chart the results: target/bench/py.svg (`cargo xtask bench plot py` redraws it).
+    #[arg(long)]
+    pub plot: bool,
 }
 
 /// The scenarios, in table order.
-const SCENARIOS: &[&str] = &[
+pub(crate) const SCENARIOS: &[&str] = &[
     "noop_rtt",
     "echo_small_rtt",
     "numpy_1MiB_rtt",
@@ -67,7 +70,7 @@ const SCENARIOS: &[&str] = &[
 ];
 
 /// Extra rows and the pyisolate row each one is compared with.
-const EXTRAS: &[(&str, &str)] = &[
+pub(crate) const EXTRAS: &[(&str, &str)] = &[
     ("noop_sync_rtt", "noop_rtt"),
     (
         "concurrent_noop_sync_calls_per_s",
@@ -275,7 +278,7 @@ fn run_side(
     })
 }
 
-fn fmt_ns(ns: f64) -> String {
+pub(crate) fn fmt_ns(ns: f64) -> String {
     if ns >= 1e9 {
         format!("{:.2} s", ns / 1e9)
     } else if ns >= 1e6 {
@@ -686,6 +689,9 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     let path = out_dir.join("py.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
     println!("wrote {}", path.display());
+    if args.plot {
+        crate::bench_plot::plot_file("py", &path, &path.with_file_name("py.svg"))?;
+    }
     Ok(())
 }
 
