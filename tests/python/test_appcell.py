@@ -412,3 +412,46 @@ def test_a_model_folder_inside_a_packs_folder_keeps_later_packs_in_the_app_cell(
     assert not any(str(fonts) in m for m in ro), ro
     assert _probe(app, "NC-ProbeA", [["read", f"{fonts}/font.ttf"]]) == ["ok"]
     assert _probe(app, "NC-ProbeB", [["read", f"{fonts}/font.ttf"]]) == ["EACCES"]
+
+
+def test_validation_does_not_wait_behind_a_running_node_of_the_same_pack(app):
+    """While NC-Showcase runs a slow node (3 steps of 1.5 s), the host validates another of its
+    nodes (a new prompt's VALIDATE_INPUTS, IS_CHANGED, as the app does on its server thread):
+    the answers come while the node still runs, not after it."""
+    import comfy.utils
+    import execution
+    import nodes
+
+    checked = nodes.NODE_CLASS_MAPPINGS["SC Checked"]
+    steps = []
+    comfy.utils.set_progress_bar_global_hook(lambda v, t, p, prompt_id=None, node_id=None: steps.append(v))
+    prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "seed": 1}},
+              "2": {"class_type": "SC Invert", "inputs": {"image": ["1", 0], "steps": 3, "delay": 1.5}}}
+
+    async def both():
+        ex = execution.PromptExecutor(app.server)
+        t = threading.Thread(target=ex.execute, args=(prompt, f"p{time.monotonic_ns()}", {}, ["2"]))
+        t.start()
+        try:
+            for _ in range(3000):  # the node runs: its first step is done, 3 s of sleeps are left
+                if steps or not t.is_alive():
+                    break
+                await asyncio.sleep(0.01)
+            assert steps and t.is_alive(), "the slow node did not start"
+            t0 = time.perf_counter()
+            bad = await checked.VALIDATE_INPUTS(input_types={"threshold": "FLOAT"}, threshold=2.0)
+            ok = await checked.VALIDATE_INPUTS(input_types={"threshold": "FLOAT"}, threshold=0.5)
+            fp = await checked.IS_CHANGED(threshold=0.5, label="b")
+            took, running = time.perf_counter() - t0, t.is_alive() and len(steps) < 3
+        finally:
+            while t.is_alive():
+                await asyncio.sleep(0.01)
+        return bad, ok, fp, took, running, ex
+
+    try:
+        bad, ok, fp, took, running, ex = app.aloop.run(both())
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert "threshold must be <= 1" in bad and ok is True and fp == "0.5:b", (bad, ok, fp)
+    assert running and took < 1.5, (running, took)
+    assert ex.success, ex.errors

@@ -163,7 +163,8 @@ class StudioExtension(ExtensionBase):
     Node functions (sync and ``async``) run one at a time on one node thread
     with an event loop of its own, as in the app's own executor, so packs need
     not be thread-safe and the worker stays responsive to other calls
-    meanwhile; the pack's HTTP routes run on a thread and loop of their own.
+    meanwhile; the pack's HTTP routes, and its validations (``VALIDATE_INPUTS``,
+    ``IS_CHANGED``), each run on a thread and loop of their own.
     """
 
     #: The host's objects (MODEL, CLIP, VAE, the sampler's callables...) arrive as handles with
@@ -173,6 +174,7 @@ class StudioExtension(ExtensionBase):
     def __init__(self) -> None:
         super().__init__()
         self._node_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._check_loop: Optional[asyncio.AbstractEventLoop] = None
         self._route_loop: Optional[asyncio.AbstractEventLoop] = None
         self.ctx = StudioContext.from_env()
         self.nodes: Dict[str, Any] = {}
@@ -355,10 +357,13 @@ class StudioExtension(ExtensionBase):
     def _outgoing(self, out: Any) -> Any:
         return to_data(out, self.allowed)
 
-    async def _run_node(self, fn: Any, inputs: Dict[str, Any], call: Dict[str, Any]) -> Any:
+    async def _run_node(self, fn: Any, inputs: Dict[str, Any], call: Dict[str, Any], checks: bool = False) -> Any:
         """Run a node function on the node thread's own event loop (sync ones block it: one node at a
         time, as in the app's executor). That loop is not the worker's, so the app's services
-        (``folder_paths``...) called from inside, sync or async code alike, simply return."""
+        (``folder_paths``...) called from inside, sync or async code alike, simply return.
+        ``checks``: a validation (``VALIDATE_INPUTS``, ``IS_CHANGED``) runs on a thread and loop of
+        its own instead, as the app validates a new prompt on its server thread while its executor
+        runs a node: it never waits behind a running node of the pack."""
         ctx = self.ctx
         inputs = adopt(dict(inputs))  # the host's objects: attributes and methods read there
 
@@ -373,16 +378,22 @@ class StudioExtension(ExtensionBase):
                     ctx.reraise_interrupt(e)
                     raise
 
-        if self._node_loop is None:
-            self._node_loop = _loop_thread("studio-node")
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), self._node_loop))
+        if checks:
+            if self._check_loop is None:
+                self._check_loop = _loop_thread("studio-checks")
+            loop = self._check_loop
+        else:
+            if self._node_loop is None:
+                self._node_loop = _loop_thread("studio-node")
+            loop = self._node_loop
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), loop))
 
     async def _check(self, node_id: str, classic: str, v3: str, inputs: Dict[str, Any],
                      call: Optional[Dict[str, Any]]) -> Any:
         call = call or {}
         cls = self._cls(node_id)
         fn = getattr(cls, classic) if self.kinds[node_id] == "classic" else self._v3_target(cls, v3, call)
-        return self._outgoing(await self._run_node(fn, inputs, call))
+        return self._outgoing(await self._run_node(fn, inputs, call, checks=True))
 
     async def is_changed(self, node_id: str, inputs: Dict[str, Any], call: Optional[Dict[str, Any]] = None) -> Any:
         """The node's ``IS_CHANGED`` (classic) or ``fingerprint_inputs`` (v3) for these inputs."""
