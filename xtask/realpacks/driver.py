@@ -321,7 +321,11 @@ def cell_of(host: Any, folder: str) -> Dict[str, Any]:
         return {"app_cell": False}
     own = getattr(cells, "own_cell", {}) or {}
     name = ext.config["name"]
-    return {"app_cell": name not in own, "own_cell_reason": own.get(name)}
+    app = getattr(getattr(ext, "_cell", None), "_app", None)  # the AppCell of the pack's view
+    return {"app_cell": name not in own, "own_cell_reason": own.get(name),
+            # the app cell's start (its zygote importing torch + the app), part of the first pack's load
+            "app_cell_start_s": getattr(app, "start_s", None),
+            "zygote_errors": (getattr(getattr(app, "cell", None), "zygote_info", None) or {}).get("errors")}
 
 
 def log_node(pack: str, node: str, r: Dict[str, Any]) -> None:

@@ -263,6 +263,8 @@ class AppCell:
         self.slots: Dict[str, int] = {}
         #: What :meth:`why_not` found per venv (packs sharing a venv, a restart: no second walk).
         self._fits: Dict[str, Optional[str]] = {}
+        #: Seconds the sandbox and its zygote took to start (the zygote's preload included).
+        self.start_s: Optional[float] = None
 
     def uid_of(self, pack: str) -> Optional[int]:
         """The host uid of ``pack``'s workers (None: the cell's one uid, rootless)."""
@@ -438,6 +440,7 @@ class AppCells:
             cell_shape.add_mounts_of(other)
         cell = _Cell(name)
         cell.key = name
+        t0 = time.perf_counter()
         try:
             extra = ("--uid-range", str(APP_CELL_UIDS)) if os.geteuid() == 0 else ()
             await cell.start(cell_shape.argv(preload, name, extra), host_env)
@@ -445,6 +448,7 @@ class AppCells:
             await cell.stop(grace=0.5)
             raise
         ac = AppCell(cell, cell_shape, venv, preload)
+        ac.start_s = time.perf_counter() - t0
         self.cells.append(ac)
         # Stopped with the manager's warm cells (stop_all_extensions).
         manager._warm[f"{name}"] = (cell, venv)
