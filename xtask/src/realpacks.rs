@@ -283,7 +283,9 @@ fn run_sides(
             // This run's results; merged into `{side}.json` afterwards (packs of other runs kept).
             let out_json = work.join(format!("{side}.run.json"));
             let _ = std::fs::remove_file(&out_json);
-            let run_dir = work.join(format!("run-{side}"));
+            // One working folder for both sides (output/temp/input/user), made afresh for each:
+            // the app's folders show in /object_info defaults (WAS `Write to GIF`'s output path).
+            let run_dir = work.join("run");
             let _ = std::fs::remove_dir_all(&run_dir);
             std::fs::create_dir_all(&run_dir)?;
             let mut cmd = Command::new(python);
@@ -427,7 +429,8 @@ fn drop_unreachable_vcs(manifest: &Path) -> Result<Vec<String>> {
 }
 
 /// Whether two output digests are equal, where paths into each side's own
-/// working folder (`run-direct`, `run-isolated`) count as the same.
+/// working folder (`run-direct`, `run-isolated`: results of runs before both
+/// sides shared `run`) count as the same.
 fn same_output(a: &Value, b: &Value) -> bool {
     let norm = |v: &Value| {
         v.to_string()
