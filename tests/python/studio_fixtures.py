@@ -52,6 +52,10 @@ def app(aloop, studio_venv_root):
     d = Path(tempfile.mkdtemp(prefix="nodecell-app-", dir="/var/tmp"))
     os.chmod(d, 0o755)
     root = world_readable_copy(FIXTURES / "studio_app", d / "ComfyUI")
+    # The app runs from the folder above its own (the portable layout: `python ComfyUI/main.py`):
+    # packs building paths from the working directory see the same one isolated.
+    cwd = os.getcwd()
+    os.chdir(d)
     direct = d / "direct"
     for p in PACKS:
         world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
@@ -137,6 +141,7 @@ def app(aloop, studio_venv_root):
         await a.server.stop()
 
     aloop.run(stop())
+    os.chdir(cwd)
     for n in a.isolated_nodes:
         nodes.NODE_CLASS_MAPPINGS.pop(n, None)
     sys.path.remove(str(root))

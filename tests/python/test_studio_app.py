@@ -170,12 +170,45 @@ def test_import_fidelity_neutral_cwd_and_app_modules_first(app):
     run = _run_prompt(app.aloop.run, app.server, {"1": {"class_type": "SC Where", "inputs": {"probe": "p"}}}, ["1"])
     w = json.loads(run.outputs["1"][0])
     root = os.path.realpath(app.root)
-    assert w["cwd"] == root
+    # The host runs from the folder above the app (the portable layout): the worker works there too,
+    # so a default built from the working directory (WAS) is the same both ways and names a folder
+    # the worker sees.
+    here = os.path.realpath(app.root.parent)
+    assert os.getcwd() == here and w["cwd"] == here
+    default = os.path.join(here, "ComfyUI", "custom_nodes")
+    iso = app.isolated_nodes["SC Where"].INPUT_TYPES()["required"]["probe"][1]["default"]
+    assert iso == app.direct_info["SC Where"]["input"]["required"]["probe"][1]["default"] == default
+    assert w["default_is_dir"], "the folder the default names is there in the worker"
+    assert not w["cwd_on_path"], "the working directory is not on sys.path"
     assert w["app_nodes"] == os.path.join(root, "nodes.py"), "the pack's own nodes.py does not shadow the app's"
     assert w["app_utils"] == os.path.join(root, "utils", "__init__.py")
     assert w["module"] == str(app.root / "custom_nodes" / "NC-Showcase").replace(".", "_x_") + ".nodes"
     assert w["output"] == os.path.join(root, "output") and w["temp"] == os.path.join(root, "temp"), \
         "the app's own folders, at the same paths"
+
+
+def test_worker_cwd_is_the_hosts_where_the_worker_sees_it_else_the_app_root(tmp_path):
+    from nodecell.studio.loader import worker_cwd
+
+    root = tmp_path / "apps" / "ComfyUI"
+    out, models, layer = tmp_path / "out", tmp_path / "models", tmp_path / "layer"
+    for p in (root / "comfy", out / "sub", models, layer / "x"):
+        p.mkdir(parents=True)
+    binds = [str(root / "comfy"), str(out), f"{models}:/run/models", f"{layer}:{root / 'custom_nodes' / 'P'}"]
+    r = str(root)
+    assert worker_cwd(r, binds, host_cwd=r) == r
+    assert worker_cwd(r, binds, host_cwd=str(tmp_path / "apps")) == str(tmp_path / "apps"), "the portable layout"
+    assert worker_cwd(r, binds, host_cwd="/") == "/"
+    assert worker_cwd(r, binds, host_cwd=str(root / "comfy")) == str(root / "comfy"), "inside the app's code"
+    assert worker_cwd(r, binds, host_cwd=str(out / "sub")) == str(out / "sub"), "inside a bind at its own path"
+    # Folders the worker does not see at the same path: the app root.
+    assert worker_cwd(r, binds, host_cwd=str(models)) == r, "bound elsewhere"
+    assert worker_cwd(r, binds, host_cwd=str(layer / "x")) == r
+    assert worker_cwd(r, binds, host_cwd=str(tmp_path)) == str(tmp_path), "above the app"
+    assert worker_cwd(r, binds, host_cwd=str(tmp_path / "elsewhere")) == r
+    link = tmp_path / "link"
+    link.symlink_to(root)
+    assert worker_cwd(r, binds, host_cwd=str(link)) == r, "by its real path"
 
 
 def test_pack_writes_land_in_its_state_layer(app):

@@ -163,7 +163,6 @@ class StudioHost:
                 _add(ro, d)
             for d in data_rw:
                 _add(rw, d)
-            data["cwd"] = p.root
             if "share" not in overrides:
                 data["share"] = list(dict.fromkeys(list(cfg["share"]) + self.app_requirements()))
         else:
@@ -175,6 +174,8 @@ class StudioHost:
                 _add(ro, f"{m[0]}:{_SANDBOX_HOST}/{m[1]}")
         if self.state is not False:
             ctx["layer"] = self._state_layer(cfg["name"], pack_dir, ro, rw)
+        if self.profile is not None and self.profile.root is not None:
+            data["cwd"] = worker_cwd(self.profile.root, ro + rw)
         env[ENV] = json.dumps(ctx)
         if self.profile is not None:  # the app-wide part: what an app cell's zygote applies before its preload
             env[APP_ENV] = json.dumps({"app": ctx["app"], "cli_args": ctx["cli_args"]})
@@ -662,6 +663,40 @@ def _imported_distributions() -> List[str]:
             out.add(re.sub(r"[-_.]+", "-", dist).lower())
     out.discard("nodecell")
     return sorted(out)
+
+
+def worker_cwd(app_root: str, binds: Iterable[str], host_cwd: Optional[str] = None) -> str:
+    """The working directory of an app's pack worker: the host process's own
+    (``host_cwd``, default :func:`os.getcwd`) where the worker sees that folder
+    at the same path, else the app root.
+
+    What the app gives its packs is its own working directory, and packs build
+    paths from it (WAS: ``os.getcwd() + "/ComfyUI/custom_nodes"``, written for
+    the portable layout that starts ``python ComfyUI/main.py`` from the folder
+    above the app); the worker has it when it is the app root or a folder above
+    it (the sandbox holds those folders: the app's entries are bound under
+    them), or a folder inside a bind (``binds``: ``SRC`` or ``SRC:DST`` entries)
+    bound at its own path. A folder the worker does not see (the host's home, a
+    checkout of something else) would fail to ``chdir`` or show other things:
+    the app root then, as for an app started from its own folder. The working
+    directory is never on the worker's ``sys.path`` (the app's hook puts the
+    app root where ``''`` stood), so no file there shadows a module.
+    """
+    root = os.path.realpath(app_root)
+    try:
+        cwd = os.path.realpath(host_cwd if host_cwd is not None else os.getcwd())
+    except OSError:  # the host's working directory was removed
+        return root
+    if root == cwd or root.startswith(cwd.rstrip("/") + "/"):
+        return cwd
+    for b in binds:
+        src, _, dst = b.partition(":")
+        if dst and os.path.normpath(dst) != os.path.normpath(src):
+            continue
+        src = os.path.realpath(src)
+        if os.path.isdir(src) and (cwd == src or cwd.startswith(src.rstrip("/") + "/")):
+            return cwd
+    return root
 
 
 def _add(lst: List[str], item: str) -> None:
