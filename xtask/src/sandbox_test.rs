@@ -137,6 +137,7 @@ pub fn main(args: Args) -> Result<()> {
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     println!("{distinct} cases, {} runs", results.len());
+    print_slowest(&results);
     drop(fx);
     if fail > 0 {
         bail!("{fail} sandbox case(s) failed");
@@ -192,6 +193,9 @@ struct CaseResult {
     verdict: Verdict,
     control: String,
     attempt: String,
+    /// Wall time of the case (control and attempt), seconds: the suite ends with the slowest.
+    #[serde(default)]
+    secs: f64,
 }
 
 fn print_header() {
@@ -223,6 +227,28 @@ fn print_row(r: &CaseResult) {
         clip(&r.control, 44),
         clip(&r.attempt, 90)
     );
+}
+
+/// The time of each half and the slowest runs (where the suite's minutes go).
+fn print_slowest(results: &[CaseResult]) {
+    let mut halves: Vec<(&str, f64)> = Vec::new();
+    for r in results {
+        match halves.iter_mut().find(|(w, _)| *w == r.who) {
+            Some((_, t)) => *t += r.secs,
+            None => halves.push((&r.who, r.secs)),
+        }
+    }
+    let halves: Vec<String> = halves
+        .iter()
+        .map(|(w, t)| format!("{w} {t:.1} s"))
+        .collect();
+    println!("time per half: {}", halves.join(", "));
+    let mut slow: Vec<&CaseResult> = results.iter().collect();
+    slow.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+    println!("slowest runs:");
+    for r in slow.iter().take(12) {
+        println!("  {:>6.2} s  {} ({})", r.secs, r.case, r.who);
+    }
 }
 
 // ------------------------------------------------------------------ fixtures
@@ -589,6 +615,7 @@ impl Ctx {
     }
 
     fn run_case(&self, case: &Case) -> CaseResult {
+        let t = Instant::now();
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(self)))
             .unwrap_or_else(|p| {
                 let msg = p
@@ -604,6 +631,7 @@ impl Ctx {
             verdict: out.verdict,
             control: out.control,
             attempt: out.attempt,
+            secs: t.elapsed().as_secs_f64(),
         }
     }
 
@@ -2881,31 +2909,46 @@ mod probe {
                 Err(std::io::Error::last_os_error())
             })
         };
-        let (mut fds, mut wfds) = ([0; 2], [0; 2]);
+        let (mut fds, mut wfds, mut done) = ([0; 2], [0; 2], [0; 2]);
         // SAFETY: valid arrays of two ints.
         unsafe {
             libc::pipe(fds.as_mut_ptr());
-            libc::pipe(wfds.as_mut_ptr())
+            libc::pipe(wfds.as_mut_ptr());
+            libc::pipe(done.as_mut_ptr())
         };
         let sb = spec(pb, None, 2);
         // SAFETY: this probe is single-threaded; the child confines itself,
         // reports and sleeps until killed.
         let sibling = unsafe { libc::fork() };
         if sibling == 0 {
+            // SAFETY: closes this child's copies of pipe ends it does not use (all ours): the
+            // worker's report pipe (its open write end kept the zygote's read from seeing EOF)
+            // and the write end of `done`, so the zygote closing its own ends the wait below.
+            unsafe {
+                libc::close(wfds[0]);
+                libc::close(wfds[1]);
+                libc::close(done[1]);
+            }
             let msg = match confine_forked_worker(&sb) {
                 Ok(_) => "ready".to_string(),
                 Err(e) => e.to_string(),
             };
-            // SAFETY: valid buffer; then sleep and _exit.
+            // SAFETY: valid buffers; then wait for the zygote to close `done` (it cannot
+            // signal this sibling once it runs as another uid: a sleep-until-killed made the
+            // case wait 30 s), and _exit.
             unsafe {
                 libc::write(fds[1], msg.as_ptr().cast(), msg.len());
                 libc::close(fds[1]);
-                libc::sleep(30);
+                let mut b = 0u8;
+                while libc::read(done[0], (&mut b as *mut u8).cast(), 1) > 0 {}
                 libc::_exit(0);
             }
         }
-        // SAFETY: our end of the pipe.
-        unsafe { libc::close(fds[1]) };
+        // SAFETY: our ends of the pipes.
+        unsafe {
+            libc::close(fds[1]);
+            libc::close(done[0]);
+        }
         let ready = read_fd(fds[0]);
         if ready != "ready" {
             println!("err sibling: {ready}");
@@ -2957,9 +3000,11 @@ mod probe {
         // SAFETY: our end of the pipe.
         unsafe { libc::close(wfds[1]) };
         let report = read_fd(wfds[0]);
-        // SAFETY: our children.
+        // SAFETY: our children; closing `done` ends the sibling's wait (the worker, which
+        // inherited it, has exited).
         unsafe {
             libc::waitpid(worker, std::ptr::null_mut(), 0);
+            libc::close(done[1]);
             libc::kill(sibling, libc::SIGKILL);
             libc::waitpid(sibling, std::ptr::null_mut(), 0);
         }
