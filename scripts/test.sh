@@ -36,6 +36,9 @@ if [ "${1:-}" = --rust-lane ]; then
   lane "debug build (nodecell, xtask)" nice -n 10 cargo build -q -p xtask -p nodecell --bins
   lane "cargo xtask sandbox-test (escape suite, root and rootless)" cargo xtask sandbox-test
   lane "cargo test: build" nice -n 10 cargo test --workspace --no-run -q
+  # Rust tests use .venv as a host environment: not while the wheel is being installed into it
+  lane "cargo test: waiting for the wheel's install into .venv" \
+    bash -c 'while [ ! -e "$NODECELL_TEST_WHEEL_DONE" ]; do sleep 2; done'
   lane "cargo test (unit + integration)" bash -c 'set -o pipefail; cargo test --workspace --no-fail-fast -q 2>&1 | tail -n 400'
   lane "gates: cargo clippy -D warnings" nice -n 10 cargo clippy --workspace --all-targets -q -- -D warnings
   [ -z "$failed" ] || { echo "rust lane: failed:$failed"; exit 1; }
@@ -66,7 +69,7 @@ summary() {
     done
   fi
   printf '%6ss  total\n' $((SECONDS - T0))
-  rm -f "$LANE_LOG"
+  rm -f "$LANE_LOG" "$LANE_LOG.wheel-done"
 }
 trap summary EXIT
 
@@ -77,11 +80,13 @@ step "gates: cargo fmt --check"
 cargo fmt --all --check
 
 step "Rust lane started (debug build, escape suite, cargo test, clippy; log below when it ends); the wheel's release build"
+export NODECELL_TEST_WHEEL_DONE="$LANE_LOG.wheel-done"  # touched when build-wheel.sh has ended
 setsid -w scripts/test.sh --rust-lane >"$LANE_LOG" 2>&1 &
 LANE_PID=$!
 # maturin build: the extension, the package and the static launcher
 PY_RC=0
 scripts/build-wheel.sh || PY_RC=$?
+touch "$NODECELL_TEST_WHEEL_DONE"
 
 if [ "$PY_RC" = 0 ]; then
   step "pytest (the wheel in a fresh venv, its sdist; a skip not on tests/python/skip_policy.py's list fails)"
