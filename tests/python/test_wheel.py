@@ -175,8 +175,8 @@ def _sdist(out: Path) -> Path:
 def test_the_sdist_holds_what_the_wheel_is_built_from(wheel, tmp_path):
     """The fast half of the sdist check (about 5 s; `cargo xtask wheel-check` runs the slow half,
     test_the_sdist_builds_the_same_wheel, which compiles the sdist into a wheel): the sdist's metadata
-    is the wheel's, its Python sources are the wheel's, its Rust workspace resolves offline with its
-    own lock file, and every tracked file of each crate the extension and the launcher are built from
+    is the wheel's, its Python sources are the wheel's, its lock file is this checkout's, and every
+    tracked file of each crate the extension and the launcher are built from
     (pyshim's build script builds the `nodecell` package's launcher) is in it."""
     src = _sdist(tmp_path)
     with zipfile.ZipFile(wheel) as z:
@@ -187,31 +187,35 @@ def test_the_sdist_holds_what_the_wheel_is_built_from(wheel, tmp_path):
                 assert copy.is_file(), f"{n} of the wheel is not in the sdist"
                 assert copy.read_bytes() == z.read(n), f"{n} differs: is the wheel in target/wheels stale?"
     assert (src / "PKG-INFO").read_bytes() == meta, "the sdist's PKG-INFO is not the wheel's METADATA"
-    r = subprocess.run(["cargo", "metadata", "--locked", "--offline", "--format-version", "1"], cwd=src,
+    # --no-deps: the workspace's own manifests only (no registry access: on a new machine the
+    # crates of the other lane's builds may not be downloaded yet); the lock file is compared below.
+    r = subprocess.run(["cargo", "metadata", "--no-deps", "--offline", "--format-version", "1"], cwd=src,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     md = json.loads(r.stdout)
-    packages = {p["id"]: p for p in md["packages"]}
-    deps = {n["id"]: n["deps"] for n in md["resolve"]["nodes"]}
-    by_name = {p["name"]: p["id"] for p in md["packages"] if p["id"] in md["workspace_members"]}
-    need, todo = set(), [by_name["nodecell-pyshim"], by_name["nodecell"]]
+    by_path = {str(Path(p["manifest_path"]).parent): p for p in md["packages"]}
+    by_name = {p["name"]: p for p in md["packages"]}
+    need, todo = {}, [by_name["nodecell-pyshim"], by_name["nodecell"]]
     while todo:
-        pid = todo.pop()
-        if pid in need or pid not in md["workspace_members"]:
+        pkg = todo.pop()
+        if pkg["name"] in need:
             continue
-        need.add(pid)
-        todo.extend(d["pkg"] for d in deps[pid])
-    assert {packages[p]["name"] for p in need} >= {"nodecell", "nodecell-pyshim", "nodecell-sandbox",
-                                                    "nodecell-ipc"}, sorted(packages[p]["name"] for p in need)
+        need[pkg["name"]] = pkg
+        for d in pkg["dependencies"]:
+            if d.get("path"):
+                assert d["path"] in by_path, f"{pkg['name']} needs {d['path']}, not a crate of the sdist"
+                todo.append(by_path[d["path"]])
+    assert set(need) >= {"nodecell", "nodecell-pyshim", "nodecell-sandbox", "nodecell-ipc"}, sorted(need)
     root = Path(md["workspace_root"])
-    for pid in need:
-        crate = Path(packages[pid]["manifest_path"]).parent.relative_to(root)
+    for name, pkg in need.items():
+        crate = Path(pkg["manifest_path"]).parent.relative_to(root)
         tracked = subprocess.run(["git", "ls-files", "-z", "--", str(crate)], cwd=REPO, capture_output=True,
                                  check=True).stdout.decode().split("\0")
         # the root package's folder is the whole repository: its sources are src/ and its manifest
         tracked = [t for t in tracked if t and (str(crate) != "." or t.startswith("src/") or "/" not in t)]
         missing = [t for t in tracked if not (src / t).exists()]
-        assert not missing, f"{packages[pid]['name']}: tracked files missing from the sdist: {missing[:20]}"
+        assert not missing, f"{name}: tracked files missing from the sdist: {missing[:20]}"
+    assert (src / "Cargo.lock").read_bytes() == (REPO / "Cargo.lock").read_bytes(), "the sdist's Cargo.lock differs"
     for f in ("Cargo.toml", "Cargo.lock", "pyproject.toml", "pyshim/build.rs"):
         assert (src / f).is_file(), f"{f} is missing from the sdist"
 

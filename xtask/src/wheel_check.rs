@@ -6,8 +6,7 @@
 //! static launcher again, about 150 s on 2 cores, compared file by file with the
 //! wheel in `target/wheels`). `scripts/test.sh` deselects them (`-m "not xtask"`)
 //! and keeps their fast half: `test_the_sdist_holds_what_the_wheel_is_built_from`
-//! (the sdist's metadata, Python sources and crates, and that its workspace resolves
-//! offline with its lock file).
+//! (the sdist's metadata, Python sources, crates and lock file).
 
 use std::process::Command;
 
