@@ -17,7 +17,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
 
-use crate::bench_py::{fmt_ns, EXTRAS, SCENARIOS};
+use crate::bench_py::{EXTRAS, SCENARIOS};
 
 /// Arguments of `cargo xtask bench plot`.
 #[derive(clap::Args)]
@@ -208,9 +208,9 @@ const IPC_FLOORS: &[(&str, &str, &str)] = &[
     ("ring_spin_rtt", "spin_floor_rtt", "goal <= 3x"),
     ("ring_adaptive_rtt", "spin_floor_rtt", ""),
     ("ring_futex_rtt", "uds_rtt", "goal <= 1x"),
-    ("ring_throughput", "goal:200", "goal >= 5 M frames/s"),
+    ("ring_throughput", "goal:200", "goal >= 5 M"),
     ("tensor_1MiB_rtt", "memcpy_64MiB", ""),
-    ("tensor_64MiB_rtt", "memcpy_64MiB", "goal: memcpy >= 100x"),
+    ("tensor_64MiB_rtt", "memcpy_64MiB", "goal >= 100x"),
     ("tensor_1GiB_rtt", "tensor_1MiB_rtt", "goal <= 2x"),
     (
         "ring_adaptive_rtt_same_core",
@@ -239,6 +239,9 @@ pub(crate) fn ipc_chart(json: &Value) -> Result<Chart> {
         let note = match f {
             Some(f) if row.starts_with("tensor_") && floor.starts_with("memcpy") => {
                 format!("{:.0}x faster than memcpy; {goal}", f / v)
+            }
+            Some(_) if floor.starts_with("goal:") => {
+                format!("{:.2} M frames/s; {goal}", 1e3 / v)
             }
             Some(f) => format!("{:.2}x; {goal}", v / f),
             None => format!("{floor} not measured"),
@@ -280,6 +283,15 @@ pub(crate) fn ipc_chart(json: &Value) -> Result<Chart> {
     })
 }
 
+/// A time for a label: "280 ns", "12.0 us", "8.80 ms", "1.20 s".
+fn fmt_ns(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else {
+        crate::bench_py::fmt_ns(ns)
+    }
+}
+
 fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("{e}")
 }
@@ -292,9 +304,9 @@ pub(crate) fn draw(chart: &Chart, out: &Path) -> Result<()> {
     let n = chart.groups.len();
     let k = chart.series.len().max(1);
     let band = 14 * k as u32 + 12;
-    let (left, right, top) = (330u32, 230u32, 78u32);
+    let (left, right, top) = (330u32, 300u32, 78u32);
     let footer_h = 18 * chart.footer.len() as u32 + 10;
-    let (w, h) = (1200u32, top + band * n as u32 + 50 + footer_h);
+    let (w, h) = (1280u32, top + band * n as u32 + 50 + footer_h);
     let values: Vec<f64> = chart
         .groups
         .iter()
@@ -499,12 +511,21 @@ mod tests {
         );
         assert_eq!(g("ring_throughput vs 200 ns goal").values[1], Some(200.0));
         assert_eq!(
+            g("ring_throughput vs 200 ns goal").note,
+            "5.95 M frames/s; goal >= 5 M"
+        );
+        assert_eq!(
             g("tensor_64MiB_rtt vs memcpy_64MiB").note,
-            "677x faster than memcpy; goal: memcpy >= 100x"
+            "677x faster than memcpy; goal >= 100x"
         );
         assert_eq!(g("brand_new_rtt").values, [Some(1000.0), None]);
         assert_eq!(c.groups.len(), 5, "floors are not rows of their own");
-        assert!(svg_of(&c, "ipc").contains("ring_spin_rtt vs spin_floor_rtt"));
+        let svg = svg_of(&c, "ipc");
+        assert!(svg.contains("ring_spin_rtt vs spin_floor_rtt"));
+        assert!(
+            svg.contains("280 ns") && !svg.contains("0.3 us"),
+            "times under 1 us in ns"
+        );
     }
 
     #[test]
