@@ -370,7 +370,7 @@ def run_node(executor: Any, prompt: Dict[str, Any], node: str, target: str, limi
             cached = executor.caches.outputs.get("target")
             box["digest"] = digest(cached.outputs if cached is not None else None)
             box["ui"] = sorted((executor.history_result.get("outputs") or {}).get("target", {}) or {})
-        except Exception as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - also SystemExit (rembg exits when onnxruntime is missing)
             box["error"] = f"{type(e).__name__}: {e}"[:600]
         finally:
             box["ms"] = (time.perf_counter() - t0) * 1000
