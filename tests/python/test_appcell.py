@@ -78,6 +78,8 @@ OPS = {
     "signal": lambda pid: os.kill(int(pid), 0),
     "mem": lambda pid: _read(f"/proc/{int(pid)}/mem"),
     "tmp": lambda _: os.environ.get("TMPDIR", ""),
+    "home": lambda _: os.path.expanduser("~"),
+    "mkhome": lambda name: os.makedirs(os.path.join(os.path.expanduser("~"), name), exist_ok=True),
     # the pid of the process that imported the app's model_management (the zygote: preloaded)
     "app_pid": lambda _: __import__("sys").modules["comfy.model_management"].IMPORTED_IN,
 }
@@ -379,6 +381,18 @@ def test_packs_in_one_app_cell_are_walled_apart(app):
         if os.geteuid() == 0:
             assert os.stat(state).st_mode & 0o777 == 0o777
         assert not (state / "planted").exists() and not (state / "layer" / "planted").exists()
+
+
+def test_a_pack_in_an_app_cell_has_a_writable_home_of_its_own(app):
+    """A sandbox's HOME is its /tmp, writable in a cell of the pack's own; in an app cell only the
+    pack's own folder under /tmp is: that is its HOME (packs keep config in ~, as
+    transparent-background's ~/.transparent-background)."""
+    homes = {}
+    for folder in PROBES:
+        home, tmp, made = _probe(app, folder, [["home", 0], ["tmp", 0], ["mkhome", ".probe-config"]])
+        assert home == tmp and made == "ok", (folder, home, tmp, made)
+        homes[folder] = home
+    assert len(set(homes.values())) == len(PROBES), homes
 
 
 def test_the_app_cells_zygote_imported_the_app_with_the_hosts_command_line(app):

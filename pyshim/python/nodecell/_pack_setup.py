@@ -112,6 +112,10 @@ def confine(spec: Any) -> Dict[str, Any]:
         # one (the Landlock domains keep the other packs out; what the worker makes is its own).
         os.chmod(tmp, 0o700 if uid is None else 0o777)
         os.environ["TMPDIR"] = tmp
+        # A sandbox's HOME is its /tmp; in a shared cell only the pack's own folder there is
+        # writable, so that folder is its home (transparent-background makes ~/.transparent-background).
+        if os.environ.get("HOME", "/tmp") == "/tmp":
+            os.environ["HOME"] = tmp
         import tempfile
 
         tempfile.tempdir = None  # the zygote may have asked already
