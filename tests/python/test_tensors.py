@@ -338,3 +338,94 @@ def test_inline_records_are_checked_when_built(nc):
         _nodecell.inline_tensor("numpy", "float32", [5], a.__array_interface__["data"][0], 16)
     with pytest.raises(ValueError, match="unknown dtype"):
         _nodecell.inline_tensor("numpy", "float128", [4], a.__array_interface__["data"][0], 16)
+
+
+# -- host sends of private arrays and tensors: pooled, reused, freed off the call path (issue 10) --
+
+def _arena_fds() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += "nodecell-arena" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return n
+
+
+def test_host_sends_of_a_private_array_reuse_pooled_arenas(aloop, np_ext, nc):
+    """A plain numpy array sent every call is copied into a pooled host arena: after the
+    first calls no new arena (memfd) is made; the result is never the caller's memory."""
+    a = np.random.default_rng(0).random(1 << 18, dtype=np.float32)  # 1 MiB, private
+    for _ in range(3):
+        aloop.run(np_ext.echo(a))
+    before, fds0 = nc.tensor_pool_stats(), _arena_fds()
+    for i in range(12):
+        a[0] = i
+        r = aloop.run(np_ext.echo(a))
+        assert r[0] == i and np.array_equal(r, a)
+        assert not np.shares_memory(r, a), "the caller's array is never handed out"
+        del r
+    after = nc.tensor_pool_stats()
+    assert after["hits"] - before["hits"] >= 11, (before, after)
+    assert after["misses"] - before["misses"] <= 1, (before, after)
+    assert _arena_fds() - fds0 <= 1, "no new memfd per call"
+
+
+def test_live_results_never_share_a_reused_arena(aloop, np_ext, basic_ext):
+    """Results the host still holds keep their bytes while later sends of the same size
+    run: an arena is reused only once neither side holds a view of it."""
+    a = np.empty(1 << 18, dtype=np.float32)
+    held = []
+    for i in range(6):
+        a.fill(i)
+        held.append(aloop.run(np_ext.echo(a)))
+    t = torch.empty(1 << 18)
+    held_t = []
+    for i in range(6):  # torch outputs of the worker's pool, same size class
+        held_t.append(aloop.run(basic_ext.make_tensor(1 << 18, i)))
+    for i in range(20):  # churn: arenas freed meanwhile are reused
+        a.fill(100 + i)
+        assert float(aloop.run(np_ext.echo(a))[7]) == 100 + i
+        t.fill_(200 + i)
+        assert float(aloop.run(basic_ext.echo(t.clone()))[7]) == 200 + i
+        aloop.run(basic_ext.make_tensor(1 << 18, 300 + i))
+    for i, r in enumerate(held):
+        assert r.min() == r.max() == i, f"held result {i} changed under the host"
+    for i, r in enumerate(held_t):
+        assert float(r.min()) == float(r.max()) == i, f"held worker output {i} changed"
+    ptrs = {r.__array_interface__["data"][0] for r in held} | {r.data_ptr() for r in held_t}
+    assert len(ptrs) == 12, "two live results alias one arena"
+
+
+def test_a_repointed_tensor_frees_its_private_storage_off_the_call(aloop, basic_ext, nc):
+    """The first send of a fresh private tensor copies it into a pooled arena and
+    re-points it; its old 64 MiB storage is unmapped afterwards by the nodecell-free
+    thread (not during the call), and the tensor keeps its values."""
+    n = 16 << 20  # 64 MiB of float32: above glibc's mmap threshold, so freeing unmaps it
+    t = torch.full((n,), 3.0)
+    p0 = t.data_ptr()
+
+    def mapping_of(addr):
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if lo <= addr < hi:
+                    return lo, hi
+        return None
+
+    old = mapping_of(p0)
+    assert old is not None
+    back = aloop.run(basic_ext.echo(t))
+    assert nc.is_shared(t) and t.data_ptr() != p0
+    assert back.data_ptr() == t.data_ptr() and float(back[-1]) == 3.0 and float(t.sum()) == 3.0 * n
+    for _ in range(100):  # the free runs on another thread: allow it a moment
+        if mapping_of(p0) != old:
+            break
+        aloop.run(basic_ext.noop())
+    assert mapping_of(p0) != old, "the replaced private storage was never freed"
+    assert any(th.name == "nodecell-free" for th in __import__("threading").enumerate())
+    # A tensor whose storage another view shares is not re-pointed (nothing to free).
+    base = torch.full((1 << 20,), 2.0)
+    view, other = base[10:], base[:5]
+    assert float(aloop.run(basic_ext.echo(view)).sum()) == 2.0 * ((1 << 20) - 10)
+    assert not nc.is_shared(base) and not nc.is_shared(other) and float(view.sum()) == 2.0 * ((1 << 20) - 10)
