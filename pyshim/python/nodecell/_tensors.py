@@ -77,13 +77,12 @@ def _freer(q: "queue.SimpleQueue[Any]") -> None:
         del t
 
 
-def _free_later(storage: Any) -> None:
-    """Free a private torch storage (one whose only reference is ``storage``) on the
-    ``nodecell-free`` thread, off the path of the call that replaced it."""
+def _free_later(holder: Any) -> None:
+    """Free a private torch storage on the ``nodecell-free`` thread, off the path of the
+    call that replaced it. ``holder`` is an empty-shaped tensor over it holding its last
+    reference (the caller dropped every other one first: a reference dropped after the
+    hand-off could be the last one, and free it here after all)."""
     global _free_q
-    tm = _torch_mod()
-    holder = tm.empty(0, dtype=tm.uint8)
-    holder.set_(storage)
     if _free_q is None:
         with _free_lock:
             if _free_q is None:
@@ -347,7 +346,12 @@ def encode_torch(t: Any, channel: Any) -> Any:
         for h in holders:
             h.set_(dst, h.storage_offset(), h.size(), h.stride())
         if snb >= FREE_LATER:
-            _free_later(st)  # `st` holds the old storage's last reference now
+            holder = tm.empty(0, dtype=tm.uint8)
+            holder.set_(st)
+            del st  # the holder has the old storage's last reference now
+            _free_later(holder)
+            return _nodecell.TensorRef(arena, t.storage_offset() * item, name, list(t.shape),
+                                       [s * item for s in t.stride()], "torch")
     del st
     return _nodecell.TensorRef(arena, t.storage_offset() * item, name, list(t.shape),
                                [s * item for s in t.stride()], "torch")
