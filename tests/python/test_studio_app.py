@@ -211,6 +211,37 @@ def test_worker_cwd_is_the_hosts_where_the_worker_sees_it_else_the_app_root(tmp_
     assert worker_cwd(r, binds, host_cwd=str(link)) == r, "by its real path"
 
 
+def test_a_node_ending_in_system_exit_fails_its_call_and_the_pack_goes_on(app):
+    """rembg calls sys.exit(1) at import when onnxruntime is missing: directly that SystemExit
+    leaves the app's executor (it catches Exception); isolated the node's call fails at once
+    with a RemoteError naming it (never a SystemExit in the host), and the same worker serves
+    the next node."""
+    import time
+
+    import execution
+
+    ext = app.host.packs["nc-showcase"]
+    restarts = ext.restarts
+    ex = execution.PromptExecutor(app.server)
+    t = threading.Thread(target=ex.execute, daemon=True,
+                         args=({"1": {"class_type": "SC Exits", "inputs": {"code": 3}}}, "exits", {}, ["1"]))
+    t0 = time.monotonic()
+    t.start()
+
+    async def wait():
+        while t.is_alive() and time.monotonic() - t0 < 30:
+            await asyncio.sleep(0.01)
+
+    app.aloop.run(wait())
+    assert not t.is_alive(), "the call was answered (the node thread's loop did not die with the SystemExit)"
+    from nodecell import RemoteError
+
+    assert not ex.success and type(ex.exception) is RemoteError, ex.errors
+    assert ex.exception.remote_type == "SystemExit" and ex.errors["message"].startswith("SystemExit: 3"), ex.errors
+    run = _run_prompt(app.aloop.run, app.server, {"1": {"class_type": "SC Where", "inputs": {"probe": "p"}}}, ["1"])
+    assert run.success and ext.restarts == restarts, "the same worker goes on"
+
+
 def test_pack_writes_land_in_its_state_layer(app):
     cfg = app.root / "custom_nodes" / "NC-Showcase" / "showcase.json"
     assert not cfg.exists(), "the host's pack folder was never written"

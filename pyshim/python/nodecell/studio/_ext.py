@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import threading
+import traceback
 from types import ModuleType
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -377,6 +378,12 @@ class StudioExtension(ExtensionBase):
                 except Exception as e:
                     ctx.reraise_interrupt(e)
                     raise
+                except (SystemExit, KeyboardInterrupt) as e:
+                    # asyncio lets these two out of the node thread's loop, which would die with
+                    # the call never answered (rembg calls sys.exit(1) at import when onnxruntime
+                    # is missing): the call fails with them, named, and the pack goes on.
+                    raise RemoteError(type(e).__name__, str(e),
+                                      "".join(traceback.format_exception(type(e), e, e.__traceback__))) from None
 
         if checks:
             if self._check_loop is None:
