@@ -557,6 +557,19 @@ class Bench:
             copies.append(time.perf_counter_ns() - t0)
         self.res.timing("memcpy_64MiB", copies, note="np.copyto of 64 MiB into a buffer already faulted in "
                                                      "(the baseline of the fresh-send goals)")
+        # The same copy from a fresh private tensor (what a first send copies): torch's
+        # allocator takes plain 4 KiB pages where numpy asks for transparent huge pages,
+        # and reading freshly faulted 4 KiB pages is much slower here.
+        fresh_copies = []
+        for i in range(self.n(12, 5)):
+            x = torch.empty(n // 4, dtype=torch.float32).fill_(float(i))
+            t0 = time.perf_counter_ns()
+            np.copyto(dst, x.numpy())
+            fresh_copies.append(time.perf_counter_ns() - t0)
+            del x
+        self.res.timing("memcpy_64MiB_from_fresh_tensor", fresh_copies,
+                        note="np.copyto of a fresh private 64 MiB torch tensor (made like the fresh-send "
+                             "rows' tensors) into a buffer already faulted in: the copy a first send makes")
         del src, dst
         samples = []
         for i in range(self.n(12, 5)):

@@ -96,6 +96,10 @@ pub(crate) const EXTRAS: &[(&str, &str)] = &[
     ("image_12MB_node_direct", "image_12MB_node_direct"),
     ("image_12MB_node_rtt", "image_12MB_node_rtt"),
     ("memcpy_64MiB", "memcpy_64MiB"),
+    (
+        "memcpy_64MiB_from_fresh_tensor",
+        "memcpy_64MiB_from_fresh_tensor",
+    ),
     ("torch_64MiB_fresh_send", "torch_64MiB_fresh_send"),
 ];
 
