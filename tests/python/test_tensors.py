@@ -371,6 +371,22 @@ def test_host_sends_of_a_private_array_reuse_pooled_arenas(aloop, np_ext, nc):
     assert _arena_fds() - fds0 <= 1, "no new memfd per call"
 
 
+def test_numpy_outputs_of_a_worker_reuse_its_pooled_arenas(aloop, np_ext):
+    """Fresh numpy outputs (a numpy-only worker) go through the worker's pool like torch
+    outputs: one copy into an arena the host already maps, no new memfd per call."""
+    for i in range(3):
+        aloop.run(np_ext.make_array(1 << 18, i))
+    before, fds0 = aloop.run(np_ext.pool_stats()), _arena_fds()
+    for i in range(12):
+        a = aloop.run(np_ext.make_array(1 << 18, i))  # 1 MiB
+        assert isinstance(a, np.ndarray) and a[0] == i and a[-1] == i
+        del a
+    after = aloop.run(np_ext.pool_stats())
+    assert after["hits"] - before["hits"] >= 11, (before, after)
+    assert after["misses"] - before["misses"] <= 1, (before, after)
+    assert _arena_fds() - fds0 <= 1, "no new memfd per output"
+
+
 def test_live_results_never_share_a_reused_arena(aloop, np_ext, basic_ext):
     """Results the host still holds keep their bytes while later sends of the same size
     run: an arena is reused only once neither side holds a view of it."""

@@ -211,6 +211,12 @@ class TestExt(nodecell.ExtensionBase):
 
         return torch.full((n,), float(value))
 
+    def make_array(self, n, value):
+        """A fresh float32 numpy array (an output a numpy-only node makes)."""
+        import numpy as np
+
+        return np.full(n, float(value), dtype=np.float32)
+
     def make_pair(self, shape, seed):
         """Two fresh tensors in one result (a mask and its inverse, as real nodes return)."""
         import torch
