@@ -440,6 +440,19 @@ def test_a_repointed_tensor_frees_its_private_storage_off_the_call(aloop, basic_
         aloop.run(basic_ext.noop())
     assert mapping_of(p0) != old, "the replaced private storage was never freed"
     assert any(th.name == "nodecell-free" for th in __import__("threading").enumerate())
+    # The same under inference mode (ComfyUI runs nodes in it): the tensor made outside
+    # it is re-pointed, its old storage freed, nothing raised.
+    u = torch.full((n,), 4.0)
+    q0 = u.data_ptr()
+    old_u = mapping_of(q0)
+    with torch.inference_mode():
+        assert float(aloop.run(basic_ext.echo(u))[-1]) == 4.0
+    assert nc.is_shared(u) and float(u[0]) == 4.0
+    for _ in range(100):
+        if mapping_of(q0) != old_u:
+            break
+        aloop.run(basic_ext.noop())
+    assert mapping_of(q0) != old_u, "the replaced private storage was never freed"
     # A tensor whose storage another view shares is not re-pointed (nothing to free).
     base = torch.full((1 << 20,), 2.0)
     view, other = base[10:], base[:5]

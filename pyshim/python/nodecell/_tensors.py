@@ -66,12 +66,16 @@ _free_lock = threading.Lock()
 
 
 def _freer(q: "queue.SimpleQueue[Any]") -> None:
+    tm = _torch_mod()
     while True:
         t = q.get()
         try:
             # Drops the last reference to the old storage inside a torch op, which
             # releases the GIL around it: the unmapping runs while Python goes on.
-            t.set_()
+            # (Inference mode: the holder is an inference tensor when the send ran
+            # under it, as ComfyUI runs nodes, and those take in-place ops only there.)
+            with tm.inference_mode():
+                t.set_()
         except Exception:  # noqa: BLE001 - freed below in any case
             pass
         del t
