@@ -36,6 +36,13 @@ or ``missing`` with the reason where the kernel has no Landlock scoping (ABI
 6); in ``SandboxMode.REQUIRED`` (the default) such a pack gets its own cell.
 The zygote's death ends every pack's worker in it (each reports the crash); the
 next call starts a fresh app cell.
+
+The cell's limits (the same for every pack in it) bound the whole cell: the zygote
+and every pack's worker together. A pack that allocates past the memory limit is
+the process the kernel kills (its worker maps the zygote's pages and its own, so it
+is the largest): its call fails naming the limit and the pack, its next call gets
+a fresh fork, the zygote and the other packs' workers live on
+(``tests/python/test_appcell_limits.py``).
 """
 
 from __future__ import annotations
