@@ -68,6 +68,7 @@ def apply(setup: Any) -> None:
     for k in unset:
         os.environ.pop(k, None)
     os.environ.update(env)
+    _size_torch_pool(env)
     cwd = setup.get("cwd")
     if cwd:
         os.chdir(str(cwd))
@@ -78,6 +79,15 @@ def apply(setup: Any) -> None:
     importlib.invalidate_caches()
     if setup.get("confine") is not None:
         confine(setup["confine"])
+
+
+def _size_torch_pool(env: dict[str, str]) -> None:
+    """torch sized its pool in the zygote, from the zygote's environment: a pack whose
+    ``OMP_NUM_THREADS`` differs (its own CPU limit or ``env``) gets its size here."""
+    torch = sys.modules.get("torch")
+    want = env.get("OMP_NUM_THREADS", "")
+    if torch is not None and want.isdigit() and int(want) > 0 and torch.get_num_threads() != int(want):
+        torch.set_num_threads(int(want))
 
 
 def _strings(field: str, value: Any) -> List[str]:

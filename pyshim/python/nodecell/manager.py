@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
 from . import _nodecell
 from ._find_launcher import find_launcher
 from ._rpc import registered_types
+from ._threadpools import thread_env
 from .cell import _BOOTSTRAP, _SINGLETON_BASE_ID, SANDBOX_HOST, SANDBOX_LIB, _Cell
 from .config import ExtensionConfig, ExtensionManagerConfig, SandboxMode
 from .errors import ConfigError, ProvisionError
@@ -340,8 +341,9 @@ class ExtensionManager(Generic[T]):
             argv += ["--cpu", f"{cfg['max_cpu_percent'] / 100:g}"]
         if os.geteuid() == 0 and self.config.get("worker_uid") is not None:
             argv += ["--worker-uid", str(self.config["worker_uid"])]
-        env = {"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "PYISOLATE_CHILD": "1"}  # code written for pyisolate asks this to know it runs in a worker
+        env = thread_env(cfg["max_cpu_percent"], cfg["env"])  # thread pools: see _threadpools
+        env.update({"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                    "PYISOLATE_CHILD": "1"})  # code written for pyisolate asks this to know it runs in a worker
         if cfg["share_torch"]:
             env["NODECELL_SHARE_TORCH"] = "1"
         env.update(cfg["env"])
@@ -376,6 +378,7 @@ class ExtensionManager(Generic[T]):
         argv = [venv["python"], "-s", "-E", "-c", boot, "--ctl-fd", "{CTL}",
                 "--preload", ",".join(self._preload(cfg))]
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "HOME")}
+        env.update(thread_env(cfg["max_cpu_percent"], cfg["env"]))
         env.update({"NODECELL_PACK": cfg["name"], "PYTHONUNBUFFERED": "1", "PYISOLATE_CHILD": "1"})
         env.update(cfg["env"])
         return argv, env

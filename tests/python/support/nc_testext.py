@@ -116,6 +116,14 @@ class TestExt(nodecell.ExtensionBase):
     def env(self, name):
         return os.environ.get(name)
 
+    def thread_pools(self):
+        """The worker's thread-pool variables and torch's intra-op thread count."""
+        import torch
+
+        return {"env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                        "OPENBLAS_NUM_THREADS")},
+                "torch": torch.get_num_threads()}
+
     def whoami(self):
         return {"uid": os.getuid(), "euid": os.geteuid(), "pid": os.getpid(), "ppid": os.getppid()}
 
