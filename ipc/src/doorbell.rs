@@ -161,6 +161,32 @@ impl Spinner {
         Ok(Spinner::spin_with(limit, PURE_SPIN_NS, ready)?.is_some())
     }
 
+    /// Spins up to `limit` checking `ready` (never sleeps), busy only for this waiter's
+    /// adaptive busy part, then yielding between checks; true when it became ready.
+    /// The busy part adapts as in [`Spinner::wait`]: a peer that shares our core only
+    /// answers after we yield, so busy-spinning first would just delay it.
+    pub fn spin_adaptive<E>(
+        &mut self,
+        limit: Duration,
+        ready: &mut impl FnMut() -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        match Spinner::spin_with(limit, self.pure_ns, ready)? {
+            Some(after_yield) => {
+                self.adapt_pure(after_yield);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn adapt_pure(&mut self, after_yield: bool) {
+        self.pure_ns = if after_yield {
+            (self.pure_ns / 2).max(64)
+        } else {
+            (self.pure_ns * 2).clamp(64, PURE_SPIN_NS)
+        };
+    }
+
     /// Spins up to `limit`, busy for the first `pure_ns` then yielding between checks.
     /// Returns when it became ready: `Some(true)` if only after a yield.
     fn spin_with<E>(
@@ -215,11 +241,7 @@ impl Spinner {
         }
         if !window.is_zero() {
             if let Some(after_yield) = Spinner::spin_with(window, self.pure_ns, &mut ready)? {
-                self.pure_ns = if after_yield {
-                    self.pure_ns / 2
-                } else {
-                    (self.pure_ns * 2).clamp(64, PURE_SPIN_NS)
-                };
+                self.adapt_pure(after_yield);
                 self.on_spin_hit(t0.elapsed());
                 return Ok(Wake::Ready);
             }

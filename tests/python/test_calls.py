@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 
 import pytest
 
@@ -29,6 +30,16 @@ def test_kwargs_and_async_methods(aloop, basic_ext):
     assert aloop.run(basic_ext.echo(1, 2, a=3)) == ((1, 2), {"a": 3})
     assert aloop.run(basic_ext.aecho([1, "x"])) == [1, "x"]
     assert aloop.run(basic_ext.pack_value()) == 42
+
+
+def test_a_task_started_by_an_async_method_runs_without_another_call(aloop, basic_ext):
+    # The method ends in its first step (run eagerly, without a loop turn); the task it
+    # started must still run, although no other async call comes to drive the loop.
+    assert aloop.run(basic_ext.start_background()) is True
+    deadline = time.monotonic() + 5
+    while not aloop.run(basic_ext.background_done()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert aloop.run(basic_ext.background_done()) is True
 
 
 def test_worker_is_unprivileged_and_env_is_clean(aloop, basic_ext):

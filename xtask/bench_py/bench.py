@@ -103,6 +103,29 @@ class Results:
         self._flush()
 
 
+async def sample_pair(fa, fb, iters: int, budget_s: float, warmup: int = 3):
+    """Like :func:`sample` for two calls at once, alternating them call by call, so
+    both see the same machine: on a 2-vCPU VM the scheduler may put host and worker on
+    one core for a while and on two cores later, and the ratio of two rows measured
+    one after the other then shows that, not the calls. Returns both sample lists."""
+    for _ in range(warmup):
+        await fa()
+        await fb()
+    a, b = [], []
+    deadline = time.perf_counter() + budget_s
+    for i in range(iters):
+        t0 = time.perf_counter_ns()
+        await fa()
+        t1 = time.perf_counter_ns()
+        await fb()
+        t2 = time.perf_counter_ns()
+        a.append(t1 - t0)
+        b.append(t2 - t1)
+        if i >= 2 and time.perf_counter() > deadline:
+            break
+    return a, b
+
+
 async def sample(fn, iters: int, budget_s: float, warmup: int = 3, min_iters: int = 3):
     """Call `await fn()` `warmup` times, then up to `iters` times (stopping after
     `budget_s` seconds once `min_iters` samples exist); return the samples in ns."""
@@ -618,10 +641,16 @@ class Bench:
             return
         await self.guarded("worker_rss_mb", self.memory, 60)
         async def noop_case() -> None:
-            await self.rtt("noop_rtt", lambda: ext_calls().noop(), self.n(5000, 1000), self.n(5, 2), 100)
-            if self.impl.name == "nodecell":
-                await self.rtt("noop_sync_rtt", lambda: ext_calls().noop_sync(), self.n(5000, 1000), self.n(5, 2),
-                               100, note="a plain `def` method (pyisolate only forwards `async def` methods)")
+            if self.impl.name != "nodecell":
+                await self.rtt("noop_rtt", lambda: ext_calls().noop(), self.n(5000, 1000), self.n(5, 2), 100)
+                return
+            # The `async def` and the plain `def` noop alternate call by call (one placement
+            # of host and worker on the cores for both: see sample_pair).
+            a, d = await sample_pair(lambda: ext_calls().noop(), lambda: ext_calls().noop_sync(),
+                                     self.n(5000, 1000), 2 * self.n(5, 2), 100)
+            self.res.timing("noop_rtt", a, note="`async def` method; sampled alternating with noop_sync_rtt")
+            self.res.timing("noop_sync_rtt", d, note="a plain `def` method (pyisolate only forwards `async def` "
+                                                     "methods); sampled alternating with noop_rtt")
 
         await self.guarded("noop_rtt", noop_case, 120)
         await self.guarded("echo_small_rtt", lambda: self.rtt(

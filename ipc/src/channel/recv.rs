@@ -312,15 +312,20 @@ impl Channel {
     }
 
     /// Spins up to `spin` for a frame without ever sleeping (lowest latency; burns
-    /// CPU). `Ok(None)` if nothing came.
+    /// CPU, yielding it between checks once the receiver's adaptive busy part is
+    /// over, so a peer on the same core runs). `Ok(None)` if nothing came.
     pub fn recv_spin(&self, spin: Duration) -> Result<Option<Frame>, ChannelError> {
         self.check()?;
-        let mut rx = lock(&self.inner.rx);
+        let mut guard = lock(&self.inner.rx);
+        let rx = &mut *guard;
+        let mut spinner = rx.spinner.clone();
         let mut got = None;
-        Spinner::spin(spin, &mut || {
-            got = self.try_recv_locked(&mut rx)?;
+        let r = spinner.spin_adaptive(spin, &mut || {
+            got = self.try_recv_locked(rx)?;
             Ok::<bool, ChannelError>(got.is_some())
-        })?;
+        });
+        rx.spinner = spinner;
+        r?;
         Ok(got)
     }
 

@@ -108,7 +108,8 @@ class WorkerEndpoint(Endpoint):
         self._queued = 0
         #: Synchronous calls to the host waiting on the thread that drives the loop.
         self._loop_blocked = 0
-        self._live_tasks: set = set()
+        #: Calls' tasks that started and have not ended (touched by the loop's driver only).
+        self._nlive = 0
         self._resolved: Dict[tuple, tuple] = {}
         self._async_tasks: Dict[int, Any] = {}
         self.extension: Any = None
@@ -238,7 +239,7 @@ class WorkerEndpoint(Endpoint):
             if self._loop_blocked:
                 self._run_detached(call_id, fn, args, kwargs)
             else:
-                self._submit(self._start_async, call_id, fn, args, kwargs)
+                self._run_async(call_id, fn, args, kwargs)
             return
         token = _SERVING.set(call_id)
         try:
@@ -281,6 +282,41 @@ class WorkerEndpoint(Endpoint):
     # another thread drives the loop is queued on it; the `_queued` count makes
     # sure a thread that finishes driving picks up what arrived meanwhile.
 
+    def _run_async(self, call_id: int, fn: Any, args: tuple, kwargs: dict) -> None:
+        """An ``async def`` method's call: :meth:`_submit` of :meth:`_start_async`, with
+        the common case inline (nobody drives the loop, no other call is running: the
+        call's task is created here and its first step run at once; most calls end in
+        it, and then no loop turn happens at all)."""
+        loop = self._loop or self._ensure_loop()
+        if self._nlive or not self._loop_owner.acquire(blocking=False):
+            self._submit(self._start_async, call_id, fn, args, kwargs)
+            return
+        try:
+            try:
+                coro = fn(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001
+                self._reply_error(call_id, e)
+                return
+            loop.hold_next_step()
+            try:
+                task = loop.new_task(self._await_then_reply(call_id, coro))
+            finally:
+                held = loop.take_held_step()
+            self._nlive += 1
+            self._async_tasks[call_id] = task
+            soon = loop.soon_count
+            if held is not None:
+                loop.run_step(held)
+                # Done in its first step, and nothing else was queued on the loop meanwhile
+                # (a task the call started, work from other threads): no loop turn needed.
+                if task.done() and not self._queued and not self._nlive and loop.soon_count == soon:
+                    return
+            self._run_until_idle(loop)
+        finally:
+            self._loop_owner.release()
+            if self._queued > 0:  # queued by others while we drove (read under the GIL)
+                self._drive_if_free()
+
     def _submit(self, start: Any, *args: Any) -> None:
         loop = self._ensure_loop()
         if self._loop_owner.acquire(blocking=False):
@@ -293,9 +329,11 @@ class WorkerEndpoint(Endpoint):
                     held = loop.take_held_step()
                 # The common case: the call just started is the only task: run its first
                 # step right here; most calls finish in it (no loop turn at all).
-                if held is not None and task is not None and len(self._live_tasks) == 1:
+                if held is not None and task is not None and self._nlive == 1:
+                    soon = loop.soon_count
                     loop.run_step(held)
-                    fast = task.done() and self._queued == 0 and not self._live_tasks
+                    fast = (task.done() and self._queued == 0 and not self._nlive
+                            and loop.soon_count == soon)
                 else:
                     if held is not None:
                         loop.release_step(held)
@@ -324,7 +362,7 @@ class WorkerEndpoint(Endpoint):
             with self._state:
                 queued = self._queued
             if not tasks and not queued:
-                self._live_tasks.clear()
+                self._nlive = 0  # (a task cancelled before it started never ran its body)
                 return
             if len(tasks) == 1 and not queued:
                 loop.run_until_complete(next(iter(tasks)))
@@ -372,7 +410,7 @@ class WorkerEndpoint(Endpoint):
         task = self._loop.create_task(self._await_then_reply(call_id, aw))
         # Only ever touched by the thread driving the loop. (A task cancelled before it
         # started never runs its body; `_run_until_idle` forgets such tasks.)
-        self._live_tasks.add(task)
+        self._nlive += 1
         self._async_tasks[call_id] = task
         if not direct:
             with self._state:
@@ -423,10 +461,10 @@ class WorkerEndpoint(Endpoint):
                 self._async_tasks.pop(call_id, None)
             self._reply(call_id, result)
         finally:
-            self._live_tasks.discard(asyncio.current_task())
+            self._nlive -= 1
 
     def _cancel_incoming(self, call_id: int) -> None:
-        task = self._async_tasks.pop(call_id, None)
+        task = self._async_tasks.get(call_id)
         if task is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(task.cancel)
 
@@ -672,14 +710,26 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self._nc_hold = False
         self._nc_held: Optional[_Step] = None
+        self._nc_handle = asyncio.Handle(_nothing, (), self, None)
+        self._nc_handle.cancel()
+        #: Callbacks queued with ``call_soon`` so far (held steps not counted): a step that
+        #: queued none left nothing for a loop turn to do.
+        self.soon_count = 0
 
     def call_soon(self, callback: Callable[..., Any], *args: Any,
                   context: Optional[contextvars.Context] = None) -> asyncio.Handle:
         if self._nc_hold:
             self._nc_hold = False
             self._nc_held = (callback, args, context)
-            return asyncio.Handle(callback, args, self, context)  # never run: the step is run_step's
+            return self._nc_handle  # never run: the step is run_step's (a Task ignores it)
+        self.soon_count += 1
         return super().call_soon(callback, *args, context=context)
+
+    def new_task(self, coro: Any) -> asyncio.Task[Any]:
+        """``create_task(coro)``: a Task made directly when no task factory is set."""
+        if self.get_task_factory() is not None:
+            return self.create_task(coro)
+        return asyncio.Task(coro, loop=self)
 
     def hold_next_step(self) -> None:
         """Hold back the next callback queued with ``call_soon`` (owner thread only)."""
@@ -707,6 +757,10 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
         """Queue a held step as ``call_soon`` would have."""
         callback, args, context = step
         super().call_soon(callback, *args, context=context)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _run_hook(ep: WorkerEndpoint, fn: Any, *args: Any) -> Any:

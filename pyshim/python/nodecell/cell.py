@@ -365,14 +365,27 @@ class _Worker:
         else:
             self.on_died()
 
-    def spin_for(self, fut: asyncio.Future) -> None:
-        """Spin briefly (GIL released) for the reply to land, to skip a loop wake-up."""
+    def rearm(self) -> None:
+        """After polling the channel here (``spin_for``): hand waiting back to the
+        reactor; frames that arrived meanwhile are drained on the next loop turn."""
+        if self.dead:
+            return
+        try:
+            if self.channel.resume_doorbell():
+                self._schedule_drain()
+        except GONE:
+            self.on_died()
+
+    def spin_for(self, call_id: int, fut: asyncio.Future) -> None:
+        """Spin briefly (GIL released) for call ``call_id``'s reply to land, to skip a
+        loop wake-up; other frames arriving meanwhile are handled as usual."""
         budget = self.spin_ns
         if budget <= 0:
             return
         t0 = time.perf_counter_ns()
         ch = self.channel
         rx = self.rx
+        ep = self.ep
         while not fut.done():
             left = budget - (time.perf_counter_ns() - t0)
             if left <= 0:
@@ -391,7 +404,12 @@ class _Worker:
                 rx.release()
             if f is None:
                 break
-            self.ep.handle_frame(*f)
+            kind, cid, payload = f
+            if cid == call_id and kind == REPLY and not _profile.ACTIVE:
+                ep.pending.pop(cid, None)  # ours: straight into the future
+                fut.set_result(payload)
+                return
+            ep.handle_frame(kind, cid, payload)
 
     def kill(self) -> None:
         if self.pidfd >= 0 and not self.dead:

@@ -239,7 +239,11 @@ class Extension(Generic[T]):
             self._abandon_cell()  # its loop is gone: start afresh on this one
         if self.config["reload"]:
             await _reload.maybe_reload(self)
-        w = await self._pick_worker()
+        ws = self._workers
+        if len(ws) == 1 and ws[0].alive and self.config["workers"] == 1:
+            w = ws[0]  # the common case, without a coroutine for _pick_worker
+        else:
+            w = await self._pick_worker()
         return await self._call_on(w, EXTENSION_ID, method, args, kwargs, queued_at=queued)
 
     def call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -385,10 +389,10 @@ class Extension(Generic[T]):
         t0 = time.perf_counter_ns()
         try:
             if spinning and not w.dead:
-                w.spin_for(fut)
-                # Hand waiting back to the reactor; take what arrived in between (bounded
-                # per loop turn: a flooding worker cannot hold the loop here either).
-                w.drain()
+                w.spin_for(call_id, fut)
+                # Hand waiting back to the reactor (what arrived meanwhile is handled on
+                # the next loop turn).
+                w.rearm()
             if fut.done():
                 return fut.result()
             if timeout is None and not internal:

@@ -103,6 +103,19 @@ class TestExt(nodecell.ExtensionBase):
     async def anoop(self):
         return None
 
+    async def start_background(self):
+        """Starts a task on the worker's loop and returns at once (never suspending)."""
+        self.background_ran = False
+
+        async def background():
+            self.background_ran = True
+
+        asyncio.get_running_loop().create_task(background())
+        return True
+
+    def background_done(self):
+        return getattr(self, "background_ran", None)
+
     async def aecho(self, x):
         await asyncio.sleep(0)
         return x
