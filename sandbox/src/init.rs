@@ -54,6 +54,10 @@ pub struct ExecPlan {
     pub cwd: PathBuf,
     /// fds that stay open at the same number.
     pub keep_fds: Vec<RawFd>,
+    /// The launch runs pinned to one CPU until the command starts
+    /// ([`crate::cpu`]): the caller's CPU set, given back to the command's
+    /// process before `execve` and to the init once the command runs.
+    pub pin: Option<crate::cpu::Pin>,
 }
 
 /// Everything the command's process does before `execve`, computed by the
@@ -178,6 +182,9 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
         Ok(pid) => pid,
         Err(e) => return fail(format!("starting the command: {e}")),
     };
+    if let Some(pin) = &plan.pin {
+        let _ = pin.restore();
+    }
     drop(stack);
     crate::trace::mark("init", "command exec'd");
     // CLONE_VFORK: the command has exec'd or exited by now. A failure it
@@ -263,6 +270,11 @@ fn exec_command(p: &Prepared) -> ! {
     }
     if let Err(e) = fds::make_inheritable(&p.plan.keep_fds) {
         fail(Step::KeepFds, e);
+    }
+    // Never run the command pinned (an error leaves it on one CPU: slower,
+    // nothing worse).
+    if let Some(pin) = &p.plan.pin {
+        let _ = pin.restore();
     }
 
     let mut err = std::io::Error::from_raw_os_error(libc::ENOENT);

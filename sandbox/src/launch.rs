@@ -3,8 +3,9 @@
 //! The launcher (this process) decides everything it can before `clone`
 //! (the cell's host identity, mount plan, seccomp program, environment,
 //! cgroups), then clones one child into new user, mount, pid, ipc and uts
-//! namespaces (the child makes its network namespace itself, first thing,
-//! while the launcher writes its maps). The child becomes the sandbox's pid 1 and runs
+//! namespaces (the child has its network namespace built beside it, by a
+//! helper sharing its memory, while it waits for its maps and builds the
+//! filesystem: [`crate::netns`]). The child becomes the sandbox's pid 1 and runs
 //! [`CHILD_STEPS`] in order (the order is data: each step says why it comes
 //! where it does), reports the walls, and starts the command as its only
 //! child ([`crate::init`]). The launcher stays outside as supervisor
@@ -31,7 +32,7 @@ use nodecell_wire::status::Record;
 use crate::report::{write_status, Exit, ExitReason, Message, Wall, WallReport, WallState};
 use crate::rlimits::RlimitPlan;
 use crate::supervise::{decide_exit, Supervision, Watch};
-use crate::{capabilities, env, fds, pid1, seccomp, sys};
+use crate::{capabilities, cpu, env, fds, netns, pid1, seccomp, sys};
 
 /// The command to run and how it connects to its caller.
 #[derive(Debug, Clone, Default)]
@@ -294,7 +295,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
             .map_err(|e| setup_err(Wall::Overlay, e.to_string()))?;
     }
     let env_map = env::build(policy, std::env::vars_os());
-    let exec = ExecPlan {
+    let mut exec = ExecPlan {
         argv: cmd
             .argv
             .iter()
@@ -304,6 +305,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         path: env_map.get("PATH").cloned().unwrap_or_default(),
         cwd: policy.cwd.clone().unwrap_or_else(|| PathBuf::from("/")),
         keep_fds: cmd.keep_fds.clone(),
+        pin: None,
     };
     crate::trace::mark("launcher", "mounts, env, exec planned");
     let mut held = Held::default();
@@ -324,6 +326,9 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     let sigfd = sys::signalfd(&supervised).map_err(|e| fail_launcher("signalfd", e))?;
     held.fds.push(sigfd);
 
+    // The init and the command's process start on this CPU (see
+    // `crate::cpu`); the command gets the caller's CPU set back before exec.
+    exec.pin = cpu::Pin::to_current_cpu();
     let plan = ChildPlan {
         policy,
         identity: &identity,
@@ -340,16 +345,19 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
 
     crate::trace::mark("launcher", "pipes, signals");
     // SAFETY: the process was checked to be single-threaded just above.
-    let child = match unsafe { sys::clone_fork(namespaces::launcher_clone_flags()) } {
-        Ok(0) => sandbox_main(&plan),
-        Ok(pid) => pid,
-        Err(e) => {
-            return Err(setup_err(
-                Wall::UserNamespace,
-                namespaces::NamespaceError::clone_failed(e).to_string(),
-            ))
-        }
-    };
+    let cloned = unsafe { sys::clone_fork(namespaces::launcher_clone_flags()) };
+    if let Ok(0) = cloned {
+        sandbox_main(&plan);
+    }
+    if let Some(pin) = &exec.pin {
+        let _ = pin.restore();
+    }
+    let child = cloned.map_err(|e| {
+        setup_err(
+            Wall::UserNamespace,
+            namespaces::NamespaceError::clone_failed(e).to_string(),
+        )
+    })?;
     held.close(sync_read);
     held.close(report_write);
     crate::trace::mark("launcher", "cloned");
@@ -537,6 +545,8 @@ enum Stop {
 struct Child {
     walls: Vec<WallReport>,
     required: bool,
+    /// The network namespace being built beside us, until entered.
+    netns: Option<netns::Pending>,
 }
 
 impl Child {
@@ -585,15 +595,17 @@ const CHILD_STEPS: &[ChildStep] = &[
     },
     ChildStep {
         name: "net namespace",
-        why: "before waiting for the maps: building it (~0.6 ms of kernel work) overlaps the launcher writing them; needs only the capabilities the init holds in its new user namespace from the start",
-        run: |p, _| {
+        why: "started before waiting for the maps: a helper sharing our memory builds it (~0.3-0.8 ms of kernel work) and brings lo up on another CPU while we go on; entered at \"network\" (built there by us if the helper has not started)",
+        run: |p, c| {
             if p.policy.net {
                 return Ok(());
             }
             // Never run without it, even in best-effort mode (as when
             // `clone` made it): the command would share the host network.
-            namespaces::enter_net_namespace()
-                .map_err(|e| Stop::Wall(Wall::NetNamespace, e.to_string()))
+            let pending = netns::start(p.exec.pin.as_ref())
+                .map_err(|e| Stop::Wall(Wall::NetNamespace, e.to_string()))?;
+            c.netns = Some(pending);
+            Ok(())
         },
     },
     ChildStep {
@@ -645,7 +657,7 @@ const CHILD_STEPS: &[ChildStep] = &[
     },
     ChildStep {
         name: "network",
-        why: "loopback up in the fresh namespace (needs the namespace's capabilities)",
+        why: "enter the namespace the helper made (lo is up by then) before any step that could use the network",
         run: step_network,
     },
     ChildStep {
@@ -781,10 +793,22 @@ fn step_network(p: &ChildPlan, c: &mut Child) -> Result<(), Stop> {
     if p.policy.net {
         c.off(Wall::NetNamespace, "host network kept (--net)");
     } else {
-        let lo = sys::interface_up("lo")
-            .map(|()| "no network; loopback up".to_string())
-            .unwrap_or_else(|e| format!("no network; loopback down ({e})"));
-        c.active(Wall::NetNamespace, lo);
+        let pending = c.netns.take().ok_or_else(|| {
+            Stop::Wall(
+                Wall::NetNamespace,
+                "the network namespace was never started".into(),
+            )
+        })?;
+        let lo = pending
+            .enter()
+            .map_err(|e| Stop::Wall(Wall::NetNamespace, e.to_string()))?;
+        c.active(
+            Wall::NetNamespace,
+            match lo {
+                Ok(()) => "no network; loopback up".to_string(),
+                Err(e) => format!("no network; loopback down ({e})"),
+            },
+        );
     }
     c.active(Wall::IpcNamespace, "own System V IPC and POSIX queues");
     Ok(())
@@ -867,6 +891,7 @@ fn sandbox_main(plan: &ChildPlan) -> ! {
     let mut child = Child {
         walls: Vec::new(),
         required: plan.policy.mode == Mode::Required,
+        netns: None,
     };
     for step in CHILD_STEPS {
         let _ = (step.name, step.why);

@@ -32,6 +32,7 @@
 pub mod capabilities;
 pub mod cgroup;
 pub mod confine;
+pub mod cpu;
 pub mod env;
 mod error;
 pub mod fds;
@@ -41,6 +42,7 @@ pub mod launch;
 pub mod memfd;
 pub mod mounts;
 pub mod namespaces;
+pub mod netns;
 pub mod overlay;
 pub mod pid1;
 pub mod policy;

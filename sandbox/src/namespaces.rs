@@ -25,7 +25,8 @@ use crate::uids::{self, UidError, UidLease};
 
 /// The namespaces every sandbox gets, in the order they are listed in
 /// reports. The launcher's one `clone` call creates all but the network
-/// namespace, which the init creates right after ([`launcher_clone_flags`]);
+/// namespace, which a helper of the init builds right after
+/// ([`launcher_clone_flags`], [`crate::netns`]);
 /// the user namespace comes first because it owns the others. The network
 /// namespace is skipped with `--net`.
 pub const ORDERED_NAMESPACES: [(libc::c_int, Wall); 6] = [
@@ -47,22 +48,12 @@ pub fn clone_flags(net: bool) -> libc::c_ulong {
 }
 
 /// The flags the launcher's `clone` uses: every namespace of
-/// [`clone_flags`] but the network one, which the init creates itself
-/// ([`enter_net_namespace`]) while the launcher writes its maps: building
-/// a network namespace is most of what `clone` into six namespaces costs
-/// (~0.6 of 0.7 ms), and done in the child it overlaps the launcher's work.
+/// [`clone_flags`] but the network one, which a helper of the init builds
+/// beside it ([`crate::netns`]): building a network namespace is most of
+/// what `clone` into six namespaces costs (~0.6 of 0.7 ms), and done beside
+/// the init it overlaps the init's own work.
 pub fn launcher_clone_flags() -> libc::c_ulong {
     clone_flags(true)
-}
-
-/// `unshare(CLONE_NEWNET)`: the init's own network namespace, owned by the
-/// sandbox's user namespace exactly as one made by `clone` would be (the
-/// init holds every capability there from the start, maps or not).
-pub fn enter_net_namespace() -> Result<(), NamespaceError> {
-    sys::unshare(libc::CLONE_NEWNET).map_err(|source| NamespaceError::Credentials {
-        step: "unshare(CLONE_NEWNET)",
-        source,
-    })
 }
 
 /// Who the worker is, inside and outside.

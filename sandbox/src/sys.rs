@@ -8,6 +8,8 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+pub mod bare;
+
 /// Turns a `-1` return into the current `errno`.
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
@@ -92,6 +94,103 @@ pub unsafe fn spawn_vfork(
             arg,
         )
     })
+}
+
+/// Starts `f(arg)` in a helper process that shares this one's memory and fd
+/// table (`CLONE_VM | CLONE_FILES`, so no page tables are copied) and runs
+/// beside it: unlike [`spawn_vfork`] the caller goes on at once. The helper
+/// exits with `f`'s return value and sends `SIGCHLD`; reap it with [`wait`].
+///
+/// # Safety
+/// `f` must use only [`bare`] system calls (it shares this process's
+/// thread-local storage: no glibc call that may set `errno`, no allocation,
+/// no panic), must only read or write memory through atomics or memory the
+/// caller leaves alone, and must return; `stack` is its stack, and it and
+/// everything `arg` points to must stay alive and untouched until the helper
+/// has been reaped. Signals the caller has blocked stay blocked in the helper.
+pub unsafe fn spawn_beside(
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &mut [u8],
+    arg: *mut libc::c_void,
+) -> io::Result<libc::pid_t> {
+    // The stack grows down: pass its 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: the caller upholds the contract above; `top` is inside
+    // `stack`, which outlives the helper.
+    cvt(unsafe {
+        libc::clone(
+            f,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
+            arg,
+        )
+    })
+}
+
+/// `sched_getcpu(3)`: the CPU the calling thread runs on.
+pub fn current_cpu() -> io::Result<usize> {
+    // SAFETY: no arguments.
+    cvt(unsafe { libc::sched_getcpu() }).map(|c| c as usize)
+}
+
+/// `sched_getaffinity(0)`: the calling thread's CPU set.
+pub fn affinity() -> io::Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid for writes of its size.
+    cvt(unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) })?;
+    Ok(set)
+}
+
+/// `sched_setaffinity(0, set)`: the calling thread's CPU set (children
+/// inherit it).
+pub fn set_affinity(set: &libc::cpu_set_t) -> io::Result<()> {
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) }).map(drop)
+}
+
+/// The set holding only `cpu` (`None` past the set's size).
+pub fn one_cpu(cpu: usize) -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= 8 * std::mem::size_of_val(&set) {
+        return None;
+    }
+    // SAFETY: `cpu` is below the set's size in bits (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    Some(set)
+}
+
+/// `set` without `cpu`; `None` when nothing is left.
+pub fn without_cpu(set: &libc::cpu_set_t, cpu: usize) -> Option<libc::cpu_set_t> {
+    let mut out = *set;
+    let bits = 8 * std::mem::size_of_val(set);
+    if cpu < bits {
+        // SAFETY: `cpu` is below the set's size in bits.
+        unsafe { libc::CPU_CLR(cpu, &mut out) };
+    }
+    let left = (0..bits).any(|c| {
+        // SAFETY: `c` is below the set's size in bits.
+        unsafe { libc::CPU_ISSET(c, &out) }
+    });
+    left.then_some(out)
+}
+
+/// The CPUs in `set`, ascending.
+#[cfg(test)]
+pub fn cpus(set: &libc::cpu_set_t) -> Vec<usize> {
+    (0..8 * std::mem::size_of_val(set))
+        .filter(|&c| {
+            // SAFETY: `c` is below the set's size in bits.
+            unsafe { libc::CPU_ISSET(c, set) }
+        })
+        .collect()
+}
+
+/// `setns(fd, nstype)`.
+pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integers.
+    cvt(unsafe { libc::setns(fd, nstype) }).map(drop)
 }
 
 /// `chdir(2)` with a ready C string.
@@ -577,33 +676,6 @@ pub fn raw_syscall3(nr: libc::c_long, a: usize, b: usize, c: usize) -> Result<li
     } else {
         Ok(ret)
     }
-}
-
-/// `ioctl(fd, SIOCGIFFLAGS / SIOCSIFFLAGS)` on interface `name`: ORs
-/// `IFF_UP` into its flags.
-pub fn interface_up(name: &str) -> io::Result<()> {
-    // SAFETY: plain integers.
-    let sock =
-        cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: ifreq is plain data; zeroed is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req
-        .ifr_name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: `req` is a valid ifreq with a NUL-terminated name.
-    let res = cvt(unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) }).and_then(|_| {
-        // SAFETY: reading and writing the flags member of the union that
-        // SIOCGIFFLAGS just filled.
-        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        // SAFETY: `req` is still a valid ifreq.
-        cvt(unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) })
-    });
-    close(sock);
-    res.map(drop)
 }
 
 /// `getgid(2)`.

@@ -8,9 +8,12 @@
 //! * `nodecell run -- /bin/true` (release build, default policy),
 //! * `bwrap --unshare-all --die-with-parent --ro-bind /usr /usr ... /bin/true`,
 //! * `nodecell run --memory 256M --pids 64 -- /bin/true` (with cgroups; informative),
-//! * with `--static`, the same `nodecell run` built as a static-pie binary
-//!   (`-C target-feature=+crt-static`): on this VM most of nodecell's
-//!   distance to bwrap is the dynamic loader and libgcc_s start-up.
+//! * with `--static`, the same `nodecell run` built as the wheel's launcher
+//!   is (static-pie, `-C target-feature=+crt-static`, stripped, in
+//!   target/launcher like pyshim/build.rs): the launcher the wheel ships.
+//!
+//! * with `--compare PATH` (repeatable), another nodecell binary's
+//!   `run -- /bin/true`, for before/after comparisons in one run;
 //!
 //! * "namespaces only": `clone` into the six namespaces nodecell and bwrap
 //!   create, the uid/gid maps written, then exec of `/bin/true`: no mounts,
@@ -52,11 +55,16 @@ pub struct Args {
     /// The nodecell binary (default: build and use target/release/nodecell).
     #[arg(long)]
     nodecell: Option<PathBuf>,
-    /// Also build a static-pie nodecell (`-C target-feature=+crt-static`,
-    /// into target/static) and add it as a row: what a static release build
-    /// would gain (no dynamic loader, no libgcc_s start-up).
+    /// Also build the static-pie nodecell the wheel ships
+    /// (`-C target-feature=+crt-static`, stripped, into target/launcher as
+    /// pyshim/build.rs does) and add it as a row.
     #[arg(long = "static")]
     with_static: bool,
+    /// Another nodecell binary to time in the same interleaved run (for
+    /// instance a copy built from `main` before a change): adds the row
+    /// `nodecell run -- /bin/true (compare: PATH)`. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    compare: Vec<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -106,8 +114,11 @@ pub fn main(args: Args) -> Result<()> {
         }
     };
     let static_bin = if args.with_static {
+        // Built exactly as the wheel's launcher (pyshim/build.rs): the same
+        // flags, profile settings and target folder, so the two share one
+        // build and the row times what the wheel ships.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let dir = target.join("static");
+        let dir = target.join("launcher");
         let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
         let st = Command::new(cargo)
             .args([
@@ -120,9 +131,13 @@ pub fn main(args: Args) -> Result<()> {
                 "nodecell",
                 "--target",
                 &triple,
+                "--target-dir",
             ])
+            .arg(&dir)
             .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env("CARGO_TARGET_DIR", &dir)
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+            .env_remove("CARGO_TARGET_DIR")
             .current_dir(&root)
             .status()
             .context("cargo build (static)")?;
@@ -198,6 +213,25 @@ pub fn main(args: Args) -> Result<()> {
             "nodecell run -- /bin/true (static build)",
             vec![
                 s.display().to_string(),
+                "run".into(),
+                "--".into(),
+                "/bin/true".into(),
+            ],
+        ));
+    }
+    let compare_names: Vec<String> = args
+        .compare
+        .iter()
+        .map(|p| format!("nodecell run -- /bin/true (compare: {})", p.display()))
+        .collect();
+    for (p, name) in args.compare.iter().zip(&compare_names) {
+        if !p.is_file() {
+            bail!("--compare {}: no such file", p.display());
+        }
+        cases.push((
+            name.as_str(),
+            vec![
+                p.display().to_string(),
                 "run".into(),
                 "--".into(),
                 "/bin/true".into(),
