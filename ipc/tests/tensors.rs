@@ -80,6 +80,19 @@ fn tensor_worker(ch: Channel) -> i32 {
                 ch.reply(c.id, Value::Int(i64::from(b[0])))
                     .map_err(|e| e.to_string())
             })(),
+            ("peek", Some(d)) => (|| {
+                // (first byte, whether its page was mapped here before this read)
+                let view = ch.import_cow(&d).map_err(|e| e.to_string())?;
+                let present = page_present(view.as_ptr() as usize)?;
+                let mut b = [0u8; 1];
+                view.read(0, &mut b);
+                ch.release(&d).map_err(|e| e.to_string())?;
+                ch.reply(
+                    c.id,
+                    Value::Tuple(vec![Value::Int(i64::from(b[0])), Value::Bool(present)]),
+                )
+                .map_err(|e| e.to_string())
+            })(),
             ("exit", _) => {
                 let _ = ch.reply(c.id, Value::None);
                 return 0;
@@ -91,6 +104,16 @@ fn tensor_worker(ch: Channel) -> i32 {
             return 4;
         }
     }
+}
+
+/// Whether the page at `addr` is mapped in this process (`/proc/self/pagemap`, bit 63).
+fn page_present(addr: usize) -> Result<bool, String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open("/proc/self/pagemap").map_err(|e| e.to_string())?;
+    let mut e = [0u8; 8];
+    f.read_exact_at(&mut e, (addr / 4096 * 8) as u64)
+        .map_err(|e| e.to_string())?;
+    Ok(u64::from_le_bytes(e) >> 63 == 1)
 }
 
 fn call(ch: &Channel, method: &str, args: Vec<Value>) -> Value {
@@ -185,6 +208,39 @@ fn output_buffers_are_writable_by_the_worker_and_cow_views_stay_private() {
     let mut b = [0u8; 16];
     ro.read(0, &mut b).unwrap();
     assert_eq!(b, [7u8; 16], "copy-on-write writes stay in the worker");
+
+    // A pooled arena keeps its slot, and the worker its copy-on-write mapping of it,
+    // between calls. Reusing the mapping drops the worker's private copies (the page
+    // reads the arena again); a mapping nobody wrote keeps its pages mapped, and they
+    // show what the owner writes meanwhile.
+    let pool = nodecell_ipc::ArenaPool::new(1 << 20);
+    let pa = pool.take(&ch, 1 << 16).unwrap();
+    pa.write(0, &[7u8; 1 << 16]).unwrap();
+    let share = || {
+        ch.share_tensor(&pa, 0, DType::U8, &[1 << 16], None)
+            .unwrap()
+    };
+    assert_eq!(
+        call(&ch, "cow", vec![Value::Tensor(Box::new(share()))]),
+        Value::Int(0xEE)
+    );
+    let peek = |want: u8, mapped: bool, why: &str| {
+        let v = call(&ch, "peek", vec![Value::Tensor(Box::new(share()))]);
+        assert_eq!(
+            v,
+            Value::Tuple(vec![Value::Int(i64::from(want)), Value::Bool(mapped)]),
+            "{why}"
+        );
+    };
+    peek(7, false, "the worker's written page was dropped, not kept");
+    peek(7, true, "an unwritten mapping is reused as it is");
+    pa.write(0, &[9u8; 16]).unwrap();
+    peek(9, true, "the reused mapping shows the owner's new bytes");
+    assert_eq!(
+        call(&ch, "cow", vec![Value::Tensor(Box::new(share()))]),
+        Value::Int(0xEE)
+    );
+    peek(9, false, "written again: dropped again");
     call(&ch, "exit", vec![]);
     assert_eq!(w.wait(Duration::from_secs(5)), 0);
 }

@@ -323,10 +323,13 @@ impl Channel {
                     .map_err(|e| misuse(e.to_string()))?;
                 if let Some(p) = prot {
                     // Reuse the slot's copy-on-write mapping when no view holds it any more:
-                    // dropping its private pages makes it a fresh view of the arena.
+                    // dropping its private pages makes it a fresh view of the arena. One
+                    // nobody wrote is such a view already (each page maps the arena's own)
+                    // and keeps its page tables: no refault of every page on the next read.
                     if p == Protection::CopyOnWrite {
                         if let Some(m) = inc.cow.iter().find(|m| Arc::strong_count(m) == 1) {
-                            if m.discard_private().is_ok() {
+                            let clean = matches!(m.has_private_pages(0, m.len()), Ok(false));
+                            if clean || m.discard_private().is_ok() {
                                 return Ok(TensorView::new(m.clone(), desc.clone()));
                             }
                         }

@@ -74,6 +74,12 @@ pub(crate) fn private_pages(addr: usize, len: usize) -> io::Result<bool> {
     let mut g = PAGEMAP.lock().unwrap_or_else(|e| e.into_inner());
     let pid = super::getpid();
     if g.as_ref().is_none_or(|p| p.pid != pid) {
+        // In a fork child the file names the parent, and its fd may have been closed
+        // since the fork (a child closing every inherited fd) and its number reused:
+        // never close it from here.
+        if let Some(stale) = g.take() {
+            std::mem::forget(stale.file);
+        }
         *g = Some(Pagemap {
             pid,
             file: File::open("/proc/self/pagemap")?,
