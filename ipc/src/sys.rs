@@ -346,7 +346,7 @@ impl Mapping {
         );
         // SAFETY: the destination range is inside a writable mapping (asserted) and
         // cannot overlap the Rust slice src.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr().add(off), src.len()) }
+        unsafe { copy_to_mapping(self.ptr().add(off), src.as_ptr(), src.len()) }
     }
 
     /// The mapping as a byte slice.
@@ -358,6 +358,66 @@ impl Mapping {
         // SAFETY: the caller guarantees the bytes do not change; the range is the mapping.
         unsafe { std::slice::from_raw_parts(self.ptr(), self.len) }
     }
+}
+
+/// Copies of at least this many bytes into a mapping stream past this CPU's caches
+/// (non-temporal stores, x86-64 with AVX2): the bytes are for another process, and a
+/// streaming store does not read each destination line first. 64 MiB from fresh 4 KiB
+/// pages into a pre-faulted memfd on the development VM: 9.2 ms with `memcpy`, 7.1 ms
+/// streaming; 12 MiB 1.31 vs 1.02 ms. Smaller copies stay cached for the reader.
+pub const STREAM_MIN: usize = 8 << 20;
+
+/// Copies `len` bytes from `src` to `dst`, streaming when `len >= STREAM_MIN` and the
+/// CPU has AVX2; all stores are complete (fenced) on return.
+///
+/// # Safety
+/// `src` must be readable and `dst` writable for `len` bytes, and they must not overlap.
+unsafe fn copy_to_mapping(dst: *mut u8, src: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if len >= STREAM_MIN && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the caller's guarantees, forwarded; AVX2 is present (checked).
+        unsafe { stream_avx2(dst, src, len) };
+        return;
+    }
+    // SAFETY: the caller's guarantees, forwarded.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, len) }
+}
+
+/// [`copy_to_mapping`]'s streaming copy: 32-byte aligned non-temporal stores of 128
+/// bytes per step, the unaligned head and the tail copied plainly, then `sfence` (the
+/// streamed bytes are visible before anything this thread stores afterwards, e.g. the
+/// ring entry naming them).
+///
+/// # Safety
+/// As [`copy_to_mapping`], and the CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_avx2(dst: *mut u8, src: *const u8, len: usize) {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256, _mm_sfence};
+    let head = dst.align_offset(32).min(len);
+    // SAFETY: [0, head) is inside both ranges (head <= len).
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
+    let mut i = head;
+    while i + 128 <= len {
+        // SAFETY: [i, i + 128) is inside both ranges; dst + i is 32-byte aligned (head
+        // aligned it and steps are multiples of 32); unaligned loads need no alignment.
+        unsafe {
+            let s = src.add(i).cast::<__m256i>();
+            let d = dst.add(i).cast::<__m256i>();
+            let a = _mm256_loadu_si256(s);
+            let b = _mm256_loadu_si256(s.add(1));
+            let c = _mm256_loadu_si256(s.add(2));
+            let e = _mm256_loadu_si256(s.add(3));
+            _mm256_stream_si256(d, a);
+            _mm256_stream_si256(d.add(1), b);
+            _mm256_stream_si256(d.add(2), c);
+            _mm256_stream_si256(d.add(3), e);
+        }
+        i += 128;
+    }
+    // SAFETY: [i, len) is inside both ranges.
+    unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i) };
+    _mm_sfence();
 }
 
 impl Drop for Mapping {

@@ -280,3 +280,34 @@ fn unsealed_or_mis_sized_arenas_are_refused_by_the_sender() {
     let fd = sys::memfd_create("t").unwrap();
     assert!(sys::get_seals(fd.as_fd()).is_ok());
 }
+
+#[test]
+fn large_writes_into_an_arena_stream_exactly_the_bytes_given() {
+    // At and past sys::STREAM_MIN the copy uses non-temporal stores: unaligned
+    // starts, odd lengths and the bytes around the range must come out right.
+    let n = sys::STREAM_MIN + 3 * 4096;
+    let a = Arena::create(n).unwrap();
+    let src: Vec<u8> = (0..n).map(pattern).collect();
+    for (off, len) in [
+        (0, sys::STREAM_MIN),
+        (5, sys::STREAM_MIN + 77),
+        (4096 + 31, sys::STREAM_MIN + 4096 + 1),
+    ] {
+        a.write(0, &vec![0xA5; n]).unwrap();
+        a.write(off, &src[..len]).unwrap();
+        let mut back = vec![0u8; n];
+        a.read(0, &mut back).unwrap();
+        assert!(
+            back[..off].iter().all(|b| *b == 0xA5),
+            "before the range ({off}, {len})"
+        );
+        assert!(
+            back[off..off + len] == src[..len],
+            "the range ({off}, {len})"
+        );
+        assert!(
+            back[off + len..].iter().all(|b| *b == 0xA5),
+            "after the range ({off}, {len})"
+        );
+    }
+}
