@@ -130,6 +130,8 @@ struct ChildPlan<'a> {
     memfd: &'a MemfdPlan,
     landlock_abi: Result<i32, String>,
     seccomp: &'a seccompiler::BpfProgram,
+    /// Syscalls the filter allows (for the report).
+    seccomp_allowed: usize,
     rlimits: &'a RlimitPlan,
     exec: &'a ExecPlan,
     sync_read: RawFd,
@@ -286,7 +288,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     }
     crate::trace::mark("launcher", "landlock abi");
     let memfd = MemfdPlan::for_launcher(identity.launcher_is_root);
-    let program = seccomp::build(&memfd.filter_options())
+    let (program, seccomp_allowed) = seccomp::build_counted(&memfd.filter_options())
         .map_err(|e| setup_err(Wall::Seccomp, e.to_string()))?;
     crate::trace::mark("launcher", "seccomp built");
     let mounts = MountPlan::new(policy, identity.uid, identity.gid);
@@ -337,6 +339,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         memfd: &memfd,
         landlock_abi,
         seccomp: &program,
+        seccomp_allowed,
         rlimits: &rlimits,
         exec: &exec,
         sync_read,
@@ -691,7 +694,7 @@ const CHILD_STEPS: &[ChildStep] = &[
                 .map(|()| {
                     format!(
                         "allow-list of {} syscalls; argument checks on clone, socket, ioctl, prctl, memfd_create, execveat, chmod/open/mknod modes (no set-id bits); clone3/openat2 ENOSYS; x32 refused",
-                        seccomp::allowed_count()
+                        p.seccomp_allowed
                     )
                 })
                 .map_err(|e| e.to_string());

@@ -71,15 +71,20 @@ pub fn allowed_numbers() -> Vec<u32> {
 /// 4. on a miss, seccompiler's program for the argument-checked syscalls
 ///    ([`args::conditional_rules`]), whose default answer is `EPERM`.
 pub fn build(opts: &FilterOptions) -> Result<BpfProgram, SeccompError> {
+    build_counted(opts).map(|(program, _)| program)
+}
+
+/// [`build`], and the number of syscalls the filter allows (with or without
+/// conditions), as [`allowed_count`] gives it, without building the rules
+/// twice.
+pub fn build_counted(opts: &FilterOptions) -> Result<(BpfProgram, usize), SeccompError> {
     let arch = target_arch()?;
     let deny = SeccompAction::Errno(libc::EPERM as u32);
-    let filter = SeccompFilter::new(
-        args::conditional_rules(opts)?,
-        deny.clone(),
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(|e| SeccompError::Build(e.to_string()))?;
+    let rules = args::conditional_rules(opts)?;
+    let allowed_nrs = allowed_numbers();
+    let allowed = allowed_nrs.len() + rules.len() + 1; // + ioctl
+    let filter = SeccompFilter::new(rules, deny.clone(), SeccompAction::Allow, arch)
+        .map_err(|e| SeccompError::Build(e.to_string()))?;
     let mut program: BpfProgram = filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
@@ -94,7 +99,7 @@ pub fn build(opts: &FilterOptions) -> Result<BpfProgram, SeccompError> {
     let arch_check = empty.len() - 1;
 
     let mut prefix = bpf::prefix();
-    prefix.extend(bpf::allow_tree(&allowed_numbers()));
+    prefix.extend(bpf::allow_tree(&allowed_nrs));
     program.splice(arch_check..arch_check, prefix);
     if program.len() >= 4096 {
         return Err(SeccompError::Build(format!(
@@ -102,7 +107,7 @@ pub fn build(opts: &FilterOptions) -> Result<BpfProgram, SeccompError> {
             program.len()
         )));
     }
-    Ok(program)
+    Ok((program, allowed))
 }
 
 /// Installs the filter on the calling thread (children inherit it).

@@ -362,6 +362,11 @@ fn the_search_tree_is_short() {
         nrs.len()
     );
     assert!(allowed_count() > 250);
+    for opts in [LOOSE, STRICT] {
+        let (prog, n) = build_counted(&opts).unwrap();
+        assert_eq!(n, allowed_count());
+        assert_eq!(prog, build(&opts).unwrap());
+    }
     // Every conditional jump stays within a leaf.
     assert!(tree
         .iter()
