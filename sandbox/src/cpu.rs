@@ -18,17 +18,34 @@
 //! command runs. Where the CPU or the set cannot be read or set (a set
 //! larger than `cpu_set_t`, a seccomp filter around the launcher) nothing is
 //! pinned and the launch is only slower.
+//!
+//! On that one CPU, each hand-off (launcher to init, init to command and
+//! back, init to launcher) still waits for whatever else runs there to use
+//! up its time slice. The launch's processes therefore also ask for the
+//! shortest slice the kernel gives a fair-policy process ([`SLICE_NS`],
+//! Linux 6.12+), which lets a waking one preempt a longer-sliced job at
+//! once; it changes when they run, not how much CPU they get. The command's
+//! process gives the caller's slice back with the CPU set, before `execve`;
+//! the launcher when the launch returns.
 
 use std::io;
 
 use crate::sys;
 
-/// The caller's CPU set, kept while the launch runs pinned, and the one CPU
-/// it is pinned to.
+/// Time slice of the launch's processes until the command runs: the
+/// shortest the kernel takes (0.1 ms; Linux 6.12+ lets any process ask for
+/// one under its fair policy, older kernels ignore it).
+pub const SLICE_NS: u64 = 100_000;
+
+/// The caller's CPU set and scheduling attributes, kept while the launch
+/// runs pinned with a short slice, and the one CPU it is pinned to.
 #[derive(Clone, Copy)]
 pub struct Pin {
     original: libc::cpu_set_t,
     cpu: usize,
+    /// The caller's attributes, when its policy is a fair one and the slice
+    /// was shortened.
+    sched: Option<libc::sched_attr>,
 }
 
 impl std::fmt::Debug for Pin {
@@ -44,12 +61,30 @@ impl Pin {
         let original = sys::affinity().ok()?;
         let cpu = sys::current_cpu().ok()?;
         sys::set_affinity(&sys::one_cpu(cpu)?).ok()?;
-        Some(Pin { original, cpu })
+        let sched = sys::sched_attr().ok().filter(|a| {
+            let fair = matches!(a.sched_policy as i32, libc::SCHED_OTHER | libc::SCHED_BATCH);
+            let mut short = *a;
+            short.sched_runtime = SLICE_NS;
+            fair && sys::set_sched_attr(&short).is_ok()
+        });
+        Some(Pin {
+            original,
+            cpu,
+            sched,
+        })
     }
 
-    /// Gives the calling thread the caller's CPU set back.
-    pub fn restore(&self) -> io::Result<()> {
+    /// Gives the calling thread the caller's CPU set back (the short slice
+    /// stays: see [`Pin::restore`]).
+    pub fn restore_cpus(&self) -> io::Result<()> {
         sys::set_affinity(&self.original)
+    }
+
+    /// Gives the calling thread the caller's CPU set and time slice back.
+    pub fn restore(&self) -> io::Result<()> {
+        let cpus = sys::set_affinity(&self.original);
+        let sched = self.sched.as_ref().map_or(Ok(()), sys::set_sched_attr);
+        cpus.and(sched)
     }
 
     /// Pins the calling thread again (after [`Pin::restore`]).
@@ -71,11 +106,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pinning_holds_one_cpu_and_restores_the_set() {
+    fn pinning_holds_one_cpu_and_a_short_slice_then_restores_both() {
         crate::testutil::in_child(
-            "cpu::tests::pinning_holds_one_cpu_and_restores_the_set",
+            "cpu::tests::pinning_holds_one_cpu_and_a_short_slice_then_restores_both",
             || {
                 let before = sys::cpus(&sys::affinity().unwrap());
+                let slice = || sys::sched_attr().unwrap().sched_runtime;
+                let caller_slice = slice();
                 let pin = Pin::to_current_cpu().expect("pinning works on this machine");
                 let cpu = sys::current_cpu().unwrap();
                 assert_eq!(sys::cpus(&sys::affinity().unwrap()), [cpu]);
@@ -87,11 +124,16 @@ mod tests {
                 let shown = String::from_utf8_lossy(&out.stdout);
                 assert!(shown.trim().ends_with(&format!("\t{cpu}")), "{shown}");
                 assert_eq!(pin.has_others(), before.len() > 1);
-                pin.restore().unwrap();
+                // The short slice holds until the full restore (Linux 6.12+).
+                assert_eq!(slice(), SLICE_NS);
+                pin.restore_cpus().unwrap();
                 assert_eq!(sys::cpus(&sys::affinity().unwrap()), before);
+                assert_eq!(slice(), SLICE_NS);
                 pin.reapply().unwrap();
                 assert_eq!(sys::cpus(&sys::affinity().unwrap()), [cpu]);
                 pin.restore().unwrap();
+                assert_eq!(sys::cpus(&sys::affinity().unwrap()), before);
+                assert_eq!(slice(), caller_slice, "the caller's slice is back");
             },
         );
     }

@@ -183,7 +183,7 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
         Err(e) => return fail(format!("starting the command: {e}")),
     };
     if let Some(pin) = &plan.pin {
-        let _ = pin.restore();
+        let _ = pin.restore_cpus();
     }
     drop(stack);
     crate::trace::mark("init", "command exec'd");

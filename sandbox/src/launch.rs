@@ -221,13 +221,15 @@ fn check_command(cmd: &Command) -> Result<(), PolicyError> {
 
 /// What the launcher holds while the sandbox runs, released in one place
 /// (also on every early error): pipe and signal fds, the caller's signal
-/// mask, the cgroups. The cloned child never runs this (it leaves with
+/// mask, the cgroups, the caller's CPU set and time slice. The cloned child never runs this (it leaves with
 /// `_exit`).
 #[derive(Default)]
 struct Held {
     fds: Vec<RawFd>,
     old_mask: Option<libc::sigset_t>,
     cgroup: Option<SandboxCgroup>,
+    /// The caller's CPU set and time slice, given back on the way out.
+    pin: Option<cpu::Pin>,
 }
 
 impl Held {
@@ -247,6 +249,9 @@ impl Drop for Held {
         }
         if let Some(cg) = self.cgroup.take() {
             let _ = cg.destroy();
+        }
+        if let Some(pin) = self.pin.take() {
+            let _ = pin.restore();
         }
     }
 }
@@ -328,9 +333,11 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     let sigfd = sys::signalfd(&supervised).map_err(|e| fail_launcher("signalfd", e))?;
     held.fds.push(sigfd);
 
-    // The init and the command's process start on this CPU (see
-    // `crate::cpu`); the command gets the caller's CPU set back before exec.
+    // The init and the command's process start on this CPU, with a short
+    // time slice (see `crate::cpu`); the command gets the caller's CPU set
+    // and slice back before exec, the launcher its set after `clone`.
     exec.pin = cpu::Pin::to_current_cpu();
+    held.pin = exec.pin;
     let plan = ChildPlan {
         policy,
         identity: &identity,
@@ -353,7 +360,7 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
         sandbox_main(&plan);
     }
     if let Some(pin) = &exec.pin {
-        let _ = pin.restore();
+        let _ = pin.restore_cpus();
     }
     let child = cloned.map_err(|e| {
         setup_err(

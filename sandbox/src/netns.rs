@@ -145,7 +145,7 @@ pub fn start(pin: Option<&Pin>) -> Result<Pending, NetnsError> {
     let mut stack = vec![0u8; STACK];
     let arg = (&*job as *const Job).cast_mut().cast();
     if let Some(p) = pin {
-        let _ = p.restore();
+        let _ = p.restore_cpus();
     }
     // SAFETY: `helper_main` makes only `bare` system calls and writes only
     // the atomics of `job`; `job` and `stack` are owned by the returned

@@ -161,6 +161,42 @@ pub fn one_cpu(cpu: usize) -> Option<libc::cpu_set_t> {
     Some(set)
 }
 
+/// `sched_getattr(0)`: the calling thread's scheduling policy and
+/// parameters (for a fair policy, `sched_runtime` is its custom time slice,
+/// 0 when it has none).
+pub fn sched_attr() -> io::Result<libc::sched_attr> {
+    // SAFETY: sched_attr is plain data; zeroed is valid.
+    let mut attr: libc::sched_attr = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of_val(&attr) as libc::c_uint;
+    // SAFETY: `attr` is valid for writes of `size` bytes.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut libc::sched_attr,
+            size,
+            0,
+        )
+    })?;
+    Ok(attr)
+}
+
+/// `sched_setattr(0, attr, 0)`.
+pub fn set_sched_attr(attr: &libc::sched_attr) -> io::Result<()> {
+    let mut attr = *attr;
+    attr.size = std::mem::size_of_val(&attr) as u32;
+    // SAFETY: `attr` is a valid sched_attr whose size field matches.
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_sched_setattr,
+            0,
+            &attr as *const libc::sched_attr,
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// `set` without `cpu`; `None` when nothing is left.
 pub fn without_cpu(set: &libc::cpu_set_t, cpu: usize) -> Option<libc::cpu_set_t> {
     let mut out = *set;

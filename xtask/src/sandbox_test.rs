@@ -1262,6 +1262,17 @@ static CASES: &[Case] = cases![
         let a = Res { code: if good { 1 } else { 0 }, ..a };
         judge(&ctl, &a, |r| r.code == 1)
     },
+    "the command gets the caller's CPUs and time slice" => |c| {
+        // The launch runs pinned to one CPU with a short slice until the
+        // command's exec (sandbox/src/cpu.rs); the command itself never does.
+        let script = "grep Cpus_allowed_list /proc/self/status; grep -s '^se.slice' /proc/self/sched || true";
+        let norm = |r: &Res| r.out.split_whitespace().collect::<Vec<_>>().join(" ");
+        let ctl = c.exec(Command::new("/bin/sh").args(["-c", script]));
+        let a = c.inside_cmd(&[], &["/bin/sh", "-c", script]);
+        let same = a.ok() && ctl.ok() && norm(&a) == norm(&ctl) && norm(&ctl).contains("Cpus_allowed_list");
+        let a = Res { code: if same { 1 } else { 0 }, out: format!("inside: {}", norm(&a)), ..a };
+        judge(&Res { out: norm(&ctl), ..ctl }, &a, |r| r.code == 1)
+    },
     "numpy from a mounted venv" => |c| {
         let venv = c.fxs("venv");
         let py = format!("{venv}/bin/python");
