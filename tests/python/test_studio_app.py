@@ -242,6 +242,28 @@ def test_a_node_ending_in_system_exit_fails_its_call_and_the_pack_goes_on(app):
     assert run.success and ext.restarts == restarts, "the same worker goes on"
 
 
+def test_input_types_are_asked_of_the_pack_each_time_as_the_app_does(app):
+    """A list in INPUT_TYPES (files of the input folder) that changes after the pack loaded is the
+    same isolated as directly, in /object_info and in validation (WAS's Text File History Loader)."""
+    import folder_paths
+
+    iso, direct = app.isolated_nodes["SC Listing"], app.direct_nodes["SC Listing"]
+    assert iso.INPUT_TYPES() == direct.INPUT_TYPES()
+    new = Path(folder_paths.get_input_directory()) / f"listing-{os.getpid()}.png"
+    new.write_bytes(b"x")
+    try:
+        assert iso.INPUT_TYPES() == direct.INPUT_TYPES()
+        assert new.name in iso.INPUT_TYPES()["required"]["file"][0]
+
+        async def on_the_loop():  # where the app's server computes /object_info
+            return _node_infos(["SC Listing"])["SC Listing"]
+
+        info = app.aloop.run(on_the_loop())
+        assert info["input"] == json.loads(json.dumps(direct.INPUT_TYPES())), info
+    finally:
+        new.unlink()
+
+
 def test_pack_writes_land_in_its_state_layer(app):
     cfg = app.root / "custom_nodes" / "NC-Showcase" / "showcase.json"
     assert not cfg.exists(), "the host's pack folder was never written"

@@ -310,6 +310,11 @@ class StudioExtension(ExtensionBase):
             info["validate_inputs"] = _argspec(getattr(cls, "validate_inputs"))
         return info
 
+    def input_types(self, node_id: str) -> Any:
+        """A classic node's ``INPUT_TYPES()`` now, as data: the app asks for it each time it
+        describes or validates the node, and lists in it (files, models, history) change."""
+        return to_data(self._cls(node_id).INPUT_TYPES(), self.allowed)
+
     def pack_info(self) -> Dict[str, Any]:
         """Pack-level facts: its web folder (``WEB_DIRECTORY``, relative to the pack), its HTTP routes
         (see :mod:`nodecell.studio.routes`), its module names, node count."""

@@ -1,7 +1,8 @@
 """Host-side classes standing for the nodes of isolated packs.
 
 A proxy looks to the app exactly like the pack's node: classic proxies have
-the same ``INPUT_TYPES``/``RETURN_TYPES``/``FUNCTION``/... attributes (and
+the same ``INPUT_TYPES``/``RETURN_TYPES``/``FUNCTION``/... attributes (``INPUT_TYPES``
+asked of the pack's worker each time, as the app asks its own nodes; and
 validation functions with the same argument names, which the app's executor
 reads); v3 proxies subclass the app's own ``io.ComfyNode`` with the pack's
 schema rebuilt from the app's own classes, so the app computes their
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from .apps import AppProfile
 
 __all__ = ["make_proxy", "is_proxy"]
+
+log = logging.getLogger("nodecell.studio")
 
 _HIDDEN = {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO",
            "dynprompt": "DYNPROMPT", "auth_token_comfy_org": "AUTH_TOKEN_COMFY_ORG",
@@ -82,6 +86,19 @@ class _Binding:
         finally:
             await self.after_call()
         return from_data(out, self.allowed)
+
+    def input_types(self, node_id: str, loaded: Any) -> Any:
+        """The node's ``INPUT_TYPES()`` asked of the pack now, as the app asks its own nodes (a
+        list of files or models in it may have changed since the pack loaded); ``loaded`` (what it
+        answered at load) while no worker of the pack is running (none started yet, one being
+        restarted: the app's server never waits for a pack's start) or where the call fails."""
+        if self.ext.worker_pids:
+            try:
+                return from_data(self.ext.call_sync("input_types", node_id), self.allowed)
+            except Exception as e:  # noqa: BLE001 - described as loaded; the node's own call reports errors
+                log.warning("pack %r: INPUT_TYPES of %r from its worker failed (%s); as loaded", self.ext.name,
+                            node_id, e)
+        return copy.deepcopy(loaded)
 
     def _reraise_interrupt(self, e: RemoteError) -> None:
         if self.profile is not None and e.remote_type.endswith("InterruptProcessingException"):
@@ -140,7 +157,7 @@ def _classic_proxy(b: _Binding, node_id: str, info: Dict[str, Any]) -> type:
     run.__name__ = func
     attrs: Dict[str, Any] = _common_attrs(b, node_id, info)
     attrs.update({
-        "INPUT_TYPES": classmethod(lambda cls: copy.deepcopy(input_types)),
+        "INPUT_TYPES": classmethod(lambda cls: b.input_types(node_id, input_types)),
         func: run,
         "__doc__": info.get("doc") or f"Proxy for {node_id} of isolated pack {b.ext.name!r}.",
     })
