@@ -407,6 +407,13 @@ def test_the_app_cells_zygote_imported_the_app_with_the_hosts_command_line(app):
     for folder in PROBES:
         pid, app_pid = _probe(app, folder, [["pid", 0], ["app_pid", 0]])
         assert app_pid == info["pid"] != pid, (folder, pid, app_pid, info["pid"])
+    # the worker's own account of its load says the same: the app was there before the pack's import
+    times = app.host.load_times["nc-showcase"]
+    phases = times["worker"]
+    assert phases["preimported"] == ["nodes", "server", "torch"], phases
+    for k in ("start_s", "hooks_s", "import_s", "collect_s", "describe_s"):
+        assert isinstance(phases[k], float) and phases[k] >= 0, (k, phases)
+    assert phases["modules_imported"] >= 1 and times["start_s"] > 0 and times["after_start_s"] > 0, times
 
 
 def test_a_model_folder_inside_a_packs_folder_keeps_later_packs_in_the_app_cell(app):

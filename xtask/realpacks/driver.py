@@ -248,6 +248,8 @@ def main() -> None:
         rec["load_s"] = time.perf_counter() - t0
         if host is not None:
             rec["cell"] = cell_of(host, name)
+            rec["load_phases"] = next((v for k, v in host.load_times.items()
+                                       if os.path.basename(host._pack_dirs.get(k, "").rstrip("/")) == name), None)
         rec["nodes"] = sorted(n for n in nodes.NODE_CLASS_MAPPINGS if n not in before_nodes)
         rec["routes"] = sorted(f"{m} {p}" for m, p in ({(r.method, r.path) for r in srv.routes
                                                         if isinstance(r, web.RouteDef)} - before_routes))

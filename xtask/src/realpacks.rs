@@ -330,6 +330,7 @@ fn run_sides(
                 group.join(", "),
                 app.display()
             );
+            let app_before = app_tree(app);
             let t0 = Instant::now();
             let mut child = cmd.spawn().context("start the app")?;
             let status = loop {
@@ -351,10 +352,73 @@ fn run_sides(
                 },
                 t0.elapsed().as_secs_f64()
             );
+            // What the packs wrote into the app's checkout (paths relative to the working
+            // directory): listed, then removed, so the next side starts from the same checkout.
+            let written = undo_app_writes(app, &app_before);
+            if !written.is_empty() {
+                eprintln!(
+                    "realpacks: {side}{tag}: removed what the run wrote into {}: {}",
+                    app.display(),
+                    written.join(", ")
+                );
+            }
+            std::fs::write(
+                work.join(format!("{side}{tag}.app-writes.txt")),
+                written.iter().map(|w| format!("{w}\n")).collect::<String>(),
+            )?;
             merge_side(&work.join(format!("{side}.json")), &out_json)?;
         }
     }
     Ok(vcs_dropped)
+}
+
+/// Every path under the app's checkout (`__pycache__` folders left out: the app's own imports
+/// make them).
+fn app_tree(app: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![app.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_name() == "__pycache__" {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path.clone());
+            }
+            out.insert(path);
+        }
+    }
+    out
+}
+
+/// Removes what appeared under the app's checkout since `before` (a new folder with all it
+/// holds); returns those paths, relative to the checkout.
+fn undo_app_writes(app: &Path, before: &std::collections::BTreeSet<PathBuf>) -> Vec<String> {
+    let mut removed = Vec::new();
+    for path in app_tree(app).difference(before) {
+        if path
+            .ancestors()
+            .skip(1)
+            .any(|a| a != app && !before.contains(a) && a.starts_with(app))
+        {
+            continue; // inside a new folder: removed with it
+        }
+        let gone = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        let rel = path.strip_prefix(app).unwrap_or(path).display().to_string();
+        match gone {
+            Ok(()) => removed.push(rel),
+            Err(e) => removed.push(format!("{rel} (not removed: {e})")),
+        }
+    }
+    removed
 }
 
 /// Merges one run's results (`run`) into the side's results (`all`): the packs it
@@ -761,6 +825,31 @@ mod tests {
             "2 / 5 equal (1 differ; 1 fail isolated only; 1 fail directly only; \
              2 fail both (1 of them time out); 1 not reached isolated)"
         );
+    }
+
+    #[test]
+    fn what_a_run_writes_into_the_app_checkout_is_removed() {
+        let app =
+            std::env::temp_dir().join(format!("nodecell-realpacks-app-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&app);
+        std::fs::create_dir_all(app.join("models/checkpoints")).unwrap();
+        std::fs::write(app.join("main.py"), "").unwrap();
+        let before = app_tree(&app);
+        std::fs::create_dir_all(app.join("ComfyUI/output")).unwrap();
+        std::fs::write(app.join("ComfyUI/output/morph.gif"), "gif").unwrap();
+        std::fs::create_dir_all(app.join("models/midas")).unwrap();
+        std::fs::write(app.join("models/checkpoints/x.ckpt"), "x").unwrap();
+        std::fs::create_dir_all(app.join("__pycache__")).unwrap();
+        let removed = undo_app_writes(&app, &before);
+        assert_eq!(
+            removed,
+            ["ComfyUI", "models/checkpoints/x.ckpt", "models/midas"],
+            "{removed:?}"
+        );
+        assert!(app.join("main.py").is_file() && app.join("models/checkpoints").is_dir());
+        assert!(!app.join("ComfyUI").exists() && !app.join("models/midas").exists());
+        assert!(app.join("__pycache__").is_dir());
+        std::fs::remove_dir_all(&app).unwrap();
     }
 
     #[test]

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback
 from types import ModuleType
 from typing import Any, Dict, Iterator, List, Optional
@@ -184,6 +185,12 @@ class StudioExtension(ExtensionBase):
         self.allowed = self.ctx.allowed
         self._route_descs: List[Dict[str, Any]] = []
         self._route_handlers: Dict[str, Any] = {}
+        #: Where this worker's load spent its time (seconds; see :meth:`pack_info`).
+        self.load_phases: Dict[str, Any] = {"start_s": _process_age()}
+        if self.ctx.profile is not None:  # what the worker had already imported (an app cell's zygote)
+            self.load_phases["preimported"] = sorted(
+                m for m in (self.ctx.profile.nodes_module, self.ctx.profile.server_module, "torch")
+                if m in sys.modules)
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -197,9 +204,11 @@ class StudioExtension(ExtensionBase):
                 state.sync(self.ctx.layer["source"], self.ctx.pack_dir, self.ctx.layer.get("record"))
             except OSError as e:  # the host synced it before the launch; edits since then are missing
                 log.warning("pack %r: could not update its state layer: %s", self.ctx.pack, e)
+        t0 = time.perf_counter()
         names = list(self.ctx.profile.worker_hooks) if self.ctx.profile is not None else []
         for name in names + self.ctx.hooks:
             await _maybe_await(_import_qualname(name)(self.ctx))
+        self.load_phases["hooks_s"] = time.perf_counter() - t0
 
     def import_pack(self, module_path: str) -> ModuleType:
         """Import the pack as the app does: a package named after its folder's path (ComfyUI's
@@ -218,15 +227,20 @@ class StudioExtension(ExtensionBase):
             raise ImportError(f"cannot load pack {self.ctx.pack!r} from {init}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        t0, before = time.perf_counter(), len(sys.modules)
         try:
             spec.loader.exec_module(module)
         except BaseException:
             sys.modules.pop(name, None)
             raise
+        finally:
+            self.load_phases["import_s"] = time.perf_counter() - t0
+            self.load_phases["modules_imported"] = len(sys.modules) - before
         return module
 
     async def on_module_loaded(self, module: ModuleType) -> None:
         """Collect the nodes as the app does: ``NODE_CLASS_MAPPINGS``, else ``comfy_entrypoint()``."""
+        t0 = time.perf_counter()
         self.module = module
         mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
         if mappings is not None:
@@ -253,6 +267,7 @@ class StudioExtension(ExtensionBase):
                 except (AttributeError, TypeError):
                     pass
         self._collect_routes()
+        self.load_phases["collect_s"] = time.perf_counter() - t0
 
     def _is_v3(self, cls: Any) -> bool:
         for pkg in self.allowed:
@@ -277,12 +292,14 @@ class StudioExtension(ExtensionBase):
 
     def list_nodes(self) -> Dict[str, Dict[str, Any]]:
         """Every node of the pack, described as data (a node whose description fails is left out, logged)."""
+        t0 = time.perf_counter()
         out: Dict[str, Dict[str, Any]] = {}
         for name, cls in self.nodes.items():
             try:
                 out[name] = self._describe(name, cls)
             except Exception:  # noqa: BLE001 - as the app does: skip the broken node, keep the rest
                 log.exception("node %r: cannot describe its schema; skipped", name)
+        self.load_phases["describe_s"] = time.perf_counter() - t0
         return out
 
     def _describe(self, name: str, cls: Any) -> Dict[str, Any]:
@@ -317,12 +334,17 @@ class StudioExtension(ExtensionBase):
 
     def pack_info(self) -> Dict[str, Any]:
         """Pack-level facts: its web folder (``WEB_DIRECTORY``, relative to the pack), its HTTP routes
-        (see :mod:`nodecell.studio.routes`), its module names, node count."""
+        (see :mod:`nodecell.studio.routes`), its module names, node count, and where its load spent
+        its time (``load_phases``: ``start_s`` the worker's age when the extension was made, i.e.
+        fork or exec, pack setup and the host's init; ``hooks_s`` the app's worker hooks;
+        ``import_s`` the pack's import and ``modules_imported`` the modules it added;
+        ``collect_s`` collecting its nodes; ``describe_s`` describing them; ``preimported`` the
+        app's ``nodes``/``server`` and torch when already imported before, by an app cell's zygote)."""
         module = getattr(self, "module", None)
         web = getattr(module, "WEB_DIRECTORY", None) if module is not None else None
         return {"web_directory": web if isinstance(web, str) else None, "nodes": len(self.nodes),
                 "routes": list(self._route_descs), "module_name": self.ctx.module_name,
-                "relative_module": self.ctx.relative_module}
+                "relative_module": self.ctx.relative_module, "load_phases": dict(self.load_phases)}
 
     def versions_seen(self) -> Dict[str, str]:
         """The versions of python / numpy / torch this worker sees."""
@@ -436,6 +458,16 @@ class StudioExtension(ExtensionBase):
             self._route_loop = _loop_thread("studio-routes")
         return await asyncio.wrap_future(
             asyncio.run_coroutine_threadsafe(_routes.handle(handler, request), self._route_loop))
+
+
+def _process_age() -> Optional[float]:
+    """Seconds since this process began (its fork; ``/proc/self/stat``, 10 ms steps), or None."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _loop_thread(name: str) -> asyncio.AbstractEventLoop:

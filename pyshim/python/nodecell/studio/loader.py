@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from .. import _nodecell, _reload
@@ -132,6 +133,10 @@ class StudioHost:
         self._refreshing: Dict[str, asyncio.Lock] = {}
         self._pack_dirs: Dict[str, str] = {}
         self._app_requirements: Optional[List[str]] = None
+        #: Pack name -> where its last load spent its time: ``start_s`` (the worker started and
+        #: imported the pack), ``after_start_s`` (nodes described, proxies registered), ``worker``
+        #: (the worker's own phases, see ``StudioExtension.pack_info``).
+        self.load_times: Dict[str, Dict[str, Any]] = {}
         if app_cell:
             self.manager._app_cells.prewarm_soon(self.manager, self._app_pack_configs)
 
@@ -408,8 +413,10 @@ class StudioHost:
         _import_api_packages(self.allowed)
         name = cfg["name"]
         ext, fresh = self._extension(cfg)
+        t0 = time.perf_counter()
         try:
             await ext.start()
+            t1 = time.perf_counter()
             nodes = await ext.list_nodes()
             info = await ext.pack_info()
         except BaseException:
@@ -432,6 +439,8 @@ class StudioHost:
                 proxy = proxies[node_id] = self._make_proxy(ext, node_id, ninfo, pack_dir)
             self._register(name, node_id, proxy, ninfo, node_class_mappings, display_name_mappings)
             out.append(node_id)
+        self.load_times[name] = {"start_s": t1 - t0, "after_start_s": time.perf_counter() - t1,
+                                 "worker": info.get("load_phases")}
         return out
 
     def _make_proxy(self, ext: Extension, node_id: str, info: Dict[str, Any], pack_dir: str) -> type:
