@@ -462,6 +462,9 @@ pub fn main(args: Args) -> Result<()> {
         if let Some(o) = &args.out {
             cmd.arg("--out").arg(o);
         }
+        if args.plot {
+            cmd.arg("--plot");
+        }
         let st = cmd.status().context("running the release build")?;
         if !st.success() {
             bail!("release bench failed: {st}");
