@@ -12,21 +12,27 @@
 //!
 //! So the launcher pins itself to the CPU it runs on before `clone`; the init
 //! inherits that, and so does the command's process, which runs the moment
-//! its parent blocks. Each gives the caller's CPU set back as soon as it no
-//! longer matters: the launcher right after `clone`, the command's process
-//! before `execve` (the command never runs pinned), the init once the
-//! command runs. Where the CPU or the set cannot be read or set (a set
-//! larger than `cpu_set_t`, a seccomp filter around the launcher) nothing is
-//! pinned and the launch is only slower.
+//! its parent blocks. It stays pinned through its `execve`: exec balancing
+//! (`sched_exec`) would otherwise move it, mid-exec, to the CPU with the
+//! least load, typically one running another job, where it waited several
+//! milliseconds (`perf sched timehist`). Each gets the caller's CPU set back
+//! as soon as it no longer matters: the launcher right after `clone`; the
+//! command as soon as its exec has replaced its memory (the init, woken by
+//! `CLONE_VFORK` at that point, gives it the caller's set and slice back
+//! before anything else, so at most the first instructions of the new
+//! program's loader run pinned); the init right after. Where the CPU or the
+//! set cannot be read or set (a set larger than `cpu_set_t`, a seccomp
+//! filter around the launcher) nothing is pinned and the launch is only
+//! slower.
 //!
 //! On that one CPU, each hand-off (launcher to init, init to command and
 //! back, init to launcher) still waits for whatever else runs there to use
 //! up its time slice. The launch's processes therefore also ask for the
 //! shortest slice the kernel gives a fair-policy process ([`SLICE_NS`],
 //! Linux 6.12+), which lets a waking one preempt a longer-sliced job at
-//! once; it changes when they run, not how much CPU they get. The command's
-//! process gives the caller's slice back with the CPU set, before `execve`;
-//! the launcher when the launch returns.
+//! once; it changes when they run, not how much CPU they get. The command
+//! gets the caller's slice back with its CPU set; the launcher when the
+//! launch returns.
 
 use std::io;
 
@@ -82,8 +88,17 @@ impl Pin {
 
     /// Gives the calling thread the caller's CPU set and time slice back.
     pub fn restore(&self) -> io::Result<()> {
-        let cpus = sys::set_affinity(&self.original);
-        let sched = self.sched.as_ref().map_or(Ok(()), sys::set_sched_attr);
+        self.restore_for(0)
+    }
+
+    /// Gives process `pid` (0: the calling thread) the caller's CPU set and
+    /// time slice back.
+    pub fn restore_for(&self, pid: libc::pid_t) -> io::Result<()> {
+        let cpus = sys::set_affinity_of(pid, &self.original);
+        let sched = self
+            .sched
+            .as_ref()
+            .map_or(Ok(()), |a| sys::set_sched_attr_of(pid, a));
         cpus.and(sched)
     }
 

@@ -54,9 +54,10 @@ pub struct ExecPlan {
     pub cwd: PathBuf,
     /// fds that stay open at the same number.
     pub keep_fds: Vec<RawFd>,
-    /// The launch runs pinned to one CPU until the command starts
-    /// ([`crate::cpu`]): the caller's CPU set, given back to the command's
-    /// process before `execve` and to the init once the command runs.
+    /// The launch runs pinned to one CPU with a short time slice until the
+    /// command starts ([`crate::cpu`]): the caller's CPU set and slice, given
+    /// back to the command as soon as its exec replaced its memory, and the
+    /// set to the init right after.
     pub pin: Option<crate::cpu::Pin>,
 }
 
@@ -182,7 +183,12 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
         Ok(pid) => pid,
         Err(e) => return fail(format!("starting the command: {e}")),
     };
+    // CLONE_VFORK woke us when the exec replaced the command's memory
+    // (past exec balancing): give it the caller's CPU set and time slice
+    // back before anything else (see `crate::cpu`; an error leaves it
+    // pinned: slower, nothing worse), then ourselves.
     if let Some(pin) = &plan.pin {
+        let _ = pin.restore_for(pid);
         let _ = pin.restore_cpus();
     }
     drop(stack);
@@ -270,11 +276,6 @@ fn exec_command(p: &Prepared) -> ! {
     }
     if let Err(e) = fds::make_inheritable(&p.plan.keep_fds) {
         fail(Step::KeepFds, e);
-    }
-    // Never run the command pinned (an error leaves it on one CPU: slower,
-    // nothing worse).
-    if let Some(pin) = &p.plan.pin {
-        let _ = pin.restore();
     }
 
     let mut err = std::io::Error::from_raw_os_error(libc::ENOENT);

@@ -335,7 +335,8 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
 
     // The init and the command's process start on this CPU, with a short
     // time slice (see `crate::cpu`); the command gets the caller's CPU set
-    // and slice back before exec, the launcher its set after `clone`.
+    // and slice back once its exec is under way, the launcher its set after
+    // `clone`.
     exec.pin = cpu::Pin::to_current_cpu();
     held.pin = exec.pin;
     let plan = ChildPlan {
