@@ -363,8 +363,9 @@ class Extension(Generic[T]):
                 ch.quiet_doorbell()  # we poll for the reply ourselves: no reactor wake-up
             # Never blocks: what does not fit waits in the channel's outbox (the reactor
             # pushes it on as the worker frees space), bounded by this call's deadline.
-            if not ch.send_call(call_id, target, method, tuple(args), dict(kwargs)):
+            if not ch.send_call(call_id, target, method, tuple(args), dict(kwargs)) and spinning:
                 spinning = False  # queued: no reply can come before the worker reads it
+                w.rearm()  # so the reactor, not this call, waits for it (the doorbell was quieted)
         except GONE:
             # The worker is gone (maybe unnoticed so far): its death, described with the
             # real reason, fails this call like every other pending one.
