@@ -43,7 +43,7 @@ SCENARIOS = ["cold_start_shared_torch", "worker_rss_mb", "noop_rtt", "echo_small
              "torch_1MiB_rtt", "torch_64MiB_rtt", "torch_1GiB_rtt", "numpy_1MiB_rtt", "numpy_64MiB_rtt"]
 
 #: Tensor scenarios of issue 10 (outputs, fresh sends), each a group of rows.
-TENSOR_SCENARIOS = ["image_node", "fresh_64MiB"]
+TENSOR_SCENARIOS = ["image_node", "matmul_node", "fresh_64MiB"]
 
 # Small arguments of a typical node call: what `echo_small_rtt` sends and gets back.
 SMALL = {"seed": 42, "steps": 20, "cfg": 7.5, "sampler": "euler_a", "size": [512, 512], "denoise": 1.0,
@@ -207,9 +207,10 @@ class NodecellImpl:
 
     def __init__(self, work: str) -> None:
         import nodecell
-        from ext_nodecell import BenchExt, image_node
+        from ext_nodecell import BenchExt, image_node, matmul_node
 
         self.image_node = image_node
+        self.matmul_node = matmul_node
         self.nc = nodecell
         self.venvs = os.path.join(work, "nodecell-venvs")
         os.makedirs(self.venvs, exist_ok=True)
@@ -281,6 +282,7 @@ class PyisolateImpl:
 
         ext_pyisolate._quiet_pyisolate()
         self.image_node = ext_pyisolate.image_node
+        self.matmul_node = ext_pyisolate.matmul_node
         self.venvs = os.path.join(work, "pyisolate-venvs")
         os.makedirs(self.venvs, exist_ok=True)
         self.manager = None
@@ -562,6 +564,39 @@ class Bench:
             del img
             gc.collect()
 
+    async def matmul_node_case(self) -> None:
+        """A heavy CPU node (a 1024x1024 float32 matmul, a fresh 4 MiB output) called directly
+        in the host and through the extension, in the same run: what the worker's thread
+        pools cost compute-bound nodes (nodecell's workers default to one CPU less than
+        the host's, see nodecell/_threadpools.py; the host keeps torch's default)."""
+        import torch
+
+        node = self.impl.matmul_node
+        a = torch.rand(1024, 1024)
+        await self.ext.echo(a)  # shared once, as a previous node's output would be
+        expect = node(a)
+        (out,) = await self.ext.matmul_node(a)
+        if not torch.allclose(out, expect, rtol=1e-4, atol=1e-3):
+            raise RuntimeError("the isolated node returned different data")
+        del out
+
+        async def direct(a=a) -> None:
+            node(a)
+
+        async def isolated(a=a) -> None:
+            (r,) = await self.ext.matmul_node(a)
+            if r.shape != a.shape:
+                raise RuntimeError("wrong shape back")
+
+        iters = self.n(60, 15)
+        await self.rtt("matmul_1024_node_direct", direct, iters, self.n(6, 2), warmup=2,
+                       note=f"a @ a on a [1024, 1024] float32 tensor in the host ({torch.get_num_threads()} threads)")
+        await self.rtt("matmul_1024_node_rtt", isolated, iters, self.n(6, 2), warmup=2,
+                       note="a @ a on a [1024, 1024] float32 tensor through the extension (a fresh 4 MiB "
+                            "output every call; the worker's own thread-pool size)")
+        del a
+        gc.collect()
+
     async def fresh_64MiB_case(self) -> None:
         """A fresh private 64 MiB tensor every call (made before the clock starts), echoed:
         its first send each time. Next to it, one memcpy of 64 MiB into memory already
@@ -671,6 +706,7 @@ class Bench:
                 "64MiB", 64 * MiB, self.n(100, 20), self.n(4, 1), warmup=0 if slow else 2,
                 min_iters=1 if slow else 3), 400)
         await self.guarded("image_node", self.image_node_case, 400)
+        await self.guarded("matmul_node", self.matmul_node_case, 300)
         await self.guarded("fresh_64MiB", self.fresh_64MiB_case, 300)
         if self.impl.name == "nodecell":
             await self.guarded("worker_start_from_warm_zygote", self.zygote_restart, 120)

@@ -25,6 +25,12 @@ def image_node(image, brightness=0.1, contrast=1.2):
     return ((image - 0.5) * contrast + 0.5 + brightness).clamp(0.0, 1.0)
 
 
+def matmul_node(a):
+    """A heavy CPU node (a matmul over a [1024, 1024] float32 tensor): what the worker's
+    thread-pool size costs such nodes. Run in the host (direct) and through the extension."""
+    return a @ a
+
+
 def _quiet_pyisolate():
     import logging
 
@@ -50,6 +56,10 @@ class BenchExt(pyisolate.ExtensionBase):
     async def image_node(self, image):
         """A node call: a fresh IMAGE tensor out (see image_node)."""
         return (image_node(image),)
+
+    async def matmul_node(self, a):
+        """A heavy CPU node: a fresh 4 MiB [1024, 1024] float32 product out (see matmul_node)."""
+        return (matmul_node(a),)
 
     async def mem(self):
         """This worker's memory: VmRSS and Pss in KiB (Pss = -1 where smaps_rollup is unreadable)."""

@@ -95,6 +95,8 @@ pub(crate) const EXTRAS: &[(&str, &str)] = &[
     ("image_147KB_node_rtt", "image_147KB_node_rtt"),
     ("image_12MB_node_direct", "image_12MB_node_direct"),
     ("image_12MB_node_rtt", "image_12MB_node_rtt"),
+    ("matmul_1024_node_direct", "matmul_1024_node_direct"),
+    ("matmul_1024_node_rtt", "matmul_1024_node_rtt"),
     ("memcpy_64MiB", "memcpy_64MiB"),
     (
         "memcpy_64MiB_from_fresh_tensor",
