@@ -56,8 +56,8 @@ pub struct ExecPlan {
     pub keep_fds: Vec<RawFd>,
     /// The launch runs pinned to one CPU with a short time slice until the
     /// command starts ([`crate::cpu`]): the caller's CPU set and slice, given
-    /// back to the command as soon as its exec replaced its memory, and the
-    /// set to the init right after.
+    /// back to the command's process before `execve`, and the set to the init
+    /// once the command runs.
     pub pin: Option<crate::cpu::Pin>,
 }
 
@@ -183,12 +183,8 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
         Ok(pid) => pid,
         Err(e) => return fail(format!("starting the command: {e}")),
     };
-    // CLONE_VFORK woke us when the exec replaced the command's memory
-    // (past exec balancing): give it the caller's CPU set and time slice
-    // back before anything else (see `crate::cpu`; an error leaves it
-    // pinned: slower, nothing worse), then ourselves.
+    // The command runs: our CPU set no longer matters to the launch.
     if let Some(pin) = &plan.pin {
-        let _ = pin.restore_for(pid);
         let _ = pin.restore_cpus();
     }
     drop(stack);
@@ -276,6 +272,11 @@ fn exec_command(p: &Prepared) -> ! {
     }
     if let Err(e) = fds::make_inheritable(&p.plan.keep_fds) {
         fail(Step::KeepFds, e);
+    }
+    // The command never runs pinned nor with the launch's short slice (see
+    // `crate::cpu`; an error leaves it so: slower, nothing worse).
+    if let Some(pin) = &p.plan.pin {
+        let _ = pin.restore();
     }
 
     let mut err = std::io::Error::from_raw_os_error(libc::ENOENT);

@@ -334,9 +334,9 @@ fn launch_inner(policy: &Policy, cmd: &Command) -> Result<Outcome, Error> {
     held.fds.push(sigfd);
 
     // The init and the command's process start on this CPU, with a short
-    // time slice (see `crate::cpu`); the command gets the caller's CPU set
-    // and slice back once its exec is under way, the launcher its set after
-    // `clone`.
+    // time slice (see `crate::cpu`); the command's process gets the caller's
+    // set and slice back before its exec, the launcher its set after `clone`
+    // and its slice on return.
     exec.pin = cpu::Pin::to_current_cpu();
     held.pin = exec.pin;
     let plan = ChildPlan {

@@ -145,13 +145,8 @@ pub fn affinity() -> io::Result<libc::cpu_set_t> {
 /// `sched_setaffinity(0, set)`: the calling thread's CPU set (children
 /// inherit it).
 pub fn set_affinity(set: &libc::cpu_set_t) -> io::Result<()> {
-    set_affinity_of(0, set)
-}
-
-/// `sched_setaffinity(pid, set)` (0: the calling thread).
-pub fn set_affinity_of(pid: libc::pid_t, set: &libc::cpu_set_t) -> io::Result<()> {
     // SAFETY: `set` is a valid cpu_set_t of the size passed.
-    cvt(unsafe { libc::sched_setaffinity(pid, std::mem::size_of_val(set), set) }).map(drop)
+    cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) }).map(drop)
 }
 
 /// The set holding only `cpu` (`None` past the set's size).
@@ -188,18 +183,13 @@ pub fn sched_attr() -> io::Result<libc::sched_attr> {
 
 /// `sched_setattr(0, attr, 0)`.
 pub fn set_sched_attr(attr: &libc::sched_attr) -> io::Result<()> {
-    set_sched_attr_of(0, attr)
-}
-
-/// `sched_setattr(pid, attr, 0)` (0: the calling thread).
-pub fn set_sched_attr_of(pid: libc::pid_t, attr: &libc::sched_attr) -> io::Result<()> {
     let mut attr = *attr;
     attr.size = std::mem::size_of_val(&attr) as u32;
     // SAFETY: `attr` is a valid sched_attr whose size field matches.
     cvt_long(unsafe {
         libc::syscall(
             libc::SYS_sched_setattr,
-            pid,
+            0,
             &attr as *const libc::sched_attr,
             0,
         )

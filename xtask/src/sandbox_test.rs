@@ -884,6 +884,28 @@ static CASES: &[Case] = cases![
         let b = c.inside(&[], &["read", &format!("/proc/{}/root/etc/passwd", c.sleeper_pid())]);
         judge(&ctl, if probe_denied(&a) { &b } else { &a }, probe_denied)
     },
+    "the host's mount tree is detached" => |c| {
+        // Mount points (field 5 of mountinfo) at "/": the host shows its
+        // root filesystem; inside, only the sandbox's tmpfs may be there
+        // (the old root stacked on it by pivot_root is detached before the
+        // command starts) and no host mount such as /sys or /run.
+        let roots = |r: &Res| -> Vec<String> {
+            r.out
+                .lines()
+                .filter(|l| l.split_whitespace().nth(4) == Some("/"))
+                .map(|l| l.split(" - ").nth(1).unwrap_or("").split_whitespace().next().unwrap_or("").to_string())
+                .collect()
+        };
+        let host_only = |r: &Res| r.out.lines().any(|l| matches!(l.split_whitespace().nth(4), Some("/sys") | Some("/run")));
+        let ctl = c.exec(Command::new("/bin/cat").arg("/proc/self/mountinfo"));
+        let ctl_roots = roots(&ctl);
+        let ctl = Res { code: if ctl.ok() && ctl_roots.iter().any(|t| t != "tmpfs") { 0 } else { 1 }, out: format!("ok host \"/\" is {ctl_roots:?}"), ..ctl };
+        let a = c.inside_cmd(&[], &["/bin/cat", "/proc/self/mountinfo"]);
+        let a_roots = roots(&a);
+        let clean = a.ok() && a_roots == ["tmpfs"] && !host_only(&a);
+        let a = Res { code: if clean { 1 } else { 0 }, out: format!("\"/\" is {a_roots:?}, host mounts {}", if host_only(&a) { "VISIBLE" } else { "absent" }), ..a };
+        judge(&ctl, &a, |r| r.code == 1)
+    },
     "exec from private /tmp" => |c| {
         let ctl = c.inside(&[], &["exec", "/bin/true"]);
         judge(&ctl, &c.inside(&[], &["copy-exec", "/bin/true", "/tmp/t"]), denied_with(&["EACCES"]))
@@ -1264,8 +1286,10 @@ static CASES: &[Case] = cases![
     },
     "the command gets the caller's CPUs and time slice" => |c| {
         // The launch runs pinned to one CPU with a short slice until the
-        // command's exec (sandbox/src/cpu.rs); the command itself never does.
-        let script = "grep Cpus_allowed_list /proc/self/status; grep -s '^se.slice' /proc/self/sched || true";
+        // command's exec (sandbox/src/cpu.rs); the command's own process,
+        // read by the shell's builtins first thing, never does.
+        let script = "while IFS= read -r l; do case \"$l\" in Cpus_allowed_list*) echo \"$l\";; esac; done < /proc/self/status; \
+                      [ -r /proc/self/sched ] && while IFS= read -r l; do case \"$l\" in se.slice*) echo \"$l\";; esac; done < /proc/self/sched; true";
         let norm = |r: &Res| r.out.split_whitespace().collect::<Vec<_>>().join(" ");
         let ctl = c.exec(Command::new("/bin/sh").args(["-c", script]));
         let a = c.inside_cmd(&[], &["/bin/sh", "-c", script]);
