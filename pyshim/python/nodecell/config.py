@@ -202,7 +202,9 @@ class ExtensionConfig(dict):
     pyisolate fields: ``name``, ``module_path``, ``isolated`` (default True),
     ``dependencies``, ``apis`` (ProxiedSingleton classes the pack may use),
     ``share_torch``, ``share_cuda_ipc``, ``sandbox`` (see :class:`SandboxConfig`),
-    ``sandbox_mode`` (:class:`SandboxMode`), ``env`` (extra environment for the worker),
+    ``sandbox_mode`` (:class:`SandboxMode`), ``env`` (extra environment for the worker;
+    its thread pools default to one CPU less than the host's, or ``max_cpu_percent``:
+    ``OMP_NUM_THREADS`` here sets them, see :mod:`nodecell._threadpools`),
     ``extra_index_urls``, ``package_manager`` (``"uv"``, the only one nodecell builds
     venvs with), ``execution_model`` (``"host-coupled"``, the default, or
     ``"sealed_worker"``, which requires ``share_torch=False``; in both a nodecell
