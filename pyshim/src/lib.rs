@@ -82,6 +82,14 @@ fn parse_size(text: &str) -> PyResult<u64> {
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
 }
 
+/// OOM kills recorded so far in the memory cgroup directory `dir` (v2
+/// `memory.events` or v1 `memory.oom_control`; 0 when unreadable): the
+/// sandbox crate's one counter.
+#[pyfunction]
+fn cgroup_oom_kills(dir: std::path::PathBuf) -> u64 {
+    nodecell_sandbox::cgroup::oom_kills_in(&dir)
+}
+
 /// A byte count as nodecell prints sizes (`256 MiB`, `8 GB`, `1.5 GiB`).
 #[pyfunction]
 fn format_size(bytes: u64) -> String {
@@ -127,6 +135,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;
     m.add_function(wrap_pyfunction!(format_size, m)?)?;
+    m.add_function(wrap_pyfunction!(cgroup_oom_kills, m)?)?;
     m.add_function(wrap_pyfunction!(find_uv::find_uv, m)?)?;
     m.add_function(wrap_pyfunction!(arena::locate, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::pool_arena, m)?)?;

@@ -312,24 +312,13 @@ impl SandboxCgroup {
 
     /// Number of OOM kills in the memory cgroup so far.
     pub fn oom_kills(&self) -> u64 {
-        let Some(p) = self.parts.iter().find(|p| {
-            p.controller == Controller::Memory || (self.v2 && p.dir.join("memory.events").exists())
-        }) else {
-            return 0;
-        };
-        if self.v2 {
-            let text = std::fs::read_to_string(p.dir.join("memory.events")).unwrap_or_default();
-            return text
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("oom_kill ")
-                        .and_then(|v| v.trim().parse().ok())
-                })
-                .unwrap_or(0);
-        }
-        p.cg.controller_of::<MemController>()
-            .map(|m| m.memory_stat().oom_control.oom_kill)
-            .unwrap_or(0)
+        self.parts
+            .iter()
+            .find(|p| {
+                p.controller == Controller::Memory
+                    || (self.v2 && p.dir.join("memory.events").exists())
+            })
+            .map_or(0, |p| oom_kills_in(&p.dir))
     }
 
     /// Kills every process left and removes the cgroups. Returns the
@@ -432,9 +421,47 @@ pub fn cpu_quota(fraction: f64) -> (i64, u64) {
     (quota, period)
 }
 
+/// Number of OOM kills recorded in the memory cgroup directory `dir`, v2
+/// (`memory.events`) or v1 (`memory.oom_control`): the `oom_kill` line of
+/// whichever the directory has; 0 when neither can be read. The one place
+/// nodecell counts OOM kills (the launcher's report and the Python host's
+/// crash reasons both use it).
+pub fn oom_kills_in(dir: &Path) -> u64 {
+    ["memory.events", "memory.oom_control"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .find_map(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_v2_and_v1_files() {
+        let dir = std::env::temp_dir().join(format!("nodecell-oom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(oom_kills_in(&dir), 0, "no file: none");
+        std::fs::write(
+            dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills_in(&dir), 3, "v1");
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 9\noom 2\noom_kill 2\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills_in(&dir), 2, "v2 first");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn proc_cgroup_parses_hybrid_and_v2_lines() {

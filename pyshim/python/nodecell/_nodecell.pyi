@@ -50,6 +50,7 @@ __all__ = [
     "encode_zygote_event",
     "encode_zygote_request",
     "find_uv",
+    "cgroup_oom_kills",
     "format_size",
     "inline_tensor",
     "ipc_probe",
@@ -382,6 +383,10 @@ def state_root() -> str:
 def parse_size(text: str) -> int:
     """Bytes in a size such as ``"8GB"``, ``"512MiB"``, ``"1.5G"``, ``"4096"`` (nodecell's one
     size table); ``ValueError`` saying what is wrong."""
+
+def cgroup_oom_kills(dir: str) -> int:
+    """OOM kills recorded so far in the memory cgroup directory ``dir`` (v2 ``memory.events`` or v1
+    ``memory.oom_control``; 0 when unreadable): the sandbox crate's one counter."""
 
 def format_size(bytes: int) -> str:
     """A byte count as nodecell prints sizes (``256 MiB``, ``8 GB``, ``1.5 GiB``)."""

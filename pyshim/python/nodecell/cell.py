@@ -791,21 +791,12 @@ class _Cell:
         cg = self.status.get("cgroup")
         if not cg:
             return False
-        # The launcher reports the memory controller's directory as "cgroup" (v1 and v2).
-        paths = [os.path.join(cg, "memory.events"), os.path.join(cg, "memory.oom_control")]
-        for p in paths:
-            try:
-                with open(p) as f:
-                    for line in f:
-                        k, _, v = line.partition(" ")
-                        if k == "oom_kill":
-                            n = int(v)
-                            new = n > self._oom_seen
-                            self._oom_seen = n
-                            return new
-            except (OSError, ValueError):
-                continue
-        return False
+        # The launcher reports the memory controller's directory as "cgroup" (v1 and v2); the
+        # sandbox crate counts its OOM kills (one counter for the launcher and the host).
+        n = _nodecell.cgroup_oom_kills(cg)
+        new = n > self._oom_seen
+        self._oom_seen = max(n, self._oom_seen)
+        return new
 
     def protocol_violation(self, w: _Worker, e: Any) -> None:
         """``w`` broke the protocol (or stalled): retire it, kill it, fail its calls."""
