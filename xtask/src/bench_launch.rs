@@ -1,8 +1,9 @@
 //! `cargo xtask bench launch`: what a sandbox costs to start.
 //!
-//! Measures, in one run and interleaved (so drift and noise from other load
-//! hit every row alike), the median and p90 wall time from fork to reaped
-//! exit of:
+//! Measures, in one run and interleaved in a random order per round (so
+//! drift, noise from other load and the aftermath of the previous launch hit
+//! every row alike), the median and p90 wall time from fork to reaped exit
+//! of:
 //!
 //! * plain fork+exec of `/bin/true` (the baseline),
 //! * `nodecell run -- /bin/true` (release build, default policy),
@@ -280,8 +281,20 @@ pub fn main(args: Args) -> Result<()> {
     }
     let mut samples: Vec<Vec<u64>> = vec![Vec::with_capacity(args.iterations); prepared.len()];
     let mut cpu: Vec<Vec<u64>> = vec![Vec::with_capacity(args.iterations); prepared.len()];
+    // Each round runs the rows in a fresh random order: what a launch leaves
+    // running after it returns (a network namespace's teardown in a kernel
+    // thread, ~0.7 ms of CPU) would otherwise always land on the same next
+    // row.
+    let mut order: Vec<usize> = (0..prepared.len()).collect();
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
     for _ in 0..args.iterations {
-        for (i, (name, argv)) in prepared.iter().enumerate() {
+        shuffle(&mut order, &mut seed);
+        for &i in &order {
+            let (name, argv) = &prepared[i];
             let c0 = children_cpu_ns();
             let t = Instant::now();
             if name == NAMESPACES_ONLY {
@@ -472,6 +485,17 @@ fn spawn_wait_namespaces(argv: &[CString]) -> Result<i32> {
     } else {
         128 + libc::WTERMSIG(status)
     })
+}
+
+/// Fisher-Yates shuffle with a xorshift64 generator (no need for a crate:
+/// the order only has to vary between rounds).
+fn shuffle(v: &mut [usize], seed: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        v.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
