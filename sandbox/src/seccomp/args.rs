@@ -1,6 +1,6 @@
-//! The argument-checked syscalls, as seccompiler rules: a call is allowed
-//! when one of its rules matches (every condition of a rule holds), and
-//! refused with `EPERM` otherwise.
+//! The argument-checked syscalls, as hand-written classic BPF: a call is
+//! allowed when its arguments pass its check, and refused with `EPERM`
+//! otherwise.
 //!
 //! * `clone`: no namespace flags (`unshare`/`setns` are refused outright).
 //! * `socket`: unix, inet, inet6, and netlink `NETLINK_ROUTE` only (what
@@ -19,13 +19,13 @@
 //! * `prctl`: only the options CPython, glibc, torch and the zygote's
 //!   confinement use ([`PRCTL_OPTIONS`]).
 //!
-//! `ioctl` needs a masked inequality seccompiler cannot express; it is
-//! hand-written in [`super::bpf`].
+//! `ioctl` is checked in [`super::bpf`]'s prefix.
 
-use std::collections::BTreeMap;
+use seccompiler::sock_filter;
 
-use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
-
+use super::bpf::{
+    arg_low, Asm, To, JEQ_K, JSET_K, LD_W_ABS, RET_K, SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO,
+};
 use super::syscalls::sysno;
 use super::{FilterOptions, SeccompError};
 
@@ -106,107 +106,230 @@ pub const PRCTL_OPTIONS: &[(&str, u64)] = &[
     ("PR_SET_VMA", 0x5356_4d41), // glibc names its anonymous mappings
 ];
 
-fn cond(
-    arg: u8,
-    len: SeccompCmpArgLen,
-    op: SeccompCmpOp,
-    value: u64,
-) -> Result<SeccompCondition, SeccompError> {
-    SeccompCondition::new(arg, len, op, value).map_err(|e| SeccompError::Build(e.to_string()))
+/// Which check a conditional syscall gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// `clone`: no namespace flags in argument 0.
+    Clone,
+    /// `socket`: an allowed family (and netlink protocol).
+    Socket,
+    /// `socketpair`: unix only.
+    SocketPair,
+    /// `personality`: one of [`PERSONALITIES`] (all 64 bits).
+    Personality,
+    /// `memfd_create`: flags in argument 1.
+    Memfd,
+    /// `execveat`: no `AT_EMPTY_PATH` in argument 4.
+    Execveat,
+    /// No set-id bits in the mode argument 1 or 2.
+    Mode1,
+    Mode2,
+    /// `open`-like: flags argument, then mode argument when it creates.
+    Open12,
+    Open23,
+    /// `prctl`: an option of [`PRCTL_OPTIONS`].
+    Prctl,
 }
 
-fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
-    SeccompRule::new(conds).map_err(|e| SeccompError::Build(e.to_string()))
+/// The argument-checked syscalls and their checks.
+fn checks() -> Vec<(i64, Check)> {
+    let mut v = vec![
+        (libc::SYS_clone, Check::Clone),
+        (libc::SYS_socket, Check::Socket),
+        (libc::SYS_socketpair, Check::SocketPair),
+        (libc::SYS_personality, Check::Personality),
+        (sysno::memfd_create, Check::Memfd),
+        (sysno::execveat, Check::Execveat),
+        (sysno::fchmod, Check::Mode1),
+        (sysno::fchmodat, Check::Mode2),
+        (sysno::fchmodat2, Check::Mode2),
+        (sysno::mknodat, Check::Mode2),
+        (sysno::openat, Check::Open23),
+        (sysno::prctl, Check::Prctl),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        (sysno::chmod, Check::Mode1),
+        (sysno::creat, Check::Mode1),
+        (sysno::mknod, Check::Mode1),
+        (sysno::open, Check::Open12),
+    ]);
+    v
 }
 
-/// `(arg & mask) == value` on the low 32 bits (the kernel reads these
-/// arguments as 32-bit ints, so high bits must not change the answer).
-fn masked(arg: u8, mask: u64, value: u64) -> Result<SeccompCondition, SeccompError> {
-    cond(
-        arg,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::MaskedEq(mask),
-        value,
-    )
+/// The syscalls allowed only when their arguments pass a check.
+pub fn conditional_syscalls() -> Vec<i64> {
+    checks().into_iter().map(|(n, _)| n).collect()
 }
 
-/// `arg == value` on the low 32 bits.
-fn eq(arg: u8, value: u64) -> Result<SeccompCondition, SeccompError> {
-    cond(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+/// A 32-bit immediate, or a build error naming what did not fit.
+fn imm(what: &str, v: u64) -> Result<u32, SeccompError> {
+    u32::try_from(v).map_err(|_| SeccompError::Build(format!("{what} {v:#x} does not fit 32 bits")))
 }
 
-/// A mode argument without set-id bits.
-fn no_set_id(mode_arg: u8) -> Result<Vec<SeccompRule>, SeccompError> {
-    Ok(vec![rule(vec![masked(mode_arg, SET_ID_BITS, 0)?])?])
-}
-
-/// `open`-like calls: allowed when they create nothing, or create without
-/// set-id bits.
-fn open_without_set_id(flags_arg: u8, mode_arg: u8) -> Result<Vec<SeccompRule>, SeccompError> {
-    Ok(vec![
-        rule(vec![masked(flags_arg, CREATING_OPEN_FLAGS, 0)?])?,
-        rule(vec![masked(mode_arg, SET_ID_BITS, 0)?])?,
-    ])
-}
-
-/// The argument-checked syscalls for `opts`, as seccompiler rules.
-pub fn conditional_rules(
-    opts: &FilterOptions,
-) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
-    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    map.insert(
-        libc::SYS_clone,
-        vec![rule(vec![masked(0, CLONE_NAMESPACE_FLAGS, 0)?])?],
-    );
-    let mut socket = Vec::new();
-    for &f in &SOCKET_FAMILIES {
-        if f == libc::AF_NETLINK {
-            for &p in &NETLINK_PROTOCOLS {
-                socket.push(rule(vec![eq(0, f as u64)?, eq(2, p)?])?);
-            }
-        } else {
-            socket.push(rule(vec![eq(0, f as u64)?])?);
+/// The argument checks as classic BPF, entered with the syscall number in
+/// the accumulator: each checked syscall jumps to its block, which answers
+/// `ALLOW` or `EPERM`; any other number gets `EPERM`. Argument compares read
+/// the low 32 bits (the kernel reads these arguments as 32-bit ints) except
+/// `personality`'s, which reads all 64. One shared `ALLOW` and `EPERM` at the
+/// end; every block is a few instructions, so the whole part stays short
+/// (the kernel converts, JIT-compiles and pre-evaluates each instruction
+/// when the filter is installed).
+pub fn conditional_program(opts: &FilterOptions) -> Result<Vec<sock_filter>, SeccompError> {
+    let mut a = Asm::default();
+    // Dispatch on the number; blocks are shared between syscalls with the
+    // same check.
+    let mut used: Vec<Check> = Vec::new();
+    for (nr, check) in checks() {
+        a.jump(JEQ_K, nr as u32, To::Label(label(check)), To::Next);
+        if !used.contains(&check) {
+            used.push(check);
         }
     }
-    map.insert(libc::SYS_socket, socket);
-    map.insert(
-        libc::SYS_socketpair,
-        vec![rule(vec![eq(0, libc::AF_UNIX as u64)?])?],
-    );
-    map.insert(
-        libc::SYS_personality,
-        PERSONALITIES
-            .iter()
-            .map(|&p| rule(vec![cond(0, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, p)?]))
-            .collect::<Result<_, _>>()?,
-    );
-    let mut memfd = vec![masked(1, MFD_EXEC, 0)?];
-    if opts.require_noexec_memfd {
-        memfd.push(masked(1, MFD_NOEXEC_SEAL, MFD_NOEXEC_SEAL)?);
+    // Not an argument-checked syscall (an always-true compare: `Asm` sets
+    // only conditional jumps' offsets).
+    a.jump(JEQ_K, 0, To::Label("eperm"), To::Label("eperm"));
+    for check in used {
+        a.label(label(check));
+        match check {
+            Check::Clone => {
+                a.op(LD_W_ABS, arg_low(0));
+                a.jump(
+                    JSET_K,
+                    imm("clone flags", CLONE_NAMESPACE_FLAGS)?,
+                    To::Label("eperm"),
+                    To::Label("allow"),
+                );
+            }
+            Check::Socket => {
+                a.op(LD_W_ABS, arg_low(0));
+                for &f in &SOCKET_FAMILIES {
+                    let to = if f == libc::AF_NETLINK {
+                        To::Label("netlink")
+                    } else {
+                        To::Label("allow")
+                    };
+                    a.jump(JEQ_K, f as u32, to, To::Next);
+                }
+                a.jump(JEQ_K, 0, To::Label("eperm"), To::Label("eperm"));
+                a.label("netlink");
+                a.op(LD_W_ABS, arg_low(2));
+                for &p in &NETLINK_PROTOCOLS {
+                    a.jump(
+                        JEQ_K,
+                        imm("netlink protocol", p)?,
+                        To::Label("allow"),
+                        To::Next,
+                    );
+                }
+                a.jump(JEQ_K, 0, To::Label("eperm"), To::Label("eperm"));
+            }
+            Check::SocketPair => {
+                a.op(LD_W_ABS, arg_low(0));
+                a.jump(
+                    JEQ_K,
+                    libc::AF_UNIX as u32,
+                    To::Label("allow"),
+                    To::Label("eperm"),
+                );
+            }
+            Check::Personality => {
+                a.op(LD_W_ABS, arg_low(0) + 4);
+                a.jump(JEQ_K, 0, To::Next, To::Label("eperm"));
+                a.op(LD_W_ABS, arg_low(0));
+                for &p in &PERSONALITIES {
+                    a.jump(JEQ_K, imm("personality", p)?, To::Label("allow"), To::Next);
+                }
+                a.jump(JEQ_K, 0, To::Label("eperm"), To::Label("eperm"));
+            }
+            Check::Memfd => {
+                a.op(LD_W_ABS, arg_low(1));
+                if opts.require_noexec_memfd {
+                    a.jump(JSET_K, MFD_EXEC as u32, To::Label("eperm"), To::Next);
+                    a.jump(
+                        JSET_K,
+                        MFD_NOEXEC_SEAL as u32,
+                        To::Label("allow"),
+                        To::Label("eperm"),
+                    );
+                } else {
+                    a.jump(
+                        JSET_K,
+                        MFD_EXEC as u32,
+                        To::Label("eperm"),
+                        To::Label("allow"),
+                    );
+                }
+            }
+            Check::Execveat => {
+                a.op(LD_W_ABS, arg_low(4));
+                a.jump(
+                    JSET_K,
+                    libc::AT_EMPTY_PATH as u32,
+                    To::Label("eperm"),
+                    To::Label("allow"),
+                );
+            }
+            Check::Mode1 | Check::Mode2 => {
+                let arg = if check == Check::Mode1 { 1 } else { 2 };
+                a.op(LD_W_ABS, arg_low(arg));
+                a.jump(
+                    JSET_K,
+                    SET_ID_BITS as u32,
+                    To::Label("eperm"),
+                    To::Label("allow"),
+                );
+            }
+            Check::Open12 | Check::Open23 => {
+                let (flags, mode) = if check == Check::Open12 {
+                    (1, 2)
+                } else {
+                    (2, 3)
+                };
+                a.op(LD_W_ABS, arg_low(flags));
+                a.jump(
+                    JSET_K,
+                    CREATING_OPEN_FLAGS as u32,
+                    To::Next,
+                    To::Label("allow"),
+                );
+                a.op(LD_W_ABS, arg_low(mode));
+                a.jump(
+                    JSET_K,
+                    SET_ID_BITS as u32,
+                    To::Label("eperm"),
+                    To::Label("allow"),
+                );
+            }
+            Check::Prctl => {
+                a.op(LD_W_ABS, arg_low(0));
+                for &(name, o) in PRCTL_OPTIONS {
+                    a.jump(JEQ_K, imm(name, o)?, To::Label("allow"), To::Next);
+                }
+                a.jump(JEQ_K, 0, To::Label("eperm"), To::Label("eperm"));
+            }
+        }
     }
-    map.insert(sysno::memfd_create, vec![rule(memfd)?]);
-    map.insert(
-        sysno::execveat,
-        vec![rule(vec![masked(4, libc::AT_EMPTY_PATH as u64, 0)?])?],
-    );
-    map.insert(sysno::fchmod, no_set_id(1)?);
-    map.insert(sysno::fchmodat, no_set_id(2)?);
-    map.insert(sysno::fchmodat2, no_set_id(2)?);
-    map.insert(sysno::mknodat, no_set_id(2)?);
-    map.insert(sysno::openat, open_without_set_id(2, 3)?);
-    #[cfg(target_arch = "x86_64")]
-    {
-        map.insert(sysno::chmod, no_set_id(1)?);
-        map.insert(sysno::creat, no_set_id(1)?);
-        map.insert(sysno::mknod, no_set_id(1)?);
-        map.insert(sysno::open, open_without_set_id(1, 2)?);
+    a.label("allow");
+    a.op(RET_K, SECCOMP_RET_ALLOW);
+    a.label("eperm");
+    a.op(RET_K, SECCOMP_RET_ERRNO | libc::EPERM as u32);
+    Ok(a.finish())
+}
+
+/// The label of a check's block.
+fn label(check: Check) -> &'static str {
+    match check {
+        Check::Clone => "clone",
+        Check::Socket => "socket",
+        Check::SocketPair => "socketpair",
+        Check::Personality => "personality",
+        Check::Memfd => "memfd",
+        Check::Execveat => "execveat",
+        Check::Mode1 => "mode1",
+        Check::Mode2 => "mode2",
+        Check::Open12 => "open12",
+        Check::Open23 => "open23",
+        Check::Prctl => "prctl",
     }
-    map.insert(
-        sysno::prctl,
-        PRCTL_OPTIONS
-            .iter()
-            .map(|&(_, o)| rule(vec![eq(0, o)?]))
-            .collect::<Result<_, _>>()?,
-    );
-    Ok(map)
 }

@@ -25,11 +25,12 @@ pub(super) const JA: u16 = 0x05;
 pub(super) const JEQ_K: u16 = 0x15;
 pub(super) const JGE_K: u16 = 0x35;
 pub(super) const JGT_K: u16 = 0x25;
+pub(super) const JSET_K: u16 = 0x45;
 pub(super) const RET_K: u16 = 0x06;
 
 /// Offset of the low 32 bits of syscall argument `i` in `seccomp_data`
 /// (`nr`, `arch`, `instruction_pointer`, then six 64-bit arguments).
-const fn arg_low(i: u32) -> u32 {
+pub(super) const fn arg_low(i: u32) -> u32 {
     16 + 8 * i
 }
 const _: () = assert!(
@@ -81,7 +82,7 @@ pub(super) fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
 
 /// A jump target of [`Asm`].
 #[derive(Clone, Copy)]
-enum To {
+pub(super) enum To {
     Next,
     Label(&'static str),
 }
@@ -89,22 +90,22 @@ enum To {
 /// A tiny assembler for short straight-line blocks with forward jumps to
 /// named labels (offsets are checked to fit the 8-bit jump fields).
 #[derive(Default)]
-struct Asm {
+pub(super) struct Asm {
     ins: Vec<(u16, To, To, u32)>,
     labels: Vec<(&'static str, usize)>,
 }
 
 impl Asm {
-    fn op(&mut self, code: u16, k: u32) {
+    pub(super) fn op(&mut self, code: u16, k: u32) {
         self.ins.push((code, To::Next, To::Next, k));
     }
-    fn jump(&mut self, code: u16, k: u32, jt: To, jf: To) {
+    pub(super) fn jump(&mut self, code: u16, k: u32, jt: To, jf: To) {
         self.ins.push((code, jt, jf, k));
     }
-    fn label(&mut self, name: &'static str) {
+    pub(super) fn label(&mut self, name: &'static str) {
         self.labels.push((name, self.ins.len()));
     }
-    fn finish(self) -> Vec<sock_filter> {
+    pub(super) fn finish(self) -> Vec<sock_filter> {
         let at = |name: &str| {
             self.labels
                 .iter()

@@ -68,45 +68,40 @@ pub fn allowed_numbers() -> Vec<u32> {
 /// 3. a binary search over the unconditionally allowed numbers (a few
 ///    comparisons per syscall, and cheap for the kernel to pre-evaluate
 ///    when the filter is installed, unlike a linear list of 300);
-/// 4. on a miss, seccompiler's program for the argument-checked syscalls
-///    ([`args::conditional_rules`]), whose default answer is `EPERM`.
+/// 4. on a miss, [`args::conditional_program`]: the argument-checked
+///    syscalls, `EPERM` for everything else.
+///
+/// The kernel converts, JIT-compiles and pre-evaluates every instruction
+/// when the filter is installed (the launch's last step before the
+/// command), so the program is kept short: ~240 instructions.
 pub fn build(opts: &FilterOptions) -> Result<BpfProgram, SeccompError> {
     build_counted(opts).map(|(program, _)| program)
 }
 
 /// [`build`], and the number of syscalls the filter allows (with or without
-/// conditions), as [`allowed_count`] gives it, without building the rules
-/// twice.
+/// conditions), as [`allowed_count`] gives it.
 pub fn build_counted(opts: &FilterOptions) -> Result<(BpfProgram, usize), SeccompError> {
     let arch = target_arch()?;
     let deny = SeccompAction::Errno(libc::EPERM as u32);
-    let rules = args::conditional_rules(opts)?;
-    let allowed_nrs = allowed_numbers();
-    let allowed = allowed_nrs.len() + rules.len() + 1; // + ioctl
-    let filter = SeccompFilter::new(rules, deny.clone(), SeccompAction::Allow, arch)
-        .map_err(|e| SeccompError::Build(e.to_string()))?;
-    let mut program: BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
-
-    // Length of seccompiler's architecture check: an empty filter is that
-    // check plus one return.
+    // seccompiler's empty filter is its architecture check plus one return.
     let empty = SeccompFilter::new(BTreeMap::new(), deny, SeccompAction::Allow, arch)
         .map_err(|e| SeccompError::Build(e.to_string()))?;
     let empty: BpfProgram = empty
         .try_into()
         .map_err(|e: seccompiler::BackendError| SeccompError::Build(e.to_string()))?;
     let arch_check = empty.len() - 1;
-
-    let mut prefix = bpf::prefix();
-    prefix.extend(bpf::allow_tree(&allowed_nrs));
-    program.splice(arch_check..arch_check, prefix);
+    let allowed_nrs = allowed_numbers();
+    let mut program: BpfProgram = empty[..arch_check].to_vec();
+    program.extend(bpf::prefix());
+    program.extend(bpf::allow_tree(&allowed_nrs));
+    program.extend(args::conditional_program(opts)?);
     if program.len() >= 4096 {
         return Err(SeccompError::Build(format!(
             "filter too long: {} instructions",
             program.len()
         )));
     }
+    let allowed = allowed_nrs.len() + args::conditional_syscalls().len() + 1; // + ioctl
     Ok((program, allowed))
 }
 
@@ -118,11 +113,7 @@ pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
 
 /// Number of syscalls the filter allows (with or without conditions).
 pub fn allowed_count() -> usize {
-    allowed_numbers().len()
-        + args::conditional_rules(&FilterOptions::default())
-            .map(|r| r.len())
-            .unwrap_or(0)
-        + 1 // ioctl
+    allowed_numbers().len() + args::conditional_syscalls().len() + 1 // ioctl
 }
 
 /// Errors of the seccomp wall.
