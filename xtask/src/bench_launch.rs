@@ -21,6 +21,9 @@
 //!   no Landlock, no seccomp. What the kernel charges for the namespaces
 //!   alone, the floor under both sandboxes (informative).
 //!
+//! Every binary is timed from a fresh copy under `target/bench/bin` (the
+//! same bytes start measurably slower from the file the linker wrote).
+//!
 //! Each row also gets the CPU time of its whole process tree (user + system,
 //! from `getrusage` of the bench itself, which forks, and of its reaped
 //! children; the bench is a child subreaper, so the
@@ -154,6 +157,24 @@ pub fn main(args: Args) -> Result<()> {
         .map(Path::new)
         .find(|p| p.exists())
         .context("bwrap not found: install Debian's bubblewrap (scripts/setup.sh does)")?;
+    // Every binary timed is a fresh copy under target/bench/bin: the same
+    // bytes launch ~0.5 ms slower from the file the linker wrote than from a
+    // copy of it (more page faults: measured 2.62 vs 2.09 ms over fork+exec,
+    // same run), so rows would otherwise compare how their files were
+    // written. An installed wheel's launcher is such a copy.
+    let bin_dir = target.join("bench/bin");
+    std::fs::create_dir_all(&bin_dir)?;
+    let nodecell = fresh_copy(&nodecell, &bin_dir.join("nodecell"))?;
+    let static_bin = match static_bin {
+        Some(s) => Some(fresh_copy(&s, &bin_dir.join("nodecell-static"))?),
+        None => None,
+    };
+    let compare: Vec<PathBuf> = args
+        .compare
+        .iter()
+        .enumerate()
+        .map(|(i, p)| fresh_copy(p, &bin_dir.join(format!("compare-{i}"))))
+        .collect::<Result<_>>()?;
     let n = nodecell.display().to_string();
     let b = bwrap.display().to_string();
     let mut bwrap_argv: Vec<String> = vec![
@@ -225,10 +246,7 @@ pub fn main(args: Args) -> Result<()> {
         .iter()
         .map(|p| format!("nodecell run -- /bin/true (compare: {})", p.display()))
         .collect();
-    for (p, name) in args.compare.iter().zip(&compare_names) {
-        if !p.is_file() {
-            bail!("--compare {}: no such file", p.display());
-        }
+    for (p, name) in compare.iter().zip(&compare_names) {
         cases.push((
             name.as_str(),
             vec![
@@ -485,6 +503,18 @@ fn spawn_wait_namespaces(argv: &[CString]) -> Result<i32> {
     } else {
         128 + libc::WTERMSIG(status)
     })
+}
+
+/// Copies `src` to `dst` (replacing it), executable.
+fn fresh_copy(src: &Path, dst: &Path) -> Result<PathBuf> {
+    if !src.is_file() {
+        bail!("{}: no such file", src.display());
+    }
+    let _ = std::fs::remove_file(dst);
+    std::fs::copy(src, dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    std::fs::set_permissions(dst, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(dst.to_path_buf())
 }
 
 /// Fisher-Yates shuffle with a xorshift64 generator (no need for a crate:
