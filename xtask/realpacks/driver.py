@@ -263,10 +263,14 @@ def main() -> None:
     loop.run_until_complete(srv.start_multi_address([("127.0.0.1", a.port)], None, False))
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
+    t0 = time.perf_counter()
     status, _, body = http(a.port, "/object_info", 120)
     infos = json.loads(body) if status == 200 else {}
+    t1 = time.perf_counter()
     status, _, body = http(a.port, "/object_info", 120)
     again = json.loads(body) if status == 200 else {}
+    # Seconds each /object_info took (the app asks every node's INPUT_TYPES; isolated, their workers).
+    result["object_info_s"] = [t1 - t0, time.perf_counter() - t1]
     for name, rec in result["packs"].items():
         rec["object_info"] = {n: infos.get(n) for n in rec["nodes"]}
         # INPUT_TYPES that change from one call to the next (random defaults) cannot be compared.
