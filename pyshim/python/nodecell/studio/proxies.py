@@ -91,8 +91,9 @@ class _Binding:
         """The node's ``INPUT_TYPES()`` asked of the pack now, as the app asks its own nodes (a
         list of files or models in it may have changed since the pack loaded); ``loaded`` (what it
         answered at load) while no worker of the pack is running (none started yet, one being
-        restarted: the app's server never waits for a pack's start) or where the call fails."""
-        if self.ext.worker_pids:
+        restarted: the app's server never waits for a pack's start), for a pack on another node
+        (Ray: synchronous calls use this node's channels) or where the call fails."""
+        if self.ext.worker_pids and not getattr(self.ext, "remote", False):
             try:
                 return from_data(self.ext.call_sync("input_types", node_id), self.allowed)
             except Exception as e:  # noqa: BLE001 - described as loaded; the node's own call reports errors
