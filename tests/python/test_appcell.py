@@ -287,6 +287,12 @@ def test_a_pack_whose_venv_changes_an_imported_distribution_gets_its_own_cell(ap
     assert _parents(np1).isdisjoint(shared)
     assert "pack-separation" not in {w["name"] for w in np1.walls}
     assert np1.worker_versions["numpy"] == "1.26.4"
+    # its own cell's zygote imported the app too (app_preload), with its own numpy: a restart
+    # is a fork that does not import the app again
+    info = np1._cell.zygote_info
+    assert {"torch", "nodes", "server", "numpy"} <= set(info["preloaded"]) and not info["errors"], info
+    assert np1.config["preload"][0] == "torch"
+    assert app.host.load_times["nc-numpy1"]["worker"]["preimported"] == ["nodes", "server", "torch"]
 
 
 def test_a_restart_is_a_fork_of_the_same_zygote(app):

@@ -78,6 +78,8 @@ class StudioHost:
     is made inside a running event loop (the app's packs folder tells its shape); a
     pack then loads by fork + import and is walled off from the others in its own
     uid and Landlock domain (``pack-separation`` in its walls; see :mod:`nodecell.appcell`).
+    ``app_preload`` also goes to the zygotes of packs' own cells (a pack whose manifest names
+    no ``preload``), so their restarts too are forks that do not import the app again.
     """
 
     def __init__(self, venv_root_path: Optional[str] = None, *, app: Any = None, app_root: Optional[str] = None,
@@ -90,15 +92,23 @@ class StudioHost:
         self.placement: Dict[str, Any] = dict(placement or {})
         self.profile: Optional[_apps.AppProfile] = _profile(app, app_root)
         self.manager.before_launch = self._before_launch
-        if app_cell:  # packs share an app cell whose zygote preloaded torch + app_preload (nodecell.appcell)
-            from .. import appcell
-
+        #: What a zygote imports for this host's packs besides torch (empty: torch only): with
+        #: ``app_preload``, the app's start-up (its zygote hooks, its early packages, the worker
+        #: hooks' modules) and ``app_preload``, in the app cell and in packs' own cells alike, so a
+        #: pack's restart (a fork) does not import the app again.
+        self.zygote_preload: List[str] = []
+        app_preload = [str(m) for m in app_preload]
+        if app_cell or app_preload:
             # The host's command line first (its zygote hooks), then what the app's entry point imports.
             early = list(self.profile.zygote_hooks) + list(self.profile.preload) if self.profile is not None else []
             # The worker hooks' modules too: each forked worker then only runs them (not imports them).
             worker_hooks = list(self.profile.worker_hooks) if self.profile is not None else []
             early += [str(h).partition(":")[0] for h in worker_hooks + list(hooks)]
-            appcell.enable(self.manager, early + [str(m) for m in app_preload], self._sibling_configs)
+            self.zygote_preload = list(dict.fromkeys(early + app_preload)) if app_preload else []
+            if app_cell:  # packs share an app cell whose zygote preloaded torch + app_preload (nodecell.appcell)
+                from .. import appcell
+
+                appcell.enable(self.manager, early + app_preload, self._sibling_configs)
         if api_packages is not None:
             self.api_packages = tuple(api_packages)
         elif self.profile is not None:
@@ -186,6 +196,8 @@ class StudioHost:
             env[APP_ENV] = json.dumps({"app": ctx["app"], "cli_args": ctx["cli_args"]})
         data["sandbox"] = dict(cfg["sandbox"], readonly_paths=ro, writable_paths=rw)
         data["env"] = env
+        if self.zygote_preload and cfg["preload"] is None:  # the manifest's own preload wins
+            data["preload"] = (["torch"] if cfg["share_torch"] else []) + self.zygote_preload
         data["apis"] = list(cfg["apis"]) + [a for a in self.apis if a not in cfg["apis"]]
         if self.reload and "reload" not in overrides:
             data["reload"] = True
