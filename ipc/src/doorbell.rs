@@ -170,6 +170,21 @@ impl Spinner {
         limit: Duration,
         ready: &mut impl FnMut() -> Result<bool, E>,
     ) -> Result<bool, E> {
+        self.spin_hinted(limit, false, ready)
+    }
+
+    /// [`Spinner::spin_adaptive`]; `near`: the peer runs on this CPU, so it can only
+    /// answer once we give the CPU up: yield from the first check on (and leave the
+    /// busy part as it is, for when the peer is elsewhere again).
+    pub fn spin_hinted<E>(
+        &mut self,
+        limit: Duration,
+        near: bool,
+        ready: &mut impl FnMut() -> Result<bool, E>,
+    ) -> Result<bool, E> {
+        if near {
+            return Ok(Spinner::spin_with(limit, 0, ready)?.is_some());
+        }
         match Spinner::spin_with(limit, self.pure_ns, ready)? {
             Some(after_yield) => {
                 self.adapt_pure(after_yield);
@@ -228,6 +243,22 @@ impl Spinner {
         bell: Doorbell<'_>,
         deadline: Option<Instant>,
         slice: Option<Duration>,
+        ready: impl FnMut() -> Result<bool, E>,
+        alive: impl FnMut() -> Result<(), E>,
+    ) -> Result<Wake, E> {
+        self.wait_hinted(bell, deadline, slice, false, ready, alive)
+    }
+
+    /// [`Spinner::wait`]; `near`: the peer runs on this CPU (see [`crate::layout`]'s
+    /// `host_cpu`), so spinning or yielding would only delay it: sleep on `bell` at
+    /// once. The peer then runs, and its wake-up hands the CPU straight back. The
+    /// window is left as it is (it is for when the peer runs elsewhere).
+    pub fn wait_hinted<E>(
+        &mut self,
+        bell: Doorbell<'_>,
+        deadline: Option<Instant>,
+        slice: Option<Duration>,
+        near: bool,
         mut ready: impl FnMut() -> Result<bool, E>,
         mut alive: impl FnMut() -> Result<(), E>,
     ) -> Result<Wake, E> {
@@ -235,7 +266,7 @@ impl Spinner {
             return Ok(Wake::Ready);
         }
         let t0 = Instant::now();
-        let mut window = Duration::from_nanos(self.window_ns);
+        let mut window = Duration::from_nanos(if near { 0 } else { self.window_ns });
         if let Some(d) = deadline {
             window = window.min(d.saturating_duration_since(t0));
         }
@@ -269,7 +300,9 @@ impl Spinner {
             }
             alive()?;
         }
-        self.on_slept(sleep_start.elapsed());
+        if !near {
+            self.on_slept(sleep_start.elapsed());
+        }
         Ok(Wake::Ready)
     }
 
@@ -292,5 +325,100 @@ impl Spinner {
                 self.window_ns = (self.window_ns / 2).clamp(min, max);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    struct Words {
+        seq: AtomicU32,
+        sleeping: AtomicU32,
+        data: AtomicBool,
+    }
+
+    fn words() -> Arc<Words> {
+        Arc::new(Words {
+            seq: AtomicU32::new(0),
+            sleeping: AtomicU32::new(0),
+            data: AtomicBool::new(false),
+        })
+    }
+
+    /// A waiter told its peer shares its CPU sleeps on the futex without spinning
+    /// and is woken by the notifier (arm, re-check, sleep: no lost wake-up), many
+    /// times over; its spin window is left alone.
+    #[test]
+    fn near_waiter_sleeps_at_once_and_is_always_woken() {
+        let w = words();
+        let peer = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    while w.data.load(Ordering::Acquire) {
+                        std::thread::yield_now();
+                    }
+                    w.data.store(true, Ordering::Release);
+                    Doorbell::new(&w.seq, &w.sleeping).ring();
+                }
+            })
+        };
+        let mut sp = Spinner::new(SpinPolicy::default());
+        let before = sp.window();
+        let mut slept = 0;
+        for _ in 0..2000 {
+            let bell = Doorbell::new(&w.seq, &w.sleeping);
+            let seq0 = w.seq.load(Ordering::Acquire);
+            let r = sp.wait_hinted(
+                bell,
+                None,
+                None,
+                true,
+                || Ok::<bool, ()>(w.data.load(Ordering::Acquire)),
+                || Ok(()),
+            );
+            assert_eq!(r, Ok(Wake::Ready));
+            if w.seq.load(Ordering::Acquire) != seq0 {
+                slept += 1; // the notifier found us announced: we went to sleep
+            }
+            w.data.store(false, Ordering::Release);
+        }
+        peer.join().unwrap();
+        assert_eq!(sp.window(), before);
+        assert!(slept > 0, "a near waiter never announced a sleep");
+        assert_eq!(w.sleeping.load(Ordering::Relaxed), 0);
+    }
+
+    /// A near waiter still ends at its deadline, and a failing liveness check ends
+    /// the wait with that error (a dead peer never rings).
+    #[test]
+    fn near_waiter_times_out_and_checks_liveness() {
+        let w = words();
+        let mut sp = Spinner::new(SpinPolicy::default());
+        let bell = Doorbell::new(&w.seq, &w.sleeping);
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let r = sp.wait_hinted(
+            bell,
+            Some(deadline),
+            None,
+            true,
+            || Ok::<bool, ()>(false),
+            || Ok(()),
+        );
+        assert_eq!(r, Ok(Wake::TimedOut));
+        assert!(Instant::now() >= deadline);
+        let r = sp.wait_hinted(
+            bell,
+            None,
+            Some(Duration::from_millis(1)),
+            true,
+            || Ok::<bool, &str>(false),
+            || Err("peer gone"),
+        );
+        assert_eq!(r, Err("peer gone"));
+        assert_eq!(w.sleeping.load(Ordering::Relaxed), 0);
     }
 }

@@ -27,6 +27,12 @@
 //!                         no pooled ones; other bits 0. Informs the worker only: the
 //!                         host never reads it back, it keeps its own config.
 //! 56..  zero
+//! 128   u32  host_cpu     1 + the CPU the host's receiving thread ran on when it last
+//!                         began to wait for the worker (0: not known)
+//! 256   u32  worker_cpu   the same for the worker's receiving thread
+//!                         (both are hints for the wait strategy, see [`crate::doorbell`]:
+//!                         a waiter whose peer runs on its own CPU sleeps at once instead
+//!                         of spinning; a wrong value only costs latency)
 //! 512   control block for ring 0 (host→worker)
 //! 1024  control block for ring 1 (worker→host)
 //!
@@ -130,6 +136,10 @@ pub const OFF_RING0: usize = 32;
 pub const OFF_RING1: usize = 40;
 /// Byte offset of `max_inline`.
 pub const OFF_MAX_INLINE: usize = 48;
+/// Byte offset of `host_cpu` (the host's CPU + 1, a wait-strategy hint; 0: unknown).
+pub const OFF_HOST_CPU: usize = 128;
+/// Byte offset of `worker_cpu` (the worker's CPU + 1, a wait-strategy hint; 0: unknown).
+pub const OFF_WORKER_CPU: usize = 256;
 /// Byte offset of the control block of ring `i` is `CONTROL_BASE + i * CONTROL_SIZE`.
 pub const CONTROL_BASE: usize = 512;
 /// Bytes per control block.

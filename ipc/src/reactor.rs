@@ -334,6 +334,10 @@ struct Entry {
     muted: bool,
     pidfd: Option<Arc<OwnedFd>>,
     last_seq: Option<u32>,
+    /// This end's consumer index when `last_seq` was taken: a rung doorbell with
+    /// nothing to read is spurious only if nobody here consumed meanwhile (a thread
+    /// that waits for its reply itself takes the frame before this thread looks).
+    last_tail: u64,
     spurious: u32,
     pid_done: bool,
     sock_done: bool,
@@ -393,6 +397,7 @@ impl State {
                             muted: false,
                             pidfd,
                             last_seq: None,
+                            last_tail: 0,
                             spurious: 0,
                             pid_done: false,
                             sock_done: false,
@@ -490,7 +495,8 @@ impl State {
                 });
                 continue;
             }
-            if e.last_seq.is_some_and(|s| s != seq) {
+            let tail = e.ch.inbound_consumed();
+            if e.last_seq.is_some_and(|s| s != seq) && tail == e.last_tail {
                 e.spurious += 1;
                 if e.spurious > STORM_LIMIT {
                     e.muted = true;
@@ -501,7 +507,11 @@ impl State {
                     continue;
                 }
             }
+            if tail != e.last_tail {
+                e.spurious = 0;
+            }
             e.last_seq = Some(seq);
+            e.last_tail = tail;
             waiters.push((*t, BELL_DATA, bell.seq_word() as *const AtomicU32, seq));
         }
         waiters.sort_by_key(|w| (w.0, w.1));

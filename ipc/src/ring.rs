@@ -165,6 +165,11 @@ impl Shm {
         self.map.atomic_u32(layout::ctl(ring, field))
     }
 
+    /// A u32 word of the header page at byte offset `off`.
+    pub(crate) fn header32(&self, off: usize) -> &AtomicU32 {
+        self.map.atomic_u32(off)
+    }
+
     /// The consumer's "data arrived" doorbell of ring `ring`.
     pub(crate) fn data_bell(&self, ring: usize) -> crate::doorbell::Doorbell<'_> {
         crate::doorbell::Doorbell::new(

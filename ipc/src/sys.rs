@@ -447,6 +447,14 @@ pub fn page_size() -> usize {
     }
 }
 
+/// `sched_getcpu()`: the CPU the calling thread runs on now (a vDSO/rseq read, no
+/// syscall on this kernel); None where the kernel cannot tell.
+pub fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+    let r = unsafe { libc::sched_getcpu() };
+    u32::try_from(r).ok()
+}
+
 /// `futex(FUTEX_WAIT)` on a shared (non-private) word: sleeps while `*word == expected`,
 /// at most `timeout`. Returns Ok on wake, EAGAIN (value changed), EINTR or ETIMEDOUT as errors.
 pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> io::Result<()> {

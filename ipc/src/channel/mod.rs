@@ -561,6 +561,11 @@ impl Channel {
         rings(self.inner.side).1
     }
 
+    /// This end's consumer index of the inbound ring (slots consumed so far).
+    pub(crate) fn inbound_consumed(&self) -> u64 {
+        self.inner.inbound_tail.load(Ordering::Acquire)
+    }
+
     /// Whether a receive would find something (ring data or buffered frames), as the
     /// reactor checks it: from this process's own copy of the consumer index.
     pub(crate) fn readable(&self) -> bool {
@@ -572,6 +577,27 @@ impl Channel {
                 .ctl64(ring, layout::CTL_HEAD)
                 .load(Ordering::Acquire)
                 != self.inner.inbound_tail.load(Ordering::Acquire)
+    }
+
+    /// Publishes the CPU this thread runs on as this side's (`host_cpu` or
+    /// `worker_cpu` in the header, see [`crate::layout`]) and says whether the peer
+    /// last began to wait on the same CPU: then it can only run once we give that CPU
+    /// up, so waiting for it should sleep at once rather than spin. A hint only: the
+    /// peer writes its word, and a wrong value costs latency, nothing else.
+    pub(crate) fn publish_cpu(&self) -> bool {
+        let (mine, theirs) = match self.inner.side {
+            Side::Host => (layout::OFF_HOST_CPU, layout::OFF_WORKER_CPU),
+            Side::Worker => (layout::OFF_WORKER_CPU, layout::OFF_HOST_CPU),
+        };
+        let Some(v) = sys::current_cpu().and_then(|c| c.checked_add(1)) else {
+            return false;
+        };
+        let shm = &self.inner.shm;
+        let w = shm.header32(mine);
+        if w.load(Ordering::Relaxed) != v {
+            w.store(v, Ordering::Relaxed);
+        }
+        shm.header32(theirs).load(Ordering::Relaxed) == v
     }
 
     /// Host: this thread is about to poll the channel itself (spinning for a reply), so

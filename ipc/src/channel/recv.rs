@@ -320,7 +320,8 @@ impl Channel {
         let rx = &mut *guard;
         let mut spinner = rx.spinner.clone();
         let mut got = None;
-        let r = spinner.spin_adaptive(spin, &mut || {
+        let near = self.publish_cpu();
+        let r = spinner.spin_hinted(spin, near, &mut || {
             got = self.try_recv_locked(rx)?;
             Ok::<bool, ChannelError>(got.is_some())
         });
@@ -342,10 +343,12 @@ impl Channel {
         let ring = self.inbound_ring();
         let mut got: Option<Frame> = None;
         let mut spinner = rx.spinner.clone();
-        let woke = spinner.wait(
+        let near = self.publish_cpu();
+        let woke = spinner.wait_hinted(
             shm.data_bell(ring),
             deadline,
             self.inner.cfg.liveness_slice,
+            near,
             || {
                 if let Some(w) = want {
                     if lock(&self.inner.stash).contains_key(&w) {
@@ -358,6 +361,10 @@ impl Channel {
             || self.check_alive(),
         );
         rx.spinner = spinner;
+        if near {
+            // We slept: the kernel may have woken us on another CPU (an idle one).
+            self.publish_cpu();
+        }
         match woke? {
             Wake::Ready => Ok(got),
             Wake::TimedOut => Err(ChannelError::Timeout { op: "recv" }),

@@ -347,3 +347,70 @@ fn worker_may_share_cuda_memory_on_a_cuda_channel() {
     assert_eq!(h.device_slot(&got).unwrap().size, 4096);
     assert_eq!(h.held_tensors(), vec![(d.slot, 1)]);
 }
+
+/// Each end publishes the CPU its receiving thread runs on in the header (CPU + 1);
+/// an end learns that its peer waits on its own CPU from the peer's word alone.
+#[test]
+fn ends_publish_their_cpu_and_see_a_peer_on_the_same_one() {
+    let (host, worker) = pair(false, |_| {});
+    let shm = host.inner.shm.clone();
+    let mut near = false;
+    for _ in 0..1000 {
+        // Same thread: both ends publish the same CPU unless it moved in between.
+        worker.publish_cpu();
+        if host.publish_cpu() {
+            near = true;
+            break;
+        }
+    }
+    assert!(near, "two ends on one thread never looked near");
+    let h = shm.header32(layout::OFF_HOST_CPU).load(Ordering::Relaxed);
+    let w = worker
+        .inner
+        .shm
+        .header32(layout::OFF_WORKER_CPU)
+        .load(Ordering::Relaxed);
+    assert!(h >= 1 && w >= 1, "host {h} worker {w}");
+    // A peer elsewhere (or one that never said): spin, do not sleep at once.
+    shm.header32(layout::OFF_WORKER_CPU)
+        .store(0, Ordering::Relaxed);
+    assert!(!host.publish_cpu());
+    shm.header32(layout::OFF_WORKER_CPU)
+        .store(u32::MAX, Ordering::Relaxed);
+    assert!(!host.publish_cpu());
+}
+
+/// A receive that sleeps at once (the peer published this thread's CPU) still gets
+/// every frame a sender on another thread pushes, and still times out.
+#[test]
+fn near_receive_gets_every_frame_and_times_out() {
+    let (host, worker) = pair(false, |_| {});
+    let sender = std::thread::spawn(move || {
+        let shm = worker.inner.shm.clone();
+        for seq in 0..500u64 {
+            // Claim to run where the receiver is: it then sleeps without spinning.
+            let v = shm.header32(layout::OFF_HOST_CPU).load(Ordering::Relaxed);
+            shm.header32(layout::OFF_WORKER_CPU)
+                .store(v, Ordering::Relaxed);
+            worker
+                .send(&Frame::Heartbeat {
+                    seq,
+                    monotonic_ns: 0,
+                })
+                .unwrap();
+        }
+        worker
+    });
+    for i in 0..500u64 {
+        match host.recv(Some(Duration::from_secs(10))).unwrap() {
+            Frame::Heartbeat { seq, .. } => assert_eq!(seq, i),
+            f => panic!("unexpected {f:?}"),
+        }
+    }
+    let worker = sender.join().unwrap();
+    assert!(matches!(
+        host.recv(Some(Duration::from_millis(10))),
+        Err(ChannelError::Timeout { .. })
+    ));
+    drop(worker);
+}
