@@ -21,6 +21,14 @@
 //! waiter gave up spinning, the window doubles (up to `max`); when the waiter slept
 //! long (the peer was idle), it halves (down to `min`). Past the first microseconds
 //! the spin yields the CPU between checks, so a peer on the same core can run.
+//!
+//! A waiter whose peer runs on its own CPU does not spin at all
+//! ([`Spinner::wait_hinted`]): each side writes the CPU its receiving thread runs on
+//! into the header when it begins to wait (`host_cpu`, `worker_cpu` in
+//! [`crate::layout`]); a peer that shares our CPU can only answer once we give the
+//! CPU up, and a yield hands it to whatever else is runnable there too (EEVDF), so
+//! the waiter sleeps on the futex at once: the peer runs, and its wake-up hands the
+//! CPU straight back. The wait keeps its deadline and liveness checks.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
