@@ -34,7 +34,9 @@ def test_top_once_json_against_a_running_host(busy_host):
     assert h.call("crash 3").startswith("ERROR crash WorkerCrashed"), "the crash test needs a crash"
     assert h.call("add 1 2") == "RESULT add 6"
     h.send("spawn sleep 30")  # one call in flight while top looks
-    h.send("loop add 1 1")
+    # calls that each burn 5 ms of the worker's CPU: on a loaded machine a loop of tiny calls could
+    # stay under one clock tick (10 ms) of worker CPU over the interval
+    h.send("loop busy 0.005")
     h.expect("LOOPING")
     time.sleep(0.5)
     r = top(h, "--once", "--json", "--interval", "1.5")
