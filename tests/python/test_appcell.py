@@ -171,7 +171,7 @@ def app(aloop, studio_venv_root):
         f.write(MM_NEEDS_ARGS)
     with open(root / "nodes.py", "a") as f:  # as ComfyUI's nodes.py (through comfy.sd and others)
         f.write("\nimport comfy.model_management  # noqa: E402,F401\n")
-    for p in PACKS:
+    for p in PACKS + ("NC-WebExt",):
         world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
     np1 = root / "custom_nodes" / "NC-Numpy1"
     np1.mkdir(mode=0o755)
@@ -217,7 +217,7 @@ def app(aloop, studio_venv_root):
         host = studio.StudioHost(str(studio_venv_root), state=str(d / "state"), app_cell=True,
                                  app_preload=["nodes", "server", "numpy"])
         names = {}
-        for p in PACKS + tuple(PROBES):
+        for p in PACKS + tuple(PROBES) + ("NC-WebExt",):
             names[p] = await host.load_custom_node(str(root / "custom_nodes" / p), nodes.NODE_CLASS_MAPPINGS,
                                                    nodes.NODE_DISPLAY_NAME_MAPPINGS)
         # The app's requirements are shared from the host: numpy 2 unless the pack is told otherwise.
@@ -293,6 +293,33 @@ def test_a_pack_whose_venv_changes_an_imported_distribution_gets_its_own_cell(ap
     assert {"torch", "nodes", "server", "numpy"} <= set(info["preloaded"]) and not info["errors"], info
     assert np1.config["preload"][0] == "torch"
     assert app.host.load_times["nc-numpy1"]["worker"]["preimported"] == ["nodes", "server", "torch"]
+
+
+def test_a_pack_that_writes_under_the_apps_tree_at_import_gets_its_own_cell_with_an_app_layer(app):
+    """NC-WebExt makes ``<dir of server.py>/web/extensions/ncwebext`` at import (as
+    ComfyUI-Custom-Scripts does). The packs of an app cell share its mounts, where the app's tree
+    is read-only: its import fails there, and it is loaded again in a cell of its own whose app
+    layer takes the folder; the other packs stay in the app cell; the app's tree never gets it."""
+    from nodecell.appcell import PackView
+
+    ext = app.host.packs["nc-webext"]
+    assert not isinstance(ext._cell, PackView)
+    why = app.host.manager._app_cells.own_cell["nc-webext"]
+    assert "wrote under the app's tree" in why and str(app.root / "web") in why, why
+    assert app.host.own_app_layer["nc-webext"] == why
+    assert "pack-separation" not in {w["name"] for w in ext.walls}
+    import nodes
+
+    node = nodes.NODE_CLASS_MAPPINGS["NCWebExtDir"]
+    assert app.aloop.run(getattr(node(), node.FUNCTION)(name="run1"))[0] == "installed.txt run1"
+    layer = Path(app.host.app_layers["nc-webext"])
+    assert sorted(os.listdir(layer / "web" / "extensions" / "ncwebext")) == ["installed.txt", "run1"]
+    assert not (app.root / "web").exists(), "the host's app tree was never written"
+    # the other packs stay in the app cell, without an app layer
+    show, entry = app.host.packs["nc-showcase"], app.host.packs["nc-entry"]
+    assert isinstance(show._cell, PackView) and isinstance(entry._cell, PackView)
+    assert show._cell.app_cell == entry._cell.app_cell
+    assert set(app.host.app_layers) == {"nc-webext"}, app.host.app_layers
 
 
 def test_a_restart_is_a_fork_of_the_same_zygote(app):

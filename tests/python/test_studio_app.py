@@ -9,6 +9,7 @@ real venvs (the app's requirements shared from the host's environment), real tor
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from studio_support import FIXTURES, PROMPT, TARGETS, _node_infos, _run_prompt, same_value
+from studio_support import FIXTURES, PROMPT, TARGETS, _node_infos, _run_prompt, same_value, world_readable_copy
 
 # The fixtures app (the stand-in app with its packs loaded both ways) and studio_venv_root.
 pytest_plugins = ["studio_fixtures"]
@@ -410,6 +411,46 @@ def test_schema_classes_cross_by_their_identity(app):
         with pytest.raises(ValueError, match=match):
             schema.from_data(bad, allowed)
 
+
+
+def test_a_pack_that_writes_next_to_the_apps_code_at_import_loads_with_its_own_app_layer(app):
+    """NC-WebExt makes ``<dir of server.py>/web/extensions/ncwebext`` at import, as
+    ComfyUI-Custom-Scripts does (the app's checkout has no ``web/``). Isolated, the folder is made
+    in the pack's app layer (its state), the pack loads and its node runs, a restart (a new uid as
+    root) still writes there, and the host's app tree never gets a ``web/`` folder."""
+    import nodes
+
+    pack = world_readable_copy(FIXTURES / "packs" / "NC-WebExt", app.root / "custom_nodes" / "NC-WebExt")
+    assert not (app.root / "web").exists()
+    names = app.aloop.run(app.host.load_custom_node(str(pack), nodes.NODE_CLASS_MAPPINGS,
+                                                    nodes.NODE_DISPLAY_NAME_MAPPINGS))
+    try:
+        assert sorted(names) == ["NCWebExtAppView", "NCWebExtDir"], names
+        cls = nodes.NODE_CLASS_MAPPINGS["NCWebExtDir"]
+        assert app.aloop.run(getattr(cls(), cls.FUNCTION)(name="run1"))[0] == "installed.txt run1"
+        layer = app.state / "packs" / "nc-webext" / "app-layer"
+        assert app.host.app_layers["nc-webext"] == str(layer)
+        ext_dir = layer / "web" / "extensions" / "ncwebext"
+        assert sorted(os.listdir(ext_dir)) == ["installed.txt", "run1"]
+        assert not (app.root / "web").exists(), "the host's app tree was never written"
+        # The app's data folders it is not given stay absent, its code read-only, other packs unseen.
+        view_cls = nodes.NODE_CLASS_MAPPINGS["NCWebExtAppView"]
+        view = json.loads(app.aloop.run(getattr(view_cls(), view_cls.FUNCTION)())[0])
+        assert view["code_write"] in (errno.EROFS, errno.EACCES), view
+        assert view["user"] is False and view["packs"] == ["NC-WebExt"], view
+        ext = app.host.packs["nc-webext"]
+        # a restart leases a new uid as root: the layer is opened to it again
+        app.aloop.run(ext.restart())
+        assert app.aloop.run(getattr(cls(), cls.FUNCTION)(name="run2"))[0] == "installed.txt run1 run2"
+        assert not (app.root / "web").exists()
+    finally:
+        ext = app.host.packs.pop("nc-webext", None)
+        if ext is not None:
+            app.aloop.run(ext.stop())
+        for n in ("NCWebExtDir", "NCWebExtAppView"):
+            nodes.NODE_CLASS_MAPPINGS.pop(n, None)
+            nodes.NODE_DISPLAY_NAME_MAPPINGS.pop(n, None)
+        shutil.rmtree(pack, ignore_errors=True)
 
 
 def test_a_restarted_pack_rewrites_its_state(app):

@@ -390,6 +390,9 @@ class AppCells:
         self.cells: List[AppCell] = []
         #: Pack name -> why it got a cell of its own (last decision), for the host to show.
         self.own_cell: Dict[str, str] = {}
+        #: Pack name -> why it always gets a cell of its own (set by the host: a pack whose import
+        #: wrote under the app's tree is loaded again in its own cell, with an app layer of its own).
+        self.own_cell_only: Dict[str, str] = {}
         self._locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
         self._prewarm: Optional["asyncio.Task[None]"] = None
         #: Seconds the last :meth:`prewarm` took to start the app cell (None: none did).
@@ -407,6 +410,9 @@ class AppCells:
         one :meth:`prewarm` is starting), or None: the pack gets its own cell (the reason is
         logged and kept in :attr:`own_cell`)."""
         if cfg["sandbox_mode"] is SandboxMode.DISABLED:
+            return None
+        if cfg["name"] in self.own_cell_only:
+            self.own_cell[cfg["name"]] = self.own_cell_only[cfg["name"]]
             return None
         loop = asyncio.get_running_loop()
         argv, host_env = manager._launch_argv(cfg, venv)

@@ -20,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
+import errno
 import importlib.util
 import inspect
 import json
 import logging
 import os
+import re
+import stat
 import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -143,6 +146,12 @@ class StudioHost:
         self._refreshing: Dict[str, asyncio.Lock] = {}
         self._pack_dirs: Dict[str, str] = {}
         self._app_requirements: Optional[List[str]] = None
+        #: Pack name -> the host folder of its app layer (see :meth:`_app_layer`), for the packs
+        #: that have one: every isolated pack without an app cell, and the packs an app cell
+        #: sent to a cell of their own because their import wrote under the app's tree.
+        self.app_layers: Dict[str, str] = {}
+        #: Pack name -> why it was loaded again in a cell of its own, with an app layer (app cells).
+        self.own_app_layer: Dict[str, str] = {}
         #: Pack name -> where its last load spent its time: ``start_s`` (the worker started and
         #: imported the pack), ``after_start_s`` (nodes described, proxies registered), ``worker``
         #: (the worker's own phases, see ``StudioExtension.pack_info``).
@@ -189,6 +198,8 @@ class StudioHost:
                 _add(ro, f"{m[0]}:{_SANDBOX_HOST}/{m[1]}")
         if self.state is not False:
             ctx["layer"] = self._state_layer(cfg["name"], pack_dir, ro, rw)
+            if self._has_app_layer(cfg["name"]):
+                self._app_layer(cfg["name"], ro, rw)
         if self.profile is not None and self.profile.root is not None:
             data["cwd"] = worker_cwd(self.profile.root, ro + rw)
         env[ENV] = json.dumps(ctx)
@@ -227,6 +238,8 @@ class StudioHost:
             d = os.path.join(parent, entry)
             if not os.path.isdir(d) or not _has_manifest(d):
                 continue
+            if self.manager._app_cells is not None and d in self._own_app_layer_dirs():
+                continue  # in a cell of its own: its app layer is never mounted into an app cell
             try:
                 c = self.config_for(d)
             except (NodecellError, OSError, ValueError) as e:
@@ -235,6 +248,9 @@ class StudioHost:
             if c is not None and c["isolated"]:
                 out.append(c)
         return out
+
+    def _own_app_layer_dirs(self) -> List[str]:
+        return [self._pack_dirs.get(n, "") for n in self.own_app_layer]
 
     def _state_layer(self, pack: str, pack_dir: str, ro: List[str], rw: List[str]) -> Dict[str, str]:
         """The pack's writable layer (see :mod:`nodecell.studio.state`), at the pack's own path."""
@@ -262,6 +278,53 @@ class StudioHost:
         _add(ro, f"{pack_dir}:{source_in}")
         return {"source": source_in, "record": f"{state_in}/{_state.RECORD}"}
 
+    def _has_app_layer(self, pack: str) -> bool:
+        """Whether ``pack`` sees the app's tree with an app layer of its own: only in a cell of
+        its own (packs sharing an app cell share one mount namespace: a writable app root there
+        would let one pack change what another imports)."""
+        if self.profile is None or self.profile.root is None or self.state is False:
+            return False
+        return self.manager._app_cells is None or pack in self.own_app_layer
+
+    def _app_layer(self, pack: str, ro: List[str], rw: List[str]) -> str:
+        """Bind the pack's app layer (``<state>/packs/<pack>/app-layer``, a folder of its own)
+        writable at the app root, under the app's entries (bound read-only on top of it, as
+        before), so a pack that makes a new folder next to the app's code at import
+        (ComfyUI-Custom-Scripts: ``<app>/web/extensions/pysssss``) makes it in its own state,
+        never in the app's tree. The app's data folders it is not given stay absent. The mount
+        points of the binds inside the app root are made in the layer first (the sandbox mounts
+        only on existing ones), without following any symlink a cell left there."""
+        p = self.profile
+        assert p is not None and p.root is not None
+        root = os.path.normpath(os.path.abspath(p.root))
+        pack_state = os.path.join(self.state or _state.state_root(), "packs", pack)
+        layer = os.path.join(pack_state, "app-layer")
+        os.makedirs(layer, exist_ok=True)
+        for entry in ro + rw:
+            src, sep, dst = entry.partition(":")
+            dst = os.path.normpath(dst if sep else src)
+            if dst.startswith(root + os.sep):
+                _mount_point(layer, os.path.relpath(dst, root).split(os.sep), os.path.isdir(src))
+        if os.geteuid() == 0:
+            _state.open_for_cells(layer)
+        _add(rw, f"{layer}:{root}")
+        self.app_layers[pack] = layer
+        return layer
+
+    def _wrote_under_app(self, err: BaseException) -> Optional[str]:
+        """The app path a failed load tried to write (an ``OSError`` EROFS/EACCES/EPERM naming a
+        path in the app's tree, as the worker reported it), or None. The text is the worker's:
+        it only ever sends the pack to a cell of its own, never loosens a wall."""
+        if self.profile is None or self.profile.root is None:
+            return None
+        root = os.path.normpath(os.path.abspath(self.profile.root))
+        codes = {errno.EROFS, errno.EACCES, errno.EPERM}
+        for m in _OS_ERROR.finditer(str(err)):
+            path = os.path.normpath(m.group(2))
+            if int(m.group(1)) in codes and (path == root or path.startswith(root + os.sep)):
+                return f"[Errno {m.group(1)}] {path}"
+        return None
+
     def _before_launch(self, cfg: ExtensionConfig) -> None:
         """Before every launch of a pack's own cell (restarts too): as root each launch leases a
         new uid, so the pack's state layer (what the last cell wrote belongs to the last uid) is
@@ -273,6 +336,9 @@ class StudioHost:
         if os.path.isdir(layer) and not os.path.islink(pack_state):
             os.chmod(pack_state, 0o777)
             _state.open_for_cells(layer)
+            app_layer = os.path.join(pack_state, "app-layer")
+            if cfg["name"] in self.app_layers and os.path.isdir(app_layer):
+                _state.open_for_cells(app_layer)
 
     def app_requirements(self) -> List[str]:
         """The app's own requirements (names), shared from the host into every pack venv: its
@@ -424,17 +490,26 @@ class StudioHost:
             return names
         _import_api_packages(self.allowed)
         name = cfg["name"]
-        ext, fresh = self._extension(cfg)
         t0 = time.perf_counter()
         try:
-            await ext.start()
-            t1 = time.perf_counter()
-            nodes = await ext.list_nodes()
-            info = await ext.pack_info()
-        except BaseException:
-            if fresh:  # a pack that cannot load leaves nothing running
-                await ext.stop()
-            raise
+            ext, t1, nodes, info = await self._start(cfg)
+        except Exception as e:
+            cells = self.manager._app_cells
+            wrote = self._wrote_under_app(e) if cells is not None and name not in self.own_app_layer else None
+            if wrote is None:
+                raise
+            # Packs in an app cell share its mounts: no writable app root there. This one gets a
+            # cell of its own whose app layer takes what its import writes next to the app's code.
+            why = (f"its import wrote under the app's tree ({wrote}): loaded again in a cell of its own, "
+                   f"with its own app layer")
+            log.warning("pack %r: %s", name, why)
+            self.own_app_layer[name] = why
+            self._pack_dirs.setdefault(name, pack_dir)
+            cells.own_cell_only[name] = why
+            cfg = self.config_for(pack_dir, **overrides)
+            assert cfg is not None
+            t0 = time.perf_counter()
+            ext, t1, nodes, info = await self._start(cfg)
         self.packs[name] = ext
         self._pack_dirs[name] = pack_dir
         self._generation[name] = _reload.generation(ext)
@@ -454,6 +529,20 @@ class StudioHost:
         self.load_times[name] = {"start_s": t1 - t0, "after_start_s": time.perf_counter() - t1,
                                  "worker": info.get("load_phases")}
         return out
+
+    async def _start(self, cfg: ExtensionConfig) -> Tuple[Extension, float, Dict[str, Any], Dict[str, Any]]:
+        """Start the pack's cell: (extension, when it started, its nodes, its pack info)."""
+        ext, fresh = self._extension(cfg)
+        try:
+            await ext.start()
+            t1 = time.perf_counter()
+            nodes = await ext.list_nodes()
+            info = await ext.pack_info()
+        except BaseException:
+            if fresh:  # a pack that cannot load leaves nothing running
+                await ext.stop()
+            raise
+        return ext, t1, nodes, info
 
     def _make_proxy(self, ext: Extension, node_id: str, info: Dict[str, Any], pack_dir: str) -> type:
         async def after_call() -> None:
@@ -718,6 +807,45 @@ def worker_cwd(app_root: str, binds: Iterable[str], host_cwd: Optional[str] = No
         if os.path.isdir(src) and (cwd == src or cwd.startswith(src.rstrip("/") + "/")):
             return cwd
     return root
+
+
+#: An ``OSError``'s text: ``[Errno 30] Read-only file system: '/app/web'``.
+_OS_ERROR = re.compile(r"\[Errno (\d+)\] [^'\n]*?: '([^'\n]+)'")
+
+
+def _mount_point(layer: str, parts: List[str], is_dir: bool) -> None:
+    """Make ``layer/<parts>`` (folders, the last one a folder or an empty file as ``is_dir``
+    says) without following a symlink: the layer is the cell's to write, this runs in the
+    host. An entry of the wrong kind a cell left there is removed (a folder where a file
+    must be: a :class:`ConfigError` naming it)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(layer, flags)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            want_dir = is_dir or not last
+            try:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISDIR(st.st_mode) != want_dir:
+                if stat.S_ISDIR(st.st_mode):
+                    raise ConfigError("app-layer", f"{os.path.join(layer, *parts[:i + 1])}: a folder where the app "
+                                                   "has a file; remove it")
+                os.unlink(part, dir_fd=fd)
+                st = None
+            if not want_dir:
+                if st is None:
+                    os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     0o644, dir_fd=fd))
+                return
+            if st is None:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            nfd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
 
 
 def _add(lst: List[str], item: str) -> None:
