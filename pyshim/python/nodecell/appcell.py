@@ -20,6 +20,10 @@ cell (today's path) and a log line says why:
 * every distribution the zygote imported resolves, in the pack's venv, to the
   same file or the same version (a pack pinning ``numpy<2`` while the zygote
   imported numpy 2 gets its own cell).
+* not marked by the host for a cell of its own (:attr:`AppCells.own_cell_only`:
+  ``nodecell.studio`` marks a pack whose import wrote under the app's tree, where
+  an app cell's mounts are read-only for every pack, and loads it again in its own
+  cell with an app layer of its own).
 
 Packs sharing an app cell are walled apart (``pack-separation``): each pack's
 worker, right after the fork and before the pack is imported, confines itself

@@ -83,6 +83,12 @@ class StudioHost:
     uid and Landlock domain (``pack-separation`` in its walls; see :mod:`nodecell.appcell`).
     ``app_preload`` also goes to the zygotes of packs' own cells (a pack whose manifest names
     no ``preload``), so their restarts too are forks that do not import the app again.
+    A pack in a cell of its own has an **app layer** (:meth:`_app_layer`): a folder of its
+    state bound writable at the app root, under the app's read-only entries, so what it
+    makes next to the app's code (ComfyUI-Custom-Scripts: ``<app>/web/extensions/pysssss``)
+    lands there, never in the app's tree. An app cell has none (its packs share its mounts):
+    a pack whose import fails there writing under the app's tree is loaded again in a cell of
+    its own, with a log line and :attr:`own_app_layer` saying why.
     """
 
     def __init__(self, venv_root_path: Optional[str] = None, *, app: Any = None, app_root: Optional[str] = None,
