@@ -322,6 +322,43 @@ def test_a_pack_that_writes_under_the_apps_tree_at_import_gets_its_own_cell_with
     assert set(app.host.app_layers) == {"nc-webext"}, app.host.app_layers
 
 
+def test_the_next_host_remembers_that_the_pack_needs_its_own_cell(app, studio_venv_root, caplog):
+    """The fallback is remembered outside the pack's state folder (which its cells may write): a
+    new host process with the same state loads NC-WebExt straight into a cell of its own, without
+    the failed try in the app cell."""
+    import json
+    import logging
+
+    from nodecell import studio
+    from nodecell.appcell import PackView
+
+    record = Path(app.host.state) / "own-cell" / "nc-webext.json"
+    assert json.loads(record.read_text()) == {"why": app.host.own_app_layer["nc-webext"]}
+    assert record.parent.stat().st_mode & 0o777 == 0o700
+
+    async def load():
+        host = studio.StudioHost(str(studio_venv_root), state=app.host.state, app_cell=True,
+                                 app_preload=["nodes", "server", "numpy"])
+        try:
+            mappings = {}
+            names = await host.load_custom_node(str(app.root / "custom_nodes" / "NC-WebExt"), mappings, {})
+            node = mappings["NCWebExtDir"]
+            out = await getattr(node(), node.FUNCTION)(name="run2")
+            return host, names, out, isinstance(host.packs["nc-webext"]._cell, PackView)
+        finally:
+            await host.stop()
+
+    with caplog.at_level(logging.INFO, logger="nodecell"):
+        host, names, out, in_app_cell = app.aloop.run(load())
+    assert sorted(names) == ["NCWebExtAppView", "NCWebExtDir"] and {"installed.txt", "run2"} <= set(out[0].split()), out
+    assert not in_app_cell and host.own_app_layer["nc-webext"] == app.host.own_app_layer["nc-webext"]
+    text = caplog.text
+    assert "remembered in" in text, text
+    assert not any("wrote under the app's tree" in r.getMessage() and r.levelno == logging.WARNING
+                   for r in caplog.records), text
+    assert not (app.root / "web").exists()
+
+
 def test_a_restart_is_a_fork_of_the_same_zygote(app):
     entry = app.host.packs["nc-entry"]
     before_zygote = _parents(entry)

@@ -317,6 +317,40 @@ class StudioHost:
         self.app_layers[pack] = layer
         return layer
 
+    def _own_cell_record(self, pack: str) -> str:
+        """Where the host remembers that ``pack`` needs a cell of its own with an app layer:
+        ``<state root>/own-cell/<pack>.json``, outside the pack's state folder (which its cells
+        may write); delete it to have the pack tried in the app cell again."""
+        return os.path.join(self.state or _state.state_root(), "own-cell", f"{pack}.json")
+
+    def _remembered_own_cell(self, pack: str) -> Optional[str]:
+        """Why an earlier host sent ``pack`` to a cell of its own, or None (no record, or one
+        that cannot be read: the pack is then tried in the app cell again)."""
+        if self.state is False or self.profile is None or self.profile.root is None:
+            return None
+        try:
+            fd = os.open(self._own_cell_record(pack), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                why = json.loads(f.read(1 << 16)).get("why")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return why if isinstance(why, str) and why else None
+
+    def _remember_own_cell(self, pack: str, why: str) -> None:
+        """Record that ``pack`` needs a cell of its own, for the next host process."""
+        if self.state is False:
+            return
+        path = self._own_cell_record(pack)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"why": why}, f)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("pack %r: cannot remember that it needs a cell of its own (%s): %s", pack, path, e)
+
     def _wrote_under_app(self, err: BaseException) -> Optional[str]:
         """The app path a failed load tried to write (an ``OSError`` EROFS/EACCES/EPERM naming a
         path in the app's tree, as the worker reported it), or None. The text is the worker's:
@@ -496,6 +530,17 @@ class StudioHost:
             return names
         _import_api_packages(self.allowed)
         name = cfg["name"]
+        cells = self.manager._app_cells
+        remembered = self._remembered_own_cell(name) if cells is not None else None
+        if remembered is not None and name not in self.own_app_layer:
+            # An earlier host found its import writes under the app's tree: straight to a cell of
+            # its own, without the failed try in the app cell.
+            log.info("pack %r: %s (remembered in %s)", name, remembered, self._own_cell_record(name))
+            self.own_app_layer[name] = remembered
+            self._pack_dirs.setdefault(name, pack_dir)
+            cells.own_cell_only[name] = remembered
+            cfg = self.config_for(pack_dir, **overrides)
+            assert cfg is not None
         t0 = time.perf_counter()
         try:
             ext, t1, nodes, info = await self._start(cfg)
@@ -510,6 +555,7 @@ class StudioHost:
                    f"with its own app layer")
             log.warning("pack %r: %s", name, why)
             self.own_app_layer[name] = why
+            self._remember_own_cell(name, why)
             self._pack_dirs.setdefault(name, pack_dir)
             cells.own_cell_only[name] = why
             cfg = self.config_for(pack_dir, **overrides)
