@@ -29,7 +29,12 @@ async def comfy_entrypoint():
     from nodecell import studio
 
     root = os.environ.get("NODECELL_PACKS") or os.path.join(folder_paths.base_path, "isolated_nodes")
-    host = studio.StudioHost()
+    # App cells: compatible packs are forks of one sandbox whose zygote imported torch and
+    # ComfyUI's `nodes`/`server` with ComfyUI's own command line (the first pack waits for that
+    # start, later ones load in about a second); a pack that cannot share it (other pins, writes
+    # next to the app's code) gets a cell of its own and the log says why. As measured by
+    # `cargo xtask realpacks --app-cell`, which loads packs the way this loader does.
+    host = studio.StudioHost(app_cell=True, app_preload=["nodes", "server"])
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         pack = os.path.join(root, name)
         if not os.path.isfile(os.path.join(pack, "__init__.py")):
