@@ -81,19 +81,16 @@ pub unsafe fn spawn_vfork(
     stack: &mut [u8],
     arg: *mut libc::c_void,
 ) -> io::Result<libc::pid_t> {
-    // The stack grows down: pass its 16-byte aligned top.
-    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
-    // SAFETY: the caller upholds the contract above; `top` is inside
-    // `stack`, which outlives the call (we are suspended until the child
-    // execs or exits).
-    cvt(unsafe {
-        libc::clone(
+    // SAFETY: the caller upholds the contract above; `stack` outlives the
+    // call (we are suspended until the child execs or exits).
+    unsafe {
+        clone_on_stack(
             f,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            stack,
             arg,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
         )
-    })
+    }
 }
 
 /// Starts `f(arg)` in a helper process that shares this one's memory and fd
@@ -113,18 +110,32 @@ pub unsafe fn spawn_beside(
     stack: &mut [u8],
     arg: *mut libc::c_void,
 ) -> io::Result<libc::pid_t> {
-    // The stack grows down: pass its 16-byte aligned top.
-    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
-    // SAFETY: the caller upholds the contract above; `top` is inside
-    // `stack`, which outlives the helper.
-    cvt(unsafe {
-        libc::clone(
+    // SAFETY: the caller upholds the contract above; `stack` outlives the
+    // helper.
+    unsafe {
+        clone_on_stack(
             f,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
+            stack,
             arg,
+            libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
         )
-    })
+    }
+}
+
+/// `clone(2)` running `f(arg)` on `stack` (passed as its 16-byte aligned
+/// top: the stack grows down) with `flags`.
+///
+/// # Safety
+/// As [`spawn_vfork`] or [`spawn_beside`], whichever `flags` make it.
+unsafe fn clone_on_stack(
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &mut [u8],
+    arg: *mut libc::c_void,
+    flags: libc::c_int,
+) -> io::Result<libc::pid_t> {
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: the caller upholds its contract; `top` is inside `stack`.
+    cvt(unsafe { libc::clone(f, top as *mut libc::c_void, flags, arg) })
 }
 
 /// `sched_getcpu(3)`: the CPU the calling thread runs on.

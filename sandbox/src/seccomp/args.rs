@@ -162,6 +162,13 @@ pub fn conditional_syscalls() -> Vec<i64> {
     checks().into_iter().map(|(n, _)| n).collect()
 }
 
+/// Loads the low word of argument `arg` and jumps to `eperm` when any of
+/// `bits` is set in it, else to `allow` (a check of one flag word).
+fn deny_if_any_bit(a: &mut Asm, arg: u32, bits: u32) {
+    a.op(LD_W_ABS, arg_low(arg));
+    a.jump(JSET_K, bits, To::Label("eperm"), To::Label("allow"));
+}
+
 /// A 32-bit immediate, or a build error naming what did not fit.
 fn imm(what: &str, v: u64) -> Result<u32, SeccompError> {
     u32::try_from(v).map_err(|_| SeccompError::Build(format!("{what} {v:#x} does not fit 32 bits")))
@@ -242,44 +249,20 @@ pub fn conditional_program(opts: &FilterOptions) -> Result<Vec<sock_filter>, Sec
                 }
                 a.jump(JEQ_K, 0, To::Label("eperm"), To::Label("eperm"));
             }
-            Check::Memfd => {
+            Check::Memfd if opts.require_noexec_memfd => {
                 a.op(LD_W_ABS, arg_low(1));
-                if opts.require_noexec_memfd {
-                    a.jump(JSET_K, MFD_EXEC as u32, To::Label("eperm"), To::Next);
-                    a.jump(
-                        JSET_K,
-                        MFD_NOEXEC_SEAL as u32,
-                        To::Label("allow"),
-                        To::Label("eperm"),
-                    );
-                } else {
-                    a.jump(
-                        JSET_K,
-                        MFD_EXEC as u32,
-                        To::Label("eperm"),
-                        To::Label("allow"),
-                    );
-                }
-            }
-            Check::Execveat => {
-                a.op(LD_W_ABS, arg_low(4));
+                a.jump(JSET_K, MFD_EXEC as u32, To::Label("eperm"), To::Next);
                 a.jump(
                     JSET_K,
-                    libc::AT_EMPTY_PATH as u32,
-                    To::Label("eperm"),
+                    MFD_NOEXEC_SEAL as u32,
                     To::Label("allow"),
+                    To::Label("eperm"),
                 );
             }
-            Check::Mode1 | Check::Mode2 => {
-                let arg = if check == Check::Mode1 { 1 } else { 2 };
-                a.op(LD_W_ABS, arg_low(arg));
-                a.jump(
-                    JSET_K,
-                    SET_ID_BITS as u32,
-                    To::Label("eperm"),
-                    To::Label("allow"),
-                );
-            }
+            Check::Memfd => deny_if_any_bit(&mut a, 1, MFD_EXEC as u32),
+            Check::Execveat => deny_if_any_bit(&mut a, 4, libc::AT_EMPTY_PATH as u32),
+            Check::Mode1 => deny_if_any_bit(&mut a, 1, SET_ID_BITS as u32),
+            Check::Mode2 => deny_if_any_bit(&mut a, 2, SET_ID_BITS as u32),
             Check::Open12 | Check::Open23 => {
                 let (flags, mode) = if check == Check::Open12 {
                     (1, 2)
@@ -293,13 +276,7 @@ pub fn conditional_program(opts: &FilterOptions) -> Result<Vec<sock_filter>, Sec
                     To::Next,
                     To::Label("allow"),
                 );
-                a.op(LD_W_ABS, arg_low(mode));
-                a.jump(
-                    JSET_K,
-                    SET_ID_BITS as u32,
-                    To::Label("eperm"),
-                    To::Label("allow"),
-                );
+                deny_if_any_bit(&mut a, mode, SET_ID_BITS as u32);
             }
             Check::Prctl => {
                 a.op(LD_W_ABS, arg_low(0));
