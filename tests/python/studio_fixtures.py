@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from studio_support import (EXAMPLES, FIXTURES, PACKS, PROMPT, TARGETS, TEST_VENV_ROOT, App, _node_infos,
-                            _run_prompt, world_readable_copy)
+                            _run_prompt, forget_app, world_readable_copy)
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +144,5 @@ def app(aloop, studio_venv_root):
     os.chdir(cwd)
     for n in a.isolated_nodes:
         nodes.NODE_CLASS_MAPPINGS.pop(n, None)
-    sys.path.remove(str(root))
-    for m in [m for m in sys.modules if m.split(".")[0] in (
-            "comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "server", "execution", "node_helpers",
-            "utils", "app") or m.startswith(str(direct))]:
-        del sys.modules[m]
+    forget_app(root, also_prefix=str(direct))
     shutil.rmtree(d, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 import asyncio
 import json
@@ -88,6 +89,38 @@ def _run_prompt(loop_thread_run, srv, prompt, outputs, extra=None):
 
     loop_thread_run(wait())
     return ex
+
+
+#: The stand-in app's top-level modules (tests/fixtures/studio_app) that app fixtures import.
+APP_MODULES = ("comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "server", "execution",
+               "node_helpers", "utils", "app")
+
+
+def forget_app(root, also_prefix=None):
+    """Undo an app fixture's imports: the app's folder off ``sys.path``, its modules (and those
+    whose name starts with ``also_prefix``) out of ``sys.modules``."""
+    sys.path.remove(str(root))
+    for m in [m for m in sys.modules if m.split(".")[0] in APP_MODULES
+              or (also_prefix is not None and m.startswith(also_prefix))]:
+        del sys.modules[m]
+
+
+def host_pid(pidfd: int) -> int:
+    """The host pid of the process a pidfd refers to."""
+    with open(f"/proc/self/fdinfo/{pidfd}") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    raise AssertionError("no Pid in the pidfd's fdinfo")
+
+
+def parent_pid(pid: int) -> int:
+    """The parent's pid of host process ``pid``."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    raise AssertionError("no PPid")
 
 
 def _node_infos(names):

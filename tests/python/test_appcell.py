@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from studio_support import FIXTURES, world_readable_copy
+from studio_support import FIXTURES, _run_prompt, forget_app, host_pid, parent_pid, world_readable_copy
 
 pytest_plugins = ["studio_fixtures"]
 
@@ -121,45 +121,14 @@ IMPORTED_IN = _os.getpid()
 '''
 
 
-def _host_pid(pidfd: int) -> int:
-    with open(f"/proc/self/fdinfo/{pidfd}") as f:
-        for line in f:
-            if line.startswith("Pid:"):
-                return int(line.split()[1])
-    raise AssertionError("no Pid in the pidfd's fdinfo")
-
-
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    raise AssertionError("no PPid")
-
-
 def _parents(ext):
     """Host pids of the parents (zygotes) of the extension's live workers."""
-    return {_ppid(_host_pid(w.pidfd)) for w in ext._workers if w.alive}
+    return {parent_pid(host_pid(w.pidfd)) for w in ext._workers if w.alive}
 
 
 def _cmdline(pid: int) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().replace(b"\0", b" ").decode()
-
-
-def _run_prompt(aloop, srv, prompt, outputs):
-    import execution
-
-    ex = execution.PromptExecutor(srv)
-    t = threading.Thread(target=ex.execute, args=(prompt, f"p{time.monotonic_ns()}", {}, outputs))
-    t.start()
-
-    async def wait():
-        while t.is_alive():
-            await asyncio.sleep(0.01)
-
-    aloop.run(wait())
-    return ex
 
 
 @pytest.fixture(scope="module")
@@ -232,11 +201,7 @@ def app(aloop, studio_venv_root):
     for names in a.names.values():
         for n in names:
             nodes.NODE_CLASS_MAPPINGS.pop(n, None)
-    sys.path.remove(str(root))
-    for m in [m for m in sys.modules if m.split(".")[0] in (
-            "comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "server", "execution", "node_helpers",
-            "utils", "app")]:
-        del sys.modules[m]
+    forget_app(root)
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -268,7 +233,7 @@ def test_packs_in_the_app_cell_work_through_the_apps_executor(app):
         "3": {"class_type": "NCTint", "inputs": {"image": ["2", 0], "amount": 0.3, "mode": "soft"}},
         "4": {"class_type": "NP1 Version", "inputs": {}},
     }
-    run = _run_prompt(app.aloop, app.server, prompt, ["3", "4"])
+    run = _run_prompt(app.aloop.run, app.server, prompt, ["3", "4"])
     assert run.success, run.errors
     img = run.outputs["2"][0]
     assert tuple(img.shape) == (1, 16, 32, 3)
@@ -362,7 +327,7 @@ def test_the_next_host_remembers_that_the_pack_needs_its_own_cell(app, studio_ve
 def test_a_restart_is_a_fork_of_the_same_zygote(app):
     entry = app.host.packs["nc-entry"]
     before_zygote = _parents(entry)
-    before_pids = {w.pidfd and _host_pid(w.pidfd) for w in entry._workers}
+    before_pids = {w.pidfd and host_pid(w.pidfd) for w in entry._workers}
 
     async def restart():
         t0 = time.perf_counter()
@@ -371,9 +336,9 @@ def test_a_restart_is_a_fork_of_the_same_zygote(app):
 
     app.aloop.run(restart())
     assert _parents(entry) == before_zygote
-    assert {_host_pid(w.pidfd) for w in entry._workers}.isdisjoint(before_pids)
+    assert {host_pid(w.pidfd) for w in entry._workers}.isdisjoint(before_pids)
     # and it still works
-    run = _run_prompt(app.aloop, app.server, {
+    run = _run_prompt(app.aloop.run, app.server, {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "seed": 1}},
         "2": {"class_type": "NCTint", "inputs": {"image": ["1", 0], "amount": 0.1, "mode": "hard"}}}, ["2"])
     assert run.success, run.errors
@@ -400,7 +365,7 @@ def test_the_zygotes_death_fails_its_packs_calls_and_the_next_call_starts_a_fres
     assert show._cell.dead and entry._cell.dead
     assert isinstance(show.last_crash, WorkerCrashed) and isinstance(entry.last_crash, WorkerCrashed)
     # the next call starts a fresh app cell, shared again
-    run = _run_prompt(app.aloop, app.server, {
+    run = _run_prompt(app.aloop.run, app.server, {
         "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "seed": 1}},
         "2": {"class_type": "SC Invert", "inputs": {"image": ["1", 0], "steps": 1, "delay": 0.0}},
         "3": {"class_type": "NCTint", "inputs": {"image": ["2", 0], "amount": 0.1, "mode": "hard"}}}, ["3"])
@@ -412,7 +377,7 @@ def test_the_zygotes_death_fails_its_packs_calls_and_the_next_call_starts_a_fres
 def _probe(app, folder, ops):
     import json
 
-    run = _run_prompt(app.aloop, app.server, {"1": {"class_type": f"{folder} Probe",
+    run = _run_prompt(app.aloop.run, app.server, {"1": {"class_type": f"{folder} Probe",
                                                     "inputs": {"ops": json.dumps(ops)}}}, ["1"])
     assert run.success, run.errors
     return json.loads(run.outputs["1"][0])

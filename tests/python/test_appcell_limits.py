@@ -9,13 +9,11 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from studio_support import FIXTURES, world_readable_copy
+from studio_support import FIXTURES, _run_prompt, forget_app, host_pid, parent_pid, world_readable_copy
 
 pytest_plugins = ["studio_fixtures"]
 
@@ -45,37 +43,12 @@ NODE_CLASS_MAPPINGS = {"%s Hog": Hog}
 HOGS = {"NC-HogA": "nc-hog-a", "NC-HogB": "nc-hog-b"}
 
 
-def _run_prompt(aloop, srv, prompt, outputs):
-    import execution
-
-    ex = execution.PromptExecutor(srv)
-    t = threading.Thread(target=ex.execute, args=(prompt, f"p{time.monotonic_ns()}", {}, outputs))
-    t.start()
-
-    async def wait():
-        while t.is_alive():
-            await asyncio.sleep(0.01)
-
-    aloop.run(wait())
-    return ex
-
-
 def _hog(app, folder, mb):
-    return _run_prompt(app.aloop, app.server, {"1": {"class_type": f"{folder} Hog", "inputs": {"mb": mb}}}, ["1"])
-
-
-def _host_pid(pidfd: int) -> int:
-    with open(f"/proc/self/fdinfo/{pidfd}") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("Pid:"))
-
-
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+    return _run_prompt(app.aloop.run, app.server, {"1": {"class_type": f"{folder} Hog", "inputs": {"mb": mb}}}, ["1"])
 
 
 def _live(ext):
-    return {_host_pid(w.pidfd) for w in ext._workers if w.alive}
+    return {host_pid(w.pidfd) for w in ext._workers if w.alive}
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +97,7 @@ def app(aloop, studio_venv_root):
     for names in a.names.values():
         for n in names:
             nodes.NODE_CLASS_MAPPINGS.pop(n, None)
-    sys.path.remove(str(root))
-    for m in [m for m in sys.modules if m.split(".")[0] in (
-            "comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "server", "execution", "node_helpers",
-            "utils", "app")]:
-        del sys.modules[m]
+    forget_app(root)
     shutil.rmtree(d, ignore_errors=True)
 
 
@@ -142,7 +111,7 @@ def test_the_pack_past_the_app_cells_memory_limit_is_killed_and_its_neighbour_li
         run = _hog(app, folder, 64)
         assert run.success, run.errors
     b_pids, a_pids = _live(b), _live(a)
-    (zygote,) = {_ppid(p) for p in a_pids | b_pids}
+    (zygote,) = {parent_pid(p) for p in a_pids | b_pids}
     # A allocates without end: the cell's limit stops it, A's call fails naming the limit
     run = _hog(app, "NC-HogA", 1 << 20)
     assert not run.success
@@ -156,4 +125,4 @@ def test_the_pack_past_the_app_cells_memory_limit_is_killed_and_its_neighbour_li
     # A answers again, from a fresh fork of the same zygote
     run = _hog(app, "NC-HogA", 64)
     assert run.success, run.errors
-    assert _live(a).isdisjoint(a_pids) and {_ppid(p) for p in _live(a)} == {zygote}
+    assert _live(a).isdisjoint(a_pids) and {parent_pid(p) for p in _live(a)} == {zygote}
