@@ -38,6 +38,17 @@ use crate::{ChannelBacklog, ChannelClosed, PeerGone, ProtocolViolation};
 
 static NEXT_CHANNEL_ID: AtomicU64 = AtomicU64::new(1);
 
+/// `call_spin`: the answer came, payload is the value.
+pub(crate) const CALL_DONE: u8 = 0;
+/// `call_spin`: the answer came, payload is the exception.
+pub(crate) const CALL_FAILED: u8 = 1;
+/// `call_spin`: another frame came first (payload); the doorbell stays quiet.
+pub(crate) const CALL_OTHER: u8 = 2;
+/// `call_spin`: no answer yet.
+pub(crate) const CALL_WAIT: u8 = 3;
+/// `call_spin`: receiving failed after the call was sent (payload: the exception).
+pub(crate) const CALL_BROKEN: u8 = 4;
+
 /// One end of a channel (rings in a sealed memfd + a socket for fds).
 #[pyclass(name = "Channel", module = "nodecell._nodecell", frozen)]
 pub struct PyChannel {
@@ -204,7 +215,7 @@ impl PyChannel {
     /// Sends one frame (see the module docs for payloads). Returns True when it is in
     /// the ring, False when it (or what was sent before it) waits in the outbox for the
     /// peer to make room: a host send never blocks.
-    fn send(
+    pub(crate) fn send(
         &self,
         py: Python<'_>,
         kind: u8,
@@ -225,7 +236,7 @@ impl PyChannel {
     /// peer can run it on the thread that waits for that call). Returns like `send`.
     #[pyo3(signature = (call_id, target, method, args, kwargs, parent = None))]
     #[allow(clippy::too_many_arguments)]
-    fn send_call(
+    pub(crate) fn send_call(
         &self,
         py: Python<'_>,
         call_id: u64,
@@ -261,6 +272,48 @@ impl PyChannel {
         let sent = self.push(py, &ch, frame);
         drop(codec); // the frame's arenas: the channel holds what the peer names now
         sent
+    }
+
+    /// Host: makes call `call_id` and spins up to `spin_ns` nanoseconds (GIL released)
+    /// for its answer, the doorbell quiet meanwhile (see ``quiet_doorbell``). Returns
+    /// `(state, payload, more)`: `CALL_DONE` (payload: the value), `CALL_FAILED` (the
+    /// exception: the worker's error, or a value this side cannot build), `CALL_WAIT`
+    /// (no answer yet, or the call waits in the outbox), `CALL_OTHER` (another frame
+    /// came first: payload is it as `(kind, call_id, payload)`; the doorbell is left
+    /// quiet: keep polling, then ``resume_doorbell``), `CALL_BROKEN` (receiving failed
+    /// after the call was sent: payload is the exception). `more`: frames arrived after
+    /// the doorbell was re-armed (receive them). The caller must own receiving on this
+    /// channel (nobody else may take the answer). Raises like ``send_call`` when the
+    /// call could not be sent (the doorbell is re-armed then).
+    #[allow(clippy::too_many_arguments)]
+    fn call_spin(
+        &self,
+        py: Python<'_>,
+        call_id: u64,
+        target: u64,
+        method: String,
+        args: &Bound<'_, PyTuple>,
+        kwargs: &Bound<'_, PyDict>,
+        spin_ns: u64,
+    ) -> PyResult<(u8, Py<PyAny>, bool)> {
+        let ch = self.ch()?;
+        ch.quiet_doorbell();
+        let sent = match self.send_call(py, call_id, target, method, args, kwargs, None) {
+            Ok(sent) => sent,
+            Err(e) => {
+                ch.resume_doorbell();
+                return Err(e);
+            }
+        };
+        let (state, payload) = if sent {
+            self.spin_answer(py, &ch, call_id, spin_ns)
+        } else {
+            (CALL_WAIT, py.None()) // queued: no answer can come before the worker reads it
+        };
+        if state == CALL_OTHER {
+            return Ok((state, payload, false));
+        }
+        Ok((state, payload, ch.resume_doorbell()))
     }
 
     /// The next frame if one is ready, else None (never blocks).
@@ -423,8 +476,76 @@ impl PyChannel {
         }
     }
 
+    /// Spins for call `call_id`'s answer (see `call_spin`): `(state, payload)`.
+    fn spin_answer(
+        &self,
+        py: Python<'_>,
+        ch: &Channel,
+        call_id: u64,
+        spin_ns: u64,
+    ) -> (u8, Py<PyAny>) {
+        let c = ch.clone();
+        let got = py.detach(move || c.recv_spin(Duration::from_nanos(spin_ns)));
+        let f = match got {
+            Ok(Some(f)) => f,
+            Ok(None) => return (CALL_WAIT, py.None()),
+            Err(e) => return (CALL_BROKEN, channel_err(e).into_value(py).into_any()),
+        };
+        let codec = self.codec(ch);
+        let answer = match f {
+            Frame::Reply { id, value } if id == call_id => match codec.to_py(py, value) {
+                Ok(v) => Ok((CALL_DONE, v)),
+                Err(e) => Ok((CALL_FAILED, e.into_value(py).into_any())),
+            },
+            Frame::Error { id, error } if id == call_id => codec
+                .hook(py, |h| &h.error)
+                .and_then(|hook| hook.call1((error.type_name, error.message, error.traceback)))
+                .map(|e| (CALL_FAILED, e.unbind())),
+            other => {
+                drop(codec);
+                self.decode(py, ch, other).map(|f| (CALL_OTHER, f))
+            }
+        };
+        answer.unwrap_or_else(|e| (CALL_BROKEN, e.into_value(py).into_any()))
+    }
+
+    /// Waits up to `timeout` for a frame, the GIL released; None on timeout.
+    pub(crate) fn recv_frame(
+        &self,
+        py: Python<'_>,
+        ch: &Channel,
+        timeout: Duration,
+    ) -> PyResult<Option<Frame>> {
+        let c = ch.clone();
+        match py.detach(move || c.recv(Some(timeout))) {
+            Ok(f) => Ok(Some(f)),
+            Err(ChannelError::Timeout { .. }) => Ok(None),
+            Err(e) => Err(channel_err(e)),
+        }
+    }
+
+    /// A call's arguments as Python values: `(args, kwargs)`.
+    pub(crate) fn call_args<'py>(
+        &self,
+        py: Python<'py>,
+        ch: &Channel,
+        args: Vec<Value>,
+        kwargs: Vec<(String, Value)>,
+    ) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
+        let codec = self.codec(ch);
+        let mut a = Vec::with_capacity(args.len());
+        for v in args {
+            a.push(codec.to_py(py, v)?);
+        }
+        let kw = PyDict::new(py);
+        for (name, v) in kwargs {
+            kw.set_item(name, codec.to_py(py, v)?)?;
+        }
+        Ok((PyTuple::new(py, a)?, kw))
+    }
+
     /// A received frame as Python values; timed when profiling (`last_decode_ns`).
-    fn decode(&self, py: Python<'_>, ch: &Channel, f: Frame) -> PyResult<Py<PyAny>> {
+    pub(crate) fn decode(&self, py: Python<'_>, ch: &Channel, f: Frame) -> PyResult<Py<PyAny>> {
         if !self.profiling.load(Ordering::Relaxed) {
             return self.codec(ch).frame_to_py(py, f);
         }

@@ -5,6 +5,8 @@
 //! * [`arena::PyArena`] / [`arena::PyView`] (`Arena`, `View`): tensor storage
 //!   owned here / received from the peer; [`tensor`]: tensors on the channel, the
 //!   pooled arenas sent tensors are copied into, the inline record, the dtype table.
+//! * [`dispatch::Dispatcher`] (`Dispatcher`): the worker's receiving loop, serving
+//!   resolved calls (plain and `async def`) without the Python dispatch code.
 //! * [`reactor::PyReactor`] (`Reactor`): the host's io_uring event thread.
 //! * [`wire::PyWire`] (`Wire`): the same frames as bytes plus out-of-band tensor
 //!   buffers, for transports between machines (the Ray backend).
@@ -28,6 +30,7 @@ pub mod channel;
 pub mod confine;
 pub mod control;
 pub mod cuda;
+pub mod dispatch;
 pub mod dlpack;
 pub mod find_uv;
 pub mod markers;
@@ -128,6 +131,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cuda::register_module(m)?;
     tools::register(m)?;
     confine::register(m)?;
+    dispatch::register(m)?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
     m.add_function(wrap_pyfunction!(provision::requirement_names, m)?)?;

@@ -32,6 +32,41 @@ def test_kwargs_and_async_methods(aloop, basic_ext):
     assert aloop.run(basic_ext.pack_value()) == 42
 
 
+def test_async_methods_run_as_tasks_in_their_own_context(aloop, basic_ext):
+    # Each method is called several times: the first call resolves it (Python), later
+    # ones are served by the worker's Rust dispatcher, which must behave the same.
+    for _ in range(3):
+        assert aloop.run(basic_ext.afacts("first")) == {"task": True, "serving": True, "cv_before": None}
+        assert aloop.run(basic_ext.afacts("suspend")) == {
+            "task": True, "serving": True, "cv_before": None,
+            "same_task": True, "same_serving": True, "cv_after": "suspend"}
+
+
+def test_async_method_errors_in_the_first_step_and_after_suspending(aloop, basic_ext, nc):
+    for suspend in (False, True, False, True):
+        with pytest.raises(nc.RemoteError) as e:
+            aloop.run(basic_ext.aboom("kaboom", suspend))
+        assert (e.value.remote_type, e.value.remote_message) == ("ValueError", "kaboom")
+        assert "raise ValueError" in e.value.remote_traceback
+    assert aloop.run(basic_ext.aecho("still serving")) == "still serving"
+
+
+def test_plain_method_returning_an_awaitable_and_calls_in_flight(aloop, basic_ext):
+    assert [aloop.run(basic_ext.returns_awaitable(5)) for _ in range(3)] == [15, 15, 15]
+
+    async def mixed():
+        # Suspended calls keep the worker's loop busy: the ones arriving meanwhile queue
+        # on it (not served in Rust) and every call still gets its own answer.
+        return await asyncio.gather(*(
+            [basic_ext.asleep(0.02) for _ in range(3)] + [basic_ext.aecho(i) for i in range(20)]
+            + [basic_ext.afacts("first") for _ in range(5)] + [basic_ext.double(i) for i in range(5)]))
+
+    got = aloop.run(mixed())
+    assert got[:3] == [0.02] * 3 and got[3:23] == list(range(20))
+    assert all(f == {"task": True, "serving": True, "cv_before": None} for f in got[23:28])
+    assert got[28:] == [2 * i for i in range(5)]
+
+
 def test_a_task_started_by_an_async_method_runs_without_another_call(aloop, basic_ext):
     # The method ends in its first step (run eagerly, without a loop turn); the task it
     # started must still run, although no other async call comes to drive the loop.

@@ -5,6 +5,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, final
 __version__: str
 __all__ = [
     "Arena",
+    "CALL_BROKEN",
+    "CALL_DONE",
+    "CALL_FAILED",
+    "CALL_OTHER",
+    "CALL_WAIT",
     "CONTROL_VERSION",
     "CallStats",
     "Channel",
@@ -14,6 +19,7 @@ __all__ = [
     "CudaBuffer",
     "CudaView",
     "DLSource",
+    "Dispatcher",
     "ErrorValue",
     "HANDLE_ASYNC_CALLABLE",
     "HANDLE_CALLABLE",
@@ -32,6 +38,8 @@ __all__ = [
     "ProtocolViolation",
     "Reactor",
     "Record",
+    "SERVE_ADOPT",
+    "SERVE_AWAITABLE",
     "STATUS_VERSION",
     "TensorRef",
     "View",
@@ -79,6 +87,17 @@ KIND_CANCEL: int
 KIND_RELEASE: int
 KIND_LOG: int
 KIND_HEARTBEAT: int
+#: ``Channel.call_spin`` states: the answer (value / exception) came; another frame came
+#: first; no answer yet; receiving failed after the call was sent.
+CALL_DONE: int
+CALL_FAILED: int
+CALL_OTHER: int
+CALL_WAIT: int
+CALL_BROKEN: int
+#: ``Dispatcher.serve`` hand-overs (negative frame kinds): an awaitable a plain method
+#: returned; the worker's loop (held) and maybe a call's task to adopt.
+SERVE_AWAITABLE: int
+SERVE_ADOPT: int
 
 class ProtocolViolation(ValueError):
     """The peer broke the channel protocol; the channel is poisoned."""
@@ -91,6 +110,41 @@ class ChannelClosed(EOFError):
 
 class ChannelBacklog(BufferError):
     """Too much already waits for the peer to read it; the frame was not sent."""
+
+@final
+class Dispatcher:
+    """The worker's receiving loop: serves resolved calls (plain and ``async def``) in
+    Rust and hands everything else to the Python layer."""
+
+    def __new__(cls, channel: Channel, endpoint: Any, rx: Any, serving: Any,
+                error_value: Callable[[BaseException], Any], task_error_value: Callable[[BaseException], Any],
+                wd_wake: Any) -> Dispatcher: ...
+    def learn(self, target: int, method: str, f: Callable[..., Any], is_async: bool) -> bool:
+        """Serve calls of ``method`` on handle ``target`` with ``f`` from now on."""
+    def set_loop(self, lp: Any, owner: Any) -> None:
+        """The worker's event loop and the lock its driver holds."""
+    def set_enabled(self, on: bool) -> None:
+        """Serve calls here (True) or hand every frame to Python (a hook is set)."""
+    @property
+    def enabled(self) -> bool:
+        """Whether calls are served here."""
+    @property
+    def receiving(self) -> bool:
+        """Whether a thread waits in ``serve`` for the next frame now."""
+    def rx_idle_for(self) -> float:
+        """Seconds since ``serve`` last stopped receiving."""
+    def inactive_for(self) -> float:
+        """Seconds since a frame was last handled."""
+    def touch(self) -> None:
+        """A frame was handled now (by the Python layer)."""
+    def set_watch_idle(self) -> None:
+        """The watchdog sleeps until the next frame arrives (``serve`` wakes it)."""
+    @property
+    def watch_idle(self) -> bool:
+        """Whether the watchdog sleeps."""
+    def serve(self, timeout: float) -> Any:
+        """Receive and serve; None (nothing came), True (another thread receives now) or
+        a ``(kind, call_id, payload)`` for Python. Releases the receive lock the caller holds."""
 
 @final
 class Channel:
@@ -143,6 +197,12 @@ class Channel:
     def send_call(self, call_id: int, target: int, method: str, args: Tuple[Any, ...], kwargs: Dict[str, Any],
                   parent: Optional[int] = None) -> bool:
         """Sends a call (``parent``: the peer's call this one is nested in); returns like ``send``."""
+    def call_spin(self, call_id: int, target: int, method: str, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                  spin_ns: int) -> Tuple[int, Any, bool]:
+        """Host: makes a call and spins up to ``spin_ns`` (GIL released) for its answer, the
+        doorbell quiet meanwhile: ``(state, payload, more)`` with a ``CALL_*`` state;
+        ``more``: frames arrived after the doorbell was re-armed. The caller must own
+        receiving. Raises like ``send_call`` when the call could not be sent."""
     def try_recv(self) -> Optional[Tuple[int, int, Any]]:
         """The next frame if one is ready, else None (never blocks)."""
     def set_profiling(self, on: bool) -> None:

@@ -7,12 +7,17 @@ follower), so a call costs no thread hand-off and long calls do not block
 others. ``async def`` methods run on one asyncio loop thread. A thread waiting
 for the host's reply to its own call keeps receiving meanwhile, so host ->
 worker -> host -> worker re-entrancy works.
+
+Receiving and the common calls happen in Rust (``_nodecell.Dispatcher``): a call to
+a method of a pinned object that was resolved once is served there (an ``async def``
+one as a Task whose first step runs there); what it hands back is served here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -93,13 +98,15 @@ class WorkerEndpoint(Endpoint):
         self._state = threading.Lock()
         self._receivers = 0
         self._threads = 0
-        self._receiving = False
-        self._rx_idle_since = time.monotonic()
-        self._last_activity = time.monotonic()
         self._parked = threading.Condition()
         self._nparked = 0
-        self._wd_idle = True
         self._wd_wake = threading.Event()
+        #: Receives and serves resolved calls in Rust; its state tells the watchdog who receives.
+        self._disp = _nodecell.Dispatcher(channel, self, self._rx, _SERVING, error_value,
+                                          _task_error_value, self._wd_wake)
+        self._disp.set_watch_idle()
+        self._call_hook: Any = None
+        self._reply_hook: Any = None
         self._exit_code: Optional[int] = None
         self._stopped = threading.Event()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -114,14 +121,31 @@ class WorkerEndpoint(Endpoint):
         self._async_tasks: Dict[int, Any] = {}
         self.extension: Any = None
         self.name = "?"
-        #: Called as ``call_hook(call_id, payload)`` before each incoming call when set
-        #: (the debugger makes the serving thread trace; the profiler stamps the start).
-        self.call_hook: Any = None
-        #: Called as ``reply_hook(call_id, started_ns, sent_ns)`` after a reply (or error) was
-        #: sent, when set (the profiler; time.monotonic_ns() when encoding began and ended).
-        self.reply_hook: Any = None
         self.pin(CONTROL_ID, _Control(self))
         _tools.install(self)  # breakpoint(), debugger and profiler control (nodecell.tools)
+
+    @property
+    def call_hook(self) -> Any:
+        """Called as ``call_hook(call_id, payload)`` before each incoming call when set
+        (the debugger makes the serving thread trace; the profiler stamps the start).
+        While set, every call goes through :meth:`_run_incoming` (none is served in Rust)."""
+        return self._call_hook
+
+    @call_hook.setter
+    def call_hook(self, hook: Any) -> None:
+        self._call_hook = hook
+        self._disp.set_enabled(hook is None and self._reply_hook is None)
+
+    @property
+    def reply_hook(self) -> Any:
+        """Called as ``reply_hook(call_id, started_ns, sent_ns)`` after a reply (or error) was
+        sent, when set (the profiler; time.monotonic_ns() when encoding began and ended)."""
+        return self._reply_hook
+
+    @reply_hook.setter
+    def reply_hook(self, hook: Any) -> None:
+        self._reply_hook = hook
+        self._disp.set_enabled(hook is None and self._call_hook is None)
 
     # -- serving --------------------------------------------------------------------------
 
@@ -138,32 +162,33 @@ class WorkerEndpoint(Endpoint):
     # thread to receive: concurrent calls then start at most ~WATCH_TICK late.
 
     def _dispatch_loop(self, main: bool = False) -> None:
+        disp = self._disp
         while not self._stopped.is_set():
             if not self._rx.acquire(blocking=False):
                 self._park()
                 continue
-            self._receiving = True
             try:
-                frame = self.channel.recv(0.2)
+                got = disp.serve(0.2)  # serves resolved calls itself; releases _rx
             except Exception as e:  # noqa: BLE001 - peer gone or protocol violation
                 self._fatal(e)
-                frame = None
-            finally:
-                self._receiving = False
-                self._rx_idle_since = time.monotonic()
-                self._rx.release()
-            if frame is None:
+                continue
+            if got is None:
                 # Idle: send what is queued (released tensor references).
                 try:
                     self.channel.flush()
                 except Exception:  # noqa: BLE001 - a dead channel is noticed by recv
                     pass
                 continue
-            if self._wd_idle:
-                self._wd_idle = False
-                self._wd_wake.set()
-            self.handle_frame(*frame)
-            self._last_activity = time.monotonic()
+            if got is True:
+                continue  # another thread receives now
+            kind, call_id, payload = got
+            if kind == _nodecell.SERVE_ADOPT:
+                self._adopt(call_id, payload)
+            elif kind == _nodecell.SERVE_AWAITABLE:
+                self._serve_awaitable(call_id, payload)
+            else:
+                self.handle_frame(kind, call_id, payload)
+            disp.touch()
         if not main:
             with self._state:
                 self._threads -= 1
@@ -181,14 +206,14 @@ class WorkerEndpoint(Endpoint):
 
     def _watchdog(self) -> None:
         """Brings in another receiving thread when calls keep the current one busy."""
+        disp = self._disp
         while not self._stopped.is_set():
-            if self._wd_idle:
+            if disp.watch_idle:
                 self._wd_wake.wait(0.05)
                 self._wd_wake.clear()
                 continue
             time.sleep(self.WATCH_TICK)
-            now = time.monotonic()
-            if not self._receiving and now - self._rx_idle_since > self.WATCH_TICK:
+            if not disp.receiving and disp.rx_idle_for() > self.WATCH_TICK:
                 if self._rx.locked():
                     continue  # someone is about to receive (or waits for its own reply)
                 with self._parked:
@@ -200,8 +225,8 @@ class WorkerEndpoint(Endpoint):
                         continue
                     self._threads += 1
                 threading.Thread(target=self._dispatch_loop, name="nodecell-dispatch", daemon=True).start()
-            elif now - self._last_activity > 0.1 and self._receiving:
-                self._wd_idle = True  # nothing running: sleep until the next call
+            elif disp.receiving and disp.inactive_for() > 0.1:
+                disp.set_watch_idle()  # nothing running: sleep until the next call
 
     def _fatal(self, e: BaseException) -> None:
         if not self._stopped.is_set():
@@ -231,6 +256,7 @@ class WorkerEndpoint(Endpoint):
                 hit = (fn, is_async_callable(fn))
                 if target in self.pinned and len(self._resolved) < 4096:
                     self._resolved[key] = hit  # fixed objects: their methods do not change
+                    self._disp.learn(target, method, hit[0], hit[1])  # served in Rust next time
             fn, is_async = hit
         except BaseException as e:  # noqa: BLE001
             self._reply_error(call_id, e)
@@ -365,7 +391,14 @@ class WorkerEndpoint(Endpoint):
                 self._nlive = 0  # (a task cancelled before it started never ran its body)
                 return
             if len(tasks) == 1 and not queued:
-                loop.run_until_complete(next(iter(tasks)))
+                task = next(iter(tasks))
+                try:
+                    loop.run_until_complete(task)
+                except BaseException:
+                    if not task.done():
+                        raise
+                    # A call's own task (adopted from the dispatcher) failed: its done
+                    # callback answers the host with the error.
             else:
                 loop.run_until_complete(self._until_idle())
 
@@ -463,6 +496,45 @@ class WorkerEndpoint(Endpoint):
         finally:
             self._nlive -= 1
 
+    def _serve_awaitable(self, call_id: int, aw: Any) -> None:
+        """A plain method the dispatcher called returned an awaitable: await it, reply."""
+        if self._loop_blocked:
+            self._run_detached(call_id, _as_coro, (aw,), {})
+        else:
+            self._submit(self._start_awaitable, call_id, aw)
+
+    def _adopt(self, call_id: int, task: Any) -> None:
+        """The dispatcher ran an ``async def`` call's first step and hands over the loop (its
+        owner lock held): ``task`` did not end in that step (None: it did, but the step
+        left work for the loop). Drive the loop until idle; the task replies when done."""
+        loop = self._loop
+        assert loop is not None
+        try:
+            if task is not None:
+                self._nlive += 1
+                self._async_tasks[call_id] = task
+                task.add_done_callback(functools.partial(self._task_done, call_id))
+            self._run_until_idle(loop)
+        finally:
+            self._loop_owner.release()
+        if self._queued > 0:  # queued by others while we drove (read under the GIL)
+            self._drive_if_free()
+
+    def _task_done(self, call_id: int, task: Any) -> None:
+        """An adopted call's task ended (a done callback, on the loop): reply."""
+        self._async_tasks.pop(call_id, None)
+        if self._nlive > 0:  # (``_run_until_idle`` may have reset it already)
+            self._nlive -= 1
+        try:
+            result = task.result()
+        except asyncio.CancelledError:
+            self._reply_error(call_id, RemoteError("CancelledError", "cancelled by the host"))
+            return
+        except BaseException as e:  # noqa: BLE001
+            self._reply_error(call_id, e)
+            return
+        self._reply(call_id, result)
+
     def _cancel_incoming(self, call_id: int) -> None:
         task = self._async_tasks.get(call_id)
         if task is not None and self._loop is not None:
@@ -496,6 +568,7 @@ class WorkerEndpoint(Endpoint):
         with self._loop_lock:
             if self._loop is None:
                 self._loop = _WorkerLoop()
+                self._disp.set_loop(self._loop, self._loop_owner)
             return self._loop
 
     # -- calling the host -----------------------------------------------------------------
@@ -761,6 +834,13 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
 
 def _nothing() -> None:
     pass
+
+
+def _task_error_value(exc: BaseException) -> Any:
+    """A call's task ended with ``exc``: the error answer (cancellation: by the host)."""
+    if isinstance(exc, asyncio.CancelledError):
+        exc = RemoteError("CancelledError", "cancelled by the host")
+    return error_value(exc)
 
 
 def _run_hook(ep: WorkerEndpoint, fn: Any, *args: Any) -> Any:

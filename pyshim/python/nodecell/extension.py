@@ -21,6 +21,11 @@ from .tools import profile as _profile
 if TYPE_CHECKING:
     from .manager import ExtensionManager
 
+_CALL_DONE = _nodecell.CALL_DONE
+_CALL_FAILED = _nodecell.CALL_FAILED
+_CALL_OTHER = _nodecell.CALL_OTHER
+_CALL_BROKEN = _nodecell.CALL_BROKEN
+
 __all__ = ["Extension", "ExtensionMethods"]
 
 T = TypeVar("T", bound=ExtensionBase)
@@ -350,9 +355,83 @@ class Extension(Generic[T]):
                 raise _detached(w.death)
             raise WorkerCrashed(f"pack {self.name!r}: worker is gone", extension=self.name)
         ep = w.ep
+        call_id = next(ep._call_ids)
+        rx = w.rx
+        if w.spin_ns > 0 and not _profile.ACTIVE and rx.acquire(blocking=False):
+            # The common case, in Rust: send, spin for the answer (GIL released), decode
+            # it. This thread owns receiving meanwhile, so nobody else can take the answer;
+            # the future exists only when the answer did not come in the spin.
+            t0 = time.perf_counter_ns()
+            try:
+                state, payload, more = w.channel.call_spin(call_id, target, method, tuple(args), dict(kwargs),
+                                                           w.spin_ns)
+            except BaseException as e:  # noqa: BLE001 - sorted out (or raised again) by _send_failed
+                rx.release()
+                fut = self._send_failed(w, call_id, method, e)
+            else:
+                if state <= _CALL_FAILED:
+                    rx.release()
+                    if more:
+                        w._schedule_drain()
+                    rtt = time.perf_counter_ns() - t0
+                    if not internal:
+                        (self._stats.record if state == _CALL_DONE else self._stats.record_error)(rtt)
+                    w.spin_ns = min(max(2 * rtt, 50_000), 400_000) if rtt < 400_000 else w.spin_ns // 2
+                    if ep._release_queue:
+                        ep.flush_releases()
+                    if state == _CALL_DONE:
+                        return payload
+                    raise payload
+                fut = w.cell.loop.create_future()
+                ep.pending[call_id] = fut
+                rx.release()
+                if state == _CALL_OTHER:
+                    # Another frame came first (a callback, a log line): handle it and go on
+                    # spinning as the general path does; the doorbell is still quiet.
+                    ep.handle_frame(*payload)
+                    if not w.dead:
+                        w.spin_for(call_id, fut)
+                    w.rearm()
+                elif state == _CALL_BROKEN:
+                    if isinstance(payload, GONE):
+                        w.on_died()
+                    else:
+                        w.cell.protocol_violation(w, payload)
+                elif more:
+                    w._schedule_drain()
+            if ep._release_queue:
+                ep.flush_releases()
+            return await self._wait_answer(w, call_id, fut, method, internal, timeout, queued_at, 0, 0, t0)
+        return await self._call_slow(w, call_id, target, method, args, kwargs, internal, timeout, queued_at)
+
+    def _send_failed(self, w: _Worker, call_id: int, method: str, e: BaseException) -> asyncio.Future:
+        """``call_spin`` raised (nothing was sent, or the worker is gone): the future the
+        call waits on (failed by the worker's death), or raise."""
+        if isinstance(e, GONE):
+            # The worker is gone (maybe unnoticed so far): its death, described with the
+            # real reason, fails this call like every other pending one.
+            fut = w.cell.loop.create_future()
+            w.ep.pending[call_id] = fut
+            w.on_died()
+            return fut
+        if isinstance(e, _nodecell.ProtocolViolation):
+            fut = w.cell.loop.create_future()
+            w.ep.pending[call_id] = fut
+            w.cell.protocol_violation(w, e)
+            return fut
+        w.drain()  # the doorbell was quiet: take what arrived meanwhile
+        if isinstance(e, _nodecell.ChannelBacklog):
+            raise ChannelFull(f"pack {self.name!r}: {method}() was not sent: {e}",
+                              extension=self.name) from None
+        raise e  # e.g. an argument that cannot cross: nothing was sent
+
+    async def _call_slow(self, w: _Worker, call_id: int, target: int, method: str, args: tuple, kwargs: dict,
+                         internal: bool, timeout: Optional[float], queued_at: int) -> Any:
+        """:meth:`_call_on` with the future made first (another thread receives, the
+        profiler is on, or replies were slow lately)."""
+        ep = w.ep
         loop = w.cell.loop
         fut = loop.create_future()
-        call_id = next(ep._call_ids)
         ep.pending[call_id] = fut
         spinning = w.spin_ns > 0
         ch = w.channel
@@ -385,15 +464,24 @@ class Extension(Generic[T]):
         sent_ns = time.monotonic_ns() if profiled else 0
         if ep._release_queue:
             ep.flush_releases()
+        t0 = time.perf_counter_ns()
+        if spinning and not w.dead:
+            w.spin_for(call_id, fut)
+            # Hand waiting back to the reactor (what arrived meanwhile is handled on
+            # the next loop turn).
+            w.rearm()
+        return await self._wait_answer(w, call_id, fut, method, internal, timeout, queued_at, send_ns, sent_ns, t0)
+
+    async def _wait_answer(self, w: _Worker, call_id: int, fut: asyncio.Future, method: str, internal: bool,
+                           timeout: Optional[float], queued_at: int, send_ns: int, sent_ns: int, t0: int) -> Any:
+        """Wait for a sent call's answer: its timeout (the worker is killed when it passes),
+        cancellation (CANCEL to the worker), the call statistics and the spin window."""
+        ep = w.ep
+        loop = w.cell.loop
+        profiled = send_ns != 0  # the profiler was on when the call was sent
         w.inflight += 1
         failed = False
-        t0 = time.perf_counter_ns()
         try:
-            if spinning and not w.dead:
-                w.spin_for(call_id, fut)
-                # Hand waiting back to the reactor (what arrived meanwhile is handled on
-                # the next loop turn).
-                w.rearm()
             if fut.done():
                 return fut.result()
             if timeout is None and not internal:
@@ -428,7 +516,7 @@ class Extension(Generic[T]):
             if not fut.done() and not w.dead:
                 ep.pending.pop(call_id, None)
                 try:
-                    ch.send(CANCEL, call_id, None)
+                    w.channel.send(CANCEL, call_id, None)
                 except Exception:  # noqa: BLE001 - a dead worker needs no cancel
                     pass
             raise

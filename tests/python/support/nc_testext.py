@@ -6,6 +6,7 @@ read-only mount of this file), like a Studio app's own API module would be.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import enum
 import gc
@@ -16,6 +17,9 @@ import threading
 import time
 
 import nodecell
+
+#: Set by ``afacts``: each call's context is its own (nothing leaks into the next call).
+_CV: contextvars.ContextVar[object] = contextvars.ContextVar("nc_testext_cv", default=None)
 
 
 @nodecell.register_type
@@ -119,6 +123,39 @@ class TestExt(nodecell.ExtensionBase):
     async def aecho(self, x):
         await asyncio.sleep(0)
         return x
+
+    async def afacts(self, tag):
+        """What an ``async def`` method sees (its first step runs in the Rust dispatcher
+        once the method is resolved): its task, the call's own context, a timeout scope;
+        with ``tag == "suspend"``, the same after suspending once."""
+        from nodecell import _worker_rt
+
+        first = asyncio.current_task()
+        before = _CV.get()
+        _CV.set(tag)
+        serving = _worker_rt._SERVING.get()
+        async with asyncio.timeout(5):  # needs a current task
+            await asyncio.sleep(0) if tag == "suspend" else None
+        out = {"task": first is not None, "serving": isinstance(serving, int), "cv_before": before}
+        if tag == "suspend":
+            await asyncio.sleep(0.001)
+            out["same_task"] = asyncio.current_task() is first
+            out["same_serving"] = _worker_rt._SERVING.get() == serving
+            out["cv_after"] = _CV.get()
+        return out
+
+    async def aboom(self, msg, suspend=False):
+        if suspend:
+            await asyncio.sleep(0)
+        raise ValueError(msg)
+
+    def returns_awaitable(self, x):
+        """A plain method that returns a coroutine: the call's value is what it gives."""
+        async def later():
+            await asyncio.sleep(0)
+            return x * 3
+
+        return later()
 
     def double(self, x):
         return x * 2
