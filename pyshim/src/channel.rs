@@ -602,6 +602,10 @@ impl ValueCodec for Codec<'_> {
         crate::tensor::tensor_value(&self.tensor_end(), py, t)
     }
 
+    fn tensor_fast(&self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Option<Value>> {
+        crate::torchfast::encode(&self.tensor_end(), py, obj)
+    }
+
     /// Builds the received tensor (see [`crate::tensor::tensor_to_py`]): a DLPack
     /// source over our own arena or over a mapping of the peer's, handed to the
     /// `decode_tensor(src, kind, writable)` hook.

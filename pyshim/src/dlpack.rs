@@ -300,6 +300,20 @@ impl DLSource {
         self.device = device;
         self
     }
+
+    /// An unversioned `"dltensor"` capsule over the memory (what `__dlpack__()` with no
+    /// `max_version` gives: torch's reader takes it).
+    pub fn capsule(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        capsule_on(
+            py,
+            self.keep.clone(),
+            self.data as *mut u8,
+            self.dtype,
+            &self.shape,
+            &self.strides,
+            self.device,
+        )
+    }
 }
 
 #[pymethods]

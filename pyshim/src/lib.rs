@@ -39,6 +39,7 @@ mod pyjson;
 pub mod reactor;
 pub mod tensor;
 pub mod tools;
+pub mod torchfast;
 pub mod values;
 pub mod wire;
 
@@ -105,6 +106,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     use nodecell_ipc::frame::{kind, HandleKind};
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("KIND_CALL", kind::CALL)?;
+    m.add("INLINE_LIMIT", tensor::INLINE_LIMIT)?;
     m.add("KIND_REPLY", kind::REPLY)?;
     m.add("KIND_ERROR", kind::ERROR)?;
     m.add("KIND_CALLBACK", kind::CALLBACK)?;

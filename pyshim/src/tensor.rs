@@ -12,15 +12,16 @@
 //!   handed out as the same memory; everything else is mapped copy-on-write (a
 //!   worker's pooled arena coming back to it too: its input must not alias the
 //!   output the host still holds), output buffers writable-shared.
-//! * Small tensors (the Python layer decides: `_tensors.INLINE_LIMIT`) travel as the
-//!   record `nodecell.ndarray {kind, dtype, shape, data}`, built and parsed here.
+//! * Small tensors (under [`INLINE_LIMIT`] bytes) travel as the record
+//!   `nodecell.ndarray {kind, dtype, shape, data}`, built and parsed here.
+//! * torch tensors already in an arena, and received torch tensors, skip the Python
+//!   hooks (see [`crate::torchfast`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use nodecell_ipc::{
-    Arena as IpcArena, ArenaPool, ArenaState, Channel, DType, Origin, Record as IpcRecord, Side,
-    TensorDesc, Value,
+    Arena as IpcArena, ArenaPool, ArenaState, Channel, DType, Origin, Side, TensorDesc, Value,
 };
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -28,13 +29,16 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::arena::{PyArena, PyView, ViewKeep};
 use crate::channel::{channel_err, PyChannel};
-use crate::dlpack::{DLSource, Keep};
+use crate::dlpack::{DLSource, Keep, Located};
 use crate::markers::{Record, TensorRef};
-use crate::values::TENSOR_RECORD;
 use crate::ProtocolViolation;
 
 /// The record name of a small tensor carried inline (its bytes in the frame).
 pub(crate) const INLINE_RECORD: &str = "nodecell.ndarray";
+
+/// Tensors smaller than this many bytes travel inline (copied into the frame) instead of
+/// in an arena (`_nodecell.INLINE_LIMIT` to the Python layer).
+pub const INLINE_LIMIT: u64 = 64 * 1024;
 
 /// Our arenas shared on one channel, by slot (to hand the same memory back).
 pub(crate) type OwnArenas = Mutex<HashMap<u64, Weak<IpcArena>>>;
@@ -128,13 +132,23 @@ pub(crate) fn tensor_value(end: &End<'_>, py: Python<'_>, t: &TensorRef) -> PyRe
                 "TensorRef.arena must be an Arena, a View, a CudaBuffer or a CudaView",
             ));
         };
-    Ok(Value::Record(Box::new(IpcRecord {
-        name: TENSOR_RECORD.to_string(),
-        fields: vec![
-            ("kind".to_string(), Value::Str(t.kind.clone())),
-            ("t".to_string(), Value::Tensor(Box::new(desc))),
-        ],
-    })))
+    Ok(crate::torchfast::tensor_record(&t.kind, desc))
+}
+
+/// The descriptor of a tensor found in one of our arenas or in a received view (see
+/// [`crate::dlpack::locate`]; `strides` in elements).
+pub(crate) fn located_desc(
+    end: &End<'_>,
+    py: Python<'_>,
+    loc: Located,
+    dtype: DType,
+    shape: &[u64],
+    strides: &[i64],
+) -> PyResult<TensorDesc> {
+    match loc {
+        Located::Arena(a, off) => share_own(end, &a, off, dtype, shape, strides),
+        Located::View(v, off) => view_desc(end, py, &v, off, dtype, shape, strides),
+    }
 }
 
 /// Shares one of our arenas and remembers it by slot.
@@ -280,7 +294,7 @@ pub(crate) fn tensor_to_py(
                 let data = a.as_ptr().wrapping_add(d.offset as usize);
                 let src =
                     DLSource::new(Keep::Arena(a.clone()), data, d.dtype, shape, strides, false);
-                return Ok(hook.call1((Bound::new(py, src)?, kind, true))?.unbind());
+                return build(py, hook, src, kind, true);
             }
             // A worker's pooled (or frozen) arena coming back: mapped copy-on-write,
             // remembered so it can be sent on again without a copy.
@@ -319,9 +333,28 @@ pub(crate) fn tensor_to_py(
         strides,
         !shared_writable,
     );
-    Ok(hook
-        .call1((Bound::new(py, src)?, kind, shared_writable))?
-        .unbind())
+    build(py, hook, src, kind, shared_writable)
+}
+
+/// The tensor or array over `src`: a torch tensor built here when one is wanted and torch
+/// is imported (see [`crate::torchfast::decode`]), else what the `decode_tensor(src,
+/// kind, writable)` hook makes.
+fn build(
+    py: Python<'_>,
+    hook: &Bound<'_, PyAny>,
+    src: DLSource,
+    kind: &str,
+    writable: bool,
+) -> PyResult<Py<PyAny>> {
+    let src = if kind == "torch" {
+        match crate::torchfast::decode(py, src) {
+            Ok(t) => return Ok(t),
+            Err(src) => src,
+        }
+    } else {
+        src
+    };
+    Ok(hook.call1((Bound::new(py, src)?, kind, writable))?.unbind())
 }
 
 // ---- pooled arenas for Python --------------------------------------------------------

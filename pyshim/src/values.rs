@@ -81,6 +81,12 @@ pub(crate) trait ValueCodec {
     /// A received tensor descriptor, as the Python object the tensor hook makes.
     fn tensor_to_py(&self, py: Python<'_>, d: &TensorDesc, kind: &str) -> PyResult<Py<PyAny>>;
 
+    /// The wire value of a tensor this end recognises without the encode hook (a torch
+    /// tensor already in shared memory: see [`crate::torchfast`]), or None.
+    fn tensor_fast(&self, _py: Python<'_>, _obj: &Bound<'_, PyAny>) -> PyResult<Option<Value>> {
+        Ok(None)
+    }
+
     /// A received small tensor (a checked `nodecell.ndarray` record), as the Python
     /// object the tensor hook makes: by default the hook gets `(DLSource, kind,
     /// writable=True)`, as for a channel's tensors.
@@ -311,6 +317,9 @@ pub(crate) trait ValueCodec {
                 message: e.message.clone(),
                 traceback: e.traceback.clone(),
             })));
+        }
+        if let Some(v) = self.tensor_fast(py, obj)? {
+            return Ok(v);
         }
         // Anything else: the Python layer decides (tensor, record, handle, or a native value).
         let hook = self.hook(py, |h| &h.encode)?;

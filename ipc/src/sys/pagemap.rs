@@ -10,7 +10,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
@@ -51,12 +52,40 @@ struct PmScanArg {
 /// This process's `/proc/self/pagemap` (reopened after a fork: the file names the
 /// process that opened it) and whether `PAGEMAP_SCAN` works on it.
 struct Pagemap {
+    /// The [`fork_generation`] it was opened in.
+    generation: u64,
+    /// The process that opened it (compared only when the generation is unknown).
     pid: i32,
     file: File,
     scan: bool,
 }
 
 static PAGEMAP: Mutex<Option<Pagemap>> = Mutex::new(None);
+
+/// Bumped in the child of every `fork()` (a `pthread_atfork` handler): a cheaper
+/// "is this still the process that opened the file" than a `getpid` syscall per scan.
+/// (Processes started by exec begin with fresh statics.)
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The number of forks between this process and the one that first asked (see
+/// [`FORK_GENERATION`]); registers the fork handler on first use.
+fn fork_generation() -> u64 {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a child handler that only bumps an atomic (async-signal-safe);
+        // the function lives for the whole process. On failure (ENOMEM) the generation
+        // is unknown (u64::MAX) and callers compare pids instead.
+        let r = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+        if r != 0 {
+            FORK_GENERATION.store(u64::MAX, Ordering::Relaxed);
+        }
+    });
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
 
 /// Whether any page overlapping `[addr, addr + len)` of a private mapping holds this
 /// process's own copy (written since mapped) or is swapped out.
@@ -71,9 +100,13 @@ pub(crate) fn private_pages(addr: usize, len: usize) -> io::Result<bool> {
         .and_then(|e| e.checked_add(page - 1))
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?
         & !(page - 1);
+    let generation = fork_generation();
     let mut g = PAGEMAP.lock().unwrap_or_else(|e| e.into_inner());
-    let pid = super::getpid();
-    if g.as_ref().is_none_or(|p| p.pid != pid) {
+    // Without the fork handler (u64::MAX), the pid tells (a syscall per scan).
+    let stale = |p: &Pagemap| {
+        p.generation != generation || (generation == u64::MAX && p.pid != super::getpid())
+    };
+    if g.as_ref().is_none_or(stale) {
         // In a fork child the file names the parent, and its fd may have been closed
         // since the fork (a child closing every inherited fd) and its number reused:
         // never close it from here.
@@ -81,7 +114,8 @@ pub(crate) fn private_pages(addr: usize, len: usize) -> io::Result<bool> {
             std::mem::forget(stale.file);
         }
         *g = Some(Pagemap {
-            pid,
+            generation,
+            pid: super::getpid(),
             file: File::open("/proc/self/pagemap")?,
             scan: true,
         });
@@ -188,6 +222,44 @@ mod tests {
         );
         m.discard_private().unwrap();
         assert!(!private_pages(base, 16 * page).unwrap(), "discarded");
+    }
+
+    #[test]
+    fn a_fork_child_reads_its_own_pagemap() {
+        // The parent has the file open already; the child writes a page the parent never
+        // wrote: only the child's own pagemap shows it.
+        let page = sys::page_size();
+        let (_fd, m) = cow(4 * page);
+        let base = m.ptr() as usize;
+        assert!(!private_pages(base, 4 * page).unwrap());
+        // Held across the fork, so that no other test thread holds it then (the child
+        // would inherit it locked): each process unlocks its own copy afterwards.
+        let held = PAGEMAP.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the child only writes memory, asks the kernel about it and `_exit`s,
+        // never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        drop(held);
+        if pid == 0 {
+            m.write_from(2 * page, &[9]);
+            let code = match private_pages(base, 4 * page) {
+                Ok(true) => 0,
+                _ => 1,
+            };
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child made above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child saw {status}"
+        );
+        assert!(
+            !private_pages(base, 4 * page).unwrap(),
+            "the parent wrote nothing"
+        );
     }
 
     #[test]

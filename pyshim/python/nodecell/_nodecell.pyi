@@ -25,6 +25,7 @@ __all__ = [
     "HANDLE_CALLABLE",
     "HANDLE_OBJECT",
     "HandleRef",
+    "INLINE_LIMIT",
     "KIND_CALL",
     "KIND_CALLBACK",
     "KIND_CANCEL",
@@ -76,6 +77,8 @@ __all__ = [
 ]
 
 KIND_CALL: int
+#: Tensors under this many bytes travel inline in the frame, not in an arena.
+INLINE_LIMIT: int
 #: Handle kind names (``HandleRef.kind``): an object, a plain callable, an ``async def`` callable.
 HANDLE_OBJECT: str
 HANDLE_CALLABLE: str

@@ -44,8 +44,9 @@ from . import _nodecell
 
 __all__ = ["empty", "is_shared", "INLINE_LIMIT", "DTYPES", "tensor_pool_stats", "set_tensor_pool"]
 
-#: Tensors smaller than this many bytes are copied into the frame instead of an arena.
-INLINE_LIMIT = 64 * 1024
+#: Tensors smaller than this many bytes are copied into the frame instead of an arena
+#: (``_nodecell``'s, which the Rust encoder's own torch path uses too).
+INLINE_LIMIT: int = _nodecell.INLINE_LIMIT
 
 #: The wire dtypes: name -> (code, item size, numpy name or None), from ``_nodecell``.
 DTYPES: Dict[str, Tuple[int, int, Optional[str]]] = {
