@@ -1,6 +1,6 @@
-"""A worker's thread pools (torch/OpenMP, MKL, OpenBLAS) default to one CPU less than the
-host's (the host polls for the reply meanwhile), or to the pack's CPU limit; the host's own
-environment and the pack's ``env`` override the default."""
+"""A worker's thread pools (torch/OpenMP, MKL, OpenBLAS) default to the host's CPUs (the host
+sleeps while it awaits a node), or to the pack's CPU limit; the host's own environment and the
+pack's ``env`` override the default."""
 from __future__ import annotations
 
 import os
@@ -17,7 +17,7 @@ VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 def test_the_default_pool_size(nc):
     from nodecell._threadpools import worker_threads
 
-    assert [worker_threads(None, cpus=n) for n in (1, 2, 8)] == [1, 1, 7]
+    assert [worker_threads(None, cpus=n) for n in (1, 2, 8)] == [1, 2, 8]
     assert worker_threads(250, cpus=8) == 3, "a CPU limit, rounded up"
     assert worker_threads(50, cpus=8) == 1
     assert worker_threads(800, cpus=2) == 2, "never more than the host's CPUs"
@@ -38,7 +38,7 @@ def test_the_hosts_own_setting_is_passed_on(nc, monkeypatch):
 def test_a_worker_starts_with_the_default_pools(aloop, basic_ext):
     if any(os.environ.get(k) for k in VARS):
         pytest.fail(f"the test host's environment sets {[k for k in VARS if os.environ.get(k)]}: unset them")
-    want = max(1, len(os.sched_getaffinity(0)) - 1)
+    want = len(os.sched_getaffinity(0))
     got = aloop.run(basic_ext.thread_pools())
     assert got == {"env": {k: str(want) for k in VARS}, "torch": want}
 
@@ -50,19 +50,20 @@ def test_a_packs_env_and_cpu_limit_size_its_pools(aloop, manager, nc, support_di
 
     cpus = len(os.sched_getaffinity(0))
     if cpus < 2:
-        pytest.fail("this test needs a host with 2 CPUs or more (the default is then below them)")
-    # All the CPUs (one more than the default; torch caps its pool at the CPUs there are).
-    own = aloop.run(load("threads_env", env={"OMP_NUM_THREADS": str(cpus)}))
+        pytest.fail("this test needs a host with 2 CPUs or more (the default, all of them, is then above 1)")
+    # One thread: below the default (all the host's CPUs).
+    own = aloop.run(load("threads_env", env={"OMP_NUM_THREADS": "1"}))
     try:
         got = aloop.run(own.thread_pools())
-        assert got == {"env": {k: str(cpus) for k in VARS}, "torch": cpus}, \
+        assert got == {"env": {k: "1" for k in VARS}, "torch": 1}, \
             "the pack's OMP_NUM_THREADS sizes every pool"
     finally:
         aloop.run(own.stop())
-    limited = aloop.run(load("threads_cpu", max_cpu_percent=150))
+    # A CPU limit of half a CPU: one thread, not the host's CPUs.
+    limited = aloop.run(load("threads_cpu", max_cpu_percent=50))
     try:
         got = aloop.run(limited.thread_pools())
-        assert got == {"env": {k: "2" for k in VARS}, "torch": 2}, got
+        assert got == {"env": {k: "1" for k in VARS}, "torch": 1}, got
     finally:
         aloop.run(limited.stop())
 

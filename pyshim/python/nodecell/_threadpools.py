@@ -2,19 +2,19 @@
 
 torch (OpenMP), MKL and OpenBLAS size their pools from the environment when they
 start, and by default take one thread per CPU the process may run on. A worker
-computes while the host waits on it: the host's calling thread polls for the
-reply (``_Worker.spin_for``) and the app goes on with its own threads. With a
-pool as large as the machine, the pool's threads and the host's share CPUs, and
-a parallel op finishes only when its slowest thread is scheduled again. Measured
-on a 2-vCPU VM (loaded, 2026-12-05): a node of five elementwise ops on a 147 KB
-image took 133 us inside a 2-thread worker and 49 us inside a 1-thread one, and
-the isolated call 320 us against 157 us; a 1024x1024 matmul took 13.8 ms vs
-16.2 ms (so one CPU less costs heavy CPU nodes up to 1/N of their speed).
-
-So a worker's pools default to one thread fewer than the CPUs the host may use
-(at least one), or to the pack's CPU limit (``max_cpu_percent``, rounded up) when
-it has one; a value the host's own environment sets is passed on instead, and
-the pack's ``env`` overrides either (its ``OMP_NUM_THREADS`` sizes all three).
+computes while the host waits on it: the host's calling thread polls for the reply
+for a moment (``_Worker.spin_for``, at most 400 us) and then sleeps until it lands,
+so during a node of any length the host needs no CPU, and the app's other threads
+are as idle as they would be if the node ran in the host itself (where torch would
+use every CPU). So a worker's pools default to all the CPUs the host may use, as
+torch in the host does, or to the pack's CPU limit (``max_cpu_percent``, rounded up)
+when it has one. Measured on a 2-vCPU VM (see README, issue 10 part of "Measured
+on the development VM"): a 1024x1024 matmul node and a 12.6 MB IMAGE node run up to
+twice as fast in a 2-thread worker as in a 1-thread one (the earlier default, one
+CPU fewer than the host's), while a short node (147 KB IMAGE, tens of us, inside the
+host's poll) stays within its target. A value the host's own environment sets is
+passed on instead, and the pack's ``env`` overrides either (its ``OMP_NUM_THREADS``
+sizes all three).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def _host_cpus() -> int:
 
 def worker_threads(max_cpu_percent: float | None = None, cpus: int | None = None) -> int:
     """The default pool size of a worker: ``ceil(max_cpu_percent / 100)`` when the pack has
-    a CPU limit, else one less than ``cpus`` (the host's CPUs), within ``[1, cpus]``."""
+    a CPU limit, else ``cpus`` (the host's CPUs), within ``[1, cpus]``."""
     n = _host_cpus() if cpus is None else int(cpus)
-    want = math.ceil(max_cpu_percent / 100) if max_cpu_percent else n - 1
+    want = math.ceil(max_cpu_percent / 100) if max_cpu_percent else n
     return max(1, min(n, want))
 
 
