@@ -311,3 +311,19 @@ fn large_writes_into_an_arena_stream_exactly_the_bytes_given() {
         );
     }
 }
+
+#[test]
+fn a_large_write_split_across_threads_copies_every_byte() {
+    // Above the size that is copied by several threads, at an odd offset and length (the
+    // parts are page-aligned pieces of the source, the last one short).
+    let len = (20 << 20) + 12_345;
+    let a = Arena::create(len + 7).unwrap();
+    let src: Vec<u8> = (0..len).map(pattern).collect();
+    a.write(7, &src).unwrap();
+    let mut back = vec![0u8; len];
+    a.read(7, &mut back).unwrap();
+    assert!(back == src, "the copied bytes differ");
+    let mut head = [1u8; 7];
+    a.read(0, &mut head).unwrap();
+    assert_eq!(head, [0u8; 7], "bytes before the write were touched");
+}

@@ -416,7 +416,7 @@ def test_live_results_never_share_a_reused_arena(aloop, np_ext, basic_ext):
 def test_a_repointed_tensor_frees_its_private_storage_off_the_call(aloop, basic_ext, nc):
     """The first send of a fresh private tensor copies it into a pooled arena and
     re-points it; its old 64 MiB storage is unmapped afterwards by the nodecell-free
-    thread (not during the call), and the tensor keeps its values."""
+    thread (an idle-priority thread, not during the call), and the tensor keeps its values."""
     n = 16 << 20  # 64 MiB of float32: above glibc's mmap threshold, so freeing unmaps it
     t = torch.full((n,), 3.0)
     p0 = t.data_ptr()
@@ -439,7 +439,10 @@ def test_a_repointed_tensor_frees_its_private_storage_off_the_call(aloop, basic_
             break
         aloop.run(basic_ext.noop())
     assert mapping_of(p0) != old, "the replaced private storage was never freed"
-    assert any(th.name == "nodecell-free" for th in __import__("threading").enumerate())
+    freers = [th for th in __import__("threading").enumerate() if th.name == "nodecell-free"]
+    assert len(freers) == 1
+    assert os.sched_getscheduler(freers[0].native_id) == os.SCHED_IDLE, \
+        "the frees run only on CPUs nothing else wants"
     # The same under inference mode (ComfyUI runs nodes in it): the tensor made outside
     # it is re-pointed, its old storage freed, nothing raised.
     u = torch.full((n,), 4.0)
@@ -458,3 +461,26 @@ def test_a_repointed_tensor_frees_its_private_storage_off_the_call(aloop, basic_
     view, other = base[10:], base[:5]
     assert float(aloop.run(basic_ext.echo(view)).sum()) == 2.0 * ((1 << 20) - 10)
     assert not nc.is_shared(base) and not nc.is_shared(other) and float(view.sum()) == 2.0 * ((1 << 20) - 10)
+
+
+def _mapping_of(addr):
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return lo, hi
+    return None
+
+
+def test_with_a_full_free_backlog_the_old_storage_is_freed_inline(aloop, basic_ext, nc, monkeypatch):
+    """The idle-priority freer takes at most FREE_BACKLOG bytes; beyond that the send that
+    replaced a private storage frees it itself, before the call returns."""
+    from nodecell import _tensors
+
+    monkeypatch.setattr(_tensors, "FREE_BACKLOG", 0)
+    t = torch.full((16 << 20,), 5.0)  # 64 MiB: freeing it unmaps it
+    p0 = t.data_ptr()
+    old = _mapping_of(p0)
+    assert old is not None
+    assert float(aloop.run(basic_ext.echo(t))[-1]) == 5.0
+    assert nc.is_shared(t) and _mapping_of(p0) != old, "not freed by the send itself"

@@ -17,8 +17,8 @@ descriptor (arena, offset, dtype, shape, strides) in a frame.
   numpy arrays cannot be re-pointed: allocate them with
   ``nodecell.empty(..., kind="numpy")`` to send them without a copy.
   The private storage it leaves is freed on a background thread (``FREE_LATER``
-  bytes and up): unmapping 64 MiB of faulted-in pages costs 5-10 ms, as much as
-  half the copy, and nothing waits for it.
+  bytes and up) that runs only on idle CPUs (``SCHED_IDLE``): unmapping 64 MiB of
+  faulted-in pages costs 3-10 ms, as much as half the copy, and nothing waits for it.
 * In a worker, outputs are copied into the pool and never re-pointed: the worker's
   code keeps its own tensor, so changing it later never changes what it returned.
   A channel made with ``frozen_outputs`` gets immutable (write-sealed) copies
@@ -59,17 +59,38 @@ _TORCH_ATTR = {name: torch_name for name, _c, _s, _n, torch_name in _nodecell.dt
 #: Private storages at least this large, replaced by an arena on a first send, are
 #: freed on the background thread instead of inline (see ``_free_later``).
 FREE_LATER = 1 << 20
+#: At most this many bytes wait for the idle-priority freer; a storage beyond it is freed
+#: inline (on a machine that is never idle the frees must not pile up).
+FREE_BACKLOG = 2 << 30
 
 _np: Any = None
 _torch: Any = None
 _free_q: "Optional[queue.SimpleQueue[Any]]" = None
 _free_lock = threading.Lock()
+_free_pending = 0  # bytes queued and not yet freed (under _free_lock)
+
+
+def _idle_priority() -> None:
+    """Run this thread only on CPUs nothing else wants (``SCHED_IDLE``; else nice 19)."""
+    import os
+
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread (Linux)
+    except (AttributeError, OSError):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass  # freed at normal priority: only slower calls, nothing wrong
 
 
 def _freer(q: "queue.SimpleQueue[Any]") -> None:
+    # The frees wait for idle CPUs: never on the call's path (the copy's threads, the
+    # peer computing, the reply), but as soon as the host has a CPU to spare.
+    global _free_pending
+    _idle_priority()
     tm = _torch_mod()
     while True:
-        t = q.get()
+        t, nbytes = q.get()
         try:
             # Drops the last reference to the old storage inside a torch op, which
             # releases the GIL around it: the unmapping runs while Python goes on.
@@ -80,21 +101,27 @@ def _freer(q: "queue.SimpleQueue[Any]") -> None:
         except Exception:  # noqa: BLE001 - freed below in any case
             pass
         del t
-
-
-def _free_later(holder: Any) -> None:
-    """Free a private torch storage on the ``nodecell-free`` thread, off the path of the
-    call that replaced it. ``holder`` is an empty-shaped tensor over it holding its last
-    reference (the caller dropped every other one first: a reference dropped after the
-    hand-off could be the last one, and free it here after all)."""
-    global _free_q
-    if _free_q is None:
         with _free_lock:
-            if _free_q is None:
-                q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-                threading.Thread(target=_freer, args=(q,), name="nodecell-free", daemon=True).start()
-                _free_q = q
-    _free_q.put(holder)
+            _free_pending -= nbytes
+
+
+def _free_later(holder: Any, nbytes: int) -> bool:
+    """Free a private torch storage of ``nbytes`` on the ``nodecell-free`` thread, off the
+    path of the call that replaced it; False (the caller frees it by dropping ``holder``)
+    when ``FREE_BACKLOG`` bytes wait already. ``holder`` is an empty-shaped tensor over it
+    holding its last reference (the caller dropped every other one first: a reference
+    dropped after the hand-off could be the last one, and free it here after all)."""
+    global _free_q, _free_pending
+    with _free_lock:
+        if _free_pending + nbytes > FREE_BACKLOG:
+            return False
+        _free_pending += nbytes
+        if _free_q is None:
+            q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+            threading.Thread(target=_freer, args=(q,), name="nodecell-free", daemon=True).start()
+            _free_q = q
+        _free_q.put((holder, nbytes))
+    return True
 
 
 def _numpy() -> Any:
@@ -354,7 +381,8 @@ def encode_torch(t: Any, channel: Any) -> Any:
             holder = tm.empty(0, dtype=tm.uint8)
             holder.set_(st)
             del st  # the holder has the old storage's last reference now
-            _free_later(holder)
+            _free_later(holder, snb)
+            del holder  # freed here when the backlog is full
             return _nodecell.TensorRef(arena, t.storage_offset() * item, name, list(t.shape),
                                        [s * item for s in t.stride()], "torch")
     del st
