@@ -346,6 +346,22 @@ pub struct TensorView {
     desc: TensorDesc,
 }
 
+impl Drop for TensorView {
+    /// The last view over a cached copy-on-write mapping (the channel's cache holds the
+    /// other reference) checks for private pages now, after the call that used it, so
+    /// the next receive of that arena reuses the mapping without a scan on its path.
+    /// Only a "clean" mark is left (never a discard: the other reference might be a
+    /// clone of this view rather than the cache).
+    fn drop(&mut self) {
+        if self.map.protection() == Protection::CopyOnWrite
+            && Arc::strong_count(&self.map) == 2
+            && matches!(self.map.has_private_pages(0, self.map.len()), Ok(false))
+        {
+            self.map.mark_clean();
+        }
+    }
+}
+
 impl TensorView {
     pub(crate) fn new(map: Arc<Mapping>, desc: TensorDesc) -> TensorView {
         TensorView { map, desc }

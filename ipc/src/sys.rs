@@ -187,6 +187,9 @@ pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     prot: Protection,
+    /// Copy-on-write only: found to hold no private pages when its last view went (see
+    /// [`Mapping::mark_clean`]).
+    clean: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; access goes through
@@ -213,7 +216,24 @@ impl Mapping {
         }
         let ptr =
             NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::Other))?;
-        Ok(Mapping { ptr, len, prot })
+        Ok(Mapping {
+            ptr,
+            len,
+            prot,
+            clean: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Records that this copy-on-write mapping held no private pages when checked with
+    /// no view over it left (so the next view may reuse it without a scan).
+    pub fn mark_clean(&self) {
+        self.clean.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`Mapping::mark_clean`] was called since the last call; clears the mark
+    /// (the caller is about to hand the mapping out again).
+    pub fn take_clean(&self) -> bool {
+        self.clean.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Start address.

@@ -326,9 +326,11 @@ impl Channel {
                     // dropping its private pages makes it a fresh view of the arena. One
                     // nobody wrote is such a view already (each page maps the arena's own)
                     // and keeps its page tables: no refault of every page on the next read.
+                    // Its last view usually checked that when it went (`mark_clean`).
                     if p == Protection::CopyOnWrite {
                         if let Some(m) = inc.cow.iter().find(|m| Arc::strong_count(m) == 1) {
-                            let clean = matches!(m.has_private_pages(0, m.len()), Ok(false));
+                            let clean = m.take_clean()
+                                || matches!(m.has_private_pages(0, m.len()), Ok(false));
                             if clean || m.discard_private().is_ok() {
                                 return Ok(TensorView::new(m.clone(), desc.clone()));
                             }
