@@ -3,7 +3,8 @@
 The stand-in app (tests/fixtures/studio_app) with two compatible packs and one whose venv pins
 numpy 1.26 (the app cell's zygote imported numpy 2): the two share the app cell (their workers are
 children of the same zygote, which preloaded the app's ``nodes`` module) and work through the app's
-own executor; the third gets its own cell and says why; a restart is a fork of the same zygote.
+own executor; the third starts a second app cell, of its kind (its zygote imported numpy 1.26); a
+restart is a fork of the same zygote.
 Real sandboxes, real venvs, real torch."""
 from __future__ import annotations
 
@@ -241,23 +242,29 @@ def test_packs_in_the_app_cell_work_through_the_apps_executor(app):
     assert run.outputs["4"] == ("1.26.4",)
 
 
-def test_a_pack_whose_venv_changes_an_imported_distribution_gets_its_own_cell(app):
+def test_a_pack_whose_venv_changes_an_imported_distribution_gets_an_app_cell_of_its_kind(app):
+    """NC-Numpy1 pins numpy 1.26.4 while the first app cell's zygote imported numpy 2: it fits
+    no running app cell only because of its venv, so it starts a second app cell shaped for it
+    (AppCells.max_cells is 2), whose zygote imported torch and the app with numpy 1.26.4; a later
+    pack of its kind would fork from it too."""
     from nodecell.appcell import PackView
 
     np1 = app.host.packs["nc-numpy1"]
-    assert not isinstance(np1._cell, PackView)
-    why = app.host.manager._app_cells.own_cell["nc-numpy1"]
-    assert "numpy 1.26.4" in why and "zygote imported 2." in why, why
-    shared = _parents(app.host.packs["nc-showcase"])
+    cells = app.host.manager._app_cells
+    assert isinstance(np1._cell, PackView), "an app cell of its kind, not a cell of its own"
+    assert "nc-numpy1" not in cells.own_cell, cells.own_cell
+    show = app.host.packs["nc-showcase"]
+    assert np1._cell.app_cell != show._cell.app_cell
+    assert len({ac.cell.name for ac in cells.cells}) == 2
+    shared = _parents(show)
     assert _parents(np1).isdisjoint(shared)
-    assert "pack-separation" not in {w["name"] for w in np1.walls}
+    walls = {w["name"]: w for w in np1.walls}
+    assert walls["pack-separation"]["state"] == "active", walls["pack-separation"]
     assert np1.worker_versions["numpy"] == "1.26.4"
-    # its own cell's zygote imported the app too (app_preload), with its own numpy: a restart
-    # is a fork that does not import the app again
+    # its zygote imported the app too, with its own numpy: loads and restarts are forks
     info = np1._cell.zygote_info
     assert {"torch", "nodes", "server", "numpy"} <= set(info["preloaded"]) and not info["errors"], info
-    assert np1.config["preload"][0] == "torch"
-    assert app.host.load_times["nc-numpy1"]["worker"]["preimported"] == ["nodes", "server", "torch"]
+    assert np1._cell._app.venv["path"] != show._cell._app.venv["path"]
 
 
 def test_a_pack_that_writes_under_the_apps_tree_at_import_gets_its_own_cell_with_an_app_layer(app):

@@ -31,6 +31,7 @@ from typing import Any, Dict, Optional, Tuple
 
 #: Seconds one node may run (validation + execution), the same on both sides (``--node-timeout``).
 NODE_TIMEOUT = 60.0
+HERE = os.path.dirname(os.path.realpath(__file__))
 #: Isolated side: how long past its call deadline the driver still waits for a node's thread
 #: (the runtime fails the call at the deadline and restarts the worker at the next call).
 ISOLATED_GRACE = 240.0
@@ -171,6 +172,8 @@ def main() -> None:
     ap.add_argument("--app-cell", action="store_true", help="isolated: StudioHost(app_cell=True)")
     ap.add_argument("--app-preload", default="nodes,server",
                     help="with --app-cell: the app's modules the app cell's zygote imports (comma-separated)")
+    ap.add_argument("--no-prestart", action="store_true",
+                    help="with --app-cell: start the app cell with the first pack, not from a prestartup script")
     ap.add_argument("packs", nargs="+")
     a = ap.parse_args()
 
@@ -185,12 +188,28 @@ def main() -> None:
     os.chdir(app)
     sys.path.insert(0, app)
     t_boot = time.perf_counter()
-    import main as app_main  # the app's own start-up (logging, prestartup, args)
+    boot_at = time.time()
+    preload = [m for m in a.app_preload.split(",") if m] if a.app_cell else []
+    prestart = a.mode == "isolated" and a.app_cell and not a.no_prestart
+    # What main.py does first (its command line, then its folders), so that its prestartup step
+    # below finds the driver's folders.
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
     import folder_paths
 
     # main.py applies --temp-directory only when run as a script: set it here, so neither
     # side writes into (or opens up) the app checkout's own temp folder.
     folder_paths.set_temp_directory(os.path.join(work, "temp"))
+    host_args: Dict[str, Any] = {"venv_root_path": a.venv_root, "state": a.state, "app_preload": preload}
+    if prestart:
+        # A folder of custom nodes holding only the driver's prestartup script: main.py runs it
+        # where it runs every custom node's, before it imports torch and its modules.
+        folder_paths.add_model_folder_path("custom_nodes", os.path.join(HERE, "prestart"))
+        os.environ["NODECELL_REALPACKS_PRESTART"] = json.dumps(
+            dict(host_args, packs_dir=os.path.dirname(os.path.realpath(a.packs[0])),
+                 packs=[os.path.realpath(p) for p in a.packs]))
+    import main as app_main  # the app's own start-up (logging, prestartup, args)
 
     import execution
     import nodes
@@ -201,6 +220,8 @@ def main() -> None:
     srv = server.PromptServer(loop)
     loop.run_until_complete(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     boot_s = time.perf_counter() - t_boot
+    if prestart:
+        folder_paths.folder_names_and_paths["custom_nodes"][0].remove(os.path.join(HERE, "prestart"))
     base = set(nodes.NODE_CLASS_MAPPINGS)
     from aiohttp import web
 
@@ -209,8 +230,15 @@ def main() -> None:
     if a.mode == "isolated":
         from nodecell import studio
 
-        preload = [m for m in a.app_preload.split(",") if m] if a.app_cell else []
-        host = studio.StudioHost(a.venv_root, state=a.state, app_cell=a.app_cell, app_preload=preload)
+        if prestart and studio.prestarted() is not None:
+            # The host the prestartup script made (the same arguments: the same host).
+            host = studio.prestart(**json.loads(os.environ["NODECELL_REALPACKS_PRESTART"]))
+            result["prestart"] = {"at_s": float(os.environ["NODECELL_REALPACKS_PRESTART_AT"]) - boot_at,
+                                  "took_s": float(os.environ["NODECELL_REALPACKS_PRESTART_S"])}
+        else:
+            if prestart:
+                result["prestart"] = {"error": "the prestartup script did not run (see the log)"}
+            host = studio.StudioHost(a.venv_root, state=a.state, app_cell=a.app_cell, app_preload=preload)
         result["app_profile"] = host.profile.name if host.profile else None
         result["app_cell"] = a.app_cell
         # Install the packs' venvs first (a one-time install step, as pip installing a pack's
@@ -222,6 +250,8 @@ def main() -> None:
             print(f"provisioning failed: {type(e).__name__}: {e}", flush=True)
         result["provision_s"] = time.perf_counter() - t0
     result["node_timeout"] = a.node_timeout
+    if host is not None and "prestart" in result:
+        result["prestart"]["kinds"] = host.kinds
     for pack_dir in a.packs:
         pack_dir = os.path.realpath(pack_dir)
         name = os.path.basename(pack_dir)
@@ -246,6 +276,7 @@ def main() -> None:
             rec["error"] = f"{type(e).__name__}: {e}"[-4000:]
             traceback.print_exc()
         rec["load_s"] = time.perf_counter() - t0
+        rec["loaded_at_s"] = time.time() - boot_at
         if host is not None:
             rec["cell"] = cell_of(host, name)
             rec["load_phases"] = next((v for k, v in host.load_times.items()
@@ -289,6 +320,12 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001
                 answers[path] = {"status": None, "error": f"{type(e).__name__}: {e}"}
         rec["route_answers"] = answers
+    if host is not None and host.manager._app_cells is not None:
+        cells = host.manager._app_cells
+        result["early_starts"] = cells.early_report  # what became of the prestart's app cells
+        result["app_cells"] = {ac.cell.name: {"early": ac.early, "start_s": ac.start_s, "packs": sorted(ac.views),
+                                              "zygote_pid": ac.cell.zygote_info.get("pid"),
+                                              "memory": cell_memory(ac)} for ac in cells.cells}
     save(a.out, result)  # what is known so far survives a run stopped while nodes execute
     for name, rec in result["packs"].items():
         if a.no_outputs:
@@ -319,6 +356,60 @@ def main() -> None:
     os._exit(0)
 
 
+def cell_memory(ac: Any) -> Dict[str, Any]:
+    """The app cell's zygote's memory (kB, from /proc/<pid>/smaps_rollup on the host): Rss, Pss,
+    and unique (Private_Clean + Private_Dirty): what a second zygote costs."""
+    try:
+        pid = None
+        for w in ac.cell.workers.values():  # a worker's parent is the zygote
+            if w.pidfd >= 0:
+                pid = _host_pid(w.pidfd)
+                break
+        zpid = _parent(pid) if pid else _zygote_of_launcher(ac.cell.proc.pid)
+        out: Dict[str, Any] = {"pid": zpid}
+        with open(f"/proc/{zpid}/smaps_rollup") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Anonymous"):
+                    out[k] = int(v.split()[0])
+        out["Uss"] = out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)
+        return out
+    except Exception as e:  # noqa: BLE001 - a measurement, not a result
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def _host_pid(pidfd: int) -> int:
+    with open(f"/proc/self/fdinfo/{pidfd}") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                return int(line.split()[1])
+    raise ValueError("no Pid in fdinfo")
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _zygote_of_launcher(launcher: int) -> int:
+    """The largest process below the launcher (its zygote, under the sandbox's init)."""
+    best, best_rss = launcher, -1
+    todo = [launcher]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+            with open(f"/proc/{p}/statm") as f:
+                rss = int(f.read().split()[1])
+        except OSError:
+            continue
+        if rss > best_rss and p != launcher:
+            best, best_rss = p, rss
+        todo += kids
+    return best
+
+
 def ext_of(host: Any, folder: str) -> Any:
     """The extension of the pack loaded from ``folder`` (packs are keyed by their manifest name)."""
     for name, d in host._pack_dirs.items():
@@ -339,6 +430,8 @@ def cell_of(host: Any, folder: str) -> Dict[str, Any]:
     return {"app_cell": name not in own, "own_cell_reason": own.get(name),
             # the app cell's start (its zygote importing torch + the app), part of the first pack's load
             "app_cell_start_s": getattr(app, "start_s", None),
+            "app_cell_name": getattr(getattr(app, "cell", None), "name", None),
+            "app_cell_early": getattr(app, "early", None),
             "zygote_errors": (getattr(getattr(app, "cell", None), "zygote_info", None) or {}).get("errors")}
 
 

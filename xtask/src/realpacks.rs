@@ -62,6 +62,40 @@ pub struct Args {
     /// With --app-cell: the app's modules the app cell's zygote imports (comma-separated).
     #[arg(long, default_value = "nodes,server")]
     app_preload: String,
+    /// With --app-cell: start the app cells with the first pack's load, not from a prestartup
+    /// script while the app boots (`nodecell.studio.prestart`).
+    #[arg(long)]
+    no_prestart: bool,
+    /// Start from an empty state folder: forget what earlier runs' hosts remembered (the app's
+    /// shared requirements, the packs that need a cell of their own), as on an app's first start.
+    #[arg(long)]
+    forget: bool,
+}
+
+/// What a host remembers across starts in its state folder (kept between runs unless
+/// `--forget`): the booted app's shared requirements and the packs needing a cell of their own.
+const HOST_MEMORY: [&str; 2] = ["app-requirements.json", "own-cell"];
+
+/// Empties the isolated side's state folder (the packs' layers of earlier runs), keeping the
+/// host's memory of earlier starts unless `forget`.
+fn reset_state(state: &Path, forget: bool) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(state) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let keep = !forget && HOST_MEMORY.iter().any(|m| e.file_name() == *m);
+        if keep {
+            continue;
+        }
+        let p = e.path();
+        let r = if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.with_context(|| format!("reset the state folder: remove {}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn repo() -> PathBuf {
@@ -279,7 +313,7 @@ fn run_sides(
             } else {
                 String::new()
             };
-            let _ = std::fs::remove_dir_all(work.join("state"));
+            reset_state(&work.join("state"), a.forget)?;
             // This run's results; merged into `{side}.json` afterwards (packs of other runs kept).
             let out_json = work.join(format!("{side}.run.json"));
             let _ = std::fs::remove_file(&out_json);
@@ -309,6 +343,9 @@ fn run_sides(
             if a.app_cell {
                 cmd.arg("--app-cell")
                     .args(["--app-preload", &a.app_preload]);
+                if a.no_prestart {
+                    cmd.arg("--no-prestart");
+                }
             }
             for n in group {
                 cmd.arg(packs_dir.join(n));
@@ -647,7 +684,39 @@ fn compare(names: &[String], direct: &Value, isolated: &Value) -> Value {
     json!({
         "boot_s_direct": direct["boot_s"], "boot_s_isolated": isolated["boot_s"],
         "app_cell": isolated["app_cell"], "node_timeout": isolated["node_timeout"], "packs": packs,
+        "prestart": isolated["prestart"], "early_starts": isolated["early_starts"],
+        "app_cells": isolated["app_cells"],
     })
+}
+
+/// One line on the isolated side's start: boot times, and what became of the early starts.
+fn start_line(r: &Value) -> String {
+    let secs = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2} s"));
+    let mut s = format!(
+        "Boot (the app's own start): direct {}, isolated {}",
+        secs(&r["boot_s_direct"]),
+        secs(&r["boot_s_isolated"])
+    );
+    if let Some(early) = r["early_starts"].as_object() {
+        let parts: Vec<String> = early
+            .iter()
+            .map(|(name, e)| {
+                format!(
+                    "{name} ({}) {}{}",
+                    e["pack"].as_str().unwrap_or("-"),
+                    e["state"].as_str().unwrap_or("?"),
+                    match (e["state"].as_str(), e["waited_s"].as_f64()) {
+                        (Some("adopted"), Some(w)) => format!(", the load waited {w:.2} s for it"),
+                        (Some("failed"), _) => format!(": {}", e["why"].as_str().unwrap_or("")),
+                        _ => String::new(),
+                    }
+                )
+            })
+            .collect();
+        s.push_str(&format!("; early starts (prestart): {}", parts.join("; ")));
+    }
+    s.push('\n');
+    s
 }
 
 /// The outputs column: equal of those run on both sides, then what else happened.
@@ -766,6 +835,9 @@ fn table(r: &Value) -> String {
                 p["load_s_direct"].as_f64().unwrap_or(f64::NAN),
                 p["load_s_isolated"].as_f64().unwrap_or(f64::NAN),
                 match p["cell_isolated"]["app_cell"].as_bool() {
+                    Some(true) if p["cell_isolated"]["app_cell_early"].as_bool() == Some(true) => {
+                        " (app cell, started early)"
+                    }
                     Some(true) => " (app cell)",
                     Some(false) if r["app_cell"].as_bool() == Some(true) => " (own cell)",
                     _ => "",
@@ -773,6 +845,8 @@ fn table(r: &Value) -> String {
             ));
         }
     }
+    s.push('\n');
+    s.push_str(&start_line(r));
     let details = output_details(r);
     if !details.is_empty() {
         s.push('\n');

@@ -3,9 +3,11 @@
 Put this folder into ``ComfyUI/custom_nodes/`` and the packs to isolate into
 ``ComfyUI/isolated_nodes/`` (or the folder named by ``$NODECELL_PACKS``), each
 with a manifest (``nodecell migrate ComfyUI/isolated_nodes/<pack>``). ComfyUI
-imports this pack while it loads its own custom nodes, before its server
-starts; its ``comfy_entrypoint`` loads every isolated pack with
-``nodecell.studio.StudioHost`` into ComfyUI's own ``NODE_CLASS_MAPPINGS``, so
+runs this pack's ``prestartup_script.py`` before it imports torch (it starts
+nodecell's app cells there, while ComfyUI boots), then imports the pack while it
+loads its own custom nodes, before its server starts; its ``comfy_entrypoint``
+loads every isolated pack with ``nodecell.studio.StudioHost`` (the one the
+prestartup script made) into ComfyUI's own ``NODE_CLASS_MAPPINGS``, so
 their nodes, HTTP routes and web folders join ComfyUI's as if the packs were
 installed directly. (Packs in ``isolated_nodes/`` are not in ``custom_nodes/``,
 so ComfyUI never imports them itself.)
@@ -24,18 +26,21 @@ class _Loaded(ComfyExtension):
 
 
 async def comfy_entrypoint():
-    import folder_paths
     import nodes
     from nodecell import studio
 
-    root = os.environ.get("NODECELL_PACKS") or os.path.join(folder_paths.base_path, "isolated_nodes")
+    from .settings import APP_PRELOAD, packs_root
+
+    root = packs_root()
     # App cells: compatible packs are forks of one sandbox whose zygote imported torch and
-    # ComfyUI's `nodes`/`server` with ComfyUI's own command line (the first pack waits for that
-    # start, later ones load in about a second); a pack that cannot share it (other pins, writes
-    # next to the app's code) gets a cell of its own and the log says why. As measured by
-    # `cargo xtask realpacks --app-cell`, which loads packs the way this loader does.
-    host = studio.StudioHost(app_cell=True, app_preload=["nodes", "server"])
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    # ComfyUI's `nodes`/`server` with ComfyUI's own command line, one such cell per kind of pack
+    # venv (a pack pinning numpy<2 shares one with the packs of its kind). This loader's
+    # prestartup_script.py started them while ComfyUI booted; `prestart` returns that host (or
+    # makes it now, when the prestartup step did not run), and the packs load into those cells.
+    # A pack that cannot share one (other sandbox settings, writes next to the app's code) gets a
+    # cell of its own and the log says why. As measured by `cargo xtask realpacks --app-cell`.
+    host = studio.prestart(root, app_preload=APP_PRELOAD) if os.path.isdir(root) else None
+    for name in sorted(os.listdir(root)) if host is not None else []:
         pack = os.path.join(root, name)
         if not os.path.isfile(os.path.join(pack, "__init__.py")):
             continue

@@ -10,8 +10,9 @@ and the app's modules. A later pack loads by **fork + pack import**: the zygote
 forks, the child takes the pack's environment, working directory and venv
 (:mod:`nodecell._pack_setup`) and imports the pack.
 
-A pack joins the app cell only when it is **compatible**, else it gets its own
-cell (today's path) and a log line says why:
+A pack joins an app cell only when it is **compatible**; else it starts another app
+cell shaped for it where that would serve (its venv, mounts or free uids differ, and
+fewer than ``AppCells.max_cells`` run), or gets its own cell, and a log line says why:
 
 * same launcher flags (sandbox mode, network, GPU, memory/CPU/pid limits, uid);
 * every mount it needs is one the app cell has (mounts at other places than
@@ -19,7 +20,8 @@ cell (today's path) and a log line says why:
 * same interpreter;
 * every distribution the zygote imported resolves, in the pack's venv, to the
   same file or the same version (a pack pinning ``numpy<2`` while the zygote
-  imported numpy 2 gets its own cell).
+  imported numpy 2 does not join it: it starts an app cell of its kind, whose
+  zygote imports from its venv; :class:`AppCells`).
 * not marked by the host for a cell of its own (:attr:`AppCells.own_cell_only`:
   ``nodecell.studio`` marks a pack whose import wrote under the app's tree, where
   an app cell's mounts are read-only for every pack, and loads it again in its own
@@ -40,6 +42,11 @@ or ``missing`` with the reason where the kernel has no Landlock scoping (ABI
 6); in ``SandboxMode.REQUIRED`` (the default) such a pack gets its own cell.
 The zygote's death ends every pack's worker in it (each reports the crash); the
 next call starts a fresh app cell.
+
+App cells can be started before the host's event loop runs, from a host app's
+prestartup step (:meth:`AppCells.start_early`, ``nodecell.studio.prestart``,
+:mod:`nodecell._early`): their zygotes import torch and the app while the app
+itself does, and the packs' loads adopt them.
 
 The cell's limits (the same for every pack in it) bound the whole cell: the zygote
 and every pack's worker together. A pack that allocates past the memory limit is
@@ -276,6 +283,8 @@ class AppCell:
         self._fits: Dict[str, Optional[str]] = {}
         #: Seconds the sandbox and its zygote took to start (the zygote's preload included).
         self.start_s: Optional[float] = None
+        #: Whether it was started early (:meth:`AppCells.start_early`) and adopted.
+        self.early = False
 
     def uid_of(self, pack: str) -> Optional[int]:
         """The host uid of ``pack``'s workers (None: the cell's one uid, rootless)."""
@@ -296,15 +305,27 @@ class AppCell:
         return not self.cell.dead
 
     def why_not(self, cfg: ExtensionConfig, shape: LaunchShape, venv: Dict[str, Any]) -> Optional[str]:
-        """None when the pack may share this app cell, else why not (for the log). The venv
-        check is remembered per venv (a warm reload does not walk it again)."""
+        """None when the pack may share this app cell, else why not (for the log)."""
+        return self.shape_why_not(cfg, shape) or self.venv_why_not(venv)
+
+    def shape_why_not(self, cfg: ExtensionConfig, shape: LaunchShape) -> Optional[str]:
+        """Why not, for what is not the venv: walls, uids, launcher flags, mounts."""
+        return self.settings_why_not(cfg, shape) or self.mounts_why_not(cfg, shape)
+
+    def settings_why_not(self, cfg: ExtensionConfig, shape: LaunchShape) -> Optional[str]:
+        """Why not, for what no other app cell would change: the walls it needs, its launcher
+        flags (sandbox settings and limits)."""
         if not self.separation[0] and cfg["sandbox_mode"] is SandboxMode.REQUIRED:
             return f"packs in one app cell cannot be walled apart here ({self.separation[1]}) and its mode is required"
-        if cfg["name"] not in self.slots and not self.uids_left():
-            return f"the app cell's {self.cell.status.get('uids')} uids are all taken (one per pack)"
         if shape.flags != self.shape.flags:
             diff = sorted(set(shape.flags) ^ set(self.shape.flags))
             return f"its sandbox settings differ ({' '.join(diff) or 'order'})"
+        return None
+
+    def mounts_why_not(self, cfg: ExtensionConfig, shape: LaunchShape) -> Optional[str]:
+        """Why not, for what an app cell started for the pack would have: uids, mounts."""
+        if cfg["name"] not in self.slots and not self.uids_left():
+            return f"the app cell's {self.cell.status.get('uids')} uids are all taken (one per pack)"
         ro, rw = self.shape.mounts()
         pro, prw = shape.mounts()
         for m in prw:
@@ -313,6 +334,11 @@ class AppCell:
         for m in pro:
             if m not in ro and m not in rw:
                 return f"it needs the mount {m} the app cell does not have"
+        return None
+
+    def venv_why_not(self, venv: Dict[str, Any]) -> Optional[str]:
+        """None when the pack's interpreter and venv fit what the zygote imported, else why not
+        (remembered per venv: a warm reload does not walk it again)."""
         key = json.dumps([venv.get("path"), venv.get("python"), venv.get("python_version")])
         if key not in self._fits:
             self._fits[key] = self._venv_why_not(venv)
@@ -385,7 +411,23 @@ def _separation() -> Tuple[bool, str]:
 
 
 class AppCells:
-    """The app cells of one manager (see the module docs)."""
+    """The app cells of one manager (see the module docs).
+
+    **Kinds.** A pack that fits no running app cell only because of its venv (it pins a
+    distribution the zygote imported at another version: ``numpy<2`` while the app imported
+    numpy 2) starts another app cell shaped for it, up to :attr:`max_cells`: the packs of
+    that kind then share a zygote of their own (each a fork of it, walled apart), instead of
+    a cell per pack. Memory: one zygote per kind (torch and the app imported again), no
+    more than the pack's own cell would take (own cells preload the app too), and less from
+    the second such pack on.
+
+    **Early start.** :meth:`start_early` starts app cells before the host's event loop runs
+    (a host app's prestartup script: ``nodecell.studio.prestart``); the first :meth:`take`
+    (or :meth:`prewarm_soon`) on the loop adopts them, so the first pack only forks."""
+
+    #: Most app cells one manager runs at once (one per kind of venv); a pack that would need
+    #: another gets a cell of its own.
+    max_cells = 2
 
     def __init__(self, preload: List[str],
                  siblings: Optional[Callable[[ExtensionConfig], List[ExtensionConfig]]] = None) -> None:
@@ -397,6 +439,13 @@ class AppCells:
         #: Pack name -> why it always gets a cell of its own (set by the host: a pack whose import
         #: wrote under the app's tree is loaded again in its own cell, with an app layer of its own).
         self.own_cell_only: Dict[str, str] = {}
+        #: Early starts not adopted yet (:meth:`start_early`).
+        self.early: List[Any] = []
+        #: Pack name -> its own cell's early start, not adopted yet (:meth:`start_early_own`).
+        self.early_own: Dict[str, Any] = {}
+        #: App cell name -> what became of its early start: ``{"state": "adopted"|"failed",
+        #: "why", "waited_s" (the adopter's wait for its zygote), "start_s"}``.
+        self.early_report: Dict[str, Dict[str, Any]] = {}
         self._locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
         self._prewarm: Optional["asyncio.Task[None]"] = None
         #: Seconds the last :meth:`prewarm` took to start the app cell (None: none did).
@@ -410,9 +459,9 @@ class AppCells:
 
     async def take(self, manager: "ExtensionManager", cfg: ExtensionConfig,
                    venv: Dict[str, Any]) -> Optional[_Cell]:
-        """A view of a compatible app cell for ``cfg`` (starting the first, or waiting for the
-        one :meth:`prewarm` is starting), or None: the pack gets its own cell (the reason is
-        logged and kept in :attr:`own_cell`)."""
+        """A view of a compatible app cell for ``cfg`` (adopting early starts, starting the first
+        or one for the pack's kind of venv, or waiting for the one :meth:`prewarm` is starting),
+        or None: the pack gets its own cell (the reason is logged and kept in :attr:`own_cell`)."""
         if cfg["sandbox_mode"] is SandboxMode.DISABLED:
             return None
         if cfg["name"] in self.own_cell_only:
@@ -422,26 +471,41 @@ class AppCells:
         argv, host_env = manager._launch_argv(cfg, venv)
         shape = LaunchShape(argv, host_env, cfg, venv)
         async with self._lock(loop):
-            self.cells = [c for c in self.cells if c.alive and c.cell.loop is loop]
-            reasons = []
-            for ac in self.cells:
-                why = ac.why_not(cfg, shape, venv)
-                if why is None:
-                    self.own_cell.pop(cfg["name"], None)
-                    return ac.view(cfg["name"], cfg, shape, venv)
-                reasons.append(why)
-            if reasons:
+            while True:
+                self.cells = [c for c in self.cells if c.alive and c.cell.loop is loop]
+                reasons = []
+                # Whether an app cell started for this pack would serve where these do not (they
+                # differ in its venv, mounts or free uids, not in its sandbox settings or walls).
+                another_helps = True
+                for ac in self.cells:
+                    why = ac.settings_why_not(cfg, shape)
+                    if why is None:
+                        why = ac.mounts_why_not(cfg, shape) or ac.venv_why_not(venv)
+                        if why is None:
+                            self.own_cell.pop(cfg["name"], None)
+                            return ac.view(cfg["name"], cfg, shape, venv)
+                    else:
+                        another_helps = False
+                    reasons.append(why)
+                if not self.early:
+                    break
+                await self._adopt_next(manager, loop)  # an early start (waiting for its zygote)
+            if reasons and not (another_helps and len(self.cells) < self.max_cells):
                 self.own_cell[cfg["name"]] = "; ".join(reasons)
                 logging.getLogger(f"nodecell.{cfg['name']}").info(
                     "pack %r gets its own cell, not the app cell: %s", cfg["name"], self.own_cell[cfg["name"]])
                 return None
+            if reasons:
+                logging.getLogger(f"nodecell.{cfg['name']}").info(
+                    "pack %r starts another app cell (%s)", cfg["name"], "; ".join(reasons))
             ac = await self._start(manager, cfg, venv, argv, host_env)
+        self.own_cell.pop(cfg["name"], None)
         return ac.view(cfg["name"], cfg, shape, venv)
 
-    async def _start(self, manager: "ExtensionManager", cfg: ExtensionConfig, venv: Dict[str, Any],
-                     argv: List[str], host_env: Dict[str, str],
-                     siblings: Optional[List[ExtensionConfig]] = None) -> AppCell:
-        """Start an app cell shaped for ``cfg`` (and, with :attr:`siblings`, its sibling packs)."""
+    def _cell_argv(self, manager: "ExtensionManager", cfg: ExtensionConfig, venv: Dict[str, Any],
+                   argv: List[str], host_env: Dict[str, str],
+                   siblings: Optional[List[ExtensionConfig]]) -> Tuple[str, LaunchShape, List[str], List[str]]:
+        """(name, shape, preload, command line) of an app cell shaped for ``cfg`` and ``siblings``."""
         # nodecell's side of every worker too: the extension type, the services, the record types.
         from ._rpc import registered_types
 
@@ -455,12 +519,19 @@ class AppCells:
             siblings = self.siblings(cfg)
         for other in siblings or []:
             cell_shape.add_mounts_of(other)
+        extra = ("--uid-range", str(APP_CELL_UIDS)) if os.geteuid() == 0 else ()
+        return name, cell_shape, preload, cell_shape.argv(preload, name, extra)
+
+    async def _start(self, manager: "ExtensionManager", cfg: ExtensionConfig, venv: Dict[str, Any],
+                     argv: List[str], host_env: Dict[str, str],
+                     siblings: Optional[List[ExtensionConfig]] = None) -> AppCell:
+        """Start an app cell shaped for ``cfg`` (and, with :attr:`siblings`, its sibling packs)."""
+        name, cell_shape, preload, cell_argv = self._cell_argv(manager, cfg, venv, argv, host_env, siblings)
         cell = _Cell(name)
         cell.key = name
         t0 = time.perf_counter()
         try:
-            extra = ("--uid-range", str(APP_CELL_UIDS)) if os.geteuid() == 0 else ()
-            await cell.start(cell_shape.argv(preload, name, extra), host_env)
+            await cell.start(cell_argv, host_env)
         except BaseException:
             await cell.stop(grace=0.5)
             raise
@@ -470,6 +541,131 @@ class AppCells:
         # Stopped with the manager's warm cells (stop_all_extensions).
         manager._warm[f"{name}"] = (cell, venv)
         return ac
+
+    # -- early start (no event loop yet) -------------------------------------------------------
+
+    def start_early(self, manager: "ExtensionManager", target: Any,
+                    siblings: Optional[List[ExtensionConfig]] = None, what: str = "the app cell") -> Any:
+        """Start an app cell shaped for ``target`` (an :class:`~nodecell.ExtensionConfig`, or an
+        object whose ``resolve()`` gives one on the launch thread, or raises
+        :class:`nodecell._early.EarlyNotNeeded`) and ``siblings`` now, without an event loop: its
+        venv is provisioned and its launcher started on a thread of its own (an earlier early
+        cells start side by side); the first :meth:`take` on the host's loop adopts it.
+        Returns the :class:`nodecell._early.EarlyLaunch`; a failure is logged with the reason and
+        the cell is then started the ordinary way."""
+        from ._early import EarlyLaunch
+
+        def prepare() -> Tuple[List[str], Dict[str, str], Dict[str, Any]]:
+            cfg = target.resolve() if hasattr(target, "resolve") else target
+            venv = manager._provision(cfg)
+            argv, host_env = manager._launch_argv(cfg, venv)
+            name, shape, preload, cell_argv = self._cell_argv(manager, cfg, venv, argv, host_env, siblings)
+            e.name = name
+            return cell_argv, host_env, {"venv": venv, "shape": shape, "preload": preload, "pack": cfg["name"]}
+
+        e = EarlyLaunch(f"app-cell-early-{next(_ids)}", what, prepare)
+        self.early.append(e)
+        return e.start()
+
+    def start_early_own(self, manager: "ExtensionManager", cfg: ExtensionConfig, what: str) -> Any:
+        """Start ``cfg``'s own cell now, without an event loop (a pack the host knows needs a
+        cell of its own); the pack's first load adopts it when its launch is the one that load
+        would make (else it is ended and the log says why)."""
+        from ._early import EarlyLaunch
+
+        def prepare() -> Tuple[List[str], Dict[str, str], Dict[str, Any]]:
+            venv = manager._provision(cfg)
+            if manager.before_launch is not None:
+                manager.before_launch(cfg)
+            argv, env = manager._launch_argv(cfg, venv)
+            return argv, env, {"venv": venv, "key": manager._cell_key(cfg, venv), "pack": cfg["name"]}
+
+        e = EarlyLaunch(cfg["name"], what, prepare)
+        self.early_own[cfg["name"]] = e
+        return e.start()
+
+    async def adopt_own(self, manager: "ExtensionManager", cfg: ExtensionConfig,
+                        venv: Dict[str, Any]) -> Optional[_Cell]:
+        """The pack's own cell started early (:meth:`start_early_own`), adopted on this loop, or
+        None (none, or it failed or no longer fits: logged with the reason)."""
+        from ._early import AdoptedCell
+
+        e = self.early_own.pop(cfg["name"], None)
+        if e is None:
+            return None
+        t0 = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(None, e.join)
+        report: Dict[str, Any] = {"pack": cfg["name"], "what": e.what}
+        cell: Optional[_Cell] = None
+        if e.failure is None and e.facts.get("key") != manager._cell_key(cfg, venv):
+            e.failure = "the pack's launch changed since the early start (its config or venv)"
+        if e.failure is None:
+            cell = AdoptedCell(cfg["name"], e)
+            cell.key = e.facts["key"]
+            try:
+                await cell.start([], {})
+                report.update(state="adopted", start_s=time.perf_counter() - e.t0)
+            except Exception as err:  # noqa: BLE001 - reported; the ordinary start follows
+                await cell.stop(grace=0.5)
+                e.failure, cell = f"{type(err).__name__}: {err}", None
+        if e.failure is not None:
+            e.kill()
+            log.warning("early start of %s failed (it starts now): %s", e.what, e.failure)
+            report.update(state="failed", why=e.failure)
+        report["waited_s"] = time.perf_counter() - t0
+        self.early_report[cfg["name"]] = report
+        return cell
+
+    async def _adopt_early(self, manager: "ExtensionManager", loop: asyncio.AbstractEventLoop) -> None:
+        """Make the early starts app cells of this loop (waiting for their zygotes); one that failed
+        is logged with the reason (the first pack that needs it starts the cell itself)."""
+        while self.early:
+            await self._adopt_next(manager, loop)
+
+    async def _adopt_next(self, manager: "ExtensionManager", loop: asyncio.AbstractEventLoop) -> None:
+        """Adopt the next early start (see :meth:`_adopt_early`)."""
+        from ._early import AdoptedCell
+
+        if self.early:
+            e = self.early.pop(0)
+            t0 = time.perf_counter()
+            await loop.run_in_executor(None, e.join)
+            report: Dict[str, Any] = {"pack": e.facts.get("pack"), "what": e.what}
+            if e.failure is None:
+                cell = AdoptedCell(e.name, e)
+                cell.key = e.name
+                try:
+                    await cell.start([], {})
+                except Exception as err:  # noqa: BLE001 - reported; the ordinary start follows
+                    await cell.stop(grace=0.5)
+                    e.failure = f"{type(err).__name__}: {err}"
+                else:
+                    ac = AppCell(cell, e.facts["shape"], e.facts["venv"], e.facts["preload"])
+                    ac.start_s = time.perf_counter() - e.t0
+                    ac.early = True
+                    self.cells.append(ac)
+                    manager._warm[e.name] = (cell, e.facts["venv"])
+                    report.update(state="adopted", start_s=ac.start_s)
+            if e.not_needed is not None:
+                self.early_report[e.name] = {"what": e.what, "state": "not needed", "why": e.not_needed}
+                return
+            if e.failure is not None:
+                e.kill()
+                log.warning("early start of %s failed (it starts when the first pack needs it): %s",
+                            e.what, e.failure)
+                report.update(state="failed", why=e.failure)
+            report["waited_s"] = time.perf_counter() - t0
+            self.early_report[e.name] = report
+
+    def drop_early(self, why: str) -> None:
+        """End the early starts not adopted yet (they no longer fit the host), saying why."""
+        for key, e in [(e.name, e) for e in self.early] + list(self.early_own.items()):
+            e.kill()
+            log.warning("early start of %s not used: %s (it starts when a pack needs it)", e.what, why)
+            self.early_report[key] = {"pack": e.facts.get("pack"), "what": e.what, "state": "failed", "why": why}
+        self.early, self.early_own = [], {}
+
+    # -- prewarm on the loop -------------------------------------------------------------------
 
     async def prewarm(self, manager: "ExtensionManager", cfg: ExtensionConfig,
                       siblings: Optional[List[ExtensionConfig]] = None) -> None:
@@ -483,6 +679,8 @@ class AppCells:
         venv = await loop.run_in_executor(None, manager._provision, cfg)
         argv, host_env = manager._launch_argv(cfg, venv)
         async with self._lock(loop):
+            if self.early:
+                await self._adopt_next(manager, loop)
             if any(c.alive and c.cell.loop is loop for c in self.cells):
                 return
             t0 = time.perf_counter()
@@ -493,8 +691,8 @@ class AppCells:
                      configs: Callable[[], List[ExtensionConfig]]) -> Optional["asyncio.Task[None]"]:
         """Start an app cell in the background on the running loop (None: no loop runs), shaped
         for the pack with the fewest dependencies among ``configs()`` (the packs that may join,
-        read on the loop): the host app goes on starting meanwhile, and its first pack waits at
-        most for what is left.
+        read on the loop), or adopt the early starts (:meth:`start_early`) where there are: the
+        host app goes on starting meanwhile, and its first pack waits at most for what is left.
         A failure is logged; the first pack then starts the app cell itself."""
         try:
             loop = asyncio.get_running_loop()
@@ -503,6 +701,11 @@ class AppCells:
 
         async def run() -> None:
             try:
+                if self.early:  # the first early start (later ones when a pack needs them)
+                    manager._loop = manager._loop or loop
+                    async with self._lock(loop):
+                        await self._adopt_next(manager, loop)
+                    return
                 cfgs = configs()
                 cands = [c for c in cfgs if c["isolated"] and c["sandbox_mode"] is not SandboxMode.DISABLED]
                 if cands:
@@ -522,7 +725,11 @@ class AppCells:
             await asyncio.shield(self._prewarm)
 
     async def close(self) -> None:
-        """Cancel a background start still running (the host is stopping)."""
+        """Cancel a background start still running (the host is stopping); end early starts
+        nobody adopted."""
+        for e in self.early + list(self.early_own.values()):
+            e.kill()
+        self.early, self.early_own = [], {}
         t, self._prewarm = self._prewarm, None
         if t is not None and not t.done():
             t.cancel()

@@ -162,6 +162,9 @@ class ExtensionManager(Generic[T]):
             view = await self._app_cells.take(self, cfg, venv)
             if view is not None:  # forked from a shared app cell's zygote
                 return view, venv
+            early = await self._app_cells.adopt_own(self, cfg, venv)
+            if early is not None:  # its own cell, started early (nodecell.studio.prestart)
+                return early, venv
             return await self._start_cell_for(cfg, venv)
         if self._warm:
             loop = asyncio.get_running_loop()

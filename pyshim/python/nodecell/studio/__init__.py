@@ -35,8 +35,10 @@ from . import apps
 from ._ext import StudioContext, StudioExtension
 from .apps import AppProfile
 from .loader import StudioHost, default_host, load_custom_node
+from .early import prestart, prestarted
 from .proxies import is_proxy, make_proxy
 from .workflow import NodeExecutionError, NodeRecord, WorkflowResult, run_workflow
 
 __all__ = ["StudioHost", "load_custom_node", "run_workflow", "NodeExecutionError", "NodeRecord", "WorkflowResult",
-           "StudioExtension", "StudioContext", "AppProfile", "apps", "default_host", "make_proxy", "is_proxy"]
+           "StudioExtension", "StudioContext", "AppProfile", "apps", "default_host", "make_proxy", "is_proxy",
+           "prestart", "prestarted"]

@@ -152,6 +152,12 @@ class StudioHost:
         self._refreshing: Dict[str, asyncio.Lock] = {}
         self._pack_dirs: Dict[str, str] = {}
         self._app_requirements: Optional[List[str]] = None
+        self._requirements_settled = False
+        #: Pack name -> its kind of venv, as :meth:`prestart` sorted the packs (``{dist: version}``
+        #: where its venv differs from the host; ``{}`` for the host's versions).
+        self.kinds: Dict[str, Dict[str, str]] = {}
+        #: The shared requirements :meth:`prestart` started the app cells with.
+        self.prestart_list: List[str] = []
         #: Pack name -> the host folder of its app layer (see :meth:`_app_layer`), for the packs
         #: that have one: every isolated pack without an app cell, and the packs an app cell
         #: sent to a cell of their own because their import wrote under the app's tree.
@@ -383,14 +389,78 @@ class StudioHost:
     def app_requirements(self) -> List[str]:
         """The app's own requirements (names), shared from the host into every pack venv: its
         requirements file, and the distributions of the modules the app process has imported (a
-        requirement it imports without listing it, such as ComfyUI's ``requests``)."""
+        requirement it imports without listing it, such as ComfyUI's ``requests``).
+
+        Before the app has booted (:meth:`prestart`: its modules not imported yet) the list
+        also has what the booted app imported the last time (``<state root>/app-requirements.json``);
+        once it has booted the list is made again, remembered there for the next start, and
+        early starts made with a shorter list are dropped (their venvs lack what the app shares)."""
         if self.profile is None or self.profile.root is None:
             return []
-        if self._app_requirements is None:
+        booted = all(m in sys.modules for m in self.profile.markers)
+        if self._app_requirements is None or (booted and not self._requirements_settled):
             names = list(_nodecell.requirement_names(os.path.join(self.profile.root,
                                                                   self.profile.requirements_file)))
-            self._app_requirements = list(dict.fromkeys(names + _imported_distributions()))
+            before = list(self._app_requirements or [])
+            extra = set(_imported_distributions()) | (set(before) if booted else set(self._remembered_requirements()))
+            self._app_requirements = list(dict.fromkeys(names + sorted(extra - set(names))))
+            if booted:
+                self._requirements_settled = True
+                self._settled_requirements(before)
         return list(self._app_requirements)
+
+    def _requirements_record(self) -> str:
+        return os.path.join(self.state or _state.state_root(), "app-requirements.json")
+
+    def _remembered_requirements(self) -> List[str]:
+        """What the booted app shared the last time (same app folder and interpreter), or []."""
+        if self.state is False or self.profile is None:
+            return []
+        try:
+            fd = os.open(self._requirements_record(), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                rec = json.loads(f.read(1 << 20))
+        except (OSError, ValueError):
+            return []
+        if not isinstance(rec, dict) or rec.get("app_root") != os.path.abspath(str(self.profile.root)) or \
+                rec.get("python") != sys.executable:
+            return []
+        names = rec.get("names")
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+    def _settled_requirements(self, before: List[str]) -> None:
+        """The app has booted: remember its list; drop early starts made with less."""
+        assert self.profile is not None and self._app_requirements is not None
+        now = self._app_requirements
+        cells = self.manager._app_cells
+        missing = sorted(set(now) - set(before))
+        if before and missing and cells is not None and (cells.early or cells.early_own):
+            cells.drop_early(f"the app imported {', '.join(missing)} after its prestart (shared into the packs' "
+                             f"venvs; remembered in {self._requirements_record()} for its next start)")
+        if self.state is False or sorted(now) == sorted(self._remembered_requirements()):
+            return
+        path = self._requirements_record()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"app_root": os.path.abspath(str(self.profile.root)), "python": sys.executable,
+                           "names": now}, f)
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot remember the app's shared requirements (%s): %s", path, e)
+
+    def prestart(self, packs_dir: Optional[str] = None, packs: Optional[Iterable[str]] = None) -> List[Any]:
+        """Start this host's app cells now, one per kind of the isolated packs in ``packs_dir``
+        (default: the app's ``custom_nodes``; ``packs``: only these pack folders), and the own
+        cells of the packs it remembers needing one, with no event loop needed: from the app's
+        prestartup script, while the app boots (see :mod:`nodecell.studio.early`; the function
+        :func:`nodecell.studio.prestart` also makes the host). The packs' loads later adopt
+        them. Returns the early launches (``nodecell._early.EarlyLaunch``)."""
+        from .early import start_app_cells
+
+        return start_app_cells(self, packs_dir, packs)
 
     def _cli_args(self) -> Dict[str, Any]:
         p = self.profile

@@ -1,0 +1,234 @@
+"""App cells started early (nodecell.studio.prestart), as from a ComfyUI prestartup script.
+
+``studio.prestart`` runs with no event loop in the calling thread (as in ComfyUI's prestartup
+step); it sorts the packs into kinds by the versions their venvs give the app's shared
+distributions and launches one app cell per kind on threads. The packs' loads, later, on the
+host's loop, adopt those cells: the first pack forks from the early cell (no other cell is
+started), a pack pinning numpy 1.26 forks from the early cell of its kind, and an early start
+that died is reported with its reason while the first pack starts the app cell itself.
+Real sandboxes, real venvs, real torch (the stand-in app, tests/fixtures/studio_app)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from studio_support import FIXTURES, forget_app, world_readable_copy
+
+pytest_plugins = ["studio_fixtures"]
+
+PACKS = ("NC-Showcase", "NC-Entry")
+NP1_INIT = '''
+import numpy
+
+
+class NumpyVersion:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+    CATEGORY = "np1"
+
+    def run(self):
+        return (numpy.__version__,)
+
+
+NODE_CLASS_MAPPINGS = {"NP1 Early Version": NumpyVersion}
+'''
+NP1_MANIFEST = "name: nc-numpy1\nversion: 0.1.0\nisolated: true\nshare_torch: true\ndependencies:\n  - numpy==1.26.4\n"
+PRELOAD = ["nodes", "server", "numpy"]
+
+
+@pytest.fixture(scope="module")
+def app(aloop, studio_venv_root):
+    d = Path(tempfile.mkdtemp(prefix="nodecell-prestart-", dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    root = world_readable_copy(FIXTURES / "studio_app", d / "ComfyUI")
+    for p in PACKS + ("NC-WebExt",):
+        world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
+    np1 = root / "custom_nodes" / "NC-Numpy1"
+    np1.mkdir(mode=0o755)
+    os.chmod(np1, 0o755)
+    (np1 / "__init__.py").write_text(NP1_INIT)
+    (np1 / "manifest.yaml").write_text(NP1_MANIFEST)
+    for f in np1.iterdir():
+        os.chmod(f, 0o644)
+    for sub in ("output", "temp", "input", "user"):
+        (root / sub).mkdir(mode=0o755)
+        os.chmod(root / sub, 0o755)
+    sys.path.insert(0, str(root))
+    import utils  # noqa: F401 - first, as the app's main.py
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    # The app is imported before the prestart here: the shared requirements are then final at
+    # once, whatever this test process imported before (a real app's later imports are the
+    # realpacks run's and the loader example's case: remembered in <state>/app-requirements.json).
+    import nodes  # noqa: F401
+    import server  # noqa: F401
+
+    class App:
+        pass
+
+    a = App()
+    a.root, a.aloop, a.dir, a.venvs = root, aloop, d, studio_venv_root
+    yield a
+    forget_app(root)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _prestart(app, state: str, packs=None):
+    from nodecell import studio
+    from nodecell.studio import early as ps
+
+    ps._forget()
+    return studio.prestart(str(app.root / "custom_nodes"), packs=packs, app_root=str(app.root),
+                           venv_root_path=str(app.venvs), state=state, app_preload=PRELOAD)
+
+
+def test_the_first_pack_forks_from_the_app_cell_started_at_prestart(app):
+    import asyncio
+
+    import nodes
+    from nodecell import studio
+    from nodecell._early import AdoptedCell
+    from nodecell.appcell import PackView
+    from nodecell.studio import early as ps
+
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()  # as in the app's prestartup step: no event loop here
+    state = str(app.dir / "state-1")
+    host = _prestart(app, state, packs=[str(app.root / "custom_nodes" / p) for p in PACKS + ("NC-Numpy1",)])
+    cells = host.manager._app_cells
+    early = list(cells.early)
+    assert len(early) == 2  # one per kind, at most AppCells.max_cells
+    assert all(e.join(600) for e in early)
+    assert [e.failure for e in early] == [None, None], [e.failure for e in early]
+    assert host.kinds == {"nc-entry": {}, "nc-showcase": {}, "nc-numpy1": {"numpy": "1.26.4"}}, host.kinds
+    # the second kind's launcher started only once the first kind's zygote was ready
+    assert early[0].facts["pack"] in ("nc-entry", "nc-showcase") and early[1].facts["pack"] == "nc-numpy1"
+
+    async def load():
+        again = studio.prestart(str(app.root / "custom_nodes"), app_root=str(app.root), venv_root_path=str(app.venvs),
+                                state=state, app_preload=PRELOAD,
+                                packs=[str(app.root / "custom_nodes" / p) for p in PACKS + ("NC-Numpy1",)])
+        assert again is host
+        names = {}
+        for p in PACKS + ("NC-Numpy1",):
+            names[p] = await host.load_custom_node(str(app.root / "custom_nodes" / p), nodes.NODE_CLASS_MAPPINGS,
+                                                   nodes.NODE_DISPLAY_NAME_MAPPINGS)
+        node = nodes.NODE_CLASS_MAPPINGS["NP1 Early Version"]
+        return names, await getattr(node(), node.FUNCTION)()
+
+    names = {}
+    try:
+        names, np_version = app.aloop.run(load())
+        assert "NP1 Early Version" in names["NC-Numpy1"]
+        # No cell was started by the loads: the two early cells, adopted, are all there is.
+        assert [type(ac.cell) for ac in cells.cells] == [AdoptedCell, AdoptedCell]
+        assert all(ac.early for ac in cells.cells) and cells.own_cell == {}, cells.own_cell
+        assert sorted(r["state"] for r in cells.early_report.values()) == ["adopted", "adopted"], cells.early_report
+        first, second = cells.cells
+        show, entry, np1 = (host.packs[n] for n in ("nc-showcase", "nc-entry", "nc-numpy1"))
+        assert all(isinstance(x._cell, PackView) for x in (show, entry, np1))
+        assert show._cell._app is first and entry._cell._app is first and np1._cell._app is second
+        assert set(first.views) == {"nc-showcase", "nc-entry"} and set(second.views) == {"nc-numpy1"}
+        assert show.worker_versions["numpy"].startswith("2.") and np_version == ("1.26.4",)
+        assert second.cell.zygote_info["preloaded"] and not second.cell.zygote_info["errors"]
+        # the app's shared requirements, remembered for the next start's prestart
+        assert Path(state, "app-requirements.json").is_file()
+    finally:
+        app.aloop.run(host.stop())
+        ps._forget()
+        for ns in names.values():
+            for n in ns:
+                nodes.NODE_CLASS_MAPPINGS.pop(n, None)
+
+
+def test_a_failed_early_start_is_reported_and_the_first_pack_starts_the_app_cell(app, caplog):
+    import nodes
+    from nodecell._early import AdoptedCell
+    from nodecell.appcell import PackView
+    from nodecell.studio import early as ps
+
+    host = _prestart(app, str(app.dir / "state-2"), packs=[str(app.root / "custom_nodes" / "NC-Entry")])
+    cells = host.manager._app_cells
+    first, second = cells.early
+    assert first.join(600) and first.failure is None, first.failure
+    first.popen.kill()  # the early sandbox dies before the host adopts it
+    first.popen.wait()
+    assert second.join(60) and second.not_needed is not None  # one kind of pack: one early cell
+
+    async def load():
+        return await host.load_custom_node(str(app.root / "custom_nodes" / "NC-Entry"), nodes.NODE_CLASS_MAPPINGS,
+                                           nodes.NODE_DISPLAY_NAME_MAPPINGS)
+
+    names = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="nodecell"):
+            names = app.aloop.run(load())
+        assert names
+        report = cells.early_report[first.name]
+        assert report["state"] == "failed" and "before it was ready" in report["why"], report
+        assert any("early start of app cell 1" in r.getMessage() and "failed" in r.getMessage()
+                   and r.levelno == logging.WARNING for r in caplog.records), caplog.text
+        entry = host.packs["nc-entry"]
+        assert isinstance(entry._cell, PackView)
+        (ac,) = cells.cells
+        assert entry._cell._app is ac and not ac.early and not isinstance(ac.cell, AdoptedCell)
+        assert entry.worker_versions["numpy"].startswith("2.")
+    finally:
+        app.aloop.run(host.stop())
+        ps._forget()
+        for n in names:
+            nodes.NODE_CLASS_MAPPINGS.pop(n, None)
+
+
+def test_a_pack_known_to_need_its_own_cell_gets_it_started_at_prestart(app):
+    """An earlier host recorded that NC-WebExt's import writes under the app's tree (it then
+    needs a cell of its own, with an app layer): the prestart starts that cell too, and the
+    pack's load adopts it instead of starting one."""
+    import json
+
+    import nodes
+    from nodecell._early import AdoptedCell
+    from nodecell.appcell import PackView
+    from nodecell.studio import early as ps
+
+    state = app.dir / "state-3"
+    (state / "own-cell").mkdir(parents=True, mode=0o700)
+    why = "its import wrote under the app's tree (an earlier host)"
+    (state / "own-cell" / "nc-webext.json").write_text(json.dumps({"why": why}))
+    host = _prestart(app, str(state), packs=[str(app.root / "custom_nodes" / "NC-WebExt")])
+    cells = host.manager._app_cells
+    assert cells.early == [] and list(cells.early_own) == ["nc-webext"]  # no app cell: no pack for one
+    assert cells.early_own["nc-webext"].join(600) and cells.early_own["nc-webext"].failure is None
+
+    async def load():
+        mappings = {}
+        names = await host.load_custom_node(str(app.root / "custom_nodes" / "NC-WebExt"), mappings, {})
+        node = mappings["NCWebExtDir"]
+        return names, await getattr(node(), node.FUNCTION)(name="early")
+
+    try:
+        names, out = app.aloop.run(load())
+        assert sorted(names) == ["NCWebExtAppView", "NCWebExtDir"] and "early" in out[0].split(), out
+        ext = host.packs["nc-webext"]
+        assert isinstance(ext._cell, AdoptedCell) and not isinstance(ext._cell, PackView)
+        assert cells.early_report["nc-webext"]["state"] == "adopted", cells.early_report
+        assert host.own_app_layer["nc-webext"] == why and cells.cells == []
+        layer = Path(host.app_layers["nc-webext"])
+        assert "early" in os.listdir(layer / "web" / "extensions" / "ncwebext")
+        assert not (app.root / "web").exists()
+    finally:
+        app.aloop.run(host.stop())
+        ps._forget()
+        for n in ("NCWebExtAppView", "NCWebExtDir"):
+            nodes.NODE_CLASS_MAPPINGS.pop(n, None)
