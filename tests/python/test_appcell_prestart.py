@@ -232,3 +232,67 @@ def test_a_pack_known_to_need_its_own_cell_gets_it_started_at_prestart(app):
         ps._forget()
         for n in ("NCWebExtAppView", "NCWebExtDir"):
             nodes.NODE_CLASS_MAPPINGS.pop(n, None)
+
+
+FRESH_START = r'''
+import asyncio, json, sys
+root, state, venvs = sys.argv[1:4]
+sys.path.insert(0, root)
+import utils  # noqa: F401 - as the app's main.py: its command line and folders first
+import comfy.cli_args  # noqa: F401
+import folder_paths  # noqa: F401
+from nodecell import studio
+
+args = dict(app_root=root, venv_root_path=venvs, state=state, app_preload=["nodes", "server"],
+            packs=[root + "/custom_nodes/NC-Entry"])
+studio.prestart(root + "/custom_nodes", **args)  # the prestartup step: before the app imports torch
+import nodes  # the app boots: torch and the rest
+import server  # noqa: F401
+
+
+async def main():
+    host = studio.prestart(root + "/custom_nodes", **args)
+    try:
+        names = await host.load_custom_node(root + "/custom_nodes/NC-Entry", nodes.NODE_CLASS_MAPPINGS, {})
+        cells = host.manager._app_cells
+        return {"names": names, "early": {k: {"state": v["state"], "why": v.get("why", "")}
+                                          for k, v in cells.early_report.items()},
+                "cells": [{"early": ac.early, "packs": sorted(ac.views)} for ac in cells.cells]}
+    finally:
+        await host.stop()
+
+print("RESULT " + json.dumps(asyncio.run(main())))
+'''
+
+
+def test_the_first_start_drops_the_early_cells_and_the_next_start_uses_them(app, tmp_path):
+    """Fresh app processes, as ComfyUI's: the prestart runs before the app imports torch, so the
+    distributions the booted app shares into the packs' venvs are not all known then. The first
+    start (no record) drops its early cell, saying why, and its first pack starts the app cell;
+    it remembers the booted app's list, and the next start's early cell is the one its first
+    pack forks from."""
+    import json
+    import subprocess
+
+    script = tmp_path / "start.py"
+    script.write_text(FRESH_START)
+    state = app.dir / "state-4"
+
+    def start():
+        out = subprocess.run([sys.executable, str(script), str(app.root), str(state), str(app.venvs)],
+                             capture_output=True, text=True, timeout=600, cwd=str(app.root))
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        assert out.returncode == 0 and line, out.stdout[-3000:] + out.stderr[-3000:]
+        return json.loads(line[-1][len("RESULT "):]), out.stderr
+
+    first, log = start()
+    assert first["early"] and all(v["state"] == "failed" and "after its prestart" in v["why"]
+                                  for v in first["early"].values()), first
+    assert "not used" in log and "after its prestart" in log, log[-3000:]
+    assert first["cells"] == [{"early": False, "packs": ["nc-entry"]}] and first["names"], first
+    assert (state / "app-requirements.json").is_file()
+
+    second, _ = start()
+    (early,) = [v for v in second["early"].values() if v["state"] != "not needed"]
+    assert early["state"] == "adopted", second
+    assert second["cells"] == [{"early": True, "packs": ["nc-entry"]}] and second["names"], second

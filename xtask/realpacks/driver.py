@@ -320,6 +320,11 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001
                 answers[path] = {"status": None, "error": f"{type(e).__name__}: {e}"}
         rec["route_answers"] = answers
+    if host is not None:
+        for name, rec in result["packs"].items():
+            ext = ext_of(host, name)
+            rec["worker_memory"] = [proc_memory(_host_pid(w.pidfd)) for w in getattr(ext, "_workers", [])
+                                    if w.alive and w.pidfd >= 0]
     if host is not None and host.manager._app_cells is not None:
         cells = host.manager._app_cells
         result["early_starts"] = cells.early_report  # what became of the prestart's app cells
@@ -357,25 +362,33 @@ def main() -> None:
 
 
 def cell_memory(ac: Any) -> Dict[str, Any]:
-    """The app cell's zygote's memory (kB, from /proc/<pid>/smaps_rollup on the host): Rss, Pss,
-    and unique (Private_Clean + Private_Dirty): what a second zygote costs."""
+    """The app cell's zygote's memory (:func:`proc_memory`): its anonymous memory is what a
+    second zygote costs."""
     try:
         pid = None
         for w in ac.cell.workers.values():  # a worker's parent is the zygote
             if w.pidfd >= 0:
                 pid = _host_pid(w.pidfd)
                 break
-        zpid = _parent(pid) if pid else _zygote_of_launcher(ac.cell.proc.pid)
-        out: Dict[str, Any] = {"pid": zpid}
-        with open(f"/proc/{zpid}/smaps_rollup") as f:
+        return proc_memory(_parent(pid) if pid else _zygote_of_launcher(ac.cell.proc.pid))
+    except Exception as e:  # noqa: BLE001 - a measurement, not a result
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def proc_memory(pid: int) -> Dict[str, Any]:
+    """A process's memory (kB, /proc/<pid>/smaps_rollup): Rss, Pss, Anonymous and unique
+    (Uss: Private_Clean + Private_Dirty)."""
+    out: Dict[str, Any] = {"pid": pid}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
                 k, _, v = line.partition(":")
                 if k in ("Rss", "Pss", "Private_Clean", "Private_Dirty", "Anonymous"):
                     out[k] = int(v.split()[0])
-        out["Uss"] = out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)
-        return out
-    except Exception as e:  # noqa: BLE001 - a measurement, not a result
-        return {"error": f"{type(e).__name__}: {e}"}
+    except OSError as e:
+        out["error"] = str(e)
+    out["Uss"] = out.get("Private_Clean", 0) + out.get("Private_Dirty", 0)
+    return out
 
 
 def _host_pid(pidfd: int) -> int:
