@@ -268,3 +268,14 @@ class AdoptedCell(_Cell):
             self.loop.create_task(self._wait_exit()),
         ]
         await self.ready
+
+    def kill_now(self, grace: float = 2.0) -> None:
+        """:meth:`~nodecell.cell._Cell.kill_now`, then reap the launcher (no child watcher
+        knows it: it was started before the loop)."""
+        super().kill_now(grace)
+        p = self._early.popen
+        if p is not None:
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass

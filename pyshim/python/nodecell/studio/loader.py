@@ -81,6 +81,9 @@ class StudioHost:
     is made inside a running event loop (the app's packs folder tells its shape); a
     pack then loads by fork + import and is walled off from the others in its own
     uid and Landlock domain (``pack-separation`` in its walls; see :mod:`nodecell.appcell`).
+    :meth:`prestart` (or :func:`nodecell.studio.prestart`, from the app's prestartup script)
+    starts the app cells, one per kind of pack venv, before the app imports torch, with no
+    event loop: the packs' loads adopt them.
     ``app_preload`` also goes to the zygotes of packs' own cells (a pack whose manifest names
     no ``preload``), so their restarts too are forks that do not import the app again.
     A pack in a cell of its own has an **app layer** (:meth:`_app_layer`): a folder of its
