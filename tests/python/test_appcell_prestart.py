@@ -235,7 +235,8 @@ def test_a_pack_known_to_need_its_own_cell_gets_it_started_at_prestart(app):
 
 
 FRESH_START = r'''
-import asyncio, json, sys
+import asyncio, json, logging, sys
+logging.basicConfig(level=logging.INFO)  # as the app's own logging
 root, state, venvs = sys.argv[1:4]
 sys.path.insert(0, root)
 import utils  # noqa: F401 - as the app's main.py: its command line and folders first
@@ -265,12 +266,13 @@ print("RESULT " + json.dumps(asyncio.run(main())))
 '''
 
 
-def test_the_first_start_drops_the_early_cells_and_the_next_start_uses_them(app, tmp_path):
+def test_early_cells_start_from_the_second_start_and_are_dropped_when_the_app_imports_more(app, tmp_path):
     """Fresh app processes, as ComfyUI's: the prestart runs before the app imports torch, so the
-    distributions the booted app shares into the packs' venvs are not all known then. The first
-    start (no record) drops its early cell, saying why, and its first pack starts the app cell;
-    it remembers the booted app's list, and the next start's early cell is the one its first
-    pack forks from."""
+    distributions the booted app shares into the packs' venvs are not known then. The first
+    start (no record) starts nothing early and says so; its first pack starts the app cell, and
+    the host remembers the booted app's list. The next start's early cell is the one its first
+    pack forks from. When the booted app imports more than the remembered list (an app
+    updated since), the early cell is dropped, saying why, and the first pack starts one."""
     import json
     import subprocess
 
@@ -286,13 +288,24 @@ def test_the_first_start_drops_the_early_cells_and_the_next_start_uses_them(app,
         return json.loads(line[-1][len("RESULT "):]), out.stderr
 
     first, log = start()
-    assert first["early"] and all(v["state"] == "failed" and "after its prestart" in v["why"]
-                                  for v in first["early"].values()), first
-    assert "not used" in log and "after its prestart" in log, log[-3000:]
+    assert first["early"] == {} and "the app's first start here" in log, log[-3000:]
     assert first["cells"] == [{"early": False, "packs": ["nc-entry"]}] and first["names"], first
-    assert (state / "app-requirements.json").is_file()
+    record = state / "app-requirements.json"
+    names = json.loads(record.read_text())["names"]
+    assert {"torch", "numpy"} <= set(names), names
 
     second, _ = start()
     (early,) = [v for v in second["early"].values() if v["state"] != "not needed"]
     assert early["state"] == "adopted", second
     assert second["cells"] == [{"early": True, "packs": ["nc-entry"]}] and second["names"], second
+
+    # The app imports more than it did: what torch pulls in is missing from the record.
+    rec = json.loads(record.read_text())
+    rec["names"] = [n for n in names if n not in ("typing-extensions", "filelock", "sympy", "mpmath")]
+    assert rec["names"] != names
+    record.write_text(json.dumps(rec))
+    third, log = start()
+    assert third["early"] and all(v["state"] == "failed" and "after its prestart" in v["why"]
+                                  for v in third["early"].values()), third
+    assert "not used" in log and "after its prestart" in log, log[-3000:]
+    assert third["cells"] == [{"early": False, "packs": ["nc-entry"]}] and third["names"], third

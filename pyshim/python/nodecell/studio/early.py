@@ -16,11 +16,12 @@ it), the host's loop adopts those cells: the first pack only forks.
 
 What the app will import is only known once it has booted, and the packs' venvs share
 those distributions from the host: the host remembers the list in ``<state
-root>/app-requirements.json`` for the next start. An early start made with a shorter
-list than the booted app's (the very first start) is not used: the log says why and the
-first pack starts the app cell as without :func:`prestart`. Any other failure of an
-early start (provisioning, the launcher, a zygote that dies) is logged with the reason
-and the cell is started when the first pack needs it.
+root>/app-requirements.json`` for the next start. On the app's first start there is no
+such list: nothing is started early (the log says so) and the first pack starts the
+app cell as without :func:`prestart`. An early start made with a shorter list than the
+booted app's (the app imports more than the last time) is not used: the log says why.
+Any other failure of an early start (provisioning, the launcher, a zygote that dies) is
+logged with the reason and the cell is started when the first pack needs it.
 """
 
 from __future__ import annotations
@@ -188,6 +189,13 @@ def start_app_cells(host: "StudioHost", packs_dir: Optional[str], packs: Optiona
         packs_dir = os.path.join(p.root, "custom_nodes")
     if not os.path.isdir(packs_dir):
         raise ConfigError("packs_dir", f"not a folder: {packs_dir}")
+    booted = p is not None and all(m in sys.modules for m in p.markers)
+    if not booted and not host._remembered_requirements():
+        # The venvs share what the booted app imports: not known before its first boot. Early
+        # cells made now would be dropped once it has booted (and their venvs made twice).
+        log.info("prestart: the app's first start here (no %s yet): its cells start with the first "
+                 "packs; from its next start on, with the app", host._requirements_record())
+        return []
     host.prestart_list = host.app_requirements()
     configs = host._configs_in(packs_dir)
     if packs is not None:
