@@ -10,8 +10,11 @@
 //! table compares, per pack: loads, `/object_info` of every node (over the
 //! app's HTTP server), the outputs of every node whose inputs can be made up,
 //! executed through the app's own `validate_prompt` + `PromptExecutor`, the
-//! GET routes the pack registered (over HTTP), and load times. Results:
-//! `target/realpacks/{direct,isolated}.json`, `report.json`, `table.md`.
+//! GET routes the pack registered (over HTTP), and load times. With
+//! `--app-cell` the isolated side's cells start from a prestartup script the
+//! app's own `main.py` runs before it imports torch (`nodecell.studio.prestart`,
+//! `xtask/realpacks/prestart/`), as `examples/comfyui/nodecell-loader` does.
+//! Results: `target/realpacks/{direct,isolated}.json`, `report.json`, `table.md`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

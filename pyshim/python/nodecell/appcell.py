@@ -549,8 +549,8 @@ class AppCells:
         """Start an app cell shaped for ``target`` (an :class:`~nodecell.ExtensionConfig`, or an
         object whose ``resolve()`` gives one on the launch thread, or raises
         :class:`nodecell._early.EarlyNotNeeded`) and ``siblings`` now, without an event loop: its
-        venv is provisioned and its launcher started on a thread of its own (an earlier early
-        cells start side by side); the first :meth:`take` on the host's loop adopts it.
+        venv is provisioned and its launcher started on a thread of its own (several early cells
+        start side by side); the first :meth:`take` on the host's loop that needs it adopts it.
         Returns the :class:`nodecell._early.EarlyLaunch`; a failure is logged with the reason and
         the cell is then started the ordinary way."""
         from ._early import EarlyLaunch
@@ -616,14 +616,9 @@ class AppCells:
         self.early_report[cfg["name"]] = report
         return cell
 
-    async def _adopt_early(self, manager: "ExtensionManager", loop: asyncio.AbstractEventLoop) -> None:
-        """Make the early starts app cells of this loop (waiting for their zygotes); one that failed
-        is logged with the reason (the first pack that needs it starts the cell itself)."""
-        while self.early:
-            await self._adopt_next(manager, loop)
-
     async def _adopt_next(self, manager: "ExtensionManager", loop: asyncio.AbstractEventLoop) -> None:
-        """Adopt the next early start (see :meth:`_adopt_early`)."""
+        """Make the next early start an app cell of this loop (waiting for its zygote); one that
+        failed is logged with the reason (the first pack that needs it starts the cell itself)."""
         from ._early import AdoptedCell
 
         if self.early:
