@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 
 import numpy as np
 import pytest
@@ -416,7 +417,8 @@ def test_live_results_never_share_a_reused_arena(aloop, np_ext, basic_ext):
 def test_a_repointed_tensor_frees_its_private_storage_off_the_call(aloop, basic_ext, nc):
     """The first send of a fresh private tensor copies it into a pooled arena and
     re-points it; its old 64 MiB storage is unmapped afterwards by the nodecell-free
-    thread (an idle-priority thread, not during the call), and the tensor keeps its values."""
+    thread (once no other send queued a storage for a moment, not during the call), and
+    the tensor keeps its values."""
     n = 16 << 20  # 64 MiB of float32: above glibc's mmap threshold, so freeing unmaps it
     t = torch.full((n,), 3.0)
     p0 = t.data_ptr()
@@ -434,15 +436,15 @@ def test_a_repointed_tensor_frees_its_private_storage_off_the_call(aloop, basic_
     back = aloop.run(basic_ext.echo(t))
     assert nc.is_shared(t) and t.data_ptr() != p0
     assert back.data_ptr() == t.data_ptr() and float(back[-1]) == 3.0 and float(t.sum()) == 3.0 * n
-    for _ in range(100):  # the free runs on another thread: allow it a moment
-        if mapping_of(p0) != old:
-            break
-        aloop.run(basic_ext.noop())
-    assert mapping_of(p0) != old, "the replaced private storage was never freed"
-    freers = [th for th in __import__("threading").enumerate() if th.name == "nodecell-free"]
-    assert len(freers) == 1
-    assert os.sched_getscheduler(freers[0].native_id) == os.SCHED_IDLE, \
-        "the frees run only on CPUs nothing else wants"
+    def freed(addr, was):  # the free runs on another thread, after a quiet moment
+        deadline = time.monotonic() + 10
+        while mapping_of(addr) == was and time.monotonic() < deadline:
+            aloop.run(basic_ext.noop())
+            time.sleep(0.005)
+        return mapping_of(addr) != was
+
+    assert freed(p0, old), "the replaced private storage was never freed"
+    assert [th.name for th in __import__("threading").enumerate()].count("nodecell-free") == 1
     # The same under inference mode (ComfyUI runs nodes in it): the tensor made outside
     # it is re-pointed, its old storage freed, nothing raised.
     u = torch.full((n,), 4.0)
@@ -451,11 +453,7 @@ def test_a_repointed_tensor_frees_its_private_storage_off_the_call(aloop, basic_
     with torch.inference_mode():
         assert float(aloop.run(basic_ext.echo(u))[-1]) == 4.0
     assert nc.is_shared(u) and float(u[0]) == 4.0
-    for _ in range(100):
-        if mapping_of(q0) != old_u:
-            break
-        aloop.run(basic_ext.noop())
-    assert mapping_of(q0) != old_u, "the replaced private storage was never freed"
+    assert freed(q0, old_u), "the replaced private storage was never freed"
     # A tensor whose storage another view shares is not re-pointed (nothing to free).
     base = torch.full((1 << 20,), 2.0)
     view, other = base[10:], base[:5]

@@ -17,8 +17,9 @@ descriptor (arena, offset, dtype, shape, strides) in a frame.
   numpy arrays cannot be re-pointed: allocate them with
   ``nodecell.empty(..., kind="numpy")`` to send them without a copy.
   The private storage it leaves is freed on a background thread (``FREE_LATER``
-  bytes and up) that runs only on idle CPUs (``SCHED_IDLE``): unmapping 64 MiB of
-  faulted-in pages costs 3-10 ms, as much as half the copy, and nothing waits for it.
+  bytes and up) once no send queued another for ``FREE_QUIET`` seconds: unmapping
+  64 MiB of faulted-in pages costs 3-10 ms, as much as half the copy, and nothing
+  waits for it.
 * In a worker, outputs are copied into the pool and never re-pointed: the worker's
   code keeps its own tensor, so changing it later never changes what it returned.
   A channel made with ``frozen_outputs`` gets immutable (write-sealed) copies
@@ -59,9 +60,11 @@ _TORCH_ATTR = {name: torch_name for name, _c, _s, _n, torch_name in _nodecell.dt
 #: Private storages at least this large, replaced by an arena on a first send, are
 #: freed on the background thread instead of inline (see ``_free_later``).
 FREE_LATER = 1 << 20
-#: At most this many bytes wait for the idle-priority freer; a storage beyond it is freed
-#: inline (on a machine that is never idle the frees must not pile up).
+#: At most this many bytes wait for the freer; a storage beyond it is freed inline (sends
+#: that never pause must not pile frees up).
 FREE_BACKLOG = 2 << 30
+#: The freer frees what waits once nothing was queued for this many seconds.
+FREE_QUIET = 0.02
 
 _np: Any = None
 _torch: Any = None
@@ -70,39 +73,34 @@ _free_lock = threading.Lock()
 _free_pending = 0  # bytes queued and not yet freed (under _free_lock)
 
 
-def _idle_priority() -> None:
-    """Run this thread only on CPUs nothing else wants (``SCHED_IDLE``; else nice 19)."""
-    import os
-
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread (Linux)
-    except (AttributeError, OSError):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass  # freed at normal priority: only slower calls, nothing wrong
-
-
 def _freer(q: "queue.SimpleQueue[Any]") -> None:
-    # The frees wait for idle CPUs: never on the call's path (the copy's threads, the
-    # peer computing, the reply), but as soon as the host has a CPU to spare.
+    # Frees wait until no storage was queued for FREE_QUIET seconds: the send that
+    # queued one is then (nearly always) answered, so the unmapping does not compete
+    # with its copy, the peer and the reply for the CPUs. (Not a low-priority thread:
+    # it takes the GIL, and one preempted while holding it would stall the host.)
     global _free_pending
-    _idle_priority()
     tm = _torch_mod()
     while True:
-        t, nbytes = q.get()
-        try:
-            # Drops the last reference to the old storage inside a torch op, which
-            # releases the GIL around it: the unmapping runs while Python goes on.
-            # (Inference mode: the holder is an inference tensor when the send ran
-            # under it, as ComfyUI runs nodes, and those take in-place ops only there.)
-            with tm.inference_mode():
-                t.set_()
-        except Exception:  # noqa: BLE001 - freed below in any case
-            pass
-        del t
-        with _free_lock:
-            _free_pending -= nbytes
+        batch = [q.get()]
+        while True:
+            try:
+                batch.append(q.get(timeout=FREE_QUIET))
+            except queue.Empty:
+                break
+        for t, nbytes in batch:
+            try:
+                # Drops the last reference to the old storage inside a torch op, which
+                # releases the GIL around it: the unmapping runs while Python goes on.
+                # (Inference mode: the holder is an inference tensor when the send ran
+                # under it, as ComfyUI runs nodes, and those take in-place ops only there.)
+                with tm.inference_mode():
+                    t.set_()
+            except Exception:  # noqa: BLE001 - freed below in any case
+                pass
+            del t
+            with _free_lock:
+                _free_pending -= nbytes
+        del batch
 
 
 def _free_later(holder: Any, nbytes: int) -> bool:
