@@ -8,8 +8,8 @@
 //! the `error_value` function) goes back as REPLY (ERROR); then it receives the next
 //! frame, without a return to the Python dispatch code. An `async def` method's call
 //! becomes an asyncio Task on the worker's loop (so `asyncio.current_task()`, task
-//! groups and timeouts work in it) whose first step runs right here, in a copy of the
-//! context with `_SERVING` set and the loop set as the running one through the
+//! groups and timeouts work in it) whose first step runs right here, in its copy of the
+//! context (with `_SERVING` set) and with the loop set as the running one through the
 //! loop-implementer hook `asyncio._set_running_loop`; most such calls end in that
 //! step and are answered at once.
 //!
@@ -67,12 +67,11 @@ struct Aio {
     /// Its owner lock's `acquire` / `release`.
     owner_acquire: Py<PyAny>,
     owner_release: Py<PyAny>,
-    /// `hold_next_step` / `take_held_step` (see `_WorkerLoop`).
-    hold: Py<PyAny>,
-    take: Py<PyAny>,
     /// `get_task_factory` / `create_task`.
     task_factory: Py<PyAny>,
     create_task: Py<PyAny>,
+    /// `{"loop": lp}`: the keyword arguments of `asyncio.Task(coro, loop=lp)`.
+    task_kw: Py<PyDict>,
 }
 
 /// What one served call left to do.
@@ -96,7 +95,6 @@ pub struct Dispatcher {
     task_error_value: Py<PyAny>,
     isawaitable: Py<PyAny>,
     wd_wake: Py<PyAny>,
-    copy_context: Py<PyAny>,
     set_running_loop: Py<PyAny>,
     task_type: Py<PyAny>,
     table: Mutex<HashMap<u64, HashMap<String, Entry>>>,
@@ -107,6 +105,7 @@ pub struct Dispatcher {
     watch_idle: AtomicBool,
     idle_since_ns: AtomicU64,
     active_ns: AtomicU64,
+    served: AtomicU64,
     epoch: Instant,
 }
 
@@ -142,7 +141,6 @@ impl Dispatcher {
             task_error_value,
             isawaitable: py.import("inspect")?.getattr("isawaitable")?.unbind(),
             wd_wake: wd_wake.getattr("set")?.unbind(),
-            copy_context: py.import("contextvars")?.getattr("copy_context")?.unbind(),
             // The loop-implementer hook (in asyncio.events.__all__), as _WorkerLoop uses it.
             set_running_loop: asyncio.getattr("_set_running_loop")?.unbind(),
             task_type: asyncio.getattr("Task")?.unbind(),
@@ -154,6 +152,7 @@ impl Dispatcher {
             watch_idle: AtomicBool::new(false),
             idle_since_ns: AtomicU64::new(0),
             active_ns: AtomicU64::new(0),
+            served: AtomicU64::new(0),
             epoch: Instant::now(),
         })
     }
@@ -183,10 +182,13 @@ impl Dispatcher {
             lp: lp.clone().unbind(),
             owner_acquire: owner.getattr("acquire")?.unbind(),
             owner_release: owner.getattr("release")?.unbind(),
-            hold: lp.getattr("hold_next_step")?.unbind(),
-            take: lp.getattr("take_held_step")?.unbind(),
             task_factory: lp.getattr("get_task_factory")?.unbind(),
             create_task: lp.getattr("create_task")?.unbind(),
+            task_kw: {
+                let kw = PyDict::new(lp.py());
+                kw.set_item("loop", lp)?;
+                kw.unbind()
+            },
         };
         *self.aio.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(aio));
         Ok(())
@@ -230,6 +232,12 @@ impl Dispatcher {
         self.watch_idle.store(true, Ordering::Relaxed);
     }
 
+    /// Calls answered here so far (without the Python dispatch code).
+    #[getter]
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
     /// Whether the watchdog sleeps (see `set_watch_idle`).
     #[getter]
     fn watch_idle(&self) -> bool {
@@ -262,6 +270,7 @@ impl Dispatcher {
             if let Step::Python(obj) = out {
                 return Ok(obj);
             }
+            self.served.fetch_add(1, Ordering::Relaxed);
             if !self.rx_acquire.call1(py, (false,))?.is_truthy(py)? {
                 return Ok(PyBool::new(py, true).to_owned().into_any().unbind());
             }
@@ -347,9 +356,15 @@ impl Dispatcher {
         let free = match &aio {
             None => false,
             Some(aio) => {
-                !ep.getattr(intern!(py, "_loop_blocked"))?.is_truthy()?
-                    && !ep.getattr(intern!(py, "_nlive"))?.is_truthy()?
-                    && aio.owner_acquire.call1(py, (false,))?.is_truthy(py)?
+                aio.owner_acquire.call1(py, (false,))?.is_truthy(py)?
+                    && if ep.getattr(intern!(py, "_loop_blocked"))?.is_truthy()?
+                        || ep.getattr(intern!(py, "_nlive"))?.is_truthy()?
+                    {
+                        aio.owner_release.call0(py)?;
+                        false
+                    } else {
+                        true
+                    }
             }
         };
         let Some(aio) = aio.filter(|_| free) else {
@@ -362,6 +377,11 @@ impl Dispatcher {
         let r = self.first_step(py, chan, &aio, id, f, args, kwargs);
         if !matches!(r, Ok(Step::Python(_))) {
             aio.owner_release.call0(py)?;
+            // Work other threads queued on the loop while this one drove it (they found
+            // it taken): drive it now, as `_run_async` does, or nobody would.
+            if ep.getattr(intern!(py, "_queued"))?.is_truthy()? {
+                ep.call_method0(intern!(py, "_drive_if_free"))?;
+            }
         }
         r
     }
@@ -386,21 +406,23 @@ impl Dispatcher {
                 return Ok(Step::Done);
             }
         };
-        let ctx = self.copy_context.bind(py).call0()?;
-        ctx.call_method1(intern!(py, "run"), (&self.serving_set, id))?;
         let lp = aio.lp.bind(py);
-        aio.hold.call0(py)?;
-        let made = (|| {
-            let opts = PyDict::new(py);
-            opts.set_item(intern!(py, "context"), &ctx)?;
-            if aio.task_factory.call0(py)?.is_none(py) {
-                opts.set_item(intern!(py, "loop"), lp)?;
-                self.task_type.bind(py).call((&coro,), Some(&opts))
-            } else {
-                aio.create_task.bind(py).call((&coro,), Some(&opts))
-            }
-        })();
-        let held = aio.take.bind(py).call0()?;
+        // The task's context is a copy of this thread's, with `_SERVING` set to the call.
+        let token = self.serving_set.call1(py, (id,))?;
+        // The task's first step, which `Task()` queues with `call_soon`, is held back
+        // (see `_WorkerLoop.call_soon`) to be run right here.
+        lp.setattr(intern!(py, "_nc_hold"), true)?;
+        let made = if aio.task_factory.call0(py)?.is_none(py) {
+            self.task_type
+                .bind(py)
+                .call((&coro,), Some(aio.task_kw.bind(py)))
+        } else {
+            aio.create_task.bind(py).call1((&coro,))
+        };
+        let held = lp.getattr(intern!(py, "_nc_held"))?;
+        lp.setattr(intern!(py, "_nc_held"), py.None())?;
+        lp.setattr(intern!(py, "_nc_hold"), false)?;
+        self.serving_reset.call1(py, (token,))?;
         let task = match made {
             Ok(t) => t,
             Err(e) => {

@@ -67,6 +67,35 @@ def test_plain_method_returning_an_awaitable_and_calls_in_flight(aloop, basic_ex
     assert got[28:] == [2 * i for i in range(5)]
 
 
+def test_resolved_calls_are_answered_by_the_rust_dispatcher(aloop, basic_ext):
+    async def go():
+        await basic_ext.double(0)  # resolved (by Python) once
+        await basic_ext.anoop()
+        before = await basic_ext.served_in_rust()
+        for i in range(20):
+            assert await basic_ext.double(i) == 2 * i
+            assert await basic_ext.anoop() is None
+            assert await basic_ext.aecho(i) == i  # suspends: its task ends on the loop
+        return await basic_ext.served_in_rust() - before
+
+    # The 40 calls of methods that end in their first step were answered in Rust.
+    assert aloop.run(go()) >= 40
+
+
+def test_many_async_calls_while_plain_calls_hold_receivers(aloop, basic_ext):
+    # Plain calls that block make the worker bring in more receiving threads; async calls
+    # arriving on those threads while another one drives the loop are queued on it and
+    # must still run (a queued start nobody drives would never answer).
+    async def go():
+        for _ in range(5):
+            got = await asyncio.gather(*(
+                [basic_ext.sleep(0.005) for _ in range(4)] + [basic_ext.aecho(i) for i in range(100)]
+                + [basic_ext.anoop() for _ in range(50)] + [basic_ext.double(i) for i in range(50)]))
+            assert got[4:104] == list(range(100)) and got[154:] == [2 * i for i in range(50)]
+
+    aloop.run(go())
+
+
 def test_a_task_started_by_an_async_method_runs_without_another_call(aloop, basic_ext):
     # The method ends in its first step (run eagerly, without a loop turn); the task it
     # started must still run, although no other async call comes to drive the loop.

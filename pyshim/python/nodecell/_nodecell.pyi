@@ -145,6 +145,9 @@ class Dispatcher:
     @property
     def watch_idle(self) -> bool:
         """Whether the watchdog sleeps."""
+    @property
+    def served(self) -> int:
+        """Calls answered in Rust so far (without the Python dispatch code)."""
     def serve(self, timeout: float) -> Any:
         """Receive and serve; None (nothing came), True (another thread receives now) or
         a ``(kind, call_id, payload)`` for Python. Releases the receive lock the caller holds."""

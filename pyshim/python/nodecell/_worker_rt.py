@@ -777,6 +777,7 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
     with this loop set as the running one; ``release_step`` queues it as usual. Only the
     public ``call_soon`` and the loop-implementer hook ``asyncio._set_running_loop`` (in
     ``asyncio.events.__all__``) are used: no private attribute of the loop, task or handle.
+    The Rust dispatcher holds and takes a step through ``_nc_hold`` / ``_nc_held`` directly.
     """
 
     def __init__(self) -> None:

@@ -25,6 +25,16 @@ _CALL_DONE = _nodecell.CALL_DONE
 _CALL_FAILED = _nodecell.CALL_FAILED
 _CALL_OTHER = _nodecell.CALL_OTHER
 _CALL_BROKEN = _nodecell.CALL_BROKEN
+_now_ns = time.perf_counter_ns
+
+
+class _Waiting:
+    """A call :meth:`Extension._call_fast` sent whose answer did not come yet (``fut``)."""
+
+    __slots__ = ("call_id", "fut", "t0")
+
+    def __init__(self, call_id: int, fut: Optional[asyncio.Future], t0: int) -> None:
+        self.call_id, self.fut, self.t0 = call_id, fut, t0
 
 __all__ = ["Extension", "ExtensionMethods"]
 
@@ -219,13 +229,16 @@ class Extension(Generic[T]):
                                  f"ExtensionManager decides what the host can call)")
 
         async def method(*args: Any, **kwargs: Any) -> Any:
-            return await self.call(name, *args, **kwargs)
+            return await self._call(name, args, kwargs)
 
         method.__name__ = name
         return method
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` of the extension object in a worker and return its result."""
+        return await self._call(method, args, kwargs)
+
+    async def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
         queued = time.monotonic_ns() if _profile.ACTIVE else 0  # the profiler's "queue" starts here
         if self._stopped:
             raise ExtensionStopped(f"extension {self.name!r} was stopped")
@@ -240,7 +253,7 @@ class Extension(Generic[T]):
         cell = self._cell
         if cell is not None and cell.loop is not asyncio.get_running_loop():
             if cell.loop.is_running():  # the sandbox is served by a loop in another thread
-                return await _on_loop(cell.loop, self.call(method, *args, **kwargs))
+                return await _on_loop(cell.loop, self._call(method, args, kwargs))
             self._abandon_cell()  # its loop is gone: start afresh on this one
         if self.config["reload"]:
             await _reload.maybe_reload(self)
@@ -249,6 +262,12 @@ class Extension(Generic[T]):
             w = ws[0]  # the common case, without a coroutine for _pick_worker
         else:
             w = await self._pick_worker()
+        if not queued and w.spin_ns > 0 and not w.dead:
+            got = self._call_fast(w, EXTENSION_ID, method, args, kwargs, False)
+            if type(got) is not _Waiting:
+                return got
+            if got.fut is not None:
+                return await self._wait_answer(w, got.call_id, got.fut, method, False, None, 0, 0, 0, got.t0)
         return await self._call_on(w, EXTENSION_ID, method, args, kwargs, queued_at=queued)
 
     def call_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -354,55 +373,72 @@ class Extension(Generic[T]):
             if w.death is not None:
                 raise _detached(w.death)
             raise WorkerCrashed(f"pack {self.name!r}: worker is gone", extension=self.name)
+        if w.spin_ns > 0 and not _profile.ACTIVE:
+            got = self._call_fast(w, target, method, args, kwargs, internal)
+            if type(got) is not _Waiting:
+                return got
+            if got.fut is not None:
+                return await self._wait_answer(w, got.call_id, got.fut, method, internal, timeout, queued_at,
+                                               0, 0, got.t0)
+        return await self._call_slow(w, next(w.ep._call_ids), target, method, args, kwargs, internal, timeout,
+                                     queued_at)
+
+    def _call_fast(self, w: _Worker, target: int, method: str, args: tuple, kwargs: dict, internal: bool) -> Any:
+        """The common case of a call, in Rust: send, spin for the answer (GIL released),
+        decode it; returns the value (or raises the error). While this thread spins it owns
+        receiving, so nobody else can take the answer: a future is made only when the
+        answer did not come in the spin (returned in a :class:`_Waiting`, with ``fut``
+        None when another thread receives now: then nothing was sent)."""
+        rx = w.rx
+        if not rx.acquire(False):
+            return _Waiting(0, None, 0)  # a thread waiting synchronously receives
         ep = w.ep
         call_id = next(ep._call_ids)
-        rx = w.rx
-        if w.spin_ns > 0 and not _profile.ACTIVE and rx.acquire(blocking=False):
-            # The common case, in Rust: send, spin for the answer (GIL released), decode
-            # it. This thread owns receiving meanwhile, so nobody else can take the answer;
-            # the future exists only when the answer did not come in the spin.
-            t0 = time.perf_counter_ns()
-            try:
-                state, payload, more = w.channel.call_spin(call_id, target, method, tuple(args), dict(kwargs),
-                                                           w.spin_ns)
-            except BaseException as e:  # noqa: BLE001 - sorted out (or raised again) by _send_failed
-                rx.release()
-                fut = self._send_failed(w, call_id, method, e)
+        t0 = _now_ns()
+        try:
+            state, payload, more = w.channel.call_spin(call_id, target, method, tuple(args), kwargs, w.spin_ns)
+        except BaseException as e:  # noqa: BLE001 - sorted out (or raised again) by _send_failed
+            rx.release()
+            return _Waiting(call_id, self._send_failed(w, call_id, method, e), t0)
+        if state <= _CALL_FAILED:
+            rx.release()
+            if more:
+                w._schedule_drain()
+            rtt = _now_ns() - t0
+            if not internal:
+                (self._stats.record if state == _CALL_DONE else self._stats.record_error)(rtt)
+            # The spin window: twice the round trip, at least 50 us (see _wait_answer).
+            if rtt < 25_000:
+                w.spin_ns = 50_000
+            elif rtt < 200_000:
+                w.spin_ns = 2 * rtt
             else:
-                if state <= _CALL_FAILED:
-                    rx.release()
-                    if more:
-                        w._schedule_drain()
-                    rtt = time.perf_counter_ns() - t0
-                    if not internal:
-                        (self._stats.record if state == _CALL_DONE else self._stats.record_error)(rtt)
-                    w.spin_ns = min(max(2 * rtt, 50_000), 400_000) if rtt < 400_000 else w.spin_ns // 2
-                    if ep._release_queue:
-                        ep.flush_releases()
-                    if state == _CALL_DONE:
-                        return payload
-                    raise payload
-                fut = w.cell.loop.create_future()
-                ep.pending[call_id] = fut
-                rx.release()
-                if state == _CALL_OTHER:
-                    # Another frame came first (a callback, a log line): handle it and go on
-                    # spinning as the general path does; the doorbell is still quiet.
-                    ep.handle_frame(*payload)
-                    if not w.dead:
-                        w.spin_for(call_id, fut)
-                    w.rearm()
-                elif state == _CALL_BROKEN:
-                    if isinstance(payload, GONE):
-                        w.on_died()
-                    else:
-                        w.cell.protocol_violation(w, payload)
-                elif more:
-                    w._schedule_drain()
+                w.spin_ns = 400_000 if rtt < 400_000 else w.spin_ns // 2
             if ep._release_queue:
                 ep.flush_releases()
-            return await self._wait_answer(w, call_id, fut, method, internal, timeout, queued_at, 0, 0, t0)
-        return await self._call_slow(w, call_id, target, method, args, kwargs, internal, timeout, queued_at)
+            if state == _CALL_DONE:
+                return payload
+            raise payload
+        fut = w.cell.loop.create_future()
+        ep.pending[call_id] = fut
+        rx.release()
+        if state == _CALL_OTHER:
+            # Another frame came first (a callback, a log line): handle it and go on
+            # spinning as the general path does; the doorbell is still quiet.
+            ep.handle_frame(*payload)
+            if not w.dead:
+                w.spin_for(call_id, fut)
+            w.rearm()
+        elif state == _CALL_BROKEN:
+            if isinstance(payload, GONE):
+                w.on_died()
+            else:
+                w.cell.protocol_violation(w, payload)
+        elif more:
+            w._schedule_drain()
+        if ep._release_queue:
+            ep.flush_releases()
+        return _Waiting(call_id, fut, t0)
 
     def _send_failed(self, w: _Worker, call_id: int, method: str, e: BaseException) -> asyncio.Future:
         """``call_spin`` raised (nothing was sent, or the worker is gone): the future the
