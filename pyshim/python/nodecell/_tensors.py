@@ -28,6 +28,11 @@ descriptor (arena, offset, dtype, shape, strides) in a frame.
   so the peer gets what the receiver sees, not its own stale bytes.
 * Small tensors (under ``INLINE_LIMIT`` bytes) travel inline in the frame, as the
   ``nodecell.ndarray`` record that ``_nodecell`` builds and checks.
+* The common cases never reach this module: a ``torch.Tensor`` already in an arena
+  (or in a view received on the same channel) is encoded by ``_nodecell`` itself, and
+  a received torch tensor is built there with torch's DLPack reader
+  (``pyshim/src/torchfast.rs``). Everything else comes here.
+* A first send's copy of 8 MiB or more is split across the CPUs (``ipc/src/sys.rs``).
 
 The dtype table (wire names, item sizes, numpy names) comes from ``_nodecell``.
 Storage is freed by reference counts: when the last local reference to an arena
