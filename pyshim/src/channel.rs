@@ -248,26 +248,7 @@ impl PyChannel {
     ) -> PyResult<bool> {
         let ch = self.ch()?;
         let codec = self.codec(&ch);
-        let mut a = Vec::with_capacity(args.len());
-        for x in args.iter() {
-            a.push(codec.to_value(py, &x, 0)?);
-        }
-        let mut kw = Vec::with_capacity(kwargs.len());
-        for (key, v) in kwargs.iter() {
-            let name: String = key
-                .extract()
-                .map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
-            kw.push((name, codec.to_value(py, &v, 0)?));
-        }
-        let frame = Frame::Call(Call {
-            id: call_id,
-            parent,
-            target,
-            method,
-            args: a,
-            kwargs: kw,
-            deadline_ns: 0,
-        });
+        let frame = call_frame(py, &codec, call_id, target, method, args, kwargs, parent)?;
         crate::cuda::before_send(py, self.id, nodecell_ipc::frame::kind::CALL)?;
         let sent = self.push(py, &ch, frame);
         drop(codec); // the frame's arenas: the channel holds what the peer names now
@@ -297,19 +278,28 @@ impl PyChannel {
         spin_ns: u64,
     ) -> PyResult<(u8, Py<PyAny>, bool)> {
         let ch = self.ch()?;
+        let codec = self.codec(&ch);
+        let frame = call_frame(py, &codec, call_id, target, method, args, kwargs, None)?;
+        crate::cuda::before_send(py, self.id, nodecell_ipc::frame::kind::CALL)?;
         ch.quiet_doorbell();
-        let sent = match self.send_call(py, call_id, target, method, args, kwargs, None) {
-            Ok(sent) => sent,
+        // One release of the GIL for the send and the spin.
+        let c = ch.clone();
+        let spin = Duration::from_nanos(spin_ns);
+        let got = py.detach(move || match c.send(&frame) {
+            Err(e) => Err(e),
+            // Queued in the outbox: no answer can come before the worker reads it.
+            Ok(()) if c.has_outbox() => Ok(Ok(None)),
+            Ok(()) => Ok(c.recv_spin(spin)),
+        });
+        drop(codec); // the frame's arenas: the channel holds what the peer names now
+        let got = match got {
+            Ok(got) => got,
             Err(e) => {
                 ch.resume_doorbell();
-                return Err(e);
+                return Err(channel_err(e));
             }
         };
-        let (state, payload) = if sent {
-            self.spin_answer(py, &ch, call_id, spin_ns)
-        } else {
-            (CALL_WAIT, py.None()) // queued: no answer can come before the worker reads it
-        };
+        let (state, payload) = self.answer(py, &ch, call_id, got);
         if state == CALL_OTHER {
             return Ok((state, payload, false));
         }
@@ -476,16 +466,14 @@ impl PyChannel {
         }
     }
 
-    /// Spins for call `call_id`'s answer (see `call_spin`): `(state, payload)`.
-    fn spin_answer(
+    /// What spinning for call `call_id`'s answer got, as `call_spin` returns it: `(state, payload)`.
+    fn answer(
         &self,
         py: Python<'_>,
         ch: &Channel,
         call_id: u64,
-        spin_ns: u64,
+        got: Result<Option<Frame>, ChannelError>,
     ) -> (u8, Py<PyAny>) {
-        let c = ch.clone();
-        let got = py.detach(move || c.recv_spin(Duration::from_nanos(spin_ns)));
         let f = match got {
             Ok(Some(f)) => f,
             Ok(None) => return (CALL_WAIT, py.None()),
@@ -616,4 +604,38 @@ impl ValueCodec for Codec<'_> {
         let hook = self.hook(py, |h| &h.tensor)?;
         crate::tensor::tensor_to_py(&self.tensor_end(), py, &hook, d, kind)
     }
+}
+
+/// A CALL frame from Python arguments (`kwargs` names must be str).
+#[allow(clippy::too_many_arguments)]
+fn call_frame(
+    py: Python<'_>,
+    codec: &Codec<'_>,
+    call_id: u64,
+    target: u64,
+    method: String,
+    args: &Bound<'_, PyTuple>,
+    kwargs: &Bound<'_, PyDict>,
+    parent: Option<u64>,
+) -> PyResult<Frame> {
+    let mut a = Vec::with_capacity(args.len());
+    for x in args.iter() {
+        a.push(codec.to_value(py, &x, 0)?);
+    }
+    let mut kw = Vec::with_capacity(kwargs.len());
+    for (key, v) in kwargs.iter() {
+        let name: String = key
+            .extract()
+            .map_err(|_| PyTypeError::new_err("keyword argument names must be str"))?;
+        kw.push((name, codec.to_value(py, &v, 0)?));
+    }
+    Ok(Frame::Call(Call {
+        id: call_id,
+        parent,
+        target,
+        method,
+        args: a,
+        kwargs: kw,
+        deadline_ns: 0,
+    }))
 }
