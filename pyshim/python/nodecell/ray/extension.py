@@ -405,19 +405,20 @@ class RayExtension(Extension):
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
+        # Every call of the extension's methods comes here: `call`, `ext.method(...)`.
         if self._stopped:
             raise ExtensionStopped(f"extension {self.name!r} was stopped")
         if not self.config["isolated"]:
-            return await super().call(method, *args, **kwargs)
+            return await super()._call(method, args, kwargs)
         if self._actor is None or (self._mode == "remote" and self._link is None):
             await self.start()
         if self._mode == "local":
-            return await super().call(method, *args, **kwargs)
+            return await super()._call(method, args, kwargs)
         link = self._link
         if link is not None and link.loop is not asyncio.get_running_loop():
             if link.loop.is_running():  # the link is served by a loop in another thread
-                return await _on_loop(link.loop, self.call(method, *args, **kwargs))
+                return await _on_loop(link.loop, self._call(method, args, kwargs))
             await self._drop(kill=True)  # its loop is gone: place the cell afresh from this one
             await self.start()
         return await self._remote(EXTENSION_ID, method, args, kwargs)
