@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nodecell_ipc::{
     Call, Channel, ChannelConfig, ChannelError, Frame, Limits, Side, TensorDesc, Value, WorkerFds,
@@ -33,6 +33,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::markers::TensorRef;
+use crate::tools::PyCallStats;
 use crate::values::{Hooks, ValueCodec};
 use crate::{ChannelBacklog, ChannelClosed, PeerGone, ProtocolViolation};
 
@@ -257,15 +258,19 @@ impl PyChannel {
 
     /// Host: makes call `call_id` and spins up to `spin_ns` nanoseconds (GIL released)
     /// for its answer, the doorbell quiet meanwhile (see ``quiet_doorbell``). Returns
-    /// `(state, payload, more)`: `CALL_DONE` (payload: the value), `CALL_FAILED` (the
-    /// exception: the worker's error, or a value this side cannot build), `CALL_WAIT`
-    /// (no answer yet, or the call waits in the outbox), `CALL_OTHER` (another frame
-    /// came first: payload is it as `(kind, call_id, payload)`; the doorbell is left
-    /// quiet: keep polling, then ``resume_doorbell``), `CALL_BROKEN` (receiving failed
-    /// after the call was sent: payload is the exception). `more`: frames arrived after
-    /// the doorbell was re-armed (receive them). The caller must own receiving on this
-    /// channel (nobody else may take the answer). Raises like ``send_call`` when the
-    /// call could not be sent (the doorbell is re-armed then).
+    /// `(state, payload, more, elapsed_ns, next_spin_ns)`: `CALL_DONE` (payload: the
+    /// value), `CALL_FAILED` (the exception: the worker's error, or a value this side
+    /// cannot build), `CALL_WAIT` (no answer yet, or the call waits in the outbox),
+    /// `CALL_OTHER` (another frame came first: payload is it as `(kind, call_id,
+    /// payload)`; the doorbell is left quiet: keep polling, then ``resume_doorbell``),
+    /// `CALL_BROKEN` (receiving failed after the call was sent: payload is the
+    /// exception). `more`: frames arrived after the doorbell was re-armed (receive
+    /// them). `elapsed_ns`: since this method began; `next_spin_ns`: the spin window
+    /// for the next call ([`next_spin_ns`] once answered, else `spin_ns`). An answered
+    /// call (done or failed) is counted in `stats` when given. The caller must own
+    /// receiving on this channel (nobody else may take the answer). Raises like
+    /// ``send_call`` when the call could not be sent (the doorbell is re-armed then).
+    #[pyo3(signature = (call_id, target, method, args, kwargs, spin_ns, stats = None))]
     #[allow(clippy::too_many_arguments)]
     fn call_spin(
         &self,
@@ -276,7 +281,9 @@ impl PyChannel {
         args: &Bound<'_, PyTuple>,
         kwargs: &Bound<'_, PyDict>,
         spin_ns: u64,
-    ) -> PyResult<(u8, Py<PyAny>, bool)> {
+        stats: Option<&Bound<'_, PyCallStats>>,
+    ) -> PyResult<(u8, Py<PyAny>, bool, u64, u64)> {
+        let t0 = Instant::now();
         let ch = self.ch()?;
         let codec = self.codec(&ch);
         let frame = call_frame(py, &codec, call_id, target, method, args, kwargs, None)?;
@@ -300,10 +307,16 @@ impl PyChannel {
             }
         };
         let (state, payload) = self.answer(py, &ch, call_id, got);
-        if state == CALL_OTHER {
-            return Ok((state, payload, false));
+        let more = state != CALL_OTHER && ch.resume_doorbell();
+        let elapsed = t0.elapsed().as_nanos() as u64;
+        let mut next = spin_ns;
+        if state == CALL_DONE || state == CALL_FAILED {
+            next = next_spin_ns(elapsed, spin_ns);
+            if let Some(stats) = stats {
+                stats.get().record_call(elapsed, state == CALL_FAILED);
+            }
         }
-        Ok((state, payload, ch.resume_doorbell()))
+        Ok((state, payload, more, elapsed, next))
     }
 
     /// The next frame if one is ready, else None (never blocks).
@@ -638,4 +651,16 @@ fn call_frame(
         kwargs: kw,
         deadline_ns: 0,
     }))
+}
+
+/// The host's spin window after a call answered within its spin in `rtt_ns`: twice the
+/// round trip, at least 50 us; 400 us after a reply of 200-400 us; halved from `spin_ns`
+/// after a slower one (a waiting call's window is `Extension._wait_answer`'s).
+pub(crate) fn next_spin_ns(rtt_ns: u64, spin_ns: u64) -> u64 {
+    match rtt_ns {
+        0..25_000 => 50_000,
+        25_000..200_000 => 2 * rtt_ns,
+        200_000..400_000 => 400_000,
+        _ => spin_ns / 2,
+    }
 }

@@ -46,6 +46,7 @@ use pyo3::IntoPyObjectExt;
 
 use crate::channel::PyChannel;
 use crate::markers::ErrorValue;
+use crate::stephold::StepHold;
 
 /// `serve` hands Python an awaitable a plain method returned (kind of the tuple).
 pub const SERVE_AWAITABLE: i32 = -1;
@@ -72,6 +73,8 @@ struct Aio {
     create_task: Py<PyAny>,
     /// `{"loop": lp}`: the keyword arguments of `asyncio.Task(coro, loop=lp)`.
     task_kw: Py<PyDict>,
+    /// Its `call_soon` (`_nc_step`), which holds back a new task's first step.
+    hold: Py<StepHold>,
 }
 
 /// What one served call left to do.
@@ -189,6 +192,7 @@ impl Dispatcher {
                 kw.set_item("loop", lp)?;
                 kw.unbind()
             },
+            hold: lp.getattr("_nc_step")?.extract()?,
         };
         *self.aio.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(aio));
         Ok(())
@@ -410,8 +414,9 @@ impl Dispatcher {
         // The task's context is a copy of this thread's, with `_SERVING` set to the call.
         let token = self.serving_set.call1(py, (id,))?;
         // The task's first step, which `Task()` queues with `call_soon`, is held back
-        // (see `_WorkerLoop.call_soon`) to be run right here.
-        lp.setattr(intern!(py, "_nc_hold"), true)?;
+        // (the loop's `call_soon` is a `StepHold`) to be run right here.
+        let hold = aio.hold.get();
+        hold.start_hold();
         let made = if aio.task_factory.call0(py)?.is_none(py) {
             self.task_type
                 .bind(py)
@@ -419,9 +424,7 @@ impl Dispatcher {
         } else {
             aio.create_task.bind(py).call1((&coro,))
         };
-        let held = lp.getattr(intern!(py, "_nc_held"))?;
-        lp.setattr(intern!(py, "_nc_held"), py.None())?;
-        lp.setattr(intern!(py, "_nc_hold"), false)?;
+        let held = hold.take_held();
         self.serving_reset.call1(py, (token,))?;
         let task = match made {
             Ok(t) => t,
@@ -431,12 +434,15 @@ impl Dispatcher {
                 return Ok(Step::Done);
             }
         };
-        if held.is_none() {
+        let Some((cb, cb_args, cb_ctx)) = held else {
             return adopt(py, id, Some(task)); // a task factory that queued nothing
-        }
-        let soon = lp.getattr(intern!(py, "soon_count"))?;
-        let (cb, cb_args, cb_ctx): (Bound<'_, PyAny>, Bound<'_, PyTuple>, Bound<'_, PyAny>) =
-            held.extract()?;
+        };
+        let soon = hold.forwarded();
+        let (cb, cb_args, cb_ctx) = (
+            cb.into_bound(py),
+            cb_args.into_bound(py),
+            cb_ctx.into_bound(py),
+        );
         self.set_running_loop.call1(py, (lp,))?;
         let ran = if cb_ctx.is_none() {
             cb.call1(cb_args)
@@ -456,7 +462,7 @@ impl Dispatcher {
         let ep = self.ep.bind(py);
         let idle = !ep.getattr(intern!(py, "_queued"))?.is_truthy()?
             && !ep.getattr(intern!(py, "_nlive"))?.is_truthy()?
-            && lp.getattr(intern!(py, "soon_count"))?.eq(&soon)?;
+            && hold.forwarded() == soon;
         match task.call_method0(intern!(py, "result")) {
             Ok(v) => self.reply(py, chan, id, &v)?,
             Err(e) => self.reply_error(py, chan, id, e, &self.task_error_value)?,

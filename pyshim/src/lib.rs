@@ -19,6 +19,7 @@
 //! * [`control`] (`encode_zygote_request`, `decode_zygote_event`, `decode_status_line`, ...):
 //!   the zygote control messages and the launcher's status records of `nodecell_wire`.
 //! * [`tools`] (`CallStats`, `tools_socket_path`): what `nodecell top` / `debug` / `profile` need.
+//! * [`dispatch`] (`Dispatcher`), [`stephold`] (`StepHold`): the worker's call path.
 //!
 //! The Python package (`pyshim/python/nodecell`) builds the user-facing API on top.
 #![deny(missing_docs)]
@@ -37,6 +38,7 @@ pub mod markers;
 pub mod provision;
 mod pyjson;
 pub mod reactor;
+pub mod stephold;
 pub mod tensor;
 pub mod tools;
 pub mod torchfast;
@@ -134,6 +136,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tools::register(m)?;
     confine::register(m)?;
     dispatch::register(m)?;
+    m.add_class::<stephold::StepHold>()?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
     m.add_function(wrap_pyfunction!(provision::requirement_names, m)?)?;

@@ -19,6 +19,17 @@ pub struct PyCallStats {
     hist: Histogram,
 }
 
+impl PyCallStats {
+    /// Count one finished call that took `ns` nanoseconds (`error`: it raised).
+    pub(crate) fn record_call(&self, ns: u64, error: bool) {
+        if error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.hist.record(ns);
+    }
+}
+
 #[pymethods]
 impl PyCallStats {
     #[new]
@@ -32,14 +43,12 @@ impl PyCallStats {
 
     /// Count one finished call that took `ns` nanoseconds.
     fn record(&self, ns: u64) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.hist.record(ns);
+        self.record_call(ns, false);
     }
 
     /// Count one finished call that took `ns` nanoseconds and raised.
     fn record_error(&self, ns: u64) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        self.record(ns);
+        self.record_call(ns, true);
     }
 
     /// Calls counted.

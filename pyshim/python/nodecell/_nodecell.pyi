@@ -153,6 +153,21 @@ class Dispatcher:
         a ``(kind, call_id, payload)`` for Python. Releases the receive lock the caller holds."""
 
 @final
+class StepHold:
+    """The worker loop's ``call_soon``: counts and forwards callbacks to the loop's own
+    ``call_soon``, or, after ``hold()``, keeps the next one (a new task's first step)."""
+
+    def __new__(cls, call_soon: Callable[..., Any], handle: Any) -> StepHold: ...
+    def __call__(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any: ...
+    def hold(self) -> None:
+        """Hold back the next callback."""
+    def take(self) -> Optional[Tuple[Callable[..., Any], Tuple[Any, ...], Any]]:
+        """The held ``(callback, args, context)``, None if none came; stops holding."""
+    @property
+    def count(self) -> int:
+        """Callbacks forwarded so far (held ones not counted)."""
+
+@final
 class Channel:
     """One end of a host/worker channel (rings in a sealed memfd + a socket for fds)."""
 
@@ -204,11 +219,14 @@ class Channel:
                   parent: Optional[int] = None) -> bool:
         """Sends a call (``parent``: the peer's call this one is nested in); returns like ``send``."""
     def call_spin(self, call_id: int, target: int, method: str, args: Tuple[Any, ...], kwargs: Dict[str, Any],
-                  spin_ns: int) -> Tuple[int, Any, bool]:
+                  spin_ns: int, stats: Optional[CallStats] = None) -> Tuple[int, Any, bool, int, int]:
         """Host: makes a call and spins up to ``spin_ns`` (GIL released) for its answer, the
-        doorbell quiet meanwhile: ``(state, payload, more)`` with a ``CALL_*`` state;
-        ``more``: frames arrived after the doorbell was re-armed. The caller must own
-        receiving. Raises like ``send_call`` when the call could not be sent."""
+        doorbell quiet meanwhile: ``(state, payload, more, elapsed_ns, next_spin_ns)`` with a
+        ``CALL_*`` state; ``more``: frames arrived after the doorbell was re-armed;
+        ``elapsed_ns``: since the method began; ``next_spin_ns``: the spin window for the next
+        call (from the round trip once answered, else ``spin_ns``). An answered call is
+        counted in ``stats`` when given. The caller must own receiving. Raises like
+        ``send_call`` when the call could not be sent."""
     def try_recv(self) -> Optional[Tuple[int, int, Any]]:
         """The next frame if one is ready, else None (never blocks)."""
     def set_profiling(self, on: bool) -> None:

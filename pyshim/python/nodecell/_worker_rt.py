@@ -771,33 +771,29 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
     The loop has no thread of its own (see ``WorkerEndpoint._submit``): the dispatcher
     thread that owns it creates a call's task and would then spin the loop for it. Instead
     it runs the task's first step itself, as Python 3.12's eager tasks do (which need a
-    running loop, and this one is not running): ``hold_next_step`` makes the next
-    ``call_soon`` (the one ``Task.__init__`` makes for its first step) hand the step to
-    ``take_held_step`` instead of queueing it; ``run_step`` runs it in the task's context
-    with this loop set as the running one; ``release_step`` queues it as usual. Only the
-    public ``call_soon`` and the loop-implementer hook ``asyncio._set_running_loop`` (in
+    running loop, and this one is not running): the loop's ``call_soon`` is an instance
+    attribute, a Rust ``StepHold`` (a Task looks ``call_soon`` up on its loop each time),
+    which counts and forwards callbacks to the stock ``call_soon``; ``hold_next_step``
+    makes it keep the next one (the one ``Task.__init__`` makes for its first step) for
+    ``take_held_step`` instead; ``run_step`` runs it in the task's context with this loop
+    set as the running one; ``release_step`` queues it as usual. Only the public
+    ``call_soon`` and the loop-implementer hook ``asyncio._set_running_loop`` (in
     ``asyncio.events.__all__``) are used: no private attribute of the loop, task or handle.
-    The Rust dispatcher holds and takes a step through ``_nc_hold`` / ``_nc_held`` directly.
+    The Rust dispatcher holds and takes a step through ``_nc_step`` directly.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._nc_hold = False
-        self._nc_held: Optional[_Step] = None
-        self._nc_handle = asyncio.Handle(_nothing, (), self, None)
-        self._nc_handle.cancel()
-        #: Callbacks queued with ``call_soon`` so far (held steps not counted): a step that
-        #: queued none left nothing for a loop turn to do.
-        self.soon_count = 0
+        handle = asyncio.Handle(_nothing, (), self, None)
+        handle.cancel()  # what a held call_soon returns: never run (a Task ignores it)
+        self._nc_step = _nodecell.StepHold(super().call_soon, handle)
+        self.call_soon = self._nc_step  # type: ignore[method-assign]
 
-    def call_soon(self, callback: Callable[..., Any], *args: Any,
-                  context: Optional[contextvars.Context] = None) -> asyncio.Handle:
-        if self._nc_hold:
-            self._nc_hold = False
-            self._nc_held = (callback, args, context)
-            return self._nc_handle  # never run: the step is run_step's (a Task ignores it)
-        self.soon_count += 1
-        return super().call_soon(callback, *args, context=context)
+    @property
+    def soon_count(self) -> int:
+        """Callbacks queued with ``call_soon`` so far (held steps not counted): a step that
+        queued none left nothing for a loop turn to do."""
+        return self._nc_step.count
 
     def new_task(self, coro: Any) -> asyncio.Task[Any]:
         """``create_task(coro)``: a Task made directly when no task factory is set."""
@@ -807,13 +803,11 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
 
     def hold_next_step(self) -> None:
         """Hold back the next callback queued with ``call_soon`` (owner thread only)."""
-        self._nc_hold = True
-        self._nc_held = None
+        self._nc_step.hold()
 
     def take_held_step(self) -> Optional[_Step]:
         """The callback held since ``hold_next_step`` (None if none was queued); stops holding."""
-        held, self._nc_held, self._nc_hold = self._nc_held, None, False
-        return held
+        return self._nc_step.take()
 
     def run_step(self, step: _Step) -> None:
         """Run a held step here, as the loop would: in its context, this loop running."""
@@ -830,7 +824,7 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
     def release_step(self, step: _Step) -> None:
         """Queue a held step as ``call_soon`` would have."""
         callback, args, context = step
-        super().call_soon(callback, *args, context=context)
+        asyncio.SelectorEventLoop.call_soon(self, callback, *args, context=context)
 
 
 def _nothing() -> None:

@@ -394,31 +394,24 @@ class Extension(Generic[T]):
             return _Waiting(0, None, 0)  # a thread waiting synchronously receives
         ep = w.ep
         call_id = next(ep._call_ids)
-        t0 = _now_ns()
         try:
-            state, payload, more = w.channel.call_spin(call_id, target, method, tuple(args), kwargs, w.spin_ns)
+            # Rust times the call, counts it in the stats (unless internal) and sets the spin
+            # window: twice the round trip, at least 50 us (see _wait_answer).
+            state, payload, more, elapsed, w.spin_ns = w.channel.call_spin(
+                call_id, target, method, tuple(args), kwargs, w.spin_ns, None if internal else self._stats)
         except BaseException as e:  # noqa: BLE001 - sorted out (or raised again) by _send_failed
             rx.release()
-            return _Waiting(call_id, self._send_failed(w, call_id, method, e), t0)
+            return _Waiting(call_id, self._send_failed(w, call_id, method, e), _now_ns())
         if state <= _CALL_FAILED:
             rx.release()
             if more:
                 w._schedule_drain()
-            rtt = _now_ns() - t0
-            if not internal:
-                (self._stats.record if state == _CALL_DONE else self._stats.record_error)(rtt)
-            # The spin window: twice the round trip, at least 50 us (see _wait_answer).
-            if rtt < 25_000:
-                w.spin_ns = 50_000
-            elif rtt < 200_000:
-                w.spin_ns = 2 * rtt
-            else:
-                w.spin_ns = 400_000 if rtt < 400_000 else w.spin_ns // 2
             if ep._release_queue:
                 ep.flush_releases()
             if state == _CALL_DONE:
                 return payload
             raise payload
+        t0 = _now_ns() - elapsed
         fut = w.cell.loop.create_future()
         ep.pending[call_id] = fut
         rx.release()
