@@ -452,21 +452,28 @@ impl Dispatcher {
             all.extend(cb_args.iter());
             cb_ctx.call_method1(intern!(py, "run"), PyTuple::new(py, all)?)
         };
-        self.set_running_loop.call1(py, (py.None(),))?;
-        ran?;
-        if !task.call_method0(intern!(py, "done"))?.is_truthy()? {
+        // Unsetting the running loop costs a `getpid` in CPython 3.11: when the task
+        // ended in this step, that waits until the answer left (the loop is the running
+        // one while it is sent, as when a task replies itself).
+        let done = ran.and_then(|_| task.call_method0(intern!(py, "done"))?.is_truthy());
+        if !matches!(done, Ok(true)) {
+            self.set_running_loop.call1(py, (py.None(),))?;
+            done?;
             return adopt(py, id, Some(task));
         }
-        // Done in its first step. A loop turn is needed only when the step queued
-        // something (a task it started) or other threads queued work meanwhile.
+        // Done in its first step: answered at once. Then a loop turn is needed only
+        // when the step queued something (a task it started) or other threads queued
+        // work meanwhile (also while the answer was sent, the GIL released).
+        let sent = match task.call_method0(intern!(py, "result")) {
+            Ok(v) => self.reply(py, chan, id, &v),
+            Err(e) => self.reply_error(py, chan, id, e, &self.task_error_value),
+        };
+        self.set_running_loop.call1(py, (py.None(),))?;
+        sent?;
         let ep = self.ep.bind(py);
         let idle = !ep.getattr(intern!(py, "_queued"))?.is_truthy()?
             && !ep.getattr(intern!(py, "_nlive"))?.is_truthy()?
             && hold.forwarded() == soon;
-        match task.call_method0(intern!(py, "result")) {
-            Ok(v) => self.reply(py, chan, id, &v)?,
-            Err(e) => self.reply_error(py, chan, id, e, &self.task_error_value)?,
-        }
         if idle {
             Ok(Step::Done)
         } else {

@@ -51,6 +51,21 @@ def test_async_method_errors_in_the_first_step_and_after_suspending(aloop, basic
     assert aloop.run(basic_ext.aecho("still serving")) == "still serving"
 
 
+def test_plain_methods_after_async_ones_see_no_running_loop(aloop, basic_ext):
+    # The dispatcher sets the worker's loop as the running one for an async method's first
+    # step (and sends its answer before unsetting it): a plain method served next, on the
+    # same thread, must see no running loop and be able to run one itself.
+    async def go():
+        out = []
+        for _ in range(5):
+            await basic_ext.anoop()
+            await basic_ext.afacts("first")
+            out.append(await basic_ext.loop_facts())
+        return out
+
+    assert aloop.run(go()) == [{"running": False, "run": 3}] * 5
+
+
 def test_plain_method_returning_an_awaitable_and_calls_in_flight(aloop, basic_ext):
     assert [aloop.run(basic_ext.returns_awaitable(5)) for _ in range(3)] == [15, 15, 15]
 

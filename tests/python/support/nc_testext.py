@@ -169,6 +169,19 @@ class TestExt(nodecell.ExtensionBase):
     def double(self, x):
         return x * 2
 
+    def loop_facts(self):
+        """What a plain method sees of asyncio: no running loop, and asyncio.run works."""
+        try:
+            asyncio.get_running_loop()
+            running = True
+        except RuntimeError:
+            running = False
+
+        async def three():
+            return 3
+
+        return {"running": running, "run": asyncio.run(three())}
+
     def types_of(self, *args):
         return [type(a).__name__ for a in args]
 
