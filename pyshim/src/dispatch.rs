@@ -68,8 +68,7 @@ struct Aio {
     /// Its owner lock's `acquire` / `release`.
     owner_acquire: Py<PyAny>,
     owner_release: Py<PyAny>,
-    /// `get_task_factory` / `create_task`.
-    task_factory: Py<PyAny>,
+    /// `create_task` (when a task factory is set).
     create_task: Py<PyAny>,
     /// `{"loop": lp}`: the keyword arguments of `asyncio.Task(coro, loop=lp)`.
     task_kw: Py<PyDict>,
@@ -185,7 +184,6 @@ impl Dispatcher {
             lp: lp.clone().unbind(),
             owner_acquire: owner.getattr("acquire")?.unbind(),
             owner_release: owner.getattr("release")?.unbind(),
-            task_factory: lp.getattr("get_task_factory")?.unbind(),
             create_task: lp.getattr("create_task")?.unbind(),
             task_kw: {
                 let kw = PyDict::new(lp.py());
@@ -378,7 +376,11 @@ impl Dispatcher {
         };
         // This thread drives the loop now: released here when the call is done, by
         // the Python layer when it is handed the loop.
+        // The task's context is a copy of this thread's, with `_SERVING` set to the call
+        // (unset here once the call was answered: off the call's path).
+        let token = self.serving_set.call1(py, (id,))?;
         let r = self.first_step(py, chan, &aio, id, f, args, kwargs);
+        self.serving_reset.call1(py, (token,))?;
         if !matches!(r, Ok(Step::Python(_))) {
             aio.owner_release.call0(py)?;
             // Work other threads queued on the loop while this one drove it (they found
@@ -411,13 +413,11 @@ impl Dispatcher {
             }
         };
         let lp = aio.lp.bind(py);
-        // The task's context is a copy of this thread's, with `_SERVING` set to the call.
-        let token = self.serving_set.call1(py, (id,))?;
         // The task's first step, which `Task()` queues with `call_soon`, is held back
         // (the loop's `call_soon` is a `StepHold`) to be run right here.
         let hold = aio.hold.get();
         hold.start_hold();
-        let made = if aio.task_factory.call0(py)?.is_none(py) {
+        let made = if !hold.has_factory() {
             self.task_type
                 .bind(py)
                 .call((&coro,), Some(aio.task_kw.bind(py)))
@@ -425,7 +425,6 @@ impl Dispatcher {
             aio.create_task.bind(py).call1((&coro,))
         };
         let held = hold.take_held();
-        self.serving_reset.call1(py, (token,))?;
         let task = match made {
             Ok(t) => t,
             Err(e) => {

@@ -27,6 +27,7 @@ pub struct StepHold {
     hold: AtomicBool,
     held: Mutex<Option<Held>>,
     count: AtomicU64,
+    factory: AtomicBool,
 }
 
 #[pymethods]
@@ -40,6 +41,7 @@ impl StepHold {
             hold: AtomicBool::new(false),
             held: Mutex::new(None),
             count: AtomicU64::new(0),
+            factory: AtomicBool::new(false),
         }
     }
 
@@ -83,6 +85,11 @@ impl StepHold {
         self.take_held()
     }
 
+    /// Whether the loop has a task factory (its `set_task_factory` says so).
+    fn set_factory(&self, on: bool) {
+        self.factory.store(on, Ordering::Relaxed);
+    }
+
     /// Callbacks forwarded so far (held ones not counted).
     #[getter]
     fn count(&self) -> u64 {
@@ -100,6 +107,11 @@ impl StepHold {
     /// `hold` for Rust callers.
     pub(crate) fn start_hold(&self) {
         self.hold();
+    }
+
+    /// Whether the loop has a task factory (see `set_factory`).
+    pub(crate) fn has_factory(&self) -> bool {
+        self.factory.load(Ordering::Relaxed)
     }
 
     /// `count` for Rust callers.

@@ -51,6 +51,21 @@ def test_async_method_errors_in_the_first_step_and_after_suspending(aloop, basic
     assert aloop.run(basic_ext.aecho("still serving")) == "still serving"
 
 
+def test_a_task_factory_on_the_worker_loop_makes_the_calls_tasks(aloop, basic_ext):
+    # Without a factory the dispatcher makes a plain Task itself; with one, the factory does.
+    async def go():
+        plain = [await basic_ext.task_name() for _ in range(3)]
+        await basic_ext.set_tagging_factory(True)
+        tagged = [await basic_ext.task_name() for _ in range(3)]
+        await basic_ext.set_tagging_factory(False)
+        back = [await basic_ext.task_name() for _ in range(3)]
+        return plain, tagged, back
+
+    plain, tagged, back = aloop.run(go())
+    assert tagged == ["tagged"] * 3
+    assert "tagged" not in plain + back
+
+
 def test_plain_methods_after_async_ones_see_no_running_loop(aloop, basic_ext):
     # The dispatcher sets the worker's loop as the running one for an async method's first
     # step (and sends its answer before unsetting it): a plain method served next, on the

@@ -163,6 +163,8 @@ class StepHold:
         """Hold back the next callback."""
     def take(self) -> Optional[Tuple[Callable[..., Any], Tuple[Any, ...], Any]]:
         """The held ``(callback, args, context)``, None if none came; stops holding."""
+    def set_factory(self, on: bool) -> None:
+        """Whether the loop has a task factory (its ``set_task_factory`` says so)."""
     @property
     def count(self) -> int:
         """Callbacks forwarded so far (held ones not counted)."""

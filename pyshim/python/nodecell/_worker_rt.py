@@ -789,6 +789,10 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
         self._nc_step = _nodecell.StepHold(super().call_soon, handle)
         self.call_soon = self._nc_step  # type: ignore[method-assign]
 
+    def set_task_factory(self, factory: Any) -> None:
+        super().set_task_factory(factory)
+        self._nc_step.set_factory(factory is not None)  # the dispatcher makes plain Tasks without one
+
     @property
     def soon_count(self) -> int:
         """Callbacks queued with ``call_soon`` so far (held steps not counted): a step that

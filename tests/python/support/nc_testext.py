@@ -120,6 +120,19 @@ class TestExt(nodecell.ExtensionBase):
     def background_done(self):
         return getattr(self, "background_ran", None)
 
+    async def task_name(self):
+        return asyncio.current_task().get_name()
+
+    async def set_tagging_factory(self, on):
+        """Sets (or removes) a task factory on the worker's loop that names its tasks "tagged"."""
+        def factory(lp, coro):
+            t = asyncio.Task(coro, loop=lp)
+            t.set_name("tagged")
+            return t
+
+        asyncio.get_running_loop().set_task_factory(factory if on else None)
+        return True
+
     async def aecho(self, x):
         await asyncio.sleep(0)
         return x
