@@ -755,6 +755,44 @@ fn tensor_goals<'a>(
             _ => goal(text, None, missing(nc, "nodecell", pi, "pyisolate")),
         }
     }
+    // Issue 13's call goals (the 20x rows above are issue 5's).
+    {
+        let nc = find("nodecell/noop_rtt".into());
+        let pi = find("pyisolate/noop_rtt".into());
+        let text = "noop_rtt (`async def`) at least 50x faster than pyisolate (issue 13)";
+        match (median(nc), median(pi)) {
+            (Some(a), Some(b)) => goal(
+                text,
+                Some(b / a >= 50.0),
+                format!("{:.1}x ({} vs {})", b / a, fmt_ns(a), fmt_ns(b)),
+            ),
+            _ => goal(text, None, missing(nc, "nodecell", pi, "pyisolate")),
+        }
+        let sync = find("nodecell/noop_sync_rtt".into());
+        let text = "noop_rtt (`async def`) within 1.5x of noop_sync_rtt (`def`) (issue 13)";
+        match (median(nc), median(sync)) {
+            (Some(a), Some(d)) => goal(
+                text,
+                Some(a <= 1.5 * d),
+                format!("{:.2}x ({} vs {})", a / d, fmt_ns(a), fmt_ns(d)),
+            ),
+            _ => goal(text, None, missing(nc, "async", sync, "def")),
+        }
+        let sc = "concurrent_noop_calls_per_s";
+        let (nc, pi) = (
+            find(format!("nodecell/{sc}")),
+            find(format!("pyisolate/{sc}")),
+        );
+        let text = "concurrent_noop_calls_per_s (8 in flight) at least 20x pyisolate's (issue 13)";
+        match (value(nc), value(pi)) {
+            (Some(a), Some(b)) if b > 0.0 => goal(
+                text,
+                Some(a / b >= 20.0),
+                format!("{:.1}x ({a:.0} vs {b:.0} calls/s)", a / b),
+            ),
+            _ => goal(text, None, missing(nc, "nodecell", pi, "pyisolate")),
+        }
+    }
     for size in ["1MiB", "64MiB", "1GiB"] {
         let sc = format!("torch_{size}_rtt");
         let nc = find(format!("nodecell/{sc}"));
