@@ -42,6 +42,7 @@ __all__ = [
     "SERVE_ADOPT",
     "SERVE_AWAITABLE",
     "STATUS_VERSION",
+    "StepHold",
     "TensorRef",
     "View",
     "Wire",
