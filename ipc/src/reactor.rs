@@ -789,10 +789,8 @@ fn futexv(word: &AtomicU32, expected: u32) -> io_uring::types::FutexWaitV {
 /// Pushes one SQE, submitting first if the queue is full.
 fn push_sqe(ring: &mut io_uring::IoUring, sqe: &io_uring::squeue::Entry) {
     loop {
-        // SAFETY: every SQE we build refers only to memory that outlives its
-        // completion: futex words in channel mappings held by registered entries
-        // (removed entries' futex ops are cancelled and their waiter arrays kept in
-        // `groups` until completion), fds owned by those entries, or nothing.
+        // SAFETY: each SQE refers only to memory outliving its completion: futex words in
+        // registered entries' mappings (removed ones cancelled, kept in `groups`), fds, or none.
         let pushed = unsafe { ring.submission().push(sqe).is_ok() };
         if pushed {
             return;

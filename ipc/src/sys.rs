@@ -263,9 +263,8 @@ impl Mapping {
         if self.prot != Protection::CopyOnWrite {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        // SAFETY: the range is exactly this mapping, which is private (MAP_PRIVATE):
-        // MADV_DONTNEED only drops our private copies; the caller guarantees no
-        // reference into the mapping is in use (it holds the only Arc).
+        // SAFETY: exactly this private (MAP_PRIVATE) mapping: MADV_DONTNEED only drops our copies;
+        // the caller holds the only Arc, so no reference into it is in use.
         let r = unsafe { libc::madvise(self.ptr().cast(), self.len, libc::MADV_DONTNEED) };
         if r == 0 {
             Ok(())
@@ -751,9 +750,8 @@ pub fn recv_fds(
         }
     };
     let mut fds = Vec::new();
-    // SAFETY: walking the control buffer with the CMSG_* macros stays inside
-    // msg_controllen as filled in by the kernel; each SCM_RIGHTS payload holds
-    // (cmsg_len - CMSG_LEN(0)) / 4 descriptors that are now ours.
+    // SAFETY: the CMSG_* walk stays inside msg_controllen as the kernel filled it; each
+    // SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / 4 descriptors, now ours.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {

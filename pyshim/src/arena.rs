@@ -52,9 +52,8 @@ impl PyArena {
         if address == 0 {
             return Err(PyValueError::new_err("null address"));
         }
-        // SAFETY: the Python caller passes the data pointer and size of a live,
-        // contiguous numpy array / torch tensor and holds a reference to it for the
-        // duration of this call, so the range is readable for `nbytes` bytes.
+        // SAFETY: the caller passes the data pointer and size of a live contiguous array/tensor
+        // it keeps referenced during this call: `nbytes` readable bytes.
         let src: &[u8] = unsafe { std::slice::from_raw_parts(address as *const u8, nbytes) };
         let inner = py
             .detach(|| -> Result<Arc<IpcArena>, nodecell_ipc::ArenaError> {

@@ -266,9 +266,8 @@ fn unmap_and_release(
 ) {
     let _ = std::panic::catch_unwind(|| {
         let _ = in_context(ordinal, |_| {
-            // SAFETY: `ptr..ptr+size` was mapped from `handle` by this process and no
-            // tensor refers to it any more (the owner of this call is being dropped).
-            // cuMemUnmap waits for work using the range.
+            // SAFETY: we mapped `ptr..ptr+size` from `handle` and no tensor refers to it any more
+            // (its owner is being dropped); cuMemUnmap waits for work using the range.
             unsafe {
                 let _ = cu::cuMemUnmap(ptr, size as usize);
                 let _ = cu::cuMemAddressFree(ptr, size as usize);
@@ -426,9 +425,8 @@ impl CudaImport {
         };
         let handle = in_context(hint, |_| {
             let mut handle: cu::CUmemGenericAllocationHandle = 0;
-            // SAFETY: for POSIX fd handles the OS handle is the fd number passed by value
-            // as a pointer-sized integer; `fd` is open for the duration of the call (the
-            // driver takes its own reference; the caller closes the fd).
+            // SAFETY: a POSIX fd handle is the fd number passed by value as a pointer-sized int;
+            // `fd` stays open during the call (the driver takes its own reference).
             let r = unsafe {
                 cu::cuMemImportFromShareableHandle(
                     &mut handle,

@@ -178,9 +178,8 @@ unsafe extern "C" fn capsule_destructor_versioned(capsule: *mut pyo3::ffi::PyObj
 /// The capsule's destructor: frees the tensor if nobody consumed the capsule.
 unsafe extern "C" fn capsule_destructor(capsule: *mut pyo3::ffi::PyObject) {
     let name = CAPSULE_NAME.as_ptr() as *const c_char;
-    // SAFETY: called by CPython with the capsule being destroyed (GIL held). A
-    // consumed capsule was renamed ("used_dltensor"), so IsValid is false and the
-    // consumer owns the tensor. Any exception set meanwhile is saved and restored.
+    // SAFETY: CPython calls this with the dying capsule (GIL held); a consumed one was renamed
+    // (IsValid false, the consumer owns it); a pending exception is saved and restored.
     unsafe {
         if pyo3::ffi::PyCapsule_IsValid(capsule, name) == 1 {
             let (mut t, mut v, mut tb) = (
@@ -445,9 +444,8 @@ pub fn capsule_on(
         deleter: Some(deleter),
     });
     let m = Box::into_raw(m);
-    // SAFETY: `m` is a valid, uniquely owned DLManagedTensor; the ctx box outlives
-    // it (freed together in `deleter`), and its Vecs are not touched again, so the
-    // shape/strides pointers stay valid.
+    // SAFETY: `m` is a valid, uniquely owned DLManagedTensor; its ctx box (freed with it in
+    // `deleter`) keeps the shape/strides Vecs, untouched from here, valid.
     unsafe {
         (*m).manager_ctx = Box::into_raw(ctx) as *mut c_void;
     }

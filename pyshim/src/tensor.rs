@@ -233,10 +233,8 @@ fn copy_out(
         if span > 0 {
             // Copy straight from the view's mapping into the arena's.
             let src = v.view.as_ptr().wrapping_add(offset as usize);
-            // SAFETY: `offset + span <= view.len()` was checked by the caller, so the
-            // source range lies in the view's live mapping (kept alive by `v`); the
-            // destination is a fresh or free arena of at least `span` bytes that only
-            // this thread writes; the two are different mappings.
+            // SAFETY: the caller checked `offset + span <= view.len()` (`v` keeps the mapping);
+            // the destination, another mapping, is a fresh or free arena only we write.
             let src = unsafe { std::slice::from_raw_parts(src, span as usize) };
             buf_ok = a.write(0, src).is_ok();
         }
@@ -382,11 +380,11 @@ pub fn pool_arena(
             "this channel takes immutable outputs: pass the bytes to copy (src_address)",
         ));
     }
-    // SAFETY: when given, the Python caller passes the data pointer and size of a live,
-    // contiguous numpy array / torch storage and holds a reference to it for the
-    // duration of this call, so the range is readable for `nbytes` bytes.
-    let src: Option<&[u8]> = (src_address != 0)
-        .then(|| unsafe { std::slice::from_raw_parts(src_address as *const u8, nbytes) });
+    let src: Option<&[u8]> = (src_address != 0).then(|| {
+        // SAFETY: the caller passes the data pointer and size of a live contiguous array/storage
+        // it keeps referenced during this call: `nbytes` readable bytes.
+        unsafe { std::slice::from_raw_parts(src_address as *const u8, nbytes) }
+    });
     let inner = py.detach(|| -> PyResult<Arc<IpcArena>> {
         let a = pooled(ch, nbytes)?;
         if let Some(src) = src {
@@ -452,9 +450,8 @@ pub fn inline_tensor(
     let data = if nbytes == 0 {
         PyBytes::new(py, b"")
     } else {
-        // SAFETY: the caller passes the data pointer of a live C-contiguous tensor of
-        // exactly `nbytes` bytes (checked against shape and dtype above) and keeps it
-        // alive during this call.
+        // SAFETY: the data pointer of a live C-contiguous tensor of exactly `nbytes` bytes
+        // (checked against shape and dtype above), kept alive by the caller during this call.
         PyBytes::new(py, unsafe {
             std::slice::from_raw_parts(address as *const u8, nbytes)
         })

@@ -170,9 +170,8 @@ pub fn run(plan: &ExecPlan, report: RawFd) -> i32 {
     // The command's process shares our memory (CLONE_VM) and we are
     // suspended (CLONE_VFORK) until it execs or exits: no page tables are
     // copied, which is most of what fork costs here.
-    // SAFETY: `command_main` only reads `prepared` (alive until clone
-    // returns, since we are suspended until then), runs on its own stack,
-    // and ends in execve or _exit.
+    // SAFETY: `command_main` only reads `prepared` (alive: we are suspended until clone
+    // returns), runs on its own stack and ends in execve or _exit.
     let pid = match unsafe {
         sys::spawn_vfork(
             command_main,

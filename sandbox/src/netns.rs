@@ -147,10 +147,8 @@ pub fn start(pin: Option<&Pin>) -> Result<Pending, NetnsError> {
     if let Some(p) = pin {
         let _ = p.restore_cpus();
     }
-    // SAFETY: `helper_main` makes only `bare` system calls and writes only
-    // the atomics of `job`; `job` and `stack` are owned by the returned
-    // `Pending`, which reaps the helper before they are freed, or leaks them
-    // when the helper is cancelled (in `enter` or on drop).
+    // SAFETY: `helper_main` makes only `bare` syscalls and writes `job`'s atomics; `Pending`
+    // owns `job` and `stack`: it reaps the helper before freeing them, or leaks them.
     let spawned = unsafe { sys::spawn_beside(helper_main, &mut stack, arg) };
     if let Some(p) = pin {
         let _ = p.reapply();

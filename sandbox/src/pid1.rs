@@ -50,9 +50,8 @@ pub fn hide() -> Result<String, Pid1Error> {
     })?;
     let mut name = INIT_NAME.as_bytes().to_vec();
     name.push(0);
-    // SAFETY: these are this process's initial argv and environment strings
-    // on its own stack (the kernel's own record of where they are); glibc
-    // and Rust hold only raw pointers to them, which stay valid.
+    // SAFETY: our initial argv/env strings on our own stack (where the kernel put them);
+    // glibc and Rust hold only raw pointers to them, which stay valid.
     unsafe {
         sys::overwrite_bytes(arg_start, arg_end - arg_start, &name);
         sys::overwrite_bytes(env_start, env_end - env_start, &[]);

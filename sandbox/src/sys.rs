@@ -42,9 +42,8 @@ pub fn cpath(path: &Path) -> io::Result<CString> {
 /// thread only, and any lock another thread held would stay locked forever.
 pub unsafe fn clone_fork(flags: libc::c_ulong) -> io::Result<libc::pid_t> {
     let flags = flags | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: without CLONE_VM and with a NULL stack, clone duplicates the
-    // address space exactly as fork does; the caller guarantees there is no
-    // other thread. The pointer arguments are unused for these flags.
+    // SAFETY: no CLONE_VM, NULL stack: a fork's copy of the address space; the caller
+    // guarantees no other thread; the pointer arguments are unused for these flags.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone,

@@ -451,9 +451,8 @@ fn spawn_wait_namespaces(argv: &[CString]) -> Result<i32> {
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::SIGCHLD;
-    // SAFETY: this task is single-threaded; without CLONE_VM and with a NULL
-    // stack clone duplicates the process as fork does; the child only reads,
-    // execs and _exits.
+    // SAFETY: single-threaded; no CLONE_VM and a NULL stack: clone copies the process as
+    // fork does; the child only reads, execs and _exits.
     let pid = unsafe {
         libc::syscall(
             libc::SYS_clone,

@@ -2956,9 +2956,8 @@ mod probe {
         // reports and sleeps until killed.
         let sibling = unsafe { libc::fork() };
         if sibling == 0 {
-            // SAFETY: closes this child's copies of pipe ends it does not use (all ours): the
-            // worker's report pipe (its open write end kept the zygote's read from seeing EOF)
-            // and the write end of `done`, so the zygote closing its own ends the wait below.
+            // SAFETY: closes this child's unused copies of our pipe ends: the worker's report pipe
+            // (it kept the zygote's read from EOF) and `done`'s write end (so the wait below ends).
             unsafe {
                 libc::close(wfds[0]);
                 libc::close(wfds[1]);
@@ -2968,9 +2967,8 @@ mod probe {
                 Ok(_) => "ready".to_string(),
                 Err(e) => e.to_string(),
             };
-            // SAFETY: valid buffers; then wait for the zygote to close `done` (it cannot
-            // signal this sibling once it runs as another uid: a sleep-until-killed made the
-            // case wait 30 s), and _exit.
+            // SAFETY: valid buffers; then wait for the zygote to close `done` (it cannot signal
+            // this sibling once it runs as another uid: sleeping until killed took 30 s); _exit.
             unsafe {
                 libc::write(fds[1], msg.as_ptr().cast(), msg.len());
                 libc::close(fds[1]);

@@ -113,9 +113,8 @@ impl Channel {
         }
         let map = Mapping::map(inc.fd.as_fd(), len as usize, Protection::ReadShared)
             .map_err(ioerr("mmap spill"))?;
-        // SAFETY: the spill memfd was checked at receipt to carry F_SEAL_WRITE, so no
-        // process can change these bytes while we decode them (no TOCTOU), and
-        // F_SEAL_SHRINK with size >= len keeps every mapped page backed (no SIGBUS).
+        // SAFETY: the spill memfd carries F_SEAL_WRITE (checked at receipt: no TOCTOU) and
+        // F_SEAL_SHRINK with size >= len (every mapped page stays backed: no SIGBUS).
         let bytes = unsafe { map.as_slice() };
         let d = Frame::decode(bytes, &self.inner.cfg.limits)
             .map_err(|e| self.violation(Violation::Decode(e)))?;

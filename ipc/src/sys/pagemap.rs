@@ -76,9 +76,8 @@ extern "C" fn forked_child() {
 fn fork_generation() -> u64 {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
-        // SAFETY: registers a child handler that only bumps an atomic (async-signal-safe);
-        // the function lives for the whole process. On failure (ENOMEM) the generation
-        // is unknown (u64::MAX) and callers compare pids instead.
+        // SAFETY: the child handler only bumps an atomic (async-signal-safe) and lives for the
+        // process; on failure (ENOMEM) the generation is u64::MAX and callers compare pids.
         let r = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
         if r != 0 {
             FORK_GENERATION.store(u64::MAX, Ordering::Relaxed);
@@ -152,9 +151,8 @@ fn scan(file: &File, start: usize, end: usize) -> io::Result<bool> {
         return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         ..PmScanArg::default()
     };
-    // SAFETY: `arg` is a correctly sized pm_scan_arg whose `vec` points at one
-    // PageRegion living on this stack frame for the whole call; the kernel writes
-    // at most `vec_len` regions there and updates `walk_end` in `arg`.
+    // SAFETY: `arg` is a sized pm_scan_arg whose `vec` points at one PageRegion on this stack
+    // frame; the kernel writes at most `vec_len` regions there and `walk_end` in `arg`.
     let r = unsafe { libc::ioctl(file.as_raw_fd(), PAGEMAP_SCAN, std::ptr::addr_of_mut!(arg)) };
     if r < 0 {
         return Err(io::Error::last_os_error());

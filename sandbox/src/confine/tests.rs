@@ -25,10 +25,8 @@ fn outcome<T>(r: std::io::Result<T>) -> String {
 /// panics in the child (every check returns a string).
 fn fork_child(f: impl FnOnce() -> String) -> (libc::pid_t, RawFd) {
     let (r, w) = sys::pipe_cloexec().unwrap();
-    // SAFETY: the test process is multi-threaded, but the child only
-    // allocates (glibc resets its malloc locks in the child of fork) and
-    // makes system calls; it never takes a lock of the Rust runtime (no
-    // printing, no panics) and leaves with _exit.
+    // SAFETY: the child only allocates (glibc resets malloc locks after fork) and makes
+    // syscalls, never a Rust runtime lock (no printing, no panics), and _exits.
     let pid = unsafe { sys::fork() }.unwrap();
     if pid == 0 {
         sys::close(r);
