@@ -144,3 +144,38 @@ PROMPT = {
     "12": {"class_type": "SC Conditioned", "inputs": {"strength": 0.7}},
 }
 TARGETS = ["4", "5", "6", "7", "8", "10", "11", "12"]
+
+
+_NP1_INIT = '''
+import numpy
+
+
+class NumpyVersion:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+    CATEGORY = "np1"
+
+    def run(self):
+        return (numpy.__version__,)
+
+
+NODE_CLASS_MAPPINGS = {%r: NumpyVersion}
+'''
+_NP1_MANIFEST = "name: nc-numpy1\nversion: 0.1.0\nisolated: true\nshare_torch: true\ndependencies:\n  - numpy==1.26.4\n"
+
+
+def write_numpy1_pack(custom_nodes: Path, node_name: str) -> Path:
+    """Write the pack `NC-Numpy1` (a venv pinning numpy 1.26.4, one node `node_name` answering
+    numpy's version) into `custom_nodes`, readable by a sandboxed worker; returns its folder."""
+    np1 = custom_nodes / "NC-Numpy1"
+    np1.mkdir(mode=0o755)
+    os.chmod(np1, 0o755)
+    (np1 / "__init__.py").write_text(_NP1_INIT % node_name)
+    (np1 / "manifest.yaml").write_text(_NP1_MANIFEST)
+    for f in np1.iterdir():
+        os.chmod(f, 0o644)
+    return np1

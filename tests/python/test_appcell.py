@@ -19,31 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from studio_support import FIXTURES, _run_prompt, forget_app, host_pid, parent_pid, world_readable_copy
+from studio_support import (FIXTURES, _run_prompt, forget_app, host_pid, parent_pid, world_readable_copy,
+                             write_numpy1_pack)
 
 pytest_plugins = ["studio_fixtures"]
 
 PACKS = ("NC-Showcase", "NC-Entry")
-NP1_INIT = '''
-import numpy
-
-
-class NumpyVersion:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("STRING",)
-    FUNCTION = "run"
-    CATEGORY = "np1"
-
-    def run(self):
-        return (numpy.__version__,)
-
-
-NODE_CLASS_MAPPINGS = {"NP1 Version": NumpyVersion}
-'''
-NP1_MANIFEST = "name: nc-numpy1\nversion: 0.1.0\nisolated: true\nshare_torch: true\ndependencies:\n  - numpy==1.26.4\n"
 # Two packs that try things on each other's files and processes (pack-separation).
 PROBE_INIT = '''
 import errno
@@ -143,13 +124,7 @@ def app(aloop, studio_venv_root):
         f.write("\nimport comfy.model_management  # noqa: E402,F401\n")
     for p in PACKS + ("NC-WebExt",):
         world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
-    np1 = root / "custom_nodes" / "NC-Numpy1"
-    np1.mkdir(mode=0o755)
-    os.chmod(np1, 0o755)
-    (np1 / "__init__.py").write_text(NP1_INIT)
-    (np1 / "manifest.yaml").write_text(NP1_MANIFEST)
-    for f in np1.iterdir():
-        os.chmod(f, 0o644)
+    np1 = write_numpy1_pack(root / "custom_nodes", "NP1 Version")
     for folder, name in PROBES.items():
         probe = root / "custom_nodes" / folder
         probe.mkdir(mode=0o755)

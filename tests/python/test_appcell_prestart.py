@@ -18,31 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from studio_support import FIXTURES, forget_app, world_readable_copy
+from studio_support import FIXTURES, forget_app, world_readable_copy, write_numpy1_pack
 
 pytest_plugins = ["studio_fixtures"]
 
 PACKS = ("NC-Showcase", "NC-Entry")
-NP1_INIT = '''
-import numpy
-
-
-class NumpyVersion:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("STRING",)
-    FUNCTION = "run"
-    CATEGORY = "np1"
-
-    def run(self):
-        return (numpy.__version__,)
-
-
-NODE_CLASS_MAPPINGS = {"NP1 Early Version": NumpyVersion}
-'''
-NP1_MANIFEST = "name: nc-numpy1\nversion: 0.1.0\nisolated: true\nshare_torch: true\ndependencies:\n  - numpy==1.26.4\n"
 PRELOAD = ["nodes", "server", "numpy"]
 
 
@@ -53,13 +33,7 @@ def app(aloop, studio_venv_root):
     root = world_readable_copy(FIXTURES / "studio_app", d / "ComfyUI")
     for p in PACKS + ("NC-WebExt",):
         world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
-    np1 = root / "custom_nodes" / "NC-Numpy1"
-    np1.mkdir(mode=0o755)
-    os.chmod(np1, 0o755)
-    (np1 / "__init__.py").write_text(NP1_INIT)
-    (np1 / "manifest.yaml").write_text(NP1_MANIFEST)
-    for f in np1.iterdir():
-        os.chmod(f, 0o644)
+    write_numpy1_pack(root / "custom_nodes", "NP1 Early Version")
     for sub in ("output", "temp", "input", "user"):
         (root / sub).mkdir(mode=0o755)
         os.chmod(root / sub, 0o755)
