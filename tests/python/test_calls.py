@@ -321,3 +321,42 @@ def test_worker_logs_and_stdout_reach_host_logging(aloop, basic_ext):
         lg.removeHandler(h)
     assert ("nodecell.basic.testpack", "log: hello-from-worker") in records
     assert any(n == "nodecell.basic" and m == "stdout: hello-from-worker" for n, m in records), records
+
+
+def test_releases_queued_by_finalizers_on_other_threads_are_never_lost():
+    """Proxy finalizers queue releases on whatever thread the GC runs while the loop's thread
+    takes them to send: every queued reference comes out exactly once (a lost one would keep
+    the peer's object alive for good)."""
+    import sys
+    import threading
+
+    from nodecell import _nodecell
+    from nodecell._rpc import Endpoint
+
+    class Quiet(Endpoint):
+        def _schedule_release_flush(self) -> None:
+            pass
+
+    ch = _nodecell.Channel.create()
+    ep = Quiet(ch, "test")
+    per_thread, threads = 20000, 4
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        def queue(base: int) -> None:
+            for i in range(per_thread):
+                ep.release_later(base + i, 1)
+
+        ts = [threading.Thread(target=queue, args=(k * per_thread,)) for k in range(threads)]
+        for t in ts:
+            t.start()
+        taken = []
+        while any(t.is_alive() for t in ts):
+            taken.extend(ep.take_releases())
+        for t in ts:
+            t.join()
+        taken.extend(ep.take_releases())
+    finally:
+        sys.setswitchinterval(old)
+        ch.close()
+    assert sorted(taken) == list(range(threads * per_thread))

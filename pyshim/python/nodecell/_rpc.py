@@ -26,6 +26,7 @@ Payloads:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import inspect
@@ -35,7 +36,7 @@ import threading
 import traceback
 import types
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import _nodecell, _tensors
 from .errors import RemoteError, remote_error
@@ -234,7 +235,9 @@ class Endpoint:
         self.proxies: "weakref.WeakValueDictionary[int, RemoteObject]" = weakref.WeakValueDictionary()
         # Fixed handles (extension, control, singletons): never released.
         self.pinned: Dict[int, Any] = {}
-        self._release_queue: List[Tuple[int, int]] = []
+        # Appended to by proxy finalizers on any thread (wherever the GC runs), drained by
+        # `take_releases`: a deque, whose append and popleft are atomic.
+        self._release_queue: Deque[Tuple[int, int]] = collections.deque()
         self.closed = False
         channel.set_hooks(self.encode_hook, _tensors.decode_tensor, self.decode_handle,
                           self.decode_record, self.decode_error)
@@ -402,13 +405,23 @@ class Endpoint:
         self._release_queue.append((hid, count))
         self._schedule_release_flush()
 
+    def take_releases(self) -> List[int]:
+        """Take the queued releases: one handle id per released reference. Safe against
+        finalizers queueing more on other threads meanwhile (nothing queued is lost)."""
+        q = self._release_queue
+        ids: List[int] = []
+        while True:
+            try:
+                hid, n = q.popleft()
+            except IndexError:
+                return ids
+            ids.extend([hid] * n)
+
     def flush_releases(self) -> None:
         """Send queued releases as one RELEASE frame."""
-        q = self._release_queue
-        if not q or self.closed:
+        if not self._release_queue or self.closed:
             return
-        items, self._release_queue = q[:], []
-        ids = [hid for hid, n in items for _ in range(n)]
+        ids = self.take_releases()
         try:
             self.channel.send(RELEASE, 0, ids)
         except Exception:  # noqa: BLE001 - a dead channel has nothing to release

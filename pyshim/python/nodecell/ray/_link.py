@@ -191,11 +191,9 @@ class Link(Endpoint):
         raise NotImplementedError
 
     def flush_releases(self) -> None:
-        q = self._release_queue
-        if not q or self.closed:
+        if not self._release_queue or self.closed:
             return
-        items, self._release_queue = q[:], []
-        ids = [hid for hid, n in items for _ in range(n)]
+        ids = self.take_releases()
         try:
             self.send_frame(RELEASE, 0, ids)
         except Exception:  # noqa: BLE001 - a link that is gone has nothing to release
