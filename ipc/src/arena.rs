@@ -16,6 +16,14 @@
 //!   keeps writing it and reuses it for later outputs once every descriptor naming it
 //!   came back; receivers map it copy-on-write. See [`crate::pool`].
 //!
+//! A pooled arena may also be *lent* to this process's own code (the worker heap in
+//! `pyshim`: torch's CPU allocator takes its large blocks from the pool, so outputs are
+//! in shared memory from the start). Once such an arena's bytes are sent,
+//! [`Arena::privatize`] remaps this process's mapping copy-on-write at the same
+//! addresses: the worker's code keeps reading the same bytes, and what it writes later
+//! stays in private pages no peer sees. [`crate::ArenaPool::take`] maps it shared
+//! again ([`Arena::reshare`]) before reusing it.
+//!
 //! The receiver side is [`TensorView`]: a mapping of a received arena plus the
 //! validated descriptor, with its address and length for numpy/torch to wrap.
 
@@ -90,6 +98,8 @@ pub struct Arena {
     /// Set once the arena was shared on a channel other than `pool_owner`: its
     /// bytes were seen by another peer, so the pool must never recycle it.
     foreign: AtomicBool,
+    /// Lent to this process's own code (see [`Arena::set_lent`]).
+    lent: AtomicBool,
 }
 
 impl Arena {
@@ -125,6 +135,7 @@ impl Arena {
             hugepage,
             pool_owner: AtomicU64::new(0),
             foreign: AtomicBool::new(false),
+            lent: AtomicBool::new(false),
         }))
     }
 
@@ -169,7 +180,9 @@ impl Arena {
                 state: self.state(),
             });
         };
-        if m.protection() == Protection::ReadShared {
+        if m.protection() != Protection::WriteShared {
+            // Read-only (frozen), or copy-on-write (privatized): a write would not reach
+            // the memfd, so no peer would see it.
             return Err(ArenaError::AlreadySealed {
                 id: self.id,
                 state: self.state(),
@@ -291,6 +304,69 @@ impl Arena {
     /// Whether a peer other than the pool's owner has seen this arena.
     pub fn is_foreign(&self) -> bool {
         self.foreign.load(Ordering::Relaxed)
+    }
+
+    /// Marks the arena as lent to this process's own code (a tensor of the worker's
+    /// lives in it: the worker heap) or given back. A lent arena is remapped
+    /// copy-on-write when its bytes are sent ([`Arena::privatize`]).
+    pub fn set_lent(&self, lent: bool) {
+        self.lent.store(lent, Ordering::Release);
+    }
+
+    /// Whether this process's own code holds memory in the arena (see [`Arena::set_lent`]).
+    pub fn is_lent(&self) -> bool {
+        self.lent.load(Ordering::Acquire)
+    }
+
+    /// Whether this process's mapping is copy-on-write (see [`Arena::privatize`]).
+    pub fn is_private(&self) -> bool {
+        self.mapping()
+            .is_some_and(|m| m.protection() == Protection::CopyOnWrite)
+    }
+
+    /// Remaps this process's writable-shared mapping copy-on-write at the same addresses
+    /// (`mmap(MAP_PRIVATE|MAP_FIXED)` of the same memfd): the bytes read stay the same,
+    /// later writes here go to private pages the peers never see. Ok(false) when it
+    /// already was (or is read-only). For a pooled arena lent to local code whose bytes
+    /// were just sent.
+    pub fn privatize(&self) -> Result<bool, ArenaError> {
+        let Some(m) = self.mapping() else {
+            return Ok(false);
+        };
+        if m.protection() != Protection::WriteShared {
+            return Ok(false);
+        }
+        m.remap_in_place(self.fd.as_fd(), Protection::CopyOnWrite, false)
+            .map_err(io("mmap arena copy-on-write"))?;
+        Ok(true)
+    }
+
+    /// Undoes [`Arena::privatize`]: maps the memfd writable-shared again at the same
+    /// addresses (pre-faulted), dropping the private pages; Ok(false) when the mapping was
+    /// not copy-on-write. Only for an arena nothing here uses any more (the pool calls
+    /// it before reusing one): bytes written since the privatize are gone.
+    pub fn reshare(&self) -> Result<bool, ArenaError> {
+        let Some(m) = self.mapping() else {
+            return Ok(false);
+        };
+        if m.protection() != Protection::CopyOnWrite {
+            return Ok(false);
+        }
+        m.remap_in_place(self.fd.as_fd(), Protection::WriteShared, true)
+            .map_err(io("mmap arena shared"))?;
+        Ok(true)
+    }
+
+    /// Whether this process wrote into the arena since [`Arena::privatize`] (its
+    /// copy-on-write mapping holds private pages overlapping `[off, off + len)`; an
+    /// unreadable page map counts as written). False for a shared mapping.
+    pub fn written_privately(&self, off: usize, len: usize) -> bool {
+        match self.mapping() {
+            Some(m) if m.protection() == Protection::CopyOnWrite => {
+                m.has_private_pages(off, len).unwrap_or(true)
+            }
+            _ => false,
+        }
     }
 
     /// Seals `SHRINK|GROW|SEAL`: an output buffer the peer may write.

@@ -180,6 +180,10 @@ impl ArenaPool {
         };
         release(gone);
         if let Some(a) = found {
+            // A lent arena whose bytes were sent was left copy-on-write here (see
+            // `Arena::privatize`): shared again, or the next tensor's bytes would stay
+            // in private pages the peer never sees.
+            a.reshare()?;
             return Ok(a);
         }
         // Made outside the lock: faulting in a large arena takes a while.
@@ -376,6 +380,59 @@ mod tests {
         assert!(s.free_bytes <= 1 << 20, "{s:?}");
         pool.set_limit(0);
         assert_eq!(pool.stats().arenas, 0);
+    }
+
+    #[test]
+    fn a_privatized_arena_keeps_its_writes_private_until_reused() {
+        use crate::sys::{Mapping, Protection};
+        let pool = ArenaPool::new(64 << 20);
+        // The worker's end: its pooled arenas are sealed without a (future) write seal.
+        let (_host, fds) = Channel::create(ChannelConfig::default()).unwrap();
+        let a = Channel::open(fds, ChannelConfig::default()).unwrap();
+        let n = 3 * 4096;
+        let x = pool.take(&a, n).unwrap();
+        let (xid, ptr) = (x.id(), x.as_ptr());
+        x.set_lent(true);
+        x.write(0, &vec![1u8; n]).unwrap();
+        assert!(!x.is_private() && !x.written_privately(0, n));
+        assert!(x.privatize().unwrap(), "writable-shared: remapped");
+        assert!(!x.privatize().unwrap(), "already copy-on-write");
+        assert_eq!(x.as_ptr(), ptr, "same addresses");
+        assert!(x.is_private() && !x.written_privately(0, n));
+        // A peer's view of the memfd: what was there when it was sent.
+        let peer = Mapping::map(x.fd(), n, Protection::ReadShared).unwrap();
+        let m = x.mapping().unwrap();
+        let mut b = vec![0u8; n];
+        m.read_into(0, &mut b);
+        assert!(b.iter().all(|&v| v == 1), "the owner still reads its bytes");
+        m.write_from(4096, &[2u8; 4096]);
+        assert!(x.written_privately(0, n) && x.written_privately(4096, 1));
+        assert!(!x.written_privately(0, 4096), "only the written page");
+        assert!(
+            x.write(0, &[3u8; 8]).is_err(),
+            "no writes the peer would not see"
+        );
+        peer.read_into(0, &mut b);
+        assert!(
+            b.iter().all(|&v| v == 1),
+            "the peer never sees the owner's later writes"
+        );
+        drop(m);
+        x.set_lent(false);
+        drop(x);
+        let y = pool.take(&a, n).unwrap();
+        assert_eq!(
+            (y.id(), y.as_ptr()),
+            (xid, ptr),
+            "reused, at the same addresses"
+        );
+        assert!(!y.is_private(), "shared again before reuse");
+        y.write(0, &vec![4u8; n]).unwrap();
+        peer.read_into(0, &mut b);
+        assert!(
+            b.iter().all(|&v| v == 4),
+            "the next tensor's bytes reach the memfd"
+        );
     }
 
     #[test]

@@ -181,12 +181,33 @@ pub enum Protection {
     CopyOnWrite,
 }
 
+impl Protection {
+    /// `(prot, flags)` for `mmap`.
+    fn mmap_flags(self) -> (libc::c_int, libc::c_int) {
+        match self {
+            Protection::ReadShared => (libc::PROT_READ, libc::MAP_SHARED),
+            Protection::WriteShared => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED),
+            Protection::CopyOnWrite => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE),
+        }
+    }
+
+    /// The variant stored as `self as u8`.
+    fn from_index(i: u8) -> Protection {
+        match i {
+            0 => Protection::ReadShared,
+            1 => Protection::WriteShared,
+            _ => Protection::CopyOnWrite,
+        }
+    }
+}
+
 /// One `mmap` of a file, unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
-    prot: Protection,
+    /// The [`Protection`] as its index (changed by [`Mapping::remap_in_place`]).
+    prot: std::sync::atomic::AtomicU8,
     /// Copy-on-write only: found to hold no private pages when its last view went (see
     /// [`Mapping::mark_clean`]).
     clean: std::sync::atomic::AtomicBool,
@@ -204,11 +225,7 @@ impl Mapping {
         if len == 0 {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
-        let (p, f) = match prot {
-            Protection::ReadShared => (libc::PROT_READ, libc::MAP_SHARED),
-            Protection::WriteShared => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED),
-            Protection::CopyOnWrite => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE),
-        };
+        let (p, f) = prot.mmap_flags();
         // SAFETY: a fresh mapping chosen by the kernel (addr NULL) cannot alias Rust memory.
         let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, p, f, fd.as_raw_fd(), 0) };
         if ptr == libc::MAP_FAILED {
@@ -219,7 +236,7 @@ impl Mapping {
         Ok(Mapping {
             ptr,
             len,
-            prot,
+            prot: std::sync::atomic::AtomicU8::new(prot as u8),
             clean: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -253,14 +270,40 @@ impl Mapping {
 
     /// How it was mapped.
     pub fn protection(&self) -> Protection {
+        Protection::from_index(self.prot.load(std::sync::atomic::Ordering::Acquire))
+    }
+
+    /// Maps `fd` (offset 0, this mapping's length) again over this mapping's own
+    /// addresses with `prot` (`MAP_FIXED`: the addresses stay valid throughout; the
+    /// kernel swaps the pages under them). `populate` asks for the page tables to be
+    /// filled at once (`MAP_POPULATE`). Used to turn a worker's writable-shared arena
+    /// copy-on-write once its bytes were sent (the worker's later writes stay private)
+    /// and shared again before the arena is reused. Bytes written through a
+    /// copy-on-write mapping are dropped by the swap back to shared.
+    pub fn remap_in_place(
+        &self,
+        fd: BorrowedFd<'_>,
+        prot: Protection,
+        populate: bool,
+    ) -> io::Result<()> {
+        let (p, f) = prot.mmap_flags();
+        let f = f | libc::MAP_FIXED | if populate { libc::MAP_POPULATE } else { 0 };
+        // SAFETY: MAP_FIXED over exactly this mapping's own range (which it owns and unmaps on
+        // drop) with a file at least that long: no other mapping or Rust object is replaced.
+        let ptr = unsafe { libc::mmap(self.ptr().cast(), self.len, p, f, fd.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
         self.prot
+            .store(prot as u8, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// For a copy-on-write mapping: throws away this process's private copies of
     /// pages (`MADV_DONTNEED`), so every page reads the file's current contents
     /// again. Cheap for pages never touched.
     pub fn discard_private(&self) -> io::Result<()> {
-        if self.prot != Protection::CopyOnWrite {
+        if self.protection() != Protection::CopyOnWrite {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         // SAFETY: exactly this private (MAP_PRIVATE) mapping: MADV_DONTNEED only drops our copies;
@@ -301,7 +344,7 @@ impl Mapping {
         if e.raw_os_error() != Some(libc::EINVAL) {
             return Err(e);
         }
-        if self.prot == Protection::ReadShared {
+        if self.protection() == Protection::ReadShared {
             return Err(io::Error::from(io::ErrorKind::PermissionDenied));
         }
         let page = page_size();
@@ -356,7 +399,7 @@ impl Mapping {
     /// Copies `src` into the mapping at `off`. The mapping must be writable.
     pub fn write_from(&self, off: usize, src: &[u8]) {
         assert!(
-            self.prot != Protection::ReadShared,
+            self.protection() != Protection::ReadShared,
             "write to a read-only mapping"
         );
         assert!(

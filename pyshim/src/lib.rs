@@ -34,11 +34,13 @@ pub mod cuda;
 pub mod dispatch;
 pub mod dlpack;
 pub mod find_uv;
+pub mod heap;
 pub mod markers;
 pub mod provision;
 mod pyjson;
 pub mod reactor;
 pub mod stephold;
+mod sys;
 pub mod tensor;
 pub mod tools;
 pub mod torchfast;
@@ -152,5 +154,8 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tensor::tensor_pool_stats, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::inline_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::dtypes, m)?)?;
+    m.add_function(wrap_pyfunction!(heap::worker_heap, m)?)?;
+    m.add_function(wrap_pyfunction!(heap::worker_heap_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(heap::set_worker_heap, m)?)?;
     Ok(())
 }

@@ -18,6 +18,7 @@
 //!   hooks (see [`crate::torchfast`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use nodecell_ipc::{
@@ -124,7 +125,7 @@ pub(crate) fn tensor_value(end: &End<'_>, py: Python<'_>, t: &TensorRef) -> PyRe
         if let Some(d) = crate::cuda::tensor_desc(py, end.ch, end.id, arena, t, dtype, &strides)? {
             d
         } else if let Ok(a) = arena.cast::<PyArena>() {
-            share_own(end, &a.get().inner, t.offset, dtype, &t.shape, &strides)?
+            share_local(end, py, &a.get().inner, t.offset, dtype, &t.shape, &strides)?
         } else if let Ok(v) = arena.cast::<PyView>() {
             view_desc(end, py, &v.get().keep, t.offset, dtype, &t.shape, &strides)?
         } else {
@@ -146,9 +147,48 @@ pub(crate) fn located_desc(
     strides: &[i64],
 ) -> PyResult<TensorDesc> {
     match loc {
-        Located::Arena(a, off) => share_own(end, &a, off, dtype, shape, strides),
+        Located::Arena(a, off) => share_local(end, py, &a, off, dtype, shape, strides),
         Located::View(v, off) => view_desc(end, py, &v, off, dtype, shape, strides),
     }
+}
+
+/// Shares a tensor this process sees through one of our arenas' own mapping. An arena
+/// lent to the worker heap ([`crate::heap`]) is remapped copy-on-write here once its
+/// bytes are sent (the worker's later writes stay private); one the worker wrote into
+/// after such a send holds its bytes in private pages, so those are copied instead.
+fn share_local(
+    end: &End<'_>,
+    py: Python<'_>,
+    arena: &Arc<IpcArena>,
+    offset: u64,
+    dtype: DType,
+    shape: &[u64],
+    strides: &[i64],
+) -> PyResult<TensorDesc> {
+    if !arena.is_lent() {
+        return share_own(end, arena, offset, dtype, shape, strides);
+    }
+    let (_, span) = desc_at(0, Origin::Sender, offset, dtype, shape, strides)?;
+    if offset
+        .checked_add(span)
+        .is_none_or(|e| e > arena.len() as u64)
+    {
+        return Err(PyValueError::new_err(
+            "tensor reaches outside the arena it lives in",
+        ));
+    }
+    if arena.written_privately(offset as usize, span as usize) {
+        crate::heap::note_copied();
+        let src = arena.as_ptr().wrapping_add(offset as usize);
+        // The arena (held by `arena`) keeps `src` mapped during the copy.
+        return copy_bytes(end, py, src, span, dtype, shape, strides);
+    }
+    let d = share_own(end, arena, offset, dtype, shape, strides)?;
+    let privatized = arena
+        .privatize()
+        .map_err(|e| PyOSError::new_err(format!("worker heap: {e}")))?;
+    crate::heap::note_sent(span, privatized);
+    Ok(d)
 }
 
 /// Shares one of our arenas and remembers it by slot.
@@ -227,16 +267,41 @@ fn copy_out(
     shape: &[u64],
     strides: &[i64],
 ) -> PyResult<TensorDesc> {
+    // The caller checked `offset + span <= view.len()`; `v` keeps the mapping.
+    let src = v.view.as_ptr().wrapping_add(offset as usize);
+    copy_bytes(end, py, src, span, dtype, shape, strides)
+}
+
+/// Tensors this process copied into a pooled arena to send them, and their bytes (for
+/// `tensor_pool_stats`: `copies`, `copied_bytes`).
+static COPIES: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+
+fn count_copy(bytes: usize) {
+    COPIES.0.fetch_add(1, Ordering::Relaxed);
+    COPIES.1.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+/// Copies the `span` bytes at `src` (inside a mapping the caller keeps alive) into a
+/// pooled arena and shares that.
+fn copy_bytes(
+    end: &End<'_>,
+    py: Python<'_>,
+    src: *const u8,
+    span: u64,
+    dtype: DType,
+    shape: &[u64],
+    strides: &[i64],
+) -> PyResult<TensorDesc> {
+    let src = src as usize;
     let arena = py.detach(|| -> PyResult<Arc<IpcArena>> {
         let a = pooled(end.ch, span.max(1) as usize)?;
         let mut buf_ok = true;
         if span > 0 {
-            // Copy straight from the view's mapping into the arena's.
-            let src = v.view.as_ptr().wrapping_add(offset as usize);
-            // SAFETY: the caller checked `offset + span <= view.len()` (`v` keeps the mapping);
+            // SAFETY: the caller's `span` readable bytes at `src`, in a mapping it keeps alive;
             // the destination, another mapping, is a fresh or free arena only we write.
-            let src = unsafe { std::slice::from_raw_parts(src, span as usize) };
+            let src = unsafe { std::slice::from_raw_parts(src as *const u8, span as usize) };
             buf_ok = a.write(0, src).is_ok();
+            count_copy(src.len());
         }
         if !buf_ok {
             return Err(PyOSError::new_err("cannot write a pooled arena"));
@@ -390,6 +455,7 @@ pub fn pool_arena(
         if let Some(src) = src {
             a.write(0, src)
                 .map_err(|e| PyOSError::new_err(format!("fill arena: {e}")))?;
+            count_copy(src.len());
         }
         seal_frozen_if_needed(ch, &a)?;
         Ok(a)
@@ -404,7 +470,8 @@ pub fn set_tensor_pool(limit: usize) {
     ArenaPool::global().set_limit(limit);
 }
 
-/// `{hits, misses, dropped, arenas, bytes, free_bytes, limit}` of this process's pool.
+/// `{hits, misses, dropped, arenas, bytes, free_bytes, limit}` of this process's pool,
+/// and `copies` / `copied_bytes`: tensors copied into pooled arenas to be sent.
 #[pyfunction]
 pub fn tensor_pool_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let pool = ArenaPool::global();
@@ -417,6 +484,8 @@ pub fn tensor_pool_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("bytes", s.bytes)?;
     d.set_item("free_bytes", s.free_bytes)?;
     d.set_item("limit", pool.limit())?;
+    d.set_item("copies", COPIES.0.load(Ordering::Relaxed))?;
+    d.set_item("copied_bytes", COPIES.1.load(Ordering::Relaxed))?;
     Ok(d)
 }
 

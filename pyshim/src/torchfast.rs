@@ -74,6 +74,7 @@ fn torch(py: Python<'_>) -> Option<&'static Torch> {
         })
     };
     let t = look().ok()?;
+    crate::heap::torch_imported();
     let _ = TORCH.set(py, t);
     TORCH.get(py)
 }

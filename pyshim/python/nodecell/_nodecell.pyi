@@ -71,9 +71,12 @@ __all__ = [
     "read_manifest",
     "requirement_names",
     "set_tensor_pool",
+    "set_worker_heap",
     "state_root",
     "tensor_pool_stats",
     "tools_socket_path",
+    "worker_heap",
+    "worker_heap_stats",
     "__version__",
 ]
 
@@ -526,7 +529,21 @@ def set_tensor_pool(limit: int) -> None:
     """The most bytes of free pooled arenas this process keeps (0: none)."""
 
 def tensor_pool_stats() -> Dict[str, int]:
-    """``hits``, ``misses``, ``dropped``, ``arenas``, ``bytes``, ``free_bytes``, ``limit``."""
+    """``hits``, ``misses``, ``dropped``, ``arenas``, ``bytes``, ``free_bytes``, ``limit``,
+    ``copies``, ``copied_bytes``."""
+
+def worker_heap(channel: Channel) -> bool:
+    """In a worker (after its fork): torch's large CPU allocations from now on in pooled
+    arenas of ``channel``, so outputs cross without a copy (``NODECELL_WORKER_HEAP=0``:
+    off). Returns whether it is on."""
+
+def worker_heap_stats() -> Dict[str, Any]:
+    """The worker heap's counters: ``installed``, ``enabled``, ``off_reason``, ``min_bytes``,
+    ``max_bytes``, ``takes``, ``taken_bytes``, ``frees``, ``live_blocks``, ``live_bytes``,
+    ``fallbacks``, ``sent``, ``sent_bytes``, ``privatized``, ``copied``."""
+
+def set_worker_heap(on: bool) -> bool:
+    """Stops or resumes serving new allocations from the worker heap; whether it serves now."""
 
 def inline_tensor(kind: str, dtype: str, shape: List[int], address: int, nbytes: int) -> Record:
     """The ``nodecell.ndarray`` record for a small C-contiguous tensor (bytes copied)."""

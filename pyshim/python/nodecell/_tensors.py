@@ -22,6 +22,10 @@ descriptor (arena, offset, dtype, shape, strides) in a frame.
   waits for it.
 * In a worker, outputs are copied into the pool and never re-pointed: the worker's
   code keeps its own tensor, so changing it later never changes what it returned.
+  With torch, the worker heap (``pyshim/src/heap.rs``; ``NODECELL_WORKER_HEAP=0``
+  turns it off) allocates torch's CPU tensors of 1 MiB and more in pooled arenas
+  from the start, so those outputs are sent as they are, without the copy; sending
+  one remaps the worker's own mapping of it copy-on-write, so the same holds.
   A channel made with ``frozen_outputs`` gets immutable (write-sealed) copies
   instead (see SECURITY.md for what each guarantees).
 * A received tensor the receiver wrote into (copy-on-write) is copied when sent on,
@@ -155,7 +159,8 @@ def set_tensor_pool(max_free_bytes: int) -> None:
 
 def tensor_pool_stats() -> Dict[str, int]:
     """This process's tensor pool: ``hits``, ``misses``, ``dropped``, ``arenas``,
-    ``bytes``, ``free_bytes``, ``limit``."""
+    ``bytes``, ``free_bytes``, ``limit``; ``copies`` and ``copied_bytes`` (tensors copied
+    into pooled arenas to be sent)."""
     return dict(_nodecell.tensor_pool_stats())
 
 

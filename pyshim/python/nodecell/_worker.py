@@ -188,6 +188,9 @@ def worker_main(ring_fd: int, sock_fd: int) -> None:
     from ._worker_rt import WorkerEndpoint
 
     ch = _nodecell.Channel.open(ring_fd, sock_fd)
+    # torch's large CPU allocations in shared arenas from here on (this process only,
+    # never the zygote): outputs then cross without a copy. NODECELL_WORKER_HEAP=0: off.
+    _nodecell.worker_heap(ch)
     ep = WorkerEndpoint(ch)
     code = ep.serve()
     sys.stdout.flush()

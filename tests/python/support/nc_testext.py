@@ -328,6 +328,60 @@ class TestExt(nodecell.ExtensionBase):
 
         return _tensors.tensor_pool_stats()
 
+    def heap_stats(self):
+        """The worker heap's counters (torch's large allocations in shared arenas)."""
+        from nodecell import _nodecell
+
+        return dict(_nodecell.worker_heap_stats())
+
+    def fresh_kept(self, n, value):
+        """A fresh float32 tensor (a node's output), returned and also kept here."""
+        import torch
+
+        self.kept_fresh = torch.empty(n).fill_(float(value))
+        return self.kept_fresh
+
+    def write_kept(self, value):
+        """Writes the kept output in place (after returning it); returns its sum here."""
+        self.kept_fresh.fill_(float(value))
+        return float(self.kept_fresh.sum())
+
+    def resend_kept(self):
+        return self.kept_fresh
+
+    def drop_fresh(self):
+        self.kept_fresh = None
+        return True
+
+    def threaded_outputs(self, nthreads, n, rounds):
+        """Python threads each allocating, checking and freeing big tensors (torch's own
+        intra-op threads too: the fills and sums of n floats run in parallel); returns one
+        fresh tensor per thread, filled with its index."""
+        import threading
+
+        import torch
+
+        out = [None] * nthreads
+        bad = []
+
+        def run(i):
+            for r in range(rounds):
+                t = torch.empty(n).fill_(float(i + r))
+                u = t * 2.0  # another block, freed at once
+                if float(u[-1]) != 2.0 * (i + r) or float(t.sum()) != float(n) * (i + r):
+                    bad.append((i, r))
+                del t, u
+            out[i] = torch.full((n,), float(i))
+
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(nthreads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        if bad:
+            raise AssertionError(f"wrong data in threads: {bad[:5]}")
+        return out
+
     def keep(self, t):
         self.kept.append(t)
         return len(self.kept)
