@@ -273,19 +273,23 @@ impl Spinner {
         if ready()? {
             return Ok(Wake::Ready);
         }
-        let t0 = Instant::now();
-        let mut window = Duration::from_nanos(if near { 0 } else { self.window_ns });
-        if let Some(d) = deadline {
-            window = window.min(d.saturating_duration_since(t0));
-        }
-        if !window.is_zero() {
+        // Clock reads only where something needs them: a woken waiter's path to its
+        // answer is the round trip's critical path.
+        let spin_ns = if near { 0 } else { self.window_ns };
+        if spin_ns != 0 {
+            let t0 = Instant::now();
+            let mut window = Duration::from_nanos(spin_ns);
+            if let Some(d) = deadline {
+                window = window.min(d.saturating_duration_since(t0));
+            }
             if let Some(after_yield) = Spinner::spin_with(window, self.pure_ns, &mut ready)? {
                 self.adapt_pure(after_yield);
                 self.on_spin_hit(t0.elapsed());
                 return Ok(Wake::Ready);
             }
         }
-        let sleep_start = Instant::now();
+        let adapt = !near && matches!(self.policy, SpinPolicy::Adaptive { .. });
+        let sleep_start = adapt.then(Instant::now);
         loop {
             let seq = bell.prepare();
             if ready()? {
@@ -308,8 +312,8 @@ impl Spinner {
             }
             alive()?;
         }
-        if !near {
-            self.on_slept(sleep_start.elapsed());
+        if let Some(t) = sleep_start {
+            self.on_slept(t.elapsed());
         }
         Ok(Wake::Ready)
     }

@@ -8,18 +8,21 @@
 //! Stable row names: `spin_floor_rtt`, `ring_spin_rtt`, `ring_futex_rtt`, `uds_rtt`,
 //! `ring_throughput` (ns per frame), `tensor_1MiB_rtt`, `tensor_64MiB_rtt`,
 //! `tensor_1GiB_rtt`, `memcpy_64MiB`; plus `ring_adaptive_rtt` (default spin
-//! policy) and the `_same_core` variants.
+//! policy), the `_same_core` variants, `futex_floor_rtt` (bare futex ping-pong: what
+//! any futex doorbell pays) and `uds_frame_rtt` (a socket carrying the ring's
+//! encoded frames). `--only a,b` runs some rows; `--rounds N` repeats them
+//! interleaved and pools the samples (A/B on a busy machine).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nodecell_ipc::{
-    Arena, Call, Channel, ChannelConfig, DType, Frame, SpinPolicy, Value, WorkerFds,
+    Arena, Call, Channel, ChannelConfig, DType, Frame, Limits, SpinPolicy, Value, WorkerFds,
 };
 
 /// Arguments.
@@ -41,6 +44,13 @@ pub struct Args {
     /// (`cargo xtask bench plot ipc` redraws it).
     #[arg(long)]
     plot: bool,
+    /// Run only these rows (comma-separated names; the goals then cover what ran).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Repeat the selected rows this many times, interleaved (A/B on a noisy machine);
+    /// each row's samples of all rounds are pooled.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 #[derive(serde::Serialize, Clone)]
@@ -177,6 +187,76 @@ fn spin_floor(host_cpu: usize, peer_cpu: usize, iters: usize, yield_: bool) -> R
     Ok(ns)
 }
 
+/// `futex(2)` on a word of a shared mapping (never `FUTEX_PRIVATE_FLAG`: two processes).
+/// No timeout: the child is killed with the bench (`PR_SET_PDEATHSIG`).
+fn futex(word: &AtomicU32, op: i32, val: u32) {
+    let null = std::ptr::null::<libc::timespec>();
+    // SAFETY: word is a live aligned u32 in a mapping that outlives the call.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), op, val, null, 0usize, 0u32) };
+}
+
+/// The futex floor: two processes take turns on two futex words of a shared page,
+/// each always sleeping (`FUTEX_WAIT`) and always waking
+/// the other (`FUTEX_WAKE`); no spinning, no frames, no timeouts. What any futex
+/// doorbell pays: the floor of `ring_futex_rtt`.
+fn futex_floor(host_cpu: usize, peer_cpu: usize, iters: usize) -> Result<Vec<f64>> {
+    // SAFETY: a fresh anonymous shared mapping, 4 KiB, shared with the child after fork.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!("mmap failed");
+    }
+    // SAFETY: two u32 atomics on separate cache lines inside the mapping, which lives
+    // until the munmap at the end (after the child exited).
+    let (ping, pong) = unsafe {
+        (
+            &*(p as *const AtomicU32),
+            &*((p as *const u8).add(128) as *const AtomicU32),
+        )
+    };
+    let child = fork_on(peer_cpu, || {
+        for i in 1..=iters as u32 {
+            loop {
+                let v = ping.load(Ordering::Acquire);
+                if v == i {
+                    break;
+                }
+                futex(ping, libc::FUTEX_WAIT, v);
+            }
+            pong.store(i, Ordering::Release);
+            futex(pong, libc::FUTEX_WAKE, 1);
+        }
+        0
+    });
+    pin(host_cpu);
+    let mut ns = Vec::with_capacity(iters);
+    for i in 1..=iters as u32 {
+        let t = Instant::now();
+        ping.store(i, Ordering::Release);
+        futex(ping, libc::FUTEX_WAKE, 1);
+        loop {
+            let v = pong.load(Ordering::Acquire);
+            if v == i {
+                break;
+            }
+            futex(pong, libc::FUTEX_WAIT, v);
+        }
+        ns.push(t.elapsed().as_nanos() as f64);
+    }
+    child.wait()?;
+    // SAFETY: unmapping what we mapped; the child is gone.
+    unsafe { libc::munmap(p, 4096) };
+    Ok(ns)
+}
+
 fn uds(host_cpu: usize, peer_cpu: usize, iters: usize) -> Result<Vec<f64>> {
     let (a, b) = UnixStream::pair()?;
     let braw = b.as_raw_fd();
@@ -202,6 +282,91 @@ fn uds(host_cpu: usize, peer_cpu: usize, iters: usize) -> Result<Vec<f64>> {
         a.write_all(&buf)?;
         a.read_exact(&mut buf)?;
         ns.push(t.elapsed().as_nanos() as f64);
+    }
+    child.wait()?;
+    Ok(ns)
+}
+
+/// Writes one length-prefixed frame to a socket.
+fn write_frame(s: &mut UnixStream, buf: &mut Vec<u8>, f: &Frame, lim: &Limits) -> Result<()> {
+    buf.clear();
+    buf.extend_from_slice(&[0; 4]);
+    f.encode(buf, lim)?;
+    let n = (buf.len() - 4) as u32;
+    buf[..4].copy_from_slice(&n.to_le_bytes());
+    s.write_all(buf)?;
+    Ok(())
+}
+
+/// Reads one length-prefixed frame from a socket (one `read` when it all came at
+/// once, as a small frame does) and decodes it.
+fn read_frame(s: &mut UnixStream, buf: &mut Vec<u8>, lim: &Limits) -> Result<Frame> {
+    buf.resize(4096, 0);
+    let mut have = 0;
+    loop {
+        if have >= 4 {
+            let n = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize + 4;
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            if have >= n {
+                return Ok(Frame::decode(&buf[4..n], lim)?.frame);
+            }
+        }
+        let got = s.read(&mut buf[have..])?;
+        if got == 0 {
+            bail!("peer closed the socket");
+        }
+        have += got;
+    }
+}
+
+/// `uds_rtt` carrying what `ring_futex_rtt` carries: the same call frame encoded,
+/// length-prefixed, decoded by the peer, answered with an encoded reply frame and
+/// decoded again (no channel bookkeeping). Beside the raw-bytes `uds_rtt`, it shows
+/// how much of the ring's round trip is the frame work any transport would do.
+fn uds_frame(host_cpu: usize, peer_cpu: usize, iters: usize) -> Result<Vec<f64>> {
+    let (a, b) = UnixStream::pair()?;
+    let braw = b.as_raw_fd();
+    let lim = Limits::default();
+    let child = fork_on(peer_cpu, move || {
+        // SAFETY: the child owns its copy of b's descriptor.
+        let mut b = unsafe { UnixStream::from_raw_fd(braw) };
+        let (mut rb, mut wb) = (Vec::new(), Vec::new());
+        for _ in 0..iters {
+            let Ok(Frame::Call(c)) = read_frame(&mut b, &mut rb, &lim) else {
+                return 1;
+            };
+            let value = c.args.into_iter().next().unwrap_or(Value::None);
+            if write_frame(&mut b, &mut wb, &Frame::Reply { id: c.id, value }, &lim).is_err() {
+                return 1;
+            }
+        }
+        std::mem::forget(b);
+        0
+    });
+    drop(b);
+    pin(host_cpu);
+    let mut a = a;
+    let (mut rb, mut wb) = (Vec::new(), Vec::new());
+    let mut ns = Vec::with_capacity(iters);
+    for i in 0..iters {
+        let f = Frame::Call(Call {
+            id: i as u64 + 1,
+            parent: None,
+            target: 0,
+            method: "f".into(),
+            args: vec![Value::Int(i as i64)],
+            kwargs: vec![],
+            deadline_ns: 0,
+        });
+        let t = Instant::now();
+        write_frame(&mut a, &mut wb, &f, &lim)?;
+        let r = read_frame(&mut a, &mut rb, &lim)?;
+        ns.push(t.elapsed().as_nanos() as f64);
+        if !matches!(r, Frame::Reply { value: Value::Int(v), .. } if v == i as i64) {
+            bail!("wrong reply {r:?}");
+        }
     }
     child.wait()?;
     Ok(ns)
@@ -465,6 +630,10 @@ pub fn main(args: Args) -> Result<()> {
         if args.plot {
             cmd.arg("--plot");
         }
+        if !args.only.is_empty() {
+            cmd.arg("--only").arg(args.only.join(","));
+        }
+        cmd.arg("--rounds").arg(args.rounds.to_string());
         let st = cmd.status().context("running the release build")?;
         if !st.success() {
             bail!("release bench failed: {st}");
@@ -495,71 +664,97 @@ pub fn main(args: Args) -> Result<()> {
             tensor_iters: 2_000,
         }
     };
-    let mut rows: Vec<Row> = Vec::new();
-    let mut add = |r: Row| {
-        eprintln!("  {:<28} median {:>12.0} ns", r.name, r.median_ns);
-        rows.push(r);
-    };
     eprintln!("bench ipc: host on cpu {a}, peer on cpu {b} (and both on cpu {a} for *_same_core)");
-    add(row(
-        "spin_floor_rtt",
-        spin_floor(a, b, plan.rtt_iters, false)?,
-    ));
-    add(row(
-        "ring_spin_rtt",
-        ring_rtt(
-            a,
-            b,
-            plan.rtt_iters,
-            SpinPolicy::Fixed(Duration::from_secs(1)),
-            true,
-        )?,
-    ));
-    add(row(
-        "ring_futex_rtt",
-        ring_rtt(a, b, plan.futex_iters, SpinPolicy::Never, false)?,
-    ));
-    add(row(
-        "ring_adaptive_rtt",
-        ring_rtt(a, b, plan.futex_iters, SpinPolicy::default(), false)?,
-    ));
-    add(row("uds_rtt", uds(a, b, plan.futex_iters)?));
-    add(row(
-        "ring_throughput",
-        throughput(a, b, plan.tput_frames, plan.tput_runs)?,
-    ));
-    add(row(
-        "tensor_1MiB_rtt",
-        tensor_rtt(a, b, 1 << 20, plan.tensor_iters)?,
-    ));
-    add(row(
-        "tensor_64MiB_rtt",
-        tensor_rtt(a, b, 64 << 20, plan.tensor_iters)?,
-    ));
+    let rtt = plan.rtt_iters;
+    let fut = plan.futex_iters;
+    let never = SpinPolicy::Never;
+    type Bench<'p> = Box<dyn Fn() -> Result<Vec<f64>> + 'p>;
+    let mut table: Vec<(&str, Bench)> = vec![
+        ("spin_floor_rtt", Box::new(|| spin_floor(a, b, rtt, false))),
+        (
+            "ring_spin_rtt",
+            Box::new(|| ring_rtt(a, b, rtt, SpinPolicy::Fixed(Duration::from_secs(1)), true)),
+        ),
+        ("futex_floor_rtt", Box::new(|| futex_floor(a, b, fut))),
+        (
+            "ring_futex_rtt",
+            Box::new(|| ring_rtt(a, b, fut, never, false)),
+        ),
+        (
+            "ring_adaptive_rtt",
+            Box::new(|| ring_rtt(a, b, fut, SpinPolicy::default(), false)),
+        ),
+        ("uds_rtt", Box::new(|| uds(a, b, fut))),
+        ("uds_frame_rtt", Box::new(|| uds_frame(a, b, fut))),
+        (
+            "ring_throughput",
+            Box::new(|| throughput(a, b, plan.tput_frames, plan.tput_runs)),
+        ),
+        (
+            "tensor_1MiB_rtt",
+            Box::new(|| tensor_rtt(a, b, 1 << 20, plan.tensor_iters)),
+        ),
+        (
+            "tensor_64MiB_rtt",
+            Box::new(|| tensor_rtt(a, b, 64 << 20, plan.tensor_iters)),
+        ),
+    ];
     if !args.no_1gib {
-        add(row(
+        table.push((
             "tensor_1GiB_rtt",
-            tensor_rtt(a, b, 1 << 30, plan.tensor_iters)?,
+            Box::new(|| tensor_rtt(a, b, 1 << 30, plan.tensor_iters)),
         ));
     }
-    add(row("memcpy_64MiB", memcpy(64 << 20, 30)));
-    add(row(
-        "spin_floor_rtt_same_core",
-        spin_floor(a, a, plan.futex_iters, true)?,
-    ));
-    add(row(
-        "ring_adaptive_rtt_same_core",
-        ring_rtt(a, a, plan.futex_iters, SpinPolicy::default(), false)?,
-    ));
-    add(row(
-        "ring_futex_rtt_same_core",
-        ring_rtt(a, a, plan.futex_iters, SpinPolicy::Never, false)?,
-    ));
-    add(row("uds_rtt_same_core", uds(a, a, plan.futex_iters)?));
-    add(row(
-        "ring_throughput_same_core",
-        throughput(a, a, plan.tput_frames / 5, plan.tput_runs)?,
-    ));
+    table.extend::<Vec<(&str, Bench)>>(vec![
+        ("memcpy_64MiB", Box::new(|| Ok(memcpy(64 << 20, 30)))),
+        (
+            "spin_floor_rtt_same_core",
+            Box::new(|| spin_floor(a, a, fut, true)),
+        ),
+        (
+            "ring_adaptive_rtt_same_core",
+            Box::new(|| ring_rtt(a, a, fut, SpinPolicy::default(), false)),
+        ),
+        (
+            "ring_futex_rtt_same_core",
+            Box::new(|| ring_rtt(a, a, fut, never, false)),
+        ),
+        ("uds_rtt_same_core", Box::new(|| uds(a, a, fut))),
+        (
+            "ring_throughput_same_core",
+            Box::new(|| throughput(a, a, plan.tput_frames / 5, plan.tput_runs)),
+        ),
+    ]);
+    for o in &args.only {
+        if !table.iter().any(|(n, _)| n == o) {
+            bail!("--only: no row named {o:?}");
+        }
+    }
+    table.retain(|(n, _)| args.only.is_empty() || args.only.iter().any(|o| o == n));
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); table.len()];
+    for round in 0..args.rounds.max(1) {
+        for ((name, f), acc) in table.iter().zip(samples.iter_mut()) {
+            let ns = f()?;
+            let r = row(name, ns.clone());
+            eprintln!(
+                "  {:<28} median {:>12.0} ns{}",
+                r.name,
+                r.median_ns,
+                if args.rounds > 1 {
+                    format!("  (round {})", round + 1)
+                } else {
+                    String::new()
+                }
+            );
+            acc.extend(ns);
+        }
+    }
+    let rows: Vec<Row> = table
+        .iter()
+        .zip(samples)
+        .map(|((name, _), ns)| row(name, ns))
+        .collect();
+    drop(table);
 
     println!(
         "\n{:<28} {:>12} {:>12} {:>12}",
@@ -593,6 +788,18 @@ pub fn main(args: Args) -> Result<()> {
             "ring_futex_rtt <= uds_rtt",
             Some(r <= u),
             format!("{r:.0} vs {u:.0} ns ({:.2}x)", r / u),
+        );
+    }
+    if let (Some(r), Some(f)) = (get("ring_futex_rtt"), get("futex_floor_rtt")) {
+        println!(
+            "  [info] ring_futex_rtt - futex_floor_rtt: {:+.0} ns (frames and channel work between the wake-ups)",
+            r - f
+        );
+    }
+    if let (Some(r), Some(u)) = (get("ring_futex_rtt"), get("uds_frame_rtt")) {
+        println!(
+            "  [info] ring_futex_rtt vs uds_frame_rtt (a socket carrying the same frames): {:.2}x",
+            r / u
         );
     }
     match (get("tensor_1GiB_rtt"), get("tensor_1MiB_rtt")) {

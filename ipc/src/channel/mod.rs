@@ -28,7 +28,7 @@
 //! take a later lock while holding an earlier one, never the reverse.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -45,6 +45,7 @@ use crate::sys::{self, Mapping, Protection};
 use crate::{ChannelError, OpenError, Violation};
 
 mod fds;
+mod ids;
 mod recv;
 mod send;
 mod share;
@@ -318,7 +319,7 @@ pub(crate) struct Inner {
     fds: Mutex<FdTable>,
     exports: Mutex<Exports>,
     imports: Mutex<Imports>,
-    pending: Mutex<HashSet<u64>>,
+    pending: Mutex<ids::IdSet>,
     stash: Mutex<HashMap<u64, Frame>>,
     next_id: AtomicU64,
     failed_flag: AtomicBool,
