@@ -146,6 +146,11 @@ impl ArenaPool {
         self.lock().limit
     }
 
+    /// How many arenas (each a memfd) the pool holds now, free or in use.
+    pub fn arenas(&self) -> usize {
+        self.lock().entries.len()
+    }
+
     /// An arena of at least `len` bytes for a tensor to be sent on `channel`: a free
     /// one of the same size class bound to that channel, or a new one (pre-faulted,
     /// sealed for the channel's side). The caller writes the tensor into it through
@@ -294,6 +299,17 @@ fn sweep(g: &mut Inner) -> Vec<Entry> {
 
 /// Removes free entries, least recently used first, until the free bytes fit the limit.
 fn trim(g: &mut Inner) -> Vec<Entry> {
+    // Runs on every take (the worker heap's too): the common case, under the limit,
+    // allocates nothing.
+    let free_now: usize = g
+        .entries
+        .iter()
+        .filter(|e| e.is_free())
+        .map(|e| e.arena.len())
+        .sum();
+    if free_now <= g.limit {
+        return Vec::new();
+    }
     let mut free: Vec<(u64, usize)> = g
         .entries
         .iter()

@@ -9,7 +9,8 @@
 //!
 //! * `posix_memalign` of at least [`min_bytes`] (1 MiB; `NODECELL_WORKER_HEAP_MIN`
 //!   bytes overrides it) and at most [`MAX_BYTES`] with an alignment of at most a
-//!   page takes an arena from [`ArenaPool::global`] for the worker's channel (a free
+//!   page, while the pool holds fewer arenas (memfds) than a quarter of the worker's
+//!   open-files limit, takes an arena from [`ArenaPool::global`] for the worker's channel (a free
 //!   one of the same size class, pre-faulted, or a new one), lends it
 //!   ([`IpcArena::set_lent`]), registers it for [`crate::dlpack::locate`] (so the
 //!   encoder shares it as it is) and remembers it by address. Smaller, larger or
@@ -22,8 +23,10 @@
 //! * Sending a lent arena's bytes remaps the worker's own mapping copy-on-write
 //!   ([`IpcArena::privatize`], in [`crate::tensor`]): the worker's code keeps its
 //!   tensor and whatever it writes there later stays private, as with the copy it
-//!   replaces; sending it again after such a write sends a copy. The pool maps an
-//!   arena shared again before reusing it.
+//!   replaces; sending it again after such a write sends a copy. `free` maps it
+//!   shared (pre-faulted) again ([`IpcArena::reshare`]; the pool's take does it too
+//!   if that failed). Each remap costs a page-table walk (64 MiB of 4 KiB pages here:
+//!   ~1.5 ms to make private, ~2 ms to map shared and pre-fault), well under a copy.
 //!
 //! Only in a worker, after its fork from the zygote: never in the host, never in a
 //! zygote (its children must not share a heap); a process forked from a worker stops
@@ -65,6 +68,9 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 static FORKED: AtomicBool = AtomicBool::new(false);
 static PATCHED: AtomicBool = AtomicBool::new(false);
 static MIN_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_BYTES);
+/// Most arenas (memfds) the pool may hold for the heap to take another: a quarter of
+/// the open-files limit, so the worker's own files never run short.
+static MAX_ARENAS: AtomicUsize = AtomicUsize::new(1024);
 /// Blocks handed out and not freed (a cheap "nothing to look up" for `free`).
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -114,7 +120,11 @@ pub(crate) fn take(align: usize, size: usize) -> Option<usize> {
 
 fn take_arena(size: usize) -> Option<usize> {
     let ch = lock(&CHANNEL).as_ref()?.upgrade()?;
-    let arena = ArenaPool::global().take(&ch, size).ok()?;
+    let pool = ArenaPool::global();
+    if pool.arenas() >= MAX_ARENAS.load(Ordering::Relaxed) {
+        return None;
+    }
+    let arena = pool.take(&ch, size).ok()?;
     let ptr = arena.as_ptr() as usize;
     if ptr == 0 || !ptr.is_multiple_of(PAGE) {
         return None;
@@ -155,6 +165,11 @@ pub(crate) fn give_back(ptr: usize) -> bool {
             None => return false,
         }
     };
+    // Sent, so mapped copy-on-write here: mapped shared (and pre-faulted) again now,
+    // while the pool cannot hand it out yet (we still hold it), instead of in the take
+    // that reuses it: typically the worker frees an output right after its reply went,
+    // off the host's wait. (On failure the pool's take tries again.)
+    let _ = arena.reshare();
     arena.set_lent(false);
     LIVE.fetch_sub(1, Ordering::AcqRel);
     LIVE_BYTES.fetch_sub(arena.len(), Ordering::Relaxed);
@@ -209,7 +224,7 @@ fn patch() -> bool {
     // `free` first: a block the new posix_memalign hands out must never reach libc's free.
     for which in [1, 0] {
         for s in slots.iter().filter(|s| s.which == which) {
-            if got::write_slot(s, hooks[which]).is_err() {
+            if got::write_slot(s, hooks[which]).is_err() || got::read_slot(s) != hooks[which] {
                 // A free hook without the allocation hook is harmless (it passes
                 // everything on); stop before the allocation one.
                 set_off("cannot write libc10.so's GOT");
@@ -251,6 +266,9 @@ pub fn worker_heap(channel: &PyChannel) -> PyResult<bool> {
         })?;
         MIN_BYTES.store(n.max(PAGE), Ordering::Relaxed);
     }
+    if let Some(n) = crate::sys::open_files_limit() {
+        MAX_ARENAS.store((n / 4).clamp(16, 1 << 20) as usize, Ordering::Relaxed);
+    }
     *lock(&CHANNEL) = Some(ch.downgrade());
     static FORK_HANDLER: std::sync::Once = std::sync::Once::new();
     let mut handler = true;
@@ -274,7 +292,7 @@ pub(crate) fn torch_imported() {
 }
 
 /// The heap's counters: `installed` (libc10.so patched), `enabled`, `off_reason`,
-/// `min_bytes`, `max_bytes`, `takes` / `taken_bytes` (blocks handed out), `frees`,
+/// `min_bytes`, `max_bytes`, `max_arenas`, `takes` / `taken_bytes` (blocks handed out), `frees`,
 /// `live_blocks` / `live_bytes`, `fallbacks` (large requests served by libc),
 /// `sent` / `sent_bytes` (heap blocks sent without a copy), `privatized` (mappings
 /// made copy-on-write by a send), `copied` (blocks written after a send, copied).
@@ -286,6 +304,7 @@ pub fn worker_heap_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("off_reason", *lock(&OFF_REASON))?;
     d.set_item("min_bytes", min_bytes())?;
     d.set_item("max_bytes", MAX_BYTES)?;
+    d.set_item("max_arenas", MAX_ARENAS.load(Ordering::Relaxed))?;
     d.set_item("takes", TAKES.load(Ordering::Relaxed))?;
     d.set_item("taken_bytes", TAKEN_BYTES.load(Ordering::Relaxed))?;
     d.set_item("frees", FREES.load(Ordering::Relaxed))?;

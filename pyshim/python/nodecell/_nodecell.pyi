@@ -539,7 +539,7 @@ def worker_heap(channel: Channel) -> bool:
 
 def worker_heap_stats() -> Dict[str, Any]:
     """The worker heap's counters: ``installed``, ``enabled``, ``off_reason``, ``min_bytes``,
-    ``max_bytes``, ``takes``, ``taken_bytes``, ``frees``, ``live_blocks``, ``live_bytes``,
+    ``max_bytes``, ``max_arenas``, ``takes``, ``taken_bytes``, ``frees``, ``live_blocks``, ``live_bytes``,
     ``fallbacks``, ``sent``, ``sent_bytes``, ``privatized``, ``copied``."""
 
 def set_worker_heap(on: bool) -> bool:

@@ -7,3 +7,13 @@
 
 pub(crate) mod alloc;
 pub(crate) mod got;
+
+/// This process's soft limit on open files (`RLIMIT_NOFILE`), if it can be read.
+pub(crate) fn open_files_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `r` is.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_cur)
+}
