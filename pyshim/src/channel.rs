@@ -283,40 +283,8 @@ impl PyChannel {
         spin_ns: u64,
         stats: Option<&Bound<'_, PyCallStats>>,
     ) -> PyResult<(u8, Py<PyAny>, bool, u64, u64)> {
-        let t0 = Instant::now();
-        let ch = self.ch()?;
-        let codec = self.codec(&ch);
-        let frame = call_frame(py, &codec, call_id, target, method, args, kwargs, None)?;
-        crate::cuda::before_send(py, self.id, nodecell_ipc::frame::kind::CALL)?;
-        ch.quiet_doorbell();
-        // One release of the GIL for the send and the spin.
-        let c = ch.clone();
-        let spin = Duration::from_nanos(spin_ns);
-        let got = py.detach(move || match c.send(&frame) {
-            Err(e) => Err(e),
-            // Queued in the outbox: no answer can come before the worker reads it.
-            Ok(()) if c.has_outbox() => Ok(Ok(None)),
-            Ok(()) => Ok(c.recv_spin(spin)),
-        });
-        drop(codec); // the frame's arenas: the channel holds what the peer names now
-        let got = match got {
-            Ok(got) => got,
-            Err(e) => {
-                ch.resume_doorbell();
-                return Err(channel_err(e));
-            }
-        };
-        let (state, payload) = self.answer(py, &ch, call_id, got);
-        let more = state != CALL_OTHER && ch.resume_doorbell();
-        let elapsed = t0.elapsed().as_nanos() as u64;
-        let mut next = spin_ns;
-        if state == CALL_DONE || state == CALL_FAILED {
-            next = next_spin_ns(elapsed, spin_ns);
-            if let Some(stats) = stats {
-                stats.get().record_call(elapsed, state == CALL_FAILED);
-            }
-        }
-        Ok((state, payload, more, elapsed, next))
+        let stats = stats.map(|s| s.get());
+        self.spin_call(py, call_id, target, method, args, kwargs, spin_ns, stats)
     }
 
     /// The next frame if one is ready, else None (never blocks).
@@ -435,6 +403,55 @@ impl PyChannel {
 }
 
 impl PyChannel {
+    /// `call_spin` for Rust callers (the host's fast path, `crate::fastcall`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spin_call(
+        &self,
+        py: Python<'_>,
+        call_id: u64,
+        target: u64,
+        method: String,
+        args: &Bound<'_, PyTuple>,
+        kwargs: &Bound<'_, PyDict>,
+        spin_ns: u64,
+        stats: Option<&PyCallStats>,
+    ) -> PyResult<(u8, Py<PyAny>, bool, u64, u64)> {
+        let t0 = Instant::now();
+        let ch = self.ch()?;
+        let codec = self.codec(&ch);
+        let frame = call_frame(py, &codec, call_id, target, method, args, kwargs, None)?;
+        crate::cuda::before_send(py, self.id, nodecell_ipc::frame::kind::CALL)?;
+        ch.quiet_doorbell();
+        // One release of the GIL for the send and the spin.
+        let c = ch.clone();
+        let spin = Duration::from_nanos(spin_ns);
+        let got = py.detach(move || match c.send(&frame) {
+            Err(e) => Err(e),
+            // Queued in the outbox: no answer can come before the worker reads it.
+            Ok(()) if c.has_outbox() => Ok(Ok(None)),
+            Ok(()) => Ok(c.recv_spin(spin)),
+        });
+        drop(codec); // the frame's arenas: the channel holds what the peer names now
+        let got = match got {
+            Ok(got) => got,
+            Err(e) => {
+                ch.resume_doorbell();
+                return Err(channel_err(e));
+            }
+        };
+        let (state, payload) = self.answer(py, &ch, call_id, got);
+        let more = state != CALL_OTHER && ch.resume_doorbell();
+        let elapsed = t0.elapsed().as_nanos() as u64;
+        let mut next = spin_ns;
+        if state == CALL_DONE || state == CALL_FAILED {
+            next = next_spin_ns(elapsed, spin_ns);
+            if let Some(stats) = stats {
+                stats.record_call(elapsed, state == CALL_FAILED);
+            }
+        }
+        Ok((state, payload, more, elapsed, next))
+    }
+
     fn wrap(ch: Channel, peer: Option<WorkerFds>) -> PyChannel {
         let id = NEXT_CHANNEL_ID.fetch_add(1, Ordering::Relaxed);
         let cuda = ch.config().cuda;

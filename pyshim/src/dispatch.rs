@@ -59,6 +59,9 @@ const MAX_ENTRIES: usize = 4096;
 struct Entry {
     f: Py<PyAny>,
     is_async: bool,
+    /// The method's name: an `async def` call's task is named after it (CPython 3.11
+    /// formats a default `Task-N` name for every task: ~0.2 us a call).
+    name: Py<PyString>,
 }
 
 /// The worker's event loop and what running a task's first step needs of it.
@@ -163,14 +166,28 @@ impl Dispatcher {
     /// calling it returns a coroutine). Only for objects whose methods never change.
     /// Returns False when the table is full (the call is served by Python then).
     #[pyo3(name = "learn")]
-    fn learn(&self, target: u64, method: String, f: Py<PyAny>, is_async: bool) -> bool {
+    fn learn(
+        &self,
+        py: Python<'_>,
+        target: u64,
+        method: String,
+        f: Py<PyAny>,
+        is_async: bool,
+    ) -> bool {
         if self.entries.load(Ordering::Relaxed) >= MAX_ENTRIES as u64 {
             return false;
         }
         let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         if t.entry(target)
             .or_default()
-            .insert(method, Entry { f, is_async })
+            .insert(
+                method.clone(),
+                Entry {
+                    f,
+                    is_async,
+                    name: PyString::intern(py, &method).unbind(),
+                },
+            )
             .is_none()
         {
             self.entries.fetch_add(1, Ordering::Relaxed);
@@ -290,11 +307,16 @@ impl Dispatcher {
         self.now().saturating_sub(then) as f64 / 1e9
     }
 
-    fn lookup(&self, py: Python<'_>, target: u64, method: &str) -> Option<(Py<PyAny>, bool)> {
+    fn lookup(
+        &self,
+        py: Python<'_>,
+        target: u64,
+        method: &str,
+    ) -> Option<(Py<PyAny>, bool, Py<PyString>)> {
         let t = self.table.lock().unwrap_or_else(|e| e.into_inner());
         t.get(&target)
             .and_then(|m| m.get(method))
-            .map(|e| (e.f.clone_ref(py), e.is_async))
+            .map(|e| (e.f.clone_ref(py), e.is_async, e.name.clone_ref(py)))
     }
 
     /// One received frame: served here, or handed to Python.
@@ -303,7 +325,7 @@ impl Dispatcher {
             Frame::Call(c) if c.parent.is_none() && self.enabled.load(Ordering::Relaxed) => c,
             other => return chan.decode(py, ch, other).map(Step::Python),
         };
-        let Some((f, is_async)) = self.lookup(py, c.target, &c.method) else {
+        let Some((f, is_async, name)) = self.lookup(py, c.target, &c.method) else {
             return chan.decode(py, ch, Frame::Call(c)).map(Step::Python);
         };
         let Call {
@@ -322,7 +344,8 @@ impl Dispatcher {
             }
         };
         if is_async {
-            return self.serve_async(py, chan, id, target, method, f.bind(py), args, kwargs);
+            let f = (f.bind(py), name.bind(py));
+            return self.serve_async(py, chan, id, target, method, f, args, kwargs);
         }
         let token = self.serving_set.call1(py, (id,))?;
         let kw = (!kwargs.is_empty()).then_some(&kwargs);
@@ -349,7 +372,7 @@ impl Dispatcher {
         id: u64,
         target: u64,
         method: String,
-        f: &Bound<'_, PyAny>,
+        f: (&Bound<'_, PyAny>, &Bound<'_, PyString>),
         args: Bound<'_, PyTuple>,
         kwargs: Bound<'_, PyDict>,
     ) -> PyResult<Step> {
@@ -400,7 +423,7 @@ impl Dispatcher {
         chan: &PyChannel,
         aio: &Aio,
         id: u64,
-        f: &Bound<'_, PyAny>,
+        (f, name): (&Bound<'_, PyAny>, &Bound<'_, PyString>),
         args: Bound<'_, PyTuple>,
         kwargs: Bound<'_, PyDict>,
     ) -> PyResult<Step> {
@@ -415,12 +438,12 @@ impl Dispatcher {
         let lp = aio.lp.bind(py);
         // The task's first step, which `Task()` queues with `call_soon`, is held back
         // (the loop's `call_soon` is a `StepHold`) to be run right here.
+        let task_kw = aio.task_kw.bind(py).copy()?;
+        task_kw.set_item(intern!(py, "name"), name)?;
         let hold = aio.hold.get();
         hold.start_hold();
         let made = if !hold.has_factory() {
-            self.task_type
-                .bind(py)
-                .call((&coro,), Some(aio.task_kw.bind(py)))
+            self.task_type.bind(py).call((&coro,), Some(&task_kw))
         } else {
             aio.create_task.bind(py).call1((&coro,))
         };

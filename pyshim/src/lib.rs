@@ -33,6 +33,7 @@ pub mod control;
 pub mod cuda;
 pub mod dispatch;
 pub mod dlpack;
+pub mod fastcall;
 pub mod find_uv;
 pub mod heap;
 pub mod markers;
@@ -139,6 +140,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     confine::register(m)?;
     dispatch::register(m)?;
     m.add_class::<stephold::StepHold>()?;
+    m.add_class::<fastcall::FastCall>()?;
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
     m.add_function(wrap_pyfunction!(provision::requirement_names, m)?)?;

@@ -16,6 +16,7 @@ __all__ = [
     "ChannelBacklog",
     "ChannelClosed",
     "ConfineError",
+    "FastCall",
     "CudaBuffer",
     "CudaView",
     "DLSource",
@@ -155,6 +156,25 @@ class Dispatcher:
     def serve(self, timeout: float) -> Any:
         """Receive and serve; None (nothing came), True (another thread receives now) or
         a ``(kind, call_id, payload)`` for Python. Releases the receive lock the caller holds."""
+
+@final
+class FastCall:
+    """The host's common case of ``await ext.method(...)`` in one Rust call, on the worker
+    it was armed with; returns ``not_sent`` when nothing was sent (take the general path),
+    ``after_spin(w, call_id, state, payload, more, elapsed_ns)`` (receive lock held) when
+    the answer did not come in the spin, ``send_failed(w, call_id, method, exc)`` when
+    sending raised; else the value (or raises the worker's error)."""
+
+    def __new__(cls, target: int, not_sent: Any, after_spin: Callable[..., Any], send_failed: Callable[..., Any],
+                profile: Any, stats: CallStats) -> FastCall: ...
+    def __call__(self, method: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any: ...
+    def arm(self, w: Any, channel: Channel, rx: Any, lp: Any, ep: Any, ids: Any) -> None:
+        """Send calls to worker ``w`` from now on (its channel, receive lock, loop, endpoint, call ids)."""
+    def disarm(self) -> None:
+        """Every call takes the general path until armed again."""
+    @property
+    def armed(self) -> bool:
+        """Whether calls take the fast path (before the per-call checks)."""
 
 @final
 class StepHold:

@@ -74,16 +74,29 @@ class Extension(Generic[T]):
         self._cell: Optional[_Cell] = None
         self._workers: List[_Worker] = []
         self._start_lock: Optional[asyncio.Lock] = None
+        #: Calls, errors and a latency histogram (lock-free, read by `nodecell top`).
+        self._stats = _nodecell.CallStats()
+        #: The common case of a call in Rust (see _arm_fast); armed by the general path.
+        self._fast = _nodecell.FastCall(EXTENSION_ID, _NOT_SENT, self._after_spin, self._fast_send_failed,
+                                        _profile, self._stats)
         self._stopped = False
         self._local: Any = None
         self._rr = 0
         self.restarts = 0
         self.last_crash: Optional[BaseException] = None
-        #: Calls, errors and a latency histogram (lock-free, read by `nodecell top`).
-        self._stats = _nodecell.CallStats()
 
     def __repr__(self) -> str:
         return f"<nodecell.Extension {self.name!r} {'isolated' if self.config['isolated'] else 'local'}>"
+
+    @property
+    def _stopped(self) -> bool:
+        return self._stopped_flag
+
+    @_stopped.setter
+    def _stopped(self, stopped: bool) -> None:
+        self._stopped_flag = stopped
+        if stopped:
+            self._fast.disarm()
 
     # -- awaiting / starting ----------------------------------------------------------------
 
@@ -134,6 +147,7 @@ class Extension(Generic[T]):
             if self._cell is None or self._cell.dead:
                 await self._start_cell()
             want = self.config["workers"]
+            self._fast.disarm()  # armed again by the next call, when still allowed
             live = [w for w in self._workers if w.alive]
             self._workers = live
             while len(self._workers) < want:
@@ -198,10 +212,12 @@ class Extension(Generic[T]):
     def _retire(self, w: _Worker) -> None:
         """Stop sending new calls to ``w`` (it is being killed); the next call starts a fresh one."""
         w.alive = False
+        self._fast.disarm()
         if w in self._workers:
             self._workers.remove(w)
 
     def _worker_gone(self, w: _Worker, err: BaseException) -> None:
+        self._fast.disarm()
         if w in self._workers:
             self._workers.remove(w)
         if _reload.is_retired(w):  # replaced by a hot reload: an expected end
@@ -234,9 +250,11 @@ class Extension(Generic[T]):
                                  f"ExtensionManager decides what the host can call)")
 
         if type(self)._call is Extension._call:
+            fast = self._fast
+
             async def method(*args: Any, **kwargs: Any) -> Any:
                 # Extension._call, inline (one coroutine less per call)
-                got = self._call_now(name, args, kwargs)
+                got = fast(name, args, kwargs)
                 if type(got) is not _Waiting:
                     return got
                 return await self._call_general(name, args, kwargs, got)
@@ -259,20 +277,21 @@ class Extension(Generic[T]):
 
     def _call_now(self, method: str, args: tuple, kwargs: dict) -> Any:
         """:meth:`_call`'s common case without a coroutine (one live worker on this loop,
-        replies within the spin): the answer (or raises the error), else a
-        :class:`_Waiting` for :meth:`_call_general`."""
-        if _profile.ACTIVE or self._stopped:
-            return _NOT_SENT
-        ws = self._workers
+        replies within the spin), in Rust (``_nodecell.FastCall``, armed by
+        :meth:`_arm_fast`): the answer (or raises the error), else a :class:`_Waiting`
+        for :meth:`_call_general`."""
+        return self._fast(method, args, kwargs)
+
+    def _arm_fast(self, w: _Worker) -> None:
+        """Let :meth:`_call_now` (in Rust) send calls to ``w`` while it may: the only
+        worker, isolated, no hot reload, its cell served by the running loop. Disarmed
+        whenever the workers change or the extension stops; per call, Rust checks the
+        profiler, the running loop and ``w.alive`` / ``w.dead`` / ``w.spin_ns``."""
         cell = self._cell
         cfg = self.config
-        if (len(ws) != 1 or cell is None or cell.loop is not asyncio.get_running_loop() or not cfg["isolated"]
-                or cfg["reload"] or cfg["workers"] != 1):
-            return _NOT_SENT
-        w = ws[0]
-        if not w.alive or w.spin_ns <= 0 or w.dead:
-            return _NOT_SENT
-        return self._call_fast(w, EXTENSION_ID, method, args, kwargs, False)
+        if (self._workers == [w] and cell is not None and cell.loop is _running_loop() and cfg["isolated"]
+                and not cfg["reload"] and cfg["workers"] == 1 and not self._stopped):
+            self._fast.arm(w, w.channel, w.rx, cell.loop, w.ep, w.ep._call_ids)
 
     async def _call_general(self, method: str, args: tuple, kwargs: dict, got: _Waiting) -> Any:
         """:meth:`_call` after :meth:`_call_now`: waits for the answer it sent, or takes the
@@ -304,6 +323,7 @@ class Extension(Generic[T]):
         else:
             w = await self._pick_worker()
         if not queued and w.spin_ns > 0 and not w.dead:
+            self._arm_fast(w)
             got = self._call_fast(w, EXTENSION_ID, method, args, kwargs, False)
             if type(got) is not _Waiting:
                 return got
@@ -442,7 +462,7 @@ class Extension(Generic[T]):
                 call_id, target, method, tuple(args), kwargs, w.spin_ns, None if internal else self._stats)
         except BaseException as e:  # noqa: BLE001 - sorted out (or raised again) by _send_failed
             rx.release()
-            return _Waiting(call_id, self._send_failed(w, call_id, method, e), _now_ns(), w)
+            return self._fast_send_failed(w, call_id, method, e)
         if state <= _CALL_FAILED:
             rx.release()
             if more:
@@ -452,10 +472,23 @@ class Extension(Generic[T]):
             if state == _CALL_DONE:
                 return payload
             raise payload
+        return self._after_spin(w, call_id, state, payload, more, elapsed)
+
+    def _fast_send_failed(self, w: _Worker, call_id: int, method: str, e: BaseException) -> _Waiting:
+        """Sending call ``call_id`` raised ``e`` (the receive lock is released): what the
+        call waits on (see :meth:`_send_failed`), or raise."""
+        return _Waiting(call_id, self._send_failed(w, call_id, method, e), _now_ns(), w)
+
+    def _after_spin(self, w: _Worker, call_id: int, state: int, payload: Any, more: bool, elapsed: int) -> _Waiting:
+        """Call ``call_id`` was sent and its answer did not come in the spin (``state``:
+        ``CALL_WAIT`` / ``CALL_OTHER`` / ``CALL_BROKEN``, as ``call_spin`` returned it):
+        the future it waits on, registered before the receive lock (held by the caller)
+        is released here."""
+        ep = w.ep
         t0 = _now_ns() - elapsed
         fut = w.cell.loop.create_future()
         ep.pending[call_id] = fut
-        rx.release()
+        w.rx.release()
         if state == _CALL_OTHER:
             # Another frame came first (a callback, a log line): handle it and go on
             # spinning as the general path does; the doorbell is still quiet.
@@ -628,6 +661,7 @@ class Extension(Generic[T]):
     def _abandon_cell(self) -> None:
         """The sandbox's event loop is gone: end the sandbox from this thread and forget it
         (workers get no ``stop()`` hook; the next start makes a new sandbox on this loop)."""
+        self._fast.disarm()
         cell, self._cell = self._cell, None
         self._workers = []
         self._start_lock = None
@@ -646,6 +680,7 @@ class Extension(Generic[T]):
             if asyncio.iscoroutine(r):
                 await r
             self._local = None
+        self._fast.disarm()
         cell, self._cell = self._cell, None
         self._workers = []
         await _reload.stop_retiring(self)
