@@ -531,8 +531,9 @@ impl Dispatcher {
         e: PyErr,
         describe: &Py<PyAny>,
     ) -> PyResult<()> {
+        // `into_value` attaches the traceback (the worker's frames) to the exception.
         let sent = describe
-            .call1(py, (e.value(py),))
+            .call1(py, (e.into_value(py),))
             .and_then(|ev| chan.send(py, kind::ERROR, id, ev.bind(py)));
         let Err(e2) = sent else {
             return Ok(());
