@@ -55,22 +55,21 @@ impl StepHold {
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        if self.hold.swap(false, Ordering::Relaxed) {
-            let ctx = context.unwrap_or_else(|| py.None());
-            *self.held.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((callback, args.unbind(), ctx));
-            return Ok(self.handle.clone_ref(py));
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let mut all = Vec::with_capacity(args.len() + 1);
-        all.push(callback.into_bound(py));
-        all.extend(args.iter());
-        let kw = PyDict::new(py);
-        kw.set_item(pyo3::intern!(py, "context"), context)?;
-        self.call_soon
-            .bind(py)
-            .call(PyTuple::new(py, all)?, Some(&kw))
-            .map(Bound::unbind)
+        self.soon(py, callback, args, context)
+    }
+
+    /// The same as calling this object, as a method: what the loop's `call_soon`
+    /// attribute is (a bound method of a Rust class takes its arguments as a vector,
+    /// without the tuple and keyword dict a call of the object itself is given).
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.soon(py, callback, args, context)
     }
 
     /// Hold back the next callback (the owner thread of the loop only).
@@ -98,6 +97,37 @@ impl StepHold {
 }
 
 impl StepHold {
+    /// `call_soon`: held (after `hold`) or counted and forwarded.
+    fn soon(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        if self.hold.swap(false, Ordering::Relaxed) {
+            let ctx = context.unwrap_or_else(|| py.None());
+            *self.held.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((callback, args.unbind(), ctx));
+            return Ok(self.handle.clone_ref(py));
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(callback.into_bound(py));
+        all.extend(args.iter());
+        let all = PyTuple::new(py, all)?;
+        let call_soon = self.call_soon.bind(py);
+        match context {
+            None => call_soon.call1(all),
+            Some(ctx) => {
+                let kw = PyDict::new(py);
+                kw.set_item(pyo3::intern!(py, "context"), ctx)?;
+                call_soon.call(all, Some(&kw))
+            }
+        }
+        .map(Bound::unbind)
+    }
+
     /// `take` for Rust callers.
     pub(crate) fn take_held(&self) -> Option<Held> {
         self.hold.store(false, Ordering::Relaxed);

@@ -183,6 +183,8 @@ class StepHold:
 
     def __new__(cls, call_soon: Callable[..., Any], handle: Any) -> StepHold: ...
     def __call__(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any: ...
+    def call_soon(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
+        """The same as calling the object (the loop's ``call_soon`` attribute is this method)."""
     def hold(self) -> None:
         """Hold back the next callback."""
     def take(self) -> Optional[Tuple[Callable[..., Any], Tuple[Any, ...], Any]]:

@@ -772,7 +772,7 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
     thread that owns it creates a call's task and would then spin the loop for it. Instead
     it runs the task's first step itself, as Python 3.12's eager tasks do (which need a
     running loop, and this one is not running): the loop's ``call_soon`` is an instance
-    attribute, a Rust ``StepHold`` (a Task looks ``call_soon`` up on its loop each time),
+    attribute, the method ``call_soon`` of a Rust ``StepHold`` (a Task looks ``call_soon`` up on its loop each time),
     which counts and forwards callbacks to the stock ``call_soon``; ``hold_next_step``
     makes it keep the next one (the one ``Task.__init__`` makes for its first step) for
     ``take_held_step`` instead; ``run_step`` runs it in the task's context with this loop
@@ -787,7 +787,7 @@ class _WorkerLoop(asyncio.SelectorEventLoop):
         handle = asyncio.Handle(_nothing, (), self, None)
         handle.cancel()  # what a held call_soon returns: never run (a Task ignores it)
         self._nc_step = _nodecell.StepHold(super().call_soon, handle)
-        self.call_soon = self._nc_step  # type: ignore[method-assign]
+        self.call_soon = self._nc_step.call_soon  # type: ignore[method-assign]
 
     def set_task_factory(self, factory: Any) -> None:
         super().set_task_factory(factory)
