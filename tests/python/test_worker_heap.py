@@ -160,3 +160,11 @@ def test_torch_imported_after_the_worker_started(aloop, manager, nc, support_dir
         assert float(first.sum()) == float(N) and float(second.sum()) == 2.0 * N
     finally:
         aloop.run(ext.stop())
+
+
+def test_a_process_forked_from_a_worker_frees_and_allocates_safely(aloop, basic_ext):
+    child_sum, status, parent_sum = aloop.run(basic_ext.fork_with_heap_blocks(N))
+    assert status == 0, f"the forked child died: status {status:#x}"
+    assert child_sum == 6.0 * N + 5.0 * N and parent_sum == 3.0 * N
+    out = aloop.run(basic_ext.make_tensor(N, 8))  # the worker's heap goes on as before
+    assert float(out.sum()) == 8.0 * N

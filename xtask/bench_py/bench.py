@@ -223,8 +223,10 @@ class NodecellImpl:
             "sandbox, zygote with torch import and worker all start again)")
 
     def config(self, name: str = "bench_nc"):
+        # NODECELL_WORKER_HEAP / _MIN set for the bench reach the worker (A/B of the worker heap).
+        env = {k: os.environ[k] for k in ("NODECELL_WORKER_HEAP", "NODECELL_WORKER_HEAP_MIN") if k in os.environ}
         return self.nc.ExtensionConfig(name=name, module_path=PACK, share_torch=True, isolated=True,
-                                       dependencies=pack_dependencies())
+                                       dependencies=pack_dependencies(), env=env)
 
     async def load(self, name: str = "bench_nc"):
         ext = self.manager.load_extension(self.config(name))
@@ -643,6 +645,20 @@ class Bench:
                         note="echo of a fresh private float32 tensor every call (its first send; nodecell: "
                              "one copy into a pooled arena + re-point; pyisolate: share_memory_); the "
                              "very first call of the run is left out (see torch_64MiB_first_send)")
+        # The same made in the worker: a fresh 64 MiB output every call (nodecell: allocated in a
+        # shared arena by the worker heap, no copy; pyisolate: share_memory_ of the output).
+        samples = []
+        for i in range(self.n(12, 5)):
+            t0 = time.perf_counter_ns()
+            y = await self.ext.fresh_64MiB_out(i)
+            samples.append(time.perf_counter_ns() - t0)
+            if y.shape != (n // 4,) or float(y[0]) != float(i) or float(y[-1]) != float(i):
+                raise RuntimeError("fresh_64MiB_out returned different data")
+            del y
+            gc.collect()
+        self.res.timing("torch_64MiB_fresh_out", samples[1:] if len(samples) > 2 else samples,
+                        note="a fresh private 64 MiB float32 tensor made in the worker every call "
+                             "(torch.empty().fill_(i)) and returned; the first call is left out")
 
     async def zygote_restart(self) -> None:
         """nodecell only: time from a worker crash to the next call returning (fresh worker forked

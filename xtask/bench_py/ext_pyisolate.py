@@ -57,6 +57,13 @@ class BenchExt(pyisolate.ExtensionBase):
         """A node call: a fresh IMAGE tensor out (see image_node)."""
         return (image_node(image),)
 
+    async def fresh_64MiB_out(self, i):
+        """A fresh private 64 MiB float32 tensor made in the worker every call (a node's
+        output), filled with ``i``."""
+        import torch
+
+        return torch.empty(16 * 1024 * 1024, dtype=torch.float32).fill_(float(i))
+
     async def matmul_node(self, a):
         """A heavy CPU node: a fresh 4 MiB [1024, 1024] float32 product out (see matmul_node)."""
         return (matmul_node(a),)

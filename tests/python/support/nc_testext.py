@@ -353,6 +353,42 @@ class TestExt(nodecell.ExtensionBase):
         self.kept_fresh = None
         return True
 
+    def fork_with_heap_blocks(self, n):
+        """Forks while holding a heap block; the child frees it, allocates and frees big
+        tensors (libc's now: a child never takes from its parent's heap) and reports a
+        sum through a pipe. Returns (the child's sum, its exit status, the parent's sum)."""
+        import torch
+
+        t = torch.full((n,), 3.0)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                torch.set_num_threads(1)  # the parent's OpenMP pool did not survive the fork
+                u = t * 2.0
+                total = float(u.sum())
+                del t, u
+                for _ in range(5):
+                    v = torch.ones(n)
+                    total += float(v.sum())
+                    del v
+                os.write(w, repr(total).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        got = b""
+        while True:
+            chunk = os.read(r, 64)
+            if not chunk:
+                break
+            got += chunk
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        return float(got or b"nan"), status, float(t.sum())
+
     def threaded_outputs(self, nthreads, n, rounds):
         """Python threads each allocating, checking and freeing big tensors (torch's own
         intra-op threads too: the fills and sums of n floats run in parallel); returns one
