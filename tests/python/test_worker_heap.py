@@ -168,3 +168,37 @@ def test_a_process_forked_from_a_worker_frees_and_allocates_safely(aloop, basic_
     assert child_sum == 6.0 * N + 5.0 * N and parent_sum == 3.0 * N
     out = aloop.run(basic_ext.make_tensor(N, 8))  # the worker's heap goes on as before
     assert float(out.sum()) == 8.0 * N
+
+
+def test_the_heap_stopped_and_resumed_at_run_time(aloop, basic_ext):
+    kept = aloop.run(basic_ext.fresh_kept(N, 1))  # a heap block, freed after the switch
+    assert aloop.run(basic_ext.heap_switch(False)) is False
+    try:
+        p0, h0 = aloop.run(basic_ext.pool_stats()), aloop.run(basic_ext.heap_stats())
+        out = aloop.run(basic_ext.make_tensor(N, 2))
+        p1, h1 = aloop.run(basic_ext.pool_stats()), aloop.run(basic_ext.heap_stats())
+        assert not h1["enabled"] and h1["takes"] == h0["takes"] and p1["copies"] == p0["copies"] + 1
+        assert aloop.run(basic_ext.drop_fresh())  # the block taken before is still the heap's
+        assert aloop.run(basic_ext.heap_stats())["frees"] > h1["frees"]
+    finally:
+        assert aloop.run(basic_ext.heap_switch(True)) is True
+    again = aloop.run(basic_ext.make_tensor(N, 3))
+    assert aloop.run(basic_ext.heap_stats())["sent"] > h1["sent"]
+    assert float(kept.sum()) == float(N) and float(out.sum()) == 2.0 * N and float(again.sum()) == 3.0 * N
+
+
+def test_a_frozen_outputs_worker_never_uses_the_heap(aloop, manager, nc, support_dir):
+    async def load():
+        return await manager.load_extension(nc.ExtensionConfig(
+            name="basic_heap_frozen", module_path=pack(support_dir, "basic"), share_torch=True,
+            frozen_outputs=True, timeout=60))
+
+    ext = aloop.run(load())
+    try:
+        h = aloop.run(ext.heap_stats())
+        assert not h["installed"] and h["off_reason"] == "the channel takes frozen outputs", h
+        out = aloop.run(ext.fresh_kept(N, 5))
+        assert aloop.run(ext.scribble_outputs(0)) == 0, "nothing it sent can be mapped writable"
+        assert float(out.sum()) == 5.0 * N
+    finally:
+        aloop.run(ext.stop())

@@ -334,6 +334,12 @@ class TestExt(nodecell.ExtensionBase):
 
         return dict(_nodecell.worker_heap_stats())
 
+    def heap_switch(self, on):
+        """Stops or resumes the worker heap's new allocations; whether it serves now."""
+        from nodecell import _nodecell
+
+        return _nodecell.set_worker_heap(bool(on))
+
     def fresh_kept(self, n, value):
         """A fresh float32 tensor (a node's output), returned and also kept here."""
         import torch
