@@ -1,13 +1,14 @@
-//! A cheap hash for the set of pending call ids.
+//! A cheap hash for tables keyed by ids this side hands out itself.
 //!
-//! Call ids are the channel's own (sequential, from [`super::Channel::next_call_id`]),
-//! so the set's contents cannot be chosen by the peer; a reply's id only looks one
-//! up. SipHash (the std default, built against chosen keys) cost ~200 instructions
-//! per insert or remove, on the round trip's critical path. One multiplication by an
-//! odd constant (Fibonacci hashing) spreads sequential ids over both the low bits
-//! (bucket) and the top bits (hashbrown's tag) of the hash.
+//! Call ids (sequential, from [`super::Channel::next_call_id`]), our arena slots and
+//! arena ids are the channel's own, so those tables' contents cannot be chosen by
+//! the peer; an id it sends only looks one up. (Tables keyed by the peer's ids keep
+//! std's SipHash.) SipHash (the std default, built against chosen keys) costs ~200
+//! instructions per insert, lookup or remove, on the round trip's critical path. One
+//! multiplication by an odd constant (Fibonacci hashing) spreads sequential ids over
+//! both the low bits (bucket) and the top bits (hashbrown's tag) of the hash.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Hashes one `u64` with a multiplication.
@@ -33,6 +34,9 @@ impl Hasher for IdHasher {
 
 /// The set of call ids awaiting an answer.
 pub(crate) type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
+
+/// A map keyed by ids this side hands out (its arena slots, arena ids).
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
 #[cfg(test)]
 mod tests {

@@ -289,9 +289,10 @@ fn device_key(d: &Arc<dyn DeviceMemory>) -> usize {
 
 #[derive(Default)]
 struct Exports {
-    by_arena: HashMap<u64, u64>,
+    /// Our arena ids and slots (never the peer's): the cheap hash.
+    by_arena: ids::IdMap<u64>,
     by_device: HashMap<usize, u64>,
-    slots: HashMap<u64, Export>,
+    slots: ids::IdMap<Export>,
     retire: Vec<u64>,
 }
 
