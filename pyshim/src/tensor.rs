@@ -177,16 +177,20 @@ fn share_local(
             "tensor reaches outside the arena it lives in",
         ));
     }
-    if arena.written_privately(offset as usize, span as usize) {
-        crate::heap::note_copied();
-        let src = arena.as_ptr().wrapping_add(offset as usize);
-        // The arena (held by `arena`) keeps `src` mapped during the copy.
-        return copy_bytes(end, py, src, span, dtype, shape, strides);
-    }
+    // Written after an earlier send (its bytes are in private pages), or the remap
+    // failed (the worker's later writes would reach the peer): send a copy instead.
+    let privatized = match arena.privatize() {
+        // Just remapped: nothing written since.
+        Ok(true) => true,
+        Ok(false) if !arena.written_privately(offset as usize, span as usize) => false,
+        _ => {
+            crate::heap::note_copied();
+            let src = arena.as_ptr().wrapping_add(offset as usize);
+            // The arena (held by `arena`) keeps `src` mapped during the copy.
+            return copy_bytes(end, py, src, span, dtype, shape, strides);
+        }
+    };
     let d = share_own(end, arena, offset, dtype, shape, strides)?;
-    let privatized = arena
-        .privatize()
-        .map_err(|e| PyOSError::new_err(format!("worker heap: {e}")))?;
     crate::heap::note_sent(span, privatized);
     Ok(d)
 }
