@@ -202,3 +202,18 @@ def test_a_frozen_outputs_worker_never_uses_the_heap(aloop, manager, nc, support
         assert float(out.sum()) == 5.0 * N
     finally:
         aloop.run(ext.stop())
+
+
+def test_outputs_of_calls_in_flight_stay_apart(aloop, basic_ext):
+    """Eight async calls in flight, each making and returning its own fresh tensor while the
+    others run: every output holds its own value (no block handed to two tensors)."""
+    import asyncio
+
+    async def run():
+        return await asyncio.gather(*(basic_ext.fresh_async(N, i) for i in range(8)))
+
+    for _ in range(3):
+        outs = aloop.run(run())
+        for i, t in enumerate(outs):
+            assert float(t.min()) == float(i) and float(t.max()) == float(i), i
+        del outs

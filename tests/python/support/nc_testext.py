@@ -334,6 +334,16 @@ class TestExt(nodecell.ExtensionBase):
 
         return dict(_nodecell.worker_heap_stats())
 
+    async def fresh_async(self, n, value):
+        """A fresh tensor made across a suspension (calls in flight interleave here)."""
+        import torch
+
+        t = torch.empty(n)
+        await asyncio.sleep(0)
+        t.fill_(float(value))
+        await asyncio.sleep(0)
+        return t
+
     def heap_switch(self, on):
         """Stops or resumes the worker heap's new allocations; whether it serves now."""
         from nodecell import _nodecell
