@@ -174,8 +174,13 @@ pub(crate) fn give_back(ptr: usize) -> bool {
     LIVE.fetch_sub(1, Ordering::AcqRel);
     LIVE_BYTES.fetch_sub(arena.len(), Ordering::Relaxed);
     FREES.fetch_add(1, Ordering::Relaxed);
-    // Dropped outside the table's lock: the pool keeps it (or it is unmapped now).
+    // Dropped outside the table's lock: the pool keeps it (or it is unmapped now), and
+    // drops free arenas beyond its limit now rather than at the next take, so an idle
+    // worker holds at most the limit.
     drop(arena);
+    if !FORKED.load(Ordering::Relaxed) {
+        ArenaPool::global().trim();
+    }
     true
 }
 

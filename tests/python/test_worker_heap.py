@@ -217,3 +217,25 @@ def test_outputs_of_calls_in_flight_stay_apart(aloop, basic_ext):
         for i, t in enumerate(outs):
             assert float(t.min()) == float(i) and float(t.max()) == float(i), i
         del outs
+
+
+def test_freed_heap_blocks_stay_within_the_pool_limit(aloop, manager, nc, support_dir):
+    """Blocks of many sizes freed in the worker: the pool keeps at most its limit of free
+    arenas (least recently used dropped), so the worker's idle memory stays bounded."""
+    limit = 32 << 20
+
+    async def load():
+        return await manager.load_extension(nc.ExtensionConfig(
+            name="basic_heap_bounded", module_path=pack(support_dir, "basic"), share_torch=True,
+            env={"NODECELL_TENSOR_POOL": str(limit)}, timeout=60))
+
+    ext = aloop.run(load())
+    try:
+        sizes = [(1 << 20) + k * (1 << 18) for k in range(24)]  # 4-28 MiB, each its own size class
+        h0 = aloop.run(ext.heap_stats())
+        assert aloop.run(ext.churn(sizes)) == float(len(sizes))
+        h1, p = aloop.run(ext.heap_stats()), aloop.run(ext.pool_stats())
+        assert h1["takes"] - h0["takes"] == len(sizes) and h1["live_blocks"] == 0, h1
+        assert p["limit"] == limit and p["free_bytes"] <= limit and p["dropped"] > 0, p
+    finally:
+        aloop.run(ext.stop())

@@ -344,6 +344,17 @@ class TestExt(nodecell.ExtensionBase):
         await asyncio.sleep(0)
         return t
 
+    def churn(self, sizes):
+        """Allocates, fills and frees one float32 tensor of each size (elements)."""
+        import torch
+
+        total = 0.0
+        for n in sizes:
+            t = torch.ones(n)
+            total += float(t[-1])
+            del t
+        return total
+
     def heap_switch(self, on):
         """Stops or resumes the worker heap's new allocations; whether it serves now."""
         from nodecell import _nodecell
