@@ -35,6 +35,13 @@
 //! imported after the worker started, the hook is installed when the channel first
 //! sees torch ([`torch_imported`]); tensors allocated before are copied when sent.
 //!
+//! numpy (>= 1.22) gets the same policy through `PyDataMem_SetHandler`
+//! ([`crate::sys::numpy`]), set when the heap starts or torch is first seen, if numpy
+//! is imported by then: its large array buffers come from the heap, the rest from
+//! numpy's own default policy. numpy keeps its policy in a context variable, so it
+//! applies in the context of the thread that set it (the worker's main thread, and the
+//! tasks it starts); arrays made elsewhere are copied when sent, as before.
+//!
 //! The hooks run on torch's threads (intra-op pools, Python threads without the GIL):
 //! nothing here touches Python.
 
@@ -67,6 +74,8 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// that did not survive the fork, so `free` only tries it.
 static FORKED: AtomicBool = AtomicBool::new(false);
 static PATCHED: AtomicBool = AtomicBool::new(false);
+/// numpy's allocation policy set (in the worker's main thread; see [`install_numpy`]).
+static NUMPY: AtomicBool = AtomicBool::new(false);
 static MIN_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_MIN_BYTES);
 /// Most arenas (memfds) the pool may hold for the heap to take another: a quarter of
 /// the open-files limit, so the worker's own files never run short.
@@ -184,6 +193,20 @@ pub(crate) fn give_back(ptr: usize) -> bool {
     true
 }
 
+/// The length of the heap block at `ptr` (its arena's, at least what was asked for), or
+/// None when it is not one.
+pub(crate) fn block_len(ptr: usize) -> Option<usize> {
+    if ptr == 0 || !ptr.is_multiple_of(PAGE) || LIVE.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let t = if FORKED.load(Ordering::Relaxed) {
+        TABLE.try_lock().ok()?
+    } else {
+        lock(&TABLE)
+    };
+    t.as_ref()?.get(&ptr).map(|a| a.len())
+}
+
 /// Counts a lent arena's bytes sent without a copy, and whether that remapped it.
 pub(crate) fn note_sent(bytes: u64, privatized: bool) {
     SENT.fetch_add(1, Ordering::Relaxed);
@@ -243,13 +266,61 @@ fn patch() -> bool {
     true
 }
 
+/// numpy's version as (major, minor), from `numpy.__version__`.
+fn numpy_version(np: &Bound<'_, PyAny>) -> Option<(u32, u32)> {
+    let v: String = np.getattr("__version__").ok()?.extract().ok()?;
+    let mut it = v.split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
+    Some((major, minor))
+}
+
+/// Makes the heap numpy's allocation policy (`PyDataMem_SetHandler`, NumPy >= 1.22) when
+/// numpy is imported (never importing it), in the calling thread's context: the
+/// worker's main thread, which serves calls and whose context the tasks it starts copy
+/// (threads started later begin with numpy's default policy: their arrays are copied
+/// when sent, as before). True when it is set.
+fn install_numpy(py: Python<'_>) -> bool {
+    if NUMPY.load(Ordering::Acquire) {
+        return true;
+    }
+    let Ok(modules) = py.import("sys").and_then(|m| m.getattr("modules")) else {
+        return false;
+    };
+    let Ok(np) = modules.get_item("numpy") else {
+        return false;
+    };
+    if numpy_version(&np).is_none_or(|v| v < (1, 22)) {
+        return false;
+    }
+    let api = [
+        "numpy._core._multiarray_umath",
+        "numpy.core._multiarray_umath",
+    ]
+    .iter()
+    .find_map(|m| modules.get_item(m).ok()?.getattr("_ARRAY_API").ok());
+    let Some(api) = api else {
+        return false;
+    };
+    if crate::sys::numpy::set_handler(py, &api).is_err() {
+        return false;
+    }
+    NUMPY.store(true, Ordering::Release);
+    ENABLED.store(true, Ordering::Release);
+    true
+}
+
 /// Turns the heap on for this worker's channel: reads `NODECELL_WORKER_HEAP` (`0`:
 /// off) and `NODECELL_WORKER_HEAP_MIN` (bytes), and patches `libc10.so` now if torch
 /// is imported (else when [`torch_imported`] is called). Returns whether it is on.
 /// Only on a worker's channel without `frozen_outputs`; call it in the worker process
 /// itself (after the fork from the zygote), once its channel is open.
 #[pyfunction]
-pub fn worker_heap(channel: &PyChannel) -> PyResult<bool> {
+pub fn worker_heap(py: Python<'_>, channel: &PyChannel) -> PyResult<bool> {
     let ch = channel.ch()?;
     if std::env::var("NODECELL_WORKER_HEAP").is_ok_and(|v| v.trim() == "0") {
         set_off("NODECELL_WORKER_HEAP=0");
@@ -282,21 +353,28 @@ pub fn worker_heap(channel: &PyChannel) -> PyResult<bool> {
         set_off("cannot register the fork handler");
         return Ok(false);
     }
-    Ok(patch())
+    let torch = patch();
+    let numpy = install_numpy(py);
+    Ok(torch || numpy)
 }
 
 /// Installs the hook if the heap was asked for ([`worker_heap`]) and torch was not
-/// imported then; cheap when there is nothing to do. Called once torch is seen.
-pub(crate) fn torch_imported() {
-    if PATCHED.load(Ordering::Acquire) || FORKED.load(Ordering::Relaxed) {
+/// imported then (numpy's policy too, in the calling thread's context); cheap when there
+/// is nothing to do. Called once torch is seen.
+pub(crate) fn torch_imported(py: Python<'_>) {
+    if (PATCHED.load(Ordering::Acquire) && NUMPY.load(Ordering::Acquire))
+        || FORKED.load(Ordering::Relaxed)
+    {
         return;
     }
     if lock(&CHANNEL).is_some() {
         patch();
+        install_numpy(py);
     }
 }
 
-/// The heap's counters: `installed` (libc10.so patched), `enabled`, `off_reason`,
+/// The heap's counters: `installed` (libc10.so patched), `numpy` (numpy's allocation
+/// policy set), `enabled`, `off_reason`,
 /// `min_bytes`, `max_bytes`, `max_arenas`, `takes` / `taken_bytes` (blocks handed out), `frees`,
 /// `live_blocks` / `live_bytes`, `fallbacks` (large requests served by libc),
 /// `sent` / `sent_bytes` (heap blocks sent without a copy), `privatized` (mappings
@@ -305,6 +383,7 @@ pub(crate) fn torch_imported() {
 pub fn worker_heap_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("installed", PATCHED.load(Ordering::Acquire))?;
+    d.set_item("numpy", NUMPY.load(Ordering::Acquire))?;
     d.set_item("enabled", ENABLED.load(Ordering::Acquire))?;
     d.set_item("off_reason", *lock(&OFF_REASON))?;
     d.set_item("min_bytes", min_bytes())?;
@@ -328,7 +407,8 @@ pub fn worker_heap_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 /// hook installed. Returns whether it serves now.
 #[pyfunction]
 pub fn set_worker_heap(on: bool) -> bool {
-    let on = on && PATCHED.load(Ordering::Acquire) && !FORKED.load(Ordering::Relaxed);
+    let installed = PATCHED.load(Ordering::Acquire) || NUMPY.load(Ordering::Acquire);
+    let on = on && installed && !FORKED.load(Ordering::Relaxed);
     ENABLED.store(on, Ordering::Release);
     on
 }

@@ -74,7 +74,7 @@ fn torch(py: Python<'_>) -> Option<&'static Torch> {
         })
     };
     let t = look().ok()?;
-    crate::heap::torch_imported();
+    crate::heap::torch_imported(py);
     let _ = TORCH.set(py, t);
     TORCH.get(py)
 }

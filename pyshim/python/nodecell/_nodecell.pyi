@@ -560,7 +560,8 @@ def worker_heap(channel: Channel) -> bool:
     off). Returns whether it is on."""
 
 def worker_heap_stats() -> Dict[str, Any]:
-    """The worker heap's counters: ``installed``, ``enabled``, ``off_reason``, ``min_bytes``,
+    """The worker heap's counters: ``installed`` (torch's allocator hooked), ``numpy`` (numpy's
+    allocation policy set), ``enabled``, ``off_reason``, ``min_bytes``,
     ``max_bytes``, ``max_arenas``, ``takes``, ``taken_bytes``, ``frees``, ``live_blocks``, ``live_bytes``,
     ``fallbacks``, ``sent``, ``sent_bytes``, ``privatized``, ``copied``."""
 

@@ -4,9 +4,11 @@
 //!
 //! * [`got`]: finding a loaded library and rewriting its GOT slots for a libc function.
 //! * [`alloc`]: the `posix_memalign` / `free` replacements the worker heap installs there.
+//! * [`numpy`]: the worker heap as numpy's allocation policy (`PyDataMem_SetHandler`).
 
 pub(crate) mod alloc;
 pub(crate) mod got;
+pub(crate) mod numpy;
 
 /// This process's soft limit on open files (`RLIMIT_NOFILE`), if it can be read.
 pub(crate) fn open_files_limit() -> Option<u64> {

@@ -355,6 +355,32 @@ class TestExt(nodecell.ExtensionBase):
             del t
         return total
 
+    async def make_array_async(self, n, value):
+        """A fresh float32 numpy array, made in an `async def` method."""
+        import numpy as np
+
+        return np.full(n, float(value), dtype=np.float32)
+
+    def array_kept(self, n, value):
+        """A fresh numpy array, returned and also kept here (see write_array_kept)."""
+        import numpy as np
+
+        self.kept_array = np.full(n, float(value), dtype=np.float32)
+        return self.kept_array
+
+    def write_array_kept(self, value):
+        self.kept_array[:] = float(value)
+        return float(self.kept_array.sum())
+
+    def grow_array(self, n, value):
+        """An array grown in place (numpy reallocs its buffer), filled with `value`."""
+        import numpy as np
+
+        a = np.full(n, float(value), dtype=np.float32)
+        a.resize(2 * n, refcheck=False)
+        a[n:] = float(value)
+        return a
+
     def heap_switch(self, on):
         """Stops or resumes the worker heap's new allocations; whether it serves now."""
         from nodecell import _nodecell
