@@ -282,10 +282,12 @@ impl Spinner {
             if let Some(d) = deadline {
                 window = window.min(d.saturating_duration_since(t0));
             }
-            if let Some(after_yield) = Spinner::spin_with(window, self.pure_ns, &mut ready)? {
-                self.adapt_pure(after_yield);
-                self.on_spin_hit(t0.elapsed());
-                return Ok(Wake::Ready);
+            if !window.is_zero() {
+                if let Some(after_yield) = Spinner::spin_with(window, self.pure_ns, &mut ready)? {
+                    self.adapt_pure(after_yield);
+                    self.on_spin_hit(t0.elapsed());
+                    return Ok(Wake::Ready);
+                }
             }
         }
         let adapt = !near && matches!(self.policy, SpinPolicy::Adaptive { .. });
@@ -401,6 +403,30 @@ mod tests {
         peer.join().unwrap();
         assert_eq!(sp.window(), before);
         assert!(slept > 0, "a near waiter never announced a sleep");
+        assert_eq!(w.sleeping.load(Ordering::Relaxed), 0);
+    }
+
+    /// A waiter whose deadline has already passed neither spins nor sleeps: it checks
+    /// its condition once more and times out (and leaves no sleeper announced).
+    #[test]
+    fn a_passed_deadline_times_out_without_spinning() {
+        let w = words();
+        let mut sp = Spinner::new(SpinPolicy::default());
+        let bell = Doorbell::new(&w.seq, &w.sleeping);
+        let mut checks = 0;
+        let r = sp.wait_hinted(
+            bell,
+            Some(Instant::now()),
+            None,
+            false,
+            || {
+                checks += 1;
+                Ok::<bool, ()>(false)
+            },
+            || Ok(()),
+        );
+        assert_eq!(r, Ok(Wake::TimedOut));
+        assert!(checks <= 2, "{checks} checks");
         assert_eq!(w.sleeping.load(Ordering::Relaxed), 0);
     }
 
