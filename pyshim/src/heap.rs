@@ -35,12 +35,10 @@
 //! imported after the worker started, the hook is installed when the channel first
 //! sees torch ([`torch_imported`]); tensors allocated before are copied when sent.
 //!
-//! numpy (>= 1.22) gets the same policy through `PyDataMem_SetHandler`
-//! ([`crate::sys::numpy`]), set when the heap starts or torch is first seen, if numpy
-//! is imported by then: its large array buffers come from the heap, the rest from
-//! numpy's own default policy. numpy keeps its policy in a context variable, so it
-//! applies in the context of the thread that set it (the worker's main thread, and the
-//! tasks it starts); arrays made elsewhere are copied when sent, as before.
+//! numpy (>= 1.22) gets the same policy ([`crate::sys::numpy`]: its default
+//! `PyDataMem_Handler` pointed at ours), set when the heap starts or torch is first
+//! seen, if numpy is imported by then: its large array buffers come from the heap, the
+//! rest from numpy's own functions.
 //!
 //! The hooks run on torch's threads (intra-op pools, Python threads without the GIL):
 //! nothing here touches Python.
@@ -279,11 +277,8 @@ fn numpy_version(np: &Bound<'_, PyAny>) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Makes the heap numpy's allocation policy (`PyDataMem_SetHandler`, NumPy >= 1.22) when
-/// numpy is imported (never importing it), in the calling thread's context: the
-/// worker's main thread, which serves calls and whose context the tasks it starts copy
-/// (threads started later begin with numpy's default policy: their arrays are copied
-/// when sent, as before). True when it is set.
+/// Makes the heap numpy's allocation policy (NumPy >= 1.22; see [`crate::sys::numpy`])
+/// when numpy is imported (never importing it), for every thread. True when it is set.
 fn install_numpy(py: Python<'_>) -> bool {
     if NUMPY.load(Ordering::Acquire) {
         return true;
@@ -306,7 +301,7 @@ fn install_numpy(py: Python<'_>) -> bool {
     let Some(api) = api else {
         return false;
     };
-    if crate::sys::numpy::set_handler(py, &api).is_err() {
+    if crate::sys::numpy::install(&api).is_err() {
         return false;
     }
     NUMPY.store(true, Ordering::Release);

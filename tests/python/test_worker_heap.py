@@ -256,21 +256,22 @@ def np_torch_ext(aloop, manager, nc, support_dir):
 
 
 def test_numpy_outputs_come_from_the_heap_too(aloop, np_torch_ext):
-    """numpy's allocation policy is the heap (NumPy >= 1.22; set in the context of the
-    thread that first meets torch): a fresh array crosses without a copy, plain and
-    `async def` methods alike; writes after returning stay in the worker; an array grown
-    in place (numpy's realloc) stays right."""
+    """numpy's allocation policy is the heap (NumPy >= 1.22, every serving thread): a
+    fresh array crosses without a copy, plain and `async def` methods alike, ten times in
+    a row (calls are served on more than one thread); writes after returning stay in the
+    worker; an array grown in place (numpy's realloc) stays right."""
     import numpy as np
 
     ext = np_torch_ext
     assert float(aloop.run(ext.make_tensor(N, 1)).sum()) == float(N)  # torch seen
     h0, p0 = aloop.run(ext.heap_stats()), aloop.run(ext.pool_stats())
     assert h0["numpy"], h0
-    a = aloop.run(ext.make_array(N, 6))
-    b = aloop.run(ext.make_array_async(N, 7))
+    for i in range(5):
+        a = aloop.run(ext.make_array(N, 6 + i))
+        b = aloop.run(ext.make_array_async(N, 7 + i))
+        assert isinstance(a, np.ndarray) and float(a.sum()) == (6.0 + i) * N and float(b.sum()) == (7.0 + i) * N
     h1, p1 = aloop.run(ext.heap_stats()), aloop.run(ext.pool_stats())
-    assert isinstance(a, np.ndarray) and float(a.sum()) == 6.0 * N and float(b.sum()) == 7.0 * N
-    assert h1["sent"] - h0["sent"] == 2 and p1["copies"] == p0["copies"], (h0, h1, p0, p1)
+    assert h1["sent"] - h0["sent"] == 10 and p1["copies"] == p0["copies"], (h0, h1, p0, p1)
     kept = aloop.run(ext.array_kept(N, 1))
     assert aloop.run(ext.write_array_kept(9)) == 9.0 * N
     assert float(kept.sum()) == float(N), "the host's array is unchanged"

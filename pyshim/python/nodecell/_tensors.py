@@ -24,8 +24,7 @@ descriptor (arena, offset, dtype, shape, strides) in a frame.
   code keeps its own tensor, so changing it later never changes what it returned.
   With torch, the worker heap (``pyshim/src/heap.rs``; ``NODECELL_WORKER_HEAP=0``
   turns it off) allocates torch's CPU tensors of 1 MiB and more in pooled arenas
-  from the start (numpy's arrays too, NumPy >= 1.22, in the context of the thread
-  that set its policy), so those outputs are sent as they are, without the copy;
+  from the start (numpy's arrays too, NumPy >= 1.22), so those outputs are sent as they are, without the copy;
   sending one remaps the worker's own mapping of it copy-on-write, so the same holds.
   A channel made with ``frozen_outputs`` gets immutable (write-sealed) copies
   instead (see SECURITY.md for what each guarantees).

@@ -68,9 +68,8 @@ static HANDLER: Handler = Handler {
 
 /// The capsule name numpy checks.
 const CAPSULE_NAME: &CStr = c"mem_handler";
-/// `PyDataMem_SetHandler`'s and `PyDataMem_DefaultHandler`'s slots in numpy's C-API
-/// table (stable since NumPy 1.22: the table only grows).
-const SET_HANDLER_SLOT: usize = 304;
+/// `PyDataMem_DefaultHandler`'s slot in numpy's C-API table (stable since NumPy 1.22:
+/// the table only grows).
 const DEFAULT_HANDLER_SLOT: usize = 306;
 
 fn default() -> Option<&'static Allocator> {
@@ -131,43 +130,41 @@ unsafe extern "C" fn np_free(_ctx: *mut c_void, p: *mut c_void, size: usize) {
     }
 }
 
-/// Makes the worker heap numpy's allocation policy in the calling thread's context
-/// (`PyDataMem_SetHandler` through the C-API table in `api`, numpy's `_ARRAY_API`
-/// capsule). The caller checked numpy's version (>= 1.22).
-pub(crate) fn set_handler(py: Python<'_>, api: &Bound<'_, PyAny>) -> PyResult<()> {
+/// Makes the worker heap numpy's allocation policy in every thread and context: numpy's
+/// default policy object (`PyDataMem_DefaultHandler`, the capsule every context without
+/// a policy of its own uses, and that every array it allocated names) is pointed at our
+/// handler, after saving numpy's own functions, to which ours hand everything that is
+/// not a heap block (so arrays allocated before are freed by numpy's own `free`).
+/// `api` is numpy's `_ARRAY_API` capsule; the caller checked numpy's version (>= 1.22).
+pub(crate) fn install(api: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = api.py();
     let api = api.cast::<PyCapsule>()?;
     let table = api.pointer_checked(None)?.as_ptr() as *const *const c_void;
-    // SAFETY: `_ARRAY_API` points at numpy's C-API table; slot 304 is PyDataMem_SetHandler
-    // (PyObject *(*)(PyObject *)) in every numpy >= 1.22 (the table only grows).
-    let set: unsafe extern "C" fn(*mut pyo3::ffi::PyObject) -> *mut pyo3::ffi::PyObject =
-        unsafe { std::mem::transmute(*table.add(SET_HANDLER_SLOT)) };
-    // SAFETY: slot 306 is the address of `PyDataMem_DefaultHandler` (a PyObject * to numpy's
-    // default policy capsule, alive as long as numpy); its pointer is a PyDataMem_Handler.
-    let default_cap =
-        unsafe { *(*table.add(DEFAULT_HANDLER_SLOT) as *const *mut pyo3::ffi::PyObject) };
-    if default_cap.is_null() {
+    // SAFETY: `_ARRAY_API` points at numpy's C-API table; slot 306 is the address of
+    // `PyDataMem_DefaultHandler` (a PyObject * to numpy's default policy capsule, alive as
+    // long as numpy) in every numpy >= 1.22 (the table only grows).
+    let cap = unsafe { *(*table.add(DEFAULT_HANDLER_SLOT) as *const *mut pyo3::ffi::PyObject) };
+    if cap.is_null() {
         return Err(pyo3::exceptions::PyRuntimeError::new_err(
             "numpy has no default memory handler",
         ));
     }
     // SAFETY: a live capsule named "mem_handler"; NULL (with an exception) if not.
-    let h = unsafe { pyo3::ffi::PyCapsule_GetPointer(default_cap, CAPSULE_NAME.as_ptr()) };
+    let h = unsafe { pyo3::ffi::PyCapsule_GetPointer(cap, CAPSULE_NAME.as_ptr()) };
     if h.is_null() {
         return Err(PyErr::fetch(py));
     }
+    let ours = std::ptr::addr_of!(HANDLER) as *mut c_void;
+    if h == ours {
+        return Ok(());
+    }
     // SAFETY: numpy's default PyDataMem_Handler, a static of numpy's.
     let _ = DEFAULT.set(Default(unsafe { (*(h as *const Handler)).allocator }));
-    // SAFETY: the capsule points at a static that lives as long as the process; no destructor.
-    let cap = unsafe {
-        PyCapsule::new_with_pointer(py, std::ptr::NonNull::from(&HANDLER).cast(), CAPSULE_NAME)
-    }?;
-    // SAFETY: called with the GIL held and a valid capsule; returns a new reference (the old
-    // policy) or NULL with an exception set.
-    let old = unsafe { set(cap.as_ptr()) };
-    if old.is_null() {
+    // SAFETY: the GIL is held; the new pointer is a static handler that lives as long as the
+    // process (a word store: a thread reading the capsule meanwhile sees either handler,
+    // and ours passes what it does not serve to numpy's saved functions).
+    if unsafe { pyo3::ffi::PyCapsule_SetPointer(cap, ours) } != 0 {
         return Err(PyErr::fetch(py));
     }
-    // SAFETY: `old` is a new reference we own.
-    drop(unsafe { Bound::from_owned_ptr(py, old) });
     Ok(())
 }
