@@ -55,6 +55,16 @@ pub const SERVE_ADOPT: i32 = -2;
 /// Most `(target, method)` entries the table keeps.
 const MAX_ENTRIES: usize = 4096;
 
+thread_local! {
+    /// The loop this thread left set as its running loop after a call's task ended in
+    /// its first step (its address; 0: none set by us). Setting and unsetting the
+    /// running loop cost a `getpid` each in CPython 3.11 (a syscall, ~0.3-0.6 us on a VM,
+    /// more under seccomp), so a thread serving `async def` calls back to back sets it
+    /// once; it is unset before anything else runs on the thread (a plain method, the
+    /// Python layer: see [`Dispatcher::unset_loop`]). Per thread, as the running loop is.
+    static LOOP_LEFT_SET: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// A resolved method.
 struct Entry {
     f: Py<PyAny>,
@@ -267,6 +277,20 @@ impl Dispatcher {
     /// before this returns or raises (and not held again). `timeout`: seconds to wait
     /// for a frame. Raises what receiving or answering raised (the channel is broken).
     fn serve(&self, py: Python<'_>, timeout: f64) -> PyResult<Py<PyAny>> {
+        let r = self.serve_frames(py, timeout);
+        // Whatever the Python layer does next (drive the loop, run a plain method) must
+        // find this thread without a running loop, as it would without the dispatcher.
+        let unset = self.unset_loop(py);
+        let out = r?;
+        unset?;
+        Ok(out)
+    }
+}
+
+impl Dispatcher {
+    /// [`Dispatcher::serve`]'s loop (it may leave the worker's loop set as this thread's
+    /// running loop; `serve` unsets it).
+    fn serve_frames(&self, py: Python<'_>, timeout: f64) -> PyResult<Py<PyAny>> {
         let chan = self.channel.get();
         let wait = Duration::from_secs_f64(timeout.max(0.0));
         loop {
@@ -295,9 +319,15 @@ impl Dispatcher {
             }
         }
     }
-}
 
-impl Dispatcher {
+    /// Unsets the running loop this thread left set ([`LOOP_LEFT_SET`]), if any.
+    fn unset_loop(&self, py: Python<'_>) -> PyResult<()> {
+        if LOOP_LEFT_SET.with(|c| c.replace(0)) != 0 {
+            self.set_running_loop.call1(py, (py.None(),))?;
+        }
+        Ok(())
+    }
+
     fn now(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
@@ -347,6 +377,7 @@ impl Dispatcher {
             let f = (f.bind(py), name.bind(py));
             return self.serve_async(py, chan, id, target, method, f, args, kwargs);
         }
+        self.unset_loop(py)?; // a plain method runs without a running loop, as it would directly
         let token = self.serving_set.call1(py, (id,))?;
         let kw = (!kwargs.is_empty()).then_some(&kwargs);
         let r = f.bind(py).call(args, kw);
@@ -409,6 +440,7 @@ impl Dispatcher {
             // Work other threads queued on the loop while this one drove it (they found
             // it taken): drive it now, as `_run_async` does, or nobody would.
             if ep.getattr(intern!(py, "_queued"))?.is_truthy()? {
+                self.unset_loop(py)?; // the Python layer sets it while it drives
                 ep.call_method0(intern!(py, "_drive_if_free"))?;
             }
         }
@@ -465,7 +497,13 @@ impl Dispatcher {
             cb_args.into_bound(py),
             cb_ctx.into_bound(py),
         );
-        self.set_running_loop.call1(py, (lp,))?;
+        let lp_addr = lp.as_ptr() as usize;
+        if LOOP_LEFT_SET.with(|c| c.get()) != lp_addr {
+            self.unset_loop(py)?;
+            self.set_running_loop.call1(py, (lp,))?;
+        }
+        // Set from here on: unset below unless the task ended in this step.
+        LOOP_LEFT_SET.with(|c| c.set(lp_addr));
         let ran = if cb_ctx.is_none() {
             cb.call1(cb_args)
         } else {
@@ -474,12 +512,12 @@ impl Dispatcher {
             all.extend(cb_args.iter());
             cb_ctx.call_method1(intern!(py, "run"), PyTuple::new(py, all)?)
         };
-        // Unsetting the running loop costs a `getpid` in CPython 3.11: when the task
-        // ended in this step, that waits until the answer left (the loop is the running
-        // one while it is sent, as when a task replies itself).
+        // When the task ended in this step, the loop stays set (the answer is sent with it
+        // running, as when a task replies itself) until something else runs on this
+        // thread: the next `async def` call on it needs no `getpid` for it.
         let done = ran.and_then(|_| task.call_method0(intern!(py, "done"))?.is_truthy());
         if !matches!(done, Ok(true)) {
-            self.set_running_loop.call1(py, (py.None(),))?;
+            self.unset_loop(py)?;
             done?;
             return adopt(py, id, Some(task));
         }
@@ -490,7 +528,6 @@ impl Dispatcher {
             Ok(v) => self.reply(py, chan, id, &v),
             Err(e) => self.reply_error(py, chan, id, e, &self.task_error_value),
         };
-        self.set_running_loop.call1(py, (py.None(),))?;
         sent?;
         let ep = self.ep.bind(py);
         let idle = !ep.getattr(intern!(py, "_queued"))?.is_truthy()?

@@ -81,6 +81,39 @@ def test_plain_methods_after_async_ones_see_no_running_loop(aloop, basic_ext):
     assert aloop.run(go()) == [{"running": False, "run": 3}] * 5
 
 
+def test_async_calls_back_to_back_and_every_other_kind_between_them(aloop, basic_ext):
+    # A dispatcher thread leaves the worker's loop set as its running loop after an async
+    # call that ended in its first step (unsetting costs a getpid): the next async call
+    # must still find it set (afacts' current_task() and timeout need it), and everything
+    # else served on that thread must not: plain methods (loop_facts runs asyncio.run),
+    # calls that suspend (the Python layer drives the loop), awaitables returned by plain
+    # methods, errors.
+    async def go():
+        out = []
+        for _ in range(3):
+            await basic_ext.anoop()
+            await basic_ext.anoop()
+            out.append(await basic_ext.afacts("first"))
+            out.append(await basic_ext.loop_facts())
+            out.append(await basic_ext.aecho("suspends"))
+            out.append(await basic_ext.afacts("first"))
+            out.append(await basic_ext.returns_awaitable(1))
+            out.append(await basic_ext.afacts("suspend"))
+            try:
+                await basic_ext.aboom("x")
+            except Exception as e:  # noqa: BLE001
+                out.append(isinstance(e, ValueError))
+            out.append(await basic_ext.afacts("first"))
+            out.append(await basic_ext.loop_facts())
+        return out
+
+    first = {"task": True, "serving": True, "cv_before": None}
+    suspended = dict(first, same_task=True, same_serving=True, cv_after="suspend")
+    got = aloop.run(go())
+    assert got == [first, {"running": False, "run": 3}, "suspends", first, 3, suspended, True,
+                   first, {"running": False, "run": 3}] * 3
+
+
 def test_plain_method_returning_an_awaitable_and_calls_in_flight(aloop, basic_ext):
     assert [aloop.run(basic_ext.returns_awaitable(5)) for _ in range(3)] == [15, 15, 15]
 

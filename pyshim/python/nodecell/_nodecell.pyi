@@ -169,7 +169,8 @@ class FastCall:
                 profile: Any, stats: CallStats) -> FastCall: ...
     def __call__(self, method: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any: ...
     def arm(self, w: Any, channel: Channel, rx: Any, lp: Any, ep: Any, ids: Any) -> None:
-        """Send calls to worker ``w`` from now on (its channel, receive lock, loop, endpoint, call ids)."""
+        """Send calls to worker ``w`` from now on (its channel, receive lock, loop, endpoint, call ids);
+        called on the thread running ``lp``, while it runs."""
     def disarm(self) -> None:
         """Every call takes the general path until armed again."""
     @property
