@@ -147,12 +147,11 @@ def test_model_handles_live_as_long_as_either_side_holds_them(app, patcher):
     assert _node(app, "NCDropModels")[0] >= 1
     _eventually(lambda: ref() is None, "the host's model is freed once the pack dropped it")
 
-    # This test's own patches are counted against what is alive before it. (Not asserted: that
-    # the earlier tests' patches are all gone. In one run in two of test_studio_app.py followed by
-    # this file, one of the attention-patch callables stays alive in the host, held by a
-    # list_iterator over the model's `attn1_patch` list that no object the garbage collector
-    # tracks refers to, so it is not a leak of the handle bookkeeping; see the README's open
-    # items. When this file runs alone, nothing is left.)
+    # This test's own patches are counted against what is alive before it, which is at most one:
+    # in about one run in two of test_studio_app.py followed by this file, one attention-patch
+    # callable of an earlier test stays alive in the host, held by a list_iterator over the model's
+    # `attn1_patch` list that no object the garbage collector tracks refers to (the README's "Open
+    # items"). When this file runs alone, nothing is left.
     _eventually(lambda: _node(app, "NCLivePatches")[0] <= 1, "earlier patches freed with their host models")
     before = _node(app, "NCLivePatches")[0]
     base = nodes.TinyModelLoader().load(5)[0]
