@@ -140,9 +140,9 @@ pub(crate) fn install(api: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = api.py();
     let api = api.cast::<PyCapsule>()?;
     let table = api.pointer_checked(None)?.as_ptr() as *const *const c_void;
-    // SAFETY: `_ARRAY_API` points at numpy's C-API table; slot 306 is the address of
-    // `PyDataMem_DefaultHandler` (a PyObject * to numpy's default policy capsule, alive as
-    // long as numpy) in every numpy >= 1.22 (the table only grows).
+    // `_ARRAY_API` is numpy's C-API table; in every numpy >= 1.22 (the table only grows) slot
+    // 306 holds the address of `PyDataMem_DefaultHandler`, the default policy capsule's PyObject *.
+    // SAFETY: reads that slot and the pointer it holds, both numpy's, alive as long as numpy.
     let cap = unsafe { *(*table.add(DEFAULT_HANDLER_SLOT) as *const *mut pyo3::ffi::PyObject) };
     if cap.is_null() {
         return Err(pyo3::exceptions::PyRuntimeError::new_err(
@@ -160,9 +160,9 @@ pub(crate) fn install(api: &Bound<'_, PyAny>) -> PyResult<()> {
     }
     // SAFETY: numpy's default PyDataMem_Handler, a static of numpy's.
     let _ = DEFAULT.set(Default(unsafe { (*(h as *const Handler)).allocator }));
-    // SAFETY: the GIL is held; the new pointer is a static handler that lives as long as the
-    // process (a word store: a thread reading the capsule meanwhile sees either handler,
-    // and ours passes what it does not serve to numpy's saved functions).
+    // A word store: a thread reading the capsule meanwhile sees either handler, and ours passes
+    // what it does not serve to numpy's saved functions.
+    // SAFETY: the GIL is held; the new pointer is a static handler living as long as the process.
     if unsafe { pyo3::ffi::PyCapsule_SetPointer(cap, ours) } != 0 {
         return Err(PyErr::fetch(py));
     }
