@@ -46,21 +46,9 @@ impl StepHold {
     }
 
     /// `loop.call_soon(callback, *args, context=None)`: held (after `hold`) or
-    /// counted and forwarded.
-    #[pyo3(signature = (callback, *args, context = None))]
-    fn __call__(
-        &self,
-        py: Python<'_>,
-        callback: Py<PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<PyAny>> {
-        self.soon(py, callback, args, context)
-    }
-
-    /// The same as calling this object, as a method: what the loop's `call_soon`
-    /// attribute is (a bound method of a Rust class takes its arguments as a vector,
-    /// without the tuple and keyword dict a call of the object itself is given).
+    /// counted and forwarded. The loop's `call_soon` attribute is this bound method (a
+    /// bound method of a Rust class takes its arguments as a vector, without the tuple
+    /// and keyword dict a call of the object itself would be given).
     #[pyo3(signature = (callback, *args, context = None))]
     fn call_soon(
         &self,

@@ -183,9 +183,9 @@ class StepHold:
     ``call_soon``, or, after ``hold()``, keeps the next one (a new task's first step)."""
 
     def __new__(cls, call_soon: Callable[..., Any], handle: Any) -> StepHold: ...
-    def __call__(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any: ...
     def call_soon(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
-        """The same as calling the object (the loop's ``call_soon`` attribute is this method)."""
+        """``loop.call_soon``: held (after ``hold()``) or counted and forwarded (the loop's
+        ``call_soon`` attribute is this method)."""
     def hold(self) -> None:
         """Hold back the next callback."""
     def take(self) -> Optional[Tuple[Callable[..., Any], Tuple[Any, ...], Any]]:
