@@ -130,30 +130,58 @@ struct Plan {
     tensor_iters: usize,
 }
 
+/// A 4 KiB anonymous shared mapping (a child forked afterwards shares it), unmapped
+/// when dropped: the two words the floor ping-pongs take turns on.
+struct SharedPage(*mut libc::c_void);
+
+/// The atomics [`SharedPage::words`] hands out: integers, valid as all-zero bytes.
+trait Word {}
+impl Word for AtomicU32 {}
+impl Word for AtomicU64 {}
+
+impl SharedPage {
+    fn new() -> Result<SharedPage> {
+        // SAFETY: a fresh anonymous shared mapping, 4 KiB, owned by the returned value.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mmap failed");
+        }
+        Ok(SharedPage(p))
+    }
+
+    /// Two atomics on separate cache lines (offsets 0 and 128), zero at first.
+    fn words<T: Word>(&self) -> (&T, &T) {
+        // SAFETY: page-aligned zeroed memory of 4 KiB holds two small atomic integers at
+        // offsets 0 and 128; they live as long as this mapping, which `&self` borrows.
+        unsafe {
+            (
+                &*(self.0 as *const T),
+                &*((self.0 as *const u8).add(128) as *const T),
+            )
+        }
+    }
+}
+
+impl Drop for SharedPage {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped; nothing borrows it any more (in this process).
+        unsafe { libc::munmap(self.0, 4096) };
+    }
+}
+
 /// Shared-memory spin ping-pong: the floor. `yield_` on the same core.
 fn spin_floor(host_cpu: usize, peer_cpu: usize, iters: usize, yield_: bool) -> Result<Vec<f64>> {
-    // SAFETY: a fresh anonymous shared mapping, 4 KiB, shared with the child after fork.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        bail!("mmap failed");
-    }
-    // SAFETY: two u64 atomics on separate cache lines inside the mapping, which lives
-    // until the munmap at the end (after the child exited).
-    let (ping, pong) = unsafe {
-        (
-            &*(p as *const AtomicU64),
-            &*((p as *const u8).add(128) as *const AtomicU64),
-        )
-    };
+    let page = SharedPage::new()?;
+    let (ping, pong) = page.words::<AtomicU64>();
     let child = fork_on(peer_cpu, || {
         for i in 1..=iters as u64 {
             while ping.load(Ordering::Acquire) != i {
@@ -182,8 +210,6 @@ fn spin_floor(host_cpu: usize, peer_cpu: usize, iters: usize, yield_: bool) -> R
         ns.push(t.elapsed().as_nanos() as f64);
     }
     child.wait()?;
-    // SAFETY: unmapping what we mapped; the child is gone.
-    unsafe { libc::munmap(p, 4096) };
     Ok(ns)
 }
 
@@ -200,28 +226,8 @@ fn futex(word: &AtomicU32, op: i32, val: u32) {
 /// the other (`FUTEX_WAKE`); no spinning, no frames, no timeouts. What any futex
 /// doorbell pays: the floor of `ring_futex_rtt`.
 fn futex_floor(host_cpu: usize, peer_cpu: usize, iters: usize) -> Result<Vec<f64>> {
-    // SAFETY: a fresh anonymous shared mapping, 4 KiB, shared with the child after fork.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        bail!("mmap failed");
-    }
-    // SAFETY: two u32 atomics on separate cache lines inside the mapping, which lives
-    // until the munmap at the end (after the child exited).
-    let (ping, pong) = unsafe {
-        (
-            &*(p as *const AtomicU32),
-            &*((p as *const u8).add(128) as *const AtomicU32),
-        )
-    };
+    let page = SharedPage::new()?;
+    let (ping, pong) = page.words::<AtomicU32>();
     let child = fork_on(peer_cpu, || {
         for i in 1..=iters as u32 {
             loop {
@@ -252,8 +258,6 @@ fn futex_floor(host_cpu: usize, peer_cpu: usize, iters: usize) -> Result<Vec<f64
         ns.push(t.elapsed().as_nanos() as f64);
     }
     child.wait()?;
-    // SAFETY: unmapping what we mapped; the child is gone.
-    unsafe { libc::munmap(p, 4096) };
     Ok(ns)
 }
 
