@@ -7,8 +7,8 @@
 //! that library's GOT slots for the two functions ([`crate::sys::got`]); every other
 //! library keeps libc's. Then:
 //!
-//! * `posix_memalign` of at least [`min_bytes`] (1 MiB; `NODECELL_WORKER_HEAP_MIN`
-//!   bytes overrides it) and at most [`MAX_BYTES`] with an alignment of at most a
+//! * `posix_memalign` of at least [`min_bytes`] (1 MiB; `NODECELL_WORKER_HEAP_MIN`,
+//!   a size such as `128KiB`, overrides it) and at most [`MAX_BYTES`] with an alignment of at most a
 //!   page, while the pool holds fewer arenas (memfds) than a quarter of the worker's
 //!   open-files limit, takes an arena from [`ArenaPool::global`] for the worker's channel (a free
 //!   one of the same size class, pre-faulted, or a new one), lends it
@@ -330,12 +330,14 @@ pub fn worker_heap(py: Python<'_>, channel: &PyChannel) -> PyResult<bool> {
         return Ok(false);
     }
     if let Ok(v) = std::env::var("NODECELL_WORKER_HEAP_MIN") {
-        let n = v.trim().parse::<usize>().map_err(|_| {
-            pyo3::exceptions::PyValueError::new_err(format!(
-                "NODECELL_WORKER_HEAP_MIN: expected a number of bytes, got {v:?}"
-            ))
+        // The project's one size parser: `1048576`, `128KiB`, `1M`.
+        let n = nodecell_units::parse_size(&v).map_err(|e| {
+            pyo3::exceptions::PyValueError::new_err(format!("NODECELL_WORKER_HEAP_MIN: {e}"))
         })?;
-        MIN_BYTES.store(n.max(PAGE), Ordering::Relaxed);
+        MIN_BYTES.store(
+            usize::try_from(n).unwrap_or(usize::MAX).max(PAGE),
+            Ordering::Relaxed,
+        );
     }
     if let Some(n) = crate::sys::open_files_limit() {
         MAX_ARENAS.store((n / 4).clamp(16, 1 << 20) as usize, Ordering::Relaxed);

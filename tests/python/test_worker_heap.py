@@ -104,6 +104,25 @@ def test_workers_forked_from_one_zygote_have_their_own_heaps(aloop, basic_ext, t
     assert aloop.run(basic_ext.drop_fresh())
 
 
+def test_the_threshold_is_a_size_in_the_projects_units(aloop, manager, nc, support_dir):
+    # NODECELL_WORKER_HEAP_MIN goes through the one size parser: "128KiB" is 131072 bytes, and a
+    # 256 KiB output (under the default 1 MiB) then comes from the heap.
+    async def load():
+        return await manager.load_extension(nc.ExtensionConfig(
+            name="basic_heap_min", module_path=pack(support_dir, "basic"), share_torch=True,
+            env={"NODECELL_WORKER_HEAP_MIN": "128KiB"}, timeout=60))
+
+    ext = aloop.run(load())
+    try:
+        h0 = aloop.run(ext.heap_stats())
+        assert h0["installed"] and h0["min_bytes"] == 128 * 1024, h0
+        out = aloop.run(ext.make_tensor(64 * 1024, 5))  # 64 Ki float32: 256 KiB
+        assert float(out.sum()) == 5.0 * 64 * 1024
+        assert aloop.run(ext.heap_stats())["takes"] > h0["takes"]
+    finally:
+        aloop.run(ext.stop())
+
+
 def test_switched_off_outputs_are_copied_as_before(aloop, manager, nc, support_dir):
     async def load():
         return await manager.load_extension(nc.ExtensionConfig(
