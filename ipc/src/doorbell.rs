@@ -12,6 +12,14 @@
 //! * **Notifier**: after publishing (`head` for data, `tail` for space) issue a full
 //!   fence and load `sleeping`; only if it is non-zero, store `sleeping = 0`, add 1 to
 //!   `seq` (release) and `futex(FUTEX_WAKE, &seq, INT_MAX)`.
+//! * **Early ring** (optional, data doorbells): a waiter may announce `sleeping = 2`
+//!   instead of 1, promising that when woken (its `seq` moved) with its condition
+//!   still false it spins up to [`EARLY_WAKE_SPIN`] before sleeping again. A notifier
+//!   that finds `sleeping == 2` *before* it encodes and publishes may wake it then
+//!   (same three steps), so the waiter's wake-up (~4 us across vCPUs here) runs while
+//!   the notifier still works; the ring after publishing then finds `sleeping == 0`
+//!   and makes no syscall, or finds the waiter asleep again and wakes it as usual.
+//!   An early ring is never a substitute for the ring after publishing.
 //!
 //! The two fences make it impossible for the waiter to sleep on a condition the
 //! notifier has already made true (Dekker). A notifier that never wakes only hurts
@@ -34,6 +42,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::sys;
+
+/// `sleeping` value: the waiter is asleep (or about to be).
+pub const ASLEEP: u32 = 1;
+/// `sleeping` value: the waiter is asleep and, woken with nothing there, spins up to
+/// [`EARLY_WAKE_SPIN`] before sleeping again (it accepts [`Doorbell::ring_early`]).
+pub const ASLEEP_EARLY_OK: u32 = 2;
+/// How long a waiter that accepts early rings spins after a wake-up that found nothing.
+pub const EARLY_WAKE_SPIN: Duration = Duration::from_micros(50);
 
 /// The two shared words of one doorbell.
 #[derive(Debug, Clone, Copy)]
@@ -68,10 +84,36 @@ impl<'a> Doorbell<'a> {
     /// Waiter side, step 1: announces the sleep; returns the `seq` value to wait on.
     /// The caller must re-check its condition before [`Doorbell::sleep`].
     pub fn prepare(&self) -> u32 {
+        self.announce(ASLEEP)
+    }
+
+    /// [`Doorbell::prepare`] for a waiter that, woken with its condition still false,
+    /// spins up to [`EARLY_WAKE_SPIN`] for it before sleeping again: a notifier may
+    /// then ring it early ([`Doorbell::ring_early`]).
+    pub fn prepare_for_early_ring(&self) -> u32 {
+        self.announce(ASLEEP_EARLY_OK)
+    }
+
+    fn announce(&self, how: u32) -> u32 {
         let s = self.seq.load(Ordering::Acquire);
-        self.sleeping.store(1, Ordering::Relaxed);
+        self.sleeping.store(how, Ordering::Relaxed);
         crate::ring::full_fence();
         s
+    }
+
+    /// Notifier side, before publishing: wakes a waiter that announced it accepts
+    /// early rings ([`Doorbell::prepare_for_early_ring`]), so its wake-up latency runs
+    /// while the notifier still encodes and publishes. Not a substitute for
+    /// [`Doorbell::ring`] after publishing (which then finds nobody asleep, unless the
+    /// waiter gave up spinning and announced a sleep again). True if it woke one.
+    pub fn ring_early(&self) -> bool {
+        if self.sleeping.load(Ordering::Relaxed) != ASLEEP_EARLY_OK {
+            return false;
+        }
+        self.sleeping.store(0, Ordering::Relaxed);
+        self.seq.fetch_add(1, Ordering::Release);
+        let _ = sys::futex_wake(self.seq, i32::MAX);
+        true
     }
 
     /// Waiter side: withdraws the announcement (condition turned true, or woke up).
@@ -293,7 +335,11 @@ impl Spinner {
         let adapt = !near && matches!(self.policy, SpinPolicy::Adaptive { .. });
         let sleep_start = adapt.then(Instant::now);
         loop {
-            let seq = bell.prepare();
+            let seq = if near {
+                bell.prepare()
+            } else {
+                bell.prepare_for_early_ring()
+            };
             if ready()? {
                 bell.cancel();
                 break;
@@ -310,6 +356,14 @@ impl Spinner {
             bell.sleep(seq, t);
             bell.cancel();
             if ready()? {
+                break;
+            }
+            // Rung (not a timeout) with nothing there: rung early, the data on its way.
+            let rung = bell.seq_word().load(Ordering::Acquire) != seq;
+            if rung
+                && !near
+                && Spinner::spin_with(EARLY_WAKE_SPIN, self.pure_ns, &mut ready)?.is_some()
+            {
                 break;
             }
             alive()?;
@@ -458,5 +512,75 @@ mod tests {
         );
         assert_eq!(r, Err("peer gone"));
         assert_eq!(w.sleeping.load(Ordering::Relaxed), 0);
+    }
+
+    /// Early rings never lose a wake-up: a waiter that accepts them is rung before the
+    /// data exists, and the notifier publishes at once, after a yield, or only after
+    /// the waiter's spin after waking ran out (it then sleeps again and the ring after
+    /// publishing wakes it). Every wait ends Ready before its deadline, the early ring
+    /// found the waiter announced every time, and nobody is left announced.
+    #[test]
+    fn early_rings_never_lose_a_wake_up() {
+        let w = words();
+        let rounds = 300;
+        let peer = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                let mut early = 0;
+                for i in 0..rounds {
+                    while w.data.load(Ordering::Acquire)
+                        || w.sleeping.load(Ordering::Acquire) != ASLEEP_EARLY_OK
+                    {
+                        std::thread::yield_now();
+                    }
+                    let bell = Doorbell::new(&w.seq, &w.sleeping);
+                    if bell.ring_early() {
+                        early += 1;
+                    }
+                    match i % 3 {
+                        0 => {}
+                        1 => std::thread::yield_now(),
+                        _ => std::thread::sleep(EARLY_WAKE_SPIN * 4),
+                    }
+                    w.data.store(true, Ordering::Release);
+                    bell.ring();
+                }
+                early
+            })
+        };
+        let mut sp = Spinner::new(SpinPolicy::Never);
+        for _ in 0..rounds {
+            let bell = Doorbell::new(&w.seq, &w.sleeping);
+            let r = sp.wait_hinted(
+                bell,
+                Some(Instant::now() + Duration::from_secs(20)),
+                None,
+                false,
+                || Ok::<bool, ()>(w.data.load(Ordering::Acquire)),
+                || Ok(()),
+            );
+            assert_eq!(r, Ok(Wake::Ready));
+            w.data.store(false, Ordering::Release);
+        }
+        assert_eq!(peer.join().unwrap(), rounds);
+        assert_eq!(w.sleeping.load(Ordering::Relaxed), 0);
+    }
+
+    /// Only a waiter that announced it accepts early rings gets one: a plain sleeper
+    /// (the host reactor, a waiter whose peer shares its CPU) is left alone.
+    #[test]
+    fn early_ring_skips_plain_sleepers() {
+        let w = words();
+        let bell = Doorbell::new(&w.seq, &w.sleeping);
+        let seq = bell.prepare();
+        assert!(!bell.ring_early());
+        assert_eq!(w.seq.load(Ordering::Relaxed), seq);
+        assert_eq!(w.sleeping.load(Ordering::Relaxed), ASLEEP);
+        bell.cancel();
+        let seq = bell.prepare_for_early_ring();
+        assert!(bell.ring_early());
+        assert_eq!(w.seq.load(Ordering::Relaxed), seq.wrapping_add(1));
+        assert_eq!(w.sleeping.load(Ordering::Relaxed), 0);
+        assert!(!bell.ring_early(), "rung twice");
     }
 }

@@ -40,7 +40,8 @@
 //! +0    u64  head            slots published by the producer (monotonic, wraps at 2^64)
 //! +128  u64  tail            slots consumed by the consumer (monotonic)
 //! +256  u32  data_seq        futex word the consumer sleeps on ("data arrived")
-//! +260  u32  data_sleeping   1 = the consumer is asleep (or about to be) on data_seq
+//! +260  u32  data_sleeping   1 = the consumer is asleep (or about to be) on data_seq; 2 = the
+//!                            same, and it accepts an early ring (see [`crate::doorbell`])
 //! +384  u32  space_seq       futex word the producer sleeps on ("space freed")
 //! +388  u32  space_sleeping  1 = the producer is asleep on space_seq
 //! ```

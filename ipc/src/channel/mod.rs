@@ -602,6 +602,19 @@ impl Channel {
         shm.header32(theirs).load(Ordering::Relaxed) == v
     }
 
+    /// Before encoding a frame: wakes the peer's receiving thread if it sleeps and
+    /// accepts early rings, unless both ends last waited on the same CPU (there the
+    /// woken peer could only take the CPU from this sender).
+    pub(crate) fn ring_early(&self) {
+        let shm = &self.inner.shm;
+        let host = shm.header32(layout::OFF_HOST_CPU).load(Ordering::Relaxed);
+        let worker = shm.header32(layout::OFF_WORKER_CPU).load(Ordering::Relaxed);
+        if host != 0 && host == worker {
+            return;
+        }
+        shm.data_bell(self.outbound_ring()).ring_early();
+    }
+
     /// Host: this thread is about to poll the channel itself (spinning for a reply), so
     /// the peer need not ring the doorbell: withdraws the sleeper's announcement (the
     /// reactor keeps waiting on the unchanged futex word). Pair with

@@ -31,6 +31,7 @@ impl Channel {
             }
         }
         let mut tx = lock(&self.inner.tx);
+        self.ring_early();
         self.flush_control_locked(&mut tx, true)?;
         let mut buf = std::mem::take(&mut tx.buf);
         buf.clear();
