@@ -6,7 +6,6 @@ import asyncio
 import os
 import pwd
 import subprocess
-import sys
 import textwrap
 
 import pytest

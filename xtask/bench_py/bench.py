@@ -45,6 +45,10 @@ SCENARIOS = ["cold_start_shared_torch", "worker_rss_mb", "noop_rtt", "echo_small
 #: Tensor scenarios of issue 10 (outputs, fresh sends), each a group of rows.
 TENSOR_SCENARIOS = ["image_node", "matmul_node", "fresh_64MiB"]
 
+# The already-shared torch rows: seconds of warm-up after the first send, then of samples.
+TORCH_WARMUP_S = 0.5
+TORCH_SAMPLE_S = 1.0
+
 # Small arguments of a typical node call: what `echo_small_rtt` sends and gets back.
 SMALL = {"seed": 42, "steps": 20, "cfg": 7.5, "sampler": "euler_a", "size": [512, 512], "denoise": 1.0,
          "prompt": "a lighthouse on a cliff at dusk"}
@@ -126,10 +130,14 @@ async def sample_pair(fa, fb, iters: int, budget_s: float, warmup: int = 3):
     return a, b
 
 
-async def sample(fn, iters: int, budget_s: float, warmup: int = 3, min_iters: int = 3):
-    """Call `await fn()` `warmup` times, then up to `iters` times (stopping after
-    `budget_s` seconds once `min_iters` samples exist); return the samples in ns."""
+async def sample(fn, iters: int, budget_s: float, warmup: int = 3, min_iters: int = 3, warmup_s: float = 0.0):
+    """Call `await fn()` `warmup` times (and on until `warmup_s` seconds have passed),
+    then up to `iters` times (stopping after `budget_s` seconds once `min_iters`
+    samples exist); return the samples in ns."""
+    warm_until = time.perf_counter() + warmup_s
     for _ in range(warmup):
+        await fn()
+    while time.perf_counter() < warm_until:
         await fn()
     out = []
     deadline = time.perf_counter() + budget_s
@@ -428,8 +436,8 @@ class Bench:
                                 f"child down: launcher/bwrap, sandbox init, zygote, worker)")
 
     async def rtt(self, scenario: str, fn, iters: int, budget: float, warmup: int = 5, note=None,
-                  min_iters: int = 3) -> None:
-        self.res.timing(scenario, await sample(fn, iters, budget, warmup, min_iters), note=note)
+                  min_iters: int = 3, warmup_s: float = 0.0) -> None:
+        self.res.timing(scenario, await sample(fn, iters, budget, warmup, min_iters, warmup_s), note=note)
 
     async def concurrent(self) -> None:
         await self._concurrent("concurrent_noop_calls_per_s", "noop")
@@ -463,8 +471,15 @@ class Bench:
                        note=f"8 coroutines each awaiting {method}() in a loop for {window:g} s; median of rounds "
                             f"(min {min(rates):.0f}, max {max(rates):.0f})")
 
-    async def torch_case(self, label: str, nbytes: int, iters: int, budget: float) -> None:
+    async def torch_case(self, label: str, nbytes: int) -> None:
+        """First send of a private tensor, then echoes of the now shared tensor: each
+        row warms up for TORCH_WARMUP_S and samples for TORCH_SAMPLE_S of wall time, on
+        both sides alike (a row of a few dozen calls right after a 1 GiB copy measures
+        where the scheduler left the two processes, not the call)."""
         import torch
+
+        iters, budget = 10_000_000, self.n(TORCH_SAMPLE_S, TORCH_SAMPLE_S / 5)
+        warmup_s = self.n(TORCH_WARMUP_S, TORCH_WARMUP_S / 3)
 
         scenario = f"torch_{label}_rtt"
         x = torch.ones(nbytes // 4, dtype=torch.float32)  # a private tensor, as a node would make it
@@ -485,17 +500,18 @@ class Bench:
             if r.shape != x.shape:
                 raise RuntimeError("wrong shape back")
 
-        await self.rtt(scenario, call, iters, budget,
-                       note="echo of an already-shared float32 tensor (after its first send), result dropped")
+        await self.rtt(scenario, call, iters, budget, warmup_s=warmup_s,
+                       note="echo of an already-shared float32 tensor (after its first send), result dropped; "
+                            f"{warmup_s:g} s of warm-up, then {budget:g} s of samples")
         if self.impl.name == "nodecell":
             async def call_sync() -> None:
                 r = await self.ext.echo_sync(x)
                 if r.shape != x.shape:
                     raise RuntimeError("wrong shape back")
 
-            await self.rtt(f"torch_{label}_sync_rtt", call_sync, iters, budget,
+            await self.rtt(f"torch_{label}_sync_rtt", call_sync, iters, budget, warmup_s=warmup_s,
                            note="as torch_*_rtt, through a plain `def` method")
-        del x
+        x = None  # drop the tensor (the closures above are done with it)
         gc.collect()
 
     async def numpy_case(self, label: str, nbytes: int, iters: int, budget: float, warmup: int = 2,
@@ -708,9 +724,9 @@ class Bench:
             "echo_small_rtt", lambda: ext_calls().echo(SMALL), self.n(5000, 1000), self.n(5, 2), 100,
             note="a dict of 7 small fields (ints, floats, str, list) and back"), 120)
         await self.guarded("concurrent_noop_calls_per_s", self.concurrent, 120)
-        await self.guarded("torch_1MiB_rtt", lambda: self.torch_case("1MiB", MiB, self.n(2000, 300), self.n(4, 1)), 180)
-        await self.guarded("torch_64MiB_rtt", lambda: self.torch_case("64MiB", 64 * MiB, self.n(500, 100), self.n(4, 1)), 180)
-        await self.guarded("torch_1GiB_rtt", lambda: self.torch_case("1GiB", GiB, self.n(50, 10), self.n(4, 1)), 300)
+        await self.guarded("torch_1MiB_rtt", lambda: self.torch_case("1MiB", MiB), 180)
+        await self.guarded("torch_64MiB_rtt", lambda: self.torch_case("64MiB", 64 * MiB), 180)
+        await self.guarded("torch_1GiB_rtt", lambda: self.torch_case("1GiB", GiB), 300)
         await self.guarded("numpy_1MiB_rtt", lambda: self.numpy_case("1MiB", MiB, self.n(500, 100), self.n(4, 1)), 300)
         if self.impl.name == "pyisolate" and self.quick:
             if self.want("numpy_64MiB_rtt"):

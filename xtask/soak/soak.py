@@ -212,7 +212,7 @@ async def main(a: argparse.Namespace) -> int:
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected exceptions")
     await ext.stop()
-    del kept
+    kept.clear()  # drop the exceptions (and the frames they hold)
 
     # -- churn -------------------------------------------------------------------------
     gc.collect()

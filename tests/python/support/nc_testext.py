@@ -279,8 +279,6 @@ class TestExt(nodecell.ExtensionBase):
 
     # tensors
     def tensor_info(self, t):
-        import torch
-
         return {"ptr": t.data_ptr(), "shape": list(t.shape), "sum": float(t.double().sum()),
                 "writable": True}
 
