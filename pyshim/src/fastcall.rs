@@ -14,6 +14,17 @@
 //! | not armed, or a check failed (nothing was sent) | the `not_sent` marker (`_NOT_SENT`) |
 //! | sent, the answer did not come in the spin (or another frame came first, or receiving broke) | `after_spin(w, call_id, state, payload, more, elapsed_ns)`, called with the receive lock held (it releases it) |
 //! | sending raised | `send_failed(w, call_id, method, exc)`, the lock released |
+//!
+//! The per-call loop check is cheap and one-sided: "this is the thread that armed it and
+//! the loop still runs" is also true when the loop was stopped here and now runs on
+//! another thread while this one runs a loop of its own (`asyncio.run` per request in a
+//! thread pool). Telling the two apart needs `asyncio.get_running_loop()` (a `getpid`
+//! syscall per call in CPython 3.11), so the fast path does not: what it does on such a
+//! thread is what a synchronous waiter does (send, spin, take its own answer), and what
+//! touches the loop is left to the continuations, which look at the running loop (they
+//! are slow paths) and hand the rest to the sandbox's loop thread-safely; so does
+//! `w.drain_soon()` for frames found behind the answer. The general path arms it again
+//! for the loop's new thread on its first call there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +75,8 @@ pub struct FastCall {
     /// The profiler's module: calls take the general path while its `ACTIVE` is true.
     profile: Py<PyAny>,
     stats: Py<PyCallStats>,
+    /// Calls answered here without a Python continuation (for tests and tools).
+    answered: AtomicU64,
 }
 
 #[pymethods]
@@ -89,6 +102,7 @@ impl FastCall {
             send_failed,
             profile,
             stats,
+            answered: AtomicU64::new(0),
         })
     }
 
@@ -135,6 +149,13 @@ impl FastCall {
     #[getter]
     fn armed(&self) -> bool {
         self.armed_now().is_some()
+    }
+
+    /// Calls answered by the fast path itself (answer or error within the spin, no
+    /// Python continuation), since this object was made.
+    #[getter]
+    fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
     }
 
     /// Calls `method(*args, **kwargs)` on the armed worker (see the module docs).
@@ -203,8 +224,10 @@ impl FastCall {
                 .call1(py, (w, call_id, state, payload, more, elapsed));
         }
         a.rx_release.call0(py)?;
+        self.answered.fetch_add(1, Ordering::Relaxed);
         if more {
-            w.call_method0(intern!(py, "_schedule_drain"))?;
+            // From any thread: this may not be the loop's (see the module docs).
+            w.call_method0(intern!(py, "drain_soon"))?;
         }
         let ep = a.ep.bind(py);
         if ep.getattr(intern!(py, "_release_queue"))?.is_truthy()? {
@@ -258,10 +281,11 @@ impl FastCall {
         {
             return Ok(false);
         }
-        // The cell's loop is the running one here when this is the thread it was armed
-        // on (the loop's) and the loop still runs (a thread runs one loop at a time).
-        // Not `asyncio.get_running_loop()`: in CPython 3.11 that costs a `getpid`
-        // syscall per call (0.3-0.6 us on a VM). Anything else: the general path.
+        // Armed on this thread, whose loop the cell's was, and that loop still runs: almost
+        // always the running one here; when it was moved to another thread meanwhile, the
+        // call is still safe to make (see the module docs). Not
+        // `asyncio.get_running_loop()`: in CPython 3.11 that costs a `getpid` syscall per
+        // call (0.3-0.6 us on a VM). Anything else: the general path.
         if std::thread::current().id() != a.thread
             || FORKS.load(Ordering::Relaxed) != a.forks
             || !a

@@ -176,6 +176,9 @@ class FastCall:
     @property
     def armed(self) -> bool:
         """Whether calls take the fast path (before the per-call checks)."""
+    @property
+    def answered(self) -> int:
+        """Calls answered by the fast path itself (no Python continuation) since it was made."""
 
 @final
 class StepHold:

@@ -103,6 +103,13 @@ def call(ext: "Extension", w: "_Worker", target: int, method: str, args: tuple, 
     cell = w.cell
     me = threading.get_ident()
     on_loop = me == cell.loop_thread
+    if on_loop and cell.loop.is_running():
+        # Unless the loop now runs on another thread (this one's running loop, if any, is
+        # another): an extra check only on the loop's thread.
+        try:
+            on_loop = asyncio.get_running_loop() is cell.loop
+        except RuntimeError:
+            on_loop = False
     sw = SyncWaiter()
     call_id = next(ep._call_ids)
     ep.pending[call_id] = sw

@@ -356,6 +356,20 @@ class _Worker:
             self._drain_scheduled = True
             self.cell.loop.call_soon(self.drain)
 
+    def drain_soon(self) -> None:
+        """:meth:`_schedule_drain` from any thread: ``FastCall`` (which cannot tell cheaply
+        whether the sandbox's loop runs on this thread or was moved to another) found
+        frames behind the answer it took."""
+        loop = self.cell.loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            self._schedule_drain()
+        else:
+            _sync.hand_back(self, False)
+
     def on_event(self, kind: str) -> None:
         """A reactor event for this worker's channel."""
         if kind == "readable":
@@ -469,7 +483,8 @@ class _Cell:
         self.name = name
         self.key: Optional[str] = None
         self.loop = asyncio.get_running_loop()
-        #: The thread that runs ``loop`` (synchronous calls made on it handle everything themselves).
+        #: The thread that runs ``loop`` (synchronous calls made on it handle everything themselves);
+        #: a loop run again on another thread is noticed there by the next asynchronous call.
         self.loop_thread = threading.get_ident()
         self.bridge = _hub.LoopBridge.get(self.loop)
         self.proc: Optional[asyncio.subprocess.Process] = None

@@ -298,7 +298,11 @@ class Extension(Generic[T]):
         general path when it sent nothing."""
         if got.fut is not None:
             assert got.w is not None
-            return await self._wait_answer(got.w, got.call_id, got.fut, method, False, None, 0, 0, 0, got.t0)
+            waiting = self._wait_answer(got.w, got.call_id, got.fut, method, False, None, 0, 0, 0, got.t0)
+            loop = got.fut.get_loop()
+            if loop is not asyncio.get_running_loop():  # sent from another thread's loop: see _after_spin
+                return await _on_loop(loop, waiting)
+            return await waiting
         queued = time.monotonic_ns() if _profile.ACTIVE else 0  # the profiler's "queue" starts here
         if self._stopped:
             raise ExtensionStopped(f"extension {self.name!r} was stopped")
@@ -315,6 +319,8 @@ class Extension(Generic[T]):
             if cell.loop.is_running():  # the sandbox is served by a loop in another thread
                 return await _on_loop(cell.loop, self._call(method, args, kwargs))
             self._abandon_cell()  # its loop is gone: start afresh on this one
+        elif cell is not None:
+            cell.loop_thread = threading.get_ident()  # its loop may run on another thread than before
         if self.config["reload"]:
             await _reload.maybe_reload(self)
         ws = self._workers
@@ -477,7 +483,8 @@ class Extension(Generic[T]):
     def _fast_send_failed(self, w: _Worker, call_id: int, method: str, e: BaseException) -> _Waiting:
         """Sending call ``call_id`` raised ``e`` (the receive lock is released): what the
         call waits on (see :meth:`_send_failed`), or raise."""
-        return _Waiting(call_id, self._send_failed(w, call_id, method, e), _now_ns(), w)
+        return _Waiting(call_id, self._send_failed(w, call_id, method, e, _running_loop() is w.cell.loop),
+                        _now_ns(), w)
 
     def _after_spin(self, w: _Worker, call_id: int, state: int, payload: Any, more: bool, elapsed: int) -> _Waiting:
         """Call ``call_id`` was sent and its answer did not come in the spin (``state``:
@@ -486,9 +493,27 @@ class Extension(Generic[T]):
         is released here."""
         ep = w.ep
         t0 = _now_ns() - elapsed
-        fut = w.cell.loop.create_future()
+        loop = w.cell.loop
+        fut = loop.create_future()
         ep.pending[call_id] = fut
         w.rx.release()
+        if _running_loop() is not loop:
+            # FastCall sent it from a thread whose running loop is not the sandbox's (the
+            # loop it was armed with runs on another thread now): what follows is that
+            # loop's work, handed over thread-safely as a synchronous waiter does; the
+            # caller awaits the future there (_call_general).
+            if state == _CALL_OTHER:
+                _sync.route(w, payload, threading.get_ident(), False)
+            elif state == _CALL_BROKEN:
+                if isinstance(payload, GONE):
+                    _sync.notice_death(w, False)
+                else:
+                    _sync.violation(w, payload, False)
+            if state != _CALL_BROKEN:
+                _sync.hand_back(w, False)  # the loop receives what comes next and re-arms
+            if ep._release_queue:
+                ep.flush_releases()
+            return _Waiting(call_id, fut, t0, w)
         if state == _CALL_OTHER:
             # Another frame came first (a callback, a log line): handle it and go on
             # spinning as the general path does; the doorbell is still quiet.
@@ -507,22 +532,33 @@ class Extension(Generic[T]):
             ep.flush_releases()
         return _Waiting(call_id, fut, t0, w)
 
-    def _send_failed(self, w: _Worker, call_id: int, method: str, e: BaseException) -> asyncio.Future:
+    def _send_failed(self, w: _Worker, call_id: int, method: str, e: BaseException,
+                     on_loop: bool = True) -> asyncio.Future:
         """``call_spin`` raised (nothing was sent, or the worker is gone): the future the
-        call waits on (failed by the worker's death), or raise."""
+        call waits on (failed by the worker's death), or raise. ``on_loop``: whether this
+        thread runs the sandbox's loop (else what follows is handed to it)."""
         if isinstance(e, GONE):
             # The worker is gone (maybe unnoticed so far): its death, described with the
             # real reason, fails this call like every other pending one.
             fut = w.cell.loop.create_future()
             w.ep.pending[call_id] = fut
-            w.on_died()
+            if on_loop:
+                w.on_died()
+            else:
+                _sync.notice_death(w, False)
             return fut
         if isinstance(e, _nodecell.ProtocolViolation):
             fut = w.cell.loop.create_future()
             w.ep.pending[call_id] = fut
-            w.cell.protocol_violation(w, e)
+            if on_loop:
+                w.cell.protocol_violation(w, e)
+            else:
+                _sync.violation(w, e, False)
             return fut
-        w.drain()  # the doorbell was quiet: take what arrived meanwhile
+        if on_loop:
+            w.drain()  # the doorbell was quiet: take what arrived meanwhile
+        else:
+            _sync.hand_back(w, False)
         if isinstance(e, _nodecell.ChannelBacklog):
             raise ChannelFull(f"pack {self.name!r}: {method}() was not sent: {e}",
                               extension=self.name) from None
