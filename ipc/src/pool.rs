@@ -33,9 +33,48 @@ use crate::arena::{Arena, ArenaError};
 use crate::channel::{Channel, WeakChannel};
 use crate::frame::Side;
 
-/// Default limit on the bytes of free arenas a pool keeps (`NODECELL_TENSOR_POOL`
-/// overrides it for [`ArenaPool::global`]: a number of bytes).
+/// Default limit on the bytes of free arenas a pool keeps ([`LIMIT_VAR`] overrides it
+/// for [`ArenaPool::global`]).
 pub const DEFAULT_LIMIT: usize = 512 << 20;
+
+/// The environment variable that sets [`ArenaPool::global`]'s limit: a size in the
+/// project's units (`536870912`, `64MiB`, `1G`; see [`nodecell_units::parse_size`]), or
+/// `0` to keep no free arenas.
+pub const LIMIT_VAR: &str = "NODECELL_TENSOR_POOL";
+
+/// A pool limit that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {source}")]
+pub struct LimitError {
+    /// Where the value came from (the variable's name).
+    pub var: &'static str,
+    /// What is wrong with it (it quotes the value).
+    pub source: nodecell_units::SizeError,
+}
+
+/// Reads a pool limit written as `text` (the value of [`LIMIT_VAR`]): a size in the
+/// project's units, or `0` (keep no free arenas).
+pub fn parse_limit(text: &str) -> Result<usize, LimitError> {
+    match nodecell_units::parse_size(text) {
+        Ok(bytes) => Ok(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        Err(nodecell_units::SizeError::Zero { .. }) => Ok(0),
+        Err(source) => Err(LimitError {
+            var: LIMIT_VAR,
+            source,
+        }),
+    }
+}
+
+/// The limit [`LIMIT_VAR`] sets in this process's environment ([`DEFAULT_LIMIT`] when
+/// unset), or what is wrong with it. [`ArenaPool::global`] falls back to the default on
+/// an error: callers that can report one call this first (the host when an extension
+/// starts, a worker when it starts).
+pub fn env_limit() -> Result<usize, LimitError> {
+    match std::env::var_os(LIMIT_VAR) {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => parse_limit(&v.to_string_lossy()),
+    }
+}
 
 /// Counters, for tests and `nodecell top`-like tools.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,16 +154,11 @@ impl ArenaPool {
         }
     }
 
-    /// This process's pool (limit [`DEFAULT_LIMIT`] or `NODECELL_TENSOR_POOL` bytes).
+    /// This process's pool (limit: [`env_limit`], [`DEFAULT_LIMIT`] when that fails; see
+    /// there for who reports the failure).
     pub fn global() -> &'static ArenaPool {
         static POOL: OnceLock<ArenaPool> = OnceLock::new();
-        POOL.get_or_init(|| {
-            let limit = std::env::var("NODECELL_TENSOR_POOL")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(DEFAULT_LIMIT);
-            ArenaPool::new(limit)
-        })
+        POOL.get_or_init(|| ArenaPool::new(env_limit().unwrap_or(DEFAULT_LIMIT)))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -353,6 +387,34 @@ fn release(gone: Vec<Entry>) {
 mod tests {
     use super::*;
     use crate::channel::ChannelConfig;
+
+    #[test]
+    fn the_limit_is_read_with_the_one_size_parser_and_a_bad_one_names_the_variable() {
+        assert_eq!(parse_limit("1048576"), Ok(1 << 20));
+        assert_eq!(parse_limit("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_limit(" 128KiB "), Ok(128 << 10));
+        assert_eq!(parse_limit("1M"), Ok(1 << 20));
+        assert_eq!(parse_limit("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_limit("0"), Ok(0), "0: keep no free arenas");
+        assert_eq!(parse_limit("0MiB"), Ok(0));
+        for bad in [
+            "lots",
+            "64 parsecs",
+            "-1",
+            "",
+            "1e9",
+            "99999999999999999999999",
+        ] {
+            let e = parse_limit(bad).unwrap_err();
+            assert_eq!(e.var, LIMIT_VAR);
+            let msg = e.to_string();
+            assert!(msg.starts_with("NODECELL_TENSOR_POOL: "), "{msg}");
+            assert!(
+                msg.contains(&format!("{bad:?}")),
+                "the value is quoted: {msg}"
+            );
+        }
+    }
 
     #[test]
     fn size_classes_waste_at_most_an_eighth() {

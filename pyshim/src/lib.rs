@@ -37,6 +37,7 @@ pub mod fastcall;
 pub mod find_uv;
 pub mod heap;
 pub mod markers;
+pub mod poolenv;
 pub mod provision;
 mod pyjson;
 pub mod reactor;
@@ -153,6 +154,7 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(arena::locate, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::pool_arena, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::set_tensor_pool, m)?)?;
+    m.add_function(wrap_pyfunction!(poolenv::tensor_pool_env_limit, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::tensor_pool_stats, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::inline_tensor, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::dtypes, m)?)?;

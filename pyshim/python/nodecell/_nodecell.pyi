@@ -74,6 +74,7 @@ __all__ = [
     "set_tensor_pool",
     "set_worker_heap",
     "state_root",
+    "tensor_pool_env_limit",
     "tensor_pool_stats",
     "tools_socket_path",
     "worker_heap",
@@ -553,6 +554,10 @@ def pool_arena(channel: Channel, nbytes: int, src_address: int = 0) -> Arena:
 
 def set_tensor_pool(limit: int) -> None:
     """The most bytes of free pooled arenas this process keeps (0: none)."""
+
+def tensor_pool_env_limit() -> int:
+    """The free-arena limit ``NODECELL_TENSOR_POOL`` sets (the default when unset); ValueError
+    naming the variable and quoting the value when it cannot be read."""
 
 def tensor_pool_stats() -> Dict[str, int]:
     """``hits``, ``misses``, ``dropped``, ``arenas``, ``bytes``, ``free_bytes``, ``limit``,

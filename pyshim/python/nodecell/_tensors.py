@@ -153,7 +153,8 @@ def _torch_mod() -> Any:
 
 def set_tensor_pool(max_free_bytes: int) -> None:
     """Keep at most ``max_free_bytes`` of free pooled arenas in this process (0: none).
-    Workers read ``NODECELL_TENSOR_POOL`` (bytes) from their environment at start."""
+    Workers read ``NODECELL_TENSOR_POOL`` from their environment at start (a size in the
+    project's units: ``536870912``, ``64MiB``, ``1G``; ``0``: none; a bad value fails their start)."""
     _nodecell.set_tensor_pool(int(max_free_bytes))
 
 

@@ -677,6 +677,9 @@ class WorkerEndpoint(Endpoint):
 
     def init(self, cfg: Dict[str, Any]) -> Dict[str, Any]:
         """Set up the extension object, the singleton proxies and the pack module."""
+        # A bad NODECELL_TENSOR_POOL fails this worker's start with a ValueError naming it
+        # (the pool, made on the first tensor, could only fall back to its default).
+        _nodecell.tensor_pool_env_limit()
         self.name = cfg["name"]
         for p in cfg.get("sys_path", []):
             if p not in sys.path:

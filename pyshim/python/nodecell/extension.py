@@ -130,6 +130,9 @@ class Extension(Generic[T]):
         """Provision the venv, start the sandbox and the workers; idempotent."""
         if self._stopped:
             raise ExtensionStopped(f"extension {self.name!r} was stopped")
+        # A bad NODECELL_TENSOR_POOL in the host's environment: a ValueError naming it, here
+        # (the pool, made on the first tensor, could only fall back to its default).
+        _nodecell.tensor_pool_env_limit()
         cell = self._cell
         if cell is not None and cell.loop is not asyncio.get_running_loop():
             if cell.loop.is_running():
