@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
 from conftest import pack
 
 #: Calls per burst; ``asleep`` answers after the fast path's spin window (a future waits).
@@ -253,3 +254,84 @@ def test_a_synchronous_call_on_the_loops_old_thread_leaves_the_loops_answers_to_
         lp.call_soon_threadsafe(lp.stop)
         t.join(30)
         lp.close()
+
+
+def test_threads_with_their_own_loops_after_the_sandboxs_loop_is_gone(nc, testext, support_dir, venv_root):
+    """An app that runs ``asyncio.run`` per request in a thread pool: the loop that started
+    the sandbox is closed, and two threads, each with a loop of its own, call at once. A
+    sandbox lives on one loop, so one thread's calls are served by the other's loop, which
+    ends when that thread's request does: a call that loop had not begun is made again
+    from the caller's loop; one it was running when it ended fails with LoopEnded. No
+    hang, no other error, every answer right. (Was: a start lock shared across loops left
+    one thread's loop asleep for ever; the wrong loop's future awaited.)"""
+    m = _manager(nc, testext, venv_root)
+
+    async def first():
+        ext = await m.load_extension(_cfg(nc, support_dir, "loops-pool"))
+        return ext, await _burst(ext, "a")
+
+    try:
+        ext, _ = asyncio.run(first())
+        errors = []
+        done = []
+        go = threading.Barrier(2)
+
+        def caller(k):
+            go.wait(30)
+            for r in range(4):
+                try:
+                    asyncio.run(_burst(ext, (k, r)))
+                    done.append((k, r))
+                except nc.LoopEnded as e:
+                    assert "was cut off: the event loop serving the sandbox" in str(e), e
+                except BaseException as e:  # noqa: BLE001 - asserted below
+                    errors.append(e)
+
+        ts = [threading.Thread(target=caller, args=(k,)) for k in range(2)]
+        for c in ts:
+            c.start()
+        for c in ts:
+            c.join(120)
+        assert not any(c.is_alive() for c in ts), "hung"
+        assert errors == [], errors
+        assert done, "no request answered in full"
+        assert asyncio.run(_both(ext, "after")) > 0  # and afterwards, on a loop of its own
+    finally:
+        m.stop_all_extensions()
+
+
+def test_a_call_cut_off_by_the_end_of_the_loop_serving_it_raises_loop_ended(nc, testext, support_dir,
+                                                                          venv_root):
+    """The sandbox's loop is an ``asyncio.run`` in another thread that returns while this
+    thread's call is in flight there: LoopEnded names the pack and the method; once that
+    loop is closed, the next call starts a sandbox on this thread's loop."""
+    m = _manager(nc, testext, venv_root)
+    loaded = threading.Event()
+    box = {}
+
+    async def serve():
+        ext = await m.load_extension(_cfg(nc, support_dir, "loops-cut"))
+        await ext.aecho(0)
+        box["ext"] = ext
+        loaded.set()
+        for _ in range(3000):  # until this thread's call waits here (a guard, not a timing)
+            if ext._workers[0].inflight:
+                return
+            await asyncio.sleep(0.01)
+
+    t = threading.Thread(target=asyncio.run, args=(serve(),))
+    t.start()
+    try:
+        assert loaded.wait(120)
+        ext = box["ext"]
+
+        async def here():
+            with pytest.raises(nc.LoopEnded, match=r"pack 'loops-cut': asleep\(\) was cut off"):
+                await ext.asleep(30)
+            await asyncio.get_running_loop().run_in_executor(None, t.join, 60)  # that loop is closed now
+            return await _both(ext, "after")
+
+        assert asyncio.run(here()) > 0
+    finally:
+        t.join(60)
+        m.stop_all_extensions()

@@ -22,8 +22,8 @@ from . import _nodecell
 from ._rpc import RemoteCallable, RemoteObject, register_type
 from ._tensors import empty, is_shared, set_tensor_pool, tensor_pool_stats
 from .config import ExtensionConfig, ExtensionManagerConfig, SandboxConfig, SandboxMode, parse_size
-from .errors import (CallTimeout, ChannelFull, ConfigError, ExtensionStopped, NodecellError, ProtocolError,
-                     ProvisionError, RemoteError, SandboxUnavailable, WorkerCrashed)
+from .errors import (CallTimeout, ChannelFull, ConfigError, ExtensionStopped, LoopEnded, NodecellError,
+                     ProtocolError, ProvisionError, RemoteError, SandboxUnavailable, WorkerCrashed)
 from .host import Extension, ExtensionManager
 from .shared import ExtensionBase, ExtensionLocal, ProxiedSingleton, local_execution
 
@@ -40,6 +40,7 @@ __all__ = [
     "ExtensionManager",
     "ExtensionManagerConfig",
     "ExtensionStopped",
+    "LoopEnded",
     "NodecellError",
     "ProtocolError",
     "ProvisionError",

@@ -18,6 +18,7 @@ __all__ = [
     "ProvisionError",
     "ProtocolError",
     "ExtensionStopped",
+    "LoopEnded",
     "ConfigError",
     "ChannelFull",
     "remote_error",
@@ -154,6 +155,18 @@ class ChannelFull(NodecellError):
 
 class ExtensionStopped(NodecellError):
     """The extension was stopped; calls on it fail until it is loaded again."""
+
+
+class LoopEnded(NodecellError):
+    """The event loop serving the extension's sandbox, running in another thread, ended
+    (an ``asyncio.run`` there returned) while this call was handed to it: the call was cut
+    off, and the worker may have run it. A call made afterwards starts a sandbox on the
+    caller's own loop. (A call the ending loop had not begun is made again from the
+    caller's loop instead: it never raises this.)"""
+
+    def __init__(self, message: str, *, extension: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.extension = extension
 
 
 class ConfigError(NodecellError, ValueError):

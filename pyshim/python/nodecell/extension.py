@@ -13,7 +13,7 @@ from . import _nodecell, _reload, _sync
 from ._rpc import CANCEL, CONTROL_ID, EXTENSION_ID
 from .cell import GONE, _Cell, _Worker
 from .config import ExtensionConfig
-from .errors import CallTimeout, ChannelFull, ExtensionStopped, WorkerCrashed
+from .errors import CallTimeout, ChannelFull, ExtensionStopped, LoopEnded, WorkerCrashed
 from .shared import ExtensionBase
 from .tools import hooks as _tools
 from .tools import profile as _profile
@@ -74,6 +74,8 @@ class Extension(Generic[T]):
         self._cell: Optional[_Cell] = None
         self._workers: List[_Worker] = []
         self._start_lock: Optional[asyncio.Lock] = None
+        #: The loop ``_start_lock`` serves.
+        self._start_loop: Optional[asyncio.AbstractEventLoop] = None
         #: Calls, errors and a latency histogram (lock-free, read by `nodecell top`).
         self._stats = _nodecell.CallStats()
         #: The common case of a call in Rust (see _arm_fast); armed by the general path.
@@ -136,10 +138,27 @@ class Extension(Generic[T]):
         cell = self._cell
         if cell is not None and cell.loop is not asyncio.get_running_loop():
             if cell.loop.is_running():
-                return await _on_loop(cell.loop, self.start())
-            self._abandon_cell()
+                try:
+                    return await _on_loop(cell.loop, self.start(), f"starting pack {self.name!r}")
+                except LoopEnded:
+                    pass  # that loop ended first: start here
+            if self._cell is cell:
+                self._abandon_cell()
+        here = asyncio.get_running_loop()
+        lock_loop = self._start_loop
+        if self._start_lock is not None and lock_loop is not here:
+            # A start began on another thread's loop (an asyncio.Lock serves one loop): it
+            # finishes there, and this caller then uses what it started.
+            if lock_loop is not None and lock_loop.is_running():
+                try:
+                    return await _on_loop(lock_loop, self.start(), f"starting pack {self.name!r}")
+                except LoopEnded:
+                    pass
+            if self._start_loop is lock_loop:
+                self._start_lock = None
         if self._start_lock is None:
             self._start_lock = asyncio.Lock()
+            self._start_loop = here
         async with self._start_lock:
             if not self.config["isolated"]:
                 if self._local is None:
@@ -304,7 +323,12 @@ class Extension(Generic[T]):
             waiting = self._wait_answer(got.w, got.call_id, got.fut, method, False, None, 0, 0, 0, got.t0)
             loop = got.fut.get_loop()
             if loop is not asyncio.get_running_loop():  # sent from another thread's loop: see _after_spin
-                return await _on_loop(loop, waiting)
+                try:
+                    return await _on_loop(loop, waiting, f"pack {self.name!r}: {method}()")
+                except _LoopGone:
+                    raise LoopEnded(f"pack {self.name!r}: {method}() was cut off: the event loop serving the "
+                                    f"sandbox, running in another thread, ended during it (the worker may have "
+                                    f"run it)", extension=self.name) from None
             return await waiting
         queued = time.monotonic_ns() if _profile.ACTIVE else 0  # the profiler's "queue" starts here
         if self._stopped:
@@ -318,9 +342,16 @@ class Extension(Generic[T]):
                 r = await r
             return r
         cell = self._cell
-        if cell is not None and cell.loop is not asyncio.get_running_loop():
+        here = asyncio.get_running_loop()
+        if cell is not None and cell.loop is not here:
             if cell.loop.is_running():  # the sandbox is served by a loop in another thread
-                return await _on_loop(cell.loop, self._call(method, args, kwargs))
+                try:
+                    return await _on_loop(cell.loop, self._call(method, args, kwargs),
+                                          f"pack {self.name!r}: {method}()")
+                except _LoopGone:
+                    return await self._call(method, args, kwargs)  # it ended first: nothing was sent
+            if self._cell is not cell:  # another thread replaced it meanwhile
+                return await self._call(method, args, kwargs)
             self._abandon_cell()  # its loop is gone: start afresh on this one
         elif cell is not None:
             cell.loop_thread = threading.get_ident()  # its loop may run on another thread than before
@@ -331,6 +362,8 @@ class Extension(Generic[T]):
             w = ws[0]  # the common case, without a coroutine for _pick_worker
         else:
             w = await self._pick_worker()
+        if w.cell.loop is not here:  # its sandbox was started on another thread's loop meanwhile
+            return await self._call(method, args, kwargs)
         if not queued and w.spin_ns > 0 and not w.dead:
             self._arm_fast(w)
             got = self._call_fast(w, EXTENSION_ID, method, args, kwargs, False)
@@ -420,7 +453,12 @@ class Extension(Generic[T]):
         loop = w.cell.loop
         if _running_loop() is loop:
             return await self._call_on(w, target, method, args, kwargs)
-        return await _on_loop(loop, self._call_on(w, target, method, args, kwargs))
+        try:
+            return await _on_loop(loop, self._call_on(w, target, method, args, kwargs),
+                                  f"pack {self.name!r}: {method}()")
+        except _LoopGone:
+            raise LoopEnded(f"pack {self.name!r}: {method}() was not made: the event loop serving its sandbox, "
+                            f"running in another thread, ended", extension=self.name) from None
 
     async def _pick_worker(self) -> _Worker:
         ws = self._workers
@@ -689,10 +727,13 @@ class Extension(Generic[T]):
         self._stopped = True
         cell = self._cell
         if cell is not None and cell.loop is not asyncio.get_running_loop():
-            if cell.loop.is_running():
-                await _on_loop(cell.loop, self._shutdown())
-            else:
-                self._abandon_cell()
+            try:
+                if not cell.loop.is_running():
+                    raise _LoopGone("not running")
+                await _on_loop(cell.loop, self._shutdown(), f"stopping pack {self.name!r}")
+            except LoopEnded:  # that loop ended first, or while it stopped the sandbox: end it from here
+                if self._cell is cell:
+                    self._abandon_cell()
         await self._shutdown()
         if self._manager.extensions.get(self.name) is self:
             self._manager.extensions.pop(self.name, None)
@@ -749,9 +790,53 @@ def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
         return None
 
 
-async def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
-    """Run ``coro`` on ``loop`` (running in another thread) and wait for it here."""
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+#: Seconds between looks, while a coroutine handed to another thread's loop runs, at
+#: whether that loop was closed (what a closed loop had not run is dropped, never ended).
+_HOP_LOOK = 0.05
+
+
+class _LoopGone(LoopEnded):
+    """The loop a coroutine was handed to ended before the coroutine began: nothing ran."""
+
+
+async def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any, what: str = "the call") -> Any:
+    """Run ``coro`` on ``loop`` (running in another thread) and wait for it here.
+
+    That loop may end first (an ``asyncio.run`` in its thread returns; what it had not run
+    is cancelled or dropped): :class:`_LoopGone` when ``coro`` never began there (the
+    caller may go on without that loop), :class:`LoopEnded` (``what`` was cut off) when
+    it did; never a wait without end."""
+    began = False
+
+    async def run() -> Any:
+        nonlocal began
+        began = True
+        return await coro
+
+    hop = run()
+    try:
+        fut = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(hop, loop))
+    except RuntimeError:  # closed already
+        hop.close()
+        coro.close()
+        raise _LoopGone("the event loop was closed") from None
+    try:
+        while not fut.done():
+            await asyncio.wait((fut,), timeout=_HOP_LOOK)
+            if loop.is_closed() and not fut.done():
+                break
+    except asyncio.CancelledError:
+        fut.cancel()  # this caller was cancelled: so is the coroutine over there
+        raise
+    if fut.done() and not fut.cancelled():
+        return fut.result()
+    # Cancelled by that loop's end, or dropped when it closed.
+    if not began:
+        hop.close()
+        coro.close()
+        raise _LoopGone("the event loop ended")
+    raise LoopEnded(f"{what} was cut off: the event loop serving the sandbox, running in another thread, ended "
+                    f"during it (the worker may have run it)")
 
 
 def _detached(err: BaseException) -> BaseException:
