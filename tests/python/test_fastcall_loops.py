@@ -335,3 +335,44 @@ def test_a_call_cut_off_by_the_end_of_the_loop_serving_it_raises_loop_ended(nc, 
     finally:
         t.join(60)
         m.stop_all_extensions()
+
+
+def test_a_caller_cancelling_a_call_handed_to_another_loop_gets_cancelled_error(nc, testext, support_dir,
+                                                                              venv_root):
+    """A call served by the sandbox's loop in another thread, cancelled by its caller: a
+    CancelledError for the caller (not LoopEnded: that loop lives on), the worker's call
+    cancelled too, and the extension goes on."""
+    m = _manager(nc, testext, venv_root)
+    lp = asyncio.new_event_loop()
+    t = threading.Thread(target=lp.run_forever)
+    t.start()
+
+    async def first():
+        ext = await m.load_extension(_cfg(nc, support_dir, "loops-cancel"))
+        return ext, await _both(ext, "a")
+
+    try:
+        ext, pid = asyncio.run_coroutine_threadsafe(first(), lp).result(120)
+
+        async def here():
+            task = asyncio.ensure_future(ext.asleep(60))
+            for _ in range(3000):  # until it waits over there (a guard, not a timing)
+                if ext._workers[0].inflight:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(3000):  # the wait over there ended too
+                if not ext._workers[0].inflight:
+                    break
+                await asyncio.sleep(0.01)
+            assert not ext._workers[0].inflight
+            return await _burst(ext, "after")
+
+        assert asyncio.run(here()) == pid
+    finally:
+        asyncio.run_coroutine_threadsafe(m.stop_all_extensions(), lp).result(60)
+        lp.call_soon_threadsafe(lp.stop)
+        t.join(30)
+        lp.close()

@@ -790,8 +790,8 @@ def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
         return None
 
 
-#: Seconds between looks, while a coroutine handed to another thread's loop runs, at
-#: whether that loop was closed (what a closed loop had not run is dropped, never ended).
+#: Seconds between looks, while coroutines handed to other threads' loops run, at whether
+#: those loops were closed (what a closed loop had not run is dropped, never ended).
 _HOP_LOOK = 0.05
 
 
@@ -799,45 +799,94 @@ class _LoopGone(LoopEnded):
     """The loop a coroutine was handed to ended before the coroutine began: nothing ran."""
 
 
+class _Hop:
+    """A coroutine handed to another thread's loop: whether it began there, and whether
+    that loop's end cut it off."""
+
+    __slots__ = ("began", "cut", "target")
+
+    def __init__(self, target: asyncio.AbstractEventLoop) -> None:
+        self.target = target
+        self.began = False
+        self.cut = False
+
+
+class _HopWatch(threading.local):
+    """Per thread: for each loop run on it, the hops awaited there; one timer per loop
+    looks at them every ``_HOP_LOOK`` s while any are in flight (not one per hop)."""
+
+    def __init__(self) -> None:
+        self.hops: Dict[asyncio.AbstractEventLoop, Dict[asyncio.Future, _Hop]] = {}
+
+    def add(self, here: asyncio.AbstractEventLoop, fut: asyncio.Future, hop: _Hop) -> None:
+        hops = self.hops.get(here)
+        if hops is None:
+            for gone in [lp for lp in self.hops if lp.is_closed()]:  # closed with hops left: no look ran
+                del self.hops[gone]
+            hops = self.hops[here] = {}
+            here.call_later(_HOP_LOOK, self.look, here)
+        hops[fut] = hop
+
+    def look(self, here: asyncio.AbstractEventLoop) -> None:
+        hops = self.hops.get(here)
+        if not hops:
+            self.hops.pop(here, None)
+            return
+        for fut, hop in list(hops.items()):
+            if not fut.done() and hop.target.is_closed():
+                hop.cut = True
+                fut.cancel()
+        here.call_later(_HOP_LOOK, self.look, here)
+
+
+_hop_watch = _HopWatch()
+
+
 async def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any, what: str = "the call") -> Any:
     """Run ``coro`` on ``loop`` (running in another thread) and wait for it here.
 
     That loop may end first (an ``asyncio.run`` in its thread returns; what it had not run
-    is cancelled or dropped): :class:`_LoopGone` when ``coro`` never began there (the
-    caller may go on without that loop), :class:`LoopEnded` (``what`` was cut off) when
-    it did; never a wait without end."""
-    began = False
+    is cancelled, or dropped when it closes): :class:`_LoopGone` when ``coro`` never began
+    there (the caller may go on without that loop), :class:`LoopEnded` (``what`` was cut
+    off) when it did; never a wait without end."""
+    hop = _Hop(loop)
 
     async def run() -> Any:
-        nonlocal began
-        began = True
-        return await coro
+        hop.began = True
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            hop.cut = True  # set before this caller can see the cancellation
+            raise
 
-    hop = run()
+    step = run()
     try:
-        fut = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(hop, loop))
+        fut = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(step, loop))
     except RuntimeError:  # closed already
-        hop.close()
+        step.close()
         coro.close()
         raise _LoopGone("the event loop was closed") from None
+    here = fut.get_loop()
+    _hop_watch.add(here, fut, hop)
     try:
-        while not fut.done():
-            await asyncio.wait((fut,), timeout=_HOP_LOOK)
-            if loop.is_closed() and not fut.done():
-                break
+        return await fut
     except asyncio.CancelledError:
-        fut.cancel()  # this caller was cancelled: so is the coroutine over there
-        raise
-    if fut.done() and not fut.cancelled():
-        return fut.result()
-    # Cancelled by that loop's end, or dropped when it closed.
-    if not began:
-        hop.close()
+        if not hop.cut:
+            # Cancelled before it began there: by that loop's end, or this caller was
+            # cancelled (Task.cancelling(), Python 3.11+, tells; before 3.11: the caller).
+            cancelling = getattr(asyncio.current_task(here), "cancelling", None)
+            if hop.began or cancelling is None or cancelling():
+                raise  # this caller was cancelled (and so, through fut, is the coroutine there)
+    finally:
+        hops = _hop_watch.hops.get(here)
+        if hops is not None:
+            hops.pop(fut, None)
+    if not hop.began:
+        step.close()
         coro.close()
         raise _LoopGone("the event loop ended")
     raise LoopEnded(f"{what} was cut off: the event loop serving the sandbox, running in another thread, ended "
                     f"during it (the worker may have run it)")
-
 
 def _detached(err: BaseException) -> BaseException:
     """A copy of ``err`` without its traceback (whose frames hold the call's worker and
