@@ -631,7 +631,7 @@ impl ValueCodec for Codec<'_> {
         if d.device.is_cuda() {
             return crate::cuda::tensor_to_py(py, self.ch, self.id, d);
         }
-        let hook = self.hook(py, |h| &h.tensor)?;
+        let hook = || self.hook(py, |h| &h.tensor);
         crate::tensor::tensor_to_py(&self.tensor_end(), py, &hook, d, kind)
     }
 }

@@ -208,7 +208,16 @@ fn share_own(
         .ch
         .share_tensor(arena, offset, dtype, shape, Some(strides))
         .map_err(channel_err)?;
-    lock(end.own).insert(d.slot, Arc::downgrade(arena));
+    {
+        let mut own = lock(end.own);
+        // Usually there already (sent before): no rehash and no new weak reference.
+        if own
+            .get(&d.slot)
+            .is_none_or(|w| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(arena)))
+        {
+            own.insert(d.slot, Arc::downgrade(arena));
+        }
+    }
     lock(end.in_flight).push(arena.clone());
     Ok(d)
 }
@@ -242,12 +251,22 @@ fn view_desc(
         return copy_out(end, py, v, offset, span, dtype, shape, strides);
     }
     if let Some(base) = &v.echo {
-        // The peer's own memory, named back to it.
+        // The peer's own memory, named back to it (its span is the one checked above).
         let at = base
             .offset
             .checked_add(offset)
             .ok_or_else(|| PyValueError::new_err("tensor offset overflows"))?;
-        return Ok(desc_at(base.slot, Origin::Receiver, at, dtype, shape, strides)?.0);
+        return TensorDesc::new(
+            base.slot,
+            Origin::Receiver,
+            at,
+            span,
+            dtype,
+            shape,
+            strides,
+            false,
+        )
+        .map_err(value_err);
     }
     if let Some((arena, base)) = &v.own {
         // Our own (pooled) arena that came back to us: share it again.
@@ -339,16 +358,15 @@ fn seal_frozen_if_needed(ch: &Channel, a: &Arc<IpcArena>) -> PyResult<()> {
     Ok(())
 }
 
-/// A received descriptor, as what the `decode_tensor(src, kind, writable)` hook makes.
-pub(crate) fn tensor_to_py(
+/// A received descriptor, as what the `decode_tensor(src, kind, writable)` hook makes
+/// (`hook` fetches that hook: only asked for when the tensor is not built here).
+pub(crate) fn tensor_to_py<'py>(
     end: &End<'_>,
-    py: Python<'_>,
-    hook: &Bound<'_, PyAny>,
+    py: Python<'py>,
+    hook: &dyn Fn() -> PyResult<Bound<'py, PyAny>>,
     d: &TensorDesc,
     kind: &str,
 ) -> PyResult<Py<PyAny>> {
-    let shape: Vec<u64> = d.shape().to_vec();
-    let strides: Vec<i64> = d.strides().to_vec();
     let mut own = None;
     if d.origin == Origin::Receiver {
         let a = lock(end.own)
@@ -359,9 +377,7 @@ pub(crate) fn tensor_to_py(
             // The host's own arena coming back: the same memory, so data pointers match.
             Some(a) if matches!(a.state(), ArenaState::ReadOnly | ArenaState::Output) => {
                 let data = a.as_ptr().wrapping_add(d.offset as usize);
-                let src =
-                    DLSource::new(Keep::Arena(a.clone()), data, d.dtype, shape, strides, false);
-                return build(py, hook, src, kind, true);
+                return build(py, hook, Keep::Arena(a), data, d, kind, true);
             }
             // A worker's pooled (or frozen) arena coming back: mapped copy-on-write,
             // remembered so it can be sent on again without a copy.
@@ -392,36 +408,39 @@ pub(crate) fn tensor_to_py(
         .view
         .as_mut_ptr()
         .unwrap_or(keep.view.as_ptr() as *mut u8);
-    let src = DLSource::new(
-        Keep::View(keep),
-        data,
-        d.dtype,
-        shape,
-        strides,
-        !shared_writable,
-    );
-    build(py, hook, src, kind, shared_writable)
+    build(py, hook, Keep::View(keep), data, d, kind, shared_writable)
 }
 
-/// The tensor or array over `src`: a torch tensor built here when one is wanted and torch
-/// is imported (see [`crate::torchfast::decode`]), else what the `decode_tensor(src,
-/// kind, writable)` hook makes.
-fn build(
-    py: Python<'_>,
-    hook: &Bound<'_, PyAny>,
-    src: DLSource,
+/// The tensor or array over `d`'s elements at `data` (inside `keep`'s storage): a torch
+/// tensor built here when one is wanted and torch is imported (see
+/// [`crate::torchfast::decode`]), else what the `decode_tensor(src, kind, writable)`
+/// hook makes of a [`DLSource`] (read-only unless `writable`).
+fn build<'py>(
+    py: Python<'py>,
+    hook: &dyn Fn() -> PyResult<Bound<'py, PyAny>>,
+    keep: Keep,
+    data: *mut u8,
+    d: &TensorDesc,
     kind: &str,
     writable: bool,
 ) -> PyResult<Py<PyAny>> {
-    let src = if kind == "torch" {
-        match crate::torchfast::decode(py, src) {
-            Ok(t) => return Ok(t),
-            Err(src) => src,
+    if kind == "torch" {
+        if let Some(t) = crate::torchfast::decode(py, &keep, data, d.dtype, d.shape(), d.strides())
+        {
+            return Ok(t);
         }
-    } else {
-        src
-    };
-    Ok(hook.call1((Bound::new(py, src)?, kind, writable))?.unbind())
+    }
+    let src = DLSource::new(
+        keep,
+        data,
+        d.dtype,
+        d.shape().to_vec(),
+        d.strides().to_vec(),
+        !writable,
+    );
+    Ok(hook()?
+        .call1((Bound::new(py, src)?, kind, writable))?
+        .unbind())
 }
 
 // ---- pooled arenas for Python --------------------------------------------------------

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-use crate::dlpack::{self, DLSource, Located};
+use crate::dlpack::{self, Keep, Located};
 use crate::tensor::{located_desc, End, INLINE_LIMIT};
 use crate::values::TENSOR_RECORD;
 
@@ -165,18 +165,23 @@ pub(crate) fn tensor_record(kind: &str, desc: TensorDesc) -> Value {
     }))
 }
 
-/// A received tensor's memory as a torch tensor, built here when torch is imported (no
-/// Python hook); `Err(src)` hands the source back for the hook (torch not imported, or
-/// its DLPack reader refused the dtype: float8 on an older torch).
-pub(crate) fn decode(py: Python<'_>, src: DLSource) -> Result<Py<PyAny>, DLSource> {
-    let Some(t) = torch(py) else {
-        return Err(src);
-    };
-    let Ok(capsule) = src.capsule(py) else {
-        return Err(src);
-    };
-    match t.from_dlpack.bind(py).call1((capsule,)) {
-        Ok(o) => Ok(o.unbind()),
-        Err(_) => Err(src),
-    }
+/// A received tensor's memory (`data`, inside `keep`'s storage; `strides` in elements)
+/// as a torch tensor, built here when torch is imported (no Python hook, no
+/// [`DLSource`](crate::dlpack::DLSource)); None when torch is not imported or its
+/// DLPack reader refused the dtype (float8 on an older torch): the hook decides then.
+pub(crate) fn decode(
+    py: Python<'_>,
+    keep: &Keep,
+    data: *mut u8,
+    dtype: DType,
+    shape: &[u64],
+    strides: &[i64],
+) -> Option<Py<PyAny>> {
+    let t = torch(py)?;
+    let capsule = dlpack::capsule(py, keep.clone(), data, dtype, shape, strides).ok()?;
+    t.from_dlpack
+        .bind(py)
+        .call1((capsule,))
+        .ok()
+        .map(Bound::unbind)
 }

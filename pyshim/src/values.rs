@@ -279,6 +279,11 @@ pub(crate) trait ValueCodec {
             }
             return Ok(Value::Set(v));
         }
+        // A torch tensor already in shared memory (the common large value) is answered
+        // before the marker checks below, which it can never match.
+        if let Some(v) = self.tensor_fast(py, obj)? {
+            return Ok(v);
+        }
         if let Ok(t) = obj.cast::<TensorRef>() {
             return self.tensor_value(py, t.get());
         }
@@ -317,9 +322,6 @@ pub(crate) trait ValueCodec {
                 message: e.message.clone(),
                 traceback: e.traceback.clone(),
             })));
-        }
-        if let Some(v) = self.tensor_fast(py, obj)? {
-            return Ok(v);
         }
         // Anything else: the Python layer decides (tensor, record, handle, or a native value).
         let hook = self.hook(py, |h| &h.encode)?;

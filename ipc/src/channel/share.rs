@@ -42,6 +42,11 @@ impl Channel {
                 })
             }
         };
+        // Shared already (the usual case): its fd went out before the slot was recorded,
+        // so the send lock is not needed to name it.
+        if let Some(slot) = lock(&self.inner.exports).by_arena.get(&arena.id()) {
+            return Ok(*slot);
+        }
         let mut tx = lock(&self.inner.tx);
         if let Some(slot) = lock(&self.inner.exports).by_arena.get(&arena.id()) {
             return Ok(*slot);
