@@ -811,9 +811,11 @@ class _Hop:
         self.cut = False
 
 
-class _HopWatch(threading.local):
-    """Per thread: for each loop run on it, the hops awaited there; one timer per loop
-    looks at them every ``_HOP_LOOK`` s while any are in flight (not one per hop)."""
+class _HopWatch:
+    """For each loop that awaits hops, those hops; one timer per such loop looks at them
+    every ``_HOP_LOOK`` s while any are in flight (not one per hop). A loop's entry is
+    touched only from the thread running that loop (one at a time, even when the loop
+    moves threads); whole-dict steps are single C calls, atomic under the GIL."""
 
     def __init__(self) -> None:
         self.hops: Dict[asyncio.AbstractEventLoop, Dict[asyncio.Future, _Hop]] = {}
@@ -821,8 +823,9 @@ class _HopWatch(threading.local):
     def add(self, here: asyncio.AbstractEventLoop, fut: asyncio.Future, hop: _Hop) -> None:
         hops = self.hops.get(here)
         if hops is None:
-            for gone in [lp for lp in self.hops if lp.is_closed()]:  # closed with hops left: no look ran
-                del self.hops[gone]
+            for lp in list(self.hops):  # closed with hops left: no look ran to drop them
+                if lp.is_closed():
+                    self.hops.pop(lp, None)
             hops = self.hops[here] = {}
             here.call_later(_HOP_LOOK, self.look, here)
         hops[fut] = hop
