@@ -227,8 +227,44 @@ pub enum Value {
     Handle(RemoteHandle),
     /// A registered dataclass / enum.
     Record(Box<Record>),
+    /// A tensor and the kind of array its receiver builds. On the wire it is the record
+    /// [`TENSOR_RECORD`] `{kind, t}` (the decoder makes this of such a record); kept
+    /// apart in memory so that this common value costs no strings.
+    KindTensor(TensorKind, Box<TensorDesc>),
     /// An exception.
     Error(Box<ErrorValue>),
+}
+
+/// The record a tensor travels in with the kind of array to build from it:
+/// `nodecell.tensor {kind: "numpy" | "torch", t: tensor}` ([`Value::KindTensor`]).
+pub const TENSOR_RECORD: &str = "nodecell.tensor";
+
+/// What a receiver builds from a [`TENSOR_RECORD`]: a numpy array or a torch tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TensorKind {
+    /// A numpy array.
+    Numpy,
+    /// A torch tensor.
+    Torch,
+}
+
+impl TensorKind {
+    /// The name the record's `kind` field holds.
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorKind::Numpy => "numpy",
+            TensorKind::Torch => "torch",
+        }
+    }
+
+    /// The kind named `name` (None: not a kind).
+    pub fn from_name(name: &str) -> Option<TensorKind> {
+        match name {
+            "numpy" => Some(TensorKind::Numpy),
+            "torch" => Some(TensorKind::Torch),
+            _ => None,
+        }
+    }
 }
 
 /// Element type of a tensor.
@@ -1224,7 +1260,7 @@ impl Value {
     /// Calls `f` on every tensor descriptor in the tree (depth-first, in order).
     pub fn for_each_tensor<'a>(&'a self, f: &mut dyn FnMut(&'a TensorDesc)) {
         match self {
-            Value::Tensor(t) => f(t),
+            Value::Tensor(t) | Value::KindTensor(_, t) => f(t),
             Value::List(v) | Value::Tuple(v) | Value::Set(v) => {
                 v.iter().for_each(|x| x.for_each_tensor(f))
             }
@@ -1377,6 +1413,24 @@ impl Writer<'_> {
             Value::Error(e) => {
                 self.out.push(tag::ERROR);
                 self.error(e)?;
+            }
+            Value::KindTensor(kind, t) => {
+                // The record's two fields are one level deeper, as a Record's are.
+                if depth + 1 > self.limits.max_depth {
+                    return Err(EncodeError::TooDeep {
+                        limit: self.limits.max_depth,
+                    });
+                }
+                t.validate().map_err(EncodeError::Tensor)?;
+                self.out.push(tag::RECORD);
+                self.str(TENSOR_RECORD)?;
+                self.count("record", 2)?;
+                self.str("kind")?;
+                self.out.push(tag::STR);
+                self.str(kind.name())?;
+                self.str("t")?;
+                self.out.push(tag::TENSOR);
+                t.encode(self.out);
             }
         }
         Ok(())
@@ -1556,6 +1610,44 @@ impl<'a> Reader<'a> {
         Ok(d)
     }
 
+    /// A record (its tag read) that is exactly `nodecell.tensor {kind: "numpy" |
+    /// "torch", t: tensor}`, as a [`Value::KindTensor`], read without allocating its
+    /// names; None (position and counts as they were) for any other record, or one
+    /// that is malformed: the general reader then reads it (and names the error).
+    fn kind_tensor(&mut self, depth: u32) -> Option<Value> {
+        let (pos, items, tensors) = (self.pos, self.items, self.tensors);
+        let v = self.kind_tensor_fields(depth);
+        if v.is_none() {
+            (self.pos, self.items, self.tensors) = (pos, items, tensors);
+        }
+        v
+    }
+
+    fn kind_tensor_fields(&mut self, depth: u32) -> Option<Value> {
+        // The general reader reads the fields at depth + 1, each counted as an item.
+        if depth + 1 > self.limits.max_depth
+            || self.len_bytes().ok()? != TENSOR_RECORD.as_bytes()
+            || self.u32().ok()? != 2
+            || self.len_bytes().ok()? != b"kind"
+        {
+            return None;
+        }
+        self.item().ok()?;
+        if self.u8().ok()? != tag::STR {
+            return None;
+        }
+        let kind = TensorKind::from_name(std::str::from_utf8(self.len_bytes().ok()?).ok()?)?;
+        if self.len_bytes().ok()? != b"t" {
+            return None;
+        }
+        self.item().ok()?;
+        if self.u8().ok()? != tag::TENSOR {
+            return None;
+        }
+        let t = self.tensor().ok()?;
+        Some(Value::KindTensor(kind, Box::new(t)))
+    }
+
     fn value(&mut self, depth: u32) -> Result<Value, DecodeError> {
         if depth > self.limits.max_depth {
             return Err(DecodeError::TooDeep {
@@ -1634,6 +1726,9 @@ impl<'a> Reader<'a> {
                 Value::Handle(RemoteHandle { id, owner, kind })
             }
             tag::RECORD => {
+                if let Some(v) = self.kind_tensor(depth) {
+                    return Ok(v);
+                }
                 let name = self.string()?;
                 let n = self.count_sized(5)?;
                 let mut fields = Vec::with_capacity(n.min(256));
@@ -1953,5 +2048,74 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn tensor_record(kind: &str, t: &TensorDesc, extra: Option<(&str, Value)>) -> Value {
+        let mut fields = vec![
+            ("kind".to_string(), Value::Str(kind.to_string())),
+            ("t".to_string(), Value::Tensor(Box::new(t.clone()))),
+        ];
+        if let Some((k, v)) = extra {
+            fields.push((k.to_string(), v));
+        }
+        Value::Record(Box::new(Record {
+            name: TENSOR_RECORD.to_string(),
+            fields,
+        }))
+    }
+
+    fn bytes_of(v: &Value) -> Vec<u8> {
+        let mut b = Vec::new();
+        v.encode(&mut b, &Limits::default()).unwrap();
+        b
+    }
+
+    #[test]
+    fn a_kind_tensor_is_the_tensor_record_on_the_wire() {
+        let t = TensorDesc::contiguous(3, 64, DType::F32, &[2, 8]).unwrap();
+        for kind in [TensorKind::Numpy, TensorKind::Torch] {
+            let compact = Value::KindTensor(kind, Box::new(t.clone()));
+            let record = tensor_record(kind.name(), &t, None);
+            assert_eq!(bytes_of(&compact), bytes_of(&record), "{kind:?}");
+            // Either form decodes to the compact one, and it names its tensor.
+            let back = Value::decode(&bytes_of(&record), &Limits::default()).unwrap();
+            assert_eq!(back, compact);
+            let mut seen = Vec::new();
+            back.for_each_tensor(&mut |d| seen.push(d.clone()));
+            assert_eq!(seen, vec![t.clone()]);
+        }
+    }
+
+    #[test]
+    fn other_tensor_records_decode_as_records_and_bad_ones_fail_as_before() {
+        let t = TensorDesc::contiguous(3, 0, DType::U8, &[16]).unwrap();
+        // Not one of the two kinds, or a field more: the general reader's record.
+        for v in [
+            tensor_record("jax", &t, None),
+            tensor_record("torch", &t, Some(("x", Value::None))),
+        ] {
+            assert_eq!(Value::decode(&bytes_of(&v), &Limits::default()).unwrap(), v);
+        }
+        // A bad tensor inside is reported by the general reader, with its position.
+        let mut b = bytes_of(&tensor_record("torch", &t, None));
+        let dtype_at = b.len() - (8 + 16); // the header (dtype first), then shape and strides
+        b[dtype_at] = 200;
+        assert!(matches!(
+            Value::decode(&b, &Limits::default()),
+            Err(DecodeError::Tensor {
+                err: TensorError::UnknownDtype(200),
+                ..
+            })
+        ));
+        // Its fields count as items, as a record's do.
+        let limits = Limits {
+            max_items: 2,
+            ..Limits::default()
+        };
+        let ok = bytes_of(&tensor_record("torch", &t, None));
+        assert!(matches!(
+            Value::decode(&ok, &limits),
+            Err(DecodeError::TooManyItems { limit: 2 })
+        ));
     }
 }

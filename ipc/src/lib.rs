@@ -70,7 +70,8 @@ pub use channel::{DeviceMemory, DeviceSlot};
 pub use doorbell::SpinPolicy;
 pub use frame::{
     Call, DType, DecodeError, Device, EncodeError, ErrorValue, Frame, HandleKind, Limits, LogLevel,
-    Origin, Record, Release, RemoteHandle, Side, TensorDesc, TensorError, Value,
+    Origin, Record, Release, RemoteHandle, Side, TensorDesc, TensorError, TensorKind, Value,
+    TENSOR_RECORD,
 };
 pub use pool::{ArenaPool, PoolStats};
 pub use reactor::{Backend, Event, EventKind, Reactor, Token};

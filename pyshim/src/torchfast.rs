@@ -11,7 +11,7 @@
 //! type `torch.Tensor`, `torch.strided`, each wire dtype's torch dtype object, and
 //! `torch._C._from_dlpack`.
 
-use nodecell_ipc::{DType, Record as IpcRecord, TensorDesc, Value};
+use nodecell_ipc::{DType, Record as IpcRecord, TensorDesc, TensorKind, Value, TENSOR_RECORD};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -19,7 +19,6 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 
 use crate::dlpack::{self, Keep, Located};
 use crate::tensor::{located_desc, End, INLINE_LIMIT};
-use crate::values::TENSOR_RECORD;
 
 /// What the fast paths need from torch, looked up once.
 struct Torch {
@@ -141,7 +140,7 @@ pub(crate) fn encode(
     }
     let strides = dims(&obj.call_method0(intern!(py, "stride"))?)?;
     let desc = located_desc(end, py, loc, dtype, &shape, &strides)?;
-    Ok(Some(tensor_record("torch", desc)))
+    Ok(Some(Value::KindTensor(TensorKind::Torch, Box::new(desc))))
 }
 
 /// The items of a tuple of ints (`torch.Size` is a tuple subclass; `stride()` a tuple).
@@ -154,15 +153,19 @@ fn dims(o: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
     Ok(v)
 }
 
-/// The `nodecell.tensor {kind, t}` record of a descriptor.
+/// The `nodecell.tensor {kind, t}` record of a descriptor ([`Value::KindTensor`] for the
+/// two kinds; a `kind` that is neither travels as written, and its receiver refuses it).
 pub(crate) fn tensor_record(kind: &str, desc: TensorDesc) -> Value {
-    Value::Record(Box::new(IpcRecord {
-        name: TENSOR_RECORD.to_string(),
-        fields: vec![
-            ("kind".to_string(), Value::Str(kind.to_string())),
-            ("t".to_string(), Value::Tensor(Box::new(desc))),
-        ],
-    }))
+    match TensorKind::from_name(kind) {
+        Some(k) => Value::KindTensor(k, Box::new(desc)),
+        None => Value::Record(Box::new(IpcRecord {
+            name: TENSOR_RECORD.to_string(),
+            fields: vec![
+                ("kind".to_string(), Value::Str(kind.to_string())),
+                ("t".to_string(), Value::Tensor(Box::new(desc))),
+            ],
+        })),
+    }
 }
 
 /// A received tensor's memory (`data`, inside `keep`'s storage; `strides` in elements)

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use nodecell_ipc::{
     Call, ErrorValue as IpcError, Frame, HandleKind, LogLevel, Record as IpcRecord, Release,
-    RemoteHandle, Side, TensorDesc, Value,
+    RemoteHandle, Side, TensorDesc, Value, TENSOR_RECORD,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -27,8 +27,6 @@ use pyo3::IntoPyObjectExt;
 use crate::markers::{ErrorValue, HandleRef, Record, TensorRef};
 use crate::ProtocolViolation;
 
-/// The record name a tensor travels in (with its kind: numpy or torch).
-pub(crate) const TENSOR_RECORD: &str = "nodecell.tensor";
 /// Deepest Python nesting the encoder follows (the wire allows 64).
 const MAX_DEPTH: u32 = 60;
 
@@ -457,6 +455,7 @@ pub(crate) trait ValueCodec {
                 s.into_any().unbind()
             }
             Value::Tensor(d) => self.tensor_to_py(py, &d, "numpy")?,
+            Value::KindTensor(kind, d) => self.tensor_to_py(py, &d, kind.name())?,
             Value::Handle(h) => {
                 let hook = self.hook(py, |h| &h.handle)?;
                 let sender_owns = h.owner != self.side();

@@ -15,14 +15,14 @@
 
 use std::sync::Mutex;
 
-use nodecell_ipc::{Device, Frame, Limits, Origin, Record as IpcRecord, Side, TensorDesc, Value};
+use nodecell_ipc::{Device, Frame, Limits, Origin, Side, TensorDesc, Value};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use crate::markers::TensorRef;
-use crate::values::{Hooks, ValueCodec, TENSOR_RECORD};
+use crate::values::{Hooks, ValueCodec};
 use crate::ProtocolViolation;
 
 /// One end of a byte transport speaking nodecell frames.
@@ -217,13 +217,7 @@ impl ValueCodec for PyWire {
         desc.validate_in(len)
             .map_err(|e| PyValueError::new_err(format!("tensor buffer: {e}")))?;
         out.push(buf.clone().unbind());
-        Ok(Value::Record(Box::new(IpcRecord {
-            name: TENSOR_RECORD.to_string(),
-            fields: vec![
-                ("kind".to_string(), Value::Str(t.kind.clone())),
-                ("t".to_string(), Value::Tensor(Box::new(desc))),
-            ],
-        })))
+        Ok(crate::torchfast::tensor_record(&t.kind, desc))
     }
 
     fn tensor_to_py(&self, py: Python<'_>, d: &TensorDesc, kind: &str) -> PyResult<Py<PyAny>> {
