@@ -308,7 +308,8 @@ impl Channel {
                     .map_err(|e| misuse(e.to_string()))?;
                 let map = match prot {
                     Some(p) => Arc::new(
-                        Mapping::map(arena.fd(), arena.len(), p).map_err(ioerr("mmap arena"))?,
+                        Mapping::map_alone(arena.fd(), arena.len(), p)
+                            .map_err(ioerr("mmap arena"))?,
                     ),
                     None => arena
                         .mapping()
@@ -341,8 +342,9 @@ impl Channel {
                             }
                         }
                     }
+                    // Alone in its page tables: the scans for private pages stay cheap.
                     let m = Arc::new(
-                        Mapping::map(inc.fd.as_fd(), inc.size as usize, p)
+                        Mapping::map_alone(inc.fd.as_fd(), inc.size as usize, p)
                             .map_err(ioerr("mmap arena copy-on-write"))?,
                     );
                     if p == Protection::CopyOnWrite && inc.cow.len() < COW_CACHE {

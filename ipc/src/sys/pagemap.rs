@@ -222,6 +222,59 @@ mod tests {
         assert!(!private_pages(base, 16 * page).unwrap(), "discarded");
     }
 
+    /// The mappings of this process as `(start, end, permissions)` (`/proc/self/maps`).
+    fn maps() -> Vec<(usize, usize, String)> {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (a, b) = f.next()?.split_once('-')?;
+                let perms = f.next()?.to_string();
+                Some((
+                    usize::from_str_radix(a, 16).ok()?,
+                    usize::from_str_radix(b, 16).ok()?,
+                    perms,
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mapping_alone_in_its_blocks_is_a_copy_on_write_view_and_goes_whole() {
+        let page = sys::page_size();
+        let len = 300 * page; // not a multiple of 2 MiB
+        let fd = sys::memfd_create("pagemap-alone").unwrap();
+        sys::ftruncate(std::os::fd::AsFd::as_fd(&fd), len as u64).unwrap();
+        let w = Mapping::map(std::os::fd::AsFd::as_fd(&fd), len, Protection::WriteShared).unwrap();
+        w.write_from(0, &vec![7u8; len]);
+        let m = Mapping::map_alone(std::os::fd::AsFd::as_fd(&fd), len, Protection::CopyOnWrite)
+            .unwrap();
+        let base = m.ptr() as usize;
+        assert_eq!(base % PMD_BLOCK_TEST, 0, "starts on a 2 MiB boundary");
+        let mut b = vec![0u8; len];
+        m.read_into(0, &mut b);
+        assert!(b.iter().all(|&x| x == 7), "the file's bytes");
+        assert!(!private_pages(base, len).unwrap(), "read only");
+        m.write_from(len - 1, &[1]);
+        assert!(private_pages(base, len).unwrap(), "written");
+        w.read_into(len - 1, &mut b[..1]);
+        assert_eq!(b[0], 7, "the write stayed in this process");
+        // The rest of its block is reserved (inaccessible), and goes with it. (Adjacent
+        // reservations may show as one line: look for one covering the rest.)
+        let (rest, end) = (base + len, base + PMD_BLOCK_TEST);
+        let reserved = || {
+            maps()
+                .iter()
+                .any(|(a, b, p)| *a <= rest && end <= *b && p == "---p")
+        };
+        assert!(reserved(), "the rest of the block is reserved");
+        drop(m);
+        assert!(!reserved(), "unmapped with the view");
+    }
+
+    const PMD_BLOCK_TEST: usize = 2 << 20;
+
     #[test]
     fn a_fork_child_reads_its_own_pagemap() {
         // The parent has the file open already; the child writes a page the parent never
