@@ -376,3 +376,63 @@ def test_a_caller_cancelling_a_call_handed_to_another_loop_gets_cancelled_error(
         lp.call_soon_threadsafe(lp.stop)
         t.join(30)
         lp.close()
+
+
+def test_a_synchronous_call_that_needs_a_worker_from_a_loop_that_ends_raises_loop_ended(nc, testext, support_dir,
+                                                                                       venv_root):
+    """A synchronous call from a thread without a loop, when no worker lives: the worker is
+    started on the sandbox's loop, in another thread; that loop ends before running it.
+    LoopEnded, not a wait without end (it was: .result() with no end)."""
+    m = _manager(nc, testext, venv_root)
+    lp = asyncio.new_event_loop()
+
+    def serve():
+        lp.run_forever()
+        lp.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+
+    async def first():
+        ext = await m.load_extension(_cfg(nc, support_dir, "loops-sync-start"))
+        await ext.aecho(0)
+        w = ext._workers[0]
+        ext._retire(w)  # no live worker: the next call starts one
+        w.kill()
+        return ext
+
+    try:
+        ext = asyncio.run_coroutine_threadsafe(first(), lp).result(120)
+        block, handed = threading.Event(), threading.Event()
+        lp.call_soon_threadsafe(block.wait)  # the loop is busy until its end is queued
+        pick = ext._pick_worker
+
+        def picking():
+            handed.set()
+            return pick()
+
+        ext._pick_worker = picking
+        out = {}
+
+        def call():
+            try:
+                out["v"] = ext.call_sync("double", 2)
+            except BaseException as e:  # noqa: BLE001 - asserted below
+                out["e"] = e
+
+        c = threading.Thread(target=call)
+        c.start()
+        assert handed.wait(60)
+        lp.call_soon_threadsafe(lp.stop)  # before or after the start is queued: either way never run
+        block.set()
+        t.join(60)
+        c.join(60)
+        assert not c.is_alive(), "hung"
+        assert isinstance(out.get("e"), nc.LoopEnded), out
+        assert "starting a worker" in str(out["e"])
+        del ext._pick_worker
+        assert asyncio.run(_burst(ext, "after")) > 0  # a sandbox on this loop
+    finally:
+        block.set()
+        t.join(30)
+        m.stop_all_extensions()

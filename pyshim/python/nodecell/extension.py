@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import sys
 import threading
@@ -411,7 +412,7 @@ class Extension(Generic[T]):
             return w
         if not loop.is_running():
             raise RuntimeError(f"extension {self.name!r}: its event loop is not running")
-        return asyncio.run_coroutine_threadsafe(self._pick_worker(), loop).result()
+        return _result_from(loop, self._pick_worker(), f"pack {self.name!r}: starting a worker")
 
     def _start_worker_blocking(self) -> _Worker:
         """:meth:`_start_worker` on the cell's loop thread while that loop is blocked."""
@@ -430,7 +431,7 @@ class Extension(Generic[T]):
         """Run a coroutine to its end from synchronous code (for the in-process mode)."""
         loop = self._manager._loop
         if loop is not None and loop.is_running() and _running_loop() is not loop:
-            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+            return _result_from(loop, coro, f"pack {self.name!r}: the call")
         if _running_loop() is None:
             return asyncio.run(coro)
         out: Dict[str, Any] = {}
@@ -890,6 +891,26 @@ async def _on_loop(loop: asyncio.AbstractEventLoop, coro: Any, what: str = "the 
         raise _LoopGone("the event loop ended")
     raise LoopEnded(f"{what} was cut off: the event loop serving the sandbox, running in another thread, ended "
                     f"during it (the worker may have run it)")
+
+def _result_from(loop: asyncio.AbstractEventLoop, coro: Any, what: str) -> Any:
+    """Run ``coro`` on ``loop`` (running in another thread) and wait for its value here,
+    blocking this thread; :class:`LoopEnded` when that loop ends first (what it had not
+    run is cancelled, or dropped when it closes): never a wait without end."""
+    try:
+        cf = asyncio.run_coroutine_threadsafe(coro, loop)
+    except RuntimeError:  # closed already
+        coro.close()
+        raise LoopEnded(f"{what} was not made: the event loop serving the sandbox was closed") from None
+    while not cf.done():
+        concurrent.futures.wait((cf,), _HOP_LOOK)
+        if not cf.done() and loop.is_closed():
+            cf.cancel()
+            break
+    if not cf.done() or cf.cancelled():  # cancelled by that loop's end: nobody else cancels it
+        raise LoopEnded(f"{what} was cut off: the event loop serving the sandbox, running in another thread, "
+                        f"ended first")
+    return cf.result()
+
 
 def _detached(err: BaseException) -> BaseException:
     """A copy of ``err`` without its traceback (whose frames hold the call's worker and

@@ -21,8 +21,8 @@ from ._rpc import registered_types
 from ._threadpools import thread_env
 from .cell import _BOOTSTRAP, _SINGLETON_BASE_ID, SANDBOX_HOST, SANDBOX_LIB, _Cell
 from .config import ExtensionConfig, ExtensionManagerConfig, SandboxMode
-from .errors import ConfigError, ProvisionError
-from .extension import Extension
+from .errors import ConfigError, LoopEnded, ProvisionError
+from .extension import Extension, _on_loop, _result_from
 from .shared import ExtensionBase
 from .tools import hooks as _tools
 
@@ -255,8 +255,12 @@ class ExtensionManager(Generic[T]):
         except RuntimeError:
             loop = self._loop
             if loop is not None and not loop.is_closed() and loop.is_running():
-                # The manager's loop runs in another thread: stop there and wait.
-                asyncio.run_coroutine_threadsafe(stop_all(), loop).result()
+                # The manager's loop runs in another thread: stop there and wait (from
+                # here, at once, when that loop ends first).
+                try:
+                    _result_from(loop, stop_all(), "stopping the extensions")
+                except LoopEnded:
+                    stop_now()
             elif loop is not None and not loop.is_closed():
                 loop.run_until_complete(stop_all())
             else:
@@ -424,7 +428,10 @@ async def _stop_cell(cell: _Cell, grace: float = 2.0) -> None:
     if cell.loop is asyncio.get_running_loop():
         await cell.stop(grace=grace)
     elif cell.loop.is_running():
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(cell.stop(grace=grace), cell.loop))
+        try:
+            await _on_loop(cell.loop, cell.stop(grace=grace), "stopping a sandbox")
+        except LoopEnded:  # that loop ended first
+            cell.kill_now(grace)
     else:
         cell.kill_now(grace)
 
