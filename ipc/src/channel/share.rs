@@ -308,8 +308,9 @@ impl Channel {
                     .map_err(|e| misuse(e.to_string()))?;
                 let map = match prot {
                     Some(p) => Arc::new(
-                        Mapping::map_alone(arena.fd(), arena.len(), p)
-                            .map_err(ioerr("mmap arena"))?,
+                        // Mapped afresh for each such view (not cached): a plain mapping,
+                        // without the reservation calls of `map_alone`.
+                        Mapping::map(arena.fd(), arena.len(), p).map_err(ioerr("mmap arena"))?,
                     ),
                     None => arena
                         .mapping()
@@ -342,12 +343,18 @@ impl Channel {
                             }
                         }
                     }
-                    // Alone in its page tables: the scans for private pages stay cheap.
-                    let m = Arc::new(
-                        Mapping::map_alone(inc.fd.as_fd(), inc.size as usize, p)
-                            .map_err(ioerr("mmap arena copy-on-write"))?,
-                    );
-                    if p == Protection::CopyOnWrite && inc.cow.len() < COW_CACHE {
+                    // One kept for reuse is mapped alone in its page tables (the scans for
+                    // private pages of each later view stay cheap); one made for this view
+                    // only is a plain mapping (no reservation calls).
+                    let keep = p == Protection::CopyOnWrite && inc.cow.len() < COW_CACHE;
+                    let (fd, len) = (inc.fd.as_fd(), inc.size as usize);
+                    let m = if keep {
+                        Mapping::map_alone(fd, len, p)
+                    } else {
+                        Mapping::map(fd, len, p)
+                    };
+                    let m = Arc::new(m.map_err(ioerr("mmap arena copy-on-write"))?);
+                    if keep {
                         inc.cow.push(m.clone());
                     }
                     return Ok(TensorView::new(m, desc.clone()));
