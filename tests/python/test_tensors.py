@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -482,3 +484,28 @@ def test_with_a_full_free_backlog_the_old_storage_is_freed_inline(aloop, basic_e
     assert old is not None
     assert float(aloop.run(basic_ext.echo(t))[-1]) == 5.0
     assert nc.is_shared(t) and _mapping_of(p0) != old, "not freed by the send itself"
+
+
+_FREER_AT_EXIT = """
+import atexit, threading, torch
+from nodecell import _tensors
+
+def check():  # registered first, so it runs after the handlers registered later
+    alive = [t.name for t in threading.enumerate() if t.name == "nodecell-free" and t.is_alive()]
+    print("alive", alive, flush=True)
+
+atexit.register(check)
+holder = torch.empty(0).set_(torch.empty(1 << 20).untyped_storage())
+assert _tensors._free_later(holder, 4 << 20)
+del holder
+"""
+
+
+def test_the_free_thread_ends_before_the_interpreter_finalizes():
+    """The nodecell-free thread is done before finalization: left inside ``Tensor.set_``
+    then, taking the GIL back ended it with pthread_exit, whose unwinding through torch's
+    noexcept frames aborted the process (this file's neighbour test_tensor_fastpath.py run
+    alone exited with SIGABRT about every other time)."""
+    r = subprocess.run([sys.executable, "-c", _FREER_AT_EXIT], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "alive []" in r.stdout, r.stdout

@@ -45,6 +45,7 @@ goes, the peers that mapped it are told to drop their mapping.
 
 from __future__ import annotations
 
+import atexit
 import queue
 import sys
 import threading
@@ -80,6 +81,8 @@ _torch: Any = None
 _free_q: "Optional[queue.SimpleQueue[Any]]" = None
 _free_lock = threading.Lock()
 _free_pending = 0  # bytes queued and not yet freed (under _free_lock)
+_free_closed = False  # set at interpreter exit: callers free inline from then on
+_FREE_STOP = object()  # queued at exit: the freer frees what waits and ends
 
 
 def _freer(q: "queue.SimpleQueue[Any]") -> None:
@@ -89,13 +92,17 @@ def _freer(q: "queue.SimpleQueue[Any]") -> None:
     # it takes the GIL, and one preempted while holding it would stall the host.)
     global _free_pending
     tm = _torch_mod()
-    while True:
+    stop = False
+    while not stop:
         batch = [q.get()]
-        while True:
+        while batch[-1] is not _FREE_STOP:
             try:
                 batch.append(q.get(timeout=FREE_QUIET))
             except queue.Empty:
                 break
+        if batch[-1] is _FREE_STOP:
+            stop = True
+            batch.pop()
         for t, nbytes in batch:
             try:
                 # Drops the last reference to the old storage inside a torch op, which
@@ -120,15 +127,30 @@ def _free_later(holder: Any, nbytes: int) -> bool:
     dropped after the hand-off could be the last one, and free it here after all)."""
     global _free_q, _free_pending
     with _free_lock:
-        if _free_pending + nbytes > FREE_BACKLOG:
+        if _free_closed or _free_pending + nbytes > FREE_BACKLOG:
             return False
         _free_pending += nbytes
         if _free_q is None:
             q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
-            threading.Thread(target=_freer, args=(q,), name="nodecell-free", daemon=True).start()
+            th = threading.Thread(target=_freer, args=(q,), name="nodecell-free", daemon=True)
+            th.start()
+            atexit.register(_stop_freer, q, th)
             _free_q = q
         _free_q.put((holder, nbytes))
     return True
+
+
+def _stop_freer(q: "queue.SimpleQueue[Any]", th: threading.Thread) -> None:
+    """At interpreter exit (atexit runs before finalization): the ``nodecell-free`` thread
+    frees what waits and ends. Left running, it could be inside ``Tensor.set_`` (which
+    releases the GIL) when the interpreter finalizes: taking the GIL back then ends the
+    thread with ``pthread_exit``, whose unwinding through torch's ``noexcept`` frames
+    aborts the process ("terminate called without an active exception")."""
+    global _free_closed
+    with _free_lock:
+        _free_closed = True
+    q.put(_FREE_STOP)
+    th.join(timeout=30)
 
 
 def _numpy() -> Any:
