@@ -276,6 +276,20 @@ mod tests {
     const PMD_BLOCK_TEST: usize = 2 << 20;
 
     #[test]
+    fn a_mapping_of_whole_gibs_is_alone_in_its_gib_blocks() {
+        let len = 1usize << 30; // sparse: nothing is written or read but one page
+        let fd = sys::memfd_create("pagemap-alone-gib").unwrap();
+        sys::ftruncate(std::os::fd::AsFd::as_fd(&fd), len as u64).unwrap();
+        let m = Mapping::map_alone(std::os::fd::AsFd::as_fd(&fd), len, Protection::CopyOnWrite)
+            .unwrap();
+        let base = m.ptr() as usize;
+        assert_eq!(base % (1 << 30), 0, "starts on a 1 GiB boundary");
+        assert!(!private_pages(base, len).unwrap(), "untouched");
+        m.write_from(len / 2, &[1]);
+        assert!(private_pages(base, len).unwrap(), "one page written");
+    }
+
+    #[test]
     fn a_fork_child_reads_its_own_pagemap() {
         // The parent has the file open already; the child writes a page the parent never
         // wrote: only the child's own pagemap shows it.
