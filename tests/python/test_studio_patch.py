@@ -149,9 +149,9 @@ def test_model_handles_live_as_long_as_either_side_holds_them(app, patcher):
 
     # This test's own patches are counted against what is alive before it, which is at most one:
     # sometimes, after test_studio_app.py, one attention-patch callable of an earlier test stays
-    # alive in the host, held through the `attn1_patch` list and the `transformer_options` dict of a
-    # model whose holder is not known yet (the README's "Open items"). When this file runs alone,
-    # nothing is left.
+    # alive in the host, held through a sampler closure the host exported to the pack's model
+    # wrapper, whose handle the worker has not released yet (the README's "Open items"). When this
+    # file runs alone, nothing is left.
     _eventually(lambda: _node(app, "NCLivePatches")[0] <= 1, "earlier patches freed with their host models")
     before = _node(app, "NCLivePatches")[0]
     base = nodes.TinyModelLoader().load(5)[0]
