@@ -5,6 +5,7 @@ import asyncio
 import gc
 import logging
 import time
+import weakref
 
 import pytest
 
@@ -292,6 +293,39 @@ def test_builtin_errors_stay_catchable_as_themselves(aloop, basic_ext, nc):
     assert aloop.run(basic_ext.lookup_or_default(lookup, "zz", -1)) == -1  # the worker caught KeyError
     made_up = nc.errors.remote_error("os.system", "x")
     assert type(made_up) is nc.RemoteError, "only builtins' exception names are mirrored"
+
+
+def test_a_host_callable_that_raised_in_the_worker_is_released_without_a_collection(aloop, basic_ext):
+    """A host function the worker called and that raised is released as soon as the worker's
+    method returns, by reference counting alone: the exception the worker caught must not keep
+    the frames (and the handle in them) alive in a reference cycle until the worker's garbage
+    collector runs (a host model stayed pinned that way). The worker's collector is off here."""
+
+    class Lookup:
+        def __call__(self, key):
+            raise KeyError(key)
+
+    lookup = Lookup()
+    ref = weakref.ref(lookup)
+    assert aloop.run(basic_ext.set_gc(False)) is False
+    try:
+        assert aloop.run(basic_ext.lookup_or_default(lookup, "zz", -1)) == -1
+        del lookup
+        gc.collect()
+
+        async def released():
+            for _ in range(200):
+                await basic_ext.noop()
+                gc.collect()
+                if ref() is None:
+                    return True
+                await asyncio.sleep(0.01)
+            return False
+
+        assert aloop.run(released()), "the worker still holds the host function after its method returned"
+    finally:
+        aloop.run(basic_ext.set_gc(True))
+
 
 
 def test_ten_thousand_sequential_calls(aloop, basic_ext):

@@ -9,8 +9,10 @@ its prompt thread's loop), and the wrapper calls the host model back meanwhile.
 from __future__ import annotations
 
 import asyncio
+import gc
 import concurrent.futures
 import threading
+import weakref
 
 import pytest
 
@@ -255,3 +257,36 @@ def test_sync_call_timeout_and_crash_are_nodecell_errors(aloop, nc, support_dir,
             await m.stop_all_extensions()
 
         aloop.run(stop())
+
+
+def test_a_failed_synchronous_call_leaves_no_reference_cycle_in_the_host(model):
+    """A synchronous call that raises (here: the worker's function calls a host function that
+    raises) is gone with its frames once the exception is handled, by reference counting
+    alone: the waiter must not keep the exception, whose traceback holds the caller's frames
+    and what they hold (a model, handles into the worker), in a cycle until a collection."""
+
+    class Canary:
+        pass
+
+    refs = []
+
+    def bad_apply(x, depth):
+        raise KeyError("no such sigma")
+
+    def run():
+        canary = Canary()
+        refs.append(weakref.ref(canary))
+        try:
+            model.wrapper(bad_apply, 1, 0)
+        except KeyError:
+            pass
+
+    gc.collect()
+    gc.disable()
+    try:
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(60)
+        assert refs and refs[0]() is None, "the failed call's frames are still alive"
+    finally:
+        gc.enable()

@@ -80,8 +80,15 @@ class SyncWaiter:
         self.event.set()
 
     def result(self) -> Any:
-        if self.error is not None:
-            raise self.error
+        error, self.error = self.error, None
+        if error is not None:
+            # The waiter (held by the caller's frame) must not refer to the exception: its
+            # traceback holds those frames, and a cycle would keep them (and the handles in
+            # them) alive until a garbage collection.
+            try:
+                raise error
+            finally:
+                del error
         return self.value
 
     def hand(self, frame: Tuple[int, int, Any]) -> None:

@@ -593,8 +593,15 @@ class WorkerEndpoint(Endpoint):
         finally:
             if on_loop:
                 self._loop_blocked -= 1
-        if w.error is not None:
-            raise w.error
+        error, w.error = w.error, None
+        if error is not None:
+            # Nothing of this frame may refer to the exception once it is raised: its
+            # traceback holds this frame and the caller's (with the handles in them), and a
+            # cycle through `w` or `error` would keep them alive until a garbage collection.
+            try:
+                raise error
+            finally:
+                del error, w
         return w.value
 
     call_remote_sync = call_remote
@@ -646,7 +653,10 @@ class WorkerEndpoint(Endpoint):
                 self._rx.release()
             if err is not None:
                 self._fatal(err)
-                raise err
+                try:
+                    raise err
+                finally:
+                    del err  # no cycle through this frame (see call_remote)
             if frame is not None:
                 self.handle_frame(*frame)
 

@@ -256,6 +256,14 @@ class TestExt(nodecell.ExtensionBase):
         except KeyError:
             return default
 
+    def set_gc(self, enabled):
+        """Turn the worker's automatic garbage collection on or off (a test looking for
+        objects that only a collection would free: off, they stay)."""
+        import gc
+
+        (gc.enable if enabled else gc.disable)()
+        return gc.isenabled()
+
     def make_counter(self, start):
         c = Counter(start)
         self.kept.append(c)
