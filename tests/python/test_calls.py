@@ -427,3 +427,31 @@ def test_releases_queued_by_finalizers_on_other_threads_are_never_lost():
         sys.setswitchinterval(old)
         ch.close()
     assert sorted(taken) == list(range(threads * per_thread))
+
+
+def test_a_host_object_passed_to_a_worker_method_is_released_once_the_call_returned(aloop, basic_ext):
+    """The worker keeps nothing of a call's arguments after answering it: a host object passed
+    to a method (here its first call, served by the Python layer) is released at once, even
+    while the thread that served it only waits for more (a dispatcher thread kept the last
+    call's payload in its loop until it served another: a host model stayed pinned that way)."""
+
+    class Obj:
+        pass
+
+    aloop.run(basic_ext.noop())
+    obj = Obj()
+    ref = weakref.ref(obj)
+    assert aloop.run(basic_ext.take_and_drop(obj)) is None
+    del obj
+    gc.collect()
+
+    async def released():
+        for _ in range(200):
+            await basic_ext.noop()
+            gc.collect()
+            if ref() is None:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert aloop.run(released()), "the worker still holds the argument of a call it answered"

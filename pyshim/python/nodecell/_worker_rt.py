@@ -182,12 +182,16 @@ class WorkerEndpoint(Endpoint):
             if got is True:
                 continue  # another thread receives now
             kind, call_id, payload = got
+            # This frame must not keep the call's arguments (handles to host objects among
+            # them) while the thread waits for the next one: drop them before waiting.
+            got = None
             if kind == _nodecell.SERVE_ADOPT:
                 self._adopt(call_id, payload)
             elif kind == _nodecell.SERVE_AWAITABLE:
                 self._serve_awaitable(call_id, payload)
             else:
                 self.handle_frame(kind, call_id, payload)
+            payload = None
             disp.touch()
         if not main:
             with self._state:

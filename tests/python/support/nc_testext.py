@@ -256,6 +256,10 @@ class TestExt(nodecell.ExtensionBase):
         except KeyError:
             return default
 
+    def take_and_drop(self, obj):
+        """Takes an argument and keeps nothing of it."""
+        return None
+
     def set_gc(self, enabled):
         """Turn the worker's automatic garbage collection on or off (a test looking for
         objects that only a collection would free: off, they stay)."""
