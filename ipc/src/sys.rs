@@ -271,10 +271,10 @@ impl Mapping {
                 continue;
             };
             let (p, f) = prot.mmap_flags();
+            let (flags, raw_fd) = (f | libc::MAP_FIXED, fd.as_raw_fd());
             // SAFETY: MAP_FIXED over the start of `held` bytes this function just reserved
             // (owned by no one else): no other mapping or Rust object is replaced.
-            let ptr =
-                unsafe { libc::mmap(start.cast(), len, p, f | libc::MAP_FIXED, fd.as_raw_fd(), 0) };
+            let ptr = unsafe { libc::mmap(start.cast(), len, p, flags, raw_fd, 0) };
             if ptr == libc::MAP_FAILED {
                 let e = io::Error::last_os_error();
                 // SAFETY: the reservation made above, which nothing else refers to.

@@ -295,6 +295,18 @@ def test_builtin_errors_stay_catchable_as_themselves(aloop, basic_ext, nc):
     assert type(made_up) is nc.RemoteError, "only builtins' exception names are mirrored"
 
 
+async def _released(ext, ref):
+    """Calls into ``ext`` (its releases ride along) until the host object behind ``ref`` is
+    gone (True) or 200 rounds passed (False)."""
+    for _ in range(200):
+        await ext.noop()
+        gc.collect()
+        if ref() is None:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 def test_a_host_callable_that_raised_in_the_worker_is_released_without_a_collection(aloop, basic_ext):
     """A host function the worker called and that raised is released as soon as the worker's
     method returns, by reference counting alone: the exception the worker caught must not keep
@@ -313,16 +325,8 @@ def test_a_host_callable_that_raised_in_the_worker_is_released_without_a_collect
         del lookup
         gc.collect()
 
-        async def released():
-            for _ in range(200):
-                await basic_ext.noop()
-                gc.collect()
-                if ref() is None:
-                    return True
-                await asyncio.sleep(0.01)
-            return False
-
-        assert aloop.run(released()), "the worker still holds the host function after its method returned"
+        assert aloop.run(_released(basic_ext, ref)), \
+            "the worker still holds the host function after its method returned"
     finally:
         aloop.run(basic_ext.set_gc(True))
 
@@ -445,13 +449,4 @@ def test_a_host_object_passed_to_a_worker_method_is_released_once_the_call_retur
     del obj
     gc.collect()
 
-    async def released():
-        for _ in range(200):
-            await basic_ext.noop()
-            gc.collect()
-            if ref() is None:
-                return True
-            await asyncio.sleep(0.01)
-        return False
-
-    assert aloop.run(released()), "the worker still holds the argument of a call it answered"
+    assert aloop.run(_released(basic_ext, ref)), "the worker still holds the argument of a call it answered"
