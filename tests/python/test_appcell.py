@@ -90,6 +90,47 @@ class Probe:
 NODE_CLASS_MAPPINGS = {"%s Probe": Probe}
 '''
 PROBES = {"NC-ProbeA": "nc-probe-a", "NC-ProbeB": "nc-probe-b"}
+# A pack whose nodes write at run time where WAS's do: a folder made from the working directory
+# (WAS: ``./ComfyUI/output``, for the portable layout; from the app root it is a new entry
+# there), and into one of the app's own folders.
+RUN_WRITES_INIT = '''
+import os
+
+
+class PortableSave:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"name": ("STRING", {"default": "x"})}}
+
+    RETURN_TYPES = ("STRING", "STRING")
+    FUNCTION = "run"
+    CATEGORY = "runwrites"
+
+    def run(self, name):
+        out = os.path.join(".", "NCPortable", "output")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, name + ".txt"), "w") as f:
+            f.write(name)
+        return (" ".join(sorted(os.listdir(out))), os.getcwd())
+
+
+class AppFolderWrite:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+    CATEGORY = "runwrites"
+
+    def run(self):
+        with open(os.path.join(".", "comfy", "ncrunwrites.txt"), "w") as f:
+            f.write("x")
+        return ("written",)
+
+
+NODE_CLASS_MAPPINGS = {"NCPortableSave": PortableSave, "NCAppFolderWrite": AppFolderWrite}
+'''
 STATE_IN = "/run/nodecell/pack-state"
 # As ComfyUI's model_management: the device is chosen at import, from the command line (without
 # --cpu on a machine with no GPU it fails); and who imported it (the app cell's zygote, or not).
@@ -139,6 +180,14 @@ def app(aloop, studio_venv_root):
             os.chmod(probe / "fonts", 0o755)
             (probe / "fonts" / "font.ttf").write_text("font")
             os.chmod(probe / "fonts" / "font.ttf", 0o644)
+    runw = root / "custom_nodes" / "NC-RunWrites"
+    runw.mkdir(mode=0o755)
+    os.chmod(runw, 0o755)
+    (runw / "__init__.py").write_text(RUN_WRITES_INIT)
+    (runw / "manifest.yaml").write_text("name: nc-runwrites\nversion: 0.1.0\nisolated: true\nshare_torch: true\n"
+                                        "dependencies: []\n")
+    for f in runw.iterdir():
+        os.chmod(f, 0o644)
     for sub in ("output", "temp", "input", "user"):
         (root / sub).mkdir(mode=0o755)
         os.chmod(root / sub, 0o755)
@@ -162,7 +211,7 @@ def app(aloop, studio_venv_root):
         host = studio.StudioHost(str(studio_venv_root), state=str(d / "state"), app_cell=True,
                                  app_preload=["nodes", "server", "numpy"])
         names = {}
-        for p in PACKS + tuple(PROBES) + ("NC-WebExt",):
+        for p in PACKS + tuple(PROBES) + ("NC-WebExt", "NC-RunWrites"):
             names[p] = await host.load_custom_node(str(root / "custom_nodes" / p), nodes.NODE_CLASS_MAPPINGS,
                                                    nodes.NODE_DISPLAY_NAME_MAPPINGS)
         # The app's requirements are shared from the host: numpy 2 unless the pack is told otherwise.
@@ -493,3 +542,57 @@ def test_validation_does_not_wait_behind_a_running_node_of_the_same_pack(app):
     assert "threshold must be <= 1" in bad and ok is True and fp == "0.5:b", (bad, ok, fp)
     assert running and took < 1.5, (running, took)
     assert ex.success, ex.errors
+
+
+def test_a_pack_that_makes_a_new_entry_at_the_apps_root_at_run_time_moves_to_its_own_cell(app, caplog):
+    """NC-RunWrites loads in the app cell (its import writes nothing). At run time one node
+    makes ``./NCPortable/output`` from the working directory, the app root (WAS:
+    ``./ComfyUI/output``): the app cell's mounts are read-only there, so the pack moves to a cell
+    of its own whose app layer takes the new entry, the call runs once more there and succeeds,
+    the host remembers the move, and the pack's app-cell worker stops. A write into the app's
+    own ``comfy/`` folder fails as before (it would fail in any cell) and moves nothing."""
+    import json
+    import logging
+
+    import nodes
+    from nodecell.appcell import PackView
+    from nodecell.errors import RemoteError
+
+    before = app.host.packs["nc-runwrites"]
+    assert isinstance(before._cell, PackView), "loads in the app cell"
+    assert before.config["cwd"] == str(app.root), before.config["cwd"]
+    code_write = nodes.NODE_CLASS_MAPPINGS["NCAppFolderWrite"]
+    with pytest.raises(RemoteError, match="Read-only file system") as e:
+        app.aloop.run(getattr(code_write(), code_write.FUNCTION)())
+    assert isinstance(e.value, OSError), type(e.value)
+    assert app.host.packs["nc-runwrites"] is before and "nc-runwrites" not in app.host.own_app_layer
+    old_pids = {host_pid(w.pidfd) for w in before._workers if w.alive}
+    assert old_pids and isinstance(before._cell, PackView)
+
+    save = nodes.NODE_CLASS_MAPPINGS["NCPortableSave"]
+    with caplog.at_level(logging.WARNING, logger="nodecell"):
+        listing, cwd = app.aloop.run(getattr(save(), save.FUNCTION)(name="first"))
+    assert (listing, cwd) == ("first.txt", str(app.root))
+    moved = app.host.packs["nc-runwrites"]
+    assert moved is not before and not isinstance(moved._cell, PackView)
+    why = app.host.own_app_layer["nc-runwrites"]
+    assert "at run time" in why and str(app.root / "NCPortable") in why, why
+    assert any(why in r.getMessage() for r in caplog.records), caplog.text
+    record = Path(app.host.state) / "own-cell" / "nc-runwrites.json"
+    assert json.loads(record.read_text()) == {"why": why}
+    layer = Path(app.host.app_layers["nc-runwrites"])
+    assert (layer / "NCPortable" / "output" / "first.txt").read_text() == "first"
+    assert not (app.root / "NCPortable").exists(), "the host's app tree was never written"
+    # the same proxy classes now call the new cell; the app-cell worker is gone
+    assert app.aloop.run(getattr(save(), save.FUNCTION)(name="second"))[0] == "first.txt second.txt"
+    assert before._stopped and all(_proc_state(p) in ("gone", "Z") for p in old_pids)
+    # the other packs stay in the app cell
+    assert isinstance(app.host.packs["nc-showcase"]._cell, PackView)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from .. import _nodecell, _reload
 from ..config import ExtensionConfig, ExtensionManagerConfig
-from ..errors import ConfigError, NodecellError
+from ..errors import ConfigError, NodecellError, RemoteError
 from ..extension import Extension
 from ..manager import ExtensionManager
 from . import apps as _apps
@@ -91,7 +91,10 @@ class StudioHost:
     makes next to the app's code (ComfyUI-Custom-Scripts: ``<app>/web/extensions/pysssss``)
     lands there, never in the app's tree. An app cell has none (its packs share its mounts):
     a pack whose import fails there writing under the app's tree is loaded again in a cell of
-    its own, with a log line and :attr:`own_app_layer` saying why.
+    its own, with a log line and :attr:`own_app_layer` saying why; so is a pack whose node
+    fails at run time making a new entry at the app's root (WAS: ``./ComfyUI/output`` from the
+    app root, written for the portable layout), and that call runs once more in the new cell
+    (:meth:`_moved_after_failure`).
     """
 
     def __init__(self, venv_root_path: Optional[str] = None, *, app: Any = None, app_root: Optional[str] = None,
@@ -154,6 +157,8 @@ class StudioHost:
         self._generation: Dict[str, int] = {}
         self._refreshing: Dict[str, asyncio.Lock] = {}
         self._pack_dirs: Dict[str, str] = {}
+        self._overrides: Dict[str, Dict[str, Any]] = {}  # pack name -> load_custom_node's overrides
+        self._moving: Dict[str, asyncio.Lock] = {}
         self._app_requirements: Optional[List[str]] = None
         self._requirements_settled = False
         #: Pack name -> its kind of venv, as :meth:`prestart` sorted the packs (``{dist: version}``
@@ -637,6 +642,7 @@ class StudioHost:
             ext, t1, nodes, info = await self._start(cfg)
         self.packs[name] = ext
         self._pack_dirs[name] = pack_dir
+        self._overrides[name] = dict(overrides)
         self._generation[name] = _reload.generation(ext)
         self._registered.setdefault(name, []).append((node_class_mappings, display_name_mappings))
         self._register_pack(name, pack_dir, ext, info)
@@ -675,7 +681,78 @@ class StudioHost:
                 await self._refresh_if_reloaded(ext.name)
 
         rel = self.profile.relative_module(pack_dir) if self.profile is not None else None
-        return make_proxy(ext, node_id, info, self.allowed, self.profile, rel, after_call)
+        return make_proxy(ext, node_id, info, self.allowed, self.profile, rel, after_call,
+                          self._moved_after_failure)
+
+    async def _moved_after_failure(self, ext: Extension, err: NodecellError) -> Optional[Extension]:
+        """After a call of ``ext``'s pack failed: the extension the pack now runs in where that
+        call can work, or None (the error stands).
+
+        A pack in an app cell shares its mounts, where the app's tree is read-only. One whose
+        node fails making a **new** entry at the app's root (an ``OSError`` EROFS/EACCES/EPERM
+        on a path whose first part under the root the app does not have; relative paths are
+        the worker's, from its working directory: WAS's ``./ComfyUI/output``) is moved, as at
+        import, to a cell of its own whose app layer takes that entry: the new cell starts
+        (the pack's load), its proxies are bound to it, the host remembers it for its next
+        start, the pack's worker in the app cell stops, and a log line says why. Writes into
+        the app's existing folders would fail there too: those errors stand, as every error of
+        a pack already in a cell of its own. Calls failing together move the pack once."""
+        name = ext.name
+        cells = self.manager._app_cells
+        if cells is None or name not in self.packs:
+            return None
+        async with self._moving.setdefault(name, asyncio.Lock()):
+            now = self.packs.get(name)
+            if now is not ext:  # moved by a call that failed at the same time
+                return now if name in self.own_app_layer else None
+            if name in self.own_app_layer or not isinstance(err, RemoteError):
+                return None
+            wrote = self._new_app_entry_written(err, ext.config.get("cwd"))
+            if wrote is None:
+                return None
+            why = (f"a node wrote a new entry at the app's root at run time ({wrote}): moved to a cell of its "
+                   f"own, with its own app layer")
+            log.warning("pack %r: %s", name, why)
+            pack_dir = self._pack_dirs[name]
+            self.own_app_layer[name] = why
+            cells.own_cell_only[name] = why
+            del self.manager.extensions[name]  # its own cell takes the name; the app cell's worker stops after
+            try:
+                cfg = self.config_for(pack_dir, **self._overrides.get(name, {}))
+                assert cfg is not None
+                moved, _t1, nodes, _info = await self._start(cfg)
+            except Exception as e:  # noqa: BLE001 - the pack stays where it was; its call's error stands
+                log.error("pack %r: could not start it in a cell of its own (%s); it stays in the app cell", name, e)
+                del self.own_app_layer[name]
+                del cells.own_cell_only[name]
+                self.app_layers.pop(name, None)
+                self.manager.extensions[name] = ext
+                return None
+            self._remember_own_cell(name, why)
+            self.packs[name] = moved
+            self._generation[name] = _reload.generation(moved)
+            self._rebind(name, moved, nodes)
+        await ext.stop()
+        return moved
+
+    def _new_app_entry_written(self, err: RemoteError, cwd: Optional[str]) -> Optional[str]:
+        """The path a failed call tried to write (an ``OSError`` EROFS/EACCES/EPERM in the
+        worker's message, a relative path taken from ``cwd``, the worker's working directory)
+        when it is a new entry at the app's root or under one (its first part under the root is
+        not in the app's folder here), else None. The text is the worker's: it only ever moves
+        the pack to a cell of its own, never loosens a wall."""
+        if self.profile is None or self.profile.root is None:
+            return None
+        root = os.path.normpath(os.path.abspath(self.profile.root))
+        codes = {errno.EROFS, errno.EACCES, errno.EPERM}
+        for m in _OS_ERROR.finditer(err.remote_message):
+            path = os.path.normpath(os.path.join(cwd or root, m.group(2)))
+            if int(m.group(1)) not in codes or not path.startswith(root + os.sep):
+                continue
+            first = os.path.relpath(path, root).split(os.sep)[0]
+            if not os.path.lexists(os.path.join(root, first)):
+                return f"[Errno {m.group(1)}] {path}"
+        return None
 
     def _is_base_node(self, cls: Any) -> bool:
         if cls is None or self.profile is None or is_proxy(cls):
@@ -714,7 +791,7 @@ class StudioHost:
             return
 
         def call(key: str, req: Dict[str, Any]) -> Any:
-            return ext.call("handle_route", key, req)
+            return self.packs.get(name, ext).call("handle_route", key, req)  # where the pack runs now
 
         added = _routes.register(table, descs, pack_dir, call, name)
         self.routes[name] = self.routes.get(name, []) + added
@@ -767,27 +844,33 @@ class StudioHost:
                 return False
             nodes = await ext.list_nodes()
             self._generation[pack] = gen
-            proxies = self._proxies.setdefault(pack, {})
-            pack_dir = self._pack_dirs.get(pack, ext.config["module_path"])
-            for node_id, info in nodes.items():
-                fresh = self._make_proxy(ext, node_id, info, pack_dir)
-                old = proxies.get(node_id)
-                if old is None:
-                    proxies[node_id] = old = fresh
-                else:
-                    _update_class(old, fresh)
-                for mappings, display in self._registered.get(pack, []):
-                    self._register(pack, node_id, old, info, mappings, display)
-            for node_id in [n for n in proxies if n not in nodes]:
-                del proxies[node_id]
-                self.node_pack.pop(node_id, None)
-                self.node_info.pop(node_id, None)
-                for mappings, display in self._registered.get(pack, []):
-                    mappings.pop(node_id, None)
-                    if display is not None:
-                        display.pop(node_id, None)
+            self._rebind(pack, ext, nodes)
             log.info("pack %r reloaded: %d node(s)", pack, len(nodes))
             return True
+
+    def _rebind(self, pack: str, ext: Extension, nodes: Dict[str, Any]) -> None:
+        """Bind the pack's proxies to ``ext`` and its ``nodes`` (after a reload, or a move to a
+        cell of its own): the same classes, updated in place, in every mapping they were
+        registered in; nodes the pack no longer has are removed."""
+        proxies = self._proxies.setdefault(pack, {})
+        pack_dir = self._pack_dirs.get(pack, ext.config["module_path"])
+        for node_id, info in nodes.items():
+            fresh = self._make_proxy(ext, node_id, info, pack_dir)
+            old = proxies.get(node_id)
+            if old is None:
+                proxies[node_id] = old = fresh
+            else:
+                _update_class(old, fresh)
+            for mappings, display in self._registered.get(pack, []):
+                self._register(pack, node_id, old, info, mappings, display)
+        for node_id in [n for n in proxies if n not in nodes]:
+            del proxies[node_id]
+            self.node_pack.pop(node_id, None)
+            self.node_info.pop(node_id, None)
+            for mappings, display in self._registered.get(pack, []):
+                mappings.pop(node_id, None)
+                if display is not None:
+                    display.pop(node_id, None)
 
     async def stop(self) -> None:
         """Stop every pack's sandbox."""

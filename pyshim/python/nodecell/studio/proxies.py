@@ -22,9 +22,9 @@ import copy
 import inspect
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Tuple
 
-from ..errors import RemoteError
+from ..errors import NodecellError, RemoteError
 from .schema import from_data
 
 if TYPE_CHECKING:
@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 __all__ = ["make_proxy", "is_proxy"]
 
 log = logging.getLogger("nodecell.studio")
+
+#: ``moved_after(ext, error)``: after a call of the pack in ``ext`` failed with ``error``, the
+#: extension the pack was moved to where that call can work (``StudioHost`` moves a pack of an
+#: app cell that wrote a new entry at the app's root to a cell of its own, with an app layer;
+#: a call that failed on the pack's old cell while it moved runs in the new one), or None (the
+#: error stands).
+MovedAfter = Callable[["Extension", NodecellError], Awaitable[Optional["Extension"]]]
 
 _HIDDEN = {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO",
            "dynprompt": "DYNPROMPT", "auth_token_comfy_org": "AUTH_TOKEN_COMFY_ORG",
@@ -49,12 +56,14 @@ class _Binding:
     """What every proxy of one pack shares: its extension, the app, and a hook run after each call."""
 
     def __init__(self, ext: "Extension", allowed: Tuple[str, ...], profile: Optional["AppProfile"],
-                 relative_module: Optional[str], after_call: Callable[[], Any]) -> None:
+                 relative_module: Optional[str], after_call: Callable[[], Any],
+                 moved_after: Optional[MovedAfter] = None) -> None:
         self.ext = ext
         self.allowed = allowed
         self.profile = profile
         self.relative_module = relative_module
         self.after_call = after_call
+        self.moved_after = moved_after
 
     def call_context(self, hidden: Any = None) -> Dict[str, Any]:
         """The app's executing context (prompt, node, list index) and hidden values, as data."""
@@ -79,10 +88,16 @@ class _Binding:
 
     async def call(self, method: str, node_id: str, inputs: Dict[str, Any], ctx: Dict[str, Any]) -> Any:
         try:
-            out = await self.ext.call(method, node_id, inputs, ctx)
-        except RemoteError as e:
-            self._reraise_interrupt(e)
-            raise
+            try:
+                out = await self.ext.call(method, node_id, inputs, ctx)
+            except NodecellError as e:
+                if isinstance(e, RemoteError):
+                    self._reraise_interrupt(e)
+                moved = await self.moved_after(self.ext, e) if self.moved_after is not None else None
+                if moved is None:
+                    raise
+                # The pack now runs where this call can work (see MovedAfter): once more, there.
+                out = await moved.call(method, node_id, inputs, ctx)
         finally:
             await self.after_call()
         return from_data(out, self.allowed)
@@ -111,15 +126,17 @@ class _Binding:
 
 def make_proxy(ext: "Extension", node_id: str, info: Dict[str, Any], allowed: Tuple[str, ...],
                profile: Optional["AppProfile"] = None, relative_module: Optional[str] = None,
-               after_call: Optional[Callable[[], Any]] = None) -> type:
+               after_call: Optional[Callable[[], Any]] = None, moved_after: Optional[MovedAfter] = None) -> type:
     """Build the host-side class that stands for node ``node_id`` of an isolated pack.
 
     ``info`` is what the pack's worker described (``StudioExtension.list_nodes``).
+    ``moved_after`` (see :data:`MovedAfter`) may move the pack after a failed call, which then
+    runs once more where the pack now is.
     """
     async def nothing() -> None:
         return None
 
-    b = _Binding(ext, tuple(allowed), profile, relative_module, after_call or nothing)
+    b = _Binding(ext, tuple(allowed), profile, relative_module, after_call or nothing, moved_after)
     if info["kind"] == "classic":
         return _classic_proxy(b, node_id, info)
     return _v3_proxy(b, node_id, info)
