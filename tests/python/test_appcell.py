@@ -549,8 +549,11 @@ def test_a_pack_that_makes_a_new_entry_at_the_apps_root_at_run_time_moves_to_its
     makes ``./NCPortable/output`` from the working directory, the app root (WAS:
     ``./ComfyUI/output``): the app cell's mounts are read-only there, so the pack moves to a cell
     of its own whose app layer takes the new entry, the call runs once more there and succeeds,
-    the host remembers the move, and the pack's app-cell worker stops. A write into the app's
-    own ``comfy/`` folder fails as before (it would fail in any cell) and moves nothing."""
+    the host remembers the move, and the pack's app-cell worker stops. The call runs as the
+    app's executor runs nodes, on an event loop of its own that ends with the prompt: the new
+    cell lives on the loop that loaded the pack, so the next prompt's call finds it running.
+    A write into the app's own ``comfy/`` folder fails as before (it would fail in any cell)
+    and moves nothing."""
     import json
     import logging
 
@@ -570,8 +573,24 @@ def test_a_pack_that_makes_a_new_entry_at_the_apps_root_at_run_time_moves_to_its
     assert old_pids and isinstance(before._cell, PackView)
 
     save = nodes.NODE_CLASS_MAPPINGS["NCPortableSave"]
+
+    def in_a_prompt(name):  # as the app's executor: asyncio.run per prompt, in its own thread
+        out = {}
+
+        def run():
+            try:
+                out["value"] = asyncio.run(getattr(save(), save.FUNCTION)(name=name))
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                out["error"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(600)
+        assert "value" in out, out
+        return out["value"]
+
     with caplog.at_level(logging.WARNING, logger="nodecell"):
-        listing, cwd = app.aloop.run(getattr(save(), save.FUNCTION)(name="first"))
+        listing, cwd = in_a_prompt("first")
     assert (listing, cwd) == ("first.txt", str(app.root))
     moved = app.host.packs["nc-runwrites"]
     assert moved is not before and not isinstance(moved._cell, PackView)
@@ -583,8 +602,13 @@ def test_a_pack_that_makes_a_new_entry_at_the_apps_root_at_run_time_moves_to_its
     layer = Path(app.host.app_layers["nc-runwrites"])
     assert (layer / "NCPortable" / "output" / "first.txt").read_text() == "first"
     assert not (app.root / "NCPortable").exists(), "the host's app tree was never written"
-    # the same proxy classes now call the new cell; the app-cell worker is gone
-    assert app.aloop.run(getattr(save(), save.FUNCTION)(name="second"))[0] == "first.txt second.txt"
+    # the same proxy classes now call the new cell, which lives on the loop that loaded the pack
+    assert moved._cell.loop is app.aloop.loop
+    pids = {host_pid(w.pidfd) for w in moved._workers if w.alive}
+    assert in_a_prompt("second")[0] == "first.txt second.txt"
+    assert app.aloop.run(getattr(save(), save.FUNCTION)(name="third"))[0] == "first.txt second.txt third.txt"
+    assert {host_pid(w.pidfd) for w in moved._workers if w.alive} == pids, "no restart"
+    # the app-cell worker is gone
     assert before._stopped and all(_proc_state(p) in ("gone", "Z") for p in old_pids)
     # the other packs stay in the app cell
     assert isinstance(app.host.packs["nc-showcase"]._cell, PackView)

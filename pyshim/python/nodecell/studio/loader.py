@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 from .. import _nodecell, _reload
 from ..config import ExtensionConfig, ExtensionManagerConfig
 from ..errors import ConfigError, NodecellError, RemoteError
-from ..extension import Extension
+from ..extension import Extension, _LoopGone, _on_loop
 from ..manager import ExtensionManager
 from . import apps as _apps
 from . import routes as _routes
@@ -158,7 +158,8 @@ class StudioHost:
         self._refreshing: Dict[str, asyncio.Lock] = {}
         self._pack_dirs: Dict[str, str] = {}
         self._overrides: Dict[str, Dict[str, Any]] = {}  # pack name -> load_custom_node's overrides
-        self._moving: Dict[str, asyncio.Lock] = {}
+        self._moving: Dict[str, asyncio.Lock] = {}  # used on the loop in _load_loops only
+        self._load_loops: Dict[str, asyncio.AbstractEventLoop] = {}  # pack name -> the loop that loaded it
         self._app_requirements: Optional[List[str]] = None
         self._requirements_settled = False
         #: Pack name -> its kind of venv, as :meth:`prestart` sorted the packs (``{dist: version}``
@@ -643,6 +644,7 @@ class StudioHost:
         self.packs[name] = ext
         self._pack_dirs[name] = pack_dir
         self._overrides[name] = dict(overrides)
+        self._load_loops[name] = asyncio.get_running_loop()
         self._generation[name] = _reload.generation(ext)
         self._registered.setdefault(name, []).append((node_class_mappings, display_name_mappings))
         self._register_pack(name, pack_dir, ext, info)
@@ -696,11 +698,23 @@ class StudioHost:
         (the pack's load), its proxies are bound to it, the host remembers it for its next
         start, the pack's worker in the app cell stops, and a log line says why. Writes into
         the app's existing folders would fail there too: those errors stand, as every error of
-        a pack already in a cell of its own. Calls failing together move the pack once."""
+        a pack already in a cell of its own. Calls failing together move the pack once. The new
+        cell starts on the event loop that loaded the pack (the app's: a node's call may run on a
+        loop that ends with its prompt, and a cell stays on the loop it started on)."""
+        if self.manager._app_cells is None or ext.name not in self.packs:
+            return None
+        loop = self._load_loops.get(ext.name)
+        if loop is None or loop is asyncio.get_running_loop() or loop.is_closed() or not loop.is_running():
+            return await self._move_to_own_cell(ext, err)
+        try:
+            return await _on_loop(loop, self._move_to_own_cell(ext, err), f"moving pack {ext.name!r}")
+        except _LoopGone:  # that loop ended just now
+            return await self._move_to_own_cell(ext, err)
+
+    async def _move_to_own_cell(self, ext: Extension, err: NodecellError) -> Optional[Extension]:
+        """:meth:`_moved_after_failure`'s move, on the loop that loaded the pack."""
         name = ext.name
         cells = self.manager._app_cells
-        if cells is None or name not in self.packs:
-            return None
         async with self._moving.setdefault(name, asyncio.Lock()):
             now = self.packs.get(name)
             if now is not ext:  # moved by a call that failed at the same time
