@@ -90,9 +90,9 @@ class Probe:
 NODE_CLASS_MAPPINGS = {"%s Probe": Probe}
 '''
 PROBES = {"NC-ProbeA": "nc-probe-a", "NC-ProbeB": "nc-probe-b"}
-# A pack whose nodes write at run time where WAS's do: a folder made from the working directory
-# (WAS: ``./ComfyUI/output``, for the portable layout; from the app root it is a new entry
-# there), and into one of the app's own folders.
+# A pack whose nodes write at run time where WAS's do: folders made from the working directory,
+# the app root (WAS: ``./ComfyUI/output`` for the portable layout, a new entry at the app root;
+# ``models/midas`` before a download), and into one of the app's own folders.
 RUN_WRITES_INIT = '''
 import os
 
@@ -100,14 +100,15 @@ import os
 class PortableSave:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"name": ("STRING", {"default": "x"})}}
+        return {"required": {"name": ("STRING", {"default": "x"}),
+                             "folder": ("STRING", {"default": "NCPortable/output"})}}
 
     RETURN_TYPES = ("STRING", "STRING")
     FUNCTION = "run"
     CATEGORY = "runwrites"
 
-    def run(self, name):
-        out = os.path.join(".", "NCPortable", "output")
+    def run(self, name, folder):
+        out = os.path.join(".", folder)
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, name + ".txt"), "w") as f:
             f.write(name)
@@ -188,7 +189,7 @@ def app(aloop, studio_venv_root):
                                         "dependencies: []\n")
     for f in runw.iterdir():
         os.chmod(f, 0o644)
-    for sub in ("output", "temp", "input", "user"):
+    for sub in ("output", "temp", "input", "user", "models", "models/checkpoints"):
         (root / sub).mkdir(mode=0o755)
         os.chmod(root / sub, 0o755)
     sys.path.insert(0, str(root))
@@ -544,16 +545,17 @@ def test_validation_does_not_wait_behind_a_running_node_of_the_same_pack(app):
     assert ex.success, ex.errors
 
 
-def test_a_pack_that_makes_a_new_entry_at_the_apps_root_at_run_time_moves_to_its_own_cell(app, caplog):
+def test_a_pack_that_writes_under_the_apps_tree_at_run_time_moves_to_its_own_cell(app, caplog):
     """NC-RunWrites loads in the app cell (its import writes nothing). At run time one node
-    makes ``./NCPortable/output`` from the working directory, the app root (WAS:
-    ``./ComfyUI/output``): the app cell's mounts are read-only there, so the pack moves to a cell
-    of its own whose app layer takes the new entry, the call runs once more there and succeeds,
-    the host remembers the move, and the pack's app-cell worker stops. The call runs as the
+    makes ``./models/ncdownloads`` from the working directory, the app root (WAS: ``models/midas``
+    before a download; only ``models/``' existing subfolders are bound): the app cell's mounts are
+    read-only there, so the pack moves to a cell of its own whose app layer takes the new folder
+    (and a new entry at the app's root, WAS's ``./ComfyUI/output``), the call runs once more there
+    and succeeds, the host remembers the move, and the pack's app-cell worker stops. The call runs as the
     app's executor runs nodes, on an event loop of its own that ends with the prompt: the new
     cell lives on the loop that loaded the pack, so the next prompt's call finds it running.
-    A write into the app's own ``comfy/`` folder fails as before (it would fail in any cell)
-    and moves nothing."""
+    Writes into the app's own ``comfy/`` folder and its ``models/checkpoints`` fail as before
+    (bound read-only in any cell) and move nothing."""
     import json
     import logging
 
@@ -568,18 +570,19 @@ def test_a_pack_that_makes_a_new_entry_at_the_apps_root_at_run_time_moves_to_its
     with pytest.raises(RemoteError, match="Read-only file system") as e:
         app.aloop.run(getattr(code_write(), code_write.FUNCTION)())
     assert isinstance(e.value, OSError), type(e.value)
+    save = nodes.NODE_CLASS_MAPPINGS["NCPortableSave"]
+    with pytest.raises(RemoteError, match="Read-only file system"):
+        app.aloop.run(getattr(save(), save.FUNCTION)(name="m", folder="models/checkpoints"))
     assert app.host.packs["nc-runwrites"] is before and "nc-runwrites" not in app.host.own_app_layer
     old_pids = {host_pid(w.pidfd) for w in before._workers if w.alive}
     assert old_pids and isinstance(before._cell, PackView)
 
-    save = nodes.NODE_CLASS_MAPPINGS["NCPortableSave"]
-
-    def in_a_prompt(name):  # as the app's executor: asyncio.run per prompt, in its own thread
+    def in_a_prompt(name, folder):  # as the app's executor: asyncio.run per prompt, in its own thread
         out = {}
 
         def run():
             try:
-                out["value"] = asyncio.run(getattr(save(), save.FUNCTION)(name=name))
+                out["value"] = asyncio.run(getattr(save(), save.FUNCTION)(name=name, folder=folder))
             except BaseException as e:  # noqa: BLE001 - reported by the assertion below
                 out["error"] = e
 
@@ -590,23 +593,26 @@ def test_a_pack_that_makes_a_new_entry_at_the_apps_root_at_run_time_moves_to_its
         return out["value"]
 
     with caplog.at_level(logging.WARNING, logger="nodecell"):
-        listing, cwd = in_a_prompt("first")
-    assert (listing, cwd) == ("first.txt", str(app.root))
+        listing, cwd = in_a_prompt("m", "models/ncdownloads")
+    assert (listing, cwd) == ("m.txt", str(app.root))
     moved = app.host.packs["nc-runwrites"]
     assert moved is not before and not isinstance(moved._cell, PackView)
     why = app.host.own_app_layer["nc-runwrites"]
-    assert "at run time" in why and str(app.root / "NCPortable") in why, why
+    assert "at run time" in why and str(app.root / "models" / "ncdownloads") in why, why
     assert any(why in r.getMessage() for r in caplog.records), caplog.text
     record = Path(app.host.state) / "own-cell" / "nc-runwrites.json"
     assert json.loads(record.read_text()) == {"why": why}
     layer = Path(app.host.app_layers["nc-runwrites"])
-    assert (layer / "NCPortable" / "output" / "first.txt").read_text() == "first"
-    assert not (app.root / "NCPortable").exists(), "the host's app tree was never written"
+    assert (layer / "models" / "ncdownloads" / "m.txt").read_text() == "m"
     # the same proxy classes now call the new cell, which lives on the loop that loaded the pack
     assert moved._cell.loop is app.aloop.loop
     pids = {host_pid(w.pidfd) for w in moved._workers if w.alive}
-    assert in_a_prompt("second")[0] == "first.txt second.txt"
-    assert app.aloop.run(getattr(save(), save.FUNCTION)(name="third"))[0] == "first.txt second.txt third.txt"
+    assert in_a_prompt("first", "NCPortable/output")[0] == "first.txt"
+    assert app.aloop.run(getattr(save(), save.FUNCTION)(name="second", folder="NCPortable/output"))[0] == \
+        "first.txt second.txt"
+    assert (layer / "NCPortable" / "output" / "second.txt").read_text() == "second"
+    assert not (app.root / "NCPortable").exists(), "the host's app tree was never written"
+    assert os.listdir(app.root / "models") == ["checkpoints"]
     assert {host_pid(w.pidfd) for w in moved._workers if w.alive} == pids, "no restart"
     # the app-cell worker is gone
     assert before._stopped and all(_proc_state(p) in ("gone", "Z") for p in old_pids)

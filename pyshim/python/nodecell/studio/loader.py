@@ -721,11 +721,11 @@ class StudioHost:
                 return now if name in self.own_app_layer else None
             if name in self.own_app_layer or not isinstance(err, RemoteError):
                 return None
-            wrote = self._new_app_entry_written(err, ext.config.get("cwd"))
+            wrote = self._app_layer_would_take(err, ext.config)
             if wrote is None:
                 return None
-            why = (f"a node wrote a new entry at the app's root at run time ({wrote}): moved to a cell of its "
-                   f"own, with its own app layer")
+            why = (f"a node wrote under the app's tree at run time ({wrote}): moved to a cell of its own, "
+                   f"with its own app layer")
             log.warning("pack %r: %s", name, why)
             pack_dir = self._pack_dirs[name]
             self.own_app_layer[name] = why
@@ -749,22 +749,26 @@ class StudioHost:
         await ext.stop()
         return moved
 
-    def _new_app_entry_written(self, err: RemoteError, cwd: Optional[str]) -> Optional[str]:
-        """The path a failed call tried to write (an ``OSError`` EROFS/EACCES/EPERM in the
-        worker's message, a relative path taken from ``cwd``, the worker's working directory)
-        when it is a new entry at the app's root or under one (its first part under the root is
-        not in the app's folder here), else None. The text is the worker's: it only ever moves
-        the pack to a cell of its own, never loosens a wall."""
+    def _app_layer_would_take(self, err: RemoteError, cfg: ExtensionConfig) -> Optional[str]:
+        """The path a failed call of the pack configured by ``cfg`` (in an app cell) tried to
+        write (an ``OSError`` EROFS/EACCES/EPERM in the worker's message; a relative path is
+        the worker's, from its working directory) when an app layer would take it: a path under
+        the app's root that none of the pack's binds covers (a new entry at the root, WAS's
+        ``./ComfyUI/output``; a new folder in ``models/``, WAS's ``models/midas``, whose existing
+        subfolders alone are bound), else None. The text is the worker's: it only ever moves the
+        pack to a cell of its own, never loosens a wall."""
         if self.profile is None or self.profile.root is None:
             return None
         root = os.path.normpath(os.path.abspath(self.profile.root))
+        box = cfg["sandbox"]
+        binds = [os.path.normpath(e.partition(":")[2] or e) for e in
+                 list(box.get("readonly_paths") or []) + list(box.get("writable_paths") or [])]
         codes = {errno.EROFS, errno.EACCES, errno.EPERM}
         for m in _OS_ERROR.finditer(err.remote_message):
-            path = os.path.normpath(os.path.join(cwd or root, m.group(2)))
+            path = os.path.normpath(os.path.join(cfg.get("cwd") or root, m.group(2)))
             if int(m.group(1)) not in codes or not path.startswith(root + os.sep):
                 continue
-            first = os.path.relpath(path, root).split(os.sep)[0]
-            if not os.path.lexists(os.path.join(root, first)):
+            if not any(path == b or path.startswith(b + os.sep) for b in binds):
                 return f"[Errno {m.group(1)}] {path}"
         return None
 
