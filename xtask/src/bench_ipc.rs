@@ -794,6 +794,12 @@ pub fn main(args: Args) -> Result<()> {
             format!("{r:.0} vs {u:.0} ns ({:.2}x)", r / u),
         );
     }
+    if let (Some(f), Some(u)) = (get("futex_floor_rtt"), get("uds_rtt")) {
+        println!(
+            "  [info] futex_floor_rtt vs uds_rtt: {:.2}x (the two wake-ups alone, no frames: the least any futex doorbell pays)",
+            f / u
+        );
+    }
     if let (Some(r), Some(f)) = (get("ring_futex_rtt"), get("futex_floor_rtt")) {
         println!(
             "  [info] ring_futex_rtt - futex_floor_rtt: {:+.0} ns (frames and channel work between the wake-ups)",
