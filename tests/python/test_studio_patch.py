@@ -147,12 +147,9 @@ def test_model_handles_live_as_long_as_either_side_holds_them(app, patcher):
     assert _node(app, "NCDropModels")[0] >= 1
     _eventually(lambda: ref() is None, "the host's model is freed once the pack dropped it")
 
-    # This test's own patches are counted against what is alive before it, which is at most one:
-    # sometimes, after test_studio_app.py, one attention-patch callable of an earlier test stays
-    # alive in the host, held through a sampler closure the host exported to the pack's model
-    # wrapper, whose handle the worker has not released yet (the README's "Open items"). When this
-    # file runs alone, nothing is left.
-    _eventually(lambda: _node(app, "NCLivePatches")[0] <= 1, "earlier patches freed with their host models")
+    # Nothing of the earlier tests' patches is left (after test_studio_app.py too): a worker
+    # dispatcher that kept its last call's arguments once held one through a sampler closure.
+    _eventually(lambda: _node(app, "NCLivePatches")[0] == 0, "earlier patches freed with their host models")
     before = _node(app, "NCLivePatches")[0]
     base = nodes.TinyModelLoader().load(5)[0]
     pm = _node(app, "NCPatchModel", model=base, scale=0.5, rescale=0.7, q_gain=1.5)[0]
