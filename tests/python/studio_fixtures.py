@@ -96,6 +96,7 @@ def app(aloop, studio_venv_root):
     a = App()
     a.aloop = aloop
     a.root, a.direct, a.state, a.progress, a.model = root, direct, state, progress, model
+    aloop.run(nodes.init_builtin_extra_nodes())  # before the packs, as the app's start-up
     base = set(nodes.NODE_CLASS_MAPPINGS)
 
     # The app's own way: the packs imported into this process.

@@ -92,15 +92,15 @@ def _run_prompt(loop_thread_run, srv, prompt, outputs, extra=None):
 
 
 #: The stand-in app's top-level modules (tests/fixtures/studio_app) that app fixtures import.
-APP_MODULES = ("comfy", "comfy_api", "comfy_execution", "folder_paths", "nodes", "server", "execution",
-               "node_helpers", "utils", "app")
+APP_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "server",
+               "execution", "node_helpers", "utils", "app")
 
 
 def forget_app(root, also_prefix=None):
     """Undo an app fixture's imports: the app's folder off ``sys.path``, its modules (and those
     whose name starts with ``also_prefix``) out of ``sys.modules``."""
     sys.path.remove(str(root))
-    for m in [m for m in sys.modules if m.split(".")[0] in APP_MODULES
+    for m in [m for m in sys.modules if m.split(".")[0] in APP_MODULES or m.startswith(f"{root}/")
               or (also_prefix is not None and m.startswith(also_prefix))]:
         del sys.modules[m]
 

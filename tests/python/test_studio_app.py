@@ -453,6 +453,43 @@ def test_a_pack_that_writes_next_to_the_apps_code_at_import_loads_with_its_own_a
         shutil.rmtree(pack, ignore_errors=True)
 
 
+def test_packs_importing_the_apps_extra_nodes_and_prompt_queue_load_and_read_what_runs(app):
+    """NC-AppImports imports, at load, ``comfy_extras.nodes_latent`` (as rgthree-comfy), half of
+    an import cycle that only the app's own loading order resolves, and
+    ``PromptServer.instance.prompt_queue`` (as ComfyUI-VideoHelperSuite). Isolated it loads (the
+    worker imported the host's ``comfy_extras`` modules in the host's order first), its node
+    reads the running prompt from the host's queue, whose sensitive part (the user's API keys)
+    never reaches the worker, and queueing a prompt is refused with a clear error."""
+    import nodes
+
+    # as the app's loader left them: completed in this order (imported in it, the first fails)
+    assert [m for m in sys.modules if m.startswith("comfy_extras.")] == \
+        ["comfy_extras.nodes_latent", "comfy_extras.nodes_post_processing"]
+    pack = world_readable_copy(FIXTURES / "packs" / "NC-AppImports", app.root / "custom_nodes" / "NC-AppImports")
+    queue = app.server.prompt_queue
+    try:
+        names = app.aloop.run(app.host.load_custom_node(str(pack), nodes.NODE_CLASS_MAPPINGS,
+                                                        nodes.NODE_DISPLAY_NAME_MAPPINGS))
+        assert names == ["NCRunningPrompt"], names
+        prompt = {"1": {"class_type": "NCRunningPrompt", "inputs": {}}}
+        queue.currently_running[7] = (7, "prompt-7", prompt, {"extra_pnginfo": {"workflow": "wf"}}, ["1"],
+                                      {"api_key_comfy_org": "secret"})
+        cls = nodes.NODE_CLASS_MAPPINGS["NCRunningPrompt"]
+        out = json.loads(app.aloop.run(getattr(cls(), cls.FUNCTION)())[0])
+        assert (out["number"], out["prompt_id"], out["workflow"]) == (7, "prompt-7", {"workflow": "wf"}), out
+        assert out["sensitive"] == {} and "secret" not in json.dumps(out), out
+        assert out["remaining"] == 1 and out["latent"] == [4, 5], out
+        assert out["put"].startswith("PermissionError: PromptServer.instance.prompt_queue.put is not available"), out
+        assert queue.queue == [], "nothing queued in the host"
+    finally:
+        queue.currently_running.clear()
+        ext = app.host.packs.pop("nc-appimports", None)
+        if ext is not None:
+            app.aloop.run(ext.stop())
+        nodes.NODE_CLASS_MAPPINGS.pop("NCRunningPrompt", None)
+        shutil.rmtree(pack, ignore_errors=True)
+
+
 def test_a_restarted_pack_rewrites_its_state(app):
     """As root, every launch of a pack's cell leases a new uid: a restarted pack must still rewrite
     the state its last cell wrote (NC-Showcase rewrites showcase.json, which its first cell created,

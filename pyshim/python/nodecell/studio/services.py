@@ -145,6 +145,31 @@ class AppServices(ProxiedSingleton):
                 "last_prompt_id": getattr(s, "last_prompt_id", None),
                 "supports": list(getattr(s, "supports", []) or []), "number": getattr(s, "number", 0)}
 
+    def running_prompts(self) -> Dict[Any, List[Any]]:
+        """What workers may read of ``PromptServer.instance.prompt_queue.currently_running``: each
+        running prompt's entry (number, prompt id, prompt, extra data, outputs to execute) as data.
+        The entry's sensitive part (where the app keeps the user's API keys) stays here: ``{}``."""
+        queue = getattr(self._server(), "prompt_queue", None)
+        mutex = getattr(queue, "mutex", None)
+        if mutex is not None:
+            with mutex:
+                running = dict(getattr(queue, "currently_running", None) or {})
+        else:
+            running = dict(getattr(queue, "currently_running", None) or {})
+        out = {}
+        for number, entry in running.items():
+            entry = list(entry)
+            if len(entry) > 5:
+                entry[5] = {}
+            out[number] = entry
+        return out
+
+    def tasks_remaining(self) -> int:
+        """``PromptServer.instance.prompt_queue.get_tasks_remaining()`` in the host."""
+        queue = getattr(self._server(), "prompt_queue", None)
+        get = getattr(queue, "get_tasks_remaining", None)
+        return int(get()) if get is not None else 0
+
     def send_sync(self, event: Any, data: Any, sid: Optional[str] = None) -> None:
         """``PromptServer.instance.send_sync(event, data, sid)`` in the host."""
         self._server().send_sync(event, data, sid)

@@ -52,6 +52,13 @@ class AppProfile:
     * ``worker_hooks``: ``"module:function"`` names run in each worker before
       the pack is imported (they install the app's services); the function
       receives the worker's :class:`nodecell.studio._ext.StudioContext`.
+    * ``mirrored_packages``: packages of the app whose modules the host had
+      imported before it loads packs (ComfyUI's built-in extra nodes,
+      ``comfy_extras``): the worker imports those, in the host's order, before
+      it imports a pack, so a pack importing one finds the state the app's own
+      loader left (``comfy_extras.nodes_latent`` and ``nodes_post_processing``
+      import each other: imported first, ``nodes_latent`` fails on the cycle; the
+      app's loader took the order that resolves it; rgthree-comfy imports it).
     * ``zygote_hooks``: ``"module:function"`` names an app cell's zygote calls
       (no arguments) before it imports the app's modules: they set up what the
       app's own start-up sets before its imports (the host's command line), from
@@ -74,6 +81,7 @@ class AppProfile:
     preload: Tuple[str, ...] = ("utils",)
     worker_hooks: Tuple[str, ...] = ("nodecell.studio.apps.worker:install",)
     zygote_hooks: Tuple[str, ...] = ("nodecell.studio.apps.worker:prepare_zygote",)
+    mirrored_packages: Tuple[str, ...] = ("comfy_extras",)
     extra: Dict[str, str] = field(default_factory=dict)
 
     # -- derived names ----------------------------------------------------------------------
@@ -128,6 +136,12 @@ class AppProfile:
         """This profile with the app's code at ``root``."""
         return dataclasses.replace(self, root=os.path.realpath(root))
 
+    def host_modules(self) -> List[str]:
+        """The modules of :attr:`mirrored_packages` this (host) process has imported, in the
+        order their imports completed (``sys.modules`` keeps it)."""
+        prefixes = tuple(f"{p}." for p in self.mirrored_packages)
+        return [name for name in list(sys.modules) if name.startswith(prefixes)]
+
     def code_entries(self) -> List[str]:
         """The entries of the app root that workers see (read-only): its code, not its data."""
         if self.root is None:
@@ -151,7 +165,7 @@ class AppProfile:
         if extra:
             raise ValueError(f"app profile: unknown keys {sorted(extra)}")
         kw = dict(data)
-        for k in ("api_packages", "markers", "data_dirs", "worker_hooks", "zygote_hooks"):
+        for k in ("api_packages", "markers", "data_dirs", "worker_hooks", "zygote_hooks", "mirrored_packages"):
             if k in kw:
                 kw[k] = tuple(kw[k])  # type: ignore[arg-type]
         return cls(**kw)  # type: ignore[arg-type]

@@ -32,7 +32,7 @@ import logging
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .. import objects as _objects
 from ..services import PATHS_FORWARDED, AppServices
@@ -376,6 +376,32 @@ class _App:
                              f"routes (app.add_routes, app.router.add_*) are; the host's app is not")
 
 
+class _WorkerPromptQueue:
+    """``PromptServer.instance.prompt_queue`` inside a worker: the prompts running now (read from
+    the host's queue, each entry a tuple as there, its sensitive part left out) and how many
+    remain (ComfyUI-VideoHelperSuite reads the running workflow's settings). Queueing is not:
+    a pack in a sandbox does not run workflows in the host."""
+
+    def __init__(self, services: AppServices) -> None:
+        self._services = services
+
+    @property
+    def currently_running(self) -> Dict[Any, Tuple[Any, ...]]:
+        return {number: tuple(entry) for number, entry in self._services.running_prompts().items()}
+
+    def get_tasks_remaining(self) -> int:
+        return int(self._services.tasks_remaining())
+
+    def put(self, item: Any) -> None:
+        raise PermissionError("PromptServer.instance.prompt_queue.put is not available to an isolated pack: it would "
+                              "run workflows in the host (a pack that requeues its workflow, as VideoHelperSuite's "
+                              "Meta Batch Manager does, needs loading into the host for that)")
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"PromptServer.instance.prompt_queue.{name} is not available to an isolated pack: "
+                             f"currently_running and get_tasks_remaining are")
+
+
 class WorkerServer:
     """``PromptServer.instance`` inside a worker.
 
@@ -383,7 +409,7 @@ class WorkerServer:
     is served by the host's server (see :mod:`nodecell.studio.routes`).
     Messages (``send_sync``, ``send``, ``send_progress_text``) go to the host's
     server; ``client_id``, ``last_node_id``, ``last_prompt_id`` and ``supports``
-    read the host's.
+    read the host's; ``prompt_queue`` reads what runs (see :class:`_WorkerPromptQueue`).
     """
 
     def __init__(self, services: AppServices, ctx: "StudioContext") -> None:
@@ -393,6 +419,7 @@ class WorkerServer:
         self._ctx = ctx
         self.routes = web.RouteTableDef()
         self.app = _App(self)
+        self.prompt_queue = _WorkerPromptQueue(services)
 
     def _state(self, key: str) -> Any:
         return self._services.server_state().get(key)
@@ -434,7 +461,7 @@ class WorkerServer:
     def __getattr__(self, name: str) -> Any:
         raise AttributeError(f"PromptServer.instance.{name} is not available to an isolated pack (it runs in "
                              f"its own process): routes, send_sync/send/send_progress_text, client_id, "
-                             f"last_node_id, last_prompt_id and supports are")
+                             f"last_node_id, last_prompt_id, supports and prompt_queue (reading what runs) are")
 
 
 _ = importlib.machinery
