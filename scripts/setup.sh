@@ -44,6 +44,7 @@ fi
 UV=.venv/bin/uv
 # aiohttp: the stand-in host app of the Studio tests (tests/fixtures/studio_app) serves routes with it
 # jsonschema: the profile test validates traces against a trace-event schema
+# auditwheel brings pyelftools, which a Studio test pack imports without declaring it
 want=("maturin>=1.12.1,<2" auditwheel pytest pytest-timeout pytest-asyncio mypy "numpy>=2,<3" pyyaml "ray>=2.9,<3" aiohttp jsonschema)
 if [ -z "${NODECELL_SKIP_TORCH:-}" ]; then want+=("torch>=2.4,<3"); fi
 say "installing Python tools into .venv: ${want[*]}"

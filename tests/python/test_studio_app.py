@@ -490,6 +490,36 @@ def test_packs_importing_the_apps_extra_nodes_and_prompt_queue_load_and_read_wha
         shutil.rmtree(pack, ignore_errors=True)
 
 
+def test_a_pack_importing_what_the_apps_environment_has_without_declaring_it_gets_it_shared(app, caplog):
+    """NC-Undeclared imports ``elftools`` (pyelftools, in the host's environment, never imported by
+    the host process) and declares nothing, as ComfyUI_Comfyroll_CustomNodes imports matplotlib:
+    directly it works because the app's environment has it. Isolated the host shares that
+    distribution into the pack's venv, as it shares the app's requirements, and says so."""
+    import importlib.metadata
+    import logging
+
+    import nodes
+
+    assert "elftools" not in sys.modules, "the host process has not imported it"
+    pack = world_readable_copy(FIXTURES / "packs" / "NC-Undeclared", app.root / "custom_nodes" / "NC-Undeclared")
+    try:
+        with caplog.at_level(logging.INFO, logger="nodecell"):
+            names = app.aloop.run(app.host.load_custom_node(str(pack), nodes.NODE_CLASS_MAPPINGS,
+                                                            nodes.NODE_DISPLAY_NAME_MAPPINGS))
+        assert names == ["NCUndeclaredVersion"], names
+        assert "pyelftools" in app.host.packs["nc-undeclared"].config["share"]
+        assert any("imports pyelftools" in r.getMessage() and "without declaring it" in r.getMessage()
+                   for r in caplog.records), caplog.text
+        cls = nodes.NODE_CLASS_MAPPINGS["NCUndeclaredVersion"]
+        assert app.aloop.run(getattr(cls(), cls.FUNCTION)()) == (importlib.metadata.version("pyelftools"),)
+    finally:
+        ext = app.host.packs.pop("nc-undeclared", None)
+        if ext is not None:
+            app.aloop.run(ext.stop())
+        nodes.NODE_CLASS_MAPPINGS.pop("NCUndeclaredVersion", None)
+        shutil.rmtree(pack, ignore_errors=True)
+
+
 def test_a_restarted_pack_rewrites_its_state(app):
     """As root, every launch of a pack's cell leases a new uid: a restarted pack must still rewrite
     the state its last cell wrote (NC-Showcase rewrites showcase.json, which its first cell created,

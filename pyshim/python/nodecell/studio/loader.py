@@ -210,7 +210,11 @@ class StudioHost:
             for d in data_rw:
                 _add(rw, d)
             if "share" not in overrides:
-                data["share"] = list(dict.fromkeys(list(cfg["share"]) + self.app_requirements()))
+                undeclared = _undeclared_distributions(pack_dir, cfg["dependencies"])
+                if undeclared:
+                    log.info("pack %r imports %s from the app's environment without declaring it: shared from "
+                             "the host, as the app's requirements are", cfg["name"], ", ".join(undeclared))
+                data["share"] = list(dict.fromkeys(list(cfg["share"]) + self.app_requirements() + undeclared))
         else:
             for path in _api_package_paths(self.api_packages):
                 _add(ro, f"{path}:{_SANDBOX_HOST}/{os.path.basename(path)}")
@@ -972,6 +976,78 @@ def _pyproject_web(profile: _apps.AppProfile, pack_dir: str) -> Optional[Tuple[s
         return None
     full = os.path.join(pack_dir, web)
     return (name, full) if os.path.isdir(full) else None
+
+
+_IMPORT_LINE = re.compile(r"^[ \t]*(?:import[ \t]+([A-Za-z_]\w*(?:[ \t]*,[ \t]*[A-Za-z_]\w*)*)"
+                          r"|from[ \t]+([A-Za-z_]\w*)[\w.]*[ \t]+import\b)", re.M)
+_pack_imports_cache: Dict[str, Tuple[float, List[str]]] = {}
+
+
+def _pack_imports(pack_dir: str) -> List[str]:
+    """The top-level modules the pack's ``.py`` files import (``import a, b`` and ``from a.x
+    import``, at any indentation: inside ``try`` blocks too; relative imports left out),
+    sorted; cached until the folder's modification time changes."""
+    try:
+        mtime = os.stat(pack_dir).st_mtime
+    except OSError:
+        return []
+    hit = _pack_imports_cache.get(pack_dir)
+    if hit is not None and hit[0] == mtime:
+        return hit[1]
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(pack_dir):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("__pycache__", "node_modules")]
+        for name in filenames:
+            if not name.endswith(".py"):
+                continue
+            try:
+                with open(os.path.join(dirpath, name), encoding="utf-8", errors="replace") as f:
+                    text = f.read(4 << 20)
+            except OSError:
+                continue
+            for m in _IMPORT_LINE.finditer(text):
+                if m.group(1):
+                    found.update(part.strip() for part in m.group(1).split(","))
+                else:
+                    found.add(m.group(2))
+    out = sorted(found)
+    _pack_imports_cache[pack_dir] = (mtime, out)
+    return out
+
+
+def _undeclared_distributions(pack_dir: str, dependencies: Iterable[str]) -> List[str]:
+    """Normalized names of the host environment's distributions whose top-level modules the
+    pack imports without listing them in ``dependencies`` (packs count on what the app's
+    environment has: ComfyUI_Comfyroll_CustomNodes imports matplotlib, which it does not
+    declare). Left out: standard-library modules, modules no installed distribution provides
+    (the app's own, the pack's own), modules one of whose distributions the pack lists (its
+    ``opencv-python-headless`` provides ``cv2``: the host's ``opencv-python`` is not added) and
+    installers (``pip``, ``setuptools``, ``wheel``: a sandbox installs nothing)."""
+    import importlib.metadata
+
+    try:
+        owners = importlib.metadata.packages_distributions()
+    except Exception:  # noqa: BLE001 - broken metadata: nothing is added
+        return []
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    declared = set()
+    for dep in dependencies:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", str(dep))
+        if m:
+            declared.add(norm(m.group(1)))
+    out: List[str] = []
+    for mod in _pack_imports(pack_dir):
+        dists = [norm(d) for d in owners.get(mod, [])]
+        if mod in sys.stdlib_module_names or not dists or declared.intersection(dists):
+            continue
+        for n in dists:
+            if n not in _NEVER_SHARED and n not in out:
+                out.append(n)
+    return out
+
+
+#: Distributions never added for a pack's undeclared imports.
+_NEVER_SHARED = frozenset({"nodecell", "pip", "setuptools", "wheel"})
 
 
 def _imported_distributions() -> List[str]:
