@@ -83,8 +83,10 @@ fn read_metadata(dist_info: &Path) -> Option<(String, String, Vec<String>)> {
     let text = String::from_utf8_lossy(&text);
     let (mut name, mut version, mut requires) = (None, None, Vec::new());
     for line in text.lines() {
-        if line.trim().is_empty() {
-            break; // end of headers; the description follows
+        if line.is_empty() || line == "\r" {
+            // End of headers; the description follows. A folded header's continuation line
+            // may hold only whitespace (matplotlib's `License:`): not the end.
+            break;
         }
         if let Some(v) = line.strip_prefix("Name:") {
             name = Some(v.trim().to_string());
@@ -425,6 +427,20 @@ mod tests {
         );
         assert_eq!(record_path("\"we,ird/x.py\",sha256=abc,1"), "we,ird/x.py");
         assert_eq!(record_path("x.dist-info/RECORD,,"), "x.dist-info/RECORD");
+    }
+
+    #[test]
+    fn metadata_headers_go_on_past_a_folded_header_with_blank_continuation_lines() {
+        // As matplotlib 3.11's METADATA: `License:` folded over lines, one of them only spaces.
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join("METADATA"),
+            "Metadata-Version: 2.1\nName: matplotlib\nVersion: 3.11.2\nLicense: License agreement\n         ====\n         \n         1. This LICENSE\nRequires-Dist: pyparsing>=3\nRequires-Dist: cycler>=0.10\n\nDescription, with Requires-Dist: nothing\n",
+        )
+        .unwrap();
+        let (name, version, requires) = read_metadata(t.path()).unwrap();
+        assert_eq!((name.as_str(), version.as_str()), ("matplotlib", "3.11.2"));
+        assert_eq!(requires, ["pyparsing>=3", "cycler>=0.10"]);
     }
 
     #[test]
