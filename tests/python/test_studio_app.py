@@ -459,7 +459,10 @@ def test_packs_importing_the_apps_extra_nodes_and_prompt_queue_load_and_read_wha
     ``PromptServer.instance.prompt_queue`` (as ComfyUI-VideoHelperSuite). Isolated it loads (the
     worker imported the host's ``comfy_extras`` modules in the host's order first), its node
     reads the running prompt from the host's queue, whose sensitive part (the user's API keys)
-    never reaches the worker, and queueing a prompt is refused with a clear error."""
+    never reaches the worker, and queueing a prompt is refused with a clear error. What it
+    changed in place in a ``folder_names_and_paths`` entry (as AnimateDiff-Evolved adds its
+    extensions) is in the host's table."""
+    import folder_paths
     import nodes
 
     # as the app's loader left them: completed in this order (imported in it, the first fails)
@@ -471,6 +474,8 @@ def test_packs_importing_the_apps_extra_nodes_and_prompt_queue_load_and_read_wha
         names = app.aloop.run(app.host.load_custom_node(str(pack), nodes.NODE_CLASS_MAPPINGS,
                                                         nodes.NODE_DISPLAY_NAME_MAPPINGS))
         assert names == ["NCRunningPrompt"], names
+        paths, exts = folder_paths.folder_names_and_paths["ncappimports"]
+        assert paths == [str(pack / "models"), str(pack / "more_models")] and ".ncx" in exts, (paths, exts)
         prompt = {"1": {"class_type": "NCRunningPrompt", "inputs": {}}}
         queue.currently_running[7] = (7, "prompt-7", prompt, {"extra_pnginfo": {"workflow": "wf"}}, ["1"],
                                       {"api_key_comfy_org": "secret"})
@@ -482,6 +487,7 @@ def test_packs_importing_the_apps_extra_nodes_and_prompt_queue_load_and_read_wha
         assert out["put"].startswith("PermissionError: PromptServer.instance.prompt_queue.put is not available"), out
         assert queue.queue == [], "nothing queued in the host"
     finally:
+        folder_paths.folder_names_and_paths.pop("ncappimports", None)
         queue.currently_running.clear()
         ext = app.host.packs.pop("nc-appimports", None)
         if ext is not None:

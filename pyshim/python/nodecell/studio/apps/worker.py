@@ -186,8 +186,36 @@ def _apply_args(mod: Any, values: Dict[str, Any]) -> None:
 
 # -- folder_paths -------------------------------------------------------------------------------
 
+def _writing_back(base: type, methods: Tuple[str, ...], doc: str) -> type:
+    """A subclass of ``base`` whose mutating ``methods`` call ``self._write_back()`` after."""
+
+    def wrap(name: str) -> Callable[..., Any]:
+        inner = getattr(base, name)
+
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            out = inner(self, *args, **kwargs)
+            self._write_back()
+            return out
+
+        method.__name__ = name
+        return method
+
+    return type(f"_Host{base.__name__.capitalize()}", (base,), {"__doc__": doc, **{m: wrap(m) for m in methods}})
+
+
+_HostList = _writing_back(list, ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse",
+                                 "__setitem__", "__delitem__", "__iadd__", "__imul__"),
+                          "The paths of a host table entry: changes are written back to the host's table.")
+_HostSet = _writing_back(set, ("add", "update", "discard", "remove", "pop", "clear", "difference_update",
+                               "intersection_update", "symmetric_difference_update", "__ior__", "__iand__",
+                               "__isub__", "__ixor__"),
+                         "The extensions of a host table entry: changes are written back to the host's table.")
+
+
 class _HostTable(dict):
-    """``folder_names_and_paths`` whose reads and writes go to the host's table."""
+    """``folder_names_and_paths`` whose reads and writes go to the host's table; an entry's
+    paths and extensions changed in place (AnimateDiff-Evolved:
+    ``folder_names_and_paths[name][1].add(ext)``; ``[0].append(path)``) are written back too."""
 
     def __init__(self, services: AppServices) -> None:
         super().__init__()
@@ -200,7 +228,13 @@ class _HostTable(dict):
         v = self._services.paths_entry(key)
         if v is None:
             raise KeyError(key)
-        return (list(v[0]), set(v[1]))
+        paths, exts = _HostList(v[0]), _HostSet(v[1])
+
+        def write_back() -> None:
+            self._services.paths_set(key, list(paths), sorted(exts))
+
+        paths._write_back = exts._write_back = write_back
+        return (paths, exts)
 
     def get(self, key: str, default: Any = None) -> Any:
         try:
