@@ -92,9 +92,9 @@ class StudioHost:
     lands there, never in the app's tree. An app cell has none (its packs share its mounts):
     a pack whose import fails there writing under the app's tree is loaded again in a cell of
     its own, with a log line and :attr:`own_app_layer` saying why; so is a pack whose node
-    fails at run time making a new entry at the app's root (WAS: ``./ComfyUI/output`` from the
-    app root, written for the portable layout), and that call runs once more in the new cell
-    (:meth:`_moved_after_failure`).
+    fails at run time writing where an app layer would take it (WAS: ``./ComfyUI/output`` from
+    the app root, written for the portable layout; ``models/midas``), and that call runs once
+    more in the new cell (:meth:`_moved_after_failure`).
     """
 
     def __init__(self, venv_root_path: Optional[str] = None, *, app: Any = None, app_root: Optional[str] = None,
@@ -696,13 +696,12 @@ class StudioHost:
         call can work, or None (the error stands).
 
         A pack in an app cell shares its mounts, where the app's tree is read-only. One whose
-        node fails making a **new** entry at the app's root (an ``OSError`` EROFS/EACCES/EPERM
-        on a path whose first part under the root the app does not have; relative paths are
-        the worker's, from its working directory: WAS's ``./ComfyUI/output``) is moved, as at
-        import, to a cell of its own whose app layer takes that entry: the new cell starts
+        node fails writing where an app layer would take it (:meth:`_app_layer_would_take`:
+        WAS's ``./ComfyUI/output`` from the app root, its ``models/midas``) is moved, as at
+        import, to a cell of its own whose app layer takes that write: the new cell starts
         (the pack's load), its proxies are bound to it, the host remembers it for its next
         start, the pack's worker in the app cell stops, and a log line says why. Writes into
-        the app's existing folders would fail there too: those errors stand, as every error of
+        folders bound read-only would fail there too: those errors stand, as every error of
         a pack already in a cell of its own. Calls failing together move the pack once. The new
         cell starts on the event loop that loaded the pack (the app's: a node's call may run on a
         loop that ends with its prompt, and a cell stays on the loop it started on)."""
