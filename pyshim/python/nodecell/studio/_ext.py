@@ -90,9 +90,6 @@ class StudioContext:
         self.hooks: List[str] = list(data.get("hooks") or [])
         #: The pack's writable layer: where its folder's source and sync record are seen.
         self.layer: Dict[str, str] = dict(data.get("layer") or {})
-        #: The host's modules of the app's mirrored packages, in its order (see
-        #: ``AppProfile.mirrored_packages``): imported before the pack.
-        self.app_modules: List[str] = [str(m) for m in data.get("app_modules") or []]
         #: Packages whose objects cross as data.
         self.allowed = tuple(data.get("allowed") or (self.profile.rebuild_packages if self.profile
                                                        else DEFAULT_ALLOWED))
@@ -212,20 +209,24 @@ class StudioExtension(ExtensionBase):
         for name in names + self.ctx.hooks:
             await _maybe_await(_import_qualname(name)(self.ctx))
         self.load_phases["hooks_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self._import_app_modules()
-        self.load_phases["app_modules_s"] = time.perf_counter() - t0
+        if self.ctx.profile is not None:
+            t0 = time.perf_counter()
+            from .services import AppServices
 
-    def _import_app_modules(self) -> None:
-        """Import the app's modules the host had imported before it loaded packs
-        (``StudioContext.app_modules``), as the app's own loader left them for its packs.
+            self._import_app_modules(AppServices().app_modules())
+            self.load_phases["app_modules_s"] = time.perf_counter() - t0
+
+    def _import_app_modules(self, names: List[str]) -> None:
+        """Import the app's modules the host has imported (``names``, asked of the host when
+        the pack is imported: see ``AppProfile.mirrored_packages``), as the app's own loader
+        left them for its packs.
 
         ``sys.modules`` keeps the order imports *completed* (a module that imports another
         completes after it), not the order they began: one that fails is tried again after the
         others, while that makes progress (``comfy_extras.nodes_latent`` fails on its cycle
         first, ``nodes_post_processing`` then imports both). One that still fails (a package
         the pack's venv lacks) is left out, as the pack would meet it importing that module."""
-        pending = [name for name in self.ctx.app_modules if name not in sys.modules]
+        pending = [str(name) for name in names if str(name) not in sys.modules]
         while pending:
             failed = []
             for name in pending:

@@ -199,8 +199,7 @@ class StudioHost:
         if self.profile is not None:
             p = self.profile
             ctx.update(app=p.as_data(), module_name=p.module_name(pack_dir),
-                       relative_module=p.relative_module(pack_dir), cli_args=self._cli_args(),
-                       app_modules=p.host_modules())
+                       relative_module=p.relative_module(pack_dir), cli_args=self._cli_args())
             for entry in p.code_entries():
                 _add(ro, entry)
             dirs, data_rw, data_ro = self._app_dirs(pack_dir)

@@ -145,6 +145,14 @@ class AppServices(ProxiedSingleton):
                 "last_prompt_id": getattr(s, "last_prompt_id", None),
                 "supports": list(getattr(s, "supports", []) or []), "number": getattr(s, "number", 0)}
 
+    def app_modules(self) -> List[str]:
+        """The modules of the app's mirrored packages this host has imported, in the order
+        their imports completed (``AppProfile.host_modules``): a worker imports them before its
+        pack. Asked when the pack is imported, so a cell started before the app imported them
+        (at its prestart) gets the list of the booted app."""
+        p = type(self).profile
+        return list(p.host_modules()) if p is not None else []
+
     def running_prompts(self) -> Dict[Any, List[Any]]:
         """What workers may read of ``PromptServer.instance.prompt_queue.currently_running``: each
         running prompt's entry (number, prompt id, prompt, extra data, outputs to execute) as data.
