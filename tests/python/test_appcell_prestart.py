@@ -31,7 +31,7 @@ def app(aloop, studio_venv_root):
     d = Path(tempfile.mkdtemp(prefix="nodecell-prestart-", dir="/var/tmp"))
     os.chmod(d, 0o755)
     root = world_readable_copy(FIXTURES / "studio_app", d / "ComfyUI")
-    for p in PACKS + ("NC-WebExt",):
+    for p in PACKS + ("NC-WebExt", "NC-Undeclared"):
         world_readable_copy(FIXTURES / "packs" / p, root / "custom_nodes" / p)
     write_numpy1_pack(root / "custom_nodes", "NP1 Early Version")
     for sub in ("output", "temp", "input", "user"):
@@ -68,6 +68,9 @@ def _prestart(app, state: str, packs=None):
 
 
 def test_the_first_pack_forks_from_the_app_cell_started_at_prestart(app):
+    """Two kinds of packs, two early cells, every load adopts one. NC-Undeclared (of the first
+    kind) gets a host package the others do not (its undeclared ``elftools``): the early cell,
+    shaped for another pack, mounts what its siblings' venvs share too, so it joins."""
     import asyncio
 
     import nodes
@@ -79,23 +82,25 @@ def test_the_first_pack_forks_from_the_app_cell_started_at_prestart(app):
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()  # as in the app's prestartup step: no event loop here
     state = str(app.dir / "state-1")
-    host = _prestart(app, state, packs=[str(app.root / "custom_nodes" / p) for p in PACKS + ("NC-Numpy1",)])
+    packs = PACKS + ("NC-Numpy1", "NC-Undeclared")
+    host = _prestart(app, state, packs=[str(app.root / "custom_nodes" / p) for p in packs])
     cells = host.manager._app_cells
     early = list(cells.early)
     assert len(early) == 2  # one per kind, at most AppCells.max_cells
     assert all(e.join(600) for e in early)
     assert [e.failure for e in early] == [None, None], [e.failure for e in early]
-    assert host.kinds == {"nc-entry": {}, "nc-showcase": {}, "nc-numpy1": {"numpy": "1.26.4"}}, host.kinds
+    assert host.kinds == {"nc-entry": {}, "nc-showcase": {}, "nc-undeclared": {},
+                          "nc-numpy1": {"numpy": "1.26.4"}}, host.kinds
     # the second kind's launcher started only once the first kind's zygote was ready
-    assert early[0].facts["pack"] in ("nc-entry", "nc-showcase") and early[1].facts["pack"] == "nc-numpy1"
+    assert early[0].facts["pack"] == "nc-entry" and early[1].facts["pack"] == "nc-numpy1"
 
     async def load():
         again = studio.prestart(str(app.root / "custom_nodes"), app_root=str(app.root), venv_root_path=str(app.venvs),
                                 state=state, app_preload=PRELOAD,
-                                packs=[str(app.root / "custom_nodes" / p) for p in PACKS + ("NC-Numpy1",)])
+                                packs=[str(app.root / "custom_nodes" / p) for p in packs])
         assert again is host
         names = {}
-        for p in PACKS + ("NC-Numpy1",):
+        for p in packs:
             names[p] = await host.load_custom_node(str(app.root / "custom_nodes" / p), nodes.NODE_CLASS_MAPPINGS,
                                                    nodes.NODE_DISPLAY_NAME_MAPPINGS)
         node = nodes.NODE_CLASS_MAPPINGS["NP1 Early Version"]
@@ -113,7 +118,9 @@ def test_the_first_pack_forks_from_the_app_cell_started_at_prestart(app):
         show, entry, np1 = (host.packs[n] for n in ("nc-showcase", "nc-entry", "nc-numpy1"))
         assert all(isinstance(x._cell, PackView) for x in (show, entry, np1))
         assert show._cell._app is first and entry._cell._app is first and np1._cell._app is second
-        assert set(first.views) == {"nc-showcase", "nc-entry"} and set(second.views) == {"nc-numpy1"}
+        assert set(first.views) == {"nc-showcase", "nc-entry", "nc-undeclared"}, first.views
+        assert set(second.views) == {"nc-numpy1"}
+        assert "pyelftools" in host.packs["nc-undeclared"].config["share"]
         assert show.worker_versions["numpy"].startswith("2.") and np_version == ("1.26.4",)
         assert second.cell.zygote_info["preloaded"] and not second.cell.zygote_info["errors"]
         # the app's shared requirements, remembered for the next start's prestart

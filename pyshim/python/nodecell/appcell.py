@@ -163,12 +163,16 @@ class LaunchShape:
         self.python_args = tail[1:tail.index("--preload")] if "--preload" in tail else tail[1:]
         self.preload = [m for m in tail[tail.index("--preload") + 1].split(",") if m] if "--preload" in tail else []
 
-    def add_mounts_of(self, cfg: ExtensionConfig) -> None:
-        """Add the mounts another pack's config asks for (its sandbox section and folder)."""
+    def add_mounts_of(self, cfg: ExtensionConfig, venv: Optional[Dict[str, Any]] = None) -> None:
+        """Add the mounts another pack's config asks for (its sandbox section and folder) and,
+        when its venv is known (``venv``), the host packages that venv shares (a pack sharing
+        one the others do not: ComfyUI_essentials' undeclared ``cv2``)."""
         nowhere = {"path": "/nonexistent-venv"}
         self.ro.append(_general(cfg["module_path"], cfg, nowhere))
         self.ro += [_general(m, cfg, nowhere) for m in cfg["sandbox"]["readonly_paths"]]
         self.rw += [_general(m, cfg, nowhere) for m in cfg["sandbox"]["writable_paths"]]
+        if venv is not None:
+            self.ro += [_general(m, cfg, venv) for m in venv.get("ro_paths", [])]
 
     def mounts(self) -> Tuple[List[str], List[str]]:
         """(read-only, writable) mounts, de-duplicated; a folder both read-only and writable is writable."""
@@ -518,7 +522,7 @@ class AppCells:
         if siblings is None and self.siblings is not None:
             siblings = self.siblings(cfg)
         for other in siblings or []:
-            cell_shape.add_mounts_of(other)
+            cell_shape.add_mounts_of(other, getattr(manager, "_venvs", {}).get(other["name"]))
         extra = ("--uid-range", str(APP_CELL_UIDS)) if os.geteuid() == 0 else ()
         return name, cell_shape, preload, cell_shape.argv(preload, name, extra)
 

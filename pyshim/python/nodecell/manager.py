@@ -105,6 +105,9 @@ class ExtensionManager(Generic[T]):
         self._launcher: Optional[str] = None
         self._progress: List[Any] = []
         self._warm: Dict[str, tuple] = {}
+        #: Pack name -> its venv as last provisioned (what an app cell started for its siblings
+        #: mounts of the host packages their venvs share).
+        self._venvs: Dict[str, Dict[str, Any]] = {}
         #: App cells shared by compatible packs (None: off; see :mod:`nodecell.appcell`).
         self._app_cells: Any = None
         #: Called as ``before_launch(config)`` (on an executor thread) before every launch of a
@@ -299,9 +302,11 @@ class ExtensionManager(Generic[T]):
             "compile_bytecode": True,
         }
         try:
-            return _nodecell.provision(spec, self._emit)
+            venv = _nodecell.provision(spec, self._emit)
         except ValueError as e:
             raise ProvisionError(f"pack {cfg['name']!r}: {e}") from None
+        self._venvs[cfg["name"]] = venv
+        return venv
 
     def _launch_argv(self, cfg: ExtensionConfig, venv: Dict[str, Any]) -> tuple:
         if self._launcher is None:
