@@ -68,7 +68,8 @@ def _parent_ref(parent: type, allowed: Tuple[str, ...]) -> Dict[str, str]:
     io_type = getattr(parent, "io_type", None)
     if not isinstance(io_type, str):
         raise ValueError(f"io type {parent!r} has no io_type")
-    return {"custom": io_type}
+    # A str subclass (ComfyUI's `IO` StrEnum: cg-use-everywhere's `io.Custom(IO.ANY)`) crosses as its text.
+    return {"custom": str.__str__(io_type)}
 
 
 def class_ref(cls: type, allowed: Iterable[str] = DEFAULT_ALLOWED) -> Optional[Dict[str, Any]]:
