@@ -1021,12 +1021,7 @@ def _undeclared_distributions(pack_dir: str, dependencies: Iterable[str]) -> Lis
     (the app's own, the pack's own), modules one of whose distributions the pack lists (its
     ``opencv-python-headless`` provides ``cv2``: the host's ``opencv-python`` is not added) and
     installers (``pip``, ``setuptools``, ``wheel``: a sandbox installs nothing)."""
-    import importlib.metadata
-
-    try:
-        owners = importlib.metadata.packages_distributions()
-    except Exception:  # noqa: BLE001 - broken metadata: nothing is added
-        return []
+    owners = _distribution_owners()
     norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
     declared = set()
     for dep in dependencies:
@@ -1042,6 +1037,32 @@ def _undeclared_distributions(pack_dir: str, dependencies: Iterable[str]) -> Lis
             if n not in _NEVER_SHARED and n not in out:
                 out.append(n)
     return out
+
+
+_owners_cache: Optional[Tuple[Tuple[Tuple[str, float], ...], Dict[str, List[str]]]] = None
+
+
+def _distribution_owners() -> Dict[str, List[str]]:
+    """``importlib.metadata.packages_distributions()`` of this process (top-level module ->
+    distributions), read again only when a site-packages folder changed (an install): every
+    pack's config asks, and one read of the metadata costs ~0.1 s ({} when it is broken)."""
+    import importlib.metadata
+    import site
+
+    global _owners_cache
+    key = []
+    for path in site.getsitepackages() + [site.getusersitepackages()]:
+        try:
+            key.append((path, os.stat(path).st_mtime))
+        except OSError:
+            continue
+    if _owners_cache is None or _owners_cache[0] != tuple(key):
+        try:
+            owners = importlib.metadata.packages_distributions()
+        except Exception:  # noqa: BLE001 - broken metadata: nothing is added
+            owners = {}
+        _owners_cache = (tuple(key), owners)
+    return _owners_cache[1]
 
 
 #: Distributions never added for a pack's undeclared imports.
