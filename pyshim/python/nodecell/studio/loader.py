@@ -370,18 +370,26 @@ class StudioHost:
         except OSError as e:
             log.warning("pack %r: cannot remember that it needs a cell of its own (%s): %s", pack, path, e)
 
-    def _wrote_under_app(self, err: BaseException) -> Optional[str]:
-        """The app path a failed load tried to write (an ``OSError`` EROFS/EACCES/EPERM naming a
-        path in the app's tree, as the worker reported it), or None. The text is the worker's:
-        it only ever sends the pack to a cell of its own, never loosens a wall."""
+    def _denied_under_app(self, text: str, cwd: Optional[str] = None) -> List[Tuple[str, str]]:
+        """``(errno, path)`` of each write an ``OSError`` EROFS/EACCES/EPERM in ``text`` (the
+        worker's message) names in the app's tree, the root included; a relative path is taken
+        from ``cwd`` (left out without one). The text is the worker's: what it names only ever
+        sends the pack to a cell of its own, never loosens a wall."""
         if self.profile is None or self.profile.root is None:
-            return None
+            return []
         root = os.path.normpath(os.path.abspath(self.profile.root))
         codes = {errno.EROFS, errno.EACCES, errno.EPERM}
-        for m in _OS_ERROR.finditer(str(err)):
-            path = os.path.normpath(m.group(2))
+        out = []
+        for m in _OS_ERROR.finditer(text):
+            path = os.path.normpath(os.path.join(cwd, m.group(2)) if cwd else m.group(2))
             if int(m.group(1)) in codes and (path == root or path.startswith(root + os.sep)):
-                return f"[Errno {m.group(1)}] {path}"
+                out.append((m.group(1), path))
+        return out
+
+    def _wrote_under_app(self, err: BaseException) -> Optional[str]:
+        """The app path a failed load tried to write (see :meth:`_denied_under_app`), or None."""
+        for code, path in self._denied_under_app(str(err)):
+            return f"[Errno {code}] {path}"
         return None
 
     def _before_launch(self, cfg: ExtensionConfig) -> None:
@@ -766,13 +774,9 @@ class StudioHost:
         box = cfg["sandbox"]
         binds = [os.path.normpath(e.partition(":")[2] or e) for e in
                  list(box.get("readonly_paths") or []) + list(box.get("writable_paths") or [])]
-        codes = {errno.EROFS, errno.EACCES, errno.EPERM}
-        for m in _OS_ERROR.finditer(err.remote_message):
-            path = os.path.normpath(os.path.join(cfg.get("cwd") or root, m.group(2)))
-            if int(m.group(1)) not in codes or not path.startswith(root + os.sep):
-                continue
-            if not any(path == b or path.startswith(b + os.sep) for b in binds):
-                return f"[Errno {m.group(1)}] {path}"
+        for code, path in self._denied_under_app(err.remote_message, cfg.get("cwd") or root):
+            if path != root and not any(path == b or path.startswith(b + os.sep) for b in binds):
+                return f"[Errno {code}] {path}"
         return None
 
     def _is_base_node(self, cls: Any) -> bool:
@@ -1072,15 +1076,11 @@ _NEVER_SHARED = frozenset({"nodecell", "pip", "setuptools", "wheel"})
 def _imported_distributions() -> List[str]:
     """Normalized names of the distributions whose top-level modules this process has imported
     from site-packages (nodecell's own left out), sorted."""
-    import importlib.metadata
     import re
     import site
 
     sites = [os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]]
-    try:
-        owners = importlib.metadata.packages_distributions()
-    except Exception:  # noqa: BLE001 - broken metadata: only the requirements file counts
-        return []
+    owners = _distribution_owners()  # {} with broken metadata: only the requirements file counts
     out = set()
     for name, mod in list(sys.modules.items()):
         if "." in name or name == "nodecell" or mod is None:

@@ -37,7 +37,7 @@ log = logging.getLogger("nodecell.studio")
 
 #: ``moved_after(ext, error)``: after a call of the pack in ``ext`` failed with ``error``, the
 #: extension the pack was moved to where that call can work (``StudioHost`` moves a pack of an
-#: app cell that wrote a new entry at the app's root to a cell of its own, with an app layer;
+#: app cell that wrote where an app layer would take it to a cell of its own, with one;
 #: a call that failed on the pack's old cell while it moved runs in the new one), or None (the
 #: error stands).
 MovedAfter = Callable[["Extension", NodecellError], Awaitable[Optional["Extension"]]]

@@ -13,6 +13,7 @@ evaluated.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -158,11 +159,7 @@ class AppServices(ProxiedSingleton):
         running prompt's entry (number, prompt id, prompt, extra data, outputs to execute) as data.
         The entry's sensitive part (where the app keeps the user's API keys) stays here: ``{}``."""
         queue = getattr(self._server(), "prompt_queue", None)
-        mutex = getattr(queue, "mutex", None)
-        if mutex is not None:
-            with mutex:
-                running = dict(getattr(queue, "currently_running", None) or {})
-        else:
+        with getattr(queue, "mutex", None) or contextlib.nullcontext():
             running = dict(getattr(queue, "currently_running", None) or {})
         out = {}
         for number, entry in running.items():
