@@ -145,6 +145,8 @@ fn _nodecell(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(provision::read_manifest, m)?)?;
     m.add_function(wrap_pyfunction!(provision::provision, m)?)?;
     m.add_function(wrap_pyfunction!(provision::requirement_names, m)?)?;
+    m.add_function(wrap_pyfunction!(provision::normalize_name, m)?)?;
+    m.add_function(wrap_pyfunction!(provision::requirement_name, m)?)?;
     m.add_function(wrap_pyfunction!(provision::state_root, m)?)?;
     m.add_function(wrap_pyfunction!(ipc_probe, m)?)?;
     m.add_function(wrap_pyfunction!(parse_size, m)?)?;

@@ -174,6 +174,21 @@ pub fn requirement_names(path: PathBuf) -> Vec<String> {
     nodecell_provision::migrate::app::requirement_names(&path)
 }
 
+/// A distribution name normalized as PEP 503 says (lower case, runs of `-`, `_`, `.` one `-`):
+/// `nodecell_provision::requirement::normalize_name`, the one definition.
+#[pyfunction]
+pub fn normalize_name(name: &str) -> String {
+    nodecell_provision::requirement::normalize_name(name)
+}
+
+/// The normalized distribution name a dependency string asks for, as provisioning parses it;
+/// `None` for a string that does not parse or names no distribution (a bare URL or path).
+#[pyfunction]
+pub fn requirement_name(spec: &str) -> Option<String> {
+    let name = nodecell_provision::Requirement::parse(spec).ok()?.name?;
+    Some(nodecell_provision::requirement::normalize_name(&name))
+}
+
 /// nodecell's state folder (pack layers): see `nodecell_provision::state::default_root`.
 #[pyfunction]
 pub fn state_root() -> PathBuf {

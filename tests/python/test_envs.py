@@ -103,3 +103,17 @@ def test_local_execution_same_api(aloop, nc, testext, support_dir, venv_root):
             await m.stop_all_extensions()
 
     assert aloop.run(go()) == (42, True, 42)
+
+
+def test_distribution_names_are_read_by_provisioning_s_own_rules():
+    """The Studio host compares a pack's declared dependencies with what it imports by the names
+    provisioning uses (one definition, in Rust): PEP 503 normalization, and a dependency string
+    parsed as a requirement (markers, extras and pins left aside; options and URLs name none)."""
+    from nodecell import _nodecell
+
+    assert _nodecell.normalize_name("Foo_Bar..baz") == "foo-bar-baz"
+    assert _nodecell.requirement_name("opencv-python-headless==4.7.0.72; platform_machine != 'aarch64'") == \
+        "opencv-python-headless"
+    assert _nodecell.requirement_name("Pillow[extra]>=9") == "pillow"
+    assert _nodecell.requirement_name("git+https://host/org/repo.git") is None
+    assert _nodecell.requirement_name("-r other.txt") is None

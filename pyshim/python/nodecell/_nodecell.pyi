@@ -66,10 +66,12 @@ __all__ = [
     "inline_tensor",
     "ipc_probe",
     "locate",
+    "normalize_name",
     "parse_size",
     "pool_arena",
     "provision",
     "read_manifest",
+    "requirement_name",
     "requirement_names",
     "set_tensor_pool",
     "set_worker_heap",
@@ -493,6 +495,12 @@ def provision(spec: Dict[str, Any], on_event: Optional[Callable[[Dict[str, Any]]
 
 def requirement_names(path: str) -> List[str]:
     """The distribution names a requirements file asks for, normalized, in order."""
+
+def normalize_name(name: str) -> str:
+    """A distribution name normalized as PEP 503 says (provisioning's own rule)."""
+
+def requirement_name(spec: str) -> Optional[str]:
+    """The normalized distribution name a dependency string asks for, or None."""
 
 def state_root() -> str:
     """nodecell's state folder (pack layers)."""

@@ -29,11 +29,11 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
-import re
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
+from .. import _nodecell
 from ..appcell import site_paths
 from ..config import ExtensionConfig
 from ..errors import ConfigError
@@ -105,10 +105,6 @@ def _forget() -> None:
 
 # -- kinds of venv ----------------------------------------------------------------------------
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _venv_versions(venv_path: str, names: List[str]) -> Dict[str, str]:
     """Versions of ``names`` (normalized) as the venv resolves them (its own site-packages
     first, then the folders its ``.pth`` files add: the host's shared distributions)."""
@@ -123,7 +119,7 @@ def _venv_versions(venv_path: str, names: List[str]) -> Dict[str, str]:
             if not e.endswith(".dist-info"):
                 continue
             dist, _, version = e[:-len(".dist-info")].partition("-")
-            n = _norm(dist)
+            n = _nodecell.normalize_name(dist)
             if n in want and n not in out:
                 out[n] = version
     return out
@@ -141,7 +137,7 @@ def _host_version(name: str) -> Optional[str]:
 def kind_of(venv_path: str, shared: List[str]) -> Tuple[Tuple[str, str], ...]:
     """A pack venv's kind: the app's shared distributions (``shared``) it gives other versions
     than the host has, as ``((name, version), ...)``; ``()`` for a venv that takes the host's."""
-    names = [_norm(n) for n in shared]
+    names = [_nodecell.normalize_name(n) for n in shared]
     mine = _venv_versions(venv_path, names)
     return tuple(sorted((n, v) for n, v in mine.items() if v != _host_version(n)))
 

@@ -1026,15 +1026,10 @@ def _undeclared_distributions(pack_dir: str, dependencies: Iterable[str]) -> Lis
     ``opencv-python-headless`` provides ``cv2``: the host's ``opencv-python`` is not added) and
     installers (``pip``, ``setuptools``, ``wheel``: a sandbox installs nothing)."""
     owners = _distribution_owners()
-    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
-    declared = set()
-    for dep in dependencies:
-        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", str(dep))
-        if m:
-            declared.add(norm(m.group(1)))
+    declared = {n for n in (_nodecell.requirement_name(str(dep)) for dep in dependencies) if n}
     out: List[str] = []
     for mod in _pack_imports(pack_dir):
-        dists = [norm(d) for d in owners.get(mod, [])]
+        dists = [_nodecell.normalize_name(d) for d in owners.get(mod, [])]
         if mod in sys.stdlib_module_names or not dists or declared.intersection(dists):
             continue
         for n in dists:
@@ -1076,7 +1071,6 @@ _NEVER_SHARED = frozenset({"nodecell", "pip", "setuptools", "wheel"})
 def _imported_distributions() -> List[str]:
     """Normalized names of the distributions whose top-level modules this process has imported
     from site-packages (nodecell's own left out), sorted."""
-    import re
     import site
 
     sites = [os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]]
@@ -1092,7 +1086,7 @@ def _imported_distributions() -> List[str]:
         if not any(real.startswith(s + os.sep) for s in sites):
             continue
         for dist in owners.get(name, []):
-            out.add(re.sub(r"[-_.]+", "-", dist).lower())
+            out.add(_nodecell.normalize_name(dist))
     out.discard("nodecell")
     return sorted(out)
 

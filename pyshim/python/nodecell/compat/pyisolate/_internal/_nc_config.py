@@ -25,6 +25,7 @@ import os
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .... import _nodecell
 from .... import config as nc_config
 from ....errors import ConfigError
 from ....manager import _module_mount
@@ -47,10 +48,6 @@ FORBIDDEN_SYSTEM_PATHS = frozenset({"/", "/etc", "/root", "/home", "/var", "/run
 _REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
-def _canon(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _is_pyisolate_project(path: str) -> bool:
     """Whether ``path`` holds pyisolate's own source (its pyproject names it)."""
     pp = os.path.join(path, "pyproject.toml")
@@ -63,7 +60,7 @@ def _is_pyisolate_project(path: str) -> bool:
             data = tomllib.load(f) if tomllib is not None else {}
     except (OSError, ValueError):
         return os.path.isfile(os.path.join(path, "pyisolate", "__init__.py"))
-    return _canon(str(data.get("project", {}).get("name", ""))) == "pyisolate"
+    return _nodecell.normalize_name(str(data.get("project", {}).get("name", ""))) == "pyisolate"
 
 
 def _dependencies(cfg: Mapping[str, Any]) -> List[str]:
@@ -75,7 +72,7 @@ def _dependencies(cfg: Mapping[str, Any]) -> List[str]:
     renames = {}
     cw = cfg.get("cuda_wheels")
     if cw:
-        renames = {_canon(k): v for k, v in (cw.get("package_map") or {}).items()}
+        renames = {_nodecell.normalize_name(k): v for k, v in (cw.get("package_map") or {}).items()}
     out = []
     for i, dep in enumerate(deps):
         field = f"dependencies[{i}]"
@@ -102,10 +99,10 @@ def _dependencies(cfg: Mapping[str, Any]) -> List[str]:
         if editable:
             raise ConfigError(field, f"editable installs (-e) are not supported: {d!r}")
         m = _REQ_NAME.match(d)
-        if m and _canon(m.group(1)) == "pyisolate":
+        if m and _nodecell.normalize_name(m.group(1)) == "pyisolate":
             continue  # provided by the alias
-        if m and _canon(m.group(1)) in renames:
-            d = renames[_canon(m.group(1))] + d[m.end(1):]
+        if m and _nodecell.normalize_name(m.group(1)) in renames:
+            d = renames[_nodecell.normalize_name(m.group(1))] + d[m.end(1):]
         out.append(d)
     return out
 
